@@ -1,0 +1,145 @@
+"""The HTTP application of one process: the roles it runs, plugged into one ASGI app.
+
+Each HTTP role contributes a plug-in module with ``install(app, ctx)``; the app adds what
+all of them share: problem+json errors, a body cap, /metrics, /healthz and /openapi.json.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from townhall import __version__
+from townhall.context import Context
+from townhall.observability import MetricsMiddleware, healthz_endpoint, metrics
+from townhall.problems import PROBLEM_CONTENT_TYPE, BadInput, Problem, TooLarge, Unprocessable
+
+log = logging.getLogger(__name__)
+
+# Which plug-in modules each HTTP role brings. A role's module exposes install(app, ctx).
+HTTP_PLUGINS: dict[str, list[str]] = {
+    "api": [],
+    "edge": [],
+}
+MAX_BODY = 64 * 1024
+
+
+def problem_response(problem: Problem) -> JSONResponse:
+    return JSONResponse(problem.to_dict(), status_code=problem.status,
+                        headers=problem.headers(), media_type=PROBLEM_CONTENT_TYPE)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, before anything reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = TooLarge(f"request bodies are capped at {self.limit} bytes",
+                             limit=self.limit)
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await problem_response(too_large)(scope, receive, send)
+            return
+        seen = 0
+
+        async def capped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise too_large
+            return message
+
+        try:
+            await self.app(scope, capped, send)
+        except TooLarge as exc:
+            await problem_response(exc)(scope, receive, send)
+
+
+def _validation_problem(exc: RequestValidationError) -> Problem:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return BadInput("the request body is not valid JSON", slug="malformed-json")
+    details = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", ""))} for e in errors]
+    if any(e.get("loc", ("",))[0] in ("path", "query", "header") for e in errors):
+        return BadInput("invalid request parameters", slug="bad-parameters", errors=details)
+    return Unprocessable("the request body does not match the schema", slug="invalid-body",
+                         errors=details)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    async def on_problem(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, Problem)
+        return problem_response(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return problem_response(_validation_problem(exc))
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        slugs = {404: "not-found", 405: "method-not-allowed"}
+        problem = Problem(str(exc.detail), slug=slugs.get(exc.status_code, "http-error"))
+        body = problem.to_dict() | {"status": exc.status_code, "title": str(exc.detail)}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers,
+                            media_type=PROBLEM_CONTENT_TYPE)
+
+    async def on_crash(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return problem_response(Problem("an internal error occurred; nothing was changed"))
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_crash)
+
+
+def build_app(ctx: Context) -> FastAPI:
+    """One ASGI app with every HTTP role this process runs."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for hook in ctx.on_start:
+            await hook()
+        try:
+            yield
+        finally:
+            for hook in reversed(ctx.on_stop):
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("stop hook failed")
+
+    app = FastAPI(title="townhall", version=__version__, openapi_url="/openapi.json",
+                  docs_url="/docs", redoc_url=None, lifespan=lifespan,
+                  description="Live audio rooms: the Spaces control API, WHIP ingest and "
+                              "listener streams. Errors are application/problem+json.")
+    app.state.ctx = ctx
+    install_problem_handlers(app)
+    app.add_route("/metrics", metrics, include_in_schema=False)
+    app.add_route("/healthz", healthz_endpoint(ctx), include_in_schema=False)
+    for role in ctx.settings.roles:
+        for module_name in HTTP_PLUGINS.get(role, []):
+            module: Any = importlib.import_module(module_name)
+            module.install(app, ctx)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(MetricsMiddleware)
+    return app

@@ -1,0 +1,128 @@
+"""Access tokens (JWT, HS256) and the grants they carry.
+
+A token names an identity and display name, may be limited to one Space, and caps the
+role its holder may take there: host > speaker > listener.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+from townhall.problems import Forbidden, Unauthorized
+
+ROLES = ("listener", "speaker", "host")
+ISSUER = "townhall"
+DEFAULT_TTL = 24 * 3600
+MAX_NAME = 64
+_IDENTITY_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
+
+
+def role_rank(role: str) -> int:
+    """Order roles so a grant can be compared with what is asked."""
+    return ROLES.index(role)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a verified token says the caller is, and what they may do."""
+
+    id: str
+    name: str
+    space: str | None
+    role: str
+    expires: int
+
+    def may_take(self, role: str, space: str | None = None) -> bool:
+        """Whether this grant allows ``role`` in ``space``."""
+        if self.space is not None and space is not None and self.space != space:
+            return False
+        return role_rank(self.role) >= role_rank(role)
+
+    def require(self, role: str, space: str | None = None) -> None:
+        if not self.may_take(role, space):
+            where = f" in Space {space}" if space else ""
+            raise Forbidden(f"this token does not grant the {role} role{where}",
+                            slug="insufficient-grant")
+
+
+def valid_identity(value: str) -> bool:
+    return bool(_IDENTITY_RE.match(value))
+
+
+class TokenIssuer:
+    """Mints and verifies tokens with one shared secret."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 32:
+            raise ValueError("token secret must be at least 32 bytes")
+        self._secret = secret
+
+    def mint(self, identity: str, name: str, *, space: str | None = None,
+             role: str = "host", ttl: int = DEFAULT_TTL, now: float | None = None) -> str:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        if not valid_identity(identity):
+            raise ValueError(f"bad identity {identity!r}")
+        issued = int(now if now is not None else time.time())
+        claims: dict[str, object] = {
+            "iss": ISSUER,
+            "sub": identity,
+            "name": name[:MAX_NAME],
+            "role": role,
+            "iat": issued,
+            "exp": issued + ttl,
+        }
+        if space is not None:
+            claims["space"] = space
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def verify(self, token: str, *, now: float | None = None) -> Identity:
+        try:
+            claims = jwt.decode(
+                token, self._secret, algorithms=["HS256"], issuer=ISSUER,
+                options={"require": ["exp", "sub", "iss"], "verify_exp": now is None},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("the access token has expired", slug="token-expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"the access token is invalid: {exc}", slug="token-invalid") from exc
+        if now is not None and claims["exp"] <= now:
+            raise Unauthorized("the access token has expired", slug="token-expired")
+        role = claims.get("role", "listener")
+        if role not in ROLES or not isinstance(claims.get("sub"), str):
+            raise Unauthorized("the access token carries an unknown grant", slug="token-invalid")
+        return Identity(id=claims["sub"], name=str(claims.get("name", claims["sub"])),
+                        space=claims.get("space"), role=role, expires=int(claims["exp"]))
+
+    def from_header(self, authorization: str | None) -> Identity:
+        """Verify an ``Authorization: Bearer`` header value."""
+        if not authorization:
+            raise Unauthorized("an Authorization: Bearer token is required",
+                               slug="token-missing")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("use Authorization: Bearer <token>", slug="token-invalid")
+        return self.verify(token.strip())
+
+
+def load_or_create_secret(data_dir: Path) -> bytes:
+    """The token secret, created on first run with mode 0600."""
+    path = data_dir / "token-secret"
+    env = os.environ.get("TOWNHALL_TOKEN_SECRET")
+    if env:
+        return env.encode()
+    if path.exists():
+        return path.read_bytes().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secret)
+    return secret

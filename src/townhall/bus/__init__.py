@@ -1,0 +1,5 @@
+"""Everything that speaks NATS: the embedded server and the one seam roles use."""
+
+from townhall.bus.bus import Bus, CasConflict, Entry, Subscription
+
+__all__ = ["Bus", "CasConflict", "Entry", "Subscription"]

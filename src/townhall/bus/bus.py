@@ -1,0 +1,267 @@
+"""The one seam to NATS: publish/subscribe, request/reply, key-value with
+compare-and-set, and JetStream replay. Roles use this and never import nats-py."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from townhall.bus import subjects
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["Message"], Awaitable[None]]
+
+
+class CasConflict(Exception):
+    """A key-value compare-and-set lost: someone else wrote first."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One key-value entry with the revision to compare against."""
+
+    key: str
+    value: bytes
+    revision: int
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message as roles see it."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    reply: str = ""
+
+
+class Subscription:
+    """A live subscription; ``await unsubscribe()`` ends it."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    async def unsubscribe(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._sub.unsubscribe()
+
+
+def _message(msg: Msg) -> Message:
+    return Message(subject=msg.subject, data=msg.data,
+                   headers=dict(msg.headers or {}), reply=msg.reply or "")
+
+
+class Bus:
+    """A connection to the NATS cluster with townhall's streams and buckets ready."""
+
+    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+        self._nc = nc
+        self._js = js
+        self._kv: dict[str, KeyValue] = {}
+
+    @classmethod
+    async def connect(cls, urls: list[str], *, name: str = "townhall",
+                      replicas: int = 1, setup: bool = True) -> Bus:
+        """Connect (reconnecting forever on loss) and ensure the topology exists."""
+        nc = await nats.connect(
+            servers=urls, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            connect_timeout=5, allow_reconnect=True, ping_interval=5, max_outstanding_pings=3,
+        )
+        bus = cls(nc, nc.jetstream(timeout=10))
+        if setup:
+            await bus.ensure_topology(replicas)
+        return bus
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._nc.is_connected)
+
+    async def ensure_topology(self, replicas: int = 1) -> None:
+        """Create (or adopt) the streams and buckets townhall uses; safe to race."""
+        streams = [
+            StreamConfig(name=subjects.MEDIA_STREAM, subjects=["townhall.*.media"],
+                         max_age=subjects.MEDIA_MAX_AGE_S, storage=StorageType.FILE,
+                         num_replicas=replicas),
+            StreamConfig(name=subjects.STATS_STREAM, subjects=["townhall.*.stats.*"],
+                         retention=RetentionPolicy.WORK_QUEUE, max_age=30.0,
+                         storage=StorageType.FILE, num_replicas=replicas),
+        ]
+        for cfg in streams:
+            try:
+                await self._js.add_stream(cfg)
+            except nats.js.errors.BadRequestError:
+                await self._js.update_stream(cfg)
+        buckets = [
+            KeyValueConfig(bucket=subjects.SPACES_BUCKET, history=5, replicas=replicas,
+                           storage=StorageType.FILE),
+            KeyValueConfig(bucket=subjects.LEASES_BUCKET, history=1, ttl=subjects.LEASE_TTL_S,
+                           replicas=replicas, storage=StorageType.FILE),
+        ]
+        for kv in buckets:
+            try:
+                self._kv[kv.bucket] = await self._js.key_value(kv.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                self._kv[kv.bucket] = await self._js.create_key_value(kv)
+
+    async def _bucket(self, bucket: str) -> KeyValue:
+        if bucket not in self._kv:
+            self._kv[bucket] = await self._js.key_value(bucket)
+        return self._kv[bucket]
+
+    # --- publish / subscribe -------------------------------------------------------------
+
+    async def publish(self, subject: str, data: bytes,
+                      headers: dict[str, str] | None = None) -> None:
+        """Fire and forget (stored too if a stream captures the subject)."""
+        await self._nc.publish(subject, data, headers=headers)
+
+    async def publish_durable(self, subject: str, data: bytes,
+                              headers: dict[str, str] | None = None) -> int:
+        """Publish into a stream and wait for its ack; returns the stream sequence."""
+        ack = await self._js.publish(subject, data, headers=headers)
+        return int(ack.seq)
+
+    async def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> Subscription:
+        async def on_msg(msg: Msg) -> None:
+            try:
+                await handler(_message(msg))
+            except Exception:
+                log.exception("handler for %s failed", subject)
+
+        return Subscription(await self._nc.subscribe(subject, queue=queue, cb=on_msg))
+
+    async def request(self, subject: str, data: bytes, *, timeout: float = 5.0,
+                      headers: dict[str, str] | None = None) -> Message:
+        """Request/reply; raises TimeoutError when nobody answers in time."""
+        try:
+            msg = await self._nc.request(subject, data, timeout=timeout, headers=headers)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise TimeoutError(f"no reply on {subject}") from exc
+        return _message(msg)
+
+    async def respond(self, reply: str, data: bytes, headers: dict[str, str] | None = None
+                      ) -> None:
+        await self._nc.publish(reply, data, headers=headers)
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        await self._nc.flush(timeout=int(timeout))
+
+    # --- key-value -----------------------------------------------------------------------
+
+    async def kv_get(self, bucket: str, key: str) -> Entry | None:
+        kv = await self._bucket(bucket)
+        try:
+            e = await kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        return Entry(key=key, value=e.value or b"", revision=int(e.revision or 0))
+
+    async def kv_create(self, bucket: str, key: str, value: bytes) -> int:
+        """Create a key that must not exist; CasConflict if it does."""
+        kv = await self._bucket(bucket)
+        try:
+            return int(await kv.create(key, value))
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise CasConflict(key) from exc
+
+    async def kv_update(self, bucket: str, key: str, value: bytes, revision: int) -> int:
+        """Write only if the entry is still at ``revision``; CasConflict otherwise."""
+        kv = await self._bucket(bucket)
+        try:
+            return int(await kv.update(key, value, last=revision))
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise CasConflict(key) from exc
+        except nats.js.errors.APIError as exc:
+            if getattr(exc, "err_code", None) == 10071:  # wrong last sequence
+                raise CasConflict(key) from exc
+            raise
+
+    async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
+        kv = await self._bucket(bucket)
+        return int(await kv.put(key, value))
+
+    async def kv_delete(self, bucket: str, key: str) -> None:
+        kv = await self._bucket(bucket)
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            await kv.delete(key)
+
+    async def kv_keys(self, bucket: str) -> list[str]:
+        kv = await self._bucket(bucket)
+        try:
+            return list(await kv.keys())
+        except nats.js.errors.NoKeysError:
+            return []
+
+    # --- streams -------------------------------------------------------------------------
+
+    async def last_message(self, stream: str, subject: str) -> Message | None:
+        """The newest stored message on ``subject`` (e.g. the last chunk a stage sent)."""
+        try:
+            raw = await self._js.get_last_msg(stream, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        return Message(subject=raw.subject or subject, data=raw.data or b"",
+                       headers=dict(raw.headers or {}))
+
+    async def replay(self, stream: str, subject: str, *, since_s: float,
+                     limit: int = 1000, timeout: float = 2.0) -> list[Message]:
+        """Stored messages on ``subject`` from the last ``since_s`` seconds, oldest first."""
+        start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=since_s)
+        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                             opt_start_time=start,
+                             inactive_threshold=10.0)
+        sub = await self._js.pull_subscribe(subject, stream=stream, config=cfg)
+        out: list[Message] = []
+        try:
+            while len(out) < limit:
+                try:
+                    batch = await sub.fetch(min(256, limit - len(out)), timeout=timeout)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    break
+                out.extend(_message(m) for m in batch)
+                if len(batch) == 0:
+                    break
+                pending = batch[-1].metadata.num_pending
+                if pending == 0:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return out
+
+    async def pull(self, stream: str, durable: str, subject: str, *, batch: int = 100,
+                   timeout: float = 1.0) -> list[tuple[Message, Callable[[], Awaitable[None]]]]:
+        """Take up to ``batch`` messages from a shared durable consumer, each with its ack."""
+        sub = await self._js.pull_subscribe(subject, durable=durable, stream=stream)
+        try:
+            msgs = await sub.fetch(batch, timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        return [(_message(m), m.ack) for m in msgs]
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._nc.drain()
+        with contextlib.suppress(Exception):
+            await self._nc.close()

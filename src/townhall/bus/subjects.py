@@ -1,0 +1,40 @@
+"""Names of subjects, streams and key-value buckets: the wire contract between roles."""
+
+from __future__ import annotations
+
+SPACES_BUCKET = "spaces"          # key: <space id>, value: the Space snapshot (JSON)
+LEASES_BUCKET = "stage_leases"    # key: <space id>, value: owning stage node id; short TTL
+LEASE_TTL_S = 5.0
+MEDIA_STREAM = "MEDIA"            # subjects townhall.*.media, ~60 s kept
+MEDIA_MAX_AGE_S = 60.0
+STATS_STREAM = "STATS"            # subjects townhall.*.stats.*, work queue for the api
+STATS_CONSUMER = "api-stats"
+
+
+def media(space: str) -> str:
+    """Sequence-numbered program chunks of one Space (see townhall.media.chunk)."""
+    return f"townhall.{space}.media"
+
+
+def state(space: str) -> str:
+    """Full room snapshots (JSON), published by the api after each change."""
+    return f"townhall.{space}.state"
+
+
+def levels(space: str) -> str:
+    """Who is speaking: per-speaker levels from the stage, at most 4 per second."""
+    return f"townhall.{space}.levels"
+
+
+def stats(space: str, node: str) -> str:
+    """One edge's (or api's) per-second listener count and reaction sums for a Space."""
+    return f"townhall.{space}.stats.{node}"
+
+
+def control(space: str) -> str:
+    """Commands to the stage owning a Space (WHIP offers, leaves, roster kicks)."""
+    return f"townhall.{space}.control"
+
+
+STAGE_WHIP = "townhall.stage.whip"  # queue group: any stage may claim a Space's ingest
+STAGE_QUEUE = "stage"

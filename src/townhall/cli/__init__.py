@@ -1,0 +1,1 @@
+"""The ``townhall`` command: serve, token, speak, listen, storm, cluster."""

@@ -1,0 +1,91 @@
+"""Entry point of the ``townhall`` command; each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from townhall import __version__
+from townhall.settings import ALL_ROLES, Settings
+
+# Subcommand modules beyond serve/token: each has add_parser(subparsers) setting func=.
+SUBCOMMANDS: list[str] = []
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from townhall.serve import run
+
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    unknown = set(roles) - set(ALL_ROLES)
+    if unknown:
+        print(f"townhall: unknown role(s) {', '.join(sorted(unknown))}; "
+              f"choose from {', '.join(ALL_ROLES)}", file=sys.stderr)
+        return 2
+    settings = Settings(data_dir=Path(args.data), host=args.host, port=args.port,
+                        nats_urls=[u for u in (args.nats or "").split(",") if u],
+                        roles=roles, closed=args.closed, public_url=args.public_url,
+                        replicas=args.replicas, log_level=args.log_level)
+    if args.node_id:
+        settings.node_id = args.node_id
+    return run(settings)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from townhall.auth import TokenIssuer, load_or_create_secret, valid_identity
+
+    if not valid_identity(args.identity):
+        print("townhall: --identity must be 1-64 of A-Z a-z 0-9 _ . : @ -", file=sys.stderr)
+        return 2
+    issuer = TokenIssuer(load_or_create_secret(Path(args.data)))
+    print(issuer.mint(args.identity, args.name or args.identity, space=args.space,
+                      role=args.role, ttl=args.ttl))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="townhall", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"townhall {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run townhall (all roles, embedded NATS by default)")
+    serve.add_argument("--data", default=Settings.data_dir.__str__(),
+                       help="data directory (default ./townhall-data)")
+    serve.add_argument("--host", default=Settings.host)
+    serve.add_argument("--port", type=int, default=Settings.port)
+    serve.add_argument("--nats", default="",
+                       help="NATS URL[,URL...] of an existing cluster (default: embedded)")
+    serve.add_argument("--roles", default=",".join(ALL_ROLES),
+                       help=f"comma-separated roles to run (default {','.join(ALL_ROLES)})")
+    serve.add_argument("--closed", action="store_true",
+                       help="no guest sessions: every token comes from `townhall token`")
+    serve.add_argument("--public-url", default="", help="URL clients reach this process at")
+    serve.add_argument("--replicas", type=int, default=1,
+                       help="JetStream replicas for streams and buckets (3 in a cluster)")
+    serve.add_argument("--node-id", default="", help="stable name of this process")
+    serve.add_argument("--log-level", default=Settings.log_level)
+    serve.set_defaults(func=_serve)
+
+    token = sub.add_parser("token", help="mint an access token for your own app to hand out")
+    token.add_argument("--identity", required=True)
+    token.add_argument("--name", default="")
+    token.add_argument("--space", default=None, help="limit the token to one Space")
+    token.add_argument("--role", choices=["host", "speaker", "listener"], default="host")
+    token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds (default 1 day)")
+    token.add_argument("--data", default=str(Settings.data_dir))
+    token.set_defaults(func=_token)
+
+    for module_name in SUBCOMMANDS:
+        importlib.import_module(module_name).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

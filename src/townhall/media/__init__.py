@@ -1,0 +1,1 @@
+"""Media cores with no I/O: chunk format, jitter buffer, mixer, Ogg pages."""

@@ -1,0 +1,109 @@
+"""Typed refusals shared by every role, and their RFC 9457 problem+json form.
+
+Cores raise these; the HTTP shells map each to one status and one stable ``type``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_BASE = "/problems/"
+
+
+class Problem(Exception):
+    """A refusal with an HTTP status and a stable problem type."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str, *, slug: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.instance_slug = slug or self.slug
+        self.extra = extra
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.instance_slug
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        body.update(self.extra)
+        return body
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class BadInput(Problem):
+    status = 400
+    slug = "bad-input"
+    title = "Bad input"
+
+
+class Unauthorized(Problem):
+    status = 401
+    slug = "unauthorized"
+    title = "Missing or invalid access token"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="townhall"'}
+
+
+class Forbidden(Problem):
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(Problem):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(Problem):
+    status = 409
+    slug = "conflict"
+    title = "Conflict with the current state"
+
+
+class TooLarge(Problem):
+    status = 413
+    slug = "too-large"
+    title = "Request body too large"
+
+
+class Unprocessable(Problem):
+    status = 422
+    slug = "unprocessable"
+    title = "Unprocessable content"
+
+
+class _RetryLater(Problem):
+    def __init__(self, detail: str, *, retry_after: float, slug: str | None = None,
+                 **extra: Any) -> None:
+        super().__init__(detail, slug=slug, retry_after=max(1, round(retry_after)), **extra)
+        self.retry_after = max(1, round(retry_after))
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class TooMany(_RetryLater):
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests"
+
+
+class Unavailable(_RetryLater):
+    status = 503
+    slug = "unavailable"
+    title = "Service at capacity"

@@ -1,0 +1,147 @@
+"""``townhall serve``: the embedded NATS, the HTTP roles in this process, the stage
+in a process of its own. Stops cleanly on SIGINT/SIGTERM, orphaning nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import uvicorn
+
+from townhall.app import HTTP_PLUGINS, build_app
+from townhall.auth import TokenIssuer, load_or_create_secret
+from townhall.bus import Bus
+from townhall.bus.embedded import EmbeddedNats, die_with_parent
+from townhall.context import Context
+from townhall.observability import setup_logging
+from townhall.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Roles that run without HTTP, each an async ``run(ctx)`` that returns when cancelled.
+BACKGROUND_ROLES: dict[str, str] = {}
+
+
+def _runner(role: str) -> Callable[[Context], Coroutine[Any, Any, None]]:
+    module_name, _, attr = BACKGROUND_ROLES[role].partition(":")
+    fn: Any = getattr(importlib.import_module(module_name), attr)
+    return fn
+
+
+async def make_context(settings: Settings) -> Context:
+    bus = await Bus.connect(settings.nats_urls, name=f"townhall-{'+'.join(settings.roles)}",
+                            replicas=settings.replicas)
+    issuer = TokenIssuer(load_or_create_secret(settings.data_dir))
+    return Context(settings=settings, bus=bus, issuer=issuer)
+
+
+async def _serve_http(settings: Settings, background: list[str]) -> None:
+    ctx = await make_context(settings)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start_background() -> None:
+        for role in background:
+            tasks.append(asyncio.create_task(_runner(role)(ctx), name=f"role-{role}"))
+
+    async def stop_background() -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    ctx.on_start.append(start_background)
+    ctx.on_stop.append(stop_background)
+    app = build_app(ctx)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop",
+                            http="httptools", ws="websockets", log_config=None,
+                            access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+                            ws_max_size=64 * 1024)
+    server = uvicorn.Server(config)
+    try:
+        await server.serve()
+    finally:
+        await ctx.bus.close()
+
+
+async def _serve_background(settings: Settings, roles: list[str]) -> None:
+    ctx = await make_context(settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[None]] = [
+        asyncio.create_task(_runner(role)(ctx), name=f"role-{role}") for role in roles]
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in [waiter, *tasks]:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await ctx.bus.close()
+    for task in done:
+        if task is not waiter and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+def _child_argv(settings: Settings, roles: list[str]) -> list[str]:
+    argv = [sys.executable, "-m", "townhall", "serve", "--roles", ",".join(roles),
+            "--nats", ",".join(settings.nats_urls), "--data", str(settings.data_dir),
+            "--log-level", settings.log_level, "--replicas", str(settings.replicas)]
+    if settings.public_url:
+        argv += ["--public-url", settings.public_url]
+    return argv
+
+
+def run(settings: Settings) -> int:
+    """Run the roles named in settings until signalled; returns the exit status."""
+    setup_logging(settings.log_level, role="+".join(settings.roles))
+    # uvicorn re-raises the signal it caught once it has shut down; note it instead of
+    # dying there, so the finally below still stops the stage and nats-server.
+    received: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    nats: EmbeddedNats | None = None
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        if not settings.nats_urls:
+            nats = EmbeddedNats(settings.data_dir / "nats")
+            settings.nats_urls = [nats.start()]
+        http_roles = [r for r in settings.roles if r in HTTP_PLUGINS]
+        background = [r for r in settings.roles if r in BACKGROUND_ROLES]
+        if http_roles and "stage" in background:
+            # The speaker path never shares an event loop with listener fan-out.
+            background.remove("stage")
+            children.append(subprocess.Popen(_child_argv(settings, ["stage"]),
+                                             stdin=subprocess.DEVNULL,
+                                             preexec_fn=die_with_parent))
+        if http_roles:
+            asyncio.run(_serve_http(settings, background))
+        elif background:
+            asyncio.run(_serve_background(settings, background))
+        else:
+            log.error("no runnable role in %s", settings.roles)
+            return 2
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if nats is not None:
+            nats.stop()

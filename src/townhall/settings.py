@@ -1,0 +1,35 @@
+"""Settings shared by every role, from flags and TOWNHALL_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ALL_ROLES = ("api", "stage", "edge")
+
+
+@dataclass
+class Settings:
+    """How one townhall process runs."""
+
+    data_dir: Path = Path(os.environ.get("TOWNHALL_DATA", "./townhall-data"))
+    host: str = os.environ.get("TOWNHALL_HOST", "127.0.0.1")
+    port: int = int(os.environ.get("TOWNHALL_PORT", "8080"))
+    nats_urls: list[str] = field(default_factory=list)
+    roles: tuple[str, ...] = ALL_ROLES
+    closed: bool = False
+    public_url: str = ""
+    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    replicas: int = 1
+    log_level: str = os.environ.get("TOWNHALL_LOG_LEVEL", "info")
+
+    @property
+    def open_mode(self) -> bool:
+        """Guest sessions are on unless --closed."""
+        return not self.closed
+
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"

@@ -1,0 +1,114 @@
+"""Real parts for tests: a nats-server from the wheel and `townhall serve` processes,
+each on free loopback ports with bounded waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from townhall.bus.embedded import EmbeddedNats, free_port
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real nats-server with JetStream, shared by the session."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@dataclass
+class Served:
+    """A running `townhall serve` child process."""
+
+    url: str
+    data: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    argv: list[str] = field(default_factory=list)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10)
+
+    def session(self, name: str) -> str:
+        """A guest token (open mode)."""
+        r = httpx.post(f"{self.url}/api/v1/sessions", json={"name": name}, timeout=10)
+        r.raise_for_status()
+        return str(r.json()["token"])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start_townhall(data: Path, *extra: str, wait: float = 30.0,
+                   env: dict[str, str] | None = None) -> Served:
+    """Start `townhall serve` on a free port and wait for /healthz to say ok."""
+    port = free_port()
+    data.mkdir(parents=True, exist_ok=True)
+    log = data / f"serve-{port}.log"
+    argv = [sys.executable, "-m", "townhall", "serve", "--port", str(port),
+            "--data", str(data), *extra]
+    proc = subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                            start_new_session=True)
+    served = Served(url=f"http://127.0.0.1:{port}", data=data, proc=proc, log=log, argv=argv)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"townhall serve exited {proc.returncode}:\n{served.tail()}")
+        try:
+            if httpx.get(f"{served.url}/healthz", timeout=1).status_code == 200:
+                return served
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    served.stop(signal.SIGKILL)
+    raise TimeoutError(f"townhall serve not healthy after {wait}s:\n{served.tail()}")
+
+
+@pytest.fixture
+def townhall(tmp_path: Path) -> Iterator[Served]:
+    """A fresh `townhall serve` (all roles, embedded NATS) for one test."""
+    served = start_townhall(tmp_path / "data")
+    yield served
+    served.stop()
+
+
+@pytest.fixture(scope="module")
+def townhall_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One `townhall serve` shared by a module's tests (cheaper; tests use fresh Spaces)."""
+    served = start_townhall(tmp_path_factory.mktemp("townhall") / "data")
+    yield served
+    served.stop()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,51 @@
+"""`townhall serve` on its embedded NATS: health, metrics, clean shutdown."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import start_townhall
+
+
+def _nats_children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "nats-server"],
+                         capture_output=True, text=True, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_serve_is_healthy_and_exports_metrics(tmp_path: Path) -> None:
+    served = start_townhall(tmp_path / "data")
+    try:
+        health = httpx.get(f"{served.url}/healthz", timeout=5).json()
+        assert health["ok"] is True
+        assert health["checks"]["nats"] is True
+        metrics = httpx.get(f"{served.url}/metrics", timeout=5)
+        assert "townhall_http_requests_total" in metrics.text
+        assert (tmp_path / "data" / "token-secret").stat().st_mode & 0o777 == 0o600
+    finally:
+        assert served.stop(signal.SIGTERM) == 0
+
+
+def test_sigterm_stops_the_embedded_nats(tmp_path: Path) -> None:
+    served = start_townhall(tmp_path / "data")
+    children = _nats_children(served.proc.pid)
+    assert children, "serve should run a child nats-server"
+    assert served.stop(signal.SIGTERM) == 0
+    for pid in children:
+        assert subprocess.run(["kill", "-0", str(pid)], check=False,
+                              capture_output=True).returncode != 0, "nats-server orphaned"
+
+
+def test_unknown_route_is_problem_json(tmp_path: Path) -> None:
+    served = start_townhall(tmp_path / "data")
+    try:
+        r = httpx.get(f"{served.url}/nope", timeout=5)
+        assert r.status_code == 404
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["type"] == "/problems/not-found"
+    finally:
+        served.stop()
