@@ -122,7 +122,14 @@ def load_or_create_secret(data_dir: Path) -> bytes:
         return path.read_bytes().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_hex(32).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = path.with_name(f".token-secret.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(secret)
+    try:
+        os.link(tmp, path)  # atomic: the first process to start wins, others read its secret
+    except FileExistsError:
+        secret = path.read_bytes().strip()
+    finally:
+        tmp.unlink()
     return secret
