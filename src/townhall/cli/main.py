@@ -12,7 +12,9 @@ from townhall import __version__
 from townhall.settings import ALL_ROLES, Settings
 
 # Subcommand modules beyond serve/token: each has add_parser(subparsers) setting func=.
-SUBCOMMANDS: list[str] = []
+SUBCOMMANDS: list[str] = [
+    "townhall.cli.cluster",
+]
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -1,0 +1,1 @@
+"""Running townhall on many processes: a local NATS cluster and townhall processes."""

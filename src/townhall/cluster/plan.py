@@ -1,0 +1,84 @@
+"""The layout of a local cluster, with no I/O: which process gets which ports and flags."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class NatsNode:
+    """One nats-server of the cluster."""
+
+    name: str
+    port: int
+    cluster_port: int
+    store: str
+
+    def argv(self, binary: str, peers: list[NatsNode]) -> list[str]:
+        routes = ",".join(f"nats://127.0.0.1:{p.cluster_port}" for p in peers if p is not self)
+        return [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store,
+                "--server_name", self.name, "--cluster_name", "townhall",
+                "--cluster", f"nats://127.0.0.1:{self.cluster_port}", "--routes", routes]
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Proc:
+    """One townhall process: a role (or several) on a port."""
+
+    name: str
+    roles: str
+    port: int
+
+    def argv(self, python: str, data: str, nats_urls: list[str], replicas: int) -> list[str]:
+        url = f"http://127.0.0.1:{self.port}"
+        return [python, "-m", "townhall", "serve", "--roles", self.roles, "--port",
+                str(self.port), "--nats", ",".join(nats_urls), "--data", data,
+                "--public-url", url, "--replicas", str(replicas), "--node-id", self.name]
+
+
+@dataclass
+class ClusterPlan:
+    """Everything `townhall cluster up` starts, and where its logs go."""
+
+    root: str
+    nats: list[NatsNode] = field(default_factory=list)
+    procs: list[Proc] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def nats_urls(self) -> list[str]:
+        return [n.url for n in self.nats]
+
+    @property
+    def replicas(self) -> int:
+        return min(3, len(self.nats))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ClusterPlan:
+        return cls(root=raw["root"], nats=[NatsNode(**n) for n in raw["nats"]],
+                   procs=[Proc(**p) for p in raw["procs"]], pids=dict(raw.get("pids", {})))
+
+
+def make_plan(root: Path, *, nats_nodes: int, apis: int, edges: int, stages: int,
+              port_for: Callable[[], int]) -> ClusterPlan:
+    """Lay out a cluster; ``port_for`` hands out free ports."""
+    if nats_nodes < 1 or apis < 1 or edges < 1 or stages < 1:
+        raise ValueError("a cluster needs at least one of each: nats node, api, edge, stage")
+    plan = ClusterPlan(root=str(root))
+    for i in range(1, nats_nodes + 1):
+        plan.nats.append(NatsNode(name=f"nats-{i}", port=port_for(), cluster_port=port_for(),
+                                  store=str(root / f"nats-{i}")))
+    for role, count in (("api", apis), ("edge", edges), ("stage", stages)):
+        for i in range(1, count + 1):
+            plan.procs.append(Proc(name=f"{role}-{i}", roles=role, port=port_for()))
+    return plan
