@@ -38,3 +38,11 @@ def control(space: str) -> str:
 
 STAGE_WHIP = "townhall.stage.whip"  # queue group: any stage may claim a Space's ingest
 STAGE_QUEUE = "stage"
+
+
+EDGES = "townhall.edges.*"
+
+
+def edge_announce(node: str) -> str:
+    """An edge's once-a-second heartbeat: node, url, capacity, total listeners."""
+    return f"townhall.edges.{node}"

@@ -1,0 +1,1 @@
+"""The api role: the Spaces control API over HTTP."""

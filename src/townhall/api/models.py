@@ -1,0 +1,36 @@
+"""Request bodies of the Spaces API: unknown fields are refused, sizes are bounded."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from townhall.room.rules import ACTIONS
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionIn(Strict):
+    name: str = Field(min_length=1, max_length=64, description="display name")
+
+
+class SpaceIn(Strict):
+    title: str = Field(min_length=1, max_length=120)
+    description: str = Field(default="", max_length=1000)
+    scheduled_start: datetime | None = Field(default=None, description="ISO 8601; omit for now")
+    private: bool = False
+
+
+class ActionIn(Strict):
+    action: str = Field(description=f"one of {', '.join(ACTIONS)}", pattern="^[a-z_]{1,20}$")
+    identity: str | None = Field(default=None, max_length=64,
+                                 description="whom the action is about (default: yourself)")
+    name: str | None = Field(default=None, max_length=64, description="display name (invite)")
+    block: bool = Field(default=False, description="with remove: keep them out for good")
+
+
+class ReactionIn(Strict):
+    emoji: str = Field(min_length=1, max_length=8)

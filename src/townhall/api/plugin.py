@@ -1,0 +1,315 @@
+"""The api role's HTTP routes: sessions, Spaces, stage actions, reactions, where to listen.
+
+Thin shell: the rules are in townhall.room.rules, counting in townhall.room.tally, state
+in NATS KV through townhall.room.store; this module reads requests and writes responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections import Counter
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge
+
+from townhall.api.models import ActionIn, ReactionIn, SessionIn, SpaceIn
+from townhall.api.ratelimit import TokenBuckets
+from townhall.auth import Identity
+from townhall.bus import subjects
+from townhall.bus.bus import Message
+from townhall.context import Context
+from townhall.problems import Forbidden, NotFound, TooMany, Unprocessable
+from townhall.room import rules
+from townhall.room.coalescer import Coalescer
+from townhall.room.snapshot import REACTIONS, public_view
+from townhall.room.store import SpaceStore
+from townhall.room.tally import EdgeRegistry, ReactionTally, fold, rank_edges
+
+log = logging.getLogger(__name__)
+
+LIVE_SPACES = Gauge("townhall_live_spaces", "Spaces currently live")
+SNAPSHOTS = PromCounter("townhall_state_snapshots_published_total",
+                        "Room state snapshots published on NATS")
+ACTIONS_DONE = PromCounter("townhall_actions_total", "Stage and moderation actions",
+                           ["action", "outcome"])
+REACTIONS_IN = PromCounter("townhall_reactions_received_total", "Reactions taken by the api")
+
+
+class Api:
+    """The api role's state in this process: caches and counters, never the truth."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.store = SpaceStore(ctx.bus, on_change=self._changed)
+        self.coalescer = Coalescer()
+        self.tally = ReactionTally()
+        self.registry = EdgeRegistry()
+        self.writes = TokenBuckets(rate=5.0, burst=20.0)
+        self.reacts = TokenBuckets(rate=10.0, burst=30.0)
+        self.states: dict[str, str] = {}
+        self.counted: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- identity and limits ---------------------------------------------------------
+
+    def who(self, request: Request) -> Identity:
+        return self.ctx.issuer.from_header(request.headers.get("authorization"))
+
+    def maybe_who(self, request: Request) -> Identity | None:
+        header = request.headers.get("authorization")
+        return self.ctx.issuer.from_header(header) if header else None
+
+    def limit(self, ident: Identity, buckets: TokenBuckets | None = None) -> None:
+        wait = (buckets or self.writes).take(ident.id, time.monotonic())
+        if wait > 0:
+            raise TooMany("slow down: too many changes from you", retry_after=wait,
+                          slug="rate-limited")
+
+    @staticmethod
+    def may_see(snap: dict[str, Any], ident: Identity | None) -> bool:
+        if not snap.get("private"):
+            return True
+        if ident is None:
+            return False
+        return (ident.space == snap["id"] or snap["host"]["id"] == ident.id
+                or rules.role_of(snap, ident.id) is not None)
+
+    async def visible(self, space: str, ident: Identity | None) -> dict[str, Any]:
+        snap = await self.store.get(space)
+        if not self.may_see(snap, ident):
+            raise NotFound(f"no Space {space}", slug="space-not-found")
+        return snap
+
+    # --- state publishing --------------------------------------------------------------
+
+    def _changed(self, snap: dict[str, Any]) -> None:
+        self._track(snap)
+        ready = self.coalescer.offer(public_view(snap), time.monotonic())
+        if ready is not None:
+            self._tasks.append(asyncio.ensure_future(self._publish(ready)))
+            self._tasks = [t for t in self._tasks if not t.done()]
+
+    def _track(self, snap: dict[str, Any]) -> None:
+        self.states[snap["id"]] = snap["state"]
+        self.counted[snap["id"]] = int(snap.get("listeners", 0))
+        LIVE_SPACES.set(sum(1 for s in self.states.values() if s == "live"))
+
+    async def _publish(self, snap: dict[str, Any]) -> None:
+        data = json.dumps(snap, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            await self.ctx.bus.publish(subjects.state(snap["id"]), data)
+            SNAPSHOTS.inc()
+        except Exception:
+            log.exception("could not publish state", extra={"space": snap["id"]})
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            for snap in self.coalescer.due(time.monotonic()):
+                await self._publish(snap)
+
+    # --- counting ------------------------------------------------------------------------
+
+    async def _tally_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._tally_once()
+            except Exception:
+                log.exception("folding edge reports failed")
+
+    async def _tally_once(self) -> None:
+        pulled = await self.ctx.bus.pull(subjects.STATS_STREAM, subjects.STATS_CONSUMER,
+                                         "townhall.*.stats.*", batch=1000, timeout=0.5)
+        reports: dict[str, list[dict[str, Any]]] = {}
+        for msg, _ in pulled:
+            with contextlib.suppress(ValueError, IndexError):
+                reports.setdefault(msg.subject.split(".")[1], []).append(json.loads(msg.data))
+        reactions = self.tally.take()
+        # Spaces with listeners counted but no report this round: let stale edges expire.
+        quiet = [s for s, n in self.counted.items() if n and s not in reports]
+        now = time.time()
+        for space in set(reports) | set(reactions) | set(quiet):
+            got, counts = reports.get(space, []), reactions.get(space, Counter())
+
+            def change(s: dict[str, Any], got: list[dict[str, Any]] = got,
+                       counts: Counter[str] = counts) -> dict[str, Any]:
+                return fold(s, got, counts, now)
+
+            with contextlib.suppress(NotFound):
+                snap = await self.store.mutate(space, change)
+                self.counted[space] = int(snap.get("listeners", 0))
+        for _, ack in pulled:
+            with contextlib.suppress(Exception):
+                await ack()
+
+    async def _on_edge(self, msg: Message) -> None:
+        with contextlib.suppress(ValueError):
+            self.registry.update(json.loads(msg.data), time.time())
+
+    async def start(self) -> None:
+        for snap in await self.store.all():
+            self._track(snap)
+        await self.ctx.bus.subscribe(subjects.EDGES, self._on_edge)
+        self._tasks += [asyncio.ensure_future(self._flush_loop()),
+                        asyncio.ensure_future(self._tally_loop())]
+
+    async def stop(self) -> None:
+        for snap in self.coalescer.due(float("inf")):
+            await self._publish(snap)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _etag_response(request: Request, snap: dict[str, Any]) -> Response:
+    etag = f'"{snap["version"]}"'
+    headers = {"ETag": etag, "Cache-Control": "max-age=1"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(public_view(snap), headers=headers)
+
+
+def install(app: FastAPI, ctx: Context) -> None:
+    """Mount /api/v1 on ``app``."""
+    api = Api(ctx)
+    ctx.on_start.append(api.start)
+    ctx.on_stop.append(api.stop)
+    router = APIRouter(prefix="/api/v1", tags=["spaces"])
+    app.state.api = api
+
+    @router.post("/sessions", status_code=201)
+    async def create_session(body: SessionIn) -> dict[str, Any]:
+        """A guest token for a display name (open mode only)."""
+        if not ctx.settings.open_mode:
+            raise Forbidden("guest sessions are off on this server; ask for a token",
+                            slug="closed")
+        identity = "g-" + secrets.token_hex(6)
+        token = ctx.issuer.mint(identity, body.name.strip() or identity, role="host")
+        return {"token": token, "identity": identity, "name": body.name.strip()}
+
+    @router.get("/me")
+    async def me(request: Request) -> dict[str, Any]:
+        """Who the bearer token says you are."""
+        ident = api.who(request)
+        return {"identity": ident.id, "name": ident.name, "space": ident.space,
+                "role": ident.role, "expires": ident.expires}
+
+    @router.post("/spaces", status_code=201)
+    async def create_space(request: Request, body: SpaceIn) -> dict[str, Any]:
+        """Create a Space; the caller is its host."""
+        ident = api.who(request)
+        ident.require("host")
+        if ident.space is not None:
+            raise Forbidden("this token is limited to one Space", slug="insufficient-grant")
+        api.limit(ident)
+        start = body.scheduled_start.isoformat() if body.scheduled_start else None
+        snap = rules.create(rules.new_space_id(), rules.Actor(ident.id, ident.name),
+                            title=body.title, description=body.description,
+                            scheduled_start=start, private=body.private, now=time.time())
+        await api.store.create(snap)
+        return public_view(snap)
+
+    @router.get("/spaces")
+    async def list_spaces(request: Request, state: str | None = None) -> dict[str, Any]:
+        """Live and scheduled Spaces (ended ones with ?state=ended)."""
+        if state not in (None, "live", "scheduled", "ended"):
+            raise Unprocessable("state is one of live, scheduled, ended", slug="bad-state")
+        ident = api.maybe_who(request)
+        wanted = (state,) if state else ("live", "scheduled")
+        found = [s for s in await api.store.all()
+                 if s["state"] in wanted and api.may_see(s, ident)]
+        found.sort(key=lambda s: (s["state"] != "live", -float(s.get("created_at") or 0)))
+        return {"spaces": [public_view(s) for s in found]}
+
+    @router.get("/spaces/{space}")
+    async def get_space(space: str, request: Request) -> Response:
+        """The Space's snapshot; cacheable (ETag = version)."""
+        return _etag_response(request, await api.visible(space, api.maybe_who(request)))
+
+    async def host_change(space: str, request: Request, what: str) -> dict[str, Any]:
+        ident = api.who(request)
+        if ident.space not in (None, space):
+            raise Forbidden("this token is for another Space", slug="insufficient-grant")
+        api.limit(ident)
+        await api.visible(space, ident)
+        actor = rules.Actor(ident.id, ident.name)
+        change = rules.start if what == "start" else rules.end
+        snap = await api.store.mutate(space, lambda s: change(s, actor, now=time.time()))
+        if what == "end":
+            await ctx.bus.publish(subjects.control(space), b'{"type":"ended"}')
+        return public_view(snap)
+
+    @router.post("/spaces/{space}/start")
+    async def start_space(space: str, request: Request) -> dict[str, Any]:
+        """Go live (host only)."""
+        return await host_change(space, request, "start")
+
+    @router.post("/spaces/{space}/end")
+    async def end_space(space: str, request: Request) -> dict[str, Any]:
+        """End the Space for everyone (host only)."""
+        return await host_change(space, request, "end")
+
+    @router.post("/spaces/{space}/actions")
+    async def act(space: str, request: Request, body: ActionIn) -> dict[str, Any]:
+        """Requests to speak, invitations, the stage, co-hosts, mutes and removals."""
+        ident = api.who(request)
+        if ident.space not in (None, space):
+            raise Forbidden("this token is for another Space", slug="insufficient-grant")
+        if body.action in ("request", "accept"):
+            ident.require("speaker", space)
+        api.limit(ident)
+        await api.visible(space, ident)
+        actor = rules.Actor(ident.id, ident.name)
+        try:
+            snap = await api.store.mutate(space, lambda s: rules.apply(
+                s, actor, body.action, target=body.identity, name=body.name,
+                block=body.block, now=time.time()))
+        except Exception:
+            ACTIONS_DONE.labels(body.action if body.action in rules.ACTIONS else "unknown",
+                                "refused").inc()
+            raise
+        ACTIONS_DONE.labels(body.action, "done").inc()
+        if body.action == "remove" and body.identity:
+            kick = {"type": "kick", "identity": body.identity, "block": body.block}
+            await ctx.bus.publish(subjects.control(space), json.dumps(kick).encode())
+        return public_view(snap)
+
+    @router.post("/spaces/{space}/reactions", status_code=202)
+    async def react(space: str, request: Request, body: ReactionIn) -> dict[str, Any]:
+        """A reaction; summed with everyone else's and published as totals."""
+        ident = api.who(request)
+        if body.emoji not in REACTIONS:
+            raise Unprocessable(f"reactions are one of {' '.join(REACTIONS)}",
+                                slug="unknown-reaction")
+        api.limit(ident, api.reacts)
+        snap = await api.visible(space, ident)
+        if snap["state"] != "live":
+            raise rules.Conflict("the Space is not live", slug="not-live")
+        if rules.is_blocked(snap, ident.id):
+            raise Forbidden("you are blocked from this Space", slug="blocked")
+        api.tally.add(space, body.emoji)
+        REACTIONS_IN.inc()
+        return {"accepted": True}
+
+    @router.get("/spaces/{space}/listen")
+    async def listen(space: str, request: Request) -> dict[str, Any]:
+        """Where to listen: the edges serving this Space, least loaded first."""
+        snap = await api.visible(space, api.maybe_who(request))
+        now = time.time()
+        edges = rank_edges(space, snap.get("_edges", {}), api.registry.fresh(now), now)
+        if not edges and "edge" in ctx.settings.roles:
+            edges = rank_edges(space, {}, {ctx.settings.node_id: {
+                "url": ctx.settings.public_url or None, "listeners": 0, "capacity": None}},
+                now)
+        return {"ws": f"/ws/{space}", "ogg": f"/listen/{space}.opus", "edges": edges}
+
+    app.include_router(router)

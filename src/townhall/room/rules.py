@@ -1,0 +1,241 @@
+"""The rules of a Space, with no I/O: who may do what to the stage, and what it becomes.
+
+Every function takes a snapshot dict (see ``townhall.room.snapshot``) and returns a new
+one, or raises a refusal from ``townhall.problems`` with a stable slug. Time is passed in.
+The store bumps ``version``; these rules never touch it.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from townhall.problems import BadInput, Conflict, Forbidden, NotFound, Unprocessable
+from townhall.room.snapshot import COHOST_LIMIT, REQUEST_QUEUE_LIMIT, STAGE_LIMIT, on_stage
+
+Snapshot = dict[str, Any]
+ACTIONS = ("request", "withdraw", "approve", "decline", "invite", "accept", "to_audience",
+           "mute", "unmute", "add_cohost", "remove_cohost", "remove")
+ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The person acting: their identity and display name."""
+
+    id: str
+    name: str
+
+
+def new_space_id() -> str:
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(10))
+
+
+def create(space_id: str, host: Actor, *, title: str, description: str = "",
+           scheduled_start: str | None = None, private: bool = False,
+           now: float) -> Snapshot:
+    """A new scheduled Space; its creator is the host and stands on its stage."""
+    if not title.strip():
+        raise Unprocessable("a Space needs a title", slug="title-required")
+    return {
+        "id": space_id, "title": title.strip(), "description": description,
+        "state": "scheduled", "version": 1, "private": private,
+        "host": {"id": host.id, "name": host.name}, "scheduled_start": scheduled_start,
+        "created_at": now, "started_at": None, "ended_at": None,
+        "stage": [_person(host, "host")], "requests": [], "invites": [],
+        "listeners": 0, "reactions": {},
+        "_blocked": [], "_edges": {},
+    }
+
+
+def _person(actor: Actor, role: str) -> dict[str, Any]:
+    return {"id": actor.id, "name": actor.name, "role": role, "muted": False, "muted_by": None}
+
+
+def role_of(snap: Snapshot, identity: str) -> str | None:
+    """host, cohost, speaker, or None (in the audience)."""
+    person = on_stage(snap, identity)
+    return str(person["role"]) if person else None
+
+
+def is_moderator(snap: Snapshot, identity: str) -> bool:
+    return role_of(snap, identity) in ("host", "cohost") or snap["host"]["id"] == identity
+
+
+def is_blocked(snap: Snapshot, identity: str) -> bool:
+    return identity in snap.get("_blocked", [])
+
+
+def start(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
+    _require_host(snap, actor)
+    if snap["state"] != "scheduled":
+        raise Conflict(f"the Space is {snap['state']}, it cannot start",
+                       slug="not-startable")
+    out = copy.deepcopy(snap)
+    out["state"] = "live"
+    out["started_at"] = now
+    return out
+
+
+def end(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
+    _require_host(snap, actor)
+    if snap["state"] == "ended":
+        raise Conflict("the Space has already ended", slug="space-ended")
+    out = copy.deepcopy(snap)
+    out["state"] = "ended"
+    out["ended_at"] = now
+    out["stage"] = []
+    out["requests"] = []
+    out["invites"] = []
+    return out
+
+
+def _require_host(snap: Snapshot, actor: Actor) -> None:
+    if snap["host"]["id"] != actor.id:
+        raise Forbidden("only the host may do this", slug="not-host")
+
+
+def _require_moderator(snap: Snapshot, actor: Actor) -> None:
+    if not is_moderator(snap, actor.id):
+        raise Forbidden("only the host or a co-host may do this", slug="not-moderator")
+
+
+def _require_live(snap: Snapshot) -> None:
+    if snap["state"] == "ended":
+        raise Conflict("the Space has ended", slug="space-ended")
+    if snap["state"] != "live":
+        raise Conflict("the Space is not live yet", slug="not-live")
+
+
+def _target(target: str | None) -> str:
+    if not target:
+        raise Unprocessable("this action needs an \"identity\"", slug="identity-required")
+    return target
+
+
+def _drop(items: list[dict[str, Any]], identity: str) -> list[dict[str, Any]]:
+    return [i for i in items if i.get("id") != identity]
+
+
+def _find(items: list[dict[str, Any]], identity: str) -> dict[str, Any] | None:
+    return next((i for i in items if i.get("id") == identity), None)
+
+
+def _put_on_stage(snap: Snapshot, who: Actor) -> None:
+    if on_stage(snap, who.id):
+        return
+    if len(snap["stage"]) >= STAGE_LIMIT:
+        raise Conflict(f"the stage is full ({STAGE_LIMIT} people)", slug="stage-full")
+    snap["stage"].append(_person(who, "speaker"))
+    snap["requests"] = _drop(snap["requests"], who.id)
+    snap["invites"] = _drop(snap["invites"], who.id)
+
+
+def apply(snap: Snapshot, actor: Actor, action: str, *, target: str | None = None,
+          name: str | None = None, block: bool = False, now: float) -> Snapshot:
+    """Apply one stage or moderation action; returns the new snapshot."""
+    if action not in ACTIONS:
+        raise BadInput(f"unknown action {action!r}", slug="unknown-action")
+    _require_live(snap)
+    out = copy.deepcopy(snap)
+    self_target = target in (None, actor.id)
+
+    if action == "request":
+        if is_blocked(snap, actor.id):
+            raise Forbidden("you are blocked from this Space", slug="blocked")
+        if on_stage(snap, actor.id):
+            raise Conflict("you are already on stage", slug="already-on-stage")
+        if _find(snap["requests"], actor.id):
+            raise Conflict("you already asked to speak", slug="already-requested")
+        if len(snap["requests"]) >= REQUEST_QUEUE_LIMIT:
+            raise Conflict("too many people are waiting to speak; try again later",
+                           slug="request-queue-full")
+        out["requests"].append({"id": actor.id, "name": actor.name, "at": now})
+    elif action == "withdraw":
+        if not _find(snap["requests"], actor.id):
+            raise Conflict("you have no request to withdraw", slug="no-request")
+        out["requests"] = _drop(out["requests"], actor.id)
+    elif action in ("approve", "decline"):
+        _require_moderator(snap, actor)
+        who = _target(target)
+        request = _find(snap["requests"], who)
+        if request is None:
+            raise NotFound(f"{who} has not asked to speak", slug="no-request")
+        if action == "approve":
+            _put_on_stage(out, Actor(who, str(request["name"])))
+        else:
+            out["requests"] = _drop(out["requests"], who)
+    elif action == "invite":
+        _require_moderator(snap, actor)
+        who = _target(target)
+        if is_blocked(snap, who):
+            raise Conflict(f"{who} is blocked from this Space", slug="blocked")
+        if on_stage(snap, who):
+            raise Conflict(f"{who} is already on stage", slug="already-on-stage")
+        request = _find(snap["requests"], who)
+        display = name or (str(request["name"]) if request else who)
+        out["invites"] = _drop(out["invites"], who)
+        out["invites"].append({"id": who, "name": display[:64], "at": now})
+    elif action == "accept":
+        invite = _find(snap["invites"], actor.id)
+        if invite is None:
+            raise Conflict("you have not been invited to speak", slug="no-invite")
+        _put_on_stage(out, actor)
+    elif action == "to_audience":
+        who = actor.id if target is None else target
+        role = role_of(snap, who)
+        if role is None:
+            raise Conflict(f"{who} is not on stage", slug="not-on-stage")
+        if role == "host":
+            raise Conflict("the host stays on stage; end the Space instead", slug="host-stays")
+        if who != actor.id:
+            _require_moderator(snap, actor)
+            if role == "cohost" and role_of(snap, actor.id) != "host":
+                raise Forbidden("only the host may move a co-host", slug="not-host")
+        out["stage"] = _drop(out["stage"], who)
+    elif action in ("mute", "unmute"):
+        who = actor.id if target is None else target
+        if action == "unmute" and not self_target:
+            raise Forbidden("only speakers unmute themselves", slug="unmute-self-only")
+        if not self_target:
+            _require_moderator(snap, actor)
+            if role_of(snap, who) == "host":
+                raise Forbidden("nobody mutes the host", slug="not-host")
+        person = _find(out["stage"], who)
+        if person is None:
+            raise Conflict(f"{who} is not on stage", slug="not-on-stage")
+        person["muted"] = action == "mute"
+        person["muted_by"] = ("self" if self_target else actor.id) if action == "mute" else None
+    elif action in ("add_cohost", "remove_cohost"):
+        _require_host(snap, actor)
+        who = _target(target)
+        person = _find(out["stage"], who)
+        if person is None:
+            raise Conflict(f"{who} is not on stage", slug="not-on-stage")
+        if action == "add_cohost":
+            if person["role"] == "host":
+                raise Conflict("the host is already the host", slug="already-host")
+            cohosts = sum(1 for p in out["stage"] if p["role"] == "cohost")
+            if person["role"] != "cohost" and cohosts >= COHOST_LIMIT:
+                raise Conflict(f"a Space has at most {COHOST_LIMIT} co-hosts",
+                               slug="cohost-limit")
+            person["role"] = "cohost"
+        else:
+            if person["role"] != "cohost":
+                raise Conflict(f"{who} is not a co-host", slug="not-cohost")
+            person["role"] = "speaker"
+    elif action == "remove":
+        _require_moderator(snap, actor)
+        who = _target(target)
+        if who == snap["host"]["id"]:
+            raise Forbidden("the host cannot be removed", slug="not-host")
+        if role_of(snap, who) == "cohost" and role_of(snap, actor.id) != "host":
+            raise Forbidden("only the host may remove a co-host", slug="not-host")
+        out["stage"] = _drop(out["stage"], who)
+        out["requests"] = _drop(out["requests"], who)
+        out["invites"] = _drop(out["invites"], who)
+        if block and who not in out.setdefault("_blocked", []):
+            out["_blocked"].append(who)
+    return out

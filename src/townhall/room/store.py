@@ -1,0 +1,78 @@
+"""Spaces in the JetStream key-value bucket: every change a compare-and-set, retried."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable
+from typing import Any
+
+from townhall.bus import Bus, CasConflict, subjects
+from townhall.problems import NotFound, Unavailable
+from townhall.room.snapshot import public_view
+
+Snapshot = dict[str, Any]
+Mutation = Callable[[Snapshot], Snapshot]
+MAX_ATTEMPTS = 50
+
+
+class SpaceStore:
+    """Reads and changes Space snapshots; a change that loses a race is re-applied."""
+
+    def __init__(self, bus: Bus, on_change: Callable[[Snapshot], None] | None = None) -> None:
+        self.bus = bus
+        self.on_change = on_change
+
+    async def get(self, space: str) -> Snapshot:
+        entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
+        if entry is None:
+            raise NotFound(f"no Space {space}", slug="space-not-found")
+        doc: Snapshot = json.loads(entry.value)
+        return doc
+
+    async def create(self, snap: Snapshot) -> Snapshot:
+        await self.bus.kv_create(subjects.SPACES_BUCKET, snap["id"], _dump(snap))
+        if self.on_change:
+            self.on_change(snap)
+        return snap
+
+    async def mutate(self, space: str, change: Mutation) -> Snapshot:
+        """Apply ``change`` with compare-and-set; the version grows when the public view
+        changes. Refusals raised by ``change`` propagate untouched."""
+        for attempt in range(MAX_ATTEMPTS):
+            entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
+            if entry is None:
+                raise NotFound(f"no Space {space}", slug="space-not-found")
+            old: Snapshot = json.loads(entry.value)
+            new = change(old)
+            if new == old:
+                return old
+            public_changed = public_view(new) != public_view(old)
+            if public_changed:
+                new["version"] = int(old["version"]) + 1
+            try:
+                await self.bus.kv_update(subjects.SPACES_BUCKET, space, _dump(new),
+                                         entry.revision)
+            except CasConflict:
+                # Someone else changed it first: re-read and re-apply, with a little jitter
+                # so a crowd of writers does not collide again in lock step.
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            if public_changed and self.on_change:
+                self.on_change(new)
+            return new
+        raise Unavailable("the Space is changing too fast; try again", retry_after=1,
+                          slug="contention")
+
+    async def all(self) -> list[Snapshot]:
+        out = []
+        for key in await self.bus.kv_keys(subjects.SPACES_BUCKET):
+            entry = await self.bus.kv_get(subjects.SPACES_BUCKET, key)
+            if entry is not None:
+                out.append(json.loads(entry.value))
+        return out
+
+
+def _dump(snap: Snapshot) -> bytes:
+    return json.dumps(snap, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,100 @@
+"""Counting, never broadcasting: reactions summed per interval and the edges' per-second
+reports folded into a Space's snapshot. No I/O; time is passed in."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from townhall.room.snapshot import REACTIONS
+
+STALE_S = 3.0  # an edge that has not reported for this long no longer counts
+
+
+def fold(snap: dict[str, Any], reports: list[dict[str, Any]], reactions: Counter[str],
+         now: float) -> dict[str, Any]:
+    """The snapshot with these edge reports and reaction counts folded in."""
+    out = copy.deepcopy(snap)
+    edges: dict[str, dict[str, Any]] = out.setdefault("_edges", {})
+    totals: dict[str, int] = out.setdefault("reactions", {})
+    counts: Counter[str] = Counter(reactions)
+    for report in reports:
+        node = str(report.get("node", ""))
+        if not node:
+            continue
+        at = float(report.get("at", now))
+        if node in edges and float(edges[node].get("at", 0)) > at:
+            continue  # an older report arriving late
+        edges[node] = {"listeners": max(0, int(report.get("listeners", 0))),
+                       "url": report.get("url"), "capacity": report.get("capacity"),
+                       "at": at}
+        for emoji, n in dict(report.get("reactions") or {}).items():
+            counts[str(emoji)] += max(0, int(n))
+    for node in [n for n, e in edges.items() if now - float(e["at"]) > STALE_S]:
+        del edges[node]
+    for emoji, n in counts.items():
+        if emoji in REACTIONS and n > 0:
+            totals[emoji] = int(totals.get(emoji, 0)) + n
+    out["listeners"] = sum(int(e["listeners"]) for e in edges.values())
+    return out
+
+
+@dataclass
+class ReactionTally:
+    """Reactions received by this api process since the last flush, per Space."""
+
+    pending: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def add(self, space: str, emoji: str, n: int = 1) -> None:
+        self.pending.setdefault(space, Counter())[emoji] += n
+
+    def take(self) -> dict[str, Counter[str]]:
+        out, self.pending = self.pending, {}
+        return out
+
+
+@dataclass
+class EdgeRegistry:
+    """Every edge's latest heartbeat, to point listeners at edges with room."""
+
+    edges: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def update(self, report: dict[str, Any], now: float) -> None:
+        node = str(report.get("node", ""))
+        if node:
+            self.edges[node] = {**report, "seen": now}
+
+    def fresh(self, now: float) -> dict[str, dict[str, Any]]:
+        return {n: e for n, e in self.edges.items() if now - float(e["seen"]) <= STALE_S}
+
+
+def _load(edge: dict[str, Any]) -> float:
+    cap = edge.get("capacity") or 0
+    listeners = float(edge.get("listeners") or 0)
+    return listeners / cap if cap else listeners
+
+
+def rank_edges(space: str, snap_edges: dict[str, dict[str, Any]],
+               registry: dict[str, dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """Edges that can serve ``space``, least loaded first; full ones last."""
+    merged: dict[str, dict[str, Any]] = {}
+    for node, edge in registry.items():
+        merged[node] = {"node": node, "url": edge.get("url"),
+                        "listeners": int(edge.get("listeners") or 0),
+                        "capacity": edge.get("capacity")}
+    for node, edge in snap_edges.items():
+        if now - float(edge.get("at", 0)) > STALE_S:
+            continue
+        base = merged.setdefault(node, {"node": node, "url": edge.get("url"),
+                                        "listeners": int(edge.get("listeners") or 0),
+                                        "capacity": edge.get("capacity")})
+        base["url"] = base["url"] or edge.get("url")
+    ranked = sorted(merged.values(), key=lambda e: (
+        bool(e["capacity"]) and e["listeners"] >= e["capacity"], _load(e), e["node"]))
+    for entry in ranked:
+        root = str(entry["url"] or "").rstrip("/")
+        entry["ws"] = f"{root}/ws/{space}"
+        entry["ogg"] = f"{root}/listen/{space}.opus"
+    return ranked
