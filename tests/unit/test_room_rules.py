@@ -1,0 +1,174 @@
+"""The rules of a Space: every action, every refusal, with no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from townhall.problems import BadInput, Conflict, Forbidden, NotFound, Problem, Unprocessable
+from townhall.room import rules
+from townhall.room.rules import Actor
+from townhall.room.snapshot import COHOST_LIMIT, REQUEST_QUEUE_LIMIT, STAGE_LIMIT
+
+HOST = Actor("ada", "Ada")
+BOB = Actor("bob", "Bob")
+CY = Actor("cy", "Cy")
+
+
+def live() -> dict[str, Any]:
+    snap = rules.create("abcdefghij", HOST, title="Town hall", now=1.0)
+    return rules.start(snap, HOST, now=2.0)
+
+
+def act(snap: dict[str, Any], who: Actor, action: str, target: str | None = None,
+        **kw: Any) -> dict[str, Any]:
+    return rules.apply(snap, who, action, target=target, now=3.0, **kw)
+
+
+def speaker(snap: dict[str, Any], who: Actor) -> dict[str, Any]:
+    return act(act(snap, who, "request"), HOST, "approve", who.id)
+
+
+def stage_ids(snap: dict[str, Any]) -> list[str]:
+    return [p["id"] for p in snap["stage"]]
+
+
+def refused(kind: type[Problem], slug: str, fn: Any, *args: Any, **kw: Any) -> None:
+    with pytest.raises(kind) as err:
+        fn(*args, **kw)
+    assert err.value.instance_slug == slug
+
+
+def test_create_puts_the_host_on_stage_scheduled() -> None:
+    snap = rules.create("abcdefghij", HOST, title="  T  ", now=1.0)
+    assert snap["state"] == "scheduled" and snap["title"] == "T" and snap["version"] == 1
+    assert snap["stage"] == [{"id": "ada", "name": "Ada", "role": "host", "muted": False,
+                              "muted_by": None}]
+    refused(Unprocessable, "title-required", rules.create, "x", HOST, title=" ", now=1.0)
+
+
+def test_start_and_end_are_the_hosts() -> None:
+    snap = rules.create("abcdefghij", HOST, title="T", now=1.0)
+    refused(Forbidden, "not-host", rules.start, snap, BOB, now=2.0)
+    snap = rules.start(snap, HOST, now=2.0)
+    assert snap["state"] == "live" and snap["started_at"] == 2.0
+    refused(Conflict, "not-startable", rules.start, snap, HOST, now=2.0)
+    snap = speaker(snap, BOB)
+    refused(Forbidden, "not-host", rules.end, snap, BOB, now=3.0)
+    ended = rules.end(snap, HOST, now=4.0)
+    assert ended["state"] == "ended" and ended["stage"] == [] and ended["ended_at"] == 4.0
+    refused(Conflict, "space-ended", rules.end, ended, HOST, now=5.0)
+    refused(Conflict, "space-ended", act, ended, CY, "request")
+
+
+def test_actions_wait_for_live() -> None:
+    snap = rules.create("abcdefghij", HOST, title="T", now=1.0)
+    refused(Conflict, "not-live", act, snap, BOB, "request")
+
+
+def test_request_approve_decline_withdraw() -> None:
+    snap = act(live(), BOB, "request")
+    assert [r["id"] for r in snap["requests"]] == ["bob"]
+    refused(Conflict, "already-requested", act, snap, BOB, "request")
+    refused(Forbidden, "not-moderator", act, snap, CY, "approve", "bob")
+    refused(NotFound, "no-request", act, snap, HOST, "approve", "cy")
+    refused(Unprocessable, "identity-required", act, snap, HOST, "approve")
+    assert act(snap, HOST, "decline", "bob")["requests"] == []
+    assert act(snap, BOB, "withdraw")["requests"] == []
+    refused(Conflict, "no-request", act, live(), BOB, "withdraw")
+    on = act(snap, HOST, "approve", "bob")
+    assert stage_ids(on) == ["ada", "bob"] and on["requests"] == []
+    refused(Conflict, "already-on-stage", act, on, BOB, "request")
+
+
+def test_the_request_queue_is_capped() -> None:
+    snap = live()
+    for i in range(REQUEST_QUEUE_LIMIT):
+        snap = act(snap, Actor(f"l{i}", "L"), "request")
+    refused(Conflict, "request-queue-full", act, snap, BOB, "request")
+
+
+def test_the_stage_holds_thirteen() -> None:
+    snap = live()
+    for i in range(STAGE_LIMIT - 1):
+        snap = speaker(snap, Actor(f"s{i}", "S"))
+    assert len(snap["stage"]) == STAGE_LIMIT
+    snap = act(snap, BOB, "request")
+    refused(Conflict, "stage-full", act, snap, HOST, "approve", "bob")
+
+
+def test_invite_and_accept() -> None:
+    snap = act(live(), HOST, "invite", "bob", name="Bobby")
+    assert snap["invites"][0]["name"] == "Bobby"
+    refused(Conflict, "no-invite", act, snap, CY, "accept")
+    on = act(snap, BOB, "accept")
+    assert stage_ids(on) == ["ada", "bob"] and on["invites"] == []
+    refused(Conflict, "already-on-stage", act, on, HOST, "invite", "bob")
+
+
+def test_leaving_and_moving_to_the_audience() -> None:
+    snap = speaker(speaker(live(), BOB), CY)
+    assert stage_ids(act(snap, BOB, "to_audience")) == ["ada", "cy"]
+    refused(Forbidden, "not-moderator", act, snap, BOB, "to_audience", "cy")
+    assert stage_ids(act(snap, HOST, "to_audience", "cy")) == ["ada", "bob"]
+    refused(Conflict, "host-stays", act, snap, HOST, "to_audience")
+    refused(Conflict, "host-stays", act, snap, BOB, "to_audience", "ada")
+    refused(Conflict, "not-on-stage", act, snap, HOST, "to_audience", "zed")
+
+
+def test_cohosts_moderate_but_not_each_other() -> None:
+    snap = act(speaker(speaker(live(), BOB), CY), HOST, "add_cohost", "bob")
+    assert snap["stage"][1]["role"] == "cohost"
+    assert stage_ids(act(snap, BOB, "to_audience", "cy")) == ["ada", "bob"]
+    snap = act(snap, HOST, "add_cohost", "cy")
+    refused(Forbidden, "not-host", act, snap, BOB, "to_audience", "cy")
+    refused(Forbidden, "not-host", act, snap, BOB, "remove", "cy")
+    refused(Forbidden, "not-host", act, snap, BOB, "add_cohost", "cy")
+    dave = Actor("dave", "Dave")
+    snap = speaker(snap, dave)
+    assert COHOST_LIMIT == 2
+    refused(Conflict, "cohost-limit", act, snap, HOST, "add_cohost", "dave")
+    refused(Conflict, "already-host", act, snap, HOST, "add_cohost", "ada")
+    back = act(snap, HOST, "remove_cohost", "bob")
+    assert back["stage"][1]["role"] == "speaker"
+    refused(Conflict, "not-cohost", act, back, HOST, "remove_cohost", "bob")
+    refused(Conflict, "not-on-stage", act, back, HOST, "add_cohost", "zed")
+
+
+def test_mute_by_moderator_and_self_unmute() -> None:
+    snap = speaker(live(), BOB)
+    muted = act(snap, HOST, "mute", "bob")
+    assert muted["stage"][1]["muted"] and muted["stage"][1]["muted_by"] == "ada"
+    refused(Forbidden, "unmute-self-only", act, muted, HOST, "unmute", "bob")
+    again = act(muted, BOB, "unmute")
+    assert not again["stage"][1]["muted"] and again["stage"][1]["muted_by"] is None
+    assert act(snap, BOB, "mute")["stage"][1]["muted_by"] == "self"
+    refused(Forbidden, "not-host", act, act(snap, HOST, "add_cohost", "bob"), BOB, "mute",
+            "ada")
+    refused(Forbidden, "not-moderator", act, speaker(snap, CY), CY, "mute", "bob")
+    refused(Conflict, "not-on-stage", act, snap, CY, "mute")
+
+
+def test_remove_and_block() -> None:
+    snap = act(speaker(live(), BOB), CY, "request")
+    gone = act(snap, HOST, "remove", "bob")
+    assert stage_ids(gone) == ["ada"] and gone["_blocked"] == []
+    blocked = act(snap, HOST, "remove", "cy", block=True)
+    assert blocked["requests"] == [] and blocked["_blocked"] == ["cy"]
+    refused(Forbidden, "blocked", act, blocked, CY, "request")
+    refused(Conflict, "blocked", act, blocked, HOST, "invite", "cy")
+    refused(Forbidden, "not-host", act, snap, HOST, "remove", "ada")
+    refused(Forbidden, "not-moderator", act, snap, BOB, "remove", "cy")
+
+
+def test_unknown_action() -> None:
+    refused(BadInput, "unknown-action", act, live(), HOST, "dance")
+
+
+def test_rules_never_change_their_input() -> None:
+    snap = live()
+    before = repr(snap)
+    act(snap, BOB, "request")
+    rules.end(snap, HOST, now=9.0)
+    assert repr(snap) == before
