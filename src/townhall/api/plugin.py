@@ -57,6 +57,8 @@ class Api:
         self.states: dict[str, str] = {}
         self.counted: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # One publisher, in order: a newer snapshot never goes out before an older one.
+        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     # --- identity and limits ---------------------------------------------------------
 
@@ -94,8 +96,7 @@ class Api:
         self._track(snap)
         ready = self.coalescer.offer(public_view(snap), time.monotonic())
         if ready is not None:
-            self._tasks.append(asyncio.ensure_future(self._publish(ready)))
-            self._tasks = [t for t in self._tasks if not t.done()]
+            self._outbox.put_nowait(ready)
 
     def _track(self, snap: dict[str, Any]) -> None:
         self.states[snap["id"]] = snap["state"]
@@ -112,7 +113,8 @@ class Api:
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(0.05)
+            with contextlib.suppress(TimeoutError):
+                await self._publish(await asyncio.wait_for(self._outbox.get(), 0.05))
             for snap in self.coalescer.due(time.monotonic()):
                 await self._publish(snap)
 
@@ -163,6 +165,8 @@ class Api:
                         asyncio.ensure_future(self._tally_loop())]
 
     async def stop(self) -> None:
+        while not self._outbox.empty():
+            await self._publish(self._outbox.get_nowait())
         for snap in self.coalescer.due(float("inf")):
             await self._publish(snap)
         for task in self._tasks:
