@@ -92,3 +92,13 @@ def test_backlog_forgives_skips_after_catching_up() -> None:
         assert b.offer(s, s) is Offer.QUEUED
     b.offer(200, 200)
     assert b.offer(201, 201) is Offer.SKIPPED  # forgiven: a skip, not a close
+
+
+def test_backlog_preload_does_not_count_as_behind() -> None:
+    b: Backlog[int] = Backlog(limit=2)
+    b.preload([(s, s) for s in range(1, 11)])
+    assert b.offer(11, 11) is Offer.QUEUED and b.offer(12, 12) is Offer.QUEUED
+    got = []
+    while (item := b.take()) is not None:
+        got.append(item[0])
+    assert got == list(range(1, 13)) and b.skips == 0

@@ -42,6 +42,7 @@ class Backlog(Generic[T]):
         self._delivered_since_skip = 0
         self.pending_skip: Skip | None = None
         self.resume_from: int | None = None
+        self._allowance = 0       # preloaded catch-up chunks that do not count as "behind"
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -50,15 +51,17 @@ class Backlog(Generic[T]):
         """Queue a chunk; past the limit, drop the backlog and keep only this one."""
         if self.resume_from is not None:
             return Offer.CLOSE
-        if len(self._queue) < self.limit:
+        if len(self._queue) < self.limit + self._allowance:
             self._queue.append((seq, item))
             return Offer.QUEUED
         oldest = self._queue[0][0]
         if self._recent_skips + 1 > self.max_skips:
             self.resume_from = oldest
             self._queue.clear()
+            self._allowance = 0
             return Offer.CLOSE
         self._queue.clear()
+        self._allowance = 0
         self._queue.append((seq, item))
         self.skips += 1
         self._recent_skips += 1
@@ -67,11 +70,18 @@ class Backlog(Generic[T]):
         self.pending_skip = Skip(prior.from_seq if prior else oldest, seq)
         return Offer.SKIPPED
 
+    def preload(self, items: list[tuple[int, T]]) -> None:
+        """Queue a resuming listener's catch-up chunks beyond the limit, as a one-off."""
+        self._queue.extend(items)
+        self._allowance += len(items)
+
     def take(self) -> tuple[int, T] | None:
         """The next chunk to write, oldest first."""
         if not self._queue:
             return None
         self._delivered_since_skip += 1
+        if self._allowance:
+            self._allowance -= 1
         if self._delivered_since_skip >= FORGIVE_AFTER:
             self._recent_skips = 0
         return self._queue.popleft()

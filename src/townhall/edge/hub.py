@@ -1,0 +1,277 @@
+"""Per-Space feeds on one edge: subscribe on demand, encode each chunk once, fan it out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+from townhall.bus import Bus, subjects
+from townhall.bus.bus import Message, Subscription
+from townhall.edge.backlog import Backlog, Offer, Skip
+from townhall.edge.resume import Source, plan_resume
+from townhall.edge.ring import Ring
+from townhall.media.chunk import Chunk
+from townhall.media.ogg import OggOpusStream
+from townhall.problems import BadInput
+from townhall.room.snapshot import public_view
+
+log = logging.getLogger(__name__)
+
+GRACE_S = 10.0          # keep a Space's subscriptions this long after its last listener
+MAX_TEXTS = 32          # queued text frames per listener; older levels are dropped first
+CLOSE_TOO_SLOW = 4408
+CLOSE_ENDED = 4410
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One chunk in every form a listener may need, built once per edge."""
+
+    seq: int
+    ws: bytes            # exactly Chunk.encode() bytes: one binary WebSocket frame
+    ogg: bytes           # one Ogg page
+    sent_us: int
+
+
+class Subscriber:
+    """One listener's queue: chunks through a bounded backlog, text frames alongside."""
+
+    def __init__(self, kind: str, backlog_limit: int = 20) -> None:
+        self.kind = kind
+        self.backlog: Backlog[Frame] = Backlog(limit=backlog_limit)
+        self.texts: deque[str] = deque()
+        self.wake = asyncio.Event()
+        self.close: tuple[int, str] | None = None
+        self.closed = asyncio.Event()   # set once close is decided
+
+    def push_frame(self, frame: Frame) -> None:
+        if self.backlog.offer(frame.seq, frame) is Offer.CLOSE and self.close is None:
+            self.close = (CLOSE_TOO_SLOW,
+                          json.dumps({"resume_from": self.backlog.resume_from}))
+            self.closed.set()
+        self.wake.set()
+
+    def push_text(self, text: str) -> None:
+        if len(self.texts) >= MAX_TEXTS:
+            self.texts.popleft()
+        self.texts.append(text)
+        self.wake.set()
+
+    def end(self, code: int, reason: str) -> None:
+        if self.close is None:
+            self.close = (code, reason)
+            self.closed.set()
+        self.wake.set()
+
+    def skip(self) -> Skip | None:
+        return self.backlog.take_skip()
+
+    def next_frame(self) -> Frame | None:
+        item = self.backlog.take()
+        return item[1] if item else None
+
+    async def wait(self) -> None:
+        """Until something is queued (cleared once everything queued is taken)."""
+        if not self.texts and not len(self.backlog) and self.close is None:
+            self.wake.clear()
+            await self.wake.wait()
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What the hello frame tells a listener."""
+
+    live_seq: int | None
+    start: int | None
+    resumed: bool
+
+
+class Feed:
+    """One Space on this edge: its subscriptions, ring, latest state and listeners."""
+
+    def __init__(self, space: str, ogg: OggOpusStream) -> None:
+        self.space = space
+        self.ogg = ogg
+        self.ring: Ring[Frame] = Ring()
+        self.subscribers: set[Subscriber] = set()
+        self.snapshot: dict[str, Any] | None = None
+        self.state_text: str | None = None
+        self.reactions: Counter[str] = Counter()
+        self.subs: list[Subscription] = []
+        self.release: asyncio.TimerHandle | None = None
+        self.chunks = 0
+
+    def frame(self, data: bytes) -> Frame:
+        chunk = Chunk.decode(data)
+        return Frame(chunk.seq, data, self.ogg.chunk_page(chunk), chunk.sent_us)
+
+    def on_media(self, data: bytes) -> None:
+        try:
+            frame = self.frame(data)
+        except BadInput:
+            log.warning("dropped a malformed chunk on %s", self.space)
+            return
+        if not self.ring.add(frame.seq, frame):
+            return
+        self.chunks += 1
+        for sub in self.subscribers:
+            sub.push_frame(frame)
+
+    def on_state(self, snap: dict[str, Any]) -> None:
+        if self.snapshot is not None and int(snap.get("version", 0)) <= int(
+                self.snapshot.get("version", 0)):
+            return
+        self.snapshot = public_view(snap)
+        self.state_text = json.dumps({"type": "state", "snapshot": self.snapshot})
+        for sub in self.subscribers:
+            sub.push_text(self.state_text)
+            if self.snapshot.get("state") == "ended":
+                sub.end(CLOSE_ENDED, "space ended")
+
+    def on_levels(self, text: str) -> None:
+        for sub in self.subscribers:
+            if sub.kind == "ws":
+                sub.push_text(text)
+
+
+class Hub:
+    """All Space feeds of one edge process."""
+
+    def __init__(self, bus: Bus, grace_s: float = GRACE_S) -> None:
+        self.bus = bus
+        self.grace_s = grace_s
+        self.feeds: dict[str, Feed] = {}
+        self.ogg = OggOpusStream()
+        self._starting: dict[str, asyncio.Task[Feed]] = {}
+
+    def listeners(self) -> int:
+        return sum(len(f.subscribers) for f in self.feeds.values())
+
+    async def snapshot(self, space: str) -> dict[str, Any] | None:
+        """The Space's current snapshot from KV (internal keys kept; callers filter)."""
+        entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
+        if entry is None:
+            return None
+        try:
+            doc = json.loads(entry.value)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    async def _open(self, space: str) -> Feed:
+        feed = Feed(space, self.ogg)
+
+        async def media(msg: Message) -> None:
+            feed.on_media(msg.data)
+
+        async def state(msg: Message) -> None:
+            with contextlib.suppress(ValueError):
+                snap = json.loads(msg.data)
+                if isinstance(snap, dict):
+                    feed.on_state(snap)
+
+        async def levels(msg: Message) -> None:
+            with contextlib.suppress(ValueError):
+                body = json.loads(msg.data)
+                if isinstance(body, dict):
+                    feed.on_levels(json.dumps({**body, "type": "levels"}))
+
+        feed.subs = [await self.bus.subscribe(subjects.media(space), media),
+                     await self.bus.subscribe(subjects.state(space), state),
+                     await self.bus.subscribe(subjects.levels(space), levels)]
+        snap = await self.snapshot(space)
+        if snap is not None:
+            feed.on_state(snap)
+        return feed
+
+    async def feed(self, space: str) -> Feed:
+        """The Space's feed, subscribing if this is its first listener."""
+        if space in self.feeds:
+            return self.feeds[space]
+        task = self._starting.get(space)
+        if task is None:
+            task = asyncio.ensure_future(self._open(space))
+            self._starting[space] = task
+        try:
+            feed = await asyncio.shield(task)
+        finally:
+            self._starting.pop(space, None)
+        self.feeds.setdefault(space, feed)
+        return self.feeds[space]
+
+    async def join(self, space: str, sub: Subscriber, from_seq: int | None,
+                   snap: dict[str, Any] | None = None) -> Joined:
+        """Attach a listener, queueing its catch-up chunks (ring or JetStream) first."""
+        feed = await self.feed(space)
+        if snap is not None:
+            feed.on_state(snap)  # the KV copy, in case it is newer than the last message
+        if feed.release is not None:
+            feed.release.cancel()
+            feed.release = None
+        plan = plan_resume(from_seq, feed.ring.first_seq, feed.ring.last_seq)
+        replayed: list[Frame] = []
+        if plan.source is Source.REPLAY:
+            for msg in await self.bus.replay(subjects.MEDIA_STREAM, subjects.media(space),
+                                             since_s=plan.since_s):
+                with contextlib.suppress(BadInput):
+                    replayed.append(feed.frame(msg.data))
+        # No await from here on: nothing can arrive between catch-up and live.
+        catchup: list[tuple[int, Frame]] = []
+        resumed = False
+        start: int | None = None
+        if from_seq is not None and plan.source in (Source.RING, Source.REPLAY):
+            upto = from_seq - 1
+            for f in sorted(replayed, key=lambda f: f.seq):
+                if f.seq > upto:
+                    catchup.append((f.seq, f))
+                    upto = f.seq
+            catchup += feed.ring.since(upto + 1)
+            if catchup:
+                start = catchup[0][0]
+                resumed = start == from_seq
+            elif plan.source is Source.RING:  # asked for the very next live chunk
+                start, resumed = from_seq, True
+        if feed.state_text is not None:
+            sub.push_text(feed.state_text)
+        if from_seq is not None and not resumed:
+            live = feed.ring.last_seq
+            sub.push_text(json.dumps({"type": "jump", "from": from_seq,
+                                      "to": start if start is not None else
+                                      (live + 1 if live is not None else None),
+                                      "reason": "not-held"}))
+        sub.backlog.preload(catchup)
+        feed.subscribers.add(sub)
+        return Joined(feed.ring.last_seq, start, resumed)
+
+    def leave(self, space: str, sub: Subscriber) -> None:
+        """Detach a listener; the last one out starts the grace timer."""
+        feed = self.feeds.get(space)
+        if feed is None:
+            return
+        feed.subscribers.discard(sub)
+        if not feed.subscribers and feed.release is None:
+            loop = asyncio.get_running_loop()
+            feed.release = loop.call_later(self.grace_s,
+                                           lambda: asyncio.ensure_future(self._release(feed)))
+
+    async def _release(self, feed: Feed) -> None:
+        if feed.subscribers or self.feeds.get(feed.space) is not feed:
+            return
+        del self.feeds[feed.space]
+        for s in feed.subs:
+            await s.unsubscribe()
+
+    async def close(self) -> None:
+        for feed in list(self.feeds.values()):
+            if feed.release is not None:
+                feed.release.cancel()
+            for sub in feed.subscribers:
+                sub.end(1001, "edge shutting down")
+            for s in feed.subs:
+                await s.unsubscribe()
+        self.feeds.clear()

@@ -1,0 +1,93 @@
+"""One edge process: its hub, admission control and who may listen to what."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from townhall.auth import TokenIssuer
+from townhall.edge.admission import Admission, Decision
+from townhall.edge.hub import Hub
+from townhall.problems import Problem
+
+DEFAULT_CAPACITY = 10_000
+DEFAULT_JOIN_RATE = 1_000.0
+
+CLOSE_UNKNOWN = 4404
+CLOSE_ENDED = 4410
+CLOSE_TOKEN_NEEDED = 4401
+CLOSE_TOKEN_REFUSED = 4403
+CLOSE_FULL = 4503
+CLOSE_BAD_INPUT = 4400
+
+
+def capacity_from_env() -> int:
+    """Listener cap of this edge: TOWNHALL_EDGE_CAPACITY (default 10000)."""
+    return int(os.environ.get("TOWNHALL_EDGE_CAPACITY", DEFAULT_CAPACITY))
+
+
+def join_rate_from_env() -> float:
+    """Joins per second this edge admits: TOWNHALL_EDGE_JOIN_RATE (default 1000)."""
+    return float(os.environ.get("TOWNHALL_EDGE_JOIN_RATE", DEFAULT_JOIN_RATE))
+
+
+def parse_from(raw: str | None) -> int | None:
+    """The ``from`` query parameter: absent, or a non-negative decimal sequence number."""
+    if raw is None or raw == "":
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 20:
+        raise ValueError(f"from must be a sequence number, not {raw[:40]!r}")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a listener may not join: a WebSocket close code and the HTTP status."""
+
+    code: int
+    status: int
+    slug: str
+    detail: str
+
+
+def may_listen(snap: dict[str, Any] | None, space: str, token: str | None,
+               issuer: TokenIssuer) -> Refusal | None:
+    """Whether a listener with ``token`` may hear this Space now."""
+    if snap is None:
+        return Refusal(CLOSE_UNKNOWN, 404, "space-not-found", f"no Space {space}")
+    if snap.get("state") == "ended":
+        return Refusal(CLOSE_ENDED, 410, "space-ended", "this Space has ended")
+    if snap.get("private"):
+        if not token:
+            return Refusal(CLOSE_TOKEN_NEEDED, 401, "token-missing",
+                           "this Space is private: a listener token is required")
+        try:
+            who = issuer.verify(token)
+        except Problem:
+            return Refusal(CLOSE_TOKEN_REFUSED, 403, "token-invalid", "token refused")
+        if not who.may_take("listener", space):
+            return Refusal(CLOSE_TOKEN_REFUSED, 403, "insufficient-grant",
+                           "this token is not for this Space")
+    return None
+
+
+@dataclass
+class EdgeNode:
+    """Everything one edge process shares across its listeners."""
+
+    hub: Hub
+    issuer: TokenIssuer
+    node: str
+    url: str | None
+    capacity: int = field(default_factory=capacity_from_env)
+    join_rate: float = field(default_factory=join_rate_from_env)
+    admission: Admission = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.capacity, self.join_rate, time.monotonic())
+
+    def admit(self) -> Decision:
+        """Admission of one more listener now."""
+        return self.admission.decide(self.hub.listeners(), time.monotonic())

@@ -1,0 +1,36 @@
+"""The edge role's HTTP plug-in: listener WebSocket, Ogg stream and once-a-second stats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import FastAPI
+
+from townhall.context import Context
+from townhall.edge import ogg_http, stats, ws
+from townhall.edge.hub import Hub
+from townhall.edge.node import EdgeNode
+
+
+def install(app: FastAPI, ctx: Context) -> None:
+    """Serve /ws/{space} and /listen/{space}.opus from this process."""
+    edge = EdgeNode(hub=Hub(ctx.bus), issuer=ctx.issuer, node=ctx.settings.node_id,
+                    url=ctx.settings.public_url or None)
+    app.state.edge = edge
+    ws.install(app, edge)
+    ogg_http.install(app, edge)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        tasks.append(asyncio.ensure_future(stats.run(edge)))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await edge.hub.close()
+
+    ctx.on_start.append(start)
+    ctx.on_stop.append(stop)

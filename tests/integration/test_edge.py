@@ -1,0 +1,312 @@
+"""The edge against a real `townhall serve` (api + edge roles) and a real chunk producer.
+
+The producer is this test: a 440 Hz tone encoded with libopus (PyAV) into Chunks,
+published on ``townhall.<id>.media`` through the bus like the stage does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.conftest import Served, start_townhall
+from tests.tone import ToneChunks
+from townhall.bus import Bus, subjects
+from townhall.media.chunk import Chunk
+
+CHUNK_S = 0.1
+
+
+def ws_base(served: Served) -> str:
+    return served.url.replace("http://", "ws://")
+
+
+def live_space(served: Served, title: str = "edge test", private: bool = False
+               ) -> tuple[str, str]:
+    """A live Space created through the api; returns (id, host token)."""
+    token = served.session("host")
+    with served.client(token) as c:
+        r = c.post("/api/v1/spaces", json={"title": title, "private": private})
+        assert r.status_code == 201, r.text
+        space = r.json()["id"]
+        r = c.post(f"/api/v1/spaces/{space}/start")
+        assert r.status_code == 200, r.text
+    return str(space), token
+
+
+class Producer:
+    """Publishes tone chunks every ``interval`` seconds until stopped."""
+
+    def __init__(self, bus: Bus, space: str, interval: float = CHUNK_S) -> None:
+        self.bus = bus
+        self.space = space
+        self.interval = interval
+        self.tone = ToneChunks(440.0)
+        self.last = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def publish(self, n: int = 1, gap: float = 0.0) -> None:
+        for _ in range(n):
+            if gap:
+                await asyncio.sleep(gap)
+            chunk = self.tone.next()
+            await self.bus.publish(subjects.media(self.space), chunk.encode())
+            self.last = chunk.seq
+
+    async def _run(self) -> None:
+        while True:
+            await self.publish()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.bus.flush()
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    b = await Bus.connect([nats_url])
+    yield b
+    await b.close()
+
+
+@pytest.fixture(scope="module")
+def edge_server(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Any:
+    served = start_townhall(tmp_path_factory.mktemp("edge"), "--nats", nats_url,
+                            "--roles", "api,edge")
+    yield served
+    served.stop()
+
+
+class Listener:
+    """A WebSocket listener recording hello, text frames and chunk sequence numbers."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.hello: dict[str, Any] = {}
+        self.texts: list[dict[str, Any]] = []
+        self.seqs: list[int] = []
+
+    @classmethod
+    async def open(cls, url: str) -> Listener:
+        ws = await connect(url, open_timeout=30)
+        self = cls(ws)
+        self.hello = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        assert self.hello["type"] == "hello"
+        return self
+
+    async def until(self, seq: int, timeout: float = 60) -> None:
+        """Read until a chunk with sequence >= ``seq`` arrived."""
+        async with asyncio.timeout(timeout):
+            while not self.seqs or self.seqs[-1] < seq:
+                msg = await self.ws.recv()
+                if isinstance(msg, bytes):
+                    self.seqs.append(Chunk.decode(msg).seq)
+                else:
+                    self.texts.append(json.loads(msg))
+
+
+def contiguous(seqs: list[int]) -> bool:
+    return seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+async def close_code(url: str) -> int | None:
+    """The close code a WebSocket join gets (after at most a few frames)."""
+    async with connect(url, open_timeout=30) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(30):
+                while True:
+                    await ws.recv()
+    assert ws.close_code is not None
+    return ws.close_code
+
+
+async def test_state_first_then_50_listeners_get_every_chunk(edge_server: Served,
+                                                               bus: Bus) -> None:
+    space, _ = live_space(edge_server)
+    producer = Producer(bus, space)
+    producer.start()
+    try:
+        listeners = await asyncio.gather(*[
+            Listener.open(f"{ws_base(edge_server)}/ws/{space}") for _ in range(50)])
+        first = listeners[0]
+        assert first.hello["space"] == space and first.hello["resumed"] is False
+        await asyncio.sleep(0.5)
+        target = producer.last + 20
+        await asyncio.gather(*[lis.until(target) for lis in listeners])
+        for lis in listeners:
+            assert lis.texts and lis.texts[0]["type"] == "state"
+            assert lis.texts[0]["snapshot"]["id"] == space
+            assert lis.texts[0]["snapshot"]["state"] == "live"
+            assert not any(k.startswith("_") for k in lis.texts[0]["snapshot"])
+            assert contiguous(lis.seqs), lis.seqs
+            assert lis.seqs[-1] >= target
+        # Resume: leave after a chunk, come back with from=next; nothing is lost.
+        lis = listeners[0]
+        gone_after = lis.seqs[-1]
+        await asyncio.gather(*[x.ws.close() for x in listeners])
+        await asyncio.sleep(1.0)
+        back = await Listener.open(f"{ws_base(edge_server)}/ws/{space}?from={gone_after + 1}")
+        assert back.hello["resumed"] is True and back.hello["from"] == gone_after + 1
+        await back.until(producer.last + 5)
+        assert back.seqs[0] == gone_after + 1 and contiguous(back.seqs)
+        await back.ws.close()
+    finally:
+        await producer.stop()
+
+
+async def test_resume_older_than_the_ring_replays_from_jetstream(edge_server: Served,
+                                                                 bus: Bus) -> None:
+    space, _ = live_space(edge_server)
+    producer = Producer(bus, space)
+    watcher = await Listener.open(f"{ws_base(edge_server)}/ws/{space}")
+    await producer.publish(150, gap=0.01)  # more than the ring's 100 chunks, fast
+    await watcher.until(150)
+    back = await Listener.open(f"{ws_base(edge_server)}/ws/{space}?from=3")
+    assert back.hello["resumed"] is True and back.hello["from"] == 3
+    await back.until(150)
+    assert back.seqs[0] == 3 and contiguous(back.seqs) and back.seqs[-1] == 150
+    # A sequence nobody holds any more (or not yet): told to jump to live.
+    ahead = await Listener.open(f"{ws_base(edge_server)}/ws/{space}?from=100000")
+    assert ahead.hello["resumed"] is False
+    await producer.publish(1)
+    await ahead.until(151)
+    assert any(t["type"] == "jump" and t["from"] == 100000 for t in ahead.texts)
+    for x in (watcher, back, ahead):
+        await x.ws.close()
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg binary not installed")
+async def test_ffmpeg_records_the_ogg_stream_as_a_440_hz_tone(edge_server: Served, bus: Bus,
+                                                              tmp_path: Path) -> None:
+    space, _ = live_space(edge_server)
+    producer = Producer(bus, space)
+    producer.start()
+    wav = tmp_path / "listen.wav"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "ffmpeg", "-v", "error", "-y", "-i", f"{edge_server.url}/listen/{space}.opus",
+            "-t", "3", "-ac", "1", "-ar", "48000", str(wav),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+    finally:
+        await producer.stop()
+    pcm = np.frombuffer(wav.read_bytes()[44:], dtype=np.int16).astype(np.float64)
+    assert len(pcm) > 48_000 * 2
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
+    peak = float(np.fft.rfftfreq(len(pcm), 1 / 48_000)[int(np.argmax(spectrum))])
+    assert abs(peak - 440) < 5
+
+
+async def test_bad_input_unknown_space_and_malformed_from(edge_server: Served) -> None:
+    base = ws_base(edge_server)
+    assert await close_code(f"{base}/ws/zzzzzzzzzz") == 4404
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.get(f"{edge_server.url}/listen/zzzzzzzzzz.opus")
+    assert r.status_code == 404
+    assert r.headers["content-type"].startswith("application/problem+json")
+    space, _ = live_space(edge_server)
+    with pytest.raises(InvalidStatus) as info:
+        await connect(f"{base}/ws/{space}?from=abc", open_timeout=30)
+    assert info.value.response.status_code == 400
+
+
+async def test_private_space_needs_a_token(edge_server: Served) -> None:
+    space, host_token = live_space(edge_server, private=True)
+    base = ws_base(edge_server)
+    assert await close_code(f"{base}/ws/{space}") == 4401
+    assert await close_code(f"{base}/ws/{space}?token=nonsense") == 4403
+    lis = await Listener.open(f"{base}/ws/{space}?token={host_token}")
+    await lis.ws.close()
+
+
+async def test_flooding_listener_is_closed_alone(edge_server: Served, bus: Bus) -> None:
+    space, _ = live_space(edge_server)
+    producer = Producer(bus, space)
+    producer.start()
+    try:
+        calm = await Listener.open(f"{ws_base(edge_server)}/ws/{space}")
+        noisy = await connect(f"{ws_base(edge_server)}/ws/{space}", open_timeout=30)
+        await noisy.send("x" * 5000)
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(30):
+                while True:
+                    await noisy.recv()
+        assert noisy.close_code in (1008, 1009)
+        target = producer.last + 10
+        await calm.until(target)
+        assert contiguous(calm.seqs)
+        await calm.ws.send(json.dumps({"type": "react", "emoji": "👏"}))
+        await calm.ws.close()
+    finally:
+        await producer.stop()
+
+
+async def test_a_listener_that_stops_reading_delays_nobody(edge_server: Served,
+                                                           bus: Bus) -> None:
+    space, _ = live_space(edge_server)
+    host, port = edge_server.url.removeprefix("http://").split(":")
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect((host, int(port)))
+    stalled.sendall((f"GET /ws/{space} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    producer = Producer(bus, space, interval=0.02)  # 5x real time: fill the stalled pipe
+    producer.start()
+    try:
+        calm = await Listener.open(f"{ws_base(edge_server)}/ws/{space}")
+        await calm.until(producer.last + 200, timeout=90)
+        assert contiguous(calm.seqs)
+    finally:
+        await producer.stop()
+        stalled.close()
+
+
+async def test_over_the_cap_joins_get_503_and_4503(tmp_path: Path, nats_url: str,
+                                                   bus: Bus) -> None:
+    served = start_townhall(tmp_path, "--nats", nats_url, "--roles", "api,edge",
+                            env={"TOWNHALL_EDGE_CAPACITY": "3"})
+    try:
+        space, _ = live_space(served)
+        producer = Producer(bus, space)
+        producer.start()
+        admitted = [await Listener.open(f"{ws_base(served)}/ws/{space}") for _ in range(3)]
+        async with connect(f"{ws_base(served)}/ws/{space}", open_timeout=30) as ws:
+            with contextlib.suppress(ConnectionClosed):
+                async with asyncio.timeout(30):
+                    while True:
+                        await ws.recv()
+        assert ws.close_code == 4503
+        assert ws.close_reason and json.loads(ws.close_reason)["retry_after"] >= 1
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.get(f"{served.url}/listen/{space}.opus")
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        target = producer.last + 10
+        await asyncio.gather(*[a.until(target) for a in admitted])
+        assert all(contiguous(a.seqs) for a in admitted)
+        await producer.stop()
+        for a in admitted:
+            await a.ws.close()
+    finally:
+        served.stop()
