@@ -12,6 +12,8 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
+import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -310,3 +312,29 @@ async def test_over_the_cap_joins_get_503_and_4503(tmp_path: Path, nats_url: str
             await a.ws.close()
     finally:
         served.stop()
+
+
+async def test_townhall_listen_records_a_440_hz_wav(edge_server: Served, bus: Bus,
+                                                    tmp_path: Path) -> None:
+    space, _ = live_space(edge_server)
+    producer = Producer(bus, space)
+    producer.start()
+    out = tmp_path / "heard.wav"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "townhall", "listen", "--url", edge_server.url,
+            "--space", space, "--seconds", "3", "--out", str(out),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        text, _ = await asyncio.wait_for(proc.communicate(), 90)
+        assert proc.returncode == 0, text.decode()
+    finally:
+        await producer.stop()
+    report = text.decode()
+    assert "gaps: 0 chunks missing" in report and "delay behind live" in report, report
+    with wave.open(str(out)) as w:
+        assert (w.getframerate(), w.getnchannels()) == (48_000, 1)
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float64)
+    assert len(pcm) > 48_000 * 2
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
+    peak = float(np.fft.rfftfreq(len(pcm), 1 / 48_000)[int(np.argmax(spectrum))])
+    assert abs(peak - 440) < 5
