@@ -12,6 +12,7 @@ from typing import Any
 
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message, Subscription
+from townhall.edge import metrics
 from townhall.edge.backlog import Backlog, Offer, Skip
 from townhall.edge.resume import Source, plan_resume
 from townhall.edge.ring import Ring
@@ -50,7 +51,11 @@ class Subscriber:
         self.closed = asyncio.Event()   # set once close is decided
 
     def push_frame(self, frame: Frame) -> None:
-        if self.backlog.offer(frame.seq, frame) is Offer.CLOSE and self.close is None:
+        outcome = self.backlog.offer(frame.seq, frame)
+        if outcome is Offer.SKIPPED:
+            metrics.SKIPS.inc()
+        elif outcome is Offer.CLOSE and self.close is None:
+            metrics.SLOW_CLOSES.inc()
             self.close = (CLOSE_TOO_SLOW,
                           json.dumps({"resume_from": self.backlog.resume_from}))
             self.closed.set()
@@ -119,6 +124,7 @@ class Feed:
         if not self.ring.add(frame.seq, frame):
             return
         self.chunks += 1
+        metrics.CHUNKS.inc()
         for sub in self.subscribers:
             sub.push_frame(frame)
 
@@ -202,6 +208,7 @@ class Hub:
         finally:
             self._starting.pop(space, None)
         self.feeds.setdefault(space, feed)
+        metrics.FEEDS.set(len(self.feeds))
         return self.feeds[space]
 
     async def join(self, space: str, sub: Subscriber, from_seq: int | None,
@@ -246,14 +253,16 @@ class Hub:
                                       "reason": "not-held"}))
         sub.backlog.preload(catchup)
         feed.subscribers.add(sub)
+        metrics.LISTENERS.labels(sub.kind).inc()
         return Joined(feed.ring.last_seq, start, resumed)
 
     def leave(self, space: str, sub: Subscriber) -> None:
         """Detach a listener; the last one out starts the grace timer."""
         feed = self.feeds.get(space)
-        if feed is None:
+        if feed is None or sub not in feed.subscribers:
             return
         feed.subscribers.discard(sub)
+        metrics.LISTENERS.labels(sub.kind).dec()
         if not feed.subscribers and feed.release is None:
             loop = asyncio.get_running_loop()
             feed.release = loop.call_later(self.grace_s,
@@ -263,6 +272,7 @@ class Hub:
         if feed.subscribers or self.feeds.get(feed.space) is not feed:
             return
         del self.feeds[feed.space]
+        metrics.FEEDS.set(len(self.feeds))
         for s in feed.subs:
             await s.unsubscribe()
 

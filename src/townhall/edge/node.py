@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from townhall.auth import TokenIssuer
+from townhall.edge import metrics
 from townhall.edge.admission import Admission, Decision
 from townhall.edge.hub import Hub
 from townhall.problems import Problem
@@ -90,4 +91,7 @@ class EdgeNode:
 
     def admit(self) -> Decision:
         """Admission of one more listener now."""
-        return self.admission.decide(self.hub.listeners(), time.monotonic())
+        decision = self.admission.decide(self.hub.listeners(), time.monotonic())
+        if not decision.admitted:
+            metrics.REFUSALS.labels(decision.reason).inc()
+        return decision

@@ -1,0 +1,13 @@
+"""Prometheus metrics of the edge role."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+LISTENERS = Gauge("townhall_edge_listeners", "Listeners connected to this edge", ["kind"])
+CHUNKS = Counter("townhall_edge_chunks_total", "Chunks received from the bus (all Spaces)")
+SKIPS = Counter("townhall_edge_skips_total", "Times a slow listener skipped ahead to live")
+SLOW_CLOSES = Counter("townhall_edge_slow_closes_total",
+                      "Listeners closed for staying too slow (4408)")
+REFUSALS = Counter("townhall_edge_refusals_total", "Joins refused", ["reason"])
+FEEDS = Gauge("townhall_edge_spaces", "Spaces this edge is subscribed to")
