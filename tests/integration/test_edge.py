@@ -357,3 +357,41 @@ async def test_townhall_listen_records_a_440_hz_wav(edge_server: Served, bus: Bu
     spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
     peak = float(np.fft.rfftfreq(len(pcm), 1 / 48_000)[int(np.argmax(spectrum))])
     assert abs(peak - 440) < 5
+
+
+async def test_counts_and_reactions_reach_the_snapshot_and_end_closes_4410(
+        edge_server: Served, bus: Bus) -> None:
+    space, host = live_space(edge_server)
+    producer = Producer(bus, space)
+    producer.start()
+    headers = {"Authorization": f"Bearer {host}"}
+    try:
+        listeners = [await Listener.open(f"{ws_base(edge_server)}/ws/{space}")
+                     for _ in range(5)]
+        for lis in listeners[:3]:
+            await lis.ws.send(json.dumps({"type": "react", "emoji": "👏"}))
+        async with httpx.AsyncClient(base_url=edge_server.url, timeout=10,
+                                     headers=headers) as http:
+            snap: dict[str, Any] = {}
+            async with asyncio.timeout(30):
+                while not (snap.get("listeners") == 5
+                           and snap.get("reactions", {}).get("👏", 0) >= 3):
+                    await asyncio.sleep(0.3)
+                    snap = (await http.get(f"/api/v1/spaces/{space}")).json()
+            where = (await http.get(f"/api/v1/spaces/{space}/listen")).json()
+            assert where["edges"] and where["edges"][0]["ws"].endswith(f"/ws/{space}")
+            r = await http.post(f"/api/v1/spaces/{space}/end")
+            assert r.status_code == 200, r.text
+        for lis in listeners:
+            with contextlib.suppress(ConnectionClosed):
+                async with asyncio.timeout(30):
+                    while True:
+                        msg = await lis.ws.recv()
+                        if isinstance(msg, str):
+                            lis.texts.append(json.loads(msg))
+            assert lis.ws.close_code == 4410
+            assert lis.texts[-1]["type"] == "state"
+            assert lis.texts[-1]["snapshot"]["state"] == "ended"
+        assert await close_code(f"{ws_base(edge_server)}/ws/{space}") == 4410
+    finally:
+        await producer.stop()
