@@ -395,3 +395,28 @@ async def test_counts_and_reactions_reach_the_snapshot_and_end_closes_4410(
         assert await close_code(f"{ws_base(edge_server)}/ws/{space}") == 4410
     finally:
         await producer.stop()
+
+
+async def test_removing_a_listener_closes_their_socket_and_blocks_rejoin(
+        edge_server: Served) -> None:
+    space, host = live_space(edge_server)
+    guest = edge_server.session("guest")
+    async with httpx.AsyncClient(base_url=edge_server.url, timeout=10) as http:
+        me = (await http.get("/api/v1/me", headers={"Authorization": f"Bearer {guest}"})).json()
+        bystander = await Listener.open(f"{ws_base(edge_server)}/ws/{space}")
+        kicked = await Listener.open(f"{ws_base(edge_server)}/ws/{space}?token={guest}")
+        r = await http.post(f"/api/v1/spaces/{space}/actions",
+                            headers={"Authorization": f"Bearer {host}"},
+                            json={"action": "remove", "identity": me["identity"], "block": True})
+        assert r.status_code == 200, r.text
+    with contextlib.suppress(ConnectionClosed):
+        async with asyncio.timeout(30):
+            while True:
+                await kicked.ws.recv()
+    assert kicked.ws.close_code == 4403
+    assert await close_code(f"{ws_base(edge_server)}/ws/{space}?token={guest}") == 4403
+    await bystander.ws.send(json.dumps({"type": "ping"}))
+    async with asyncio.timeout(30):
+        while not any(t.get("type") == "pong" for t in bystander.texts):
+            bystander.texts.append(json.loads(await bystander.ws.recv()))
+    await bystander.ws.close()

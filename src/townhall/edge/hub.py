@@ -27,6 +27,7 @@ GRACE_S = 10.0          # keep a Space's subscriptions this long after its last 
 MAX_TEXTS = 32          # queued text frames per listener; older levels are dropped first
 CLOSE_TOO_SLOW = 4408
 CLOSE_ENDED = 4410
+CLOSE_REMOVED = 4403
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,9 @@ class Frame:
 class Subscriber:
     """One listener's queue: chunks through a bounded backlog, text frames alongside."""
 
-    def __init__(self, kind: str, backlog_limit: int = 20) -> None:
+    def __init__(self, kind: str, backlog_limit: int = 20, identity: str | None = None) -> None:
         self.kind = kind
+        self.identity = identity
         self.backlog: Backlog[Frame] = Backlog(limit=backlog_limit)
         self.texts: deque[str] = deque()
         self.wake = asyncio.Event()
@@ -139,6 +141,16 @@ class Feed:
             if self.snapshot.get("state") == "ended":
                 sub.end(CLOSE_ENDED, "space ended")
 
+    def on_control(self, command: dict[str, Any]) -> None:
+        """Kicks close that identity's connections; "ended" closes everyone."""
+        if command.get("type") == "kick" and command.get("identity"):
+            for sub in self.subscribers:
+                if sub.identity == command["identity"]:
+                    sub.end(CLOSE_REMOVED, "removed from this Space")
+        elif command.get("type") == "ended":
+            for sub in self.subscribers:
+                sub.end(CLOSE_ENDED, "space ended")
+
     def on_levels(self, text: str) -> None:
         for sub in self.subscribers:
             if sub.kind == "ws":
@@ -187,7 +199,14 @@ class Hub:
                 if isinstance(body, dict):
                     feed.on_levels(json.dumps({**body, "type": "levels"}))
 
+        async def control(msg: Message) -> None:
+            with contextlib.suppress(ValueError):
+                body = json.loads(msg.data)
+                if isinstance(body, dict):
+                    feed.on_control(body)
+
         feed.subs = [await self.bus.subscribe(subjects.media(space), media),
+                     await self.bus.subscribe(subjects.control(space), control),
                      await self.bus.subscribe(subjects.state(space), state),
                      await self.bus.subscribe(subjects.levels(space), levels)]
         snap = await self.snapshot(space)

@@ -43,6 +43,16 @@ def parse_from(raw: str | None) -> int | None:
     return int(raw)
 
 
+def token_identity(token: str | None, issuer: TokenIssuer) -> str | None:
+    """The identity a valid token names, or None (no token, or one that does not verify)."""
+    if not token:
+        return None
+    try:
+        return issuer.verify(token).id
+    except Problem:
+        return None
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why a listener may not join: a WebSocket close code and the HTTP status."""
@@ -60,6 +70,9 @@ def may_listen(snap: dict[str, Any] | None, space: str, token: str | None,
         return Refusal(CLOSE_UNKNOWN, 404, "space-not-found", f"no Space {space}")
     if snap.get("state") == "ended":
         return Refusal(CLOSE_ENDED, 410, "space-ended", "this Space has ended")
+    name = token_identity(token, issuer)
+    if name is not None and name in snap.get("_blocked", []):
+        return Refusal(CLOSE_TOKEN_REFUSED, 403, "blocked", "you were removed from this Space")
     if snap.get("private"):
         if not token:
             return Refusal(CLOSE_TOKEN_NEEDED, 401, "token-missing",

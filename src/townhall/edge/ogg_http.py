@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from starlette.responses import StreamingResponse
 
 from townhall.edge.hub import Subscriber
-from townhall.edge.node import EdgeNode, may_listen
+from townhall.edge.node import EdgeNode, may_listen, token_identity
 from townhall.problems import Forbidden, NotFound, Problem, Unauthorized, Unavailable
 
 
@@ -37,7 +37,7 @@ def install(app: FastAPI, edge: EdgeNode) -> None:
         if not decision.admitted:
             raise Unavailable("this edge is full; retry later", slug="edge-full",
                               retry_after=decision.retry_after)
-        sub = Subscriber("ogg")
+        sub = Subscriber("ogg", identity=token_identity(token, edge.issuer))
         await edge.hub.join(space, sub, None, snap)
 
         async def pages() -> AsyncIterator[bytes]:

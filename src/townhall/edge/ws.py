@@ -20,6 +20,7 @@ from townhall.edge.node import (
     EdgeNode,
     may_listen,
     parse_from,
+    token_identity,
 )
 from townhall.problems import PROBLEM_CONTENT_TYPE, BadInput
 from townhall.room.snapshot import REACTIONS
@@ -105,7 +106,8 @@ def install(app: FastAPI, edge: EdgeNode) -> None:
             await _refuse(ws, CLOSE_FULL, json.dumps({"retry_after": decision.retry_after}))
             return
         await ws.accept()
-        sub = Subscriber("ws")
+        sub = Subscriber("ws", identity=token_identity(ws.query_params.get("token"),
+                                                        edge.issuer))
         joined = await edge.hub.join(space, sub, from_seq, snap)
         tasks: list[asyncio.Task[None]] = []
         try:
