@@ -203,6 +203,11 @@ class Hub:
             with contextlib.suppress(ValueError):
                 body = json.loads(msg.data)
                 if isinstance(body, dict):
+                    if body.get("type") == "ended":
+                        # Send the final "ended" snapshot before closing, if KV has it.
+                        snap = await self.snapshot(space)
+                        if snap is not None:
+                            feed.on_state(snap)
                     feed.on_control(body)
 
         feed.subs = [await self.bus.subscribe(subjects.media(space), media),
