@@ -142,14 +142,43 @@ async def close_code(url: str) -> int | None:
     return ws.close_code
 
 
-async def test_state_first_then_50_listeners_get_every_chunk(edge_server: Served,
-                                                               bus: Bus) -> None:
+async def ogg_page_numbers(url: str, until_page: int, started: asyncio.Event,
+                           timeout: float = 90) -> list[int]:
+    """Read an Ogg stream, returning its page numbers, until ``until_page`` arrived."""
+    pages: list[int] = []
+    buf = b""
+    async with httpx.AsyncClient(timeout=30) as http, asyncio.timeout(timeout):
+        async with http.stream("GET", url) as r:
+            assert r.status_code == 200 and r.headers["content-type"] == "audio/ogg"
+            started.set()
+            async for data in r.aiter_raw():
+                buf += data
+                while len(buf) >= 27 and len(buf) >= 27 + buf[26]:
+                    assert buf[:4] == b"OggS"
+                    size = 27 + buf[26] + sum(buf[27:27 + buf[26]])
+                    if len(buf) < size:
+                        break
+                    pages.append(int.from_bytes(buf[18:22], "little"))
+                    buf = buf[size:]
+                if pages and pages[-1] >= until_page:
+                    return pages
+    return pages
+
+
+async def test_state_first_then_200_ws_and_50_ogg_listeners_get_every_chunk(
+        edge_server: Served, bus: Bus) -> None:
     space, _ = live_space(edge_server)
     producer = Producer(bus, space)
     producer.start()
     try:
         listeners = await asyncio.gather(*[
-            Listener.open(f"{ws_base(edge_server)}/ws/{space}") for _ in range(50)])
+            Listener.open(f"{ws_base(edge_server)}/ws/{space}") for _ in range(200)])
+        oggs_started = [asyncio.Event() for _ in range(50)]
+        await asyncio.sleep(0.5)
+        ogg_target = producer.last + 30
+        oggs = [asyncio.ensure_future(ogg_page_numbers(
+            f"{edge_server.url}/listen/{space}.opus", ogg_target + 2, ev))
+            for ev in oggs_started]
         first = listeners[0]
         assert first.hello["space"] == space and first.hello["resumed"] is False
         await asyncio.sleep(0.5)
@@ -162,6 +191,9 @@ async def test_state_first_then_50_listeners_get_every_chunk(edge_server: Served
             assert not any(k.startswith("_") for k in lis.texts[0]["snapshot"])
             assert contiguous(lis.seqs), lis.seqs
             assert lis.seqs[-1] >= target
+        for pages in await asyncio.gather(*oggs):
+            assert pages[:2] == [0, 1]  # the header pages first
+            assert contiguous(pages[2:]) and pages[-1] >= ogg_target + 2
         # Resume: leave after a chunk, come back with from=next; nothing is lost.
         lis = listeners[0]
         gone_after = lis.seqs[-1]
