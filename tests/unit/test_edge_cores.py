@@ -102,3 +102,11 @@ def test_backlog_preload_does_not_count_as_behind() -> None:
     while (item := b.take()) is not None:
         got.append(item[0])
     assert got == list(range(1, 13)) and b.skips == 0
+
+
+def test_backlog_allowance_is_not_cumulative() -> None:
+    b: Backlog[int] = Backlog(limit=2, max_skips=5)
+    for s in range(1, 30):
+        b.allow(3)  # a stalled reader: the edge keeps granting room for held chunks
+        b.offer(s, s)
+    assert len(b) <= 2 + 3 and b.skips > 0

@@ -75,6 +75,12 @@ class Backlog(Generic[T]):
         self._queue.extend(items)
         self._allowance += len(items)
 
+    def allow(self, n: int) -> None:
+        """Let the next ``n`` chunks in past the limit: the edge held them, not the reader.
+
+        Not cumulative (a reader that never reads still hits the limit)."""
+        self._allowance = max(self._allowance, n)
+
     def take(self) -> tuple[int, T] | None:
         """The next chunk to write, oldest first."""
         if not self._queue:

@@ -14,6 +14,7 @@ from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message, Subscription
 from townhall.edge import metrics
 from townhall.edge.backlog import Backlog, Offer, Skip
+from townhall.edge.pacer import STEPS_S, Pacer
 from townhall.edge.resume import Source, plan_resume
 from townhall.edge.ring import Ring
 from townhall.media.chunk import Chunk
@@ -24,6 +25,9 @@ from townhall.room.snapshot import public_view
 log = logging.getLogger(__name__)
 
 GRACE_S = 10.0          # keep a Space's subscriptions this long after its last listener
+TICK_S = STEPS_S[0]
+BEHIND = 3              # queued chunks from which a listener counts as "behind"
+MIN_BEHIND = 10         # fewer listeners behind than this is not edge overload
 MAX_TEXTS = 32          # queued text frames per listener; older levels are dropped first
 CLOSE_TOO_SLOW = 4408
 CLOSE_ENDED = 4410
@@ -51,8 +55,18 @@ class Subscriber:
         self.wake = asyncio.Event()
         self.close: tuple[int, str] | None = None
         self.closed = asyncio.Event()   # set once close is decided
+        self.last_seq = -1              # newest chunk queued for this listener
+
+    def preload(self, items: list[tuple[int, Frame]]) -> None:
+        """Catch-up chunks for a resuming listener, ahead of the live ones."""
+        self.backlog.preload(items)
+        if items:
+            self.last_seq = max(self.last_seq, items[-1][0])
 
     def push_frame(self, frame: Frame) -> None:
+        if frame.seq <= self.last_seq:
+            return  # already queued as catch-up (a join while chunks were held back)
+        self.last_seq = frame.seq
         outcome = self.backlog.offer(frame.seq, frame)
         if outcome is Offer.SKIPPED:
             metrics.SKIPS.inc()
@@ -112,6 +126,8 @@ class Feed:
         self.subs: list[Subscription] = []
         self.release: asyncio.TimerHandle | None = None
         self.chunks = 0
+        self.coalesce = False           # under load: hold chunks until the next flush
+        self.pending: list[Frame] = []
 
     def frame(self, data: bytes) -> Frame:
         chunk = Chunk.decode(data)
@@ -127,8 +143,22 @@ class Feed:
             return
         self.chunks += 1
         metrics.CHUNKS.inc()
+        if self.coalesce:
+            self.pending.append(frame)
+            return
         for sub in self.subscribers:
             sub.push_frame(frame)
+
+    def flush(self) -> None:
+        """Hand held chunks to every listener (one wake-up each for all of them)."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        for sub in self.subscribers:
+            sub.backlog.allow(len(pending))
+        for frame in pending:
+            for sub in self.subscribers:
+                sub.push_frame(frame)
 
     def on_state(self, snap: dict[str, Any]) -> None:
         if self.snapshot is not None and int(snap.get("version", 0)) <= int(
@@ -166,6 +196,34 @@ class Hub:
         self.feeds: dict[str, Feed] = {}
         self.ogg = OggOpusStream()
         self._starting: dict[str, asyncio.Task[Feed]] = {}
+        self.pacer = Pacer()
+        self.coalesce = False
+
+    async def pace(self) -> None:
+        """Measure loop lag and listeners behind every tick; coalesce chunks while loaded."""
+        loop = asyncio.get_running_loop()
+        last_flush = loop.time()
+        metrics.INTERVAL.set(self.pacer.interval_s)
+        while True:
+            started = loop.time()
+            await asyncio.sleep(TICK_S)
+            now = loop.time()
+            lag = max(0.0, now - started - TICK_S)
+            subs = [s for f in self.feeds.values() for s in f.subscribers]
+            behind = sum(1 for s in subs if len(s.backlog) >= BEHIND)
+            # A few stuck readers are their own problem (their backlog skips them);
+            # many at once means this edge cannot keep up.
+            share = behind / len(subs) if behind >= MIN_BEHIND else 0.0
+            interval = self.pacer.observe(lag, share)
+            metrics.INTERVAL.set(interval)
+            metrics.LOOP_LAG.set(lag)
+            self.coalesce = interval > TICK_S
+            if not self.coalesce or now - last_flush >= interval - TICK_S / 2:
+                last_flush = now
+                for feed in self.feeds.values():
+                    feed.flush()
+            for feed in self.feeds.values():
+                feed.coalesce = self.coalesce
 
     def listeners(self) -> int:
         return sum(len(f.subscribers) for f in self.feeds.values())
@@ -183,6 +241,7 @@ class Hub:
 
     async def _open(self, space: str) -> Feed:
         feed = Feed(space, self.ogg)
+        feed.coalesce = self.coalesce
 
         async def media(msg: Message) -> None:
             feed.on_media(msg.data)
@@ -275,7 +334,7 @@ class Hub:
                                       "to": start if start is not None else
                                       (live + 1 if live is not None else None),
                                       "reason": "not-held"}))
-        sub.backlog.preload(catchup)
+        sub.preload(catchup)
         feed.subscribers.add(sub)
         metrics.LISTENERS.labels(sub.kind).inc()
         return Joined(feed.ring.last_seq, start, resumed)

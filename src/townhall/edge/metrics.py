@@ -11,3 +11,6 @@ SLOW_CLOSES = Counter("townhall_edge_slow_closes_total",
                       "Listeners closed for staying too slow (4408)")
 REFUSALS = Counter("townhall_edge_refusals_total", "Joins refused", ["reason"])
 FEEDS = Gauge("townhall_edge_spaces", "Spaces this edge is subscribed to")
+INTERVAL = Gauge("townhall_edge_delivery_interval_seconds",
+                 "How often chunks are handed to listeners (100 ms; coarser under load)")
+LOOP_LAG = Gauge("townhall_edge_loop_lag_seconds", "Event-loop lag seen by the pacer")

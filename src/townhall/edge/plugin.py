@@ -24,6 +24,7 @@ def install(app: FastAPI, ctx: Context) -> None:
 
     async def start() -> None:
         tasks.append(asyncio.ensure_future(stats.run(edge)))
+        tasks.append(asyncio.ensure_future(edge.hub.pace()))
 
     async def stop() -> None:
         for task in tasks:

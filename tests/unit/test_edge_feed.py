@@ -1,0 +1,75 @@
+"""A Space feed without the bus: chunks shared once, held while coalescing, no duplicates."""
+
+from __future__ import annotations
+
+import json
+
+from townhall.edge.hub import Feed, Frame, Subscriber
+from townhall.media.chunk import Chunk
+from townhall.media.ogg import OggOpusStream
+
+
+def chunk(seq: int) -> bytes:
+    return Chunk(seq=seq, pts=seq * 4800, sent_us=0, packets=(b"\xf8\x01",) * 5).encode()
+
+
+def drain(sub: Subscriber) -> list[Frame]:
+    out = []
+    while (f := sub.next_frame()) is not None:
+        out.append(f)
+    return out
+
+
+def test_every_listener_gets_the_same_bytes_object() -> None:
+    feed = Feed("s", OggOpusStream())
+    a, b = Subscriber("ws"), Subscriber("ogg")
+    feed.subscribers |= {a, b}
+    feed.on_media(chunk(1))
+    feed.on_media(chunk(1))        # duplicate ignored
+    feed.on_media(b"garbage")      # malformed ignored
+    fa, fb = drain(a), drain(b)
+    assert len(fa) == len(fb) == 1 and fa[0] is fb[0]
+    assert fa[0].ws == chunk(1) and fa[0].ogg.startswith(b"OggS")
+
+
+def test_coalescing_holds_chunks_then_flushes_in_order_without_skips() -> None:
+    feed = Feed("s", OggOpusStream())
+    sub = Subscriber("ws", backlog_limit=3)
+    feed.subscribers.add(sub)
+    feed.coalesce = True
+    for s in range(1, 11):
+        feed.on_media(chunk(s))
+    assert drain(sub) == []
+    feed.flush()  # 10 held chunks at once into a backlog of 3: no skip
+    assert [f.seq for f in drain(sub)] == list(range(1, 11))
+    for s in range(11, 21):
+        feed.on_media(chunk(s))
+    sub.preload([(s, f) for s, f in feed.ring.since(19)])  # a resume during the hold
+    feed.flush()
+    assert [f.seq for f in drain(sub)] == [19, 20]  # held 11..18 predate its resume point
+    assert sub.backlog.skips == 0
+
+
+def test_flush_after_preload_drops_duplicates() -> None:
+    feed = Feed("s", OggOpusStream())
+    sub = Subscriber("ws", backlog_limit=20)
+    feed.coalesce = True
+    for s in range(1, 6):
+        feed.on_media(chunk(s))
+    sub.preload(feed.ring.since(1))
+    feed.subscribers.add(sub)
+    feed.flush()
+    assert [f.seq for f in drain(sub)] == [1, 2, 3, 4, 5]
+
+
+def test_ended_state_closes_with_4410_after_the_state_frame() -> None:
+    feed = Feed("s", OggOpusStream())
+    sub = Subscriber("ws")
+    feed.subscribers.add(sub)
+    feed.on_state({"id": "s", "state": "live", "version": 2, "_blocked": ["x"]})
+    feed.on_state({"id": "s", "state": "live", "version": 1})  # older: ignored
+    feed.on_state({"id": "s", "state": "ended", "version": 3})
+    states = [json.loads(t) for t in sub.texts]
+    assert [s["snapshot"]["version"] for s in states] == [2, 3]
+    assert "_blocked" not in states[0]["snapshot"]
+    assert sub.close is not None and sub.close[0] == 4410
