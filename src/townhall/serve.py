@@ -26,7 +26,7 @@ from townhall.settings import Settings
 log = logging.getLogger(__name__)
 
 # Roles that run without HTTP, each an async ``run(ctx)`` that returns when cancelled.
-BACKGROUND_ROLES: dict[str, str] = {}
+BACKGROUND_ROLES: dict[str, str] = {"stage": "townhall.stage.role:run"}
 
 
 def _runner(role: str) -> Callable[[Context], Coroutine[Any, Any, None]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 SPACES_BUCKET = "spaces"          # key: <space id>, value: the Space snapshot (JSON)
 LEASES_BUCKET = "stage_leases"    # key: <space id>, value: owning stage node id; short TTL
-LEASE_TTL_S = 5.0
+LEASE_TTL_S = 3.0
 MEDIA_STREAM = "MEDIA"            # subjects townhall.*.media, ~60 s kept
 MEDIA_MAX_AGE_S = 60.0
 STATS_STREAM = "STATS"            # subjects townhall.*.stats.*, work queue for the api

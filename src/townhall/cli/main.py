@@ -14,6 +14,7 @@ from townhall.settings import ALL_ROLES, Settings
 # Subcommand modules beyond serve/token: each has add_parser(subparsers) setting func=.
 SUBCOMMANDS: list[str] = [
     "townhall.cli.cluster",
+    "townhall.cli.speak",
     "townhall.cli.listen",
 ]
 

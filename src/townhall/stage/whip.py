@@ -1,0 +1,89 @@
+"""WHIP (RFC 9725) endpoints on the api's HTTP server, forwarded to the owning stage.
+
+The api checks what it can without media (token, Space live, caller on stage, an SDP that
+offers Opus audio) and hands the offer over NATS to whichever stage holds the Space's
+lease; that stage answers with the SDP answer and a session id.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI, Request, Response
+
+from townhall.context import Context
+from townhall.problems import (
+    BadInput,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Problem,
+    Unavailable,
+    Unprocessable,
+)
+from townhall.room.rules import is_blocked
+from townhall.room.snapshot import on_stage
+from townhall.room.store import SpaceStore
+from townhall.stage.role import whip_subject
+
+STATUS: dict[int, type[Problem]] = {403: Forbidden, 404: NotFound, 409: Conflict,
+                                    422: Unprocessable}
+
+
+def check_offer(body: bytes) -> str:
+    """The offer as text, or a precise refusal."""
+    try:
+        sdp = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput("the SDP offer is not UTF-8 text", slug="bad-sdp") from exc
+    if not sdp.startswith("v=0"):
+        raise BadInput("the body is not an SDP offer (it must start with v=0)", slug="bad-sdp")
+    if "m=audio" not in sdp:
+        raise Unprocessable("the offer has no audio", slug="no-audio")
+    if "opus/48000" not in sdp.lower():
+        raise Unprocessable("the offer does not offer Opus audio", slug="no-opus")
+    return sdp
+
+
+def install(app: FastAPI, ctx: Context) -> None:
+    """Mount POST /whip/{space} and DELETE /whip/{space}/{session}."""
+    store = SpaceStore(ctx.bus)
+
+    async def ask_stage(space: str, payload: dict[str, object]) -> dict[str, object]:
+        try:
+            msg = await ctx.bus.request(whip_subject(space), json.dumps(payload).encode(),
+                                        timeout=15)
+        except TimeoutError as exc:
+            raise Unavailable("no stage holds this Space right now; retry shortly",
+                              retry_after=2, slug="no-stage") from exc
+        reply: dict[str, object] = json.loads(msg.data)
+        status = int(str(reply.get("status", 500)))
+        if status in STATUS:
+            raise STATUS[status](str(reply.get("detail", "")), slug="stage-refused")
+        return reply
+
+    @app.post("/whip/{space}", status_code=201, tags=["whip"],
+              responses={201: {"content": {"application/sdp": {}}}})
+    async def whip_publish(space: str, request: Request) -> Response:
+        """Go live: an SDP offer in (application/sdp), the SDP answer out."""
+        ident = ctx.issuer.from_header(request.headers.get("authorization"))
+        if ident.space not in (None, space):
+            raise Forbidden("this token is for another Space", slug="insufficient-grant")
+        sdp = check_offer(await request.body())
+        snap = await store.get(space)
+        if snap["state"] != "live":
+            raise Conflict("the Space is not live", slug="not-live")
+        if is_blocked(snap, ident.id) or on_stage(snap, ident.id) is None:
+            raise Forbidden("only people on this Space's stage may publish",
+                            slug="not-on-stage")
+        reply = await ask_stage(space, {"identity": ident.id, "name": ident.name, "sdp": sdp})
+        location = f"/whip/{space}/{reply['session']}"
+        return Response(str(reply["sdp"]), status_code=201, media_type="application/sdp",
+                        headers={"Location": location})
+
+    @app.delete("/whip/{space}/{session}", tags=["whip"])
+    async def whip_leave(space: str, session: str, request: Request) -> Response:
+        """Stop publishing."""
+        ident = ctx.issuer.from_header(request.headers.get("authorization"))
+        await ask_stage(space, {"op": "leave", "identity": ident.id, "session": session})
+        return Response(status_code=200)
