@@ -1,0 +1,1 @@
+"""The browser app townhall serves at ``/``: plain ES modules, no build step."""

@@ -1,0 +1,375 @@
+// townhall web app: router, sign-in, home, Space page, stage over WHIP, listening.
+import { Player } from "/static/player.js";
+
+const REACTIONS = ["👏", "❤️", "😂", "🔥", "💯", "🙌", "😮", "👍"];
+const $main = document.getElementById("main");
+const $announce = document.getElementById("announce");
+const $banner = document.getElementById("banner");
+const $who = document.getElementById("who");
+
+// ---------- session ----------
+const me = {
+  get token() { return localStorage.getItem("townhall.token"); },
+  get id() { return localStorage.getItem("townhall.identity"); },
+  get name() { return localStorage.getItem("townhall.name"); },
+  save(s) {
+    localStorage.setItem("townhall.token", s.token);
+    localStorage.setItem("townhall.identity", s.identity);
+    localStorage.setItem("townhall.name", s.name || s.identity);
+  },
+};
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (me.token) headers.Authorization = `Bearer ${me.token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(`/api/v1${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = r.status === 204 ? null : await r.json().catch(() => null);
+  if (!r.ok) { const e = new Error((data && (data.detail || data.title)) || `HTTP ${r.status}`); e.status = r.status; throw e; }
+  return data;
+}
+
+// A token handed over in the link (?token=...) signs this browser in.
+async function adoptLinkToken() {
+  const q = new URLSearchParams(location.search);
+  const t = q.get("token");
+  if (!t) return;
+  const r = await fetch("/api/v1/me", { headers: { Authorization: `Bearer ${t}` } });
+  if (r.ok) { const who = await r.json(); me.save({ token: t, identity: who.id || who.identity, name: who.name }); }
+  history.replaceState(null, "", location.pathname);
+}
+
+// ---------- helpers ----------
+function h(tag, attrs = {}, ...kids) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const k of kids.flat()) if (k !== null && k !== undefined && k !== false) el.append(k);
+  return el;
+}
+const initials = (name) => (name || "?").split(/\s+/).filter(Boolean).slice(0, 2).map((w) => w[0].toUpperCase()).join("");
+function announce(text) { $announce.textContent = ""; setTimeout(() => { $announce.textContent = text; }, 30); }
+function banner(kind, text) {
+  if (!kind) { $banner.hidden = true; $banner.textContent = ""; return; }
+  $banner.hidden = false; $banner.textContent = text; $banner.className = `banner ${kind === "error" ? "error" : ""}`;
+  $banner.dataset.kind = kind;
+}
+function showError(err) { banner("error", err.message || String(err)); setTimeout(() => { if ($banner.dataset.kind === "error") banner(null); }, 5000); }
+function focusMain() { $main.focus(); }
+
+// ---------- router ----------
+let page = null;  // current page's cleanup
+function go(path) { history.pushState(null, "", path); route(); }
+window.addEventListener("popstate", () => route());
+document.addEventListener("click", (e) => {
+  const a = e.target.closest("a[data-link]");
+  if (a && a.origin === location.origin) { e.preventDefault(); go(a.pathname); }
+});
+
+async function route() {
+  page?.(); page = null; banner(null);
+  $who.textContent = me.id ? `${me.name}` : "";
+  const m = location.pathname.match(/^\/s\/([a-z0-9]+)\/?$/);
+  if (!me.token) return signIn();
+  if (m) return spacePage(m[1]);
+  return home();
+}
+
+// ---------- sign in ----------
+function signIn() {
+  const input = h("input", { id: "name", name: "name", required: true, maxlength: "64", autocomplete: "nickname" });
+  const form = h("form", { class: "card", onsubmit: async (e) => {
+    e.preventDefault();
+    try { me.save(await api("POST", "/sessions", { name: input.value.trim() })); route(); } catch (err) { showError(err); }
+  } },
+  h("h1", {}, "Join townhall"),
+  h("label", { for: "name" }, "Display name"),
+  h("div", { class: "row" }, input, h("button", { type: "submit" }, "Sign in")));
+  $main.replaceChildren(form);
+  input.focus();
+}
+
+// ---------- home ----------
+async function home() {
+  const title = h("input", { id: "title", name: "title", required: true, maxlength: "120" });
+  const when = h("input", { id: "when", name: "when", type: "datetime-local" });
+  const create = async (scheduled) => {
+    if (!title.value.trim()) { title.focus(); return; }
+    try {
+      const body = { title: title.value.trim() };
+      if (scheduled) {
+        if (!when.value) { when.focus(); return; }
+        body.scheduled_start = new Date(when.value).toISOString().replace(/\.\d+Z$/, "Z");
+      }
+      let snap = await api("POST", "/spaces", body);
+      if (!scheduled) snap = await api("POST", `/spaces/${snap.id}/start`);
+      go(`/s/${snap.id}`);
+    } catch (err) { showError(err); }
+  };
+  const form = h("form", { class: "card", onsubmit: (e) => { e.preventDefault(); create(false); } },
+    h("h2", {}, "Start a Space"),
+    h("label", { for: "title" }, "Title"),
+    h("div", { class: "row" }, title, h("button", { type: "submit" }, "Start now")),
+    h("label", { for: "when" }, "Or schedule it for"),
+    h("div", { class: "row" }, when, h("button", { type: "button", class: "secondary", onclick: () => create(true) }, "Schedule")));
+  const live = h("ul", { class: "spaces", "aria-label": "Live Spaces" }, h("li", {}, "Loading…"));
+  const sched = h("ul", { class: "spaces", "aria-label": "Scheduled Spaces" });
+  $main.replaceChildren(h("h1", {}, "Spaces"), form,
+    h("section", { class: "card" }, h("h2", {}, "Live now"), live),
+    h("section", { class: "card" }, h("h2", {}, "Scheduled"), sched),
+    h("p", { class: "meta" }, h("button", { class: "secondary", onclick: () => { localStorage.clear(); route(); } }, "Sign out")));
+  focusMain();
+  const fill = async () => {
+    try {
+      const [l, s] = await Promise.all([api("GET", "/spaces?state=live"), api("GET", "/spaces?state=scheduled")]);
+      const item = (sp) => h("li", {}, h("a", { href: `/s/${sp.id}`, "data-link": true },
+        sp.title, h("span", { class: `pill ${sp.state}` }, sp.state === "live" ? "LIVE" : new Date(sp.scheduled_start || sp.created_at * 1000).toLocaleString()),
+        h("span", { class: "meta" }, ` · ${sp.host.name}${sp.state === "live" ? ` · ${sp.listeners} listening` : ""}`)));
+      live.replaceChildren(...(l.spaces.length ? l.spaces.map(item) : [h("li", { class: "meta" }, "Nothing live right now.")]));
+      sched.replaceChildren(...(s.spaces.length ? s.spaces.map(item) : [h("li", { class: "meta" }, "Nothing scheduled.")]));
+    } catch (err) { showError(err); }
+  };
+  await fill();
+  const t = setInterval(fill, 5000);
+  page = () => clearInterval(t);
+}
+
+// ---------- WHIP publisher ----------
+class Publisher {
+  constructor(space, onEnd) { this.space = space; this.onEnd = onEnd; this.pc = null; this.location = null; }
+
+  async start() {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
+    this.stream = stream;
+    const pc = new RTCPeerConnection();
+    this.pc = pc;
+    pc.addTransceiver(stream.getAudioTracks()[0], { direction: "sendrecv", streams: [stream] });
+    // The return feed (everyone but me) plays through <audio>: Chromium's echo canceller
+    // only hears what goes out through media elements, never Web Audio.
+    this.audio = h("audio", { autoplay: true, "aria-label": "Stage return feed" });
+    document.body.append(this.audio);
+    pc.ontrack = (e) => { this.audio.srcObject = e.streams[0] || new MediaStream([e.track]); this.audio.play().catch(() => {}); };
+    pc.onconnectionstatechange = () => { if (["failed", "closed"].includes(pc.connectionState)) this.onEnd?.(pc.connectionState); };
+    await pc.setLocalDescription(await pc.createOffer());
+    // Non-trickle WHIP: wait (bounded) for ICE gathering, then send the whole offer.
+    await new Promise((resolve) => {
+      if (pc.iceGatheringState === "complete") return resolve();
+      const t = setTimeout(resolve, 3000);
+      pc.addEventListener("icegatheringstatechange", () => { if (pc.iceGatheringState === "complete") { clearTimeout(t); resolve(); } });
+    });
+    const r = await fetch(`/whip/${this.space}`, { method: "POST", headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${me.token}` }, body: pc.localDescription.sdp });
+    if (r.status !== 201) { this.close(); const p = await r.json().catch(() => ({})); throw new Error(p.detail || p.title || `could not go live (HTTP ${r.status})`); }
+    this.location = new URL(r.headers.get("Location"), location.href).href;
+    await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+  }
+
+  setMuted(muted) { this.stream?.getAudioTracks().forEach((t) => { t.enabled = !muted; }); }
+
+  close() {
+    if (this.location) fetch(this.location, { method: "DELETE", headers: { Authorization: `Bearer ${me.token}` } }).catch(() => {});
+    this.location = null;
+    this.pc?.close(); this.pc = null;
+    this.stream?.getTracks().forEach((t) => t.stop());
+    this.audio?.remove();
+  }
+}
+
+// ---------- Space page ----------
+async function spacePage(id) {
+  let snap;
+  try { snap = await api("GET", `/spaces/${id}`); } catch (err) {
+    $main.replaceChildren(h("h1", {}, "Space not found"), h("p", {}, err.message), h("a", { href: "/", "data-link": true }, "Back home"));
+    focusMain(); return;
+  }
+  const view = { snap: null, levels: {}, speaking: new Set(), publisher: null, listening: false, poll: null, going: false };
+  const player = new Player(id, {
+    onState: (s) => update(s),
+    onLevels: (m) => { view.speaking = new Set(m.speaking || []); view.levels = m.levels || {}; paintSpeaking(); },
+    onStatus: (kind, text) => banner(kind, text),
+    onEnded: () => refresh(),
+  }, me.token);
+
+  const $title = h("h1", {});
+  const $hostline = h("p", { class: "meta" });
+  const $stage = h("ul", { class: "stage", "aria-label": "Stage" });
+  const $count = h("p", { class: "meta", id: "listeners", "aria-label": "Listener count" });
+  const $totals = h("p", { class: "totals", id: "totals", "aria-label": "Reaction totals" });
+  const $actions = h("div", { class: "row", id: "actions" });
+  const $host = h("section", { class: "card", id: "host-controls", "aria-label": "Host controls" });
+  const $reacts = h("div", { class: "reactions", role: "group", "aria-label": "Reactions" },
+    REACTIONS.map((e) => h("button", { type: "button", "aria-label": `React ${e}`, onclick: () => react(e) }, e)));
+  const $share = h("p", { class: "meta" }, "Share: ", h("a", { href: `/s/${id}`, id: "share" }, `${location.origin}/s/${id}`));
+  const $endnote = h("p", { class: "ended-note", id: "ended", hidden: true }, "This Space has ended.");
+  $main.replaceChildren($title, $hostline, $endnote, $count, h("section", { class: "card" }, h("h2", {}, "Stage"), $stage),
+    h("section", { class: "card" }, $actions), $host, h("section", { class: "card" }, $reacts, $totals), $share);
+  focusMain();
+
+  const act = async (action, extra = {}) => {
+    try { update(await api("POST", `/spaces/${id}/actions`, { action, ...extra })); } catch (err) { showError(err); }
+  };
+  const react = async (emoji) => {
+    try { await api("POST", `/spaces/${id}/reactions`, { emoji }); floatUp(emoji); } catch (err) { showError(err); }
+  };
+  async function refresh() { try { update(await api("GET", `/spaces/${id}`)); } catch { /* next poll */ } }
+
+  function floatUp(emoji) {
+    const el = h("span", { class: "float", "aria-hidden": "true" }, emoji);
+    el.style.left = `${10 + Math.random() * 80}%`;
+    document.body.append(el);
+    setTimeout(() => el.remove(), 2600);
+  }
+
+  const mine = (s) => (s.stage || []).find((p) => p.id === me.id);
+  const myRole = (s) => mine(s)?.role || "listener";
+  const isMod = (s) => ["host", "cohost"].includes(myRole(s));
+
+  async function goLive() {
+    if (view.publisher || view.going) return;
+    view.going = true; render();
+    const pub = new Publisher(id, (why) => { if (view.publisher === pub) { pub.close(); view.publisher = null; banner("reconnecting", `Stage connection ${why}`); render(); } });
+    try {
+      await pub.start();
+      view.publisher = pub;
+      pub.setMuted(!!mine(view.snap)?.muted);
+      player.mute(true);  // on stage the return feed replaces the broadcast
+      announce("You are live on stage");
+    } catch (err) { pub.close(); showError(err); }
+    view.going = false; render();
+  }
+  function stopPublishing() { view.publisher?.close(); view.publisher = null; if (view.listening) player.mute(false); }
+
+  async function listen() {
+    view.listening = true; render();
+    try { await player.enableAudio(); } catch (err) { showError(err); }
+  }
+
+  function diffAnnounce(old, s) {
+    if (!old) return;
+    const ids = (x) => new Map((x.stage || []).map((p) => [p.id, p]));
+    const a = ids(old), b = ids(s), said = [];
+    for (const [k, p] of b) if (!a.has(k)) said.push(`${p.name} joined the stage`);
+    for (const [k, p] of a) if (!b.has(k)) said.push(`${p.name} left the stage`);
+    for (const [k, p] of b) if (a.has(k) && a.get(k).muted !== p.muted) said.push(`${p.name} is ${p.muted ? "muted" : "unmuted"}`);
+    const oldReq = new Set((old.requests || []).map((r) => r.id));
+    for (const r of s.requests || []) if (!oldReq.has(r.id)) said.push(`${r.name} asks to speak`);
+    if (old.state !== "ended" && s.state === "ended") said.push("The Space has ended");
+    if (said.length) announce(said.join(". "));
+  }
+
+  function update(s) {
+    if (!s || (view.snap && s.version < view.snap.version)) return;
+    const old = view.snap;
+    if (old && s.version === old.version && s.listeners === old.listeners && JSON.stringify(s.reactions) === JSON.stringify(old.reactions)) return;
+    view.snap = s;
+    diffAnnounce(old, s);
+    if (old) for (const [e, n] of Object.entries(s.reactions || {})) {
+      const d = n - ((old.reactions || {})[e] || 0);
+      for (let i = 0; i < Math.min(d, 5); i++) setTimeout(() => floatUp(e), i * 150);
+    }
+    const meOn = mine(s);
+    if (view.publisher && (!meOn || s.state !== "live")) { stopPublishing(); if (s.state === "live") announce("You are no longer on stage"); }
+    if (view.publisher && meOn) view.publisher.setMuted(!!meOn.muted);
+    if (s.state === "ended") { stopPublishing(); clearInterval(view.poll); }
+    render();
+  }
+
+  function paintSpeaking() {
+    for (const li of $stage.querySelectorAll("li[data-id]")) {
+      const on = view.speaking.has(li.dataset.id);
+      li.classList.toggle("speaking", on);
+      li.querySelector(".speaking-label").textContent = on ? "speaking" : "";
+    }
+  }
+
+  function person(p, s) {
+    const mod = isMod(s), host = myRole(s) === "host", self = p.id === me.id;
+    const ctl = [];
+    if (mod && !self && p.role !== "host") {
+      if (!p.muted) ctl.push(h("button", { type: "button", class: "secondary", "aria-label": `Mute ${p.name}`, onclick: () => act("mute", { identity: p.id }) }, "Mute"));
+      ctl.push(h("button", { type: "button", class: "secondary", "aria-label": `Move ${p.name} to audience`, onclick: () => act("to_audience", { identity: p.id }) }, "To audience"));
+      if (host && p.role === "speaker") ctl.push(h("button", { type: "button", class: "secondary", "aria-label": `Make ${p.name} co-host`, onclick: () => act("add_cohost", { identity: p.id }) }, "Co-host"));
+      if (host && p.role === "cohost") ctl.push(h("button", { type: "button", class: "secondary", "aria-label": `Remove co-host ${p.name}`, onclick: () => act("remove_cohost", { identity: p.id }) }, "Un-co-host"));
+      ctl.push(h("button", { type: "button", class: "danger", "aria-label": `Remove and block ${p.name}`, onclick: () => { if (confirm(`Remove and block ${p.name}?`)) act("remove", { identity: p.id, block: true }); } }, "Remove"));
+    }
+    const role = p.role === "cohost" ? "co-host" : p.role;
+    return h("li", { class: `person${view.speaking.has(p.id) ? " speaking" : ""}`, "data-id": p.id,
+      "aria-label": `${p.name}, ${role}${p.muted ? ", muted" : ""}` },
+      h("div", { class: "avatar", "aria-hidden": "true" }, initials(p.name)),
+      h("div", {}, p.name, self ? " (you)" : ""),
+      h("span", { class: "pill role" }, role),
+      h("div", { class: "muted" }, p.muted ? "🔇 muted" : ""),
+      h("div", { class: "meta speaking-label" }, view.speaking.has(p.id) ? "speaking" : ""),
+      ctl.length ? h("div", { class: "controls" }, ctl) : null);
+  }
+
+  function render() {
+    const s = view.snap;
+    $title.textContent = s.title;
+    $title.append(h("span", { class: `pill ${s.state}`, id: "state" }, s.state === "live" ? "LIVE" : s.state));
+    $hostline.textContent = `Hosted by ${s.host.name}${s.description ? ` · ${s.description}` : ""}`;
+    $count.textContent = `${s.listeners} listening`;
+    $stage.replaceChildren(...(s.stage || []).map((p) => person(p, s)));
+    $totals.textContent = Object.entries(s.reactions || {}).filter(([, n]) => n > 0).map(([e, n]) => `${e} ${n}`).join("  ");
+    $endnote.hidden = s.state !== "ended";
+    $reacts.hidden = s.state !== "live";
+
+    const meOn = mine(s), a = [];
+    const requested = (s.requests || []).some((r) => r.id === me.id);
+    const invited = (s.invites || []).some((r) => r.id === me.id);
+    if (s.state === "live") {
+      if (!view.listening && !view.publisher) a.push(h("button", { type: "button", id: "listen", onclick: listen }, "🎧 Listen"));
+      if (meOn) {
+        if (!view.publisher) a.push(h("button", { type: "button", id: "go-live", disabled: view.going, onclick: goLive }, view.going ? "Connecting…" : "🎙️ Go live"));
+        a.push(meOn.muted
+          ? h("button", { type: "button", id: "mic", "aria-pressed": "false", onclick: () => act("unmute") }, "Microphone on")
+          : h("button", { type: "button", id: "mic", class: "secondary", "aria-pressed": "true", onclick: () => act("mute", { identity: me.id }) }, "Microphone off"));
+        if (meOn.role !== "host") a.push(h("button", { type: "button", id: "leave-stage", class: "secondary", onclick: () => { stopPublishing(); act("to_audience", { identity: me.id }); } }, "Leave stage"));
+      } else if (invited) {
+        a.push(h("button", { type: "button", id: "accept", onclick: () => act("accept") }, "Accept invite to speak"));
+      } else if (requested) {
+        a.push(h("button", { type: "button", id: "withdraw", class: "secondary", onclick: () => act("withdraw") }, "Withdraw request"));
+      } else {
+        a.push(h("button", { type: "button", id: "request", onclick: () => act("request") }, "✋ Request to speak"));
+      }
+      if (view.publisher) a.push(h("span", { class: "pill live", id: "on-air" }, "ON AIR"));
+    } else if (s.state === "scheduled") {
+      a.push(h("span", { class: "meta" }, `Scheduled for ${s.scheduled_start ? new Date(s.scheduled_start).toLocaleString() : "later"}`));
+      if (s.host.id === me.id) a.push(h("button", { type: "button", id: "start", onclick: async () => { try { update(await api("POST", `/spaces/${id}/start`)); } catch (err) { showError(err); } } }, "Start now"));
+    } else {
+      a.push(h("a", { href: "/", "data-link": true }, "Back to Spaces"));
+    }
+    const hadFocus = document.activeElement?.id;
+    $actions.replaceChildren(...a);
+    if (hadFocus && !document.getElementById(hadFocus)) focusMain();
+    else if (hadFocus) document.getElementById(hadFocus)?.focus();
+
+    // Host / co-host controls: requests, invite, end.
+    if (isMod(s) && s.state === "live") {
+      const who = h("input", { id: "invite-id", name: "invite", placeholder: "identity" });
+      $host.hidden = false;
+      $host.replaceChildren(h("h2", {}, "Requests to speak"),
+        (s.requests || []).length ? h("ul", { class: "requests" }, s.requests.map((r) => h("li", {}, r.name,
+          h("button", { type: "button", "aria-label": `Approve ${r.name}`, onclick: () => act("approve", { identity: r.id }) }, "Approve"),
+          h("button", { type: "button", class: "secondary", "aria-label": `Decline ${r.name}`, onclick: () => act("decline", { identity: r.id }) }, "Decline"))))
+          : h("p", { class: "meta" }, "No requests."),
+        h("form", { class: "row", onsubmit: (e) => { e.preventDefault(); if (who.value.trim()) act("invite", { identity: who.value.trim() }); } },
+          h("label", { for: "invite-id" }, "Invite to speak"), who, h("button", { type: "submit", class: "secondary" }, "Invite")),
+        myRole(s) === "host" ? h("p", {}, h("button", { type: "button", id: "end", class: "danger", onclick: async () => {
+          if (!confirm("End this Space for everyone?")) return;
+          try { update(await api("POST", `/spaces/${id}/end`)); } catch (err) { showError(err); }
+        } }, "End Space")) : null);
+    } else { $host.hidden = true; $host.replaceChildren(); }
+  }
+
+  update(snap);
+  player.start();
+  view.poll = setInterval(refresh, 2000);  // state also arrives on the socket; this covers its gaps
+  page = () => { clearInterval(view.poll); stopPublishing(); player.stop(); };
+  window.addEventListener("pagehide", () => page?.(), { once: true });
+}
+
+adoptLinkToken().finally(route);

@@ -1,0 +1,214 @@
+// Listening: WebSocket /ws/{id} → Chunk frames → WebCodecs AudioDecoder → AudioWorklet.
+// Falls back to <audio src="/listen/{id}.opus"> where WebCodecs is missing.
+
+const MAGIC = 0x54484331; // "THC1"
+const FRAME_SAMPLES = 960;
+
+/** Parse Chunk.encode() bytes (src/townhall/media/chunk.py); null when not a chunk. */
+export function parseChunk(buf) {
+  const dv = new DataView(buf);
+  if (dv.byteLength < 30 || dv.getUint32(0) !== MAGIC) return null;
+  const seq = Number(dv.getBigUint64(4));
+  const pts = Number(dv.getBigUint64(12));
+  const sentUs = Number(dv.getBigUint64(20));
+  const n = dv.getUint16(28);
+  const packets = [];
+  let off = 30;
+  for (let i = 0; i < n; i++) {
+    if (off + 2 > dv.byteLength) return null;
+    const len = dv.getUint16(off); off += 2;
+    if (off + len > dv.byteLength) return null;
+    packets.push(new Uint8Array(buf, off, len)); off += len;
+  }
+  return { seq, pts, sentUs, packets };
+}
+
+/** Full-jitter backoff: a random delay in [0, min(cap, base·2^attempt)). */
+export function backoffMs(attempt, base = 500, cap = 10000) {
+  return Math.random() * Math.min(cap, base * 2 ** attempt);
+}
+
+/** One listener of a Space: state and levels to callbacks, audio to the speakers. */
+export class Player {
+  constructor(space, { token, onState, onLevels, onStatus, onEnded }) {
+    this.space = space;
+    this.token = token;
+    this.onState = onState || (() => {});
+    this.onLevels = onLevels || (() => {});
+    this.onStatus = onStatus || (() => {});
+    this.onEnded = onEnded || (() => {});
+    this.ws = null;
+    this.nextSeq = null;
+    this.attempt = 0;
+    this.closed = false;
+    this.audible = true;
+    this.ctx = null;
+    this.node = null;
+    this.decoder = null;
+    this.fallback = null;
+    this.timer = null;
+    this.stats = { framesDecoded: 0, level: 0, gaps: 0, underruns: 0, chunks: 0, state: "connecting", webcodecs: "AudioDecoder" in window };
+    window.townhallPlayer = this.stats;
+  }
+
+  start() {
+    if (!this.stats.webcodecs) { this._startFallback(); }
+    this._connect();
+  }
+
+  /** Start sound output (needs a user gesture in most browsers). */
+  async enableAudio() {
+    if (!this.stats.webcodecs) { if (this.fallback) await this.fallback.play(); return; }
+    if (!this.ctx) {
+      this.ctx = new AudioContext({ sampleRate: 48000, latencyHint: "interactive" });
+      await this.ctx.audioWorklet.addModule("/static/worklet.js");
+      this.node = new AudioWorkletNode(this.ctx, "townhall-player", { numberOfInputs: 0, outputChannelCount: [1] });
+      this.node.port.onmessage = (ev) => { this.stats.underruns = ev.data.underruns; };
+      this.node.connect(this.ctx.destination);
+    }
+    await this.ctx.resume();
+  }
+
+  get audioRunning() {
+    if (!this.stats.webcodecs) return !!(this.fallback && !this.fallback.paused);
+    return !!(this.ctx && this.ctx.state === "running");
+  }
+
+  /** Speakers hear the return feed instead of the program: silence the program locally. */
+  setAudible(on) {
+    this.audible = on;
+    if (this.fallback) this.fallback.muted = !on;
+    if (!on && this.node) this.node.port.postMessage("flush");
+  }
+
+  stop() {
+    this.closed = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(1000);
+    if (this.decoder && this.decoder.state !== "closed") this.decoder.close();
+    if (this.ctx) this.ctx.close();
+    if (this.fallback) { this.fallback.pause(); this.fallback.removeAttribute("src"); this.fallback.remove(); }
+  }
+
+  _status(state, detail) {
+    this.stats.state = state;
+    this.onStatus(state, detail);
+  }
+
+  _url() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const q = new URLSearchParams();
+    if (this.nextSeq !== null) q.set("from", String(this.nextSeq));
+    if (this.token) q.set("token", this.token);
+    const qs = q.toString();
+    return `${proto}//${location.host}/ws/${this.space}${qs ? "?" + qs : ""}`;
+  }
+
+  _connect() {
+    if (this.closed) return;
+    const ws = new WebSocket(this._url());
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    ws.onmessage = (ev) => {
+      if (typeof ev.data === "string") this._text(JSON.parse(ev.data));
+      else this._chunk(ev.data);
+    };
+    ws.onclose = (ev) => this._closed(ev);
+  }
+
+  _text(msg) {
+    if (msg.type === "hello") {
+      this.attempt = 0;
+      if (this.nextSeq !== null && msg.from > this.nextSeq) this.stats.gaps += msg.from - this.nextSeq;
+      this._status("live");
+    } else if (msg.type === "state") {
+      this.onState(msg.snapshot);
+    } else if (msg.type === "levels") {
+      this.onLevels(msg);
+    } else if (msg.type === "jump") {
+      this.stats.gaps += Math.max(0, msg.to - msg.from);
+      this.nextSeq = msg.to;
+    }
+  }
+
+  _decoder() {
+    if (this.decoder && this.decoder.state === "configured") return this.decoder;
+    this.decoder = new AudioDecoder({
+      output: (data) => this._decoded(data),
+      error: () => { this.decoder = null; }, // a fresh decoder on the next chunk
+    });
+    this.decoder.configure({ codec: "opus", sampleRate: 48000, numberOfChannels: 1 });
+    return this.decoder;
+  }
+
+  _chunk(buf) {
+    const chunk = parseChunk(buf);
+    if (!chunk) return;
+    if (this.nextSeq !== null && chunk.seq < this.nextSeq) return; // already played
+    if (this.nextSeq !== null && chunk.seq > this.nextSeq) this.stats.gaps += chunk.seq - this.nextSeq;
+    this.nextSeq = chunk.seq + 1;
+    this.stats.chunks += 1;
+    if (!this.stats.webcodecs) return;
+    const dec = this._decoder();
+    chunk.packets.forEach((pkt, i) => {
+      const ts = Math.round(((chunk.pts + i * FRAME_SAMPLES) * 1e6) / 48000);
+      dec.decode(new EncodedAudioChunk({ type: "key", timestamp: ts, data: pkt }));
+    });
+  }
+
+  _decoded(data) {
+    const n = data.numberOfFrames;
+    const pcm = new Float32Array(n);
+    data.copyTo(pcm, { planeIndex: 0, format: "f32-planar" });
+    data.close();
+    this.stats.framesDecoded += 1;
+    let sum = 0;
+    for (let i = 0; i < n; i++) sum += pcm[i] * pcm[i];
+    const rms = Math.sqrt(sum / Math.max(1, n));
+    // Fast attack, slow release: a level meter people (and tests) can read.
+    this.stats.level = rms > this.stats.level ? rms : this.stats.level * 0.95 + rms * 0.05;
+    if (this.node && this.audible && this.ctx.state === "running") this.node.port.postMessage(pcm, [pcm.buffer]);
+  }
+
+  _closed(ev) {
+    this.ws = null;
+    if (this.closed) return;
+    let reason = {};
+    try { reason = ev.reason ? JSON.parse(ev.reason) : {}; } catch { reason = {}; }
+    if (ev.code === 4410) { this._status("ended"); this.onEnded(); return; }
+    if (ev.code === 4404 || ev.code === 4403 || ev.code === 4401) { this._status("refused", ev.code); return; }
+    if (ev.code === 4408 && reason.resume_from !== undefined) this.nextSeq = reason.resume_from;
+    if (ev.code === 4503) {
+      this._countdown(Math.max(1, Math.ceil(reason.retry_after || 5)));
+      return;
+    }
+    const delay = backoffMs(this.attempt++);
+    this._status("reconnecting", Math.ceil(delay / 1000));
+    this.timer = setTimeout(() => this._connect(), delay);
+  }
+
+  _countdown(seconds) {
+    this._status("full", seconds);
+    if (seconds <= 0) { this._connect(); return; }
+    this.timer = setTimeout(() => this._countdown(seconds - 1), 1000);
+  }
+
+  _startFallback() {
+    const el = document.createElement("audio");
+    el.src = `/listen/${this.space}.opus`;
+    el.preload = "none";
+    el.hidden = true;
+    el.addEventListener("error", async () => {
+      if (this.closed) return;
+      const res = await fetch(el.src, { method: "GET" }).catch(() => null);
+      if (res && res.status === 503) {
+        const s = parseInt(res.headers.get("Retry-After") || "5", 10);
+        if (res.body) res.body.cancel();
+        this._countdown(s);
+        this.timer = setTimeout(() => { el.load(); el.play().catch(() => {}); }, s * 1000);
+      }
+    });
+    document.body.appendChild(el);
+    this.fallback = el;
+  }
+}
