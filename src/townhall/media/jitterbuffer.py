@@ -64,3 +64,95 @@ class FrameBuffer:
             self.concealed += 1
             return (self._last * self._fade).astype(np.int16)
         return None
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One 20 ms slot for the decoder: a packet, or ``payload=None`` = lost, run PLC."""
+
+    seq: int
+    payload: bytes | None
+
+
+@dataclass
+class JitterBuffer:
+    """RTP packets in any order in, one slot per mixer tick out; no I/O, time passed in.
+
+    Reorders by (unwrapped 16-bit) sequence number, drops duplicates and packets whose
+    slot already played (counted as late), marks a gap as lost once a later packet is
+    waiting (the decoder conceals it with Opus PLC), and adapts its target depth to the
+    measured interarrival jitter (RFC 3550 estimator) between ``min_frames`` and
+    ``max_frames``. Holding at most ``max_frames`` packets bounds a flooding sender.
+    WHIP ingest does not use it yet: aiortc's receiver reorders and decodes before
+    frames reach the stage, so there the FrameBuffer above is the clock boundary.
+    """
+
+    frame_s: float = 0.020
+    min_frames: int = 1
+    max_frames: int = 10
+    target: int = 2
+    jitter_s: float = 0.0
+    late: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    overflows: int = 0
+    underruns: int = 0
+    _packets: dict[int, bytes] = field(default_factory=dict)
+    _next: int | None = None          # unwrapped seq of the next slot to play
+    _highest: int | None = None       # highest unwrapped seq seen
+    _ref: tuple[int, float] | None = None  # (seq, arrival) of the previous packet
+    _playing: bool = False
+
+    def _unwrap(self, seq16: int) -> int:
+        if self._highest is None:
+            return seq16
+        high = self._highest
+        base = high - (high & 0xFFFF)
+        cands = (base + seq16 - 0x10000, base + seq16, base + seq16 + 0x10000)
+        return min(cands, key=lambda s: abs(s - high))
+
+    def push(self, seq16: int, payload: bytes, now: float) -> None:
+        """A packet arrived at ``now`` (seconds, any monotonic origin)."""
+        seq = self._unwrap(seq16 & 0xFFFF)
+        if self._next is not None and seq < self._next:
+            self.late += 1
+            return
+        if seq in self._packets:
+            self.duplicates += 1
+            return
+        if self._ref is not None:
+            # RFC 3550 §6.4.1: how much the arrival spacing differs from the send spacing.
+            ref_seq, ref_at = self._ref
+            d = abs((now - ref_at) - (seq - ref_seq) * self.frame_s)
+            self.jitter_s += (d - self.jitter_s) / 16
+        self._ref = (seq, now)
+        self._highest = seq if self._highest is None else max(self._highest, seq)
+        self._packets[seq] = payload
+        if self._next is None:
+            self._next = seq
+        while len(self._packets) > self.max_frames:
+            oldest = min(self._packets)
+            del self._packets[oldest]
+            self.overflows += 1
+            self._next = max(self._next, oldest + 1)
+        wanted = 1 + int(3 * self.jitter_s / self.frame_s + 0.999)
+        self.target = max(self.min_frames, min(self.max_frames // 2, wanted))
+
+    def pop(self) -> Slot | None:
+        """The slot for this tick, or None while (re)buffering or when the sender is quiet."""
+        if self._next is None or not self._packets:
+            if self._playing:
+                self.underruns += 1
+                self._playing = False
+                self._ref = None  # a pause is not jitter: the next talk spurt starts afresh
+            return None
+        if not self._playing:
+            if max(self._packets) - self._next + 1 < self.target:
+                return None
+            self._playing = True
+        seq = self._next
+        self._next = seq + 1
+        payload = self._packets.pop(seq, None)
+        if payload is None:
+            self.lost += 1
+        return Slot(seq=seq & 0xFFFF, payload=payload)

@@ -1,0 +1,90 @@
+"""The packet jitter buffer: reorder, duplicates, loss → PLC slots, late packets,
+sequence wrap, adaptive target, flood bound. Time is passed in; nothing sleeps."""
+
+from __future__ import annotations
+
+from townhall.media.jitterbuffer import JitterBuffer, Slot
+
+
+def drain(jb: JitterBuffer, ticks: int) -> list[Slot | None]:
+    return [jb.pop() for _ in range(ticks)]
+
+
+def test_in_order_packets_play_in_order_after_priming() -> None:
+    jb = JitterBuffer(min_frames=2)
+    jb.push(10, b"a", now=0.0)
+    assert jb.pop() is None  # one packet < target of two: still buffering
+    jb.push(11, b"b", now=0.02)
+    jb.push(12, b"c", now=0.04)
+    assert [s.payload for s in drain(jb, 3) if s] == [b"a", b"b", b"c"]
+    assert (jb.lost, jb.late, jb.duplicates) == (0, 0, 0)
+
+
+def test_reordered_packets_come_out_in_sequence() -> None:
+    jb = JitterBuffer(min_frames=3)
+    for seq in (1, 3, 2, 5, 4):
+        jb.push(seq, bytes([seq]), now=0.0)
+    assert [s.seq for s in drain(jb, 5) if s] == [1, 2, 3, 4, 5]
+    assert jb.lost == 0
+
+
+def test_duplicates_are_dropped_and_counted() -> None:
+    jb = JitterBuffer(target=1)
+    for seq in (1, 1, 2, 2, 2):
+        jb.push(seq, b"x", now=0.0)
+    assert [s.seq for s in drain(jb, 2) if s] == [1, 2]
+    assert jb.duplicates == 3
+    jb.push(2, b"again", now=0.1)  # its slot already played: late, not replayed
+    assert jb.late == 1 and jb.pop() is None
+
+
+def test_a_gap_becomes_a_plc_slot_once_a_later_packet_waits() -> None:
+    jb = JitterBuffer(target=1)
+    jb.push(1, b"1", now=0.0)
+    jb.push(3, b"3", now=0.04)
+    slots = drain(jb, 3)
+    assert slots[0] == Slot(1, b"1")
+    assert slots[1] == Slot(2, None)  # the decoder conceals this one
+    assert slots[2] == Slot(3, b"3")
+    assert jb.lost == 1
+    jb.push(2, b"2", now=0.05)  # the lost packet shows up after its slot
+    assert jb.late == 1
+
+
+def test_sender_pause_is_an_underrun_not_a_loss() -> None:
+    jb = JitterBuffer(target=1)
+    jb.push(1, b"1", now=0.0)
+    assert drain(jb, 4) == [Slot(1, b"1"), None, None, None]
+    assert jb.underruns == 1 and jb.lost == 0
+    jb.push(2, b"2", now=1.0)
+    assert jb.pop() == Slot(2, b"2")
+
+
+def test_sequence_numbers_wrap_at_16_bits() -> None:
+    jb = JitterBuffer(target=1)
+    for seq in (65534, 65535, 1, 0):
+        jb.push(seq, bytes([seq & 0xFF]), now=0.0)
+    assert [s.seq for s in drain(jb, 4) if s] == [65534, 65535, 0, 1]
+    assert jb.lost == 0 and jb.late == 0
+
+
+def test_target_adapts_to_jitter() -> None:
+    smooth, bursty = JitterBuffer(), JitterBuffer()
+    for i in range(200):
+        smooth.push(i, b"s", now=i * 0.020)
+        # Bursts: five packets arrive together every 100 ms.
+        bursty.push(i, b"b", now=(i // 5) * 0.100)
+        smooth.pop()
+        if i % 5 == 4:
+            drain(bursty, 5)
+    assert smooth.jitter_s < 0.001 and smooth.target == 1
+    assert bursty.jitter_s > 0.02 and bursty.target >= 4
+
+
+def test_a_flood_is_bounded_and_plays_one_slot_per_tick() -> None:
+    jb = JitterBuffer(target=2, max_frames=10)
+    for i in range(1000):
+        jb.push(i, b"f", now=0.0)
+    assert len(jb._packets) <= 10 and jb.overflows == 990
+    slots = drain(jb, 3)
+    assert [s.seq for s in slots if s] == [990, 991, 992]
