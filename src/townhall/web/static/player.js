@@ -30,9 +30,9 @@ export function backoffMs(attempt, base = 500, cap = 10000) {
 
 /** One listener of a Space: state and levels to callbacks, audio to the speakers. */
 export class Player {
-  constructor(space, { token, onState, onLevels, onStatus, onEnded }) {
+  constructor(space, { onState, onLevels, onStatus, onEnded }, token) {
     this.space = space;
-    this.token = token;
+    this.token = token || null;
     this.onState = onState || (() => {});
     this.onLevels = onLevels || (() => {});
     this.onStatus = onStatus || (() => {});
@@ -47,7 +47,10 @@ export class Player {
     this.decoder = null;
     this.fallback = null;
     this.timer = null;
-    this.stats = { framesDecoded: 0, level: 0, gaps: 0, underruns: 0, chunks: 0, state: "connecting", webcodecs: "AudioDecoder" in window };
+    const webcodecs = "AudioDecoder" in window;
+    // Read by tests and by people debugging in the console.
+    this.stats = { framesDecoded: 0, level: 0, peak: 0, gaps: 0, underruns: 0, chunks: 0, state: "connecting",
+      webcodecs, mode: webcodecs ? "webcodecs" : "ogg" };
     window.townhallPlayer = this.stats;
   }
 
@@ -75,7 +78,8 @@ export class Player {
   }
 
   /** Speakers hear the return feed instead of the program: silence the program locally. */
-  setAudible(on) {
+  mute(muted) {
+    const on = !muted;
     this.audible = on;
     if (this.fallback) this.fallback.muted = !on;
     if (!on && this.node) this.node.port.postMessage("flush");
@@ -90,9 +94,17 @@ export class Player {
     if (this.fallback) { this.fallback.pause(); this.fallback.removeAttribute("src"); this.fallback.remove(); }
   }
 
+  // Tell the page: kind null hides the banner; otherwise a sentence people can read.
   _status(state, detail) {
     this.stats.state = state;
-    this.onStatus(state, detail);
+    const text = {
+      live: null,
+      reconnecting: "Reconnecting…",
+      full: `This Space is full — retrying in ${detail} s`,
+      ended: null,
+      refused: "You can't listen to this Space.",
+    }[state];
+    this.onStatus(text ? state : null, text || "");
   }
 
   _url() {
@@ -167,6 +179,7 @@ export class Player {
     const rms = Math.sqrt(sum / Math.max(1, n));
     // Fast attack, slow release: a level meter people (and tests) can read.
     this.stats.level = rms > this.stats.level ? rms : this.stats.level * 0.95 + rms * 0.05;
+    if (rms > this.stats.peak) this.stats.peak = rms;
     if (this.node && this.audible && this.ctx.state === "running") this.node.port.postMessage(pcm, [pcm.buffer]);
   }
 
