@@ -79,12 +79,14 @@ class ReturnRecorder:
 
     def __init__(self) -> None:
         self.chunks: list[np.ndarray] = []
+        self.last_at = time.monotonic()
 
     async def consume(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
             while True:
                 frame: Any = await track.recv()
                 self.chunks.append(to_mono(frame))
+                self.last_at = time.monotonic()
 
     def save(self, path: Path) -> None:
         pcm = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
@@ -93,6 +95,18 @@ class ReturnRecorder:
             w.setsampwidth(2)
             w.setframerate(SAMPLE_RATE)
             w.writeframes(pcm.tobytes())
+
+
+RETURN_SILENCE_S = 3.0   # the stage sends its return feed every 20 ms, silence included
+CONNECT_GRACE_S = 7.0    # ICE and DTLS before the first return frame
+
+
+async def watch_return(recorder: ReturnRecorder, dropped: asyncio.Event) -> None:
+    """ICE consent takes ~30 s to notice a dead stage; a silent return feed shows it in 3."""
+    while not dropped.is_set():
+        await asyncio.sleep(0.5)
+        if time.monotonic() - recorder.last_at > RETURN_SILENCE_S:
+            dropped.set()
 
 
 async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
@@ -125,7 +139,10 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
             location = r.headers["location"]
             await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
             print(f"speak: live on {space} ({location})", file=sys.stderr, flush=True)
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(dropped.wait())]
+            recorder.last_at = time.monotonic() + CONNECT_GRACE_S
+            watchdog = asyncio.ensure_future(watch_return(recorder, dropped))
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(dropped.wait()),
+                       watchdog]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
