@@ -1,0 +1,110 @@
+"""What the stage puts on the bus for one Space, read straight from NATS: chunks of
+silence while nobody talks, levels at most 4 a second while someone does, and nothing
+more once the Space ends (its lease released)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import Served, start_townhall
+from tests.integration.test_stage_takeover import stage_child
+from townhall.bus import Bus, subjects
+from townhall.bus.bus import Message
+from townhall.media.chunk import Chunk
+from townhall.media.opus import OpusDecoder
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    s = start_townhall(tmp_path / "data")
+    yield s
+    s.stop()
+
+
+def spawn_speaker(served: Served, space: str, token: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
+         "--token", token, "--tone", "440", "--seconds", "60"],
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"), stdin=subprocess.DEVNULL)
+
+
+def guest(served: Served, name: str) -> tuple[str, str]:
+    who = httpx.post(f"{served.url}/api/v1/sessions", json={"name": name}, timeout=10).json()
+    return str(who["token"]), str(who["identity"])
+
+
+async def until(cond: object, bound_s: float, what: str) -> None:
+    for _ in range(int(bound_s * 10)):
+        if callable(cond) and cond():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not within {bound_s}s: {what}")
+
+
+async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
+    _, nats = stage_child(served.proc.pid)
+    host, me = guest(served, "Ada")
+    with served.client(host) as c:
+        space = c.post("/api/v1/spaces", json={"title": "Program"}).json()["id"]
+    chunks: list[Chunk] = []
+    levels: list[tuple[float, dict[str, object]]] = []
+
+    async def on_media(msg: Message) -> None:
+        chunks.append(Chunk.decode(msg.data))
+
+    async def on_levels(msg: Message) -> None:
+        levels.append((time.monotonic(), json.loads(msg.data)))
+
+    bus = await Bus.connect([nats], setup=False)
+    speaker = None
+    try:
+        await bus.subscribe(subjects.media(space), on_media)
+        await bus.subscribe(subjects.levels(space), on_levels)
+        await asyncio.sleep(1)
+        assert chunks == []  # scheduled Spaces have no program
+        with served.client(host) as c:
+            c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
+        await until(lambda: len(chunks) >= 20, 30, "20 chunks of silence")
+        seqs = [c.seq for c in chunks]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        assert all(len(c.packets) == 5 for c in chunks)
+        decoder = OpusDecoder()
+        quiet = np.concatenate([decoder.decode(p) for c in chunks for p in c.packets])
+        assert int(np.abs(quiet.astype(np.int32)).max()) < 100
+        assert levels == []  # nobody on a WHIP session: nothing to report
+
+        speaker = spawn_speaker(served, space, host, tmp_path / "speak.log")
+
+        def speaking() -> bool:
+            return any(me in lv["speaking"] for _, lv in levels)  # type: ignore[operator]
+
+        await until(speaking, 40, "the host reported as speaking")
+        await asyncio.sleep(3)
+        recent = [at for at, _ in levels if at > levels[-1][0] - 3]
+        assert len(recent) <= 3 * 4 + 1  # at most 4 level messages a second
+        assert all(lv["space"] == space for _, lv in levels)
+
+        with served.client(host) as c:
+            c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
+        await asyncio.sleep(3)
+        n = len(chunks)
+        await asyncio.sleep(2)
+        assert len(chunks) == n, "chunks kept coming after the Space ended"
+        assert await bus.kv_get(subjects.LEASES_BUCKET, space) is None
+    finally:
+        if speaker is not None and speaker.poll() is None:
+            speaker.terminate()
+            speaker.wait(15)
+        await bus.close()
