@@ -49,7 +49,7 @@ export class Player {
     this.timer = null;
     const webcodecs = "AudioDecoder" in window;
     // Read by tests and by people debugging in the console.
-    this.stats = { framesDecoded: 0, level: 0, peak: 0, gaps: 0, underruns: 0, chunks: 0, state: "connecting",
+    this.stats = { framesDecoded: 0, level: 0, peak: 0, gaps: 0, underruns: 0, chunks: 0, connects: 0, state: "connecting",
       webcodecs, mode: webcodecs ? "webcodecs" : "ogg" };
     window.townhallPlayer = this.stats;
   }
@@ -118,6 +118,7 @@ export class Player {
 
   _connect() {
     if (this.closed) return;
+    this.stats.connects += 1;
     const ws = new WebSocket(this._url());
     ws.binaryType = "arraybuffer";
     this.ws = ws;

@@ -1,0 +1,119 @@
+"""The listening page in Debian's Chromium: WebSocket chunks decoded by WebCodecs, the
+speaking indicator from levels frames, and the "Space is full" countdown on admission
+refusal. The speaker is `townhall speak` (a real WHIP client), not a browser."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import Served, start_townhall
+
+CHROMIUM = Path("/usr/bin/chromium")
+WAIT_MS = 25_000  # generous: the machine is shared and slow
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--headless", "--no-sandbox", "--disable-gpu",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            "--autoplay-policy=no-user-gesture-required",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--no-first-run"])
+        yield b
+        b.close()
+
+
+def open_as(browser: Browser, served: Served, path: str, name: str) -> Page:
+    """A fresh browser context signed in through the page's own form."""
+    page = browser.new_context(base_url=served.url, viewport={"width": 390, "height": 844}).new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(path)
+    page.get_by_label("Display name").fill(name)
+    page.get_by_role("button", name="Sign in").click()
+    return page
+
+
+def live_space(served: Served, title: str) -> tuple[str, str]:
+    """A live Space created over the api; returns (space id, host token)."""
+    token = served.session("Host Tone")
+    with served.client(token) as c:
+        space = c.post("/api/v1/spaces", json={"title": title}).json()["id"]
+        assert c.post(f"/api/v1/spaces/{space}/start").status_code == 200
+    return space, token
+
+
+def stats(page: Page) -> dict[str, Any]:
+    result: dict[str, Any] = page.evaluate("() => ({...(window.townhallPlayer || {})})")
+    return result
+
+
+def test_listener_decodes_the_program_and_sees_speaking(browser: Browser, tmp_path: Path,
+                                                        artifacts: Path) -> None:
+    served = start_townhall(tmp_path / "data")
+    speaker: subprocess.Popen[bytes] | None = None
+    try:
+        space, token = live_space(served, "Tone hour")
+        speaker = subprocess.Popen(
+            [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
+             "--token", token, "--tone", "440", "--seconds", "120"],
+            stdout=(tmp_path / "speak.log").open("wb"), stderr=subprocess.STDOUT)
+        page = open_as(browser, served, f"/s/{space}", "Lin Listener")
+        expect(page.get_by_role("heading", name="Tone hour")).to_be_visible()
+        try:
+            page.wait_for_function(
+                "() => window.townhallPlayer && window.townhallPlayer.framesDecoded > 50"
+                " && window.townhallPlayer.level > 0.01", timeout=WAIT_MS * 2)
+            # The host's tone drives the levels frames, which light the host's avatar.
+            expect(page.locator("li.person.speaking")).to_have_count(1, timeout=WAIT_MS)
+        except AssertionError as exc:
+            raise AssertionError(f"player {stats(page)}\nspeak: "
+                                 f"{(tmp_path / 'speak.log').read_text()[-1500:]}\n"
+                                 f"{served.tail(30)}") from exc
+        s = stats(page)
+        assert s["mode"] == "webcodecs" and s["state"] == "live", s
+        # Every chunk after the first arrived in order: no sequence gaps on a quiet machine
+        # would be timing-dependent, so only bound them.
+        assert s["gaps"] < s["chunks"], s
+        page.screenshot(path=str(artifacts / "web-listener-phone.png"))
+    finally:
+        if speaker is not None:
+            speaker.send_signal(signal.SIGINT)
+            try:
+                speaker.wait(10)
+            except subprocess.TimeoutExpired:
+                speaker.kill()
+                speaker.wait(5)
+        served.stop()
+
+
+def test_full_edge_shows_a_countdown_and_keeps_retrying(browser: Browser, tmp_path: Path) -> None:
+    served = start_townhall(tmp_path / "data", env={"TOWNHALL_EDGE_CAPACITY": "0"})
+    try:
+        space, _ = live_space(served, "Packed hall")
+        page = open_as(browser, served, f"/s/{space}", "Late Comer")
+        banner = page.get_by_role("status").filter(has_text="This Space is full")
+        expect(banner).to_contain_text("retrying in", timeout=WAIT_MS)
+        # It keeps trying after each countdown, and the page stays on the Space.
+        first = stats(page)["connects"]
+        deadline = time.monotonic() + 20
+        while stats(page)["connects"] <= first and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stats(page)["connects"] > first, stats(page)
+        expect(page.get_by_role("heading", name="Packed hall")).to_be_visible()
+        assert stats(page)["state"] == "full"
+    finally:
+        served.stop()
