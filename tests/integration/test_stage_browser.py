@@ -1,0 +1,96 @@
+"""A real browser as speaker: headless Chromium publishes its (file-backed) fake
+microphone over WHIP; the tone of that WAV is found in the program on NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.async_api import async_playwright
+
+from tests.conftest import Served, start_townhall
+from tests.integration.test_stage_program import guest
+from tests.integration.test_stage_takeover import stage_child, tone_db
+from townhall.bus import Bus, subjects
+from townhall.bus.bus import Message
+from townhall.media.chunk import Chunk
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [pytest.mark.timeout(180),
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")]
+
+PUBLISH_JS = """
+async ([space, token]) => {
+  const mic = await navigator.mediaDevices.getUserMedia({audio: true});
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver(mic.getAudioTracks()[0], {direction: "sendrecv"});
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(done => {
+    if (pc.iceGatheringState === "complete") return done();
+    pc.addEventListener("icegatheringstatechange",
+      () => pc.iceGatheringState === "complete" && done());
+    setTimeout(done, 5000);
+  });
+  const r = await fetch(`/whip/${space}`, {method: "POST", body: pc.localDescription.sdp,
+    headers: {"Content-Type": "application/sdp", "Authorization": `Bearer ${token}`}});
+  if (r.status !== 201) return `refused ${r.status}: ${await r.text()}`;
+  await pc.setRemoteDescription({type: "answer", sdp: await r.text()});
+  window.pc = pc;
+  return r.headers.get("Location");
+}
+"""
+
+
+def tone_wav(path: Path, hz: float) -> Path:
+    t = np.arange(48_000 * 5) / 48_000
+    pcm = (np.sin(2 * np.pi * hz * t) * 0.4 * 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48_000)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+async def test_chromium_speaker_reaches_the_program(tmp_path: Path) -> None:
+    served: Served = start_townhall(tmp_path / "data")
+    wav = tone_wav(tmp_path / "mic.wav", 1000)
+    try:
+        _, nats = stage_child(served.proc.pid)
+        host, _ = guest(served, "Ada")
+        with served.client(host) as c:
+            space = c.post("/api/v1/spaces", json={"title": "Browser"}).json()["id"]
+            c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
+        chunks: list[Chunk] = []
+
+        async def on_media(msg: Message) -> None:
+            chunks.append(Chunk.decode(msg.data))
+
+        bus = await Bus.connect([nats], setup=False)
+        try:
+            await bus.subscribe(subjects.media(space), on_media)
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(
+                    executable_path=str(CHROMIUM), headless=True, args=[
+                        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+                        "--use-fake-device-for-media-stream",
+                        f"--use-file-for-fake-audio-capture={wav}",
+                        "--disable-features=WebRtcHideLocalIpsWithMdns"])
+                page = await browser.new_page()
+                await page.goto(f"{served.url}/healthz")
+                location = await page.evaluate(PUBLISH_JS, [space, host])
+                assert str(location).startswith(f"/whip/{space}/"), location
+                heard = -1.0
+                for _ in range(300):
+                    await asyncio.sleep(0.1)
+                    if len(chunks) > 10 and (heard := tone_db(chunks[-10:], 1000)) > 30:
+                        break
+                await browser.close()
+            assert heard > 30, f"1 kHz only {heard:.1f} dB above the floor\n{served.tail()}"
+        finally:
+            await bus.close()
+    finally:
+        served.stop()
