@@ -39,7 +39,8 @@ def browser() -> Iterator[Browser]:
 
 def open_as(browser: Browser, served: Served, path: str, name: str) -> Page:
     """A fresh browser context signed in through the page's own form."""
-    page = browser.new_context(base_url=served.url, viewport={"width": 390, "height": 844}).new_page()
+    context = browser.new_context(base_url=served.url, viewport={"width": 390, "height": 844})
+    page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     page.goto(path)
     page.get_by_label("Display name").fill(name)
