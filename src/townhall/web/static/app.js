@@ -162,7 +162,13 @@ class Publisher {
       pc.addEventListener("icegatheringstatechange", () => { if (pc.iceGatheringState === "complete") { clearTimeout(t); resolve(); } });
     });
     const r = await fetch(`/whip/${this.space}`, { method: "POST", headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${me.token}` }, body: pc.localDescription.sdp });
-    if (r.status !== 201) { this.close(); const p = await r.json().catch(() => ({})); throw new Error(p.detail || p.title || `could not go live (HTTP ${r.status})`); }
+    if (r.status !== 201) {
+      this.close();
+      const p = await r.json().catch(() => ({}));
+      const err = new Error(p.detail || p.title || `could not go live (HTTP ${r.status})`);
+      err.status = r.status; err.retryAfter = Number(r.headers.get("Retry-After")) || 1;
+      throw err;
+    }
     this.location = new URL(r.headers.get("Location"), location.href).href;
     await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
   }
@@ -230,14 +236,25 @@ async function spacePage(id) {
   async function goLive() {
     if (view.publisher || view.going) return;
     view.going = true; render();
-    const pub = new Publisher(id, (why) => { if (view.publisher === pub) { pub.close(); view.publisher = null; banner("reconnecting", `Stage connection ${why}`); render(); } });
-    try {
-      await pub.start();
-      view.publisher = pub;
-      pub.setMuted(!!mine(view.snap)?.muted);
-      player.mute(true);  // on stage the return feed replaces the broadcast
-      announce("You are live on stage");
-    } catch (err) { pub.close(); showError(err); }
+    // A Space the stage has not picked up yet answers 503: wait and retry, saying so.
+    for (let attempt = 0; attempt < 12 && mine(view.snap) && view.snap.state === "live"; attempt++) {
+      const pub = new Publisher(id, (why) => { if (view.publisher === pub) { pub.close(); view.publisher = null; banner("reconnecting", `Stage connection ${why}`); render(); } });
+      try {
+        await pub.start();
+        view.publisher = pub;
+        pub.setMuted(!!mine(view.snap)?.muted);
+        player.mute(true);  // on stage the return feed replaces the broadcast
+        banner(null);
+        announce("You are live on stage");
+        break;
+      } catch (err) {
+        pub.close();
+        if (err.status !== 503) { showError(err); break; }
+        const wait = Math.min(5, err.retryAfter) * (0.5 + Math.random());
+        banner("reconnecting", `Waiting for the stage — retrying in ${Math.ceil(wait)} s`);
+        await new Promise((r) => setTimeout(r, wait * 1000));
+      }
+    }
     view.going = false; render();
   }
   function stopPublishing() { view.publisher?.close(); view.publisher = null; if (view.listening) player.mute(false); }

@@ -1,0 +1,170 @@
+"""The web app in a real browser: Debian's Chromium, a fake microphone, a real townhall serve.
+
+One story across ordered tests sharing one server and one browser: a host goes live, a
+second person requests to speak and goes live, a third listens and decodes audio, reactions,
+mute, removal and ending reach every page. Screenshots land in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests.conftest import Served
+
+CHROMIUM = Path("/usr/bin/chromium")
+WAIT_MS = 20_000  # generous: the machine is shared and slow
+
+expect.set_options(timeout=WAIT_MS)
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")
+
+
+def tone_wav(path: Path, freq: float = 440.0, seconds: float = 3.0) -> Path:
+    """A 48 kHz mono 16-bit sine for Chromium's fake microphone (it loops the file)."""
+    t = np.arange(int(48_000 * seconds)) / 48_000
+    pcm = (0.4 * 32767 * np.sin(2 * np.pi * freq * t)).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48_000)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    wav = tone_wav(tmp_path_factory.mktemp("mic") / "tone.wav")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--headless", "--no-sandbox", "--disable-gpu",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}",
+            "--autoplay-policy=no-user-gesture-required",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--no-first-run"])
+        yield b
+        b.close()
+
+
+class Story:
+    """Pages and ids shared by the ordered tests of this module."""
+
+    def __init__(self) -> None:
+        self.contexts: list[BrowserContext] = []
+        self.host: Page | None = None
+        self.bob: Page | None = None
+        self.cy: Page | None = None
+        self.space = ""
+
+
+@pytest.fixture(scope="module")
+def story(browser: Browser) -> Iterator[Story]:
+    s = Story()
+    yield s
+    for c in s.contexts:
+        c.close()
+
+
+def new_page(browser: Browser, story: Story, base: str) -> Page:
+    ctx = browser.new_context(base_url=base, viewport={"width": 1000, "height": 800},
+                              permissions=["microphone"])
+    story.contexts.append(ctx)
+    page = ctx.new_page()
+    page.set_default_timeout(WAIT_MS)
+    return page
+
+
+def sign_in(page: Page, path: str, name: str) -> None:
+    page.goto(path)
+    page.get_by_label("Display name").fill(name)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def player(page: Page) -> dict[str, Any]:
+    stats: dict[str, Any] = page.evaluate("() => ({...(window.townhallPlayer || {})})")
+    return stats
+
+
+def test_host_goes_live(browser: Browser, story: Story, townhall_shared: Served,
+                        artifacts: Path) -> None:
+    host = story.host = new_page(browser, story, townhall_shared.url)
+    sign_in(host, "/", "Ada Lovelace")
+    expect(host.get_by_role("heading", name="Spaces")).to_be_visible()
+    host.get_by_label("Title").fill("Browser town hall")
+    host.screenshot(path=str(artifacts / "web-home.png"))
+    host.get_by_role("button", name="Start now").click()
+    host.wait_for_url("**/s/*")
+    story.space = host.url.rstrip("/").rsplit("/", 1)[1]
+    expect(host.locator("#state")).to_have_text("LIVE")
+    expect(host.get_by_role("listitem", name="Ada Lovelace, host")).to_be_visible()
+    host.get_by_role("button", name="🎙️ Go live").click()
+    expect(host.locator("#on-air")).to_be_visible()
+    snap = townhall_shared.client().get(f"/api/v1/spaces/{story.space}").json()
+    assert snap["state"] == "live" and snap["host"]["name"] == "Ada Lovelace"
+
+
+def test_share_link_request_approve_go_live(browser: Browser, story: Story,
+                                            townhall_shared: Served) -> None:
+    assert story.host is not None, "host story step failed"
+    bob = story.bob = new_page(browser, story, townhall_shared.url)
+    sign_in(bob, f"/s/{story.space}", "Bob Byte")
+    expect(bob.get_by_role("heading", name="Browser town hall")).to_be_visible()
+    bob.get_by_role("button", name="✋ Request to speak").click()
+    expect(bob.get_by_role("button", name="Withdraw request")).to_be_visible()
+    story.host.get_by_role("button", name="Approve Bob Byte").click()
+    expect(bob.get_by_role("listitem", name="Bob Byte, speaker")).to_be_visible()
+    expect(story.host.get_by_role("listitem", name="Bob Byte, speaker")).to_be_visible()
+    bob.get_by_role("button", name="🎙️ Go live").click()
+    expect(bob.locator("#on-air")).to_be_visible()
+    # The stage reports the fake microphones as speaking; the pages light up.
+    try:
+        expect(story.host.locator("li.person.speaking").first).to_be_visible()
+    except AssertionError as e:
+        raise AssertionError(f"no speaking indicator; host player {player(story.host)}\n"
+                             f"{townhall_shared.tail(30)}") from e
+
+
+def test_listener_decodes_audio(browser: Browser, story: Story, townhall_shared: Served,
+                                artifacts: Path) -> None:
+    assert story.host is not None and story.bob is not None, "earlier story steps failed"
+    cy = story.cy = new_page(browser, story, townhall_shared.url)
+    sign_in(cy, f"/s/{story.space}", "Cy Listener")
+    cy.get_by_role("button", name="🎧 Listen").click()
+    try:
+        cy.wait_for_function("() => window.townhallPlayer"
+                             " && window.townhallPlayer.framesDecoded > 50"
+                             " && window.townhallPlayer.peak > 0.01", timeout=WAIT_MS)
+    except Exception as e:
+        raise AssertionError(f"listener decoded too little: {player(cy)}") from e
+    stats = player(cy)
+    assert stats["mode"] == "webcodecs" and stats["state"] == "live", stats
+    expect(story.host.locator("#listeners")).not_to_have_text("0 listening")
+    story.host.screenshot(path=str(artifacts / "web-space-host.png"))
+    cy.screenshot(path=str(artifacts / "web-space-listener.png"))
+
+
+def test_reactions_mute_remove_end_everywhere(story: Story) -> None:
+    host, bob, cy = story.host, story.bob, story.cy
+    assert host is not None and bob is not None and cy is not None, "earlier story steps failed"
+    cy.get_by_role("button", name="React 🔥").click()
+    expect(host.locator("#totals")).to_contain_text("🔥 1")
+    host.get_by_role("button", name="Mute Bob Byte").click()
+    for page in (host, bob, cy):
+        expect(page.get_by_role("listitem", name="Bob Byte, speaker, muted")).to_be_visible()
+    host.once("dialog", lambda d: d.accept())
+    host.get_by_role("button", name="Remove and block Bob Byte").click()
+    for page in (host, cy):
+        expect(page.get_by_role("listitem", name="Bob Byte, speaker, muted")).to_have_count(0)
+    expect(bob.locator("#on-air")).to_have_count(0)
+    expect(bob.get_by_role("listitem", name="Bob Byte, speaker, muted")).to_have_count(0)
+    host.once("dialog", lambda d: d.accept())
+    host.get_by_role("button", name="End Space").click()
+    for page in (host, bob, cy):
+        expect(page.locator("#ended")).to_be_visible()
+        expect(page.locator("#state")).to_have_text("ended")
