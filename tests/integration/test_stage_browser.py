@@ -81,6 +81,10 @@ async def test_chromium_speaker_reaches_the_program(tmp_path: Path) -> None:
                         "--disable-features=WebRtcHideLocalIpsWithMdns"])
                 page = await browser.new_page()
                 await page.goto(f"{served.url}/healthz")
+                for _ in range(300):  # the stage process is up and owns the Space
+                    if chunks:
+                        break
+                    await asyncio.sleep(0.1)
                 location = await page.evaluate(PUBLISH_JS, [space, host])
                 assert str(location).startswith(f"/whip/{space}/"), location
                 heard = -1.0
