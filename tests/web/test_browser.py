@@ -64,7 +64,8 @@ class Story:
 
 
 @pytest.fixture(scope="module")
-def story(browser: Browser) -> Iterator[Story]:
+def story(browser: Browser, townhall_shared: Served) -> Iterator[Story]:
+    # Depends on the server so its pages close first: open sockets would stall its stop.
     s = Story()
     yield s
     for c in s.contexts:
@@ -168,3 +169,29 @@ def test_reactions_mute_remove_end_everywhere(story: Story) -> None:
     for page in (host, bob, cy):
         expect(page.locator("#ended")).to_be_visible()
         expect(page.locator("#state")).to_have_text("ended")
+
+
+def test_js_chunk_parser_reads_python_chunks(browser: Browser, story: Story,
+                                             townhall_shared: Served) -> None:
+    """player.js parses exactly what media/chunk.py encodes (the wire contract)."""
+    from townhall.media.chunk import Chunk
+
+    chunk = Chunk(seq=2**40 + 7, pts=960 * 12345, sent_us=1_795_585_679_807_123,
+                  packets=(b"\x01\x02\x03", b"", bytes(range(200))))
+    page = new_page(browser, story, townhall_shared.url)
+    page.goto("/")
+    got = page.evaluate("""async (bytes) => {
+        const { parseChunk } = await import('/static/player.js');
+        const c = parseChunk(new Uint8Array(bytes).buffer);
+        return { seq: c.seq, pts: c.pts, sentUs: c.sentUs,
+                 packets: c.packets.map((p) => Array.from(p)) };
+    }""", list(chunk.encode()))
+    assert got == {"seq": chunk.seq, "pts": chunk.pts, "sentUs": chunk.sent_us,
+                   "packets": [list(p) for p in chunk.packets]}
+    bad = page.evaluate("""async () => {
+        const { parseChunk } = await import('/static/player.js');
+        const junk = new TextEncoder().encode('XXXX' + '0'.repeat(40)).buffer;
+        const short = new Uint8Array([0x54, 0x48, 0x43, 0x31, 0, 0]).buffer;
+        return [parseChunk(junk), parseChunk(short)];
+    }""")
+    assert bad == [None, None], "non-chunks and truncated chunks must be refused"
