@@ -175,8 +175,9 @@ class Publisher {
 
   setMuted(muted) { this.stream?.getAudioTracks().forEach((t) => { t.enabled = !muted; }); }
 
-  close() {
-    if (this.location) fetch(this.location, { method: "DELETE", headers: { Authorization: `Bearer ${me.token}` } }).catch(() => {});
+  /** Hang up; tellServer=false when the server already ended the session (removed, ended). */
+  close(tellServer = true) {
+    if (this.location && tellServer) fetch(this.location, { method: "DELETE", headers: { Authorization: `Bearer ${me.token}` } }).catch(() => {});
     this.location = null;
     this.pc?.close(); this.pc = null;
     this.stream?.getTracks().forEach((t) => t.stop());
@@ -257,7 +258,7 @@ async function spacePage(id) {
     }
     view.going = false; render();
   }
-  function stopPublishing() { view.publisher?.close(); view.publisher = null; if (view.listening) player.mute(false); }
+  function stopPublishing(tellServer = true) { view.publisher?.close(tellServer); view.publisher = null; if (view.listening) player.mute(false); }
 
   async function listen() {
     view.listening = true; render();
@@ -288,9 +289,10 @@ async function spacePage(id) {
       for (let i = 0; i < Math.min(d, 5); i++) setTimeout(() => floatUp(e), i * 150);
     }
     const meOn = mine(s);
-    if (view.publisher && (!meOn || s.state !== "live")) { stopPublishing(); if (s.state === "live") announce("You are no longer on stage"); }
+    // Off stage or ended: the stage has already closed our WHIP session; just hang up.
+    if (view.publisher && (!meOn || s.state !== "live")) { stopPublishing(false); if (s.state === "live") announce("You are no longer on stage"); }
     if (view.publisher && meOn) view.publisher.setMuted(!!meOn.muted);
-    if (s.state === "ended") { stopPublishing(); clearInterval(view.poll); }
+    if (s.state === "ended") { stopPublishing(false); clearInterval(view.poll); }
     render();
   }
 
