@@ -1,6 +1,7 @@
 """The listening page in Debian's Chromium: WebSocket chunks decoded by WebCodecs, the
-speaking indicator from levels frames, and the "Space is full" countdown on admission
-refusal. The speaker is `townhall speak` (a real WHIP client), not a browser."""
+speaking indicator from levels frames, resuming after a stalled network with a
+"reconnecting" banner, and the "Space is full" countdown on admission refusal. The speaker
+is `townhall speak` (a real WHIP client), not a browser."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def stats(page: Page) -> dict[str, Any]:
     return result
 
 
-def test_listener_decodes_the_program_and_sees_speaking(browser: Browser, tmp_path: Path,
+def test_listener_decodes_speaking_and_resumes_after_a_stall(browser: Browser, tmp_path: Path,
                                                         artifacts: Path) -> None:
     served = start_townhall(tmp_path / "data")
     speaker: subprocess.Popen[bytes] | None = None
@@ -94,6 +95,20 @@ def test_listener_decodes_the_program_and_sees_speaking(browser: Browser, tmp_pa
         # would be timing-dependent, so only bound them.
         assert s["gaps"] < s["chunks"], s
         page.screenshot(path=str(artifacts / "web-listener-phone.png"))
+
+        # The network goes away without a close: the page notices the stall, says so, and
+        # once back resumes from the next chunk it needs (the edge replays up to 60 s).
+        before = stats(page)
+        page.context.set_offline(True)
+        expect(page.locator("#banner")).to_contain_text("Reconnecting", timeout=WAIT_MS)
+        page.context.set_offline(False)
+        page.wait_for_function(
+            f"() => window.townhallPlayer.state === 'live'"
+            f" && window.townhallPlayer.connects > {before['connects']}"
+            f" && window.townhallPlayer.chunks > {before['chunks'] + 20}", timeout=WAIT_MS)
+        expect(page.locator("#banner")).to_be_hidden()
+        after = stats(page)
+        assert after["gaps"] == before["gaps"], (before, after)
     finally:
         if page is not None:
             page.context.close()  # open sockets would hold up the server's graceful stop

@@ -3,6 +3,9 @@
 
 const MAGIC = 0x54484331; // "THC1"
 const FRAME_SAMPLES = 960;
+// A live Space sends chunks (silence included) at least every second; a socket quiet for
+// this long is stalled (e.g. a network that went away without a close) and is replaced.
+const STALL_MS = 5000;
 
 /** Parse Chunk.encode() bytes (src/townhall/media/chunk.py); null when not a chunk. */
 export function parseChunk(buf) {
@@ -47,6 +50,9 @@ export class Player {
     this.decoder = null;
     this.fallback = null;
     this.timer = null;
+    this.live = false;       // the Space is live, so chunks must keep coming
+    this.lastMessage = 0;
+    this.watchdog = setInterval(() => this._checkStall(), 1000);
     const webcodecs = "AudioDecoder" in window;
     // Read by tests and by people debugging in the console.
     this.stats = { framesDecoded: 0, level: 0, peak: 0, gaps: 0, underruns: 0, chunks: 0, connects: 0, state: "connecting",
@@ -87,6 +93,7 @@ export class Player {
 
   stop() {
     this.closed = true;
+    clearInterval(this.watchdog);
     clearTimeout(this.timer);
     if (this.ws) this.ws.close(1000);
     if (this.decoder && this.decoder.state !== "closed") this.decoder.close();
@@ -122,7 +129,9 @@ export class Player {
     const ws = new WebSocket(this._url());
     ws.binaryType = "arraybuffer";
     this.ws = ws;
+    this.lastMessage = performance.now();
     ws.onmessage = (ev) => {
+      this.lastMessage = performance.now();
       if (typeof ev.data === "string") this._text(JSON.parse(ev.data));
       else this._chunk(ev.data);
     };
@@ -135,6 +144,7 @@ export class Player {
       if (this.nextSeq !== null && msg.from > this.nextSeq) this.stats.gaps += msg.from - this.nextSeq;
       this._status("live");
     } else if (msg.type === "state") {
+      this.live = !!msg.snapshot && msg.snapshot.state === "live";
       this.onState(msg.snapshot);
     } else if (msg.type === "levels") {
       this.onLevels(msg);
@@ -199,6 +209,16 @@ export class Player {
     const delay = backoffMs(this.attempt++);
     this._status("reconnecting", Math.ceil(delay / 1000));
     this.timer = setTimeout(() => this._connect(), delay);
+  }
+
+  _checkStall() {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN || !this.live) return;
+    if (performance.now() - this.lastMessage < STALL_MS) return;
+    // Drop the stalled socket without waiting for a close handshake that may never come.
+    ws.onmessage = null; ws.onclose = null;
+    ws.close(4000, "stalled");
+    this._closed({ code: 4000, reason: "" });
   }
 
   _countdown(seconds) {
