@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the end-to-end tests use: ffmpeg (a real player) and chromium (a real
-# browser). Installed through apt-get when run as root and missing; otherwise explained.
+# browser), and an emoji font for the browser's screenshots. Installed through apt-get when run as root and missing; otherwise explained.
 set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# Emoji in the web app's screenshots (reactions) need a colour emoji font.
+[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${need[*]} with apt-get"
@@ -12,5 +14,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 else
-  echo "missing ${need[*]}: install them (sudo apt-get install ${need[*]}); tests needing them will be skipped" >&2
+  echo "missing ${need[*]}: install them (sudo apt-get install ${need[*]}); the tests that need them will fail" >&2
 fi

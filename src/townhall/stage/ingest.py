@@ -118,5 +118,6 @@ class SpeakerSession:
         if self._reader is not None:
             self._reader.cancel()
         self.returns.stop()
+        # aiortc's close can hang on a peer that vanished; never let it hold up a stop.
         with contextlib.suppress(Exception):
-            await self.pc.close()
+            await asyncio.wait_for(self.pc.close(), 2)

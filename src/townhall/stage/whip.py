@@ -50,10 +50,13 @@ def install(app: FastAPI, ctx: Context) -> None:
     store = SpaceStore(ctx.bus)
 
     async def ask_stage(space: str, payload: dict[str, object]) -> dict[str, object]:
+        leaving = payload.get("op") == "leave"
         try:
             msg = await ctx.bus.request(whip_subject(space), json.dumps(payload).encode(),
-                                        timeout=15)
+                                        timeout=3 if leaving else 15)
         except TimeoutError as exc:
+            if leaving:  # no stage runs the Space any more: the session is gone already
+                raise NotFound("no such WHIP session", slug="no-session") from exc
             raise Unavailable("no stage holds this Space right now; retry shortly",
                               retry_after=2, slug="no-stage") from exc
         reply: dict[str, object] = json.loads(msg.data)
