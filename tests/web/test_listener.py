@@ -127,7 +127,13 @@ def test_full_edge_shows_a_countdown_and_keeps_retrying(browser: Browser, tmp_pa
     page: Page | None = None
     try:
         space, _ = live_space(served, "Packed hall")
-        page = open_as(browser, served, f"/s/{space}", "Late Comer")
+        # Signed in by a token handed over in the link's fragment, not the form.
+        context = browser.new_context(base_url=served.url)
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(f"/s/{space}#token={served.session('Late Comer')}")
+        expect(page.locator("#who")).to_have_text("Late Comer")
+        assert "token" not in page.url
         banner = page.get_by_role("status").filter(has_text="This Space is full")
         expect(banner).to_contain_text("retrying in", timeout=WAIT_MS)
         # It keeps trying after each countdown, and the page stays on the Space.

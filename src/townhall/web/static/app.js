@@ -29,10 +29,11 @@ async function api(method, path, body) {
   return data;
 }
 
-// A token handed over in the link (?token=...) signs this browser in.
+// A token handed over in the link (#token=... or ?token=...) signs this browser in; the
+// fragment form never reaches server logs or Referer headers.
 async function adoptLinkToken() {
   const q = new URLSearchParams(location.search);
-  const t = q.get("token");
+  const t = new URLSearchParams(location.hash.slice(1)).get("token") || q.get("token");
   if (!t) return;
   const r = await fetch("/api/v1/me", { headers: { Authorization: `Bearer ${t}` } });
   if (r.ok) { const who = await r.json(); me.save({ token: t, identity: who.id || who.identity, name: who.name }); }
