@@ -1,0 +1,1 @@
+"""townhall storm: simulated crowds against a Space (Sans-I/O cores + thin asyncio shells)."""
