@@ -3,6 +3,7 @@ compare-and-set, and JetStream replay. Roles use this and never import nats-py."
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -261,7 +262,9 @@ class Bus:
         return [(_message(m), m.ack) for m in msgs]
 
     async def close(self) -> None:
+        # Flush what we published, then close: drain() can wait ~30 s on subscriptions
+        # whose handlers are being cancelled, which held up every shutdown.
         with contextlib.suppress(Exception):
-            await self._nc.drain()
+            await asyncio.wait_for(self._nc.flush(), 1)
         with contextlib.suppress(Exception):
             await self._nc.close()
