@@ -16,6 +16,7 @@ SUBCOMMANDS: list[str] = [
     "townhall.cli.cluster",
     "townhall.cli.speak",
     "townhall.cli.listen",
+    "townhall.cli.storm",
 ]
 
 
