@@ -1,0 +1,73 @@
+"""townhall storm against a real `townhall serve` with a tiny edge cap."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Served, start_townhall
+
+CAP = 10
+
+
+@pytest.fixture(scope="module")
+def live_space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, str]]:
+    served = start_townhall(tmp_path_factory.mktemp("storm"),
+                            env={"TOWNHALL_EDGE_CAPACITY": str(CAP)})
+    host = served.client(served.session("host"))
+    space = host.post("/api/v1/spaces", json={"title": "storm"}).json()["id"]
+    assert host.post(f"/api/v1/spaces/{space}/start").status_code == 200
+    yield served, space
+    host.post(f"/api/v1/spaces/{space}/end")
+    served.stop(timeout=10)
+
+
+def _storm(*args: str) -> subprocess.CompletedProcess[str]:
+    # stdout is a pipe: the dashboard must render without a terminal.
+    env = {**os.environ, "TERM": "dumb", "COLUMNS": "100"}
+    return subprocess.run([sys.executable, "-m", "townhall", "storm", *args],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_storm_accounts_for_every_listener(live_space: tuple[Served, str],
+                                          tmp_path: Path) -> None:
+    served, space = live_space
+    out = _storm("--url", served.url, "--space", space, "--listeners", "30", "--ramp", "2",
+                 "--hold", "6", "--workers", "2", "--reactions", "2", "--requests", "0.5",
+                 "--report", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "connected / target" in out.stdout  # the dashboard rendered
+    rep = json.loads((tmp_path / "report.json").read_text())
+    s = rep["summary"]
+    assert s["accounting_balanced"]
+    assert s["connected"] + s["refused"] + s["failed"] == 30 and s["pending"] == 0
+    assert 1 <= s["connected"] <= CAP  # nobody leaves, so at most the cap got in
+    assert s["refused"] >= 30 - CAP - s["failed"]
+    assert all(r.startswith("refused: 4503") for r in s["reasons"] if r.startswith("refused"))
+    assert s["refusals"] > s["refused"]  # refused listeners retried (with backoff)
+    assert s["gaps"] == 0 and s["chunks"] > 0
+    assert s["actors"].get("reaction 202", 0) > 0
+    assert len(rep["series"]) >= 5
+    for name in ("listeners.png", "joins.png", "delay.png", "server.png", "index.html"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_unknown_space_exits_nonzero(live_space: tuple[Served, str]) -> None:
+    served, _ = live_space
+    out = _storm("--url", served.url, "--space", "nosuchspace", "--listeners", "1")
+    assert out.returncode == 2
+    assert "no Space 'nosuchspace'" in out.stderr
+
+
+def test_unreachable_url_exits_nonzero() -> None:
+    from townhall.bus.embedded import free_port
+
+    out = _storm("--url", f"http://127.0.0.1:{free_port()}", "--space", "x", "--listeners", "1")
+    assert out.returncode == 2
+    assert "cannot reach" in out.stderr
