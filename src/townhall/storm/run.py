@@ -57,7 +57,8 @@ async def preflight(url: str, space: str) -> dict[str, Any]:
     return snap
 
 
-async def storm(a: StormArgs, console: Console) -> dict[str, Any]:
+async def storm(a: StormArgs, console: Console,
+                rows_out: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run the storm; returns the summary (report written when a.report is set)."""
     snap = await preflight(a.url, a.space)
     pid = a.server_pid or server_stats.pid_listening_on(urlparse(a.url).port or 80)
@@ -67,7 +68,7 @@ async def storm(a: StormArgs, console: Console) -> dict[str, Any]:
              for w, ids in enumerate(split(a.listeners, workers))]
     procs, out = spawn(plans, start_wall)
     tally = StormTally(a.listeners)
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = [] if rows_out is None else rows_out
     acts: Counter[str] = Counter()
     until = time.monotonic() + (start_wall - time.time()) + a.ramp + a.hold
     async with httpx.AsyncClient(base_url=a.url, timeout=5) as client:
