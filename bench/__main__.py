@@ -40,7 +40,7 @@ def machine() -> str:
 
 def benchmarks(only: list[str]) -> list[tuple[str, Path]]:
     """Benchmark packages under bench/, by name."""
-    found = sorted((p.parent.name, p) for p in HERE.glob("*/run.py"))
+    found = sorted((p.parent.name, p) for p in HERE.glob("**/run.py"))
     return [(n, p) for n, p in found if not only or n in only]
 
 

@@ -30,3 +30,12 @@ def render(row: dict[str, Any], target: int) -> Table:
               "not local" if cpu is None else f"{cpu:.0f} % / {mem:.0f} MB")
     t.add_row("storm CPU per listener", f"{row['storm_cpu_ms_per_listener_s']:.2f} ms/s")
     return t
+
+
+def line(row: dict[str, Any], target: int) -> str:
+    """The same figures as one plain log line, for runs without a terminal."""
+    return (f"t={row['t']:.0f}s connected {row['live']}/{target} "
+            f"admitted {row['connected_total']} refusals {row['refused_total']} "
+            f"failed {row['failed_total']} joins/s {row['joins']} "
+            f"ttfa p99 {_ms(row['ttfa_p99'])} delay p99 {_ms(row['delay_p99'])} "
+            f"gaps {row['gaps_total']} skips {row['skips_total']}")

@@ -104,6 +104,9 @@ async def storm(a: StormArgs, console: Console,
                 prev, prev_srv = now, srv
                 rows.append(row)
                 live.update(dashboard.render(row, a.listeners))
+                if not console.is_terminal and len(rows) % 5 == 0:
+                    # No terminal (CI, a pipe): Live only draws at the end, so log progress.
+                    print(dashboard.line(row, a.listeners), flush=True)
         for t in actor_tasks:
             t.cancel()
     for p in procs:
