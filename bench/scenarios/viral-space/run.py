@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     return {
         "title": "Scenario: viral Space (3 speakers, listeners to 3x one edge)",
         "command": f"python -m bench viral-space (capacity {args.capacity}, ramp {args.ramp} s, "
-                   f"hold {args.hold} s); plots in {args.report}/index.html",
+                   f"hold {args.hold} s); plots in {os.path.relpath(args.report)}/index.html",
         "columns": ["check", "value", "meaning"],
         "rows": [list(c) for c in checks],
         "notes": "One run. Nobody leaves during the hold, so refused listeners keep retrying "
