@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from townhall.media.chunk import FRAME_SAMPLES
+from townhall.media.levels import FULL_SCALE, level
 
-FULL_SCALE = 32767.0
+__all__ = ["FULL_SCALE", "Mix", "level", "limit", "mix"]
 
 
 def limit(x: np.ndarray, threshold: float = 0.7 * FULL_SCALE) -> np.ndarray:
@@ -48,13 +49,3 @@ def mix(frames: dict[str, np.ndarray | None], muted: set[str]) -> Mix:
         own = live.get(speaker)
         returns[speaker] = limit(total - own if own is not None else total)
     return Mix(program=limit(total), returns=returns)
-
-
-def level(pcm: np.ndarray) -> float:
-    """Loudness 0..1 of a frame (RMS relative to full scale, on a 60 dB scale)."""
-    if pcm.size == 0:
-        return 0.0
-    rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) / FULL_SCALE
-    if rms <= 1e-3:
-        return 0.0
-    return min(1.0, 1.0 + 20.0 * np.log10(rms) / 60.0)

@@ -24,14 +24,14 @@ from townhall.bus import Bus, CasConflict, subjects
 from townhall.bus.bus import Message
 from townhall.context import Context
 from townhall.media.chunk import Chunk
-from townhall.media.mixer import level, mix
+from townhall.media.levels import LevelMeter
+from townhall.media.mixer import mix
 from townhall.media.opus import OpusEncoder
 from townhall.media.packager import Packager
 from townhall.stage.ingest import SpeakerSession
 
 log = logging.getLogger(__name__)
 FRAME_S = 0.020
-LEVELS_EVERY = 12  # frames: 240 ms, so at most ~4 level messages a second
 RENEW_S = 1.0
 
 OWNED = Gauge("townhall_stage_spaces", "Live Spaces this stage owns")
@@ -59,7 +59,7 @@ class SpaceRun:
         self.muted: set[str] = set()
         self.apply(snap)
         self.task: asyncio.Task[None] | None = None
-        self._levels: dict[str, float] = {}
+        self.meter = LevelMeter(interval_s=0.25)  # ≤ 4 level messages a second
 
     def apply(self, snap: dict[str, Any]) -> list[SpeakerSession]:
         """A newer snapshot: who is on stage and muted; returns sessions to close."""
@@ -80,33 +80,27 @@ class SpaceRun:
                 start, tick = time.monotonic(), 0
             elif delay < -FRAME_S:
                 LATE.inc()
-            for subject, data in self.step(tick):
+            for subject, data in self.step(time.monotonic(), time.time()):
                 await self.bus.publish(subject, data)
 
-    def step(self, tick: int) -> list[tuple[str, bytes]]:
-        """One 20 ms frame: mix, feed returns, encode; returns what to publish."""
+    def step(self, now: float, wall: float) -> list[tuple[str, bytes]]:
+        """One 20 ms frame at monotonic ``now``: mix, feed returns, encode; what to publish."""
         out: list[tuple[str, bytes]] = []
         sessions = list(self.sessions.values())
         frames = {s.identity: s.buffer.pull() for s in sessions}
         result = mix(frames, self.muted)
         for s in sessions:
             s.returns.feed(result.returns[s.identity])
-            pcm = frames.get(s.identity)
-            if pcm is not None and s.identity not in self.muted:
-                self._levels[s.identity] = max(self._levels.get(s.identity, 0.0), level(pcm))
+            self.meter.add(s.identity, None if s.identity in self.muted
+                           else frames.get(s.identity))
         packet = self.encoder.encode(result.program)
-        chunk = self.packager.add(packet, int(time.time() * 1e6))
+        chunk = self.packager.add(packet, int(wall * 1e6))
         if chunk is not None:
             out.append((subjects.media(self.space), chunk.encode()))
             CHUNKS.inc()
-        if tick % LEVELS_EVERY == 0 and sessions:
-            levels = {s.identity: round(self._levels.get(s.identity, 0.0), 3)
-                      for s in sessions}
-            msg = {"space": self.space, "levels": levels,
-                   "speaking": sorted(i for i, v in levels.items() if v > 0.1),
-                   "at": time.time()}
-            out.append((subjects.levels(self.space), json.dumps(msg).encode()))
-            self._levels = {}
+        report = self.meter.report(self.space, {s.identity for s in sessions}, now, wall)
+        if report is not None:
+            out.append((subjects.levels(self.space), json.dumps(report).encode()))
         return out
 
     async def close_all(self) -> None:
