@@ -172,3 +172,9 @@ def test_rules_never_change_their_input() -> None:
     act(snap, BOB, "request")
     rules.end(snap, HOST, now=9.0)
     assert repr(snap) == before
+
+
+def test_space_ids_are_ten_safe_characters() -> None:
+    assert rules.is_space_id(rules.new_space_id())
+    for bad in ("", "short", "ABCDEFGHIJ", "abcdefghi.", "abcdefghij0", "a*cdefghij"):
+        assert not rules.is_space_id(bad)

@@ -8,6 +8,7 @@ The store bumps ``version``; these rules never touch it.
 from __future__ import annotations
 
 import copy
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ Snapshot = dict[str, Any]
 ACTIONS = ("request", "withdraw", "approve", "decline", "invite", "accept", "to_audience",
            "mute", "unmute", "add_cohost", "remove_cohost", "remove")
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+SPACE_ID = re.compile(r"[a-z0-9]{10}")
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,13 @@ class Actor:
 
 
 def new_space_id() -> str:
+    """A fresh random Space id: 10 of [a-z0-9], safe as a NATS subject token and KV key."""
     return "".join(secrets.choice(ID_ALPHABET) for _ in range(10))
+
+
+def is_space_id(value: str) -> bool:
+    """Whether ``value`` could name a Space (anything else is no Space at all)."""
+    return SPACE_ID.fullmatch(value) is not None
 
 
 def create(space_id: str, host: Actor, *, title: str, description: str = "",

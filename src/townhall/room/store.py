@@ -9,7 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from townhall.bus import Bus, CasConflict, subjects
+from townhall.bus.bus import Entry
 from townhall.problems import NotFound, Unavailable
+from townhall.room.rules import is_space_id
 from townhall.room.snapshot import public_view
 
 Snapshot = dict[str, Any]
@@ -25,11 +27,17 @@ class SpaceStore:
         self.on_change = on_change
 
     async def get(self, space: str) -> Snapshot:
-        entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
-        if entry is None:
-            raise NotFound(f"no Space {space}", slug="space-not-found")
+        entry = await self._entry(space)
         doc: Snapshot = json.loads(entry.value)
         return doc
+
+    async def _entry(self, space: str) -> Entry:
+        # A malformed id is not a valid KV key: it names no Space, so 404, never a bus error.
+        entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space) if is_space_id(space) \
+            else None
+        if entry is None:
+            raise NotFound(f"no Space {space!r}", slug="space-not-found")
+        return entry
 
     async def create(self, snap: Snapshot) -> Snapshot:
         await self.bus.kv_create(subjects.SPACES_BUCKET, snap["id"], _dump(snap))
@@ -41,9 +49,7 @@ class SpaceStore:
         """Apply ``change`` with compare-and-set; the version grows when the public view
         changes. Refusals raised by ``change`` propagate untouched."""
         for attempt in range(MAX_ATTEMPTS):
-            entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
-            if entry is None:
-                raise NotFound(f"no Space {space}", slug="space-not-found")
+            entry = await self._entry(space)
             old: Snapshot = json.loads(entry.value)
             new = change(old)
             if new == old:
