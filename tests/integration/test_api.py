@@ -8,12 +8,16 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import hypothesis
 import nats
 import pytest
+import schemathesis
 
 from tests.conftest import Served, start_townhall
+from townhall.auth import TokenIssuer, load_or_create_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBLEM = "application/problem+json"
@@ -209,3 +213,138 @@ def test_closed_mode_refuses_guests(tmp_path: Path) -> None:
         assert r.status_code == 403 and r.json()["type"] == "/problems/closed"
     finally:
         s.stop()
+
+
+def issuer(s: Served) -> TokenIssuer:
+    """Mints tokens with the server's own secret, as `townhall token` does."""
+    return TokenIssuer(load_or_create_secret(s.data))
+
+
+def test_tokens_refused_precisely_and_blocked_people_stay_out(served: Served) -> None:
+    host, _ = guest(served, "Gate")
+    space, elsewhere = live_space(served, host), live_space(served, host)
+    mint = issuer(served).mint
+    c = httpx.Client(base_url=served.url, timeout=10)
+
+    def post(path: str, token: str, body: dict[str, object]) -> httpx.Response:
+        return c.post(f"/api/v1/spaces{path}", json=body,
+                      headers={"Authorization": f"Bearer {token}"})
+
+    expired = mint("old", "Old", ttl=60, now=time.time() - 3600)
+    forged = TokenIssuer(b"x" * 64).mint("eve", "Eve")
+    other_space = mint("gus", "Gus", space=elsewhere, role="speaker")
+    listener = mint("lia", "Lia", role="listener")
+    cases = [
+        (post("", expired, {"title": "x"}), 401, "/problems/token-expired"),
+        (post("", forged, {"title": "x"}), 401, "/problems/token-invalid"),
+        (post(f"/{space}/actions", other_space, {"action": "request"}), 403,
+         "/problems/insufficient-grant"),
+        (post("", other_space, {"title": "x"}), 403, None),
+        (post("", listener, {"title": "x"}), 403, None),
+        (post(f"/{space}/actions", listener, {"action": "request"}), 403, None),
+        (post(f"/{space}/actions", host, {"action": "dance"}), 400, "/problems/unknown-action"),
+        (post(f"/{space}/actions", host, {"action": "approve", "identity": 7}), 422,
+         "/problems/invalid-body"),
+    ]
+    for response, status, kind in cases:
+        assert response.status_code == status, (status, response.text)
+        assert response.headers["content-type"].startswith(PROBLEM)
+        if kind:
+            assert response.json()["type"] == kind, response.text
+    # A listener token may still listen and react.
+    assert c.get(f"/api/v1/spaces/{space}/listen").status_code == 200
+    assert post(f"/{space}/reactions", listener, {"emoji": "👏"}).status_code == 202
+
+    troll = mint("troll", "Troll", role="speaker")
+    assert post(f"/{space}/actions", troll, {"action": "request"}).status_code == 200
+    r = post(f"/{space}/actions", host, {"action": "remove", "identity": "troll", "block": True})
+    assert r.status_code == 200 and "_blocked" not in r.json()
+    back = post(f"/{space}/actions", troll, {"action": "request"})
+    assert back.status_code == 403 and back.json()["type"] == "/problems/blocked"
+    again = post(f"/{space}/actions", host, {"action": "invite", "identity": "troll"})
+    assert again.status_code == 409 and again.json()["type"] == "/problems/blocked"
+    assert post(f"/{space}/reactions", troll, {"emoji": "👏"}).status_code == 403
+    assert post(f"/{space}/end", host, {}).status_code == 200
+    late = post(f"/{space}/actions", host, {"action": "mute"})
+    assert late.status_code == 409 and late.json()["type"] == "/problems/space-ended"
+
+
+def test_a_reaction_flood_is_limited_and_summed(served: Served) -> None:
+    host, _ = guest(served, "Fan")
+    space = live_space(served, host)
+    with served.client(host) as c:
+        statuses = [c.post(f"/api/v1/spaces/{space}/reactions",
+                           json={"emoji": "🔥"}).status_code for _ in range(60)]
+        accepted = statuses.count(202)
+        assert 429 in statuses and accepted >= 30 and set(statuses) == {202, 429}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            snap = c.get(f"/api/v1/spaces/{space}").json()
+            if snap["reactions"].get("🔥") == accepted:
+                break
+            time.sleep(0.2)
+        assert snap["reactions"] == {"🔥": accepted} and snap["state"] == "live"
+
+
+async def test_host_and_cohost_acting_at_once_lose_no_update(served: Served) -> None:
+    host, _ = guest(served, "Hana")
+    co_tok, co_id = guest(served, "Cole")
+    space = live_space(served, host)
+    people = [guest(served, f"S{i}") for i in range(10)]
+    async with httpx.AsyncClient(base_url=served.url, timeout=30) as c:
+        def as_(tok: str, body: dict[str, object]) -> Any:
+            return c.post(f"/api/v1/spaces/{space}/actions", json=body,
+                          headers={"Authorization": f"Bearer {tok}"})
+
+        for tok, _ in [(co_tok, co_id), *people]:
+            assert (await as_(tok, {"action": "request"})).status_code == 200
+        assert (await as_(host, {"action": "approve", "identity": co_id})).status_code == 200
+        assert (await as_(host, {"action": "add_cohost", "identity": co_id})).status_code == 200
+        before = (await c.get(f"/api/v1/spaces/{space}")).json()["version"]
+        # Host and co-host each approve five people, then each mute the other's five:
+        # 20 changes from two moderators at once.
+        jobs = [as_(host if n % 2 else co_tok, {"action": "approve", "identity": i})
+                for n, (_, i) in enumerate(people)]
+        assert [r.status_code for r in await asyncio.gather(*jobs)] == [200] * 10
+        jobs = [as_(co_tok if n % 2 else host, {"action": "mute", "identity": i})
+                for n, (_, i) in enumerate(people)]
+        assert [r.status_code for r in await asyncio.gather(*jobs)] == [200] * 10
+        snap = (await c.get(f"/api/v1/spaces/{space}")).json()
+    speakers = {p["id"]: p for p in snap["stage"] if p["role"] == "speaker"}
+    assert set(speakers) == {i for _, i in people}
+    assert all(p["muted"] for p in speakers.values())
+    assert {p["muted_by"] for p in speakers.values()} == {co_id, snap["host"]["id"]}
+    assert snap["requests"] == [] and snap["version"] == before + 20
+
+
+def test_no_input_makes_the_api_fail(served: Served) -> None:
+    """Schemathesis against /openapi.json: whatever it sends, never a 5xx."""
+    host, _ = guest(served, "Fuzz")
+    space = live_space(served, host)
+    schemathesis.experimental.OPEN_API_3_1.enable()
+    schema = schemathesis.from_uri(f"{served.url}/openapi.json", base_url=served.url)
+    calls: list[int] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if not operation.path.startswith("/api/v1"):
+            continue  # WHIP is the stage's: its own tests drive it
+
+        @hypothesis.settings(max_examples=8, deadline=None, database=None,
+                             suppress_health_check=list(hypothesis.HealthCheck),
+                             phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
+        @hypothesis.given(case=operation.as_strategy())
+        def fuzz(case: Any) -> None:
+            # Half the calls aim at a real, live Space with a real token, to get past 404/401.
+            if len(calls) % 2 and case.path_parameters and "space" in case.path_parameters:
+                case.path_parameters["space"] = space
+            headers = {"Authorization": f"Bearer {host}"} if len(calls) % 3 else {}
+            response = case.call(headers=headers, timeout=10)
+            calls.append(response.status_code)
+            assert response.status_code < 500, (case.method, case.formatted_path,
+                                                response.status_code, response.text)
+            if response.status_code >= 400:
+                assert response.headers["content-type"].startswith(PROBLEM), response.text
+
+        fuzz()
+    assert len(calls) >= 40 and any(s < 300 for s in calls)
+    assert httpx.get(f"{served.url}/healthz", timeout=10).status_code == 200
