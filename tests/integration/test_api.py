@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -184,7 +185,8 @@ async def test_state_is_published_at_most_four_times_a_second(served: Served,
     assert all("_blocked" not in s for _, s in seen)
 
 
-def test_a_restart_finds_every_space_as_it_was(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill-9"])
+def test_a_restart_finds_every_space_as_it_was(tmp_path: Path, sig: int) -> None:
     first = start_townhall(tmp_path / "data")
     try:
         host, bob = guest(first, "Ada"), guest(first, "Bob")
@@ -193,7 +195,7 @@ def test_a_restart_finds_every_space_as_it_was(tmp_path: Path) -> None:
             c.post(f"/api/v1/spaces/{space}/actions", json={"action": "request"})
         before = httpx.get(f"{first.url}/api/v1/spaces/{space}").json()
     finally:
-        assert first.stop() == 0
+        assert first.stop(sig) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
     second = start_townhall(tmp_path / "data")
     try:
         after = httpx.get(f"{second.url}/api/v1/spaces/{space}").json()
