@@ -178,3 +178,63 @@ def test_space_ids_are_ten_safe_characters() -> None:
     assert rules.is_space_id(rules.new_space_id())
     for bad in ("", "short", "ABCDEFGHIJ", "abcdefghi.", "abcdefghij0", "a*cdefghij"):
         assert not rules.is_space_id(bad)
+
+
+# The permission matrix: each moderation action, aimed at someone else, by each kind of
+# person. None = allowed; otherwise the refusal's slug.
+CO, SP, LI, RM, BL = (Actor(i, i.title()) for i in ("co", "sp", "li", "rm", "bl"))
+MODS_ONLY = {"host": None, "cohost": None, "speaker": "not-moderator",
+             "listener": "not-moderator", "removed": "not-moderator",
+             "blocked": "not-moderator"}
+HOST_ONLY = {"host": None, **{r: "not-host" for r in
+                              ("cohost", "speaker", "listener", "removed", "blocked")}}
+MATRIX: dict[str, tuple[str, dict[str, str | None]]] = {
+    "approve": ("asker", MODS_ONLY),
+    "decline": ("asker", MODS_ONLY),
+    "invite": ("guest", MODS_ONLY),
+    "to_audience": ("target", MODS_ONLY),
+    "mute": ("target", MODS_ONLY),
+    "remove": ("target", MODS_ONLY),
+    "unmute": ("quiet", {r: "unmute-self-only" for r in MODS_ONLY}),
+    "add_cohost": ("target", HOST_ONLY),
+    "remove_cohost": ("co", HOST_ONLY),
+}
+ACTORS = {"host": HOST, "cohost": CO, "speaker": SP, "listener": LI, "removed": RM,
+          "blocked": BL}
+
+
+def crowd() -> dict[str, Any]:
+    """A live Space with one of everybody: co-host, speakers, a pending request."""
+    snap = live()
+    for who in (CO, SP, Actor("target", "T"), Actor("quiet", "Q")):
+        snap = speaker(snap, who)
+    snap = act(snap, HOST, "add_cohost", "co")
+    snap = act(act(snap, RM, "request"), HOST, "remove", "rm")
+    snap = act(act(snap, BL, "request"), HOST, "remove", "bl", block=True)
+    snap = act(snap, HOST, "mute", "quiet")
+    return act(snap, Actor("asker", "A"), "request")
+
+
+@pytest.mark.parametrize("action", sorted(MATRIX))
+@pytest.mark.parametrize("role", sorted(ACTORS))
+def test_permission_matrix(action: str, role: str) -> None:
+    target, expected = MATRIX[action]
+    snap = crowd()
+    if expected[role] is None:
+        assert act(snap, ACTORS[role], action, target) != snap
+    else:
+        with pytest.raises(Problem) as err:
+            act(snap, ACTORS[role], action, target)
+        assert err.value.instance_slug == expected[role]
+        assert err.value.status == 403
+
+
+@pytest.mark.parametrize(("role", "slug"), [
+    ("host", "already-on-stage"), ("cohost", "already-on-stage"),
+    ("speaker", "already-on-stage"), ("listener", None), ("removed", None),
+    ("blocked", "blocked")])
+def test_who_may_ask_to_speak(role: str, slug: str | None) -> None:
+    if slug is None:
+        assert act(crowd(), ACTORS[role], "request")["requests"][-1]["id"] == ACTORS[role].id
+    else:
+        refused(Problem, slug, act, crowd(), ACTORS[role], "request")
