@@ -44,7 +44,7 @@ def test_a_gap_becomes_a_plc_slot_once_a_later_packet_waits() -> None:
     jb.push(3, b"3", now=0.04)
     slots = drain(jb, 3)
     assert slots[0] == Slot(1, b"1")
-    assert slots[1] == Slot(2, None)  # the decoder conceals this one
+    assert slots[1] == Slot(2, None, fec=b"3")  # rebuilt from 3's FEC, or concealed
     assert slots[2] == Slot(3, b"3")
     assert jb.lost == 1
     jb.push(2, b"2", now=0.05)  # the lost packet shows up after its slot
@@ -87,4 +87,41 @@ def test_a_flood_is_bounded_and_plays_one_slot_per_tick() -> None:
         jb.push(i, b"f", now=0.0)
     assert len(jb._packets) <= 10 and jb.overflows == 990
     slots = drain(jb, 3)
-    assert [s.seq for s in slots if s] == [990, 991, 992]
+    # One slot per tick; the excess depth is skipped down towards the target.
+    assert [s.seq for s in slots if s] == [990, 992, 994] and jb.skipped == 2
+
+
+def test_a_lost_slot_without_a_successor_waiting_has_no_fec() -> None:
+    jb = JitterBuffer(target=1)
+    jb.push(1, b"1", now=0.0)
+    jb.push(4, b"4", now=0.06)
+    assert drain(jb, 3) == [Slot(1, b"1"), Slot(2, None, fec=None), Slot(3, None, fec=b"4")]
+
+
+def test_a_fast_sender_clock_is_absorbed_by_skipping_not_by_growing_delay() -> None:
+    jb = JitterBuffer(target=2)
+    sent = 0
+    depths = []
+    for tick in range(3000):  # 60 s of mixer ticks; the sender runs 1 % fast
+        while sent * 0.020 / 1.01 <= tick * 0.020:
+            jb.push(sent & 0xFFFF, b"x", now=sent * 0.020 / 1.01)
+            sent += 1
+        jb.pop()
+        depths.append(len(jb._packets))
+    assert max(depths[100:]) <= jb.target + 3
+    assert 20 <= jb.skipped <= 40 and jb.lost == 0 and jb.overflows == 0
+
+
+def test_a_slow_sender_clock_underruns_briefly_and_loses_nothing() -> None:
+    jb = JitterBuffer(target=2)
+    sent = 0
+    played = []
+    for tick in range(3000):  # the sender runs 1 % slow
+        while sent * 0.020 * 1.01 <= tick * 0.020:
+            jb.push(sent & 0xFFFF, bytes([sent & 0xFF]), now=sent * 0.020 * 1.01)
+            sent += 1
+        slot = jb.pop()
+        if slot is not None:
+            played.append(slot.seq)
+    assert jb.lost == 0 and jb.skipped == 0 and 0 < jb.underruns <= 40
+    assert played == list(range(len(played)))  # every packet, in order

@@ -68,10 +68,15 @@ class FrameBuffer:
 
 @dataclass(frozen=True)
 class Slot:
-    """One 20 ms slot for the decoder: a packet, or ``payload=None`` = lost, run PLC."""
+    """One 20 ms slot for the decoder: a packet, or ``payload=None`` = lost.
+
+    A lost slot carries ``fec``, the next packet, when it is already waiting: the decoder
+    rebuilds the lost frame from its in-band FEC; otherwise it runs Opus PLC.
+    """
 
     seq: int
     payload: bytes | None
+    fec: bytes | None = None
 
 
 @dataclass
@@ -83,8 +88,8 @@ class JitterBuffer:
     waiting (the decoder conceals it with Opus PLC), and adapts its target depth to the
     measured interarrival jitter (RFC 3550 estimator) between ``min_frames`` and
     ``max_frames``. Holding at most ``max_frames`` packets bounds a flooding sender.
-    WHIP ingest does not use it yet: aiortc's receiver reorders and decodes before
-    frames reach the stage, so there the FrameBuffer above is the clock boundary.
+    When the sender's clock runs faster than the mixer's (drift) or a burst leaves the
+    buffer deeper than ``target + 2``, one slot per tick is skipped until it is back.
     """
 
     frame_s: float = 0.020
@@ -97,11 +102,13 @@ class JitterBuffer:
     duplicates: int = 0
     overflows: int = 0
     underruns: int = 0
+    skipped: int = 0
     _packets: dict[int, bytes] = field(default_factory=dict)
     _next: int | None = None          # unwrapped seq of the next slot to play
     _highest: int | None = None       # highest unwrapped seq seen
     _ref: tuple[int, float] | None = None  # (seq, arrival) of the previous packet
     _playing: bool = False
+    _started: bool = False            # a slot has played: earlier packets are late
 
     def _unwrap(self, seq16: int) -> int:
         if self._highest is None:
@@ -115,8 +122,10 @@ class JitterBuffer:
         """A packet arrived at ``now`` (seconds, any monotonic origin)."""
         seq = self._unwrap(seq16 & 0xFFFF)
         if self._next is not None and seq < self._next:
-            self.late += 1
-            return
+            if self._started:
+                self.late += 1
+                return
+            self._next = seq  # reordered before the first slot played: start earlier
         if seq in self._packets:
             self.duplicates += 1
             return
@@ -150,9 +159,17 @@ class JitterBuffer:
             if max(self._packets) - self._next + 1 < self.target:
                 return None
             self._playing = True
+        elif max(self._packets) - self._next + 1 > self.target + 2:
+            # Too deep (sender clock faster than ours, or a burst): skip one slot so the
+            # delay returns to the target instead of growing until packets overflow.
+            self._packets.pop(self._next, None)
+            self._next += 1
+            self.skipped += 1
         seq = self._next
         self._next = seq + 1
+        self._started = True
         payload = self._packets.pop(seq, None)
         if payload is None:
             self.lost += 1
+            return Slot(seq=seq & 0xFFFF, payload=None, fec=self._packets.get(seq + 1))
         return Slot(seq=seq & 0xFFFF, payload=payload)

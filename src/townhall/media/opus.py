@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fractions
 from typing import Any, cast
 
@@ -50,3 +52,60 @@ class OpusDecoder:
         if pcm.dtype != np.int16:
             pcm = np.clip(pcm * 32767.0, -32768, 32767).astype(np.int16)
         return pcm
+
+
+def _libopus() -> ctypes.CDLL:
+    """The system libopus (Debian libopus0, pulled in by ffmpeg; see scripts/system-deps.sh)."""
+    name = ctypes.util.find_library("opus") or "libopus.so.0"
+    lib = ctypes.CDLL(name)
+    lib.opus_decoder_create.restype = ctypes.c_void_p
+    lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int,
+                                        ctypes.POINTER(ctypes.c_int)]
+    lib.opus_decode.restype = ctypes.c_int
+    lib.opus_decode.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32,
+                                ctypes.POINTER(ctypes.c_int16), ctypes.c_int, ctypes.c_int]
+    lib.opus_decoder_destroy.restype = None
+    lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+class OpusPacketDecoder:
+    """libopus called directly: PyAV's decoder cannot run Opus PLC nor in-band FEC.
+
+    ``decode`` a packet, ``conceal`` a lost one (PLC), or ``recover`` a lost one from the
+    FEC data the *next* packet carries when the sender enabled ``useinbandfec``.
+    """
+
+    MAX_SAMPLES = 5760  # 120 ms, the longest Opus packet
+
+    def __init__(self) -> None:
+        self._lib = _libopus()
+        err = ctypes.c_int(0)
+        self._state = self._lib.opus_decoder_create(SAMPLE_RATE, 1, ctypes.byref(err))
+        if err.value != 0 or not self._state:
+            raise RuntimeError(f"opus_decoder_create failed ({err.value})")
+        self._pcm = (ctypes.c_int16 * self.MAX_SAMPLES)()
+
+    def _run(self, data: bytes | None, samples: int, fec: int) -> np.ndarray:
+        n = self._lib.opus_decode(self._state, data, len(data) if data else 0, self._pcm,
+                                  samples, fec)
+        if n < 0:
+            raise ValueError(f"not a decodable Opus packet (libopus error {n})")
+        return np.ctypeslib.as_array(self._pcm)[:n].copy()
+
+    def decode(self, packet: bytes) -> np.ndarray:
+        """One packet (10-120 ms) → int16 samples."""
+        return self._run(packet, self.MAX_SAMPLES, 0)
+
+    def conceal(self, samples: int = FRAME_SAMPLES) -> np.ndarray:
+        """Packet loss concealment for one missing frame."""
+        return self._run(None, samples, 0)
+
+    def recover(self, next_packet: bytes, samples: int = FRAME_SAMPLES) -> np.ndarray:
+        """The missing frame rebuilt from the next packet's in-band FEC (PLC if it has none)."""
+        return self._run(next_packet, samples, 1)
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None):
+            self._lib.opus_decoder_destroy(self._state)
+            self._state = None

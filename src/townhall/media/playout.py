@@ -1,0 +1,68 @@
+"""One speaker's playout, with no I/O: RTP Opus packets in, one 20 ms PCM frame per tick out.
+
+The JitterBuffer orders packets and decides, once per mixer tick, which slot plays; this
+decodes that slot with libopus: a packet normally, a lost one from the next packet's
+in-band FEC when it is already waiting, otherwise by Opus PLC. Packets longer than 20 ms
+are split across ticks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from townhall.media.chunk import FRAME_SAMPLES
+from townhall.media.jitterbuffer import JitterBuffer
+from townhall.media.opus import OpusPacketDecoder
+
+
+@dataclass
+class Playout:
+    """Jitter buffer + Opus decoder for one speaker; ``pull`` once per mixer tick."""
+
+    # 40 ms floor: a packet one slot late or early is the commonest network jitter.
+    jitter: JitterBuffer = field(default_factory=lambda: JitterBuffer(min_frames=2))
+    decoder: OpusPacketDecoder = field(default_factory=OpusPacketDecoder)
+    packets: int = 0
+    recovered: int = 0   # lost frames rebuilt from FEC
+    concealed: int = 0   # lost frames filled by PLC
+    corrupt: int = 0     # packets libopus refused
+    _carry: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+
+    def push(self, seq: int, payload: bytes, now: float) -> None:
+        """An RTP packet's sequence number and Opus payload, arriving at ``now``."""
+        if payload:
+            self.packets += 1
+            self.jitter.push(seq, payload, now)
+
+    def pull(self) -> np.ndarray | None:
+        """This tick's frame, or None while buffering or when the speaker sends nothing."""
+        if self._carry.size < FRAME_SAMPLES:
+            pcm = self._decode_next()
+            if pcm is None:
+                return None
+            self._carry = np.concatenate([self._carry, pcm])
+        if self._carry.size < FRAME_SAMPLES:  # a 10 ms packet: pad, never stall the clock
+            self._carry = np.concatenate(
+                [self._carry, np.zeros(FRAME_SAMPLES - self._carry.size, np.int16)])
+        frame, self._carry = self._carry[:FRAME_SAMPLES], self._carry[FRAME_SAMPLES:]
+        return frame
+
+    def _decode_next(self) -> np.ndarray | None:
+        slot = self.jitter.pop()
+        if slot is None:
+            return None
+        try:
+            if slot.payload is not None:
+                return self.decoder.decode(slot.payload)
+            if slot.fec is not None:
+                self.recovered += 1
+                return self.decoder.recover(slot.fec)
+        except ValueError:
+            self.corrupt += 1
+        self.concealed += 1
+        try:
+            return self.decoder.conceal()
+        except ValueError:
+            return np.zeros(FRAME_SAMPLES, np.int16)
