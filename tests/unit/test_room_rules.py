@@ -76,7 +76,7 @@ def test_request_approve_decline_withdraw() -> None:
     refused(Unprocessable, "identity-required", act, snap, HOST, "approve")
     assert act(snap, HOST, "decline", "bob")["requests"] == []
     assert act(snap, BOB, "withdraw")["requests"] == []
-    refused(Conflict, "no-request", act, live(), BOB, "withdraw")
+    refused(NotFound, "no-request", act, live(), BOB, "withdraw")
     on = act(snap, HOST, "approve", "bob")
     assert stage_ids(on) == ["ada", "bob"] and on["requests"] == []
     refused(Conflict, "already-on-stage", act, on, BOB, "request")
@@ -157,7 +157,7 @@ def test_remove_and_block() -> None:
     blocked = act(snap, HOST, "remove", "cy", block=True)
     assert blocked["requests"] == [] and blocked["_blocked"] == ["cy"]
     refused(Forbidden, "blocked", act, blocked, CY, "request")
-    refused(Conflict, "blocked", act, blocked, HOST, "invite", "cy")
+    refused(Forbidden, "blocked", act, blocked, HOST, "invite", "cy")
     refused(Forbidden, "not-host", act, snap, HOST, "remove", "ada")
     refused(Forbidden, "not-moderator", act, snap, BOB, "remove", "cy")
 
@@ -238,3 +238,23 @@ def test_who_may_ask_to_speak(role: str, slug: str | None) -> None:
         assert act(crowd(), ACTORS[role], "request")["requests"][-1]["id"] == ACTORS[role].id
     else:
         refused(Problem, slug, act, crowd(), ACTORS[role], "request")
+
+
+def test_every_problem_type_has_one_status() -> None:
+    """A client may switch on the type alone: no slug is raised with two statuses."""
+    import ast
+    from pathlib import Path
+
+    import townhall
+    root = Path(townhall.__file__).parent
+    seen: dict[str, set[str]] = {}
+    for path in [root / "room" / "rules.py", root / "room" / "store.py",
+                 *sorted((root / "api").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                for kw in node.exc.keywords:
+                    if kw.arg == "slug" and isinstance(kw.value, ast.Constant):
+                        seen.setdefault(kw.value.value, set()).add(ast.unparse(node.exc.func)
+                                                                   .split(".")[-1])
+    assert len(seen) > 20
+    assert {slug: kinds for slug, kinds in seen.items() if len(kinds) > 1} == {}

@@ -26,7 +26,7 @@ from townhall.auth import Identity
 from townhall.bus import subjects
 from townhall.bus.bus import Message
 from townhall.context import Context
-from townhall.problems import Forbidden, NotFound, TooMany, Unprocessable
+from townhall.problems import Conflict, Forbidden, NotFound, TooMany, Unprocessable
 from townhall.room import rules
 from townhall.room.coalescer import Coalescer
 from townhall.room.snapshot import REACTIONS, public_view
@@ -297,7 +297,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         api.limit(ident, api.reacts)
         snap = await api.visible(space, ident)
         if snap["state"] != "live":
-            raise rules.Conflict("the Space is not live", slug="not-live")
+            raise Conflict("the Space is not live", slug="not-live")
         if rules.is_blocked(snap, ident.id):
             raise Forbidden("you are blocked from this Space", slug="blocked")
         api.tally.add(space, body.emoji)

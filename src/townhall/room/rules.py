@@ -163,7 +163,8 @@ def apply(snap: Snapshot, actor: Actor, action: str, *, target: str | None = Non
         out["requests"].append({"id": actor.id, "name": actor.name, "at": now})
     elif action == "withdraw":
         if not _find(snap["requests"], actor.id):
-            raise Conflict("you have no request to withdraw", slug="no-request")
+            # Same type, same status as approving a request that is not there.
+            raise NotFound("you have no request to withdraw", slug="no-request")
         out["requests"] = _drop(out["requests"], actor.id)
     elif action in ("approve", "decline"):
         _require_moderator(snap, actor)
@@ -179,7 +180,7 @@ def apply(snap: Snapshot, actor: Actor, action: str, *, target: str | None = Non
         _require_moderator(snap, actor)
         who = _target(target)
         if is_blocked(snap, who):
-            raise Conflict(f"{who} is blocked from this Space", slug="blocked")
+            raise Forbidden(f"{who} is blocked from this Space", slug="blocked")
         if on_stage(snap, who):
             raise Conflict(f"{who} is already on stage", slug="already-on-stage")
         request = _find(snap["requests"], who)
