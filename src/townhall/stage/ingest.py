@@ -1,5 +1,11 @@
-"""One speaker's WebRTC session (aiortc): their audio into a FrameBuffer, and their
-mix-minus return feed out as a track of its own."""
+"""One speaker's WebRTC session (aiortc): their RTP Opus packets into a Playout (our jitter
+buffer + libopus with FEC/PLC, pulled by the mixer clock), and their mix-minus return feed
+out as a track of its own.
+
+Packets are taken off aiortc's receiver before its own jitter buffer and decoder thread:
+aiortc drops what arrives late and neither conceals loss nor uses FEC, and a decoder
+thread per speaker would hand frames over at the network's pace rather than the mixer's.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import asyncio
 import contextlib
 import fractions
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -16,7 +23,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
-from townhall.media.jitterbuffer import FrameBuffer
+from townhall.media.playout import Playout
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +76,12 @@ class SpeakerSession:
         self.id = uuid.uuid4().hex[:16]
         self.identity = identity
         self.name = name
-        self.buffer = FrameBuffer()
+        self.playout = Playout()
         self.returns = ReturnTrack()
         self.pc = RTCPeerConnection()
         self.packets_in = 0
-        self._reader: asyncio.Task[None] | None = None
+        self._opus_types: set[int] = set()
         self.closed = asyncio.Event()
-
-        @self.pc.on("track")
-        def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "audio" and self._reader is None:
-                self._reader = asyncio.ensure_future(self._read(track))
 
         @self.pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -88,35 +90,33 @@ class SpeakerSession:
 
     async def answer(self, offer_sdp: str) -> str:
         """Accept the WHIP offer; returns the SDP answer (ICE gathered, no trickle)."""
+        self._opus_types = {int(pt) for pt in
+                            re.findall(r"a=rtpmap:(\d+) opus/48000", offer_sdp, re.I)}
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "audio":
                 transceiver.sender.replaceTrack(self.returns)
                 transceiver.direction = "sendrecv"
+                # The DTLS transport looks this method up on the instance for each packet.
+                transceiver.receiver._handle_rtp_packet = self._on_rtp  # type: ignore[method-assign]
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return str(self.pc.localDescription.sdp)
 
-    async def _read(self, track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                frame: Any = await track.recv()
-                pcm = to_mono(frame)
-                self.packets_in += 1
-                # Frames may be 10/20/40/60 ms: split into 20 ms mixer frames.
-                for start in range(0, pcm.size - FRAME_SAMPLES + 1, FRAME_SAMPLES):
-                    self.buffer.push(pcm[start:start + FRAME_SAMPLES])
-        except (MediaStreamError, asyncio.CancelledError):
-            pass
-        except Exception:
-            log.exception("speaker track failed", extra={"identity": self.identity})
+    async def _on_rtp(self, packet: Any, arrival_time_ms: int) -> None:
+        """An RTP packet from this speaker (telephone-event and other types ignored)."""
+        if packet.payload_type in self._opus_types:
+            self.packets_in += 1
+            self.playout.push(packet.sequence_number, packet.payload, arrival_time_ms / 1000)
+
+    def pull(self) -> np.ndarray | None:
+        """This mixer tick's frame from the speaker, or None when there is nothing."""
+        return None if self.closed.is_set() else self.playout.pull()
 
     async def close(self) -> None:
         if self.closed.is_set():
             return
         self.closed.set()
-        if self._reader is not None:
-            self._reader.cancel()
         self.returns.stop()
         # aiortc's close can hang on a peer that vanished; never let it hold up a stop.
         with contextlib.suppress(Exception):

@@ -87,7 +87,7 @@ class SpaceRun:
         """One 20 ms frame at monotonic ``now``: mix, feed returns, encode; what to publish."""
         out: list[tuple[str, bytes]] = []
         sessions = list(self.sessions.values())
-        frames = {s.identity: s.buffer.pull() for s in sessions}
+        frames = {s.identity: s.pull() for s in sessions}
         result = mix(frames, self.muted)
         for s in sessions:
             s.returns.feed(result.returns[s.identity])
