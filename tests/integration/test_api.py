@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import time
@@ -350,3 +351,14 @@ def test_no_input_makes_the_api_fail(served: Served) -> None:
         fuzz()
     assert len(calls) >= 40 and any(s < 300 for s in calls)
     assert httpx.get(f"{served.url}/healthz", timeout=10).status_code == 200
+
+
+def test_the_readme_tour_works_word_for_word(served: Served) -> None:
+    readme = (ROOT / "README.md").read_text()
+    tour = readme.split("## Five-minute tour", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    script = "set -euo pipefail\n" + tour.replace("http://127.0.0.1:8080", served.url)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr + out.stdout
+    # 304, or 200 in the rare case the reaction was folded in between the two GETs.
+    assert re.search(r"(304|200)\n", out.stdout) and "/problems/not-host" in out.stdout
+    assert '"state":"ended"' in out.stdout.replace(" ", ""), out.stdout
