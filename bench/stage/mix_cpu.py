@@ -1,8 +1,10 @@
-"""CPU of the stage's per-Space clock work with 13 speakers: pull, mix + 13 mix-minus,
-soft limiter, one Opus encode, packaging, all per 20 ms frame, as a share of one core.
+"""CPU of the stage's per-Space clock work with 13 speakers: jitter buffer + Opus decode
+per speaker (Playout), mix + 13 mix-minus, soft limiter, levels, one Opus encode,
+packaging, all per 20 ms frame, as a share of one core.
 
 Reference, measured in the same run: the same loop with one speaker (encode-dominated).
-Not included: aiortc's per-speaker RTP/DTLS/Opus decode and the return-feed encodes.
+Not included: aiortc's per-speaker RTP/DTLS and the return-feed encodes (bench/stage/run.py
+measures the live stage process with all of it).
 
     .venv/bin/python bench/stage/mix_cpu.py [--runs 5] [--seconds 10]
 """
@@ -20,33 +22,36 @@ from rich.progress import Progress
 from rich.table import Table
 
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
-from townhall.media.jitterbuffer import FrameBuffer
-from townhall.media.mixer import level, mix
+from townhall.media.levels import LevelMeter
+from townhall.media.mixer import mix
 from townhall.media.opus import OpusEncoder
 from townhall.media.packager import Packager
+from townhall.media.playout import Playout
 
 
-def speaker_audio(i: int, frames: int) -> list[np.ndarray]:
+def speaker_packets(i: int, frames: int) -> list[bytes]:
+    """A speaker's tone as the Opus packets their browser would send."""
     t = np.arange(frames * FRAME_SAMPLES) / SAMPLE_RATE
     pcm = (np.sin(2 * np.pi * (300 + 40 * i) * t) * 0.2 * 32767).astype(np.int16)
-    return [pcm[k:k + FRAME_SAMPLES] for k in range(0, pcm.size, FRAME_SAMPLES)]
+    enc = OpusEncoder(32_000)
+    return [enc.encode(pcm[k:k + FRAME_SAMPLES]) for k in range(0, pcm.size, FRAME_SAMPLES)]
 
 
 def run_once(speakers: int, seconds: float) -> float:
     """CPU seconds per second of audio (share of one core) for ``seconds`` of program."""
     frames = int(seconds * 50)
-    audio = {f"s{i}": speaker_audio(i, frames) for i in range(speakers)}
-    buffers = {k: FrameBuffer() for k in audio}
-    encoder, packager = OpusEncoder(32_000), Packager()
+    audio = {f"s{i}": speaker_packets(i, frames) for i in range(speakers)}
+    playouts = {k: Playout() for k in audio}
+    encoder, packager, meter = OpusEncoder(32_000), Packager(), LevelMeter()
     start = time.process_time()
     for n in range(frames):
-        for k, buf in buffers.items():
-            buf.push(audio[k][n])
-        pulled = {k: buf.pull() for k, buf in buffers.items()}
+        for k, po in playouts.items():
+            po.push(n & 0xFFFF, audio[k][n], now=n * 0.020)
+        pulled = {k: po.pull() for k, po in playouts.items()}
         result = mix(pulled, muted=set())
-        for pcm in pulled.values():
-            if pcm is not None:
-                level(pcm)
+        for k, pcm in pulled.items():
+            meter.add(k, pcm)
+        meter.report("bench", pulled, now=n * 0.020, wall=n * 0.020)
         packager.add(encoder.encode(result.program), now_us=n)
     return (time.process_time() - start) / seconds
 

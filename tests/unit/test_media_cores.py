@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from townhall.media.chunk import FRAME_SAMPLES, Chunk
-from townhall.media.jitterbuffer import FrameBuffer
 from townhall.media.mixer import level, limit, mix
 from townhall.media.opus import OpusDecoder, OpusEncoder
 from townhall.media.packager import Packager
@@ -59,36 +58,6 @@ def test_level_scale() -> None:
     assert level(np.zeros(960, np.int16)) == 0.0
     assert 0.8 < level(sine(440, amp=20000)) <= 1.0
     assert level(sine(440, amp=300)) < level(sine(440, amp=3000))
-
-
-def test_frame_buffer_primes_then_plays_in_order() -> None:
-    fb = FrameBuffer(target=2)
-    fb.push(sine(440, start=0))
-    assert fb.pull() is None  # not primed yet
-    fb.push(sine(440, start=960))
-    assert np.array_equal(fb.pull(), sine(440, start=0))
-    assert np.array_equal(fb.pull(), sine(440, start=960))
-
-
-def test_frame_buffer_conceals_a_gap_by_fading_then_grows_its_target() -> None:
-    fb = FrameBuffer(target=1)
-    fb.push(sine(440, amp=10000))
-    fb.pull()
-    concealed = fb.pull()
-    assert concealed is not None and 0 < np.abs(concealed).max() < 10000
-    assert fb.underruns == 1 and fb.target == 2
-    for _ in range(10):
-        fb.pull()
-    assert fb.pull() is None  # faded out, then quiet
-
-
-def test_a_flooding_sender_cannot_grow_the_buffer_or_speed_up_the_mix() -> None:
-    fb = FrameBuffer(max_depth=10)
-    for i in range(1000):
-        fb.push(sine(440, start=i * 960))
-    assert len(fb.frames) <= 10 and fb.overflows >= 990
-    pulled = [fb.pull() for _ in range(3)]  # one frame per tick, whatever arrived
-    assert all(p is not None and p.size == FRAME_SAMPLES for p in pulled)
 
 
 def test_packager_numbers_chunks_and_continues_after_takeover() -> None:

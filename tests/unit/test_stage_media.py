@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
-from townhall.media.jitterbuffer import FrameBuffer
 from townhall.media.mixer import FULL_SCALE, level, limit, mix
 from townhall.media.opus import OpusDecoder, OpusEncoder
 from townhall.media.packager import Packager
@@ -54,46 +53,6 @@ def test_opus_silence_is_small_and_quiet() -> None:
     packets = [enc.encode(np.zeros(FRAME_SAMPLES, np.int16)) for _ in range(10)]
     assert all(len(p) < 20 for p in packets[2:])
     assert max(int(np.abs(dec.decode(p)).max()) for p in packets) < 50
-
-
-# --- Frame buffer ------------------------------------------------------------------------
-
-def test_buffer_waits_for_its_target_then_plays_in_order() -> None:
-    buf = FrameBuffer(target=2)
-    a, b, c = (np.full(FRAME_SAMPLES, v, np.int16) for v in (1, 2, 3))
-    buf.push(a)
-    assert buf.pull() is None  # not primed yet: nothing heard, nothing concealed
-    buf.push(b)
-    buf.push(c)
-    assert [int(buf.pull()[0]) for _ in range(3)] == [1, 2, 3]  # type: ignore[index]
-
-
-def test_buffer_conceals_a_gap_by_fading_then_goes_silent() -> None:
-    buf = FrameBuffer(target=1)
-    buf.push(np.full(FRAME_SAMPLES, 1000, np.int16))
-    assert int(buf.pull()[0]) == 1000  # type: ignore[index]
-    faded = [buf.pull() for _ in range(8)]
-    values = [int(f[0]) for f in faded if f is not None]
-    assert values[:2] == [500, 250] and values == sorted(values, reverse=True)
-    assert faded[-1] is None  # concealment stops; the speaker is quiet
-    assert buf.underruns == 1 and buf.concealed == len(values)
-    assert buf.target == 2  # grew after running dry
-
-
-def test_flooding_sender_is_bounded_and_cannot_speed_up_the_mix() -> None:
-    buf = FrameBuffer(target=2, max_depth=10)
-    for i in range(500):  # a burst of 10 s of audio at once
-        buf.push(np.full(FRAME_SAMPLES, i % 100, np.int16))
-    assert len(buf.frames) <= 10 and buf.overflows >= 490
-    # One pull per tick, never more: the mixer takes exactly one frame per 20 ms.
-    assert buf.pull() is not None
-    assert len(buf.frames) <= 9
-
-
-def test_odd_sized_frames_are_padded_to_a_mixer_frame() -> None:
-    buf = FrameBuffer(target=1)
-    buf.push(np.ones(100, np.int16))
-    assert buf.pull().size == FRAME_SAMPLES  # type: ignore[union-attr]
 
 
 # --- Mixer -------------------------------------------------------------------------------

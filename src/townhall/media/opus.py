@@ -57,7 +57,11 @@ class OpusDecoder:
 def _libopus() -> ctypes.CDLL:
     """The system libopus (Debian libopus0, pulled in by ffmpeg; see scripts/system-deps.sh)."""
     name = ctypes.util.find_library("opus") or "libopus.so.0"
-    lib = ctypes.CDLL(name)
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError as exc:
+        raise RuntimeError("the stage needs the system libopus "
+                           "(Debian/Ubuntu: apt install libopus0)") from exc
     lib.opus_decoder_create.restype = ctypes.c_void_p
     lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int,
                                         ctypes.POINTER(ctypes.c_int)]
