@@ -5,6 +5,8 @@ set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# The stage decodes speakers with the system libopus (loss concealment and FEC).
+ldconfig -p 2>/dev/null | grep -q "libopus.so.0" || need+=(libopus0)
 # Emoji in the web app's screenshots (reactions) need a colour emoji font.
 [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
 [ ${#need[@]} -eq 0 ] && exit 0
