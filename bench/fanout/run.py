@@ -1,0 +1,196 @@
+"""Edge fan-out vs Icecast 2: CPU per listener-minute, memory per connection, stalls.
+
+    .venv/bin/python -m bench fanout          # defaults: 1000,5000,10000 × 3 runs × 20 s
+    .venv/bin/python bench/fanout/run.py --listeners 1000,5000 --seconds 15 --runs 3
+
+Each server under test runs alone on core 0 (taskset); the load generator (raw asyncio
+protocols, bench/fanout/loadgen.py) runs in its own process on core 1. One source feeds
+both the same 32 kbps Opus tone, one Ogg page / chunk per 100 ms. Rows per listener
+count: Icecast (HTTP Ogg), townhall's /listen/<id>.opus (the same HTTP Ogg client) and
+townhall's /ws/<id> WebSocket. CPU = server process user+system time during the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent.parent))
+
+from bench.fanout import loadgen  # noqa: E402
+from bench.fanout.servers import (  # noqa: E402
+    MOUNT,
+    Icecast,
+    Source,
+    TownhallEdge,
+    live_space,
+    proc_cpu_s,
+    proc_rss_kib,
+)
+from townhall.bus import Bus  # noqa: E402
+from townhall.bus.embedded import EmbeddedNats  # noqa: E402
+
+SERVER_CPU = 0
+LOADGEN_CPU = 1
+SPACE = "benchfan01"
+KINDS = ("icecast", "townhall-ogg", "townhall-ws")
+console = Console()
+
+
+async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_url: str,
+                  work: Path) -> dict[str, Any]:
+    """One run: a fresh server, N listeners, CPU and RSS over the window."""
+    source = Source(bus, SPACE)
+    server: Icecast | TownhallEdge
+    if kind == "icecast":
+        server = await asyncio.to_thread(Icecast, work, n, SERVER_CPU)
+        await source.to_icecast(server.port)
+        mode, path = "http", MOUNT
+    else:
+        server = await asyncio.to_thread(TownhallEdge, work, nats_url, n + 100, SERVER_CPU)
+        mode, path = ("http", f"/listen/{SPACE}.opus") if kind == "townhall-ogg" else (
+            "ws", f"/ws/{SPACE}")
+    feeding = asyncio.ensure_future(source.run())
+    try:
+        await asyncio.sleep(1.5)
+        pid = server.proc.pid
+        rss0 = proc_rss_kib(pid)
+        ctx = mp.get_context("spawn")
+        window, out = ctx.Queue(), ctx.Queue()
+        gen = ctx.Process(target=loadgen.main, args=(
+            mode, "127.0.0.1", server.port, path, n, args.join_rate, 2.0, args.seconds,
+            LOADGEN_CPU, window, out))
+        gen.start()
+        bound = n / args.join_rate + args.seconds + 120
+        _, t0 = await asyncio.to_thread(window.get, True, bound)
+        cpu0, rss1 = proc_cpu_s(pid), proc_rss_kib(pid)
+        _, t1 = await asyncio.to_thread(window.get, True, args.seconds + 60)
+        cpu1 = proc_cpu_s(pid)
+        result: dict[str, Any] = await asyncio.to_thread(out.get, True, 120)
+        await asyncio.to_thread(gen.join, 30)
+    finally:
+        feeding.cancel()
+        await asyncio.to_thread(server.stop)
+    minutes = (t1 - t0) / 60
+    connected = max(result["connected"], 1)
+    return {**result,
+            "cpu_ms_per_listener_min": (cpu1 - cpu0) * 1000 / (connected * minutes),
+            "cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
+            "kib_per_conn": (rss1 - rss0) / connected,
+            "kbps": result["bytes"] * 8 / 1000 / (connected * (t1 - t0))}
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+async def run_all(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str, Any]]]]:
+    sizes = [int(x) for x in args.listeners.split(",")]
+    kinds = [k for k in KINDS if k in args.servers.split(",")]
+    results: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
+        work = Path(tmp)
+        nats = EmbeddedNats(work / "nats")
+        nats_url = nats.start()
+        bus = await Bus.connect([nats_url])
+        await live_space(bus, SPACE)
+        try:
+            with Progress(console=console, transient=False) as progress:
+                task = progress.add_task("fan-out runs", total=len(sizes) * len(kinds) * args.runs)
+                for n in sizes:
+                    for _ in range(args.runs):
+                        for kind in kinds:  # interleaved: each run sees the same machine load
+                            progress.update(task, description=f"{kind} × {n}")
+                            r = await measure(kind, n, args, bus, nats_url, work)
+                            results.setdefault(n, {}).setdefault(kind, []).append(r)
+                            progress.advance(task)
+        finally:
+            await bus.close()
+            nats.stop()
+    return results
+
+
+def tabulate(results: dict[int, dict[str, list[dict[str, Any]]]]) -> tuple[list[str],
+                                                                           list[list[str]]]:
+    """Medians per (listeners, server), with the CPU ratio to Icecast of the same size."""
+    columns = ["listeners", "server", "connected", "CPU ms / listener-min", "vs Icecast",
+               "server CPU %", "KiB / conn", "stalls", "closed early", "kbit/s per listener",
+               "p99 delay (WS)"]
+    rows = []
+    for n, by_kind in results.items():
+        ice = _median(by_kind.get("icecast", []), "cpu_ms_per_listener_min")
+        for kind, runs in by_kind.items():
+            cpu = _median(runs, "cpu_ms_per_listener_min")
+            ratio = f"{cpu / ice:.2f}×" if cpu is not None and ice else "—"
+            p99 = _median(runs, "p99_ms")
+            rows.append([str(n), kind, _fmt(_median(runs, "connected"), ".0f"),
+                         _fmt(cpu, ".1f"), ratio, _fmt(_median(runs, "cpu_pct"), ".0f"),
+                         _fmt(_median(runs, "kib_per_conn"), ".1f"),
+                         _fmt(_median(runs, "stalls"), ".0f"),
+                         _fmt(_median(runs, "closed_early"), ".0f"),
+                         _fmt(_median(runs, "kbps"), ".1f"),
+                         "—" if p99 is None else f"{p99:.0f} ms"])
+    return columns, rows
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listeners", default="1000,5000,10000")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--join-rate", type=float, default=1000.0,
+                        help="joins per second the load generator offers")
+    parser.add_argument("--servers", default=",".join(KINDS))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """`python -m bench fanout` entry point."""
+    args = parse(argv)
+    started = time.monotonic()
+    results = asyncio.run(run_all(args))
+    columns, rows = tabulate(results)
+    table = Table(title=f"edge fan-out vs Icecast, median of {args.runs} run(s)")
+    for c in columns:
+        table.add_column(c)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"done in {time.monotonic() - started:.0f} s")
+    return {"title": "Edge vs Icecast: listener fan-out on one core",
+            "command": "python bench/fanout/run.py " + " ".join(argv),
+            "columns": columns, "rows": rows,
+            "notes": ("Server pinned to core 0, load generator (raw asyncio protocols, "
+                      "one process) to core 1; one source writes the same 32 kbps Opus "
+                      "tone as one Ogg page per 100 ms to Icecast and one chunk per 100 ms "
+                      "to NATS, so both deliver at the same interval. stalls = a listener "
+                      "silent > 1 s in the window; kbit/s per listener = body bytes received "
+                      "(Opus + Ogg or WebSocket/chunk framing) per listener per second. "
+                      "Machine shared with other test runs.")}
+
+
+if __name__ == "__main__":
+    from bench.__main__ import README, machine, markdown, write_block
+
+    where, when = machine(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    outcome = main(sys.argv[1:])
+    README.write_text(write_block(README.read_text(), "fanout",
+                                  markdown("fanout", outcome, when, where)))
