@@ -98,8 +98,16 @@ def up(root: Path, *, nats_nodes: int = 3, apis: int = 2, edges: int = 3,
         raise RuntimeError(f"a cluster is already running under {root}; "
                            "`townhall cluster down` first")
     root.mkdir(parents=True, exist_ok=True)
+    handed_out: set[int] = set()
+
+    def distinct_port() -> int:
+        # Ports are chosen before anything binds them: never hand the same one out twice.
+        port = free_port(avoid=frozenset(handed_out))
+        handed_out.add(port)
+        return port
+
     plan = make_plan(root, nats_nodes=nats_nodes, apis=apis, edges=edges, stages=stages,
-                     port_for=free_port)
+                     port_for=distinct_port)
     save(plan)
     try:
         for node in plan.nats:
