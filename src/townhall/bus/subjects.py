@@ -46,3 +46,11 @@ EDGES = "townhall.edges.*"
 def edge_announce(node: str) -> str:
     """An edge's once-a-second heartbeat: node, url, capacity, total listeners."""
     return f"townhall.edges.{node}"
+
+
+STAGES = "townhall.stages.*"
+
+
+def stage_report(node: str) -> str:
+    """A stage's once-a-second heartbeat: the Spaces it owns, clock and loss counters."""
+    return f"townhall.stages.{node}"

@@ -1,12 +1,16 @@
 """The stage role's shell: leases, the mixer clock per Space, WHIP sessions over NATS.
 
 Every live Space is owned by exactly one stage through a lease in KV ``stage_leases``
-(TTL 5 s, renewed every second). The owner runs the Space's clock: every 20 ms it pulls
-one frame from each speaker's buffer, mixes (program + mix-minus), encodes the program
-once, and every 5 frames publishes a chunk on ``townhall.<id>.media`` — silence included,
-so listeners' streams never stop while nobody talks. A stage that finds a live Space
-without a lease (its owner died) takes it and continues the sequence numbers from the
-last chunk JetStream kept.
+(TTL ``LEASE_TTL_S``, renewed every second). The owner runs the Space's clock: every
+20 ms it pulls one frame from each speaker's buffer, mixes (program + mix-minus),
+encodes the program once, and every 5 frames publishes a chunk on
+``townhall.<id>.media`` — silence included, so listeners' streams never stop while
+nobody talks. A stage that finds a live Space without a lease (its owner died) takes it
+and continues the sequence numbers from the last chunk JetStream kept.
+
+Once a second the stage publishes its heartbeat on ``townhall.stages.<node>`` (Spaces,
+speakers, ticks, late frames, FEC/PLC/loss counters); the api processes export it on their
+/metrics (townhall.stage.observe), since the stage process serves no HTTP.
 """
 
 from __future__ import annotations
@@ -18,8 +22,6 @@ import logging
 import time
 from typing import Any
 
-from prometheus_client import Counter, Gauge
-
 from townhall.bus import Bus, CasConflict, subjects
 from townhall.bus.bus import Message
 from townhall.context import Context
@@ -29,16 +31,13 @@ from townhall.media.mixer import mix
 from townhall.media.opus import OpusEncoder
 from townhall.media.packager import Packager
 from townhall.stage.ingest import SpeakerSession
+from townhall.stage.tally import ClockWatch, Tally, stage_report
 
 log = logging.getLogger(__name__)
 FRAME_S = 0.020
 RENEW_S = 1.0
+REPORT_S = 1.0
 
-OWNED = Gauge("townhall_stage_spaces", "Live Spaces this stage owns")
-SPEAKERS = Gauge("townhall_stage_speakers", "Speakers connected to this stage")
-CHUNKS = Counter("townhall_stage_chunks_total", "Program chunks published")
-LATE = Counter("townhall_stage_late_frames_total", "Mixer ticks that ran late by > 20 ms")
-TAKEOVERS = Counter("townhall_stage_takeovers_total", "Spaces taken over from another stage")
 
 
 def whip_subject(space: str) -> str:
@@ -60,6 +59,23 @@ class SpaceRun:
         self.apply(snap)
         self.task: asyncio.Task[None] | None = None
         self.meter = LevelMeter(interval_s=0.25)  # ≤ 4 level messages a second
+        self.tally = Tally()   # ticks, late frames, and speakers who left
+        self.clock = ClockWatch()
+
+    def remove(self, session_id: str) -> SpeakerSession | None:
+        """Forget a session, folding its loss counters into this run's tally."""
+        session = self.sessions.pop(session_id, None)
+        if session is not None:
+            self.tally.add_playout(session.playout)
+        return session
+
+    def counts(self) -> Tally:
+        """This run's counters so far, speakers still connected included."""
+        total = Tally()
+        total.add(self.tally)
+        for s in self.sessions.values():
+            total.add_playout(s.playout)
+        return total
 
     def apply(self, snap: dict[str, Any]) -> list[SpeakerSession]:
         """A newer snapshot: who is on stage and muted; returns sessions to close."""
@@ -72,14 +88,13 @@ class SpaceRun:
         tick = 0
         while True:
             tick += 1
-            delay = start + tick * FRAME_S - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -1.0:  # the loop stalled for a second: re-anchor, don't burst
-                LATE.inc()
+            due = start + tick * FRAME_S
+            if due > time.monotonic():
+                await asyncio.sleep(due - time.monotonic())
+            late = time.monotonic() - due  # sleep overshoot counts: it is what listeners get
+            self.clock.tick(self.tally, late)
+            if late > 1.0:  # the loop stalled for a second: re-anchor, don't burst
                 start, tick = time.monotonic(), 0
-            elif delay < -FRAME_S:
-                LATE.inc()
             for subject, data in self.step(time.monotonic(), time.time()):
                 await self.bus.publish(subject, data)
 
@@ -97,16 +112,15 @@ class SpaceRun:
         chunk = self.packager.add(packet, int(wall * 1e6))
         if chunk is not None:
             out.append((subjects.media(self.space), chunk.encode()))
-            CHUNKS.inc()
         report = self.meter.report(self.space, {s.identity for s in sessions}, now, wall)
         if report is not None:
             out.append((subjects.levels(self.space), json.dumps(report).encode()))
         return out
 
     async def close_all(self) -> None:
-        for s in list(self.sessions.values()):
+        for sid, s in list(self.sessions.items()):
+            self.remove(sid)
             await s.close()
-        self.sessions.clear()
 
 
 class Stage:
@@ -119,6 +133,23 @@ class Stage:
         self.runs: dict[str, SpaceRun] = {}
         self.leases: dict[str, int] = {}
         self._reapers: set[asyncio.Future[None]] = set()
+        self.retired = Tally()  # counters of Spaces this stage no longer runs
+
+    def report(self, wall: float) -> dict[str, object]:
+        """The heartbeat: what this stage runs and its counters since it started."""
+        total = Tally()
+        total.add(self.retired)
+        worst = 0.0
+        for r in self.runs.values():
+            total.add(r.counts())
+            worst = max(worst, r.clock.take_worst())
+        return stage_report(self.node, list(self.runs), self._speakers(), total, worst, wall)
+
+    def _speakers(self) -> int:
+        return sum(len(r.sessions) for r in self.runs.values())
+
+    def _retire(self, run: SpaceRun) -> None:
+        self.retired.add(run.counts())
 
     async def start(self) -> None:
         await self.bus.subscribe("townhall.*.state", self._on_state)
@@ -154,9 +185,8 @@ class Stage:
     async def _drop(self, space: str, session: SpeakerSession) -> None:
         run = self.runs.get(space)
         if run is not None:
-            run.sessions.pop(session.id, None)
+            run.remove(session.id)
         await session.close()
-        SPEAKERS.set(sum(len(r.sessions) for r in self.runs.values()))
 
     async def _on_whip(self, msg: Message) -> None:
         space = msg.subject.rsplit(".", 1)[1]
@@ -190,7 +220,6 @@ class Stage:
                 reply = {"status": 422, "detail": f"cannot use this offer: {exc}"}
             else:
                 run.sessions[session.id] = session
-                SPEAKERS.set(sum(len(r.sessions) for r in self.runs.values()))
                 reaper = asyncio.ensure_future(self._reap(space, session))
                 self._reapers.add(reaper)
                 reaper.add_done_callback(self._reapers.discard)
@@ -201,7 +230,7 @@ class Stage:
         await session.closed.wait()
         run = self.runs.get(space)
         if run is not None:
-            run.sessions.pop(session.id, None)
+            run.remove(session.id)
 
     async def acquire(self, space: str, snap: dict[str, Any]) -> bool:
         if space in self.runs:
@@ -212,13 +241,10 @@ class Stage:
             return False
         last_msg = await self.bus.last_message(subjects.MEDIA_STREAM, subjects.media(space))
         last = Chunk.decode(last_msg.data) if last_msg else None
-        if last is not None:
-            TAKEOVERS.inc()
         self.leases[space] = rev
         run = SpaceRun(self.bus, space, snap, Packager.after(last))
         run.task = asyncio.ensure_future(run.run())
         self.runs[space] = run
-        OWNED.set(len(self.runs))
         log.info("stage owns space", extra={"space": space,
                                             "from_seq": run.packager.next_seq})
         return True
@@ -231,9 +257,9 @@ class Stage:
         if run.task:
             run.task.cancel()
         await run.close_all()
+        self._retire(run)
         with contextlib.suppress(Exception):
             await self.bus.kv_delete(subjects.LEASES_BUCKET, space)
-        OWNED.set(len(self.runs))
 
     async def tend(self) -> None:
         """Once a second: renew our leases, and take live Spaces nobody holds."""
@@ -248,6 +274,8 @@ class Stage:
                 if run is not None and run.task:
                     run.task.cancel()
                     await run.close_all()
+                if run is not None:
+                    self._retire(run)
         for key in await self.bus.kv_keys(subjects.SPACES_BUCKET):
             if key in self.runs:
                 continue
@@ -269,10 +297,22 @@ class Stage:
                 await self.bus.kv_delete(subjects.LEASES_BUCKET, space)
 
 
+async def heartbeat(stage: Stage) -> None:
+    """Publish the stage's report on ``townhall.stages.<node>`` once a second."""
+    while True:
+        await asyncio.sleep(REPORT_S)
+        try:
+            await stage.bus.publish(subjects.stage_report(stage.node),
+                                    json.dumps(stage.report(time.time())).encode())
+        except Exception:
+            log.exception("stage heartbeat failed")
+
+
 async def run(ctx: Context) -> None:
     """The stage role: runs until cancelled."""
     stage = Stage(ctx)
     await stage.start()
+    beat = asyncio.ensure_future(heartbeat(stage))
     try:
         while True:
             try:
@@ -281,4 +321,5 @@ async def run(ctx: Context) -> None:
                 log.exception("stage upkeep failed")
             await asyncio.sleep(RENEW_S)
     finally:
+        beat.cancel()
         await stage.stop()

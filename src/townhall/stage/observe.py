@@ -1,0 +1,125 @@
+"""Stage heartbeats on the api's /metrics: the stage process serves no HTTP of its own.
+
+Every stage publishes a report on ``townhall.stages.<node>`` once a second (see
+townhall.stage.role); each api process keeps the latest per node (``StageBoard``, no I/O)
+and exports them through a custom Prometheus collector, labelled by node. A stage not
+heard from for ``STALE_S`` is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from townhall.bus import subjects
+from townhall.bus.bus import Message
+from townhall.context import Context
+
+log = logging.getLogger(__name__)
+STALE_S = 10.0
+
+# (report key, metric name without _total, help)
+COUNTERS = (
+    ("ticks", "townhall_stage_ticks", "Mixer ticks run by the stage since it started"),
+    ("late_frames", "townhall_stage_late_frames",
+     "Mixer ticks that ran more than 20 ms late"),
+    ("fec_recovered", "townhall_stage_fec_recovered",
+     "Lost speaker frames rebuilt from Opus in-band FEC"),
+    ("plc_frames", "townhall_stage_plc_frames",
+     "Speaker frames filled by Opus packet loss concealment"),
+    ("lost_packets", "townhall_stage_lost_packets",
+     "Speaker RTP packets missing when their slot played"),
+)
+
+
+@dataclass
+class StageBoard:
+    """The latest report of every stage, with no I/O: time is passed in."""
+
+    stale_s: float = STALE_S
+    reports: dict[str, tuple[dict[str, Any], float]] = field(default_factory=dict)
+
+    def update(self, report: dict[str, Any], now: float) -> None:
+        """A heartbeat received at monotonic ``now``; malformed ones are ignored."""
+        node = report.get("node")
+        if isinstance(node, str) and node:
+            self.reports[node] = (report, now)
+
+    def current(self, now: float) -> list[tuple[dict[str, Any], float]]:
+        """(report, age in seconds) of every stage heard from within ``stale_s``."""
+        for node in [n for n, (_, at) in self.reports.items() if now - at > self.stale_s]:
+            del self.reports[node]
+        return [(r, now - at) for r, at in sorted(self.reports.values(),
+                                                  key=lambda x: str(x[0]["node"]))]
+
+
+def families(current: list[tuple[dict[str, Any], float]]) -> list[Metric]:
+    """Prometheus metric families for the stages' latest reports."""
+    out: list[Metric] = []
+    for key, name, doc in COUNTERS:
+        counter = CounterMetricFamily(name, doc, labels=["node"])
+        for report, _ in current:
+            counter.add_metric([str(report["node"])], float(report.get(key, 0)))
+        out.append(counter)
+    gauges = (
+        ("townhall_stage_speakers", "Speakers connected to the stage",
+         lambda r, _: float(r.get("speakers", 0))),
+        ("townhall_stage_spaces", "Live Spaces the stage owns",
+         lambda r, _: float(len(r.get("spaces", [])))),
+        ("townhall_stage_max_late_ms", "Worst mixer tick lateness in the stage's last second",
+         lambda r, _: float(r.get("max_late_ms", 0.0))),
+        ("townhall_stage_report_age_seconds", "Seconds since this stage's last heartbeat",
+         lambda _, age: float(age)),
+    )
+    for name, doc, value in gauges:
+        gauge = GaugeMetricFamily(name, doc, labels=["node"])
+        for report, age in current:
+            gauge.add_metric([str(report["node"])], value(report, age))
+        out.append(gauge)
+    return out
+
+
+class StageCollector(Collector):
+    """Reads the board at scrape time."""
+
+    def __init__(self, board: StageBoard) -> None:
+        self.board = board
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self.board.current(time.monotonic()))
+
+    def describe(self) -> Iterator[Metric]:
+        yield from families([])
+
+
+# One board per process: /metrics reads the process-wide registry.
+BOARD = StageBoard()
+_registered = False
+
+
+def install(app: FastAPI, ctx: Context) -> None:
+    """Follow ``townhall.stages.*`` and export the reports on this process's /metrics."""
+    global _registered
+    if not _registered:
+        REGISTRY.register(StageCollector(BOARD))
+        _registered = True
+
+    async def on_report(msg: Message) -> None:
+        with contextlib.suppress(ValueError, AttributeError):
+            BOARD.update(json.loads(msg.data), time.monotonic())
+
+    async def start() -> None:
+        await ctx.bus.subscribe(subjects.STAGES, on_report)
+
+    ctx.on_start.append(start)
+    app.state.stage_board = BOARD

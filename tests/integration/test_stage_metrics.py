@@ -1,0 +1,101 @@
+"""The stage's heartbeat on the api's /metrics, against a real `townhall serve`: the node
+appears at once, ticks grow ~50 a second while a Space is live, a speaker is counted, and
+a stage that dies is dropped after 10 s."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Served, start_townhall
+from tests.integration.test_stage_takeover import stage_child
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def scrape(served: Served) -> dict[str, dict[str, float]]:
+    """{metric name: {node: value}} for the townhall_stage_* samples labelled by node."""
+    text = httpx.get(f"{served.url}/metrics", timeout=10).text
+    out: dict[str, dict[str, float]] = {}
+    for name, node, value in re.findall(
+            r'^(townhall_stage_\w+)\{node="([^"]+)"\} (\S+)$', text, re.M):
+        out.setdefault(name, {})[node] = float(value)
+    return out
+
+
+Scrape = dict[str, dict[str, float]]
+
+
+def until(served: Served, cond: Callable[[Scrape], bool], bound_s: float,
+          what: str) -> Scrape:
+    """Scrape until ``cond`` holds, or fail after ``bound_s``."""
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        m = scrape(served)
+        if cond(m):
+            return m
+        time.sleep(0.25)
+    raise AssertionError(f"not within {bound_s}s: {what}; last scrape {scrape(served)}")
+
+
+def test_stage_metrics_on_the_api(tmp_path: Path) -> None:
+    served = start_townhall(tmp_path / "data")
+    speaker: subprocess.Popen[bytes] | None = None
+    try:
+        stage_pid, _ = stage_child(served.proc.pid)
+        m = until(served, lambda m: bool(m.get("townhall_stage_ticks_total")), 20,
+                  "a stage reporting")
+        [node] = m["townhall_stage_ticks_total"]
+        assert m["townhall_stage_speakers"][node] == 0
+        assert m["townhall_stage_report_age_seconds"][node] < 5
+
+        host = served.session("Ada")
+        with served.client(host) as c:
+            space = c.post("/api/v1/spaces", json={"title": "Metrics"}).json()["id"]
+            c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
+        speaker = subprocess.Popen(
+            [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space",
+             space, "--token", host, "--tone", "440", "--seconds", "90"],
+            stdout=subprocess.DEVNULL, stderr=(tmp_path / "speak.log").open("wb"),
+            stdin=subprocess.DEVNULL)
+        until(served, lambda m: m["townhall_stage_speakers"].get(node) == 1, 40, "one speaker")
+
+        # Ticks grow at the mixer's 50 a second (generous bounds: a loaded 2-core box).
+        first = scrape(served)["townhall_stage_ticks_total"][node]
+        t0 = time.monotonic()
+        time.sleep(8)
+        m = scrape(served)
+        rate = (m["townhall_stage_ticks_total"][node] - first) / (time.monotonic() - t0)
+        assert 25 <= rate <= 70, rate
+        assert m["townhall_stage_spaces"][node] == 1
+        assert m["townhall_stage_max_late_ms"][node] >= 0
+        for name in ("late_frames", "fec_recovered", "plc_frames", "lost_packets"):
+            assert f"townhall_stage_{name}_total" in m
+
+        with served.client(host) as c:
+            c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
+        m = until(served, lambda m: m["townhall_stage_spaces"].get(node) == 0
+                  and m["townhall_stage_speakers"].get(node) == 0, 15, "Space released")
+        ticks = m["townhall_stage_ticks_total"][node]
+        time.sleep(2)
+        assert scrape(served)["townhall_stage_ticks_total"][node] == ticks  # clock stopped
+
+        os.kill(stage_pid, signal.SIGKILL)
+        until(served, lambda m: m["townhall_stage_report_age_seconds"].get(node, 0) > 3, 10,
+              "the dead stage's report ageing")
+        until(served, lambda m: node not in m.get("townhall_stage_ticks_total", {}), 20,
+              "the dead stage dropped")
+    finally:
+        if speaker is not None and speaker.poll() is None:
+            speaker.terminate()
+            speaker.wait(15)
+        served.stop()

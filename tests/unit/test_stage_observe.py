@@ -1,0 +1,67 @@
+"""Stage counters and the api's board of stage heartbeats, with no I/O."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from townhall.media.playout import Playout
+from townhall.stage.observe import StageBoard, StageCollector, families
+from townhall.stage.tally import ClockWatch, Tally, stage_report
+
+
+def test_clock_watch_counts_late_ticks_and_keeps_the_worst_per_window() -> None:
+    tally, watch = Tally(), ClockWatch()
+    for late in (-0.001, 0.005, 0.021, 0.150, 0.0):
+        watch.tick(tally, late)
+    assert (tally.ticks, tally.late_frames) == (5, 2)
+    assert watch.take_worst() == 0.150
+    watch.tick(tally, 0.002)
+    assert watch.take_worst() == 0.002
+
+
+def test_tally_folds_playouts_and_adds() -> None:
+    p = Playout()
+    p.recovered, p.concealed, p.jitter.lost = 3, 4, 7
+    a = Tally(ticks=10, late_frames=1)
+    a.add_playout(p)
+    b = Tally(ticks=5)
+    b.add(a)
+    assert b == Tally(ticks=15, late_frames=1, fec_recovered=3, plc_frames=4, lost_packets=7)
+    report = stage_report("n1", ["s2", "s1"], 2, b, -0.001, 123.0)
+    assert report == {"node": "n1", "spaces": ["s1", "s2"], "speakers": 2, "ticks": 15,
+                      "late_frames": 1, "max_late_ms": 0.0, "fec_recovered": 3,
+                      "plc_frames": 4, "lost_packets": 7, "at": 123.0}
+
+
+def test_board_keeps_latest_per_node_and_drops_silent_ones() -> None:
+    board = StageBoard(stale_s=10)
+    board.update({"node": "a", "ticks": 50}, now=100.0)
+    board.update({"node": "b", "ticks": 7}, now=101.0)
+    board.update({"node": "a", "ticks": 100}, now=101.0)
+    board.update({"ticks": 1}, now=101.0)  # no node: ignored
+    assert [(r["ticks"], age) for r, age in board.current(102.0)] == [(100, 1.0), (7, 1.0)]
+    board.update({"node": "a", "ticks": 150}, now=108.0)
+    assert [r["node"] for r, _ in board.current(111.5)] == ["a"]  # b silent 10.5 s
+    assert board.current(200.0) == []
+
+
+def test_exported_names_and_labels() -> None:
+    board = StageBoard()
+    board.update({"node": "st-1", "spaces": ["x"], "speakers": 2, "ticks": 500,
+                  "late_frames": 3, "max_late_ms": 12.5, "fec_recovered": 4,
+                  "plc_frames": 5, "lost_packets": 9, "at": 1.0}, now=time.monotonic())
+    registry = CollectorRegistry()
+    registry.register(StageCollector(board))
+    text = generate_latest(registry).decode()
+    for line in ('townhall_stage_ticks_total{node="st-1"} 500.0',
+                 'townhall_stage_late_frames_total{node="st-1"} 3.0',
+                 'townhall_stage_fec_recovered_total{node="st-1"} 4.0',
+                 'townhall_stage_plc_frames_total{node="st-1"} 5.0',
+                 'townhall_stage_lost_packets_total{node="st-1"} 9.0',
+                 'townhall_stage_speakers{node="st-1"} 2.0',
+                 'townhall_stage_max_late_ms{node="st-1"} 12.5'):
+        assert line in text, line
+    assert "townhall_stage_report_age_seconds{node=\"st-1\"}" in text
+    assert all(not f.samples for f in families([]))
