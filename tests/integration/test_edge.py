@@ -252,6 +252,48 @@ async def test_ffmpeg_records_the_ogg_stream_as_a_440_hz_tone(edge_server: Serve
     assert abs(peak - 440) < 5
 
 
+def deliveries(kind: str, path: str) -> str:
+    return f'townhall_edge_chunk_deliveries_total{{kind="{kind}",path="{path}"}}'
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg binary not installed")
+async def test_listeners_keeping_up_get_live_chunks_by_direct_writes_in_order(
+        edge_server: Served, bus: Bus, tmp_path: Path) -> None:
+    space, _ = live_space(edge_server)
+    before = {(k, p): await metric(edge_server, deliveries(k, p))
+              for k in ("ws", "ogg") for p in ("direct", "queued")}
+    producer = Producer(bus, space)
+    producer.start()
+    wav = tmp_path / "direct.wav"
+    try:
+        lis = await Listener.open(f"{ws_base(edge_server)}/ws/{space}")
+        started = asyncio.Event()
+        target = producer.last + 40
+        pages = asyncio.ensure_future(ogg_page_numbers(
+            f"{edge_server.url}/listen/{space}.opus", target + 2, started))
+        proc = await asyncio.create_subprocess_exec(
+            "ffmpeg", "-v", "error", "-y", "-i", f"{edge_server.url}/listen/{space}.opus",
+            "-t", "3", "-ac", "1", "-ar", "48000", str(wav),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0 and not err.strip(), err.decode()
+        await lis.until(target)
+        ogg_pages = await pages
+        await lis.ws.close()
+    finally:
+        await producer.stop()
+    after = {key: await metric(edge_server, deliveries(*key)) for key in before}
+    delta = {key: after[key] - before[key] for key in before}
+    # Every chunk arrived, in order, and most of them by one transport.write (the first
+    # few may queue behind the hello and state frames).
+    assert contiguous(lis.seqs) and lis.seqs[-1] >= target
+    assert ogg_pages[:2] == [0, 1] and contiguous(ogg_pages[2:])
+    assert delta["ws", "direct"] >= len(lis.seqs) // 2, delta
+    assert delta["ogg", "direct"] >= (len(ogg_pages) - 2) // 2, delta
+    pcm = np.frombuffer(wav.read_bytes()[44:], dtype=np.int16).astype(np.float64)
+    assert len(pcm) > 48_000 * 2  # ffmpeg parsed the chunked body and the pages in it
+
+
 async def test_bad_input_unknown_space_and_malformed_from(edge_server: Served) -> None:
     base = ws_base(edge_server)
     assert await close_code(f"{base}/ws/zzzzzzzzzz") == 4404

@@ -92,6 +92,12 @@ class Backlog(Generic[T]):
             self._recent_skips = 0
         return self._queue.popleft()
 
+    def delivered(self) -> None:
+        """A chunk went out without queueing (the listener is keeping up)."""
+        self._delivered_since_skip += 1
+        if self._delivered_since_skip >= FORGIVE_AFTER:
+            self._recent_skips = 0
+
     def take_skip(self) -> Skip | None:
         """The jump to announce before the next chunk, once."""
         skip, self.pending_skip = self.pending_skip, None

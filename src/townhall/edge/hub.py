@@ -14,6 +14,7 @@ from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message, Subscription
 from townhall.edge import metrics
 from townhall.edge.backlog import Backlog, Offer, Skip
+from townhall.edge.direct import DirectWriter, http_chunk, ws_binary_frame
 from townhall.edge.pacer import STEPS_S, Pacer
 from townhall.edge.resume import Source, plan_resume
 from townhall.edge.ring import Ring
@@ -32,6 +33,7 @@ MAX_TEXTS = 32          # queued text frames per listener; older levels are drop
 CLOSE_TOO_SLOW = 4408
 CLOSE_ENDED = 4410
 CLOSE_REMOVED = 4403
+DUPLICATE, QUEUED, DIRECT = -1, 0, 1   # what push_frame did with a chunk
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Frame:
     ws: bytes            # exactly Chunk.encode() bytes: one binary WebSocket frame
     ogg: bytes           # one Ogg page
     sent_us: int
+    ws_wire: bytes = b""   # the whole WebSocket frame (header + ws), for direct writes
+    ogg_wire: bytes = b""  # the Ogg page as one HTTP/1.1 chunked-body piece
 
 
 class Subscriber:
@@ -56,6 +60,8 @@ class Subscriber:
         self.close: tuple[int, str] | None = None
         self.closed = asyncio.Event()   # set once close is decided
         self.last_seq = -1              # newest chunk queued for this listener
+        self.direct: DirectWriter | None = None  # set once the connection is streaming
+        self.busy = False               # its writer task is mid-send (keep byte order)
 
     def preload(self, items: list[tuple[int, Frame]]) -> None:
         """Catch-up chunks for a resuming listener, ahead of the live ones."""
@@ -63,10 +69,47 @@ class Subscriber:
         if items:
             self.last_seq = max(self.last_seq, items[-1][0])
 
-    def push_frame(self, frame: Frame) -> None:
+    def behind(self) -> bool:
+        """Chunks queue up for this listener, or its socket buffer is backing up."""
+        return len(self.backlog) >= BEHIND or (
+            self.direct is not None and self.direct.backing_up())
+
+    def _may_write_directly(self) -> bool:
+        # Only when nothing is queued or in flight on the ASGI path: a direct write must
+        # never overtake earlier bytes on this connection.
+        return (self.direct is not None and not self.busy and not self.texts
+                and not len(self.backlog) and self.backlog.pending_skip is None
+                and self.close is None)
+
+    def push_frame(self, frame: Frame) -> int:
+        """Hand over one live chunk: DIRECT, QUEUED, or DUPLICATE (already had it)."""
         if frame.seq <= self.last_seq:
-            return  # already queued as catch-up (a join while chunks were held back)
+            return DUPLICATE  # already queued as catch-up (a join while chunks were held)
         self.last_seq = frame.seq
+        if self._may_write_directly() and self.direct is not None and self.direct.write(
+                frame.ws_wire if self.kind == "ws" else frame.ogg_wire):
+            self.backlog.delivered()
+            return DIRECT  # the fast path: no queue, no wake-up
+        self._queue(frame)
+        return QUEUED
+
+    def push_frames(self, frames: list[Frame], wire: bytes) -> tuple[int, int]:
+        """Several live chunks at once (a coalesced flush); ``wire`` is their joined wire
+        bytes for this listener's kind. Returns (direct, queued) counts."""
+        if (frames and frames[0].seq > self.last_seq and self._may_write_directly()
+                and self.direct is not None and self.direct.write(wire)):
+            self.last_seq = frames[-1].seq
+            for _ in frames:
+                self.backlog.delivered()
+            return len(frames), 0
+        direct = queued = 0
+        for frame in frames:
+            path = self.push_frame(frame)
+            direct += path == DIRECT
+            queued += path == QUEUED
+        return direct, queued
+
+    def _queue(self, frame: Frame) -> None:
         outcome = self.backlog.offer(frame.seq, frame)
         if outcome is Offer.SKIPPED:
             metrics.SKIPS.inc()
@@ -78,6 +121,8 @@ class Subscriber:
         self.wake.set()
 
     def push_text(self, text: str) -> None:
+        if self.kind == "ogg":
+            return  # state and levels do not travel in Ogg (and would block direct writes)
         if len(self.texts) >= MAX_TEXTS:
             self.texts.popleft()
         self.texts.append(text)
@@ -101,6 +146,15 @@ class Subscriber:
         if not self.texts and not len(self.backlog) and self.close is None:
             self.wake.clear()
             await self.wake.wait()
+
+
+def _count(tally: dict[str, list[int]]) -> None:
+    """Add one fan-out's [queued, direct] counts per kind to the metrics (not per listener)."""
+    for kind, (queued, direct) in tally.items():
+        if direct:
+            metrics.DELIVERIES.labels(kind, "direct").inc(direct)
+        if queued:
+            metrics.DELIVERIES.labels(kind, "queued").inc(queued)
 
 
 @dataclass(frozen=True)
@@ -131,7 +185,9 @@ class Feed:
 
     def frame(self, data: bytes) -> Frame:
         chunk = Chunk.decode(data)
-        return Frame(chunk.seq, data, self.ogg.chunk_page(chunk), chunk.sent_us)
+        page = self.ogg.chunk_page(chunk)
+        return Frame(chunk.seq, data, page, chunk.sent_us, ws_binary_frame(data),
+                     http_chunk(page))
 
     def on_media(self, data: bytes) -> None:
         try:
@@ -146,19 +202,28 @@ class Feed:
         if self.coalesce:
             self.pending.append(frame)
             return
+        tally = {"ws": [0, 0], "ogg": [0, 0]}   # [queued, direct] per kind
         for sub in self.subscribers:
-            sub.push_frame(frame)
+            path = sub.push_frame(frame)
+            if path != DUPLICATE:
+                tally.setdefault(sub.kind, [0, 0])[path] += 1
+        _count(tally)
 
     def flush(self) -> None:
         """Hand held chunks to every listener (one wake-up each for all of them)."""
         pending, self.pending = self.pending, []
         if not pending:
             return
+        wires = {"ws": b"".join(f.ws_wire for f in pending),
+                 "ogg": b"".join(f.ogg_wire for f in pending)}
+        tally = {"ws": [0, 0], "ogg": [0, 0]}
         for sub in self.subscribers:
             sub.backlog.allow(len(pending))
-        for frame in pending:
-            for sub in self.subscribers:
-                sub.push_frame(frame)
+            direct, queued = sub.push_frames(pending, wires[sub.kind])
+            counts = tally.setdefault(sub.kind, [0, 0])
+            counts[DIRECT] += direct
+            counts[QUEUED] += queued
+        _count(tally)
 
     def on_state(self, snap: dict[str, Any]) -> None:
         if self.snapshot is not None and int(snap.get("version", 0)) <= int(
@@ -210,7 +275,7 @@ class Hub:
             now = loop.time()
             lag = max(0.0, now - started - TICK_S)
             subs = [s for f in self.feeds.values() for s in f.subscribers]
-            behind = sum(1 for s in subs if len(s.backlog) >= BEHIND)
+            behind = sum(1 for s in subs if s.behind())
             # A few stuck readers are their own problem (their backlog skips them);
             # many at once means this edge cannot keep up.
             share = behind / len(subs) if behind >= MIN_BEHIND else 0.0

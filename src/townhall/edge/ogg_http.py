@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from townhall.edge import direct
 from townhall.edge.hub import Subscriber
 from townhall.edge.node import EdgeNode, may_listen, token_identity
 from townhall.problems import Forbidden, NotFound, Problem, Unauthorized, Unavailable
@@ -16,6 +18,16 @@ class Gone(Problem):
     """The Space has ended."""
 
     status = 410
+
+
+class OggResponse(StreamingResponse):
+    """A streaming response that keeps its ASGI ``send`` (to find the socket under it)."""
+
+    asgi_send: Send | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.asgi_send = send
+        await super().__call__(scope, receive, send)
 
 
 _BY_STATUS: dict[int, type[Problem]] = {401: Unauthorized, 403: Forbidden, 404: NotFound,
@@ -40,19 +52,33 @@ def install(app: FastAPI, edge: EdgeNode) -> None:
         sub = Subscriber("ogg", identity=token_identity(token, edge.issuer))
         await edge.hub.join(space, sub, None, snap)
 
+        response: OggResponse
+
         async def pages() -> AsyncIterator[bytes]:
+            # ``busy`` stays set while a yielded piece is on its way through ASGI (uvicorn
+            # may wait for the socket to drain before writing it), so that no direct
+            # write overtakes it.
             try:
+                sub.busy = True
                 yield edge.hub.ogg.headers
+                # The headers went out (chunked, if HTTP/1.1): pages may now be written
+                # straight to the socket while this listener keeps up.
+                if direct.enabled():
+                    sub.direct = direct.DirectWriter.for_chunked_http(response.asgi_send)
                 while sub.close is None:
+                    sub.busy = False
                     await sub.wait()
+                    sub.busy = True
                     sub.texts.clear()  # state and levels do not travel in Ogg
                     sub.skip()         # a skip is just a page-number jump for Ogg readers
                     frame = sub.next_frame()
                     if frame is not None:
                         yield frame.ogg
             finally:
+                sub.direct = None
                 edge.hub.leave(space, sub)
 
-        return StreamingResponse(pages(), media_type="audio/ogg",
-                                 headers={"Cache-Control": "no-store",
-                                          "X-Content-Type-Options": "nosniff"})
+        response = OggResponse(pages(), media_type="audio/ogg",
+                               headers={"Cache-Control": "no-store",
+                                        "X-Content-Type-Options": "nosniff"})
+        return response

@@ -12,6 +12,7 @@ from fastapi import FastAPI, WebSocket
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
+from townhall.edge import direct
 from townhall.edge.admission import TokenBucket
 from townhall.edge.hub import Subscriber
 from townhall.edge.node import (
@@ -70,15 +71,19 @@ async def _write(ws: WebSocket, sub: Subscriber) -> None:
     """Send queued text frames and chunks in order until the subscriber is closed."""
     while sub.close is None:
         await sub.wait()
-        while sub.texts:
-            await ws.send_text(sub.texts.popleft())
-        skip = sub.skip()
-        if skip is not None:
-            await ws.send_text(json.dumps({"type": "jump", "from": skip.from_seq,
-                                           "to": skip.to_seq, "reason": "slow"}))
-        frame = sub.next_frame()
-        if frame is not None:
-            await ws.send_bytes(frame.ws)
+        sub.busy = True  # no direct write may overtake what this task is sending
+        try:
+            while sub.texts:
+                await ws.send_text(sub.texts.popleft())
+            skip = sub.skip()
+            if skip is not None:
+                await ws.send_text(json.dumps({"type": "jump", "from": skip.from_seq,
+                                               "to": skip.to_seq, "reason": "slow"}))
+            frame = sub.next_frame()
+            if frame is not None:
+                await ws.send_bytes(frame.ws)
+        finally:
+            sub.busy = False
 
 
 def install(app: FastAPI, edge: EdgeNode) -> None:
@@ -114,10 +119,15 @@ def install(app: FastAPI, edge: EdgeNode) -> None:
             await ws.send_text(json.dumps({"type": "hello", "space": space,
                                            "live_seq": joined.live_seq, "from": joined.start,
                                            "resumed": joined.resumed}))
+            # The handshake is done and hello is out: live chunks may now skip the ASGI
+            # path (only while nothing is queued; see Subscriber.push_frame).
+            if direct.enabled():
+                sub.direct = direct.DirectWriter.for_websocket(ws._send)
             closing = asyncio.ensure_future(sub.closed.wait())
             tasks = [asyncio.ensure_future(_write(ws, sub)),
                      asyncio.ensure_future(_read_client(ws, sub, edge, space))]
             await asyncio.wait([closing, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            sub.direct = None  # closing: from here on only the close path writes
             closing.cancel()
             for task in tasks:
                 task.cancel()
@@ -131,6 +141,7 @@ def install(app: FastAPI, edge: EdgeNode) -> None:
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
+            sub.direct = None
             for task in tasks:
                 task.cancel()
             edge.hub.leave(space, sub)
