@@ -7,7 +7,9 @@ Each server under test runs alone on core 0 (taskset); the load generator (raw a
 protocols, bench/fanout/loadgen.py) runs in its own process on core 1. One source feeds
 both the same 32 kbps Opus tone, one Ogg page / chunk per 100 ms. Rows per listener
 count: Icecast (HTTP Ogg), townhall's /listen/<id>.opus (the same HTTP Ogg client) and
-townhall's /ws/<id> WebSocket. CPU = server process user+system time during the window.
+townhall's /ws/<id> WebSocket, each with the edge's direct-write fast path on (default) and
+off (``-asgi``: TOWNHALL_EDGE_DIRECT=0, every chunk through the ASGI send path). CPU =
+server process user+system time during the window.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ from townhall.bus.embedded import EmbeddedNats  # noqa: E402
 SERVER_CPU = 0
 LOADGEN_CPU = 1
 SPACE = "benchfan01"
-KINDS = ("icecast", "townhall-ogg", "townhall-ws")
-console = Console()
+KINDS = ("icecast", "townhall-ogg", "townhall-ws", "townhall-ogg-asgi", "townhall-ws-asgi")
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_url: str,
@@ -60,8 +62,9 @@ async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_ur
         await source.to_icecast(server.port)
         mode, path = "http", MOUNT
     else:
-        server = await asyncio.to_thread(TownhallEdge, work, nats_url, n + 100, SERVER_CPU)
-        mode, path = ("http", f"/listen/{SPACE}.opus") if kind == "townhall-ogg" else (
+        server = await asyncio.to_thread(TownhallEdge, work, nats_url, n + 100, SERVER_CPU,
+                                         not kind.endswith("-asgi"))
+        mode, path = ("http", f"/listen/{SPACE}.opus") if "-ogg" in kind else (
             "ws", f"/ws/{SPACE}")
     feeding = asyncio.ensure_future(source.run())
     try:
@@ -79,6 +82,10 @@ async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_ur
         cpu0, rss1 = proc_cpu_s(pid), proc_rss_kib(pid)
         _, t1 = await asyncio.to_thread(window.get, True, args.seconds + 60)
         cpu1 = proc_cpu_s(pid)
+        paths = (await asyncio.to_thread(server.deliveries)
+                 if isinstance(server, TownhallEdge) else None)
+        interval = (await asyncio.to_thread(server.interval)
+                    if isinstance(server, TownhallEdge) else None)
         result: dict[str, Any] = await asyncio.to_thread(out.get, True, 120)
         await asyncio.to_thread(gen.join, 30)
     finally:
@@ -86,7 +93,10 @@ async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_ur
         await asyncio.to_thread(server.stop)
     minutes = (t1 - t0) / 60
     connected = max(result["connected"], 1)
+    sent = sum(paths.values()) if paths else 0
     return {**result,
+            "direct_pct": paths["direct"] * 100 / sent if paths and sent else None,
+            "interval_ms": None if interval is None else interval * 1000,
             "cpu_ms_per_listener_min": (cpu1 - cpu0) * 1000 / (connected * minutes),
             "cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
             "kib_per_conn": (rss1 - rss0) / connected,
@@ -114,10 +124,14 @@ async def run_all(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
         await live_space(bus, SPACE)
         try:
             with Progress(console=console, transient=False) as progress:
-                task = progress.add_task("fan-out runs", total=len(sizes) * len(kinds) * args.runs)
+                total = sum(1 for n in sizes for k in kinds
+                            if not (k.endswith("-asgi") and n > args.asgi_max)) * args.runs
+                task = progress.add_task("fan-out runs", total=total)
                 for n in sizes:
                     for _ in range(args.runs):
                         for kind in kinds:  # interleaved: each run sees the same machine load
+                            if kind.endswith("-asgi") and n > args.asgi_max:
+                                continue
                             progress.update(task, description=f"{kind} × {n}")
                             r = await measure(kind, n, args, bus, nats_url, work)
                             results.setdefault(n, {}).setdefault(kind, []).append(r)
@@ -133,7 +147,7 @@ def tabulate(results: dict[int, dict[str, list[dict[str, Any]]]]) -> tuple[list[
     """Medians per (listeners, server), with the CPU ratio to Icecast of the same size."""
     columns = ["listeners", "server", "connected", "CPU ms / listener-min", "vs Icecast",
                "server CPU %", "KiB / conn", "stalls", "closed early", "kbit/s per listener",
-               "p99 delay (WS)"]
+               "p99 delay (WS)", "direct writes", "delivery interval"]
     rows = []
     for n, by_kind in results.items():
         ice = _median(by_kind.get("icecast", []), "cpu_ms_per_listener_min")
@@ -147,7 +161,11 @@ def tabulate(results: dict[int, dict[str, list[dict[str, Any]]]]) -> tuple[list[
                          _fmt(_median(runs, "stalls"), ".0f"),
                          _fmt(_median(runs, "closed_early"), ".0f"),
                          _fmt(_median(runs, "kbps"), ".1f"),
-                         "—" if p99 is None else f"{p99:.0f} ms"])
+                         "—" if p99 is None else f"{p99:.0f} ms",
+                         _fmt(_median(runs, "direct_pct"), ".0f") + (
+                             " %" if kind != "icecast" else ""),
+                         _fmt(_median(runs, "interval_ms"), ".0f") + (
+                             " ms" if kind != "icecast" else "")])
     return columns, rows
 
 
@@ -159,6 +177,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--join-rate", type=float, default=1000.0,
                         help="joins per second the load generator offers")
     parser.add_argument("--servers", default=",".join(KINDS))
+    parser.add_argument("--asgi-max", type=int, default=5000,
+                        help="largest listener count for the -asgi (fast path off) rows")
     return parser.parse_args(argv)
 
 

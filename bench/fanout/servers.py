@@ -80,10 +80,14 @@ def wait_http(url: str, ok: tuple[int, ...] = (200,), bound_s: float = 60) -> No
 
 
 def ensure_icecast() -> str:
-    """The icecast2 binary; apt-get installs Debian's package when it is missing."""
+    """The icecast2 binary; as root, apt-get installs Debian's package when it is missing."""
     found = shutil.which("icecast2")
     if found:
         return found
+    if os.geteuid() != 0:
+        raise RuntimeError("icecast2 is not installed: run `sudo apt-get install icecast2` "
+                           "(Debian/Ubuntu), or run the bench as root to install it, or "
+                           "leave Icecast out with --servers townhall-ogg,townhall-ws")
     subprocess.run(["apt-get", "install", "-y", "icecast2"], check=True,
                    env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     found = shutil.which("icecast2")
@@ -141,10 +145,12 @@ class Icecast:
 class TownhallEdge:
     """`townhall serve --roles edge` against the bench's NATS, on one core."""
 
-    def __init__(self, workdir: Path, nats_url: str, capacity: int, cpu: int) -> None:
+    def __init__(self, workdir: Path, nats_url: str, capacity: int, cpu: int,
+                 direct: bool = True) -> None:
         self.port = free_port()
         env = {**os.environ, "TOWNHALL_EDGE_CAPACITY": str(capacity),
-               "TOWNHALL_EDGE_JOIN_RATE": "5000"}
+               "TOWNHALL_EDGE_JOIN_RATE": "5000",
+               "TOWNHALL_EDGE_DIRECT": "1" if direct else "0"}
         self.log = open(workdir / f"edge-{self.port}.log", "wb")  # kept open for the child
         self.proc = subprocess.Popen(
             [*_pinned(cpu), sys.executable, "-m", "townhall", "serve", "--roles", "edge",
@@ -152,6 +158,25 @@ class TownhallEdge:
              "--log-level", "warning"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         wait_http(f"http://127.0.0.1:{self.port}/healthz")
+
+    def deliveries(self) -> dict[str, float]:
+        """Chunks handed to listeners so far, by path (direct / queued), from /metrics."""
+        totals = {"direct": 0.0, "queued": 0.0}
+        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=30).text
+        for line in text.splitlines():
+            if line.startswith("townhall_edge_chunk_deliveries_total{"):
+                for path in totals:
+                    if f'path="{path}"' in line:
+                        totals[path] += float(line.split()[-1])
+        return totals
+
+    def interval(self) -> float | None:
+        """The edge's current delivery interval (s; 0.1 unless it is coalescing under load)."""
+        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=30).text
+        for line in text.splitlines():
+            if line.startswith("townhall_edge_delivery_interval_seconds "):
+                return float(line.split()[-1])
+        return None
 
     def stop(self) -> None:
         """Terminate (kill after 10 s)."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
@@ -202,11 +203,14 @@ class Feed:
         if self.coalesce:
             self.pending.append(frame)
             return
-        tally = {"ws": [0, 0], "ogg": [0, 0]}   # [queued, direct] per kind
+        tally: dict[str, list[int]] = {"ws": [0, 0], "ogg": [0, 0]}  # [queued, direct]
         for sub in self.subscribers:
             path = sub.push_frame(frame)
             if path != DUPLICATE:
-                tally.setdefault(sub.kind, [0, 0])[path] += 1
+                counts = tally.get(sub.kind)
+                if counts is None:
+                    counts = tally[sub.kind] = [0, 0]
+                counts[path] += 1
         _count(tally)
 
     def flush(self) -> None:
@@ -269,19 +273,24 @@ class Hub:
         loop = asyncio.get_running_loop()
         last_flush = loop.time()
         metrics.INTERVAL.set(self.pacer.interval_s)
+        cpu = time.process_time()
         while True:
             started = loop.time()
             await asyncio.sleep(TICK_S)
             now = loop.time()
             lag = max(0.0, now - started - TICK_S)
+            cpu, cpu_before = time.process_time(), cpu
+            busy = min(1.0, (cpu - cpu_before) / max(now - started, 1e-3))
             subs = [s for f in self.feeds.values() for s in f.subscribers]
             behind = sum(1 for s in subs if s.behind())
             # A few stuck readers are their own problem (their backlog skips them);
             # many at once means this edge cannot keep up.
             share = behind / len(subs) if behind >= MIN_BEHIND else 0.0
-            interval = self.pacer.observe(lag, share)
+            interval = self.pacer.observe(lag, share, busy)
             metrics.INTERVAL.set(interval)
             metrics.LOOP_LAG.set(lag)
+            metrics.BUSY.set(self.pacer.busy)
+            metrics.BEHIND.set(behind / len(subs) if subs else 0.0)
             self.coalesce = interval > TICK_S
             if not self.coalesce or now - last_flush >= interval - TICK_S / 2:
                 last_flush = now

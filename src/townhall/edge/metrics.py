@@ -14,7 +14,11 @@ FEEDS = Gauge("townhall_edge_spaces", "Spaces this edge is subscribed to")
 INTERVAL = Gauge("townhall_edge_delivery_interval_seconds",
                  "How often chunks are handed to listeners (100 ms; coarser under load)")
 LOOP_LAG = Gauge("townhall_edge_loop_lag_seconds", "Event-loop lag seen by the pacer")
+BUSY = Gauge("townhall_edge_busy_ratio",
+             "CPU seconds per second of this process, smoothed, as the pacer sees it")
 DELIVERIES = Counter("townhall_edge_chunk_deliveries_total",
                      "Live chunks handed to listeners, by path: direct = one transport.write "
                      "of the shared bytes; queued = through the backlog and ASGI send",
                      ["kind", "path"])
+BEHIND = Gauge("townhall_edge_behind_ratio",
+               "Share of listeners with chunks queued or a socket backing up (pacer input)")

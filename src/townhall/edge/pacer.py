@@ -1,7 +1,16 @@
 """How often the edge hands chunks to its listeners: 100 ms, coarser while it lags (Sans-I/O).
 
-Under load the edge coalesces chunks (several per wake-up) instead of stalling anyone or
-dropping audio: latency degrades step by step, continuity never does.
+Under load the edge coalesces chunks (several per wake-up, one socket write per listener
+with direct writes) instead of stalling anyone or dropping audio: latency degrades step by
+step, continuity never does.
+
+Signals, each passed in per tick: how late the tick woke (a stuck or starved loop), the
+share of listeners behind (their writes queue or their sockets back up), and how busy the
+process was (CPU seconds per wall second). The busy share is what says "this edge is out of
+CPU": with direct writes one fan-out of 10,000 listeners is a single burst of tens of
+milliseconds, which by itself is not overload, so a late tick alone only counts when it is
+very late (over 250 ms, or half the interval). Stepping down waits until the finer step is
+predicted to fit, so the interval does not flap between two steps.
 """
 
 from __future__ import annotations
@@ -10,18 +19,22 @@ STEPS_S: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
 class Pacer:
-    """Steps the delivery interval up when the loop lags or writes queue, down when calm."""
+    """Steps the delivery interval up when overloaded, down when the next step would fit."""
 
-    def __init__(self, *, lag_high_s: float = 0.05, lag_low_s: float = 0.015,
+    def __init__(self, *, lag_high_s: float = 0.25,
                  behind_high: float = 0.25, behind_low: float = 0.05,
-                 calm_ticks: int = 30, hot_ticks: int = 2) -> None:
-        self.lag_high_s = lag_high_s
-        self.lag_low_s = lag_low_s
+                 busy_high: float = 0.85, busy_low: float = 0.7, smoothing: float = 0.3,
+                 calm_ticks: int = 10, hot_ticks: int = 2) -> None:
+        self.lag_high_s = lag_high_s       # at 100 ms; half the interval when coarser
         self.behind_high = behind_high     # fraction of listeners with writes queued up
         self.behind_low = behind_low
-        self.calm_ticks = calm_ticks       # ~3 s calm before stepping down
+        self.busy_high = busy_high         # smoothed CPU share that means "out of CPU"
+        self.busy_low = busy_low           # ... the next finer step must stay under this
+        self.smoothing = smoothing         # weight of the newest busy sample (EWMA)
+        self.calm_ticks = calm_ticks       # ~1 s calm before stepping down a step
         self.hot_ticks = hot_ticks         # consecutive hot ticks before stepping up
         self.step = 0
+        self.busy = 0.0
         self._calm = 0
         self._hot = 0
 
@@ -29,15 +42,26 @@ class Pacer:
     def interval_s(self) -> float:
         return STEPS_S[self.step]
 
-    def observe(self, lag_s: float, behind: float) -> float:
-        """Feed one tick's loop lag and fraction of listeners behind; returns the interval."""
-        if lag_s > self.lag_high_s or behind > self.behind_high:
+    def _finer_fits(self) -> bool:
+        # Fan-out cost per flush is about the same whatever it carries, so a finer step
+        # costs (roughly, at worst) busy × this interval / the finer interval.
+        if self.step == 0:
+            return True
+        return self.busy * STEPS_S[self.step] / STEPS_S[self.step - 1] < self.busy_low
+
+    def observe(self, lag_s: float, behind: float, busy: float = 0.0) -> float:
+        """Feed one tick's loop lag, fraction of listeners behind and CPU share (0..1);
+        returns the delivery interval."""
+        self.busy += self.smoothing * (busy - self.busy)
+        # A coarser interval means bigger flushes; their own burst must not read as lag.
+        late = lag_s > max(self.lag_high_s, self.interval_s / 2)
+        if late or behind > self.behind_high or self.busy > self.busy_high:
             self._calm = 0
             self._hot += 1
             if self._hot >= self.hot_ticks and self.step < len(STEPS_S) - 1:
                 self.step += 1
                 self._hot = 0
-        elif lag_s < self.lag_low_s and behind < self.behind_low:
+        elif behind < self.behind_low and self._finer_fits():
             self._hot = 0
             self._calm += 1
             if self._calm >= self.calm_ticks and self.step > 0:
