@@ -1,5 +1,12 @@
 """`townhall speak`: a WHIP client that streams a tone or a WAV file onto a Space's stage,
-records its mix-minus return feed, and reconnects on its own when the stage changes."""
+records its mix-minus return feed, and reconnects on its own when the stage changes.
+
+The source track encodes its own Opus (libopus through PyAV, mono, in-band FEC on) and
+hands aiortc ready-made ``av.Packet``s, which aiortc's RTP sender sends as they are (the
+pass-through it uses for ``MediaPlayer(decode=False)``): aiortc creates its own encoder
+privately, with no way to ask for FEC. ``--simulate-loss`` drops outgoing RTP packets
+after aiortc numbered them, to test the stage's FEC and PLC on a lossy uplink.
+"""
 
 from __future__ import annotations
 
@@ -13,31 +20,68 @@ import sys
 import time
 import wave
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import av
 import httpx
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import is_rtcp
 
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.stage.ingest import to_mono
 
 
+class SpeakerEncoder:
+    """Opus for the uplink: 48 kHz mono, 20 ms, in-band FEC sized for ``expected_loss`` %."""
+
+    def __init__(self, bitrate: int = 32_000, expected_loss: int = 10) -> None:
+        self._ctx: Any = cast(Any, av.CodecContext.create("libopus", "w"))
+        self._ctx.sample_rate = SAMPLE_RATE
+        self._ctx.layout = "mono"
+        self._ctx.format = "s16"
+        self._ctx.bit_rate = bitrate
+        self._ctx.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        options = {"application": "voip"}
+        if expected_loss > 0:
+            # libopus adds LBRR (a low-rate copy of the previous frame) to each packet,
+            # so the stage can rebuild a lost frame from the packet after it.
+            options |= {"fec": "1", "packet_loss": str(expected_loss)}
+        self._ctx.options = options
+        self._ctx.open()
+
+    def encode(self, frame: av.AudioFrame) -> list[av.Packet]:
+        """One 20 ms frame → its Opus packet(s) (none while the encoder fills up)."""
+        return list(self._ctx.encode(frame))
+
+
 class SourceTrack(MediaStreamTrack):
-    """Real-time 20 ms frames of a tone or a looping WAV (48 kHz mono int16)."""
+    """Real-time 20 ms Opus packets of a tone or a looping WAV (48 kHz mono int16)."""
 
     kind = "audio"
 
-    def __init__(self, pcm: np.ndarray) -> None:
+    def __init__(self, pcm: np.ndarray, expected_loss: int = 10) -> None:
         super().__init__()
         self.pcm = pcm
         self._pos = 0
         self._pts = 0
         self._start: float | None = None
+        self._encoder = SpeakerEncoder(expected_loss=expected_loss)
+        self._packets: list[av.Packet] = []
+        self._sent = 0
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.Packet:
+        """The next encoded 20 ms packet, stamped with its place in the stream."""
+        while not self._packets:
+            self._packets = self._encoder.encode(await self._next_frame())
+        packet = self._packets.pop(0)
+        packet.pts = self._sent  # aiortc turns pts/time_base into the RTP timestamp
+        packet.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        self._sent += FRAME_SAMPLES
+        return packet
+
+    async def _next_frame(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:
@@ -97,6 +141,48 @@ class ReturnRecorder:
             w.writeframes(pcm.tobytes())
 
 
+class LossPattern:
+    """Which outgoing RTP packets to drop: ``rate`` at random (seeded), plus a burst of
+    ``burst`` consecutive packets every ``burst_every`` packets (the first after one
+    period). No I/O: ask ``drop()`` once per packet."""
+
+    def __init__(self, rate: float, seed: int = 1, burst: int = 0,
+                 burst_every: int = 250) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.burst_every = burst_every
+        self._random = random.Random(seed)
+        self.sent = 0
+        self.dropped = 0
+
+    def drop(self) -> bool:
+        """Whether the next packet is lost."""
+        index = self.sent
+        self.sent += 1
+        in_burst = (self.burst > 0 and index >= self.burst_every
+                    and index % self.burst_every < self.burst)
+        lost = in_burst or self._random.random() < self.rate
+        self.dropped += lost
+        return lost
+
+
+def lossy_uplink(pc: RTCPeerConnection, pattern: LossPattern) -> None:
+    """Drop outgoing RTP (never RTCP) per ``pattern``, after aiortc numbered the packets.
+
+    Relies on aiortc's RTP sender calling ``transport._send_rtp`` through the DTLS
+    transport instance (aiortc 1.16, pinned), as stage.ingest relies on the receiver side.
+    """
+    for transceiver in pc.getTransceivers():
+        transport: Any = transceiver.sender.transport
+        send = transport._send_rtp
+
+        async def maybe_send(data: bytes, send: Any = send) -> None:
+            if is_rtcp(data) or not pattern.drop():
+                await send(data)
+
+        transport._send_rtp = maybe_send
+
+
 RETURN_SILENCE_S = 3.0   # the stage sends its return feed every 20 ms, silence included
 CONNECT_GRACE_S = 7.0    # ICE and DTLS before the first return frame
 
@@ -110,10 +196,11 @@ async def watch_return(recorder: ReturnRecorder, dropped: asyncio.Event) -> None
 
 
 async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
-                       recorder: ReturnRecorder, stop: asyncio.Event) -> str:
+                       recorder: ReturnRecorder, stop: asyncio.Event,
+                       expected_loss: int = 10, loss: LossPattern | None = None) -> str:
     """One WHIP session until it drops or we stop; returns why it ended."""
     pc = RTCPeerConnection()
-    source = SourceTrack(pcm)
+    source = SourceTrack(pcm, expected_loss)
     pc.addTransceiver(source, direction="sendrecv")
     dropped = asyncio.Event()
     readers: list[asyncio.Task[None]] = []
@@ -138,6 +225,8 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
                 return f"refused {r.status_code}: {r.text}"
             location = r.headers["location"]
             await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
+            if loss is not None:
+                lossy_uplink(pc, loss)
             print(f"speak: live on {space} ({location})", file=sys.stderr, flush=True)
             recorder.last_at = time.monotonic() + CONNECT_GRACE_S
             watchdog = asyncio.ensure_future(watch_return(recorder, dropped))
@@ -170,10 +259,13 @@ async def speak(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     if args.seconds:
         loop.call_later(args.seconds, stop.set)
+    loss = (LossPattern(args.simulate_loss / 100, args.loss_seed, args.simulate_burst)
+            if args.simulate_loss or args.simulate_burst else None)
     attempt = 0
     try:
         while not stop.is_set():
-            why = await publish_once(args.url, args.space, args.token, pcm, recorder, stop)
+            why = await publish_once(args.url, args.space, args.token, pcm, recorder, stop,
+                                     args.expected_loss, loss)
             if why == "stopped":
                 break
             if why.startswith(("refused 401", "refused 403", "refused 404")):
@@ -185,6 +277,9 @@ async def speak(args: argparse.Namespace) -> int:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
     finally:
+        if loss is not None:
+            print(f"speak: dropped {loss.dropped} of {loss.sent} RTP packets",
+                  file=sys.stderr, flush=True)
         if args.return_out:
             recorder.save(Path(args.return_out))
     return 0
@@ -200,4 +295,11 @@ def add_parser(sub: Any) -> None:
     src.add_argument("--file", help="WAV (or any audio file) to loop")
     p.add_argument("--seconds", type=float, default=0, help="stop after S seconds")
     p.add_argument("--return-out", default="", help="save the return feed to this WAV")
+    p.add_argument("--expected-loss", type=int, default=10, metavar="PCT",
+                   help="uplink loss to protect against with Opus in-band FEC (0 = no FEC)")
+    p.add_argument("--simulate-loss", type=float, default=0, metavar="PCT",
+                   help="testing: drop this share of outgoing RTP packets at random")
+    p.add_argument("--simulate-burst", type=int, default=0, metavar="N",
+                   help="testing: also drop N packets in a row every 250 packets (5 s)")
+    p.add_argument("--loss-seed", type=int, default=1, help="seed of --simulate-loss")
     p.set_defaults(func=lambda a: asyncio.run(speak(a)))

@@ -69,6 +69,35 @@ def to_mono(frame: av.AudioFrame) -> np.ndarray:
     return mono.astype(np.int16)
 
 
+def with_inband_fec(sdp: str) -> str:
+    """The SDP with ``useinbandfec=1`` on every Opus payload type.
+
+    In an answer it asks the speaker to send Opus in-band FEC (RFC 7587: the receiver's
+    fmtp tells the sender what it can use); aiortc's answer carries no Opus fmtp at all,
+    and Chromium only turns FEC on when the answer asks for it.
+    """
+    lines = sdp.split("\r\n")
+    out: list[str] = []
+    opus = {m.group(1) for line in lines
+            if (m := re.match(r"a=rtpmap:(\d+) opus/48000", line, re.I))}
+    has_fmtp = set()
+    for line in lines:
+        m = re.match(r"a=fmtp:(\d+) (.*)", line)
+        if m and m.group(1) in opus:
+            has_fmtp.add(m.group(1))
+            params = [p for p in m.group(2).split(";") if p and
+                      not p.strip().lower().startswith("useinbandfec=")]
+            line = f"a=fmtp:{m.group(1)} {';'.join([*params, 'useinbandfec=1'])}"
+        out.append(line)
+    result: list[str] = []
+    for line in out:
+        result.append(line)
+        m = re.match(r"a=rtpmap:(\d+) opus/48000", line, re.I)
+        if m and m.group(1) not in has_fmtp:
+            result.append(f"a=fmtp:{m.group(1)} minptime=10;useinbandfec=1")
+    return "\r\n".join(result)
+
+
 class SpeakerSession:
     """A speaker's peer connection on this stage."""
 
@@ -101,7 +130,8 @@ class SpeakerSession:
                 transceiver.receiver._handle_rtp_packet = self._on_rtp  # type: ignore[method-assign]
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
-        return str(self.pc.localDescription.sdp)
+        # aiortc's own description has no Opus fmtp; the speaker reads ours from the text.
+        return with_inband_fec(str(self.pc.localDescription.sdp))
 
     async def _on_rtp(self, packet: Any, arrival_time_ms: int) -> None:
         """An RTP packet from this speaker (telephone-event and other types ignored)."""
