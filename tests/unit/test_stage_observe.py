@@ -31,6 +31,7 @@ def test_tally_folds_playouts_and_adds() -> None:
     assert b == Tally(ticks=15, late_frames=1, fec_recovered=3, plc_frames=4, lost_packets=7)
     report = stage_report("n1", ["s2", "s1"], 2, b, -0.001, 123.0)
     assert report == {"node": "n1", "spaces": ["s1", "s2"], "speakers": 2, "ticks": 15,
+                      "jitter_target_ms": 0.0,
                       "late_frames": 1, "max_late_ms": 0.0, "fec_recovered": 3,
                       "plc_frames": 4, "lost_packets": 7, "at": 123.0}
 
@@ -51,7 +52,8 @@ def test_exported_names_and_labels() -> None:
     board = StageBoard()
     board.update({"node": "st-1", "spaces": ["x"], "speakers": 2, "ticks": 500,
                   "late_frames": 3, "max_late_ms": 12.5, "fec_recovered": 4,
-                  "plc_frames": 5, "lost_packets": 9, "at": 1.0}, now=time.monotonic())
+                  "plc_frames": 5, "lost_packets": 9, "at": 1.0, "jitter_target_ms": 60.0},
+                 now=time.monotonic())
     registry = CollectorRegistry()
     registry.register(StageCollector(board))
     text = generate_latest(registry).decode()
@@ -61,7 +63,8 @@ def test_exported_names_and_labels() -> None:
                  'townhall_stage_plc_frames_total{node="st-1"} 5.0',
                  'townhall_stage_lost_packets_total{node="st-1"} 9.0',
                  'townhall_stage_speakers{node="st-1"} 2.0',
-                 'townhall_stage_max_late_ms{node="st-1"} 12.5'):
+                 'townhall_stage_max_late_ms{node="st-1"} 12.5',
+                 'townhall_stage_jitter_target_ms{node="st-1"} 60.0'):
         assert line in text, line
     assert "townhall_stage_report_age_seconds{node=\"st-1\"}" in text
     assert all(not f.samples for f in families([]))

@@ -78,6 +78,9 @@ def families(current: list[tuple[dict[str, Any], float]]) -> list[Metric]:
          lambda r, _: float(len(r.get("spaces", [])))),
         ("townhall_stage_max_late_ms", "Worst mixer tick lateness in the stage's last second",
          lambda r, _: float(r.get("max_late_ms", 0.0))),
+        ("townhall_stage_jitter_target_ms",
+         "Deepest speaker jitter buffer target on the stage right now",
+         lambda r, _: float(r.get("jitter_target_ms", 0.0))),
         ("townhall_stage_report_age_seconds", "Seconds since this stage's last heartbeat",
          lambda _, age: float(age)),
     )

@@ -143,7 +143,11 @@ class Stage:
         for r in self.runs.values():
             total.add(r.counts())
             worst = max(worst, r.clock.take_worst())
-        return stage_report(self.node, list(self.runs), self._speakers(), total, worst, wall)
+        target = max((sess.playout.jitter.target * sess.playout.jitter.frame_s
+                      for r in self.runs.values() for sess in r.sessions.values()),
+                     default=0.0)
+        return stage_report(self.node, list(self.runs), self._speakers(), total, worst, wall,
+                            target)
 
     def _speakers(self) -> int:
         return sum(len(r.sessions) for r in self.runs.values())

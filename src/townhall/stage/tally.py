@@ -55,9 +55,11 @@ class ClockWatch:
 
 
 def stage_report(node: str, spaces: list[str], speakers: int, total: Tally,
-                 max_late_s: float, wall: float) -> dict[str, object]:
+                 max_late_s: float, wall: float,
+                 jitter_target_s: float = 0.0) -> dict[str, object]:
     """The heartbeat a stage publishes on ``townhall.stages.<node>`` once a second."""
     return {"node": node, "spaces": sorted(spaces), "speakers": speakers,
+            "jitter_target_ms": round(jitter_target_s * 1000, 1),
             "ticks": total.ticks, "late_frames": total.late_frames,
             "max_late_ms": round(max(0.0, max_late_s) * 1000, 3),
             "fec_recovered": total.fec_recovered, "plc_frames": total.plc_frames,
