@@ -34,11 +34,21 @@ class JitterBuffer:
     ``max_frames``. Holding at most ``max_frames`` packets bounds a flooding sender.
     When the sender's clock runs faster than the mixer's (drift) or a burst leaves the
     buffer deeper than ``target + 2``, one slot per tick is skipped until it is back.
+    A buffer that runs empty while playing first bridges up to ``bridge_frames`` slots
+    with concealment (a burst of lost packets as deep as the buffer, or a packet a little
+    late): if the missing packet then turns up, play resumes from it (one frame later,
+    counted as ``stretched``); if a later one does, the bridged slots were lost; if
+    nothing does, it was a pause (an underrun, nothing lost).
+    Excess depth below that is drained slowly: when the buffer stayed deeper than its
+    target for a whole ``drain_window`` of ticks (the target fell after a jittery start,
+    say), one slot is skipped, so the delay comes back down instead of staying up.
     """
 
     frame_s: float = 0.020
     min_frames: int = 1
     max_frames: int = 10
+    drain_window: int = 50            # ticks (1 s at 20 ms)
+    bridge_frames: int = 5            # concealed slots on an empty buffer before a pause
     target: int = 2
     jitter_s: float = 0.0
     late: int = 0
@@ -47,12 +57,17 @@ class JitterBuffer:
     overflows: int = 0
     underruns: int = 0
     skipped: int = 0
+    stretched: int = 0
     _packets: dict[int, bytes] = field(default_factory=dict)
     _next: int | None = None          # unwrapped seq of the next slot to play
     _highest: int | None = None       # highest unwrapped seq seen
     _ref: tuple[int, float] | None = None  # (seq, arrival) of the previous packet
     _playing: bool = False
     _started: bool = False            # a slot has played: earlier packets are late
+    _window: int = 0                  # ticks played in the current drain window
+    _min_depth: int | None = None     # shallowest depth seen in it
+    _hole: int = 0                    # slots bridged on an empty buffer, not yet resolved
+    _hole_start: int = 0              # the first of them
 
     def _unwrap(self, seq16: int) -> int:
         if self._highest is None:
@@ -65,6 +80,14 @@ class JitterBuffer:
     def push(self, seq16: int, payload: bytes, now: float) -> None:
         """A packet arrived at ``now`` (seconds, any monotonic origin)."""
         seq = self._unwrap(seq16 & 0xFFFF)
+        if self._hole and self._next is not None and seq >= self._hole_start:
+            if seq < self._next:  # a bridged slot's packet after all: resume from it
+                self.lost += seq - self._hole_start
+                self.stretched += self._next - seq
+                self._next = seq
+            else:                 # a later packet: the bridged slots were lost
+                self.lost += self._hole
+            self._hole = 0
         if self._next is not None and seq < self._next:
             if self._started:
                 self.late += 1
@@ -94,18 +117,30 @@ class JitterBuffer:
     def pop(self) -> Slot | None:
         """The slot for this tick, or None while (re)buffering or when the sender is quiet."""
         if self._next is None or not self._packets:
+            if self._playing and self._hole < self.bridge_frames:
+                # Lost packets or a pause? Conceal this slot; push() decides later.
+                if not self._hole:
+                    self._hole_start = self._next or 0
+                self._hole += 1
+                seq = self._next or 0
+                self._next = seq + 1
+                return Slot(seq=seq & 0xFFFF, payload=None)
             if self._playing:
                 self.underruns += 1
                 self._playing = False
                 self._ref = None  # a pause is not jitter: the next talk spurt starts afresh
+                if self._hole:    # nothing came: a pause, not a loss; start there again
+                    self._next, self._hole = self._hole_start, 0
             return None
+        depth = max(self._packets) - self._next + 1
         if not self._playing:
-            if max(self._packets) - self._next + 1 < self.target:
+            if depth < self.target:
                 return None
             self._playing = True
-        elif max(self._packets) - self._next + 1 > self.target + 2:
-            # Too deep (sender clock faster than ours, or a burst): skip one slot so the
-            # delay returns to the target instead of growing until packets overflow.
+            self._window, self._min_depth = 0, None
+        elif depth > self.target + 2 or self._drain_due(depth):
+            # Too deep (sender clock faster than ours, a burst, or a target that fell):
+            # skip one slot so the delay returns to the target instead of staying high.
             self._packets.pop(self._next, None)
             self._next += 1
             self.skipped += 1
@@ -117,3 +152,13 @@ class JitterBuffer:
             self.lost += 1
             return Slot(seq=seq & 0xFFFF, payload=None, fec=self._packets.get(seq + 1))
         return Slot(seq=seq & 0xFFFF, payload=payload)
+
+    def _drain_due(self, depth: int) -> bool:
+        """True once per window in which the depth never came down to the target."""
+        self._min_depth = depth if self._min_depth is None else min(self._min_depth, depth)
+        self._window += 1
+        if self._window < self.drain_window:
+            return False
+        due = self._min_depth > self.target
+        self._window, self._min_depth = 0, None
+        return due
