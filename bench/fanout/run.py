@@ -1,6 +1,6 @@
 """Edge fan-out vs Icecast 2: CPU per listener-minute, memory per connection, stalls.
 
-    .venv/bin/python -m bench fanout          # defaults: 1000,5000,10000 × 3 runs × 20 s
+    .venv/bin/python -m bench fanout          # defaults: 1000,5000,10000 × 3 runs × 15 s
     .venv/bin/python bench/fanout/run.py --listeners 1000,5000 --seconds 15 --runs 3
 
 Each server under test runs alone on core 0 (taskset); the load generator (raw asyncio
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import statistics
 import sys
@@ -67,6 +68,7 @@ async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_ur
         mode, path = ("http", f"/listen/{SPACE}.opus") if "-ogg" in kind else (
             "ws", f"/ws/{SPACE}")
     feeding = asyncio.ensure_future(source.run())
+    gen: Any = None
     try:
         await asyncio.sleep(1.5)
         pid = server.proc.pid
@@ -74,7 +76,7 @@ async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_ur
         ctx = mp.get_context("spawn")
         window, out = ctx.Queue(), ctx.Queue()
         gen = ctx.Process(target=loadgen.main, args=(
-            mode, "127.0.0.1", server.port, path, n, args.join_rate, 2.0, args.seconds,
+            mode, "127.0.0.1", server.port, path, n, args.join_rate, args.settle, args.seconds,
             LOADGEN_CPU, window, out))
         gen.start()
         bound = n / args.join_rate + args.seconds + 120
@@ -90,6 +92,8 @@ async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_ur
         await asyncio.to_thread(gen.join, 30)
     finally:
         feeding.cancel()
+        if gen is not None and gen.is_alive():
+            gen.kill()
         await asyncio.to_thread(server.stop)
     minutes = (t1 - t0) / 60
     connected = max(result["connected"], 1)
@@ -133,7 +137,15 @@ async def run_all(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
                             if kind.endswith("-asgi") and n > args.asgi_max:
                                 continue
                             progress.update(task, description=f"{kind} × {n}")
-                            r = await measure(kind, n, args, bus, nats_url, work)
+                            try:
+                                r = await measure(kind, n, args, bus, nats_url, work)
+                            except Exception as exc:  # one bad run must not lose the rest
+                                r = {"failed": f"{type(exc).__name__}: {exc}"}
+                                console.print(f"[red]{kind} × {n} failed: {r['failed']}")
+                            if args.save:
+                                line = json.dumps({"kind": kind, "listeners": n, **r}) + "\n"
+                                with Path(args.save).open("a") as f:  # noqa: ASYNC230
+                                    f.write(line)
                             results.setdefault(n, {}).setdefault(kind, []).append(r)
                             progress.advance(task)
         finally:
@@ -145,7 +157,7 @@ async def run_all(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
 def tabulate(results: dict[int, dict[str, list[dict[str, Any]]]]) -> tuple[list[str],
                                                                            list[list[str]]]:
     """Medians per (listeners, server), with the CPU ratio to Icecast of the same size."""
-    columns = ["listeners", "server", "connected", "CPU ms / listener-min", "vs Icecast",
+    columns = ["listeners", "server", "runs ok", "connected", "CPU ms / listener-min", "vs Icecast",
                "server CPU %", "KiB / conn", "stalls", "closed early", "kbit/s per listener",
                "p99 delay (WS)", "direct writes", "delivery interval"]
     rows = []
@@ -155,7 +167,9 @@ def tabulate(results: dict[int, dict[str, list[dict[str, Any]]]]) -> tuple[list[
             cpu = _median(runs, "cpu_ms_per_listener_min")
             ratio = f"{cpu / ice:.2f}×" if cpu is not None and ice else "—"
             p99 = _median(runs, "p99_ms")
-            rows.append([str(n), kind, _fmt(_median(runs, "connected"), ".0f"),
+            ok = sum(1 for r in runs if "failed" not in r)
+            rows.append([str(n), kind, f"{ok}/{len(runs)}",
+                         _fmt(_median(runs, "connected"), ".0f"),
                          _fmt(cpu, ".1f"), ratio, _fmt(_median(runs, "cpu_pct"), ".0f"),
                          _fmt(_median(runs, "kib_per_conn"), ".1f"),
                          _fmt(_median(runs, "stalls"), ".0f"),
@@ -172,11 +186,16 @@ def tabulate(results: dict[int, dict[str, list[dict[str, Any]]]]) -> tuple[list[
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listeners", default="1000,5000,10000")
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--settle", type=float, default=8.0,
+                        help="seconds between the last join and the window (the join ramp "
+                             "saturates the edge; its pacer steps back down meanwhile)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--join-rate", type=float, default=1000.0,
                         help="joins per second the load generator offers")
     parser.add_argument("--servers", default=",".join(KINDS))
+    parser.add_argument("--save", default="",
+                        help="append each run's raw result to this JSON-lines file")
     parser.add_argument("--asgi-max", type=int, default=5000,
                         help="largest listener count for the -asgi (fast path off) rows")
     return parser.parse_args(argv)

@@ -53,6 +53,13 @@ def ws_binary_frame(payload: bytes) -> bytes:
     return head + payload
 
 
+def ws_text_frame(text: str) -> bytes:
+    """One unmasked, final, text WebSocket frame (RFC 6455 §5.2) around ``text``."""
+    frame = bytearray(ws_binary_frame(text.encode()))
+    frame[0] = 0x81
+    return bytes(frame)
+
+
 def http_chunk(data: bytes) -> bytes:
     """One piece of an HTTP/1.1 chunked body (RFC 9112 §7.1)."""
     return b"%x\r\n" % len(data) + data + b"\r\n"

@@ -15,7 +15,7 @@ from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message, Subscription
 from townhall.edge import metrics
 from townhall.edge.backlog import Backlog, Offer, Skip
-from townhall.edge.direct import DirectWriter, http_chunk, ws_binary_frame
+from townhall.edge.direct import DirectWriter, http_chunk, ws_binary_frame, ws_text_frame
 from townhall.edge.pacer import STEPS_S, Pacer
 from townhall.edge.resume import Source, plan_resume
 from townhall.edge.ring import Ring
@@ -121,13 +121,19 @@ class Subscriber:
             self.closed.set()
         self.wake.set()
 
-    def push_text(self, text: str) -> None:
+    def push_text(self, text: str, wire: bytes | None = None) -> bool:
+        """Queue a text frame; a shared one (``wire`` = its WebSocket frame, built once
+        per edge) is written directly while the listener keeps up. True = written."""
         if self.kind == "ogg":
-            return  # state and levels do not travel in Ogg (and would block direct writes)
+            return False  # state and levels do not travel in Ogg (and would block writes)
+        if wire is not None and self._may_write_directly() and self.direct is not None \
+                and self.direct.write(wire):
+            return True
         if len(self.texts) >= MAX_TEXTS:
             self.texts.popleft()
         self.texts.append(text)
         self.wake.set()
+        return False
 
     def end(self, code: int, reason: str) -> None:
         if self.close is None:
@@ -156,6 +162,14 @@ def _count(tally: dict[str, list[int]]) -> None:
             metrics.DELIVERIES.labels(kind, "direct").inc(direct)
         if queued:
             metrics.DELIVERIES.labels(kind, "queued").inc(queued)
+
+
+def _count_texts(direct: int, offered: int) -> None:
+    """Shared text frames (state, levels) by path, once per fan-out."""
+    if direct:
+        metrics.TEXT_DELIVERIES.labels("direct").inc(direct)
+    if offered - direct > 0:
+        metrics.TEXT_DELIVERIES.labels("queued").inc(offered - direct)
 
 
 @dataclass(frozen=True)
@@ -235,10 +249,13 @@ class Feed:
             return
         self.snapshot = public_view(snap)
         self.state_text = json.dumps({"type": "state", "snapshot": self.snapshot})
+        wire = ws_text_frame(self.state_text)
+        direct = 0
         for sub in self.subscribers:
-            sub.push_text(self.state_text)
+            direct += sub.push_text(self.state_text, wire)
             if self.snapshot.get("state") == "ended":
                 sub.end(CLOSE_ENDED, "space ended")
+        _count_texts(direct, sum(1 for sub in self.subscribers if sub.kind == "ws"))
 
     def on_control(self, command: dict[str, Any]) -> None:
         """Kicks close that identity's connections; "ended" closes everyone."""
@@ -251,9 +268,13 @@ class Feed:
                 sub.end(CLOSE_ENDED, "space ended")
 
     def on_levels(self, text: str) -> None:
+        wire = ws_text_frame(text)
+        direct = listeners = 0
         for sub in self.subscribers:
             if sub.kind == "ws":
-                sub.push_text(text)
+                listeners += 1
+                direct += sub.push_text(text, wire)
+        _count_texts(direct, listeners)
 
 
 class Hub:

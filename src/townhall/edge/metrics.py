@@ -22,3 +22,6 @@ DELIVERIES = Counter("townhall_edge_chunk_deliveries_total",
                      ["kind", "path"])
 BEHIND = Gauge("townhall_edge_behind_ratio",
                "Share of listeners with chunks queued or a socket backing up (pacer input)")
+TEXT_DELIVERIES = Counter("townhall_edge_text_deliveries_total",
+                          "Shared state/levels text frames handed to listeners, by path",
+                          ["path"])
