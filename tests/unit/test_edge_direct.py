@@ -13,7 +13,14 @@ from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 from websockets.streams import StreamReader
 
-from townhall.edge.direct import BACKING_UP, DirectWriter, enabled, http_chunk, ws_binary_frame
+from townhall.edge.direct import (
+    BACKING_UP,
+    DirectWriter,
+    enabled,
+    http_chunk,
+    ws_binary_frame,
+    ws_text_frame,
+)
 from townhall.edge.hub import DIRECT, DUPLICATE, QUEUED, Feed, Frame, Subscriber
 from townhall.media.chunk import Chunk
 from townhall.media.ogg import OggOpusStream
@@ -284,3 +291,27 @@ def test_switch() -> None:
     assert enabled({}) and enabled({"TOWNHALL_EDGE_DIRECT": "1"})
     assert not enabled({"TOWNHALL_EDGE_DIRECT": "0"})
     assert not enabled({"TOWNHALL_EDGE_DIRECT": "off"})
+
+
+def test_ws_text_frame_matches_rfc6455() -> None:
+    for text in ('{"type": "levels"}', "é" * 200, "x" * 70000):
+        wire = ws_text_frame(text)
+        assert wire == WsFrame(Opcode.TEXT, text.encode()).serialize(mask=False)
+        (frame,) = parse_ws(wire)
+        assert frame.opcode is Opcode.TEXT and bytes(frame.data).decode() == text
+
+
+def test_shared_state_and_levels_go_direct_only_when_nothing_is_queued() -> None:
+    feed = Feed("s", OggOpusStream())
+    ws, t_ws = direct_sub("ws")
+    ogg, t_ogg = direct_sub("ogg")
+    feed.subscribers |= {ws, ogg}
+    feed.on_state({"id": "s", "state": "live", "version": 1})
+    feed.on_levels('{"type": "levels", "levels": {}}')
+    assert [f.opcode for f in parse_ws(b"".join(t_ws.written))] == [Opcode.TEXT] * 2
+    assert not ws.texts and not ogg.texts and t_ogg.written == []
+    ws.push_text('{"type": "pong"}')           # per-listener: always queued
+    feed.on_levels('{"type": "levels", "levels": {"a": 1}}')
+    assert len(t_ws.written) == 2 and len(ws.texts) == 2   # behind the pong, in order
+    feed.on_state({"id": "s", "state": "ended", "version": 2})
+    assert ws.close is not None and ws.close[0] == 4410 and len(ws.texts) == 3
