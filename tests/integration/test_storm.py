@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,7 @@ def test_storm_accounts_for_every_listener(live_space: tuple[Served, str],
     s = rep["summary"]
     assert s["accounting_balanced"]
     assert s["connected"] + s["refused"] + s["failed"] == 30 and s["pending"] == 0
+    assert s["left"] == 0  # no --stay: everyone admitted stays to the end
     assert 1 <= s["connected"] <= CAP  # nobody leaves, so at most the cap got in
     assert s["refused"] >= 30 - CAP - s["failed"]
     assert all(r.startswith("refused: 4503") for r in s["reasons"] if r.startswith("refused"))
@@ -56,6 +58,44 @@ def test_storm_accounts_for_every_listener(live_space: tuple[Served, str],
     assert len(rep["series"]) >= 5
     for name in ("listeners.png", "joins.png", "delay.png", "server.png", "index.html"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def _summary(out: subprocess.CompletedProcess[str], report: Path) -> dict[str, Any]:
+    assert out.returncode == 0, out.stderr
+    s: dict[str, Any] = json.loads((report / "report.json").read_text())["summary"]
+    assert s["accounting_balanced"] and s["pending"] == 0
+    return s
+
+
+def test_refused_listeners_get_in_when_others_leave(live_space: tuple[Served, str],
+                                                    tmp_path: Path) -> None:
+    served, space = live_space
+    out = _storm("--url", served.url, "--space", space, "--listeners", "25", "--ramp", "1",
+                 "--hold", "12", "--stay", "2", "--workers", "2", "--report", str(tmp_path))
+    s = _summary(out, tmp_path)
+    assert s["connected"] + s["left"] + s["refused"] + s["failed"] == 25
+    assert s["left"] >= 1                       # listeners left after their stay...
+    assert s["admitted_after_refusal"] >= 1     # ...and refused ones got in after them
+    assert s["wait_after_refusal_p50_ms"] is not None
+    assert s["admitted_joins"] > CAP
+    assert s["gaps"] == 0 and s["failed"] == 0
+
+
+@pytest.mark.parametrize("protocol", ["ogg", "mix"])
+def test_ogg_and_mixed_listeners(live_space: tuple[Served, str], tmp_path: Path,
+                                 protocol: str) -> None:
+    served, space = live_space
+    out = _storm("--url", served.url, "--space", space, "--listeners", "16", "--ramp", "1",
+                 "--hold", "5", "--protocol", protocol, "--workers", "2",
+                 "--report", str(tmp_path))
+    s = _summary(out, tmp_path)
+    assert 1 <= s["connected"] <= CAP and s["failed"] == 0
+    assert s["connected"] + s["refused"] == 16
+    assert s["bytes"] > 16_000                  # Ogg pages flowed
+    if protocol == "mix":
+        assert s["chunks"] > 0 and s["gaps"] == 0  # the WebSocket three quarters
+    else:
+        assert s["chunks"] == 0  # Ogg listeners check bytes, not chunks
 
 
 def test_unknown_space_exits_nonzero(live_space: tuple[Served, str]) -> None:

@@ -19,9 +19,11 @@ def test_every_listener_is_accounted_for() -> None:
     led.refused(2, "edge full")
     led.connected(2)  # retried and got in
     led.failed(3, "connection reset")
-    assert led.counts() == {"connected": 2, "refused": 1, "failed": 1, "pending": 1}
+    assert led.counts() == {"connected": 2, "left": 0, "refused": 1, "failed": 1,
+                            "pending": 1}
     led.close()
-    assert led.counts() == {"connected": 2, "refused": 1, "failed": 2, "pending": 0}
+    assert led.counts() == {"connected": 2, "left": 0, "refused": 1, "failed": 2,
+                            "pending": 0}
     assert led.balanced()
     assert led.refusals == 2 and led.admitted == 2
     assert led.reasons() == {"refused: edge full": 1, "failed: connection reset": 1,
@@ -34,6 +36,33 @@ def test_refusal_after_connect_keeps_connected() -> None:
     led.connected(0)
     led.refused(0, "edge full")
     assert led.counts()["connected"] == 1
+
+
+def test_listeners_who_leave_free_room_for_the_refused() -> None:
+    led = Ledger(target=3)
+    for i in range(3):
+        led.start(i)
+    led.connected(0)
+    led.refused(1, "edge full")
+    led.refused(2, "edge full")
+    led.left(0)                  # listened its stay and left...
+    led.connected(1)             # ...so a refused listener got in
+    led.refused(0, "edge full")  # a refusal after leaving does not undo the visit
+    led.close()
+    assert led.counts() == {"connected": 1, "left": 1, "refused": 1, "failed": 0,
+                            "pending": 0}
+    assert led.balanced()
+    assert led.admitted_after_refusal == 1  # listener 1 only: 0 was never refused first
+    assert led.reasons() == {"refused: edge full": 1}
+
+
+def test_admitted_after_refusal_counts_a_listener_once() -> None:
+    led = Ledger(target=1)
+    led.start(0)
+    led.refused(0, "edge full")
+    led.connected(0)
+    led.connected(0)  # a reconnect after a drop is not a second admission after refusal
+    assert led.admitted_after_refusal == 1 and led.admitted == 2
 
 
 def test_backoff_full_jitter_grows_to_cap() -> None:

@@ -15,7 +15,7 @@ def _run(args: argparse.Namespace) -> int:
                           protocol=args.protocol, reactions=args.reactions,
                           requests=args.requests, workers=args.workers,
                           report=Path(args.report) if args.report else None,
-                          server_pid=args.server_pid))
+                          server_pid=args.server_pid, stay=args.stay))
 
 
 def add_parser(sub: Any) -> None:
@@ -26,6 +26,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--listeners", type=int, default=100)
     p.add_argument("--ramp", type=float, default=10.0, help="seconds to start all listeners")
     p.add_argument("--hold", type=float, default=20.0, help="seconds to stay after the ramp")
+    p.add_argument("--stay", type=float, default=None,
+                   help="mean seconds an admitted listener stays before leaving for good "
+                        "(exponential, seeded); default: everyone stays to the end")
     p.add_argument("--protocol", choices=["ws", "ogg", "mix"], default="ws")
     p.add_argument("--reactions", type=float, default=0.0, help="reactions per second")
     p.add_argument("--requests", type=float, default=0.0, help="requests to speak per second")

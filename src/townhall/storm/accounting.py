@@ -1,4 +1,4 @@
-"""Every simulated listener ends in exactly one bucket: connected, refused or failed."""
+"""Every simulated listener ends in exactly one bucket: connected, left, refused or failed."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 CONNECTED = "connected"
+LEFT = "left"  # listened, then left of its own accord (--stay)
 REFUSED = "refused"
 FAILED = "failed"
 PENDING = "pending"
@@ -20,6 +21,8 @@ class Ledger:
     _reason: dict[int, str] = field(default_factory=dict)
     admitted: int = 0  # joins that got audio (a listener may be admitted more than once)
     refusals: int = 0  # refusal events, retried or not
+    _was_refused: set[int] = field(default_factory=set)
+    admitted_after_refusal: int = 0  # listeners who got in after being refused at least once
 
     def start(self, listener: int) -> None:
         """A listener begins trying to join."""
@@ -28,14 +31,22 @@ class Ledger:
 
     def connected(self, listener: int) -> None:
         """A listener received its first audio."""
+        if self._state.get(listener) not in (CONNECTED, LEFT) and listener in self._was_refused:
+            self.admitted_after_refusal += 1
         self._state[listener] = CONNECTED
         self._reason.pop(listener, None)
         self.admitted += 1
 
+    def left(self, listener: int) -> None:
+        """A connected listener left after listening for as long as it meant to."""
+        self._state[listener] = LEFT
+        self._reason.pop(listener, None)
+
     def refused(self, listener: int, reason: str) -> None:
         """A join was refused (it may be retried; the latest outcome counts)."""
         self.refusals += 1
-        if self._state.get(listener) != CONNECTED:
+        self._was_refused.add(listener)
+        if self._state.get(listener) not in (CONNECTED, LEFT):
             self._state[listener] = REFUSED
             self._reason[listener] = reason
 
@@ -48,7 +59,7 @@ class Ledger:
         """How many listeners are in each bucket now; never-started ones are pending."""
         c = Counter(self._state.values())
         c[PENDING] += self.target - len(self._state)
-        return {k: c.get(k, 0) for k in (CONNECTED, REFUSED, FAILED, PENDING)}
+        return {k: c.get(k, 0) for k in (CONNECTED, LEFT, REFUSED, FAILED, PENDING)}
 
     def reasons(self) -> dict[str, int]:
         """Refusal and failure reasons with their listener counts."""

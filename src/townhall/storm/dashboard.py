@@ -19,6 +19,8 @@ def render(row: dict[str, Any], target: int) -> Table:
     t.add_row("connected / target", f"{row['live']} / {target}")
     t.add_row("admitted / refused / failed",
               f"{row['connected_total']} / {row['refused_total']} / {row['failed_total']}")
+    t.add_row("left after listening / got in after a refusal",
+              f"{row.get('left_total', 0)} / {row.get('admitted_after_refusal', 0)}")
     t.add_row("joins/s (refusals/s)", f"{row['joins']} ({row['refusals']})")
     t.add_row("time to first audio p50 / p99", f"{_ms(row['ttfa_p50'])} / {_ms(row['ttfa_p99'])}")
     t.add_row("delay behind live p50 / p99", f"{_ms(row['delay_p50'])} / {_ms(row['delay_p99'])}")
@@ -36,6 +38,7 @@ def line(row: dict[str, Any], target: int) -> str:
     """The same figures as one plain log line, for runs without a terminal."""
     return (f"t={row['t']:.0f}s connected {row['live']}/{target} "
             f"admitted {row['connected_total']} refusals {row['refused_total']} "
-            f"failed {row['failed_total']} joins/s {row['joins']} "
+            f"failed {row['failed_total']} left {row.get('left_total', 0)} "
+            f"in-after-refusal {row.get('admitted_after_refusal', 0)} joins/s {row['joins']} "
             f"ttfa p99 {_ms(row['ttfa_p99'])} delay p99 {_ms(row['delay_p99'])} "
             f"gaps {row['gaps_total']} skips {row['skips_total']}")

@@ -31,6 +31,8 @@ class Events:
     refused: list[tuple[int, str]] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)
     restarted: list[int] = field(default_factory=list)  # lost audio, trying again
+    left: list[int] = field(default_factory=list)  # listened for their stay, then left
+    waited_ms: list[float] = field(default_factory=list)  # first refusal -> first audio
     ttfa_ms: list[float] = field(default_factory=list)
     delays_ms: list[float] = field(default_factory=list)
     gaps: int = 0
@@ -52,14 +54,57 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+class Visit:
+    """One listener's visit: when it started, its first refusal and audio, when it leaves."""
+
+    def __init__(self, idx: int, until: float, stay_s: float | None) -> None:
+        self.idx = idx
+        self.started = time.monotonic()
+        self.until = until          # the storm's end, or this listener's leaving time
+        self.stay_s = stay_s        # listen this long once admitted (None: to the end)
+        self.leaving = False
+        self.got_audio = False
+        self.first_refused: float | None = None
+
+    def refused(self, ev: Events, reason: str) -> None:
+        ev.refused.append((self.idx, reason))
+        if self.first_refused is None:
+            self.first_refused = time.monotonic()
+
+    def audio(self, ev: Events) -> None:
+        """First audio of this visit: counted once, and the stay starts."""
+        if self.got_audio:
+            return
+        self.got_audio = True
+        now = time.monotonic()
+        ev.connected.append(self.idx)
+        ev.ttfa_ms.append((now - self.started) * 1000)
+        if self.first_refused is not None:
+            ev.waited_ms.append((now - self.first_refused) * 1000)
+        if self.stay_s is not None and now + self.stay_s < self.until:
+            self.until = now + self.stay_s
+            self.leaving = True
+
+    def over(self, ev: Events) -> bool:
+        """Past its end; a listener that stayed its time is counted as having left, once."""
+        if time.monotonic() < self.until:
+            return False
+        if self.leaving:
+            self.leaving = False
+            ev.left.append(self.idx)
+        return True
+
+
 async def ws_listener(idx: int, base: str, space: str, until: float, ev: Events,
-                      backoff: Backoff) -> None:
-    """One WebSocket listener until the monotonic deadline `until`; reconnects with from=."""
+                      backoff: Backoff, stay_s: float | None = None) -> None:
+    """One WebSocket listener until the monotonic deadline `until`; reconnects with from=.
+
+    With ``stay_s`` it leaves that long after its first audio (and does not come back).
+    """
     url = base.replace("http", "ws", 1).rstrip("/") + f"/ws/{space}"
     cont = Continuity()
-    started = time.monotonic()
-    got_audio = False
-    while time.monotonic() < until:
+    visit = Visit(idx, until, stay_s)
+    while not visit.over(ev):
         resume = cont.resume_from()
         target = url if resume is None else f"{url}?from={resume}"
         retry_after: float | None = None
@@ -78,10 +123,7 @@ async def ws_listener(idx: int, base: str, space: str, until: float, ev: Events,
                             live = True
                             ev.live += 1
                             backoff.reset()
-                            if not got_audio:
-                                got_audio = True
-                                ev.connected.append(idx)
-                                ev.ttfa_ms.append((time.monotonic() - started) * 1000)
+                            visit.audio(ev)
                         ev.delays_ms.extend(cont.take_delays())
                     else:
                         body = json.loads(msg)
@@ -89,7 +131,7 @@ async def ws_listener(idx: int, base: str, space: str, until: float, ev: Events,
                             s = cont.skipped
                             cont.jump(int(body["to"]))
                             ev.skips += cont.skipped - s
-                    if time.monotonic() >= until:
+                    if time.monotonic() >= visit.until:
                         break
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd else 1006
@@ -98,52 +140,52 @@ async def ws_listener(idx: int, base: str, space: str, until: float, ev: Events,
                 ev.failed.append((idx, f"closed {code} {FATAL_CLOSES[code]}"))
                 return
             if code == CLOSE_FULL:
-                ev.refused.append((idx, "4503 edge full"))
+                visit.refused(ev, "4503 edge full")
                 retry_after = float(json.loads(reason or "{}").get("retry_after", 1))
-            elif got_audio:
+            elif visit.got_audio:
                 ev.restarted.append(idx)
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status == 404:
                 ev.failed.append((idx, "HTTP 404 unknown Space"))
                 return
-            ev.refused.append((idx, f"HTTP {status}"))
+            visit.refused(ev, f"HTTP {status}")
             header = exc.response.headers.get("Retry-After")
             retry_after = float(header) if header else None
         except (OSError, TimeoutError) as exc:
-            if not got_audio:
+            if not visit.got_audio:
                 ev.failed.append((idx, f"connect error: {type(exc).__name__}"))
             else:
                 ev.restarted.append(idx)
         finally:
             if live:
                 ev.live -= 1
-        if time.monotonic() >= until:
+        if visit.over(ev):
             return
         await asyncio.sleep(min(backoff.next_delay(retry_after),
-                                max(0.0, until - time.monotonic())))
+                                max(0.0, visit.until - time.monotonic())))
 
 
 async def ogg_listener(idx: int, base: str, space: str, until: float, ev: Events,
-                       backoff: Backoff, client: httpx.AsyncClient) -> None:
+                       backoff: Backoff, client: httpx.AsyncClient,
+                       stay_s: float | None = None) -> None:
     """One Ogg/Opus listener: checks the stream starts with OggS pages and keeps flowing."""
     url = base.rstrip("/") + f"/listen/{space}.opus"
-    started = time.monotonic()
-    got_audio = False
-    while time.monotonic() < until:
+    visit = Visit(idx, until, stay_s)
+    while not visit.over(ev):
         retry_after: float | None = None
         live = False
         try:
             async with client.stream("GET", url, timeout=10) as resp:
                 if resp.status_code == 503:
-                    ev.refused.append((idx, "HTTP 503 edge full"))
+                    visit.refused(ev, "HTTP 503 edge full")
                     header = resp.headers.get("Retry-After")
                     retry_after = float(header) if header else None
                 elif resp.status_code == 404:
                     ev.failed.append((idx, "HTTP 404 unknown Space"))
                     return
                 elif resp.status_code != 200:
-                    ev.refused.append((idx, f"HTTP {resp.status_code}"))
+                    visit.refused(ev, f"HTTP {resp.status_code}")
                 else:
                     first = True
                     async for data in resp.aiter_bytes():
@@ -156,21 +198,18 @@ async def ogg_listener(idx: int, base: str, space: str, until: float, ev: Events
                             live = True
                             ev.live += 1
                             backoff.reset()
-                            if not got_audio:
-                                got_audio = True
-                                ev.connected.append(idx)
-                                ev.ttfa_ms.append((time.monotonic() - started) * 1000)
-                        if time.monotonic() >= until:
-                            return
+                            visit.audio(ev)
+                        if time.monotonic() >= visit.until:
+                            break
         except httpx.HTTPError as exc:
-            if not got_audio:
+            if not visit.got_audio:
                 ev.failed.append((idx, f"connect error: {type(exc).__name__}"))
                 return
             ev.restarted.append(idx)
         finally:
             if live:
                 ev.live -= 1
-        if time.monotonic() >= until:
+        if visit.over(ev):
             return
         await asyncio.sleep(min(backoff.next_delay(retry_after),
-                                max(0.0, until - time.monotonic())))
+                                max(0.0, visit.until - time.monotonic())))

@@ -12,7 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 PLOTS = {
-    "listeners.png": ("Listeners", [("live", "connected"), ("target_started", "started")]),
+    "listeners.png": ("Listeners", [("live", "connected"), ("target_started", "started"),
+                                    ("left_total", "left (total)"),
+                                    ("admitted_after_refusal", "in after a refusal (total)")]),
     "joins.png": ("Joins and refusals per second", [("joins", "joins/s"),
                                                     ("refusals", "refusals/s")]),
     "delay.png": ("Delay behind live (ms)", [("delay_p50", "p50"), ("delay_p99", "p99")]),

@@ -36,6 +36,7 @@ class StormArgs:
     workers: int = 2
     report: Path | None = None
     server_pid: int | None = None
+    stay: float | None = None  # mean seconds an admitted listener stays, then leaves
 
 
 class PreflightError(Exception):
@@ -64,7 +65,8 @@ async def storm(a: StormArgs, console: Console,
     pid = a.server_pid or server_stats.pid_listening_on(urlparse(a.url).port or 80)
     workers = max(1, min(a.workers, a.listeners))
     start_wall = time.time() + 1.0  # give the workers a second to boot
-    plans = [Plan(w, a.url, a.space, ids, a.ramp, a.listeners, a.ramp + a.hold, a.protocol)
+    plans = [Plan(w, a.url, a.space, ids, a.ramp, a.listeners, a.ramp + a.hold, a.protocol,
+                  a.stay)
              for w, ids in enumerate(split(a.listeners, workers))]
     procs, out = spawn(plans, start_wall)
     tally = StormTally(a.listeners)
@@ -114,7 +116,8 @@ async def storm(a: StormArgs, console: Console,
         if p.is_alive():
             p.kill()
     summary = {"url": a.url, "space": a.space, "title": snap.get("title"),
-               "protocol": a.protocol, "workers": workers, "ramp_s": a.ramp, "hold_s": a.hold,
+               "protocol": a.protocol, "workers": workers, "stay_s": a.stay,
+               "ramp_s": a.ramp, "hold_s": a.hold,
                **tally.summary(), "actors": dict(acts),
                "server_pid": pid, "workers_finished": len(done)}
     if a.report is not None:

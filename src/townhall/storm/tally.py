@@ -19,6 +19,7 @@ class StormTally:
     cpu: dict[int, float] = field(default_factory=dict)
     ttfa_all: list[float] = field(default_factory=list)
     delay_all: list[float] = field(default_factory=list)
+    waited_all: list[float] = field(default_factory=list)  # refused -> admitted, ms
     totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("gaps", "skips", "restarts", "chunks", "bytes"), 0))
     _joins: int = 0
@@ -37,6 +38,9 @@ class StormTally:
             self.ledger.connected(i)
         for i, reason in ev["refused"]:
             self.ledger.refused(i, reason)
+        for i in ev.get("left", ()):
+            self.ledger.left(i)
+        self.waited_all += ev.get("waited_ms", [])
         for i, reason in ev["failed"]:
             if i >= 0:
                 self.ledger.failed(i, reason)
@@ -58,7 +62,8 @@ class StormTally:
             "live": live, "joins": round(self._joins / dt, 1),
             "refusals": round(self._refusals / dt, 1),
             "connected_total": self.ledger.admitted, "refused_total": self.ledger.refusals,
-            "failed_total": counts["failed"],
+            "failed_total": counts["failed"], "left_total": counts["left"],
+            "admitted_after_refusal": self.ledger.admitted_after_refusal,
             "ttfa_p50": percentile(self._ttfa, 50), "ttfa_p99": percentile(self._ttfa, 99),
             "delay_p50": percentile(self._delay, 50), "delay_p99": percentile(self._delay, 99),
             **{f"{k}_total": v for k, v in self.totals.items()},
@@ -79,6 +84,9 @@ class StormTally:
             "accounting_balanced": self.ledger.balanced(),
             "reasons": self.ledger.reasons(), "admitted_joins": self.ledger.admitted,
             "refusals": self.ledger.refusals,
+            "admitted_after_refusal": self.ledger.admitted_after_refusal,
+            "wait_after_refusal_p50_ms": percentile(self.waited_all, 50),
+            "wait_after_refusal_p99_ms": percentile(self.waited_all, 99),
             "ttfa_p50_ms": percentile(self.ttfa_all, 50),
             "ttfa_p99_ms": percentile(self.ttfa_all, 99),
             "delay_p50_ms": percentile(self.delay_all, 50),

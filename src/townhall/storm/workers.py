@@ -27,6 +27,7 @@ class Plan:
     total: int
     hold_until: float  # seconds after the shared start
     protocol: str  # ws | ogg | mix
+    stay: float | None = None  # mean seconds an admitted listener stays (exponential)
 
 
 def _protocol(plan: Plan, idx: int) -> str:
@@ -46,10 +47,12 @@ async def _run(plan: Plan, start_wall: float, out: Any) -> None:
             start_at = t0 + plan.ramp * idx / max(1, plan.total)
             await asyncio.sleep(max(0.0, start_at - time.monotonic()))
             backoff = Backoff(base=0.5, cap=10, rng=random.Random(rng.random()))
+            stay = rng.expovariate(1 / plan.stay) if plan.stay else None
             if _protocol(plan, idx) == "ogg":
-                await ogg_listener(idx, plan.base, plan.space, until, ev, backoff, client)
+                await ogg_listener(idx, plan.base, plan.space, until, ev, backoff, client,
+                                   stay)
             else:
-                await ws_listener(idx, plan.base, plan.space, until, ev, backoff)
+                await ws_listener(idx, plan.base, plan.space, until, ev, backoff, stay)
 
         tasks = [asyncio.ensure_future(one(i)) for i in plan.listeners]
         while not all(t.done() for t in tasks):
