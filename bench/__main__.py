@@ -77,7 +77,17 @@ def write_block(text: str, name: str, block: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Run the benchmarks named in argv (all when none) and update bench/README.md."""
+    """Run the benchmarks named in argv (all when none) and update bench/README.md.
+
+    ``python -m bench NAME... -- ARGS`` hands ARGS to each named benchmark's main (their
+    tables then show the command they ran); ``--no-readme`` leaves bench/README.md alone.
+    """
+    extra: list[str] = []
+    if "--" in argv:
+        extra = argv[argv.index("--") + 1:]
+        argv = argv[:argv.index("--")]
+    write = "--no-readme" not in argv
+    argv = [a for a in argv if a != "--no-readme"]
     console = Console()
     where = machine()
     failed = 0
@@ -85,13 +95,16 @@ def main(argv: list[str]) -> int:
         console.rule(f"bench: {name}")
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         try:
-            result = run_one(name, path, [])
+            result = run_one(name, path, extra)
         except Exception:  # one broken benchmark must not hide the others' figures
             console.print(traceback.format_exc())
             failed += 1
             continue
-        README.write_text(write_block(README.read_text(), name, markdown(name, result,
-                                                                          when, where)))
+        block = markdown(name, result, when, where)
+        if not write:
+            console.print(block)
+            continue
+        README.write_text(write_block(README.read_text(), name, block))
         console.print(f"{name}: {len(result['rows'])} rows written to {README}")
     return 1 if failed else 0
 
