@@ -407,6 +407,40 @@ async def test_over_the_cap_joins_get_503_and_4503(tmp_path: Path, nats_url: str
         served.stop()
 
 
+async def test_a_burst_of_joins_never_overshoots_the_cap(tmp_path: Path, nats_url: str,
+                                                          bus: Bus) -> None:
+    """40 joins at once against a cap of 5: admissions awaiting their handshake count too."""
+    served = start_townhall(tmp_path, "--nats", nats_url, "--roles", "api,edge",
+                            env={"TOWNHALL_EDGE_CAPACITY": "5",
+                                 "TOWNHALL_EDGE_JOIN_RATE": "1000"})
+    try:
+        space, _ = live_space(served)
+        producer = Producer(bus, space)
+        producer.start()
+        url = f"{ws_base(served)}/ws/{space}"
+        held: list[ClientConnection] = []
+
+        async def join() -> str:
+            ws = await connect(url, open_timeout=30)
+            try:
+                async with asyncio.timeout(30):
+                    while True:
+                        if isinstance(await ws.recv(), bytes):  # a chunk: admitted
+                            held.append(ws)
+                            return "admitted"
+            except ConnectionClosed:
+                return f"closed {ws.close_code}"
+
+        outcomes = await asyncio.gather(*[join() for _ in range(40)])
+        assert outcomes.count("admitted") == 5, outcomes
+        assert outcomes.count("closed 4503") == 35, outcomes
+        await producer.stop()
+        for ws in held:
+            await ws.close()
+    finally:
+        served.stop()
+
+
 async def test_townhall_listen_records_a_440_hz_wav(edge_server: Served, bus: Bus,
                                                     tmp_path: Path) -> None:
     space, _ = live_space(edge_server)

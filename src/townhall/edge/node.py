@@ -98,13 +98,24 @@ class EdgeNode:
     capacity: int = field(default_factory=capacity_from_env)
     join_rate: float = field(default_factory=join_rate_from_env)
     admission: Admission = field(init=False)
+    # Admitted but not yet counted by the hub (between admit() and hub.join): counted
+    # against the cap too, or a burst of joins awaiting their handshake all see the same
+    # count and overshoot it.
+    joining: int = 0
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.capacity, self.join_rate, time.monotonic())
 
     def admit(self) -> Decision:
-        """Admission of one more listener now."""
-        decision = self.admission.decide(self.hub.listeners(), time.monotonic())
-        if not decision.admitted:
+        """Admission of one more listener now; if admitted, call joined() once it is in."""
+        decision = self.admission.decide(self.hub.listeners() + self.joining,
+                                         time.monotonic())
+        if decision.admitted:
+            self.joining += 1
+        else:
             metrics.REFUSALS.labels(decision.reason).inc()
         return decision
+
+    def joined(self) -> None:
+        """An admitted listener is now counted by the hub (or gave up before it was)."""
+        self.joining = max(0, self.joining - 1)

@@ -50,7 +50,10 @@ def install(app: FastAPI, edge: EdgeNode) -> None:
             raise Unavailable("this edge is full; retry later", slug="edge-full",
                               retry_after=decision.retry_after)
         sub = Subscriber("ogg", identity=token_identity(token, edge.issuer))
-        await edge.hub.join(space, sub, None, snap)
+        try:
+            await edge.hub.join(space, sub, None, snap)
+        finally:
+            edge.joined()
 
         response: OggResponse
 

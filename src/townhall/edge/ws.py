@@ -110,10 +110,13 @@ def install(app: FastAPI, edge: EdgeNode) -> None:
         if not decision.admitted:
             await _refuse(ws, CLOSE_FULL, json.dumps({"retry_after": decision.retry_after}))
             return
-        await ws.accept()
         sub = Subscriber("ws", identity=token_identity(ws.query_params.get("token"),
                                                         edge.issuer))
-        joined = await edge.hub.join(space, sub, from_seq, snap)
+        try:
+            await ws.accept()
+            joined = await edge.hub.join(space, sub, from_seq, snap)
+        finally:
+            edge.joined()
         tasks: list[asyncio.Task[None]] = []
         try:
             await ws.send_text(json.dumps({"type": "hello", "space": space,
