@@ -21,6 +21,7 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcrtpreceiver import StreamStatistics
 
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.playout import Playout
@@ -110,6 +111,7 @@ class SpeakerSession:
         self.pc = RTCPeerConnection()
         self.packets_in = 0
         self._opus_types: set[int] = set()
+        self._rtcp_stats: dict[int, Any] | None = None
         self.closed = asyncio.Event()
 
         @self.pc.on("connectionstatechange")
@@ -128,6 +130,11 @@ class SpeakerSession:
                 transceiver.direction = "sendrecv"
                 # The DTLS transport looks this method up on the instance for each packet.
                 transceiver.receiver._handle_rtp_packet = self._on_rtp  # type: ignore[method-assign]
+                # aiortc's receiver reports come from statistics its own handler keeps;
+                # we keep them instead, or the speaker never hears of loss (and Chromium
+                # only adds Opus FEC once receiver reports show some).
+                self._rtcp_stats = getattr(transceiver.receiver,
+                                           "_RTCRtpReceiver__remote_streams", None)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         # aiortc's own description has no Opus fmtp; the speaker reads ours from the text.
@@ -136,6 +143,11 @@ class SpeakerSession:
     async def _on_rtp(self, packet: Any, arrival_time_ms: int) -> None:
         """An RTP packet from this speaker (telephone-event and other types ignored)."""
         if packet.payload_type in self._opus_types:
+            if self._rtcp_stats is not None:
+                stats = self._rtcp_stats.get(packet.ssrc)
+                if stats is None:
+                    stats = self._rtcp_stats[packet.ssrc] = StreamStatistics(48_000)
+                stats.add(packet)
             self.packets_in += 1
             self.playout.push(packet.sequence_number, packet.payload, arrival_time_ms / 1000)
 

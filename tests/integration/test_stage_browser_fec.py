@@ -1,0 +1,104 @@
+"""Chromium sends Opus in-band FEC to the stage once the stage's receiver reports show
+loss, because the WHIP answer asks for it (useinbandfec=1) and the ingest tap keeps the
+RTCP statistics aiortc's own handler would have kept. A real headless Chromium and a real
+stage SpeakerSession in this process; the link between them loses 10 % (seeded)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import glob
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from playwright.async_api import async_playwright
+
+from tests.conftest import start_townhall
+from townhall.stage.ingest import SpeakerSession
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")]
+
+OFFER_JS = """
+async () => {
+  const mic = await navigator.mediaDevices.getUserMedia({audio: true});
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver(mic.getAudioTracks()[0], {direction: "sendrecv"});
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(done => {
+    if (pc.iceGatheringState === "complete") return done();
+    pc.addEventListener("icegatheringstatechange",
+      () => pc.iceGatheringState === "complete" && done());
+    setTimeout(done, 5000);
+  });
+  window.pc = pc;
+  return pc.localDescription.sdp;
+}
+"""
+
+
+def lbrr_checker() -> Any:
+    """PyAV's own libopus (1.5+ has opus_packet_has_lbrr; Debian's 1.3 does not)."""
+    libs = os.path.join(os.path.dirname(av.__file__), os.pardir, "av.libs", "libopus*")
+    for path in glob.glob(libs):
+        lib = ctypes.CDLL(path)
+        if hasattr(lib, "opus_packet_has_lbrr"):
+            lib.opus_packet_has_lbrr.argtypes = [ctypes.c_char_p, ctypes.c_int32]
+            return lib.opus_packet_has_lbrr
+    pytest.skip("no libopus with opus_packet_has_lbrr to inspect packets")
+
+
+async def test_chromium_sends_fec_once_it_hears_of_loss(tmp_path: Path) -> None:
+    has_lbrr = lbrr_checker()
+    served = start_townhall(tmp_path / "data")  # a secure (localhost) page for getUserMedia
+    session = SpeakerSession("chromium", "Chromium")
+    received: list[bytes] = []
+    drops = random.Random(7)
+
+    async def lossy_link(packet: Any, arrival_time_ms: int) -> None:
+        if drops.random() < 0.10:
+            return
+        received.append(bytes(packet.payload))
+        await session._on_rtp(packet, arrival_time_ms)
+
+    async def mixer_clock() -> None:
+        while True:
+            session.pull()
+            await asyncio.sleep(0.020)
+
+    clock = asyncio.ensure_future(mixer_clock())
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=[
+                    "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+                    "--use-fake-device-for-media-stream",
+                    "--disable-features=WebRtcHideLocalIpsWithMdns"])
+            page = await browser.new_page()
+            await page.goto(f"{served.url}/healthz")
+            offer = await page.evaluate(OFFER_JS)
+            answer = await session.answer(offer)
+            assert "useinbandfec=1" in answer
+            for t in session.pc.getTransceivers():
+                t.receiver._handle_rtp_packet = lossy_link  # type: ignore[method-assign]
+            await page.evaluate("sdp => window.pc.setRemoteDescription({type: 'answer', sdp})",
+                                answer)
+            for _ in range(200):  # until Chromium has had receiver reports for a while
+                await asyncio.sleep(0.1)
+                if len(received) > 400:
+                    break
+            await browser.close()
+    finally:
+        clock.cancel()
+        await session.close()
+        served.stop()
+    later = received[len(received) // 2:]
+    with_fec = sum(has_lbrr(p, len(p)) > 0 for p in later)
+    assert len(later) > 150, len(later)
+    assert with_fec > len(later) // 10, f"{with_fec} of {len(later)} packets carry FEC"
+    assert session.playout.recovered > 0  # and the stage rebuilt lost frames from it
