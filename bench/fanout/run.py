@@ -217,13 +217,19 @@ def main(argv: list[str]) -> dict[str, Any]:
     return {"title": "Edge vs Icecast: listener fan-out on one core",
             "command": "python bench/fanout/run.py " + " ".join(argv),
             "columns": columns, "rows": rows,
-            "notes": ("Server pinned to core 0, load generator (raw asyncio protocols, "
-                      "one process) to core 1; one source writes the same 32 kbps Opus "
-                      "tone as one Ogg page per 100 ms to Icecast and one chunk per 100 ms "
-                      "to NATS, so both deliver at the same interval. stalls = a listener "
-                      "silent > 1 s in the window; kbit/s per listener = body bytes received "
-                      "(Opus + Ogg or WebSocket/chunk framing) per listener per second. "
-                      "Machine shared with other test runs.")}
+            "notes": ("Server pinned to core 0, load generator (raw asyncio protocols on "
+                      "uvloop, one process) to core 1; one source writes the same 32 kbps "
+                      "Opus tone as one Ogg page per 100 ms to Icecast and one chunk per "
+                      "100 ms to NATS. Icecast always sends each page as it comes (100 ms); "
+                      "townhall delivers every 100 ms unless its pacer coarsens delivery "
+                      "under load (\"delivery interval\" = the edge's interval at the end "
+                      "of the window; CPU ratios at a coarser interval are not like for "
+                      "like). -asgi = direct writes off (TOWNHALL_EDGE_DIRECT=0), i.e. "
+                      "before the fast path. stalls = a listener silent > 1 s in the window; "
+                      "kbit/s per listener = body bytes received per listener per second; "
+                      "direct writes = share of live chunks written by the fast path. "
+                      "Medians over the runs that completed (runs ok). Machine shared with "
+                      "other engineers' test runs.")}
 
 
 if __name__ == "__main__":

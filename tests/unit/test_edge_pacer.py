@@ -47,12 +47,22 @@ def test_a_fan_out_burst_alone_is_not_overload() -> None:
 
 def test_out_of_cpu_steps_up_and_steps_down_only_when_the_finer_step_fits() -> None:
     p = Pacer(hot_ticks=2, calm_ticks=3)
-    for _ in range(20):
+    for _ in range(100):
         if p.observe(0.0, 0.0, 1.0) > 0.1:
             break
     assert p.interval_s == 0.2
     # At 200 ms the edge uses 55 % of a core: 100 ms would need ~110 %, so it stays.
     assert all(p.observe(0.0, 0.0, 0.55) == 0.2 for _ in range(100))
     # Load falls to 30 %: 100 ms would need ~60 %, under busy_low: back down.
-    out = [p.observe(0.0, 0.0, 0.3) for _ in range(20)]
+    out = [p.observe(0.0, 0.0, 0.3) for _ in range(100)]
     assert out[-1] == 0.1
+
+
+def test_flush_spikes_at_a_coarse_interval_do_not_block_stepping_down() -> None:
+    p = Pacer(hot_ticks=1)
+    while p.interval_s < 0.7:
+        p.observe(1.0, 0.0, 1.0)
+    # Every 7th tick carries a 700 ms flush (a full tick of CPU), the rest are idle:
+    # about 15 % of a core on average, so 500 ms fits.
+    out = [p.observe(0.0, 0.0, 1.0 if i % 7 == 0 else 0.0) for i in range(200)]
+    assert out[-1] < 0.7

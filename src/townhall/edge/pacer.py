@@ -23,14 +23,16 @@ class Pacer:
 
     def __init__(self, *, lag_high_s: float = 0.25,
                  behind_high: float = 0.25, behind_low: float = 0.05,
-                 busy_high: float = 0.85, busy_low: float = 0.7, smoothing: float = 0.3,
+                 busy_high: float = 0.85, busy_low: float = 0.7, smoothing: float = 0.05,
                  calm_ticks: int = 10, hot_ticks: int = 2) -> None:
         self.lag_high_s = lag_high_s       # at 100 ms; half the interval when coarser
         self.behind_high = behind_high     # fraction of listeners with writes queued up
         self.behind_low = behind_low
         self.busy_high = busy_high         # smoothed CPU share that means "out of CPU"
         self.busy_low = busy_low           # ... the next finer step must stay under this
-        self.smoothing = smoothing         # weight of the newest busy sample (EWMA)
+        # Weight of the newest busy sample (EWMA, ~2 s): a coarse interval makes every
+        # flush tick a CPU spike, and one spike must not read as "the finer step won't fit".
+        self.smoothing = smoothing
         self.calm_ticks = calm_ticks       # ~1 s calm before stepping down a step
         self.hot_ticks = hot_ticks         # consecutive hot ticks before stepping up
         self.step = 0
