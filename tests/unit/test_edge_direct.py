@@ -203,6 +203,14 @@ def test_coalesced_flush_is_one_write_per_listener_in_order() -> None:
     assert [f.data for f in parse_ws(t.written[0])] == [chunk(s) for s in range(1, 6)]
     assert sub.last_seq == 5 and not len(sub.backlog)
     assert len(plain.backlog) == 5              # no writer: the ASGI path as before
+    # The flush's allowance went out with it: a reader that then stops still skips at
+    # its usual limit, not limit + the flush.
+    sub.backlog.limit = 3
+    t.buffered = BACKING_UP + 1
+    feed.coalesce = False
+    for seq in range(6, 10):
+        feed.on_media(chunk(seq))
+    assert sub.backlog.skips == 1
 
 
 def test_flush_after_a_resume_preload_does_not_write_directly_out_of_order() -> None:

@@ -92,9 +92,10 @@ class Backlog(Generic[T]):
             self._recent_skips = 0
         return self._queue.popleft()
 
-    def delivered(self) -> None:
-        """A chunk went out without queueing (the listener is keeping up)."""
-        self._delivered_since_skip += 1
+    def delivered(self, n: int = 1) -> None:
+        """``n`` chunks went out without queueing (the listener is keeping up)."""
+        self._delivered_since_skip += n
+        self._allowance = max(0, self._allowance - n)  # a held flush went out: no credit left
         if self._delivered_since_skip >= FORGIVE_AFTER:
             self._recent_skips = 0
 

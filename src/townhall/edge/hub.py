@@ -100,8 +100,7 @@ class Subscriber:
         if (frames and frames[0].seq > self.last_seq and self._may_write_directly()
                 and self.direct is not None and self.direct.write(wire)):
             self.last_seq = frames[-1].seq
-            for _ in frames:
-                self.backlog.delivered()
+            self.backlog.delivered(len(frames))
             return len(frames), 0
         direct = queued = 0
         for frame in frames:
