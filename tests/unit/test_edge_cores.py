@@ -6,7 +6,7 @@ import pytest
 
 from townhall.edge.admission import Admission, TokenBucket
 from townhall.edge.backlog import Backlog, Offer, Skip
-from townhall.edge.resume import Source, plan_resume
+from townhall.edge.resume import Source, plan_resume, stitch
 from townhall.edge.ring import Ring
 
 
@@ -110,3 +110,22 @@ def test_backlog_allowance_is_not_cumulative() -> None:
         b.allow(3)  # a stalled reader: the edge keeps granting room for held chunks
         b.offer(s, s)
     assert len(b) <= 2 + 3 and b.skips > 0
+
+
+def test_stitch_joins_replay_and_ring_without_duplicates_in_order() -> None:
+    replayed = [(s, f"r{s}") for s in (12, 10, 11, 13, 14)]  # out of order
+    held = [(s, f"h{s}") for s in (13, 14, 15, 16)]           # overlaps the replay
+    out = stitch(10, replayed, held)
+    assert [s for s, _ in out] == [10, 11, 12, 13, 14, 15, 16]
+    assert out[3] == (13, "r13")  # the first copy wins, duplicates dropped
+    assert stitch(12, replayed, held)[0][0] == 12  # older replayed chunks left out
+
+
+def test_stitch_never_bridges_a_hole_silently() -> None:
+    # The replay came back short (10..12) and the ring starts at 20: 13..19 are lost.
+    out = stitch(10, [(s, s) for s in (10, 11, 12)], [(s, s) for s in (20, 21)])
+    assert [s for s, _ in out] == [20, 21]  # caller sends jump from=10 to=20
+    # A hole inside the replay itself.
+    out = stitch(10, [(s, s) for s in (10, 11, 14, 15)], [(16, 16)])
+    assert [s for s, _ in out] == [14, 15, 16]
+    assert stitch(10, [], []) == []

@@ -17,7 +17,7 @@ from townhall.edge import metrics
 from townhall.edge.backlog import Backlog, Offer, Skip
 from townhall.edge.direct import DirectWriter, http_chunk, ws_binary_frame, ws_text_frame
 from townhall.edge.pacer import STEPS_S, Pacer
-from townhall.edge.resume import Source, plan_resume
+from townhall.edge.resume import Source, plan_resume, stitch
 from townhall.edge.ring import Ring
 from townhall.media.chunk import Chunk
 from townhall.media.ogg import OggOpusStream
@@ -409,12 +409,9 @@ class Hub:
         resumed = False
         start: int | None = None
         if from_seq is not None and plan.source in (Source.RING, Source.REPLAY):
-            upto = from_seq - 1
-            for f in sorted(replayed, key=lambda f: f.seq):
-                if f.seq > upto:
-                    catchup.append((f.seq, f))
-                    upto = f.seq
-            catchup += feed.ring.since(upto + 1)
+            # Gap-free only: a hole in replay + ring becomes a jump, never a silent gap.
+            catchup = stitch(from_seq, [(f.seq, f) for f in replayed],
+                             feed.ring.since(from_seq))
             if catchup:
                 start = catchup[0][0]
                 resumed = start == from_seq

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class Source(Enum):
@@ -44,3 +47,26 @@ def plan_resume(from_seq: int | None, ring_first: int | None, ring_last: int | N
     if back_s > replay_window_s:
         return ResumePlan(Source.JUMP, None)
     return ResumePlan(Source.REPLAY, from_seq, back_s)
+
+
+def stitch(from_seq: int, replayed: list[tuple[int, T]], held: list[tuple[int, T]]
+           ) -> list[tuple[int, T]]:
+    """The catch-up a resuming listener gets: the newest gap-free run of chunks from
+    ``from_seq`` on, out of a JetStream replay and the ring (duplicates dropped, in order).
+
+    A replay can come back short (a fetch timed out on a loaded edge, the stream aged out)
+    and the ring may start later than the replay ends; chunks from before such a hole
+    cannot be followed by the ones after it without a silent gap, so they are left out and
+    the listener is told it jumped to the first chunk returned (``result[0][0]``).
+    """
+    merged: dict[int, T] = {}
+    for seq, item in [*replayed, *held]:
+        if seq >= from_seq:
+            merged.setdefault(seq, item)
+    run: list[tuple[int, T]] = []
+    for seq in sorted(merged, reverse=True):
+        if run and seq != run[-1][0] - 1:
+            break
+        run.append((seq, merged[seq]))
+    run.reverse()
+    return run
