@@ -63,7 +63,10 @@ async def _serve_http(settings: Settings, background: list[str]) -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop",
                             http="httptools", ws="websockets", log_config=None,
                             access_log=False, lifespan="on", timeout_graceful_shutdown=5,
-                            ws_max_size=64 * 1024)
+                            ws_max_size=64 * 1024,
+                            # Chunks are Opus (incompressible) and direct writes bypass the
+                            # codec anyway; a zlib context per socket only costs memory and CPU.
+                            ws_per_message_deflate=False)
     server = uvicorn.Server(config)
     try:
         await server.serve()
