@@ -73,3 +73,31 @@ def test_ended_state_closes_with_4410_after_the_state_frame() -> None:
     assert [s["snapshot"]["version"] for s in states] == [2, 3]
     assert "_blocked" not in states[0]["snapshot"]
     assert sub.close is not None and sub.close[0] == 4410
+
+
+def test_a_hole_in_the_live_sequence_is_refilled_before_later_chunks_go_out() -> None:
+    feed = Feed("s", OggOpusStream())
+    sub = Subscriber("ws", backlog_limit=20)
+    feed.subscribers.add(sub)
+    gaps: list[tuple[int, int]] = []
+    feed.on_gap = lambda first, last: gaps.append((first, last))
+    for s in (1, 2, 5, 6):  # 3 and 4 missed (e.g. our NATS node died meanwhile)
+        feed.on_media(chunk(s))
+    assert gaps == [(3, 4)]
+    assert [f.seq for f in drain(sub)] == [1, 2]  # 5 and 6 wait for the refill
+    feed.on_media(chunk(7))
+    feed.repaired([feed.frame(chunk(4)), feed.frame(chunk(3))])
+    assert [f.seq for f in drain(sub)] == [3, 4, 5, 6, 7]
+    feed.on_media(chunk(8))
+    assert [f.seq for f in drain(sub)] == [8] and gaps == [(3, 4)]
+
+
+def test_a_refill_that_finds_nothing_still_delivers_the_held_chunks() -> None:
+    feed = Feed("s", OggOpusStream())
+    sub = Subscriber("ws", backlog_limit=20)
+    feed.subscribers.add(sub)
+    feed.on_gap = lambda first, last: None
+    for s in (1, 4, 5):
+        feed.on_media(chunk(s))
+    feed.repaired([])
+    assert [f.seq for f in drain(sub)] == [1, 4, 5]

@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,9 @@ TICK_S = STEPS_S[0]
 BEHIND = 3              # queued chunks from which a listener counts as "behind"
 MIN_BEHIND = 10         # fewer listeners behind than this is not edge overload
 MAX_TEXTS = 32          # queued text frames per listener; older levels are dropped first
+MAX_REPAIR = 100        # refill a hole of up to this many chunks (10 s) from JetStream
+REPAIR_LOOKBACK_S = 15.0
+REPAIR_TIMEOUT_S = 1.0
 CLOSE_TOO_SLOW = 4408
 CLOSE_ENDED = 4410
 CLOSE_REMOVED = 4403
@@ -196,6 +200,11 @@ class Feed:
         self.chunks = 0
         self.coalesce = False           # under load: hold chunks until the next flush
         self.pending: list[Frame] = []
+        # A hole in the live sequence (e.g. our NATS node died and the subscription missed
+        # chunks while reconnecting) is refilled from JetStream: ``on_gap(first, last)``
+        # starts that, later chunks wait in ``held`` until ``repaired`` delivers in order.
+        self.on_gap: Callable[[int, int], None] | None = None
+        self.held: list[Frame] | None = None
 
     def frame(self, data: bytes) -> Frame:
         chunk = Chunk.decode(data)
@@ -209,6 +218,25 @@ class Feed:
         except BadInput:
             log.warning("dropped a malformed chunk on %s", self.space)
             return
+        if self.held is not None:
+            self.held.append(frame)
+            return
+        last = self.ring.last_seq
+        if (self.on_gap is not None and last is not None
+                and last + 1 < frame.seq <= last + 1 + MAX_REPAIR):
+            self.held = [frame]
+            self.on_gap(last + 1, frame.seq - 1)
+            return
+        self.deliver(frame)
+
+    def repaired(self, found: list[Frame]) -> None:
+        """The refill is over: deliver what it found and the held chunks, in order."""
+        held, self.held = self.held or [], None
+        for frame in sorted(found + held, key=lambda f: f.seq):
+            self.deliver(frame)  # the ring drops duplicates and anything out of order
+
+    def deliver(self, frame: Frame) -> None:
+        """A new chunk into the ring and out to every listener (or held while coalescing)."""
         if not self.ring.add(frame.seq, frame):
             return
         self.chunks += 1
@@ -287,6 +315,7 @@ class Hub:
         self._starting: dict[str, asyncio.Task[Feed]] = {}
         self.pacer = Pacer()
         self.coalesce = False
+        self._tasks: set[asyncio.Future[None]] = set()  # refills of missed chunks
 
     async def pace(self) -> None:
         """Measure loop lag and listeners behind every tick; coalesce chunks while loaded."""
@@ -363,6 +392,28 @@ class Hub:
                             feed.on_state(snap)
                     feed.on_control(body)
 
+        async def refill(first: int, last: int) -> None:
+            found: list[Frame] = []
+            try:
+                msgs = await self.bus.replay(subjects.MEDIA_STREAM, subjects.media(space),
+                                             since_s=REPAIR_LOOKBACK_S,
+                                             timeout=REPAIR_TIMEOUT_S)
+                for msg in msgs:
+                    with contextlib.suppress(BadInput):
+                        frame = feed.frame(msg.data)
+                        if first <= frame.seq <= last:
+                            found.append(frame)
+            except Exception:  # the bus is reconnecting: deliver what we have
+                log.warning("could not refill chunks %d-%d of %s", first, last, space)
+            finally:
+                metrics.REFILLED.inc(len(found))
+                feed.repaired(found)
+
+        def on_gap(first: int, last: int) -> None:
+            self._tasks.add(task := asyncio.ensure_future(refill(first, last)))
+            task.add_done_callback(self._tasks.discard)
+
+        feed.on_gap = on_gap
         feed.subs = [await self.bus.subscribe(subjects.media(space), media),
                      await self.bus.subscribe(subjects.control(space), control),
                      await self.bus.subscribe(subjects.state(space), state),
@@ -451,6 +502,8 @@ class Hub:
             await s.unsubscribe()
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         for feed in list(self.feeds.values()):
             if feed.release is not None:
                 feed.release.cancel()

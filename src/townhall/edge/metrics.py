@@ -25,3 +25,5 @@ BEHIND = Gauge("townhall_edge_behind_ratio",
 TEXT_DELIVERIES = Counter("townhall_edge_text_deliveries_total",
                           "Shared state/levels text frames handed to listeners, by path",
                           ["path"])
+REFILLED = Counter("townhall_edge_refilled_chunks_total",
+                   "Chunks missed on the live subscription and refilled from JetStream")
