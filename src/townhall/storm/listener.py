@@ -85,6 +85,11 @@ class Visit:
             self.until = now + self.stay_s
             self.leaving = True
 
+    async def pause(self, backoff: Backoff, retry_after: float | None) -> None:
+        """Back off (full jitter, at least Retry-After) before the next try, never past the end."""
+        await asyncio.sleep(min(backoff.next_delay(retry_after),
+                                max(0.0, self.until - time.monotonic())))
+
     def over(self, ev: Events) -> bool:
         """Past its end; a listener that stayed its time is counted as having left, once."""
         if time.monotonic() < self.until:
@@ -162,8 +167,7 @@ async def ws_listener(idx: int, base: str, space: str, until: float, ev: Events,
                 ev.live -= 1
         if visit.over(ev):
             return
-        await asyncio.sleep(min(backoff.next_delay(retry_after),
-                                max(0.0, visit.until - time.monotonic())))
+        await visit.pause(backoff, retry_after)
 
 
 async def ogg_listener(idx: int, base: str, space: str, until: float, ev: Events,
@@ -211,5 +215,4 @@ async def ogg_listener(idx: int, base: str, space: str, until: float, ev: Events
                 ev.live -= 1
         if visit.over(ev):
             return
-        await asyncio.sleep(min(backoff.next_delay(retry_after),
-                                max(0.0, visit.until - time.monotonic())))
+        await visit.pause(backoff, retry_after)
