@@ -90,19 +90,8 @@ class Listener(asyncio.Protocol):
     def _frames(self, now: float) -> None:
         buf = self.buf
         tally = self.tally
-        while len(buf) >= 2:
-            opcode, size = buf[0] & 0x0F, buf[1] & 0x7F
-            off = 2
-            if size == 126:
-                if len(buf) < 4:
-                    return
-                size, off = struct.unpack_from(">H", buf, 2)[0], 4
-            elif size == 127:
-                if len(buf) < 10:
-                    return
-                size, off = struct.unpack_from(">Q", buf, 2)[0], 10
-            if len(buf) < off + size:
-                return
+        while (head := frame_head(buf)) is not None:
+            opcode, off, size = head
             if opcode == 2 and size >= _CHUNK_HEAD.size:
                 _, seq, _, sent_us = _CHUNK_HEAD.unpack_from(buf, off)
                 if tally.measuring:
@@ -114,6 +103,23 @@ class Listener(asyncio.Protocol):
             elif opcode == 8 and self.transport is not None:
                 self.transport.close()
             del buf[:off + size]
+
+
+def frame_head(buf: bytearray) -> tuple[int, int, int] | None:
+    """(opcode, payload offset, payload size) of the unmasked frame at the start of ``buf``,
+    or None until the whole frame is there."""
+    if len(buf) < 2:
+        return None
+    opcode, size, off = buf[0] & 0x0F, buf[1] & 0x7F, 2
+    if size == 126:
+        if len(buf) < 4:
+            return None
+        size, off = struct.unpack_from(">H", buf, 2)[0], 4
+    elif size == 127:
+        if len(buf) < 10:
+            return None
+        size, off = struct.unpack_from(">Q", buf, 2)[0], 10
+    return None if len(buf) < off + size else (opcode, off, size)
 
 
 def request(mode: str, host: str, port: int, path: str) -> bytes:

@@ -79,6 +79,16 @@ def wait_http(url: str, ok: tuple[int, ...] = (200,), bound_s: float = 60) -> No
     raise TimeoutError(f"{url} did not answer within {bound_s:.0f} s")
 
 
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it is still running after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def ensure_icecast() -> str:
     """The icecast2 binary; as root, apt-get installs Debian's package when it is missing."""
     found = shutil.which("icecast2")
@@ -134,12 +144,7 @@ class Icecast:
 
     def stop(self) -> None:
         """Terminate (kill after 10 s)."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
 
 
 class TownhallEdge:
@@ -180,12 +185,7 @@ class TownhallEdge:
 
     def stop(self) -> None:
         """Terminate (kill after 10 s)."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
         self.log.close()
 
 

@@ -15,7 +15,7 @@ import struct
 import time
 from typing import Any, cast
 
-from bench.fanout.loadgen import request
+from bench.fanout.loadgen import frame_head, request
 
 _CHUNK_SEQ = struct.Struct(">4sQ")
 _GRANULE = struct.Struct("<q")
@@ -92,18 +92,8 @@ class Joiner(asyncio.Protocol):
 
     def _frames(self) -> None:
         buf = self.buf
-        while len(buf) >= 2:
-            opcode, size, off = buf[0] & 0x0F, buf[1] & 0x7F, 2
-            if size == 126:
-                if len(buf) < 4:
-                    return
-                size, off = struct.unpack_from(">H", buf, 2)[0], 4
-            elif size == 127:
-                if len(buf) < 10:
-                    return
-                size, off = struct.unpack_from(">Q", buf, 2)[0], 10
-            if len(buf) < off + size:
-                return
+        while (head := frame_head(buf)) is not None:
+            opcode, off, size = head
             if opcode == 2 and size >= _CHUNK_SEQ.size:
                 seq = _CHUNK_SEQ.unpack_from(buf, off)[1]
                 if self.last_seq >= 0 and seq != self.last_seq + 1:
