@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from townhall.bus.embedded import free_port
+from townhall.procs import stop_process
 
 
 def start_server(env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen[bytes]]:
@@ -54,9 +55,4 @@ def stop(url: str, space: str, token: str, proc: subprocess.Popen[bytes]) -> Non
                    headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError:
         pass
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)

@@ -43,6 +43,7 @@ from rich.progress import Progress
 from bench._local import live_space, start_server, stop
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.media.opus import OpusDecoder, OpusEncoder
+from townhall.procs import stop_processes
 
 PROBE_HZ = 3000.0
 BURST_EVERY = 50   # frames: one burst a second
@@ -219,13 +220,7 @@ def run_once(speakers: int, warm_s: float, window_s: float) -> tuple[list[float]
             raise RuntimeError(f"{len(snap['stage'])} on stage, wanted {speakers}")
         return delays, share
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         stop(url, space, host, proc)
 
 

@@ -16,6 +16,7 @@ import httpx
 from rich.console import Console
 
 from bench._local import live_space, start_server, stop
+from townhall.procs import stop_processes
 from townhall.storm.run import StormArgs, storm
 
 HERE = Path(__file__).resolve().parent
@@ -71,8 +72,7 @@ def scenario(capacity: int, overload: int, ramp: float, hold: float, stay: float
         ticks1, late1 = stage_counters(url)
         alive = proc.poll() is None and all(p.poll() is None for p in speakers)
     finally:
-        for p in speakers:
-            p.terminate()
+        stop_processes(speakers)
         stop(url, space, host, proc)
     return {**s, "n": n, "stage_ticks": ticks1 - ticks0, "stage_late": late1 - late0,
             "alive": alive}
