@@ -68,6 +68,7 @@ def test_errors_are_precise_problems(served: Served) -> None:
         (c.post(f"/api/v1/spaces/{space}/end",
                 headers={"Authorization": f"Bearer {other}"}), 403, "/problems/not-host"),
         (c.get("/api/v1/spaces/zzzzzzzzzz"), 404, "/problems/space-not-found"),
+        (c.get("/api/v1/spaces/\u00e9t\u00e9\U00050b6e"), 404, "/problems/space-not-found"),
         (c.post(f"/api/v1/spaces/{space}/start", headers=auth), 409, "/problems/not-startable"),
         (c.post("/api/v1/spaces", content=b"{" + b" " * 70_000 + b"}",
                 headers={**auth, "Content-Type": "application/json"}), 413, None),
@@ -79,6 +80,8 @@ def test_errors_are_precise_problems(served: Served) -> None:
     for response, status, kind in cases:
         assert response.status_code == status, (status, response.text)
         assert response.headers["content-type"].startswith(PROBLEM)
+        # No charset travels with problem+json: ASCII reads the same whatever a client guesses.
+        assert response.content.isascii(), response.content
         if kind:
             assert response.json()["type"] == kind, response.text
     before = c.get(f"/api/v1/spaces/{space}").json()
@@ -323,8 +326,29 @@ async def test_host_and_cohost_acting_at_once_lose_no_update(served: Served) -> 
     assert snap["requests"] == [] and snap["version"] == before + 20
 
 
+def test_openapi_describes_answers_and_problems(served: Served) -> None:
+    doc = httpx.get(f"{served.url}/openapi.json", timeout=10).json()
+    assert "HTTPValidationError" not in json.dumps(doc)  # FastAPI's 422 body: never sent
+    snapshot = doc["components"]["schemas"]["Snapshot"]
+    assert {"id", "state", "version", "stage", "requests", "listeners"} <= set(
+        snapshot["required"])
+    ops = {(path, method): op for path, item in doc["paths"].items()
+           for method, op in item.items() if path.startswith("/api/v1")}
+    assert len(ops) == 10
+    for (path, method), op in ops.items():
+        ok = [s for s in op["responses"] if s.startswith("2")]
+        assert ok and op["responses"][ok[0]]["content"]["application/json"]["schema"], path
+        errors = {s: r for s, r in op["responses"].items() if s.startswith(("4", "5"))}
+        assert errors, (method, path)
+        for status, r in errors.items():
+            assert list(r["content"]) == [PROBLEM], (method, path, status)
+    assert "304" in ops[("/api/v1/spaces/{space}", "get")]["responses"]
+    assert "429" in ops[("/api/v1/spaces/{space}/actions", "post")]["responses"]
+
+
 def test_no_input_makes_the_api_fail(served: Served) -> None:
-    """Schemathesis against /openapi.json: whatever it sends, never a 5xx."""
+    """Schemathesis against /openapi.json: whatever it sends, never a 5xx, and every
+    response (status, content type, body) is one the document describes."""
     host, _ = guest(served, "Fuzz")
     space = live_space(served, host)
     schemathesis.experimental.OPEN_API_3_1.enable()
@@ -350,6 +374,7 @@ def test_no_input_makes_the_api_fail(served: Served) -> None:
                                                 response.status_code, response.text)
             if response.status_code >= 400:
                 assert response.headers["content-type"].startswith(PROBLEM), response.text
+            case.validate_response(response)
 
         fuzz()
     assert len(calls) >= 40 and any(s < 300 for s in calls)
