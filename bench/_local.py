@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -56,3 +59,27 @@ def stop(url: str, space: str, token: str, proc: subprocess.Popen[bytes]) -> Non
     except httpx.HTTPError:
         pass
     stop_process(proc)
+
+
+class LocalSpace(NamedTuple):
+    """A local `townhall serve` and the live Space a bench runs on."""
+
+    url: str
+    space: str
+    host: str  # the host's token
+    proc: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def live_server(title: str, env: dict[str, str] | None = None) -> Iterator[LocalSpace]:
+    """A fresh `townhall serve` with one live Space; ends the Space and the server after."""
+    url, proc = start_server(env)
+    try:
+        space, host = live_space(url, title)
+    except BaseException:
+        stop_process(proc)
+        raise
+    try:
+        yield LocalSpace(url, space, host, proc)
+    finally:
+        stop(url, space, host, proc)
