@@ -88,6 +88,33 @@ def test_errors_are_precise_problems(served: Served) -> None:
     assert before["state"] == "live" and len(before["stage"]) == 1  # nothing harmed
 
 
+def test_anonymous_callers_may_read_but_change_nothing(served: Served) -> None:
+    """The permission matrix's last column: no token at all."""
+    host, bob = guest(served, "Anon host"), guest(served, "Anon bob")
+    space = live_space(served, host[0])
+    with served.client(bob[0]) as c:
+        assert c.post(f"/api/v1/spaces/{space}/actions",
+                      json={"action": "request"}).status_code == 200
+    c = httpx.Client(base_url=served.url, timeout=10)
+    before = c.get(f"/api/v1/spaces/{space}").json()
+    calls = [("/api/v1/spaces", {"title": "x"}), (f"/api/v1/spaces/{space}/start", None),
+             (f"/api/v1/spaces/{space}/end", None),
+             (f"/api/v1/spaces/{space}/reactions", {"emoji": "👏"})]
+    calls += [(f"/api/v1/spaces/{space}/actions", {"action": a, "identity": bob[1]})
+              for a in ("request", "withdraw", "approve", "decline", "invite", "accept",
+                        "to_audience", "mute", "unmute", "add_cohost", "remove_cohost",
+                        "remove")]
+    for path, body in calls:
+        r = c.post(path, json=body)
+        assert r.status_code == 401, (path, body, r.text)
+        assert r.json()["type"] == "/problems/token-missing"
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    assert c.get("/api/v1/me").status_code == 401
+    assert c.get(f"/api/v1/spaces/{space}").json() == before
+    assert c.get(f"/api/v1/spaces/{space}/listen").status_code == 200
+    assert space in [s["id"] for s in c.get("/api/v1/spaces").json()["spaces"]]
+
+
 def test_mutating_floods_get_429_with_retry_after(served: Served) -> None:
     host, _ = guest(served, "Flood")
     space = live_space(served, host)
