@@ -53,3 +53,11 @@ def test_token_mints_what_the_server_accepts(tmp_path: Path,
     assert (ident.id, ident.name, ident.space, ident.role) == ("ada", "Ada", "k3v9x2m4qa",
                                                                "speaker")
     assert main(["token", "--identity", "no spaces", "--data", str(data)]) == 2
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "two"])
+def test_cluster_up_needs_one_of_each(count: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["cluster", "up", "--edges", count])
+    assert exit_.value.code == 2 and ">= 1" in capsys.readouterr().err
+    assert build_parser().parse_args(["cluster", "up", "--edges", "1"]).edges == 1
