@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -406,6 +407,38 @@ def test_no_input_makes_the_api_fail(served: Served) -> None:
         fuzz()
     assert len(calls) >= 40 and any(s < 300 for s in calls)
     assert httpx.get(f"{served.url}/healthz", timeout=10).status_code == 200
+
+
+def test_townhall_watch_follows_the_room_until_it_ends(served: Served) -> None:
+    """The tour's second terminal: one line per snapshot from /ws, exit 0 on the end."""
+    (host, _), (bob, bob_id) = guest(served, "Wanda"), guest(served, "Bob")
+    space = live_space(served, host)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "townhall", "watch", "--url", served.url, "--space", space,
+         "--seconds", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline().startswith("v2 live | stage: Wanda (host)")
+        with served.client(bob) as c:
+            assert c.post(f"/api/v1/spaces/{space}/actions",
+                          json={"action": "request"}).status_code == 200
+        with served.client(host) as c:
+            assert c.post(f"/api/v1/spaces/{space}/actions",
+                          json={"action": "approve", "identity": bob_id}).status_code == 200
+            # Coalescing may merge the request into the approval; the approval shows.
+            # (readline is bounded: the watcher gives up after its --seconds.)
+            for line in iter(watcher.stdout.readline, ""):
+                if "stage: Wanda (host), Bob (speaker)" in line:
+                    break
+            else:
+                raise AssertionError(f"the approval never showed: {watcher.stderr.read()}")
+            assert c.post(f"/api/v1/spaces/{space}/end").status_code == 200
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[-2].startswith("v5 ended") and lines[-1].startswith("closed (4410"), out
 
 
 def test_the_readme_tour_works_word_for_word(served: Served) -> None:

@@ -18,6 +18,7 @@ SUBCOMMANDS: list[str] = [
     "townhall.cli.speak",
     "townhall.cli.listen",
     "townhall.cli.storm",
+    "townhall.cli.watch",
 ]
 
 
