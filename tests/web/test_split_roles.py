@@ -79,6 +79,8 @@ def test_page_from_an_api_only_process_listens_at_the_edge(browser: Browser, tmp
                     break
                 time.sleep(0.2)
             assert [e["ws"] for e in edges] == [f"{edge_url}/ws/{space}"]
+            where = c.get(f"/api/v1/spaces/{space}/listen").json()
+            assert (where["ws"], where["ogg"]) == (edges[0]["ws"], edges[0]["ogg"])
         speaker = subprocess.Popen(
             [sys.executable, "-m", "townhall", "speak", "--url", api.url, "--space", space,
              "--token", token, "--tone", "440", "--seconds", "120"],

@@ -332,6 +332,10 @@ def install(app: FastAPI, ctx: Context) -> None:
             edges = rank_edges(space, {}, {ctx.settings.node_id: {
                 "url": ctx.settings.public_url or None, "listeners": 0, "capacity": None}},
                 now)
+        if edges and "edge" not in ctx.settings.roles:
+            # This process serves no /ws: the top-level answer is the best edge, not a
+            # same-origin path that would 404 here.
+            return {"ws": edges[0]["ws"], "ogg": edges[0]["ogg"], "edges": edges}
         return {"ws": f"/ws/{space}", "ogg": f"/listen/{space}.opus", "edges": edges}
 
     app.include_router(router)
