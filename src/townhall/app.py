@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -41,6 +42,8 @@ HTTP_PLUGINS: dict[str, list[str]] = {
     "edge": ["townhall.edge.plugin"],
 }
 MAX_BODY = 64 * 1024
+STAGE_QUIET_S = 5.0     # no stage heartbeat for this long: the stage role is down
+STAGE_STARTUP_S = 30.0  # ...after its first report, or once it has had this long to start
 
 
 class ProblemResponse(JSONResponse):
@@ -174,6 +177,27 @@ def _mentions(tree: Any, ref: str) -> bool:
     return bool(tree == ref)
 
 
+def watch_stage(app: FastAPI, ctx: Context, started: float) -> None:
+    """When this process runs the stage role next to the api (`townhall serve`), /healthz
+    says whether a stage is reporting: the stage runs as a child process, serves no HTTP,
+    and could otherwise die unnoticed."""
+    board = getattr(app.state, "stage_board", None)
+    if "stage" not in ctx.settings.roles or board is None:
+        return
+
+    heard = False
+
+    def stage_up() -> bool:
+        nonlocal heard
+        now = time.monotonic()
+        if any(age <= STAGE_QUIET_S for _, age in board.current(now)):
+            heard = True
+            return True
+        return not heard and now - started < STAGE_STARTUP_S
+
+    ctx.health.setdefault("stage", stage_up)
+
+
 def build_app(ctx: Context) -> FastAPI:
     """One ASGI app with every HTTP role this process runs."""
 
@@ -203,6 +227,7 @@ def build_app(ctx: Context) -> FastAPI:
             module: Any = importlib.import_module(module_name)
             module.install(app, ctx)
     describe_problems(app)
+    watch_stage(app, ctx, time.monotonic())
     app.add_middleware(BodyLimit)
     app.add_middleware(MetricsMiddleware)
     return app
