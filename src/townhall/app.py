@@ -72,27 +72,43 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_large = TooLarge(f"request bodies are capped at {self.limit} bytes",
-                             limit=self.limit)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_large = problem_response(TooLarge(f"request bodies are capped at {self.limit} bytes",
+                                              limit=self.limit))
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await problem_response(too_large)(scope, receive, send)
+            await too_large(scope, receive, send)
             return
+        if declared is not None or b"transfer-encoding" not in headers:
+            # No body, or one the server reads to its declared length and no further.
+            await self.app(scope, receive, send)
+            return
+        # A chunked body has no length to check up front: read it here, bounded, and hand
+        # the app the whole of it. (Refusing from inside the app's own read is not
+        # possible: FastAPI turns any error while reading a body into a 400.)
+        parts: list[bytes] = []
         seen = 0
-
-        async def capped() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise too_large
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            parts.append(message.get("body", b""))
+            seen += len(parts[-1])
+            if seen > self.limit:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body"):
+                break
+        replayed = False
 
-        try:
-            await self.app(scope, capped, send)
-        except TooLarge as exc:
-            await problem_response(exc)(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 def _validation_problem(exc: RequestValidationError) -> Problem:

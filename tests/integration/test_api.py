@@ -72,7 +72,12 @@ def test_errors_are_precise_problems(served: Served) -> None:
         (c.get("/api/v1/spaces/\u00e9t\u00e9\U00050b6e"), 404, "/problems/space-not-found"),
         (c.post(f"/api/v1/spaces/{space}/start", headers=auth), 409, "/problems/not-startable"),
         (c.post("/api/v1/spaces", content=b"{" + b" " * 70_000 + b"}",
-                headers={**auth, "Content-Type": "application/json"}), 413, None),
+                headers={**auth, "Content-Type": "application/json"}), 413,
+         "/problems/too-large"),
+        # The same without Content-Length (chunked): counted as it streams in.
+        (c.post("/api/v1/spaces", content=iter([b"{", b" " * 70_000, b"}"]),
+                headers={**auth, "Content-Type": "application/json"}), 413,
+         "/problems/too-large"),
         (c.post("/api/v1/spaces", json={"title": "x", "extra": 1}, headers=auth), 422,
          "/problems/invalid-body"),
         (c.post(f"/api/v1/spaces/{space}/reactions", json={"emoji": "💩"}, headers=auth),
@@ -87,6 +92,9 @@ def test_errors_are_precise_problems(served: Served) -> None:
             assert response.json()["type"] == kind, response.text
     before = c.get(f"/api/v1/spaces/{space}").json()
     assert before["state"] == "live" and len(before["stage"]) == 1  # nothing harmed
+    chunked = c.post("/api/v1/spaces", content=iter([b'{"title": ', b'"chunked"}']),
+                     headers={**auth, "Content-Type": "application/json"})
+    assert chunked.status_code == 201 and chunked.json()["title"] == "chunked", chunked.text
 
 
 def test_anonymous_callers_may_read_but_change_nothing(served: Served) -> None:
