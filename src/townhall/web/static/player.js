@@ -76,6 +76,7 @@ export class Player {
     this.onEnded = onEnded || (() => {});
     this.ws = null;
     this.choice = new EdgeChoice(space);
+    this.pickedAt = -Infinity;
     this.nextSeq = null;
     this.attempt = 0;
     this.closed = false;
@@ -102,8 +103,11 @@ export class Player {
     });
   }
 
-  /** Ask the api which edges serve this Space; keep the current list if it cannot say. */
+  /** Ask the api which edges serve this Space; keep the current list if it cannot say.
+   *  At most every 10 s: in a reconnect storm every listener would otherwise ask at once. */
   async _pickEdges() {
+    if (performance.now() - this.pickedAt < 10000) return;
+    this.pickedAt = performance.now();
     try {
       const headers = this.token ? { Authorization: `Bearer ${this.token}` } : {};
       const res = await fetch(`/api/v1/spaces/${this.space}/listen`, { headers, signal: AbortSignal.timeout(5000) });
