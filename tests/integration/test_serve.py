@@ -7,7 +7,6 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -20,7 +19,8 @@ def _nats_children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def test_serve_is_healthy_and_exports_metrics(tmp_path: Path) -> None:
+def test_serve_is_healthy_exports_metrics_and_says_when_its_stage_is_gone(
+        tmp_path: Path) -> None:
     served = start_townhall(tmp_path / "data")
     try:
         health = httpx.get(f"{served.url}/healthz", timeout=5).json()
@@ -29,6 +29,22 @@ def test_serve_is_healthy_and_exports_metrics(tmp_path: Path) -> None:
         metrics = httpx.get(f"{served.url}/metrics", timeout=5)
         assert "townhall_http_requests_total" in metrics.text
         assert (tmp_path / "data" / "token-secret").stat().st_mode & 0o777 == 0o600
+        # The stage child reports (its heartbeat is on /metrics); once it is killed,
+        # /healthz says so (503).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "townhall_stage_report_age_seconds{" not in \
+                httpx.get(f"{served.url}/metrics", timeout=5).text:
+            time.sleep(0.5)
+        health = httpx.get(f"{served.url}/healthz", timeout=5).json()
+        assert health["ok"] is True and health["checks"]["stage"] is True, health
+        os.kill(_stage_child(served.proc.pid), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        r = httpx.get(f"{served.url}/healthz", timeout=5)
+        while time.monotonic() < deadline and r.status_code == 200:
+            time.sleep(0.5)
+            r = httpx.get(f"{served.url}/healthz", timeout=5)
+        assert r.status_code == 503, r.text
+        assert r.json()["checks"] == {"nats": True, "stage": False}
     finally:
         assert served.stop(signal.SIGTERM) == 0
 
@@ -58,24 +74,3 @@ def _stage_child(pid: int) -> int:
     out = subprocess.run(["pgrep", "-P", str(pid), "-f", "roles stage"],
                          capture_output=True, text=True, check=False).stdout
     return int(out.split()[0])
-
-
-def test_healthz_says_when_the_stage_child_is_gone(tmp_path: Path) -> None:
-    served = start_townhall(tmp_path / "data")
-    try:
-        deadline = time.monotonic() + 30
-        health: dict[str, Any] = {}
-        while time.monotonic() < deadline and health.get("checks", {}).get("stage") is not True:
-            health = httpx.get(f"{served.url}/healthz", timeout=5).json()
-            time.sleep(0.5)
-        assert health["ok"] is True and health["checks"]["stage"] is True, health
-        os.kill(_stage_child(served.proc.pid), signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        r = httpx.get(f"{served.url}/healthz", timeout=5)
-        while time.monotonic() < deadline and r.status_code == 200:
-            time.sleep(0.5)
-            r = httpx.get(f"{served.url}/healthz", timeout=5)
-        assert r.status_code == 503, r.text
-        assert r.json()["checks"] == {"nats": True, "stage": False}
-    finally:
-        served.stop()
