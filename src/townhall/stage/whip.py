@@ -11,6 +11,7 @@ import json
 
 from fastapi import FastAPI, Request, Response
 
+from townhall.bus import subjects
 from townhall.context import Context
 from townhall.problems import (
     BadInput,
@@ -79,6 +80,12 @@ def install(app: FastAPI, ctx: Context) -> None:
         if is_blocked(snap, ident.id) or on_stage(snap, ident.id) is None:
             raise Forbidden("only people on this Space's stage may publish",
                             slug="not-on-stage")
+        if await ctx.bus.kv_get(subjects.LEASES_BUCKET, space) is None:
+            # No stage holds the Space (none running, or the owner died and its lease ran
+            # out): say so at once rather than after the request's timeout, so a speaker's
+            # client retries while another stage takes the Space over.
+            raise Unavailable("no stage holds this Space right now; retry shortly",
+                              retry_after=1, slug="no-stage")
         reply = await ask_stage(space, {"identity": ident.id, "name": ident.name, "sdp": sdp})
         location = f"/whip/{space}/{reply['session']}"
         return Response(str(reply["sdp"]), status_code=201, media_type="application/sdp",
