@@ -36,8 +36,10 @@ def control(space: str) -> str:
     return f"townhall.{space}.control"
 
 
-STAGE_WHIP = "townhall.stage.whip"  # queue group: any stage may claim a Space's ingest
-STAGE_QUEUE = "stage"
+def whip(space: str) -> str:
+    """WHIP offers and leaves for one Space, api -> stages (request/reply). Every stage
+    subscribes to all of them; only the one holding the Space's lease answers."""
+    return f"townhall.stage.whip.{space}"
 
 
 EDGES = "townhall.edges.*"

@@ -39,11 +39,6 @@ RENEW_S = 1.0
 REPORT_S = 1.0
 
 
-
-def whip_subject(space: str) -> str:
-    return f"townhall.stage.whip.{space}"
-
-
 class SpaceRun:
     """One owned Space: its speakers, its clock, its encoder and packager."""
 
@@ -158,7 +153,7 @@ class Stage:
     async def start(self) -> None:
         await self.bus.subscribe("townhall.*.state", self._on_state)
         await self.bus.subscribe("townhall.*.control", self._on_control)
-        await self.bus.subscribe("townhall.stage.whip.*", self._on_whip)
+        await self.bus.subscribe(subjects.whip("*"), self._on_whip)
 
     async def _on_state(self, msg: Message) -> None:
         with contextlib.suppress(ValueError):

@@ -25,7 +25,6 @@ from townhall.problems import (
 from townhall.room.rules import is_blocked
 from townhall.room.snapshot import on_stage
 from townhall.room.store import SpaceStore
-from townhall.stage.role import whip_subject
 
 STATUS: dict[int, type[Problem]] = {403: Forbidden, 404: NotFound, 409: Conflict,
                                     422: Unprocessable}
@@ -53,7 +52,7 @@ def install(app: FastAPI, ctx: Context) -> None:
     async def ask_stage(space: str, payload: dict[str, object]) -> dict[str, object]:
         leaving = payload.get("op") == "leave"
         try:
-            msg = await ctx.bus.request(whip_subject(space), json.dumps(payload).encode(),
+            msg = await ctx.bus.request(subjects.whip(space), json.dumps(payload).encode(),
                                         timeout=3 if leaving else 15)
         except TimeoutError as exc:
             if leaving:  # no stage runs the Space any more: the session is gone already
