@@ -43,6 +43,7 @@ MAX_TEXTS = 32          # queued text frames per listener; older levels are drop
 MAX_REPAIR = 100        # refill a hole of up to this many chunks (10 s) from JetStream
 REPAIR_LOOKBACK_S = 15.0
 REPAIR_TIMEOUT_S = 1.0
+DOC_TTL_S = 5.0         # a watched KV entry older than this is read again on the next join
 CLOSE_TOO_SLOW = 4408
 CLOSE_ENDED = 4410
 CLOSE_REMOVED = 4403
@@ -245,7 +246,13 @@ class Feed:
         self.fast: dict[str, dict[Subscriber, Write]] = {kind: {} for kind in KINDS}
         self.slow: set[Subscriber] = set()
         self.snapshot: dict[str, Any] | None = None   # public view
-        self.doc: dict[str, Any] | None = None        # the KV entry, internal keys kept
+        # The Space's KV entry (internal keys kept: private, _blocked), kept fresh while
+        # the feed is open by watching the key, so that a join needs no NATS round trip.
+        self.doc_raw: bytes | None = None
+        self.doc_at: float | None = None   # loop time it was last confirmed; None = never
+        self.doc_seen = 0                  # updates received (a re-read must not undo one)
+        self._doc: dict[str, Any] | None = None
+        self._doc_parsed = True
         self.state_text: str | None = None
         self.reactions: Counter[str] = Counter()
         self.subs: list[Subscription] = []
@@ -294,6 +301,23 @@ class Feed:
                 if last is not None:
                     sub.last_seq = max(sub.last_seq, last)
             self.slow.add(sub)
+
+    def on_doc(self, raw: bytes | None, at: float) -> None:
+        """The KV entry changed (None: deleted); parsed only when a join asks for it."""
+        self.doc_raw, self.doc_at = raw, at
+        self.doc_seen += 1
+        self._doc_parsed = False
+
+    def doc(self) -> dict[str, Any] | None:
+        """The Space's KV entry as a dict (None if absent or unreadable)."""
+        if not self._doc_parsed:
+            self._doc_parsed = True
+            self._doc = None
+            if self.doc_raw:
+                with contextlib.suppress(ValueError):
+                    doc = json.loads(self.doc_raw)
+                    self._doc = doc if isinstance(doc, dict) else None
+        return self._doc
 
     def frame(self, data: bytes) -> Frame:
         chunk = Chunk.decode(data)
@@ -414,6 +438,16 @@ class Feed:
         self._texts(text)
 
 
+def _parse(raw: bytes | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 class Hub:
     """All Space feeds of one edge process."""
 
@@ -463,15 +497,21 @@ class Hub:
         return sum(len(f.subscribers) for f in self.feeds.values())
 
     async def snapshot(self, space: str) -> dict[str, Any] | None:
-        """The Space's current snapshot from KV (internal keys kept; callers filter)."""
+        """The Space's current snapshot from KV (internal keys kept; callers filter):
+        the open feed's watched copy, re-read at most every DOC_TTL_S (a watch can miss
+        updates while NATS reconnects), or one KV read when no feed is open."""
+        feed = self.feeds.get(space)
+        now = asyncio.get_running_loop().time()
+        if feed is not None and feed.doc_at is not None and now - feed.doc_at < DOC_TTL_S:
+            return feed.doc()
+        seen = feed.doc_seen if feed is not None else 0
         entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
-        if entry is None:
-            return None
-        try:
-            doc = json.loads(entry.value)
-        except ValueError:
-            return None
-        return doc if isinstance(doc, dict) else None
+        raw = entry.value if entry is not None else None
+        if feed is None or self.feeds.get(space) is not feed:
+            return _parse(raw)
+        if feed.doc_seen == seen:  # no watched update while we read: ours is current
+            feed.on_doc(raw, now)
+        return feed.doc()
 
     async def _open(self, space: str) -> Feed:
         feed = Feed(space, self.ogg)
@@ -498,10 +538,15 @@ class Hub:
                 if isinstance(body, dict):
                     if body.get("type") == "ended":
                         # Send the final "ended" snapshot before closing, if KV has it.
-                        snap = await self.snapshot(space)
+                        entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
+                        snap = _parse(entry.value if entry is not None else None)
                         if snap is not None:
                             feed.on_state(snap)
                     feed.on_control(body)
+
+        async def doc(msg: Message) -> None:
+            deleted = msg.headers.get("KV-Operation") in ("DEL", "PURGE")
+            feed.on_doc(None if deleted else msg.data, asyncio.get_running_loop().time())
 
         async def refill(first: int, last: int) -> None:
             found: list[Frame] = []
@@ -528,8 +573,15 @@ class Hub:
         feed.subs = [await self.bus.subscribe(subjects.media(space), media),
                      await self.bus.subscribe(subjects.control(space), control),
                      await self.bus.subscribe(subjects.state(space), state),
-                     await self.bus.subscribe(subjects.levels(space), levels)]
-        snap = await self.snapshot(space)
+                     await self.bus.subscribe(subjects.levels(space), levels),
+                     # watched before the first read, so no update falls in between
+                     await self.bus.subscribe(
+                         subjects.kv_key(subjects.SPACES_BUCKET, space), doc)]
+        entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
+        if feed.doc_seen == 0:
+            feed.on_doc(entry.value if entry is not None else None,
+                        asyncio.get_running_loop().time())
+        snap = feed.doc()
         if snap is not None:
             feed.on_state(snap)
         return feed
