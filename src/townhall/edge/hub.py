@@ -184,24 +184,30 @@ class Subscriber:
         if everything went out (the listener is back in the fast set), else QUEUED."""
         write = self.write
         if write is not None and self.close is None:
-            kind = self.kind
-            while not self.paused:  # a write may pause us (high-water mark) at once
-                if self.texts:
-                    write(ws_text_frame(self.texts.popleft()))
-                    continue
-                skip = self.backlog.take_skip()
-                if skip is not None:
-                    if kind == "ws":  # for Ogg readers a skip is just a page-number jump
-                        write(ws_text_frame(json.dumps({
-                            "type": "jump", "from": skip.from_seq, "to": skip.to_seq,
-                            "reason": "slow"})))
-                    continue
-                item = self.backlog.take()
-                if item is None:
-                    break
-                write(item[1].wire(kind))
+            try:
+                self._drain(write)
+            except Exception:  # its transport is already closed: it is on its way out
+                self.paused = True
         self.sync()
         return WRITTEN if self.keeping_up() else QUEUED
+
+    def _drain(self, write: Write) -> None:
+        kind = self.kind
+        while not self.paused:  # a write may pause us (high-water mark) at once
+            if self.texts:
+                write(ws_text_frame(self.texts.popleft()))
+                continue
+            skip = self.backlog.take_skip()
+            if skip is not None:
+                if kind == "ws":  # for Ogg readers a skip is just a page-number jump
+                    write(ws_text_frame(json.dumps({
+                        "type": "jump", "from": skip.from_seq, "to": skip.to_seq,
+                        "reason": "slow"})))
+                continue
+            item = self.backlog.take()
+            if item is None:
+                break
+            write(item[1].wire(kind))
 
     def end(self, code: int, reason: str) -> None:
         """Decide to close this listener (first reason wins); its connection acts on it."""

@@ -250,9 +250,9 @@ class WsListener(ListenerConnection):
         sub = self.sub
         if sub is not None:
             sub.end(code, reason)
-            while sub.texts:  # e.g. the final "ended" state, ahead of the close frame
-                self.transport.write(ws_text_frame(sub.texts.popleft()))
         if not self.transport.is_closing() and self.ws.state is State.OPEN:
+            while sub is not None and sub.texts:  # e.g. the final "ended" state first
+                self.transport.write(ws_text_frame(sub.texts.popleft()))
             self.ws.send_close(code, reason)
             self._send_protocol_data()
             self._close_later()
@@ -348,7 +348,7 @@ class OggListener(ListenerConnection):
         self.closing = True
         if self.sub is not None:
             self.sub.end(code, reason)
-            if self.sub.kind == "ogg":
+            if self.sub.kind == "ogg" and not self.transport.is_closing():
                 self.transport.write(CHUNKED_END)
         self.transport.close()
         self._close_later()
