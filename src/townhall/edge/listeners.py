@@ -41,6 +41,9 @@ from townhall.problems import BadInput, Forbidden, NotFound, Problem, Unauthoriz
 from townhall.room.snapshot import REACTIONS
 
 log = logging.getLogger(__name__)
+# websockets logs every connection open/close at INFO: not per listener here.
+ws_log = logging.getLogger(__name__ + ".websockets")
+ws_log.setLevel(logging.WARNING)
 
 # Bytes waiting in our transport buffer above which a listener leaves the fast set (~4 s
 # of a 32 kbps stream on top of what the kernel buffers), and below which it returns.
@@ -205,7 +208,7 @@ class WsListener(ListenerConnection):
     def __init__(self, edge: EdgeNode, request: ListenRequest, transport: asyncio.Transport,
                  connections: MutableSet[Any]) -> None:
         super().__init__(edge, request, transport, connections)
-        self.ws = ServerProtocol(max_size=MAX_CLIENT_TEXT)
+        self.ws = ServerProtocol(max_size=MAX_CLIENT_TEXT, logger=ws_log)
         self.bucket: TokenBucket | None = None  # made on the first client message
 
     def opened(self) -> bool:
