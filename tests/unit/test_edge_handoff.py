@@ -262,3 +262,32 @@ async def test_client_ping_oversized_and_flooding_messages() -> None:
 
 def test_no_edge_means_plain_httptools() -> None:
     assert http_protocol(None) == "httptools"
+
+
+class SlowKV:
+    """A bus whose KV answers once the test opens the gate; counts the reads."""
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+        self.reads = 0
+        self.gate = asyncio.Event()
+
+    async def kv_get(self, bucket: str, key: str) -> Any:
+        self.reads += 1
+        await self.gate.wait()
+        return type("Entry", (), {"value": self.value})()
+
+
+async def test_a_join_burst_reads_kv_once_and_an_open_feed_not_at_all() -> None:
+    kv = SlowKV(json.dumps(LIVE).encode())
+    hub = Hub(kv)  # type: ignore[arg-type]
+    burst = [asyncio.ensure_future(hub.snapshot(SPACE)) for _ in range(50)]
+    await settle()
+    kv.gate.set()
+    docs = await asyncio.gather(*burst)
+    assert kv.reads == 1 and all(d == LIVE for d in docs)
+    feed = Feed(SPACE, hub.ogg)
+    feed.on_doc(json.dumps({**LIVE, "_blocked": ["bob"]}).encode(),
+                asyncio.get_running_loop().time())
+    hub.feeds[SPACE] = feed
+    assert (await hub.snapshot(SPACE) or {}).get("_blocked") == ["bob"] and kv.reads == 1

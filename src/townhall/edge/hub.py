@@ -466,6 +466,7 @@ class Hub:
         self.pacer = Pacer()
         self.coalesce = False
         self._tasks: set[asyncio.Future[None]] = set()  # refills of missed chunks
+        self._reads: dict[str, asyncio.Future[dict[str, Any] | None]] = {}  # KV reads
 
     async def pace(self) -> None:
         """Measure loop lag and listeners behind every tick; coalesce chunks while loaded."""
@@ -510,6 +511,16 @@ class Hub:
         now = asyncio.get_running_loop().time()
         if feed is not None and feed.doc_at is not None and now - feed.doc_at < DOC_TTL_S:
             return feed.doc()
+        # A join burst on a Space not open yet: one read for all of them, not one each.
+        reading = self._reads.get(space)
+        if reading is None:
+            reading = self._reads[space] = asyncio.ensure_future(self._read(space))
+            reading.add_done_callback(lambda _: self._reads.pop(space, None))
+        return await asyncio.shield(reading)
+
+    async def _read(self, space: str) -> dict[str, Any] | None:
+        feed = self.feeds.get(space)
+        now = asyncio.get_running_loop().time()
         seen = feed.doc_seen if feed is not None else 0
         entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
         raw = entry.value if entry is not None else None
