@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
 from townhall.bus.embedded import free_port
+from townhall.procs import stop_process
 
 
 def start_server(env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen[bytes]]:
@@ -54,9 +58,28 @@ def stop(url: str, space: str, token: str, proc: subprocess.Popen[bytes]) -> Non
                    headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError:
         pass
-    proc.terminate()
+    stop_process(proc)
+
+
+class LocalSpace(NamedTuple):
+    """A local `townhall serve` and the live Space a bench runs on."""
+
+    url: str
+    space: str
+    host: str  # the host's token
+    proc: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def live_server(title: str, env: dict[str, str] | None = None) -> Iterator[LocalSpace]:
+    """A fresh `townhall serve` with one live Space; ends the Space and the server after."""
+    url, proc = start_server(env)
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        space, host = live_space(url, title)
+    except BaseException:
+        stop_process(proc)
+        raise
+    try:
+        yield LocalSpace(url, space, host, proc)
+    finally:
+        stop(url, space, host, proc)

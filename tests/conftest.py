@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from townhall.bus.embedded import EmbeddedNats, free_port
+from townhall.procs import stop_process
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -50,13 +51,7 @@ class Served:
         return str(r.json()["token"])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, timeout, sig)
         return int(self.proc.returncode)
 
     def tail(self, lines: int = 60) -> str:

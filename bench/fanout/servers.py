@@ -26,6 +26,7 @@ from townhall.bus import Bus, subjects
 from townhall.bus.embedded import free_port
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.media.ogg import OggOpusStream
+from townhall.procs import stop_process
 
 CHUNK_S = 0.1
 PACKETS_PER_CHUNK = 5
@@ -77,16 +78,6 @@ def wait_http(url: str, ok: tuple[int, ...] = (200,), bound_s: float = 60) -> No
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {bound_s:.0f} s")
-
-
-def terminate(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it is still running after 10 s."""
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def ensure_icecast() -> str:
@@ -144,7 +135,7 @@ class Icecast:
 
     def stop(self) -> None:
         """Terminate (kill after 10 s)."""
-        terminate(self.proc)
+        stop_process(self.proc)
 
 
 class TownhallEdge:
@@ -186,7 +177,7 @@ class TownhallEdge:
 
     def stop(self) -> None:
         """Terminate (kill after 10 s)."""
-        terminate(self.proc)
+        stop_process(self.proc)
         self.log.close()
 
 

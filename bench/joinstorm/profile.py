@@ -13,7 +13,6 @@ import asyncio
 import multiprocessing as mp
 import os
 import pstats
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from bench.fanout import servers  # noqa: E402
 from bench.joinstorm import rawjoin  # noqa: E402
 from townhall.bus import Bus  # noqa: E402
 from townhall.bus.embedded import EmbeddedNats, free_port  # noqa: E402
+from townhall.procs import stop_process  # noqa: E402
 
 SPACE = "benchprof01"
 
@@ -89,11 +89,8 @@ async def _profile(args: argparse.Namespace, work: Path) -> Path:
             print({k: v for k, v in result.items() if not isinstance(v, list)})
         finally:
             feeding.cancel()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            # SIGTERM makes the profiled edge write its profile: give it time.
+            await asyncio.to_thread(stop_process, proc, 30)
             log.close()
     finally:
         await bus.close()

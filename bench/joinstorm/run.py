@@ -28,11 +28,12 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent.parent))
 
-from bench._local import live_space, start_server, stop  # noqa: E402
+from bench._local import live_space, start_server  # noqa: E402
 from bench.fanout import servers  # noqa: E402
 from bench.joinstorm import rawjoin  # noqa: E402
 from townhall.bus import Bus  # noqa: E402
 from townhall.bus.embedded import EmbeddedNats  # noqa: E402
+from townhall.procs import stop_process  # noqa: E402
 from townhall.storm.run import StormArgs, storm  # noqa: E402
 
 SERVER_CPU, LOADGEN_CPU = 0, 1
@@ -184,7 +185,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                          f"— / {med[3]:.0f} ms", f"{med[5]:.0f}", f"{med[6]:.0f}",
                          "yes" if alive else "NO"])
     finally:
-        stop(url, "", "", proc)
+        stop_process(proc)  # each phase's Spaces were ended above
     console.print(f"joinstorm done in {time.monotonic() - started:.0f} s")
     return {
         "title": "Join storm at one edge",

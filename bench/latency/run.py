@@ -35,12 +35,12 @@ from typing import Any, NamedTuple
 
 import httpx
 import numpy as np
-import websockets
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from bench._local import live_space, start_server, stop
+from bench._local import live_server
+from bench._speakers import chunks_heard, whip_publish
 from townhall.cli.speak import SourceTrack
 from townhall.media.chunk import SAMPLE_RATE, Chunk
 from townhall.media.opus import OpusDecoder
@@ -144,32 +144,16 @@ async def measure(url: str, space: str, token: str, bursts: int, progress: Progr
     """Listen, then speak until ``bursts`` bursts were heard (bounded); (bursts, targets)."""
     listener = Listener()
     targets: list[float] = []
-    ws_url = url.replace("http", "ws", 1) + f"/ws/{space}"
     pc = RTCPeerConnection()
     probe = ProbeSource()
     pc.addTransceiver(probe, direction="sendrecv")
-    async with websockets.connect(ws_url, max_size=2**20) as ws, \
-            httpx.AsyncClient(timeout=20) as http:
-
-        async def collect() -> None:
-            async for frame in ws:
-                if isinstance(frame, bytes):
-                    listener.add(Chunk.decode(frame), time.time())
-
-        reader = asyncio.ensure_future(collect())
-        try:
-            await pc.setLocalDescription(await pc.createOffer())
-            for _ in range(30):  # 503 until the fresh stage has taken the Space's lease
-                r = await http.post(f"{url}/whip/{space}", content=pc.localDescription.sdp,
-                                    headers={"Authorization": f"Bearer {token}",
-                                             "Content-Type": "application/sdp"})
-                if r.status_code != 503:
-                    break
-                await asyncio.sleep(0.5)
-            r.raise_for_status()
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
+    try:
+        async with chunks_heard(url, space, listener.add), \
+                httpx.AsyncClient(timeout=20) as http:
+            await whip_publish(pc, url, space, token)
             deadline = time.monotonic() + bursts * PERIOD_S * 2 + 30
             skip = 3  # the first bursts meet a jitter buffer still settling
+            got: list[Burst] = []
             while time.monotonic() < deadline:
                 await asyncio.sleep(1)
                 got = pair(probe.sent_at, listener.onsets)[skip:]
@@ -180,10 +164,9 @@ async def measure(url: str, space: str, token: str, bursts: int, progress: Progr
                 if len(got) >= bursts:
                     return got[:bursts], targets
             raise RuntimeError(f"only {len(got)} of {bursts} bursts heard in time")
-        finally:
-            reader.cancel()
-            probe.stop()
-            await pc.close()
+    finally:
+        probe.stop()
+        await pc.close()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -204,13 +187,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         for run in range(args.runs):
             task = progress.add_task(f"run {run + 1}/{args.runs}: bursts heard",
                                      total=args.bursts)
-            url, proc = start_server()
-            space, host = live_space(url, "latency bench")
-            try:
+            with live_server("latency bench") as s:
                 bursts, run_targets = asyncio.run(
-                    measure(url, space, host, args.bursts, progress, task))
-            finally:
-                stop(url, space, host, proc)
+                    measure(s.url, s.space, s.host, args.bursts, progress, task))
             targets += run_targets
             m2e = [b.mouth_to_ear * 1000 for b in bursts]
             row = {"p50": pct(m2e, 50), "p95": pct(m2e, 95), "max": max(m2e),

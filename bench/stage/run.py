@@ -35,14 +35,15 @@ from typing import Any
 import av
 import httpx
 import numpy as np
-import websockets
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection
 from rich.console import Console
 from rich.progress import Progress
 
-from bench._local import live_space, start_server, stop
+from bench._local import live_server
+from bench._speakers import bring_on_stage, chunks_heard, spawn_tone_speaker, whip_publish
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.media.opus import OpusDecoder, OpusEncoder
+from townhall.procs import stop_processes
 
 PROBE_HZ = 3000.0
 BURST_EVERY = 50   # frames: one burst a second
@@ -146,21 +147,6 @@ def reference_cpu(speakers: int, seconds: float) -> float:
     return (time.process_time() - start) / seconds
 
 
-def on_stage(url: str, space: str, host: str, guests: int) -> list[str]:
-    """Invite ``guests`` new people and have each accept; their tokens."""
-    tokens = []
-    with httpx.Client(base_url=url, timeout=10) as c:
-        for i in range(guests):
-            who = c.post("/api/v1/sessions", json={"name": f"speaker {i}"}).json()
-            c.post(f"/api/v1/spaces/{space}/actions", headers={"Authorization": f"Bearer {host}"},
-                   json={"action": "invite", "identity": who["identity"]}).raise_for_status()
-            c.post(f"/api/v1/spaces/{space}/actions",
-                   headers={"Authorization": f"Bearer {who['token']}"},
-                   json={"action": "accept"}).raise_for_status()
-            tokens.append(str(who["token"]))
-    return tokens
-
-
 async def probe_and_listen(url: str, space: str, token: str, warm_s: float, window_s: float,
                            pid: int) -> tuple[list[float], float]:
     """Publish the probe, collect chunks over the window; (delays, stage CPU share)."""
@@ -168,32 +154,14 @@ async def probe_and_listen(url: str, space: str, token: str, warm_s: float, wind
     probe = ProbeTrack()
     pc.addTransceiver(probe, direction="sendrecv")
     chunks: list[Chunk] = []
-    await pc.setLocalDescription(await pc.createOffer())
-    async with httpx.AsyncClient(base_url=url, timeout=20) as http:
-        for _ in range(30):  # 503 until the fresh stage has taken the Space's lease
-            r = await http.post(f"/whip/{space}", content=pc.localDescription.sdp,
-                                headers={"Authorization": f"Bearer {token}",
-                                         "Content-Type": "application/sdp"})
-            if r.status_code != 503:
-                break
-            await asyncio.sleep(0.5)
-        r.raise_for_status()
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
-    ws_url = url.replace("http", "ws", 1) + f"/ws/{space}"
     try:
-        async with websockets.connect(ws_url, max_size=2**20) as ws:
-            async def collect() -> None:
-                async for frame in ws:
-                    if isinstance(frame, bytes):
-                        chunks.append(Chunk.decode(frame))
-            task = asyncio.ensure_future(collect())
+        await whip_publish(pc, url, space, token)
+        async with chunks_heard(url, space, lambda chunk, _at: chunks.append(chunk)):
             await asyncio.sleep(warm_s)
             cpu0, t0, first = cpu_seconds(pid), time.monotonic(), len(chunks)
             await asyncio.sleep(window_s)
             share = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
-            task.cancel()
             window = chunks[first:]
-            await asyncio.sleep(0)
     finally:
         probe.stop()
         await pc.close()
@@ -202,31 +170,22 @@ async def probe_and_listen(url: str, space: str, token: str, warm_s: float, wind
 
 def run_once(speakers: int, warm_s: float, window_s: float) -> tuple[list[float], float]:
     """One server, ``speakers`` live speakers; (delays, stage CPU share)."""
-    url, proc = start_server()
-    space, host = live_space(url, "stage bench")
     logs = Path(tempfile.mkdtemp(prefix="townhall-bench-stage-"))
     procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for i, token in enumerate(on_stage(url, space, host, speakers - 1)):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "townhall", "speak", "--url", url, "--space", space,
-                 "--token", token, "--tone", str(200 + 20 * i), "--seconds", "600"],
-                stdout=subprocess.DEVNULL, stderr=(logs / f"speak{i}.log").open("wb")))
-        delays, share = asyncio.run(probe_and_listen(url, space, host, warm_s, window_s,
-                                                     stage_pid(proc.pid)))
-        snap = httpx.get(f"{url}/api/v1/spaces/{space}", timeout=5).json()
-        if len(snap["stage"]) != speakers:
-            raise RuntimeError(f"{len(snap['stage'])} on stage, wanted {speakers}")
-        return delays, share
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        stop(url, space, host, proc)
+    with live_server("stage bench") as s:
+        try:
+            names = [f"speaker {i}" for i in range(speakers - 1)]
+            for i, token in enumerate(bring_on_stage(s.url, s.space, s.host, names)):
+                procs.append(spawn_tone_speaker(s.url, s.space, token, 200 + 20 * i, 600,
+                                                logs / f"speak{i}.log"))
+            delays, share = asyncio.run(probe_and_listen(
+                s.url, s.space, s.host, warm_s, window_s, stage_pid(s.proc.pid)))
+            snap = httpx.get(f"{s.url}/api/v1/spaces/{s.space}", timeout=5).json()
+            if len(snap["stage"]) != speakers:
+                raise RuntimeError(f"{len(snap['stage'])} on stage, wanted {speakers}")
+            return delays, share
+        finally:
+            stop_processes(procs)
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -238,7 +197,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--window", type=float, default=10.0, help="seconds measured per run")
     args = ap.parse_args(argv)
     console = Console()
-    shares, refs, delays_ms = [], [], []
+    shares: list[float] = []
+    refs: list[float] = []
+    delays_ms: list[float] = []
     with Progress(console=console) as progress:
         task = progress.add_task(f"stage, {args.speakers} speakers", total=args.runs * 2)
         for _ in range(args.runs):

@@ -7,7 +7,9 @@ all of them share: problem+json errors, a body cap, /metrics, /healthz and /open
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,7 +24,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from townhall import __version__
 from townhall.context import Context
 from townhall.observability import MetricsMiddleware, healthz_endpoint, metrics
-from townhall.problems import PROBLEM_CONTENT_TYPE, BadInput, Problem, TooLarge, Unprocessable
+from townhall.problems import (
+    PROBLEM_CONTENT_TYPE,
+    PROBLEM_SCHEMA,
+    BadInput,
+    Problem,
+    TooLarge,
+    Unprocessable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +42,23 @@ HTTP_PLUGINS: dict[str, list[str]] = {
     "edge": ["townhall.edge.plugin"],
 }
 MAX_BODY = 64 * 1024
+STAGE_QUIET_S = 5.0     # no stage heartbeat for this long: the stage role is down
+STAGE_STARTUP_S = 30.0  # ...after its first report, or once it has had this long to start
+
+
+class ProblemResponse(JSONResponse):
+    """An RFC 9457 body in plain ASCII: ``application/problem+json`` carries no charset, and
+    clients that guess one (requests does) would garble a detail quoting non-ASCII input."""
+
+    media_type = PROBLEM_CONTENT_TYPE
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
 def problem_response(problem: Problem) -> JSONResponse:
-    return JSONResponse(problem.to_dict(), status_code=problem.status,
-                        headers=problem.headers(), media_type=PROBLEM_CONTENT_TYPE)
+    return ProblemResponse(problem.to_dict(), status_code=problem.status,
+                           headers=problem.headers())
 
 
 class BodyLimit:
@@ -100,8 +121,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         slugs = {404: "not-found", 405: "method-not-allowed"}
         problem = Problem(str(exc.detail), slug=slugs.get(exc.status_code, "http-error"))
         body = problem.to_dict() | {"status": exc.status_code, "title": str(exc.detail)}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers,
-                            media_type=PROBLEM_CONTENT_TYPE)
+        return ProblemResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     async def on_crash(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
@@ -111,6 +131,71 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_crash)
+
+
+def describe_problems(app: FastAPI) -> None:
+    """Make /openapi.json say what errors really are: problem+json, never FastAPI's
+    default 422 body (which this app never sends)."""
+    build = app.openapi
+    default_422 = "#/components/schemas/HTTPValidationError"
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Problem"] = PROBLEM_SCHEMA
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                content = responses.get("422", {}).get("content", {})
+                if content.get("application/json", {}).get("schema", {}).get("$ref") \
+                        != default_422:
+                    continue
+                # Bodies that do not match are 422; bad path or query parameters are 400
+                # (see _validation_problem).
+                del responses["422"]
+                status = "422" if "requestBody" in operation else "400"
+                responses.setdefault(status, {
+                    "description": "the body does not match the schema" if status == "422"
+                    else "invalid parameters",
+                    "content": {PROBLEM_CONTENT_TYPE: {"schema": {
+                        "$ref": "#/components/schemas/Problem"}}}})
+        if not _mentions(schema.get("paths"), default_422):
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _mentions(tree: Any, ref: str) -> bool:
+    if isinstance(tree, dict):
+        return any(_mentions(v, ref) for v in tree.values())
+    if isinstance(tree, list):
+        return any(_mentions(v, ref) for v in tree)
+    return bool(tree == ref)
+
+
+def watch_stage(app: FastAPI, ctx: Context, started: float) -> None:
+    """When this process runs the stage role next to the api (`townhall serve`), /healthz
+    says whether a stage is reporting: the stage runs as a child process, serves no HTTP,
+    and could otherwise die unnoticed."""
+    board = getattr(app.state, "stage_board", None)
+    if "stage" not in ctx.settings.roles or board is None:
+        return
+
+    heard = False
+
+    def stage_up() -> bool:
+        nonlocal heard
+        now = time.monotonic()
+        if any(age <= STAGE_QUIET_S for _, age in board.current(now)):
+            heard = True
+            return True
+        return not heard and now - started < STAGE_STARTUP_S
+
+    ctx.health.setdefault("stage", stage_up)
 
 
 def build_app(ctx: Context) -> FastAPI:
@@ -141,6 +226,8 @@ def build_app(ctx: Context) -> FastAPI:
         for module_name in HTTP_PLUGINS.get(role, []):
             module: Any = importlib.import_module(module_name)
             module.install(app, ctx)
+    describe_problems(app)
+    watch_stage(app, ctx, time.monotonic())
     app.add_middleware(BodyLimit)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -10,6 +10,24 @@ from typing import Any, ClassVar
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_BASE = "/problems/"
 
+# JSON Schema of every problem+json body townhall sends (RFC 9457 members plus extras).
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": "stable: /problems/<slug>"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "retry_after": {"type": "integer", "description": "with 429 and 503, in seconds"},
+        "limit": {"type": "integer", "description": "with 413, the cap in bytes"},
+        "errors": {"type": "array", "items": {"type": "object"},
+                   "description": "with 400 and 422, what did not match"},
+    },
+    "additionalProperties": True,
+}
+
 
 class Problem(Exception):
     """A refusal with an HTTP status and a stable problem type."""

@@ -22,6 +22,7 @@ from townhall.bus.embedded import EmbeddedNats, die_with_parent
 from townhall.context import Context
 from townhall.edge.handoff import http_protocol
 from townhall.observability import setup_logging
+from townhall.procs import stop_processes
 from townhall.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -144,13 +145,6 @@ def run(settings: Settings) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(10)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_processes(children)
         if nats is not None:
             nats.stop()

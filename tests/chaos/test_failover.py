@@ -30,6 +30,7 @@ from townhall.cluster import local
 from townhall.cluster.plan import ClusterPlan
 from townhall.media.chunk import Chunk
 from townhall.media.opus import OpusDecoder
+from townhall.procs import stop_async_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -171,11 +172,7 @@ async def test_a_space_survives_losing_an_edge_a_stage_and_a_nats_node(
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
-        speaker.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(speaker.wait(), 10)
-        except TimeoutError:
-            speaker.kill()
+        await stop_async_process(speaker)
         await bus.close()
         await http.aclose()
         print("speaker log:", (tmp_path / "speak.log").read_text()[-2000:])

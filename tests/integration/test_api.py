@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,7 @@ def test_errors_are_precise_problems(served: Served) -> None:
         (c.post(f"/api/v1/spaces/{space}/end",
                 headers={"Authorization": f"Bearer {other}"}), 403, "/problems/not-host"),
         (c.get("/api/v1/spaces/zzzzzzzzzz"), 404, "/problems/space-not-found"),
+        (c.get("/api/v1/spaces/\u00e9t\u00e9\U00050b6e"), 404, "/problems/space-not-found"),
         (c.post(f"/api/v1/spaces/{space}/start", headers=auth), 409, "/problems/not-startable"),
         (c.post("/api/v1/spaces", content=b"{" + b" " * 70_000 + b"}",
                 headers={**auth, "Content-Type": "application/json"}), 413, None),
@@ -79,10 +81,39 @@ def test_errors_are_precise_problems(served: Served) -> None:
     for response, status, kind in cases:
         assert response.status_code == status, (status, response.text)
         assert response.headers["content-type"].startswith(PROBLEM)
+        # No charset travels with problem+json: ASCII reads the same whatever a client guesses.
+        assert response.content.isascii(), response.content
         if kind:
             assert response.json()["type"] == kind, response.text
     before = c.get(f"/api/v1/spaces/{space}").json()
     assert before["state"] == "live" and len(before["stage"]) == 1  # nothing harmed
+
+
+def test_anonymous_callers_may_read_but_change_nothing(served: Served) -> None:
+    """The permission matrix's last column: no token at all."""
+    host, bob = guest(served, "Anon host"), guest(served, "Anon bob")
+    space = live_space(served, host[0])
+    with served.client(bob[0]) as c:
+        assert c.post(f"/api/v1/spaces/{space}/actions",
+                      json={"action": "request"}).status_code == 200
+    c = httpx.Client(base_url=served.url, timeout=10)
+    before = c.get(f"/api/v1/spaces/{space}").json()
+    calls = [("/api/v1/spaces", {"title": "x"}), (f"/api/v1/spaces/{space}/start", None),
+             (f"/api/v1/spaces/{space}/end", None),
+             (f"/api/v1/spaces/{space}/reactions", {"emoji": "👏"})]
+    calls += [(f"/api/v1/spaces/{space}/actions", {"action": a, "identity": bob[1]})
+              for a in ("request", "withdraw", "approve", "decline", "invite", "accept",
+                        "to_audience", "mute", "unmute", "add_cohost", "remove_cohost",
+                        "remove")]
+    for path, body in calls:
+        r = c.post(path, json=body)
+        assert r.status_code == 401, (path, body, r.text)
+        assert r.json()["type"] == "/problems/token-missing"
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    assert c.get("/api/v1/me").status_code == 401
+    assert c.get(f"/api/v1/spaces/{space}").json() == before
+    assert c.get(f"/api/v1/spaces/{space}/listen").status_code == 200
+    assert space in [s["id"] for s in c.get("/api/v1/spaces").json()["spaces"]]
 
 
 def test_mutating_floods_get_429_with_retry_after(served: Served) -> None:
@@ -323,8 +354,29 @@ async def test_host_and_cohost_acting_at_once_lose_no_update(served: Served) -> 
     assert snap["requests"] == [] and snap["version"] == before + 20
 
 
+def test_openapi_describes_answers_and_problems(served: Served) -> None:
+    doc = httpx.get(f"{served.url}/openapi.json", timeout=10).json()
+    assert "HTTPValidationError" not in json.dumps(doc)  # FastAPI's 422 body: never sent
+    snapshot = doc["components"]["schemas"]["Snapshot"]
+    assert {"id", "state", "version", "stage", "requests", "listeners"} <= set(
+        snapshot["required"])
+    ops = {(path, method): op for path, item in doc["paths"].items()
+           for method, op in item.items() if path.startswith("/api/v1")}
+    assert len(ops) == 10
+    for (path, method), op in ops.items():
+        ok = [s for s in op["responses"] if s.startswith("2")]
+        assert ok and op["responses"][ok[0]]["content"]["application/json"]["schema"], path
+        errors = {s: r for s, r in op["responses"].items() if s.startswith(("4", "5"))}
+        assert errors, (method, path)
+        for status, r in errors.items():
+            assert list(r["content"]) == [PROBLEM], (method, path, status)
+    assert "304" in ops[("/api/v1/spaces/{space}", "get")]["responses"]
+    assert "429" in ops[("/api/v1/spaces/{space}/actions", "post")]["responses"]
+
+
 def test_no_input_makes_the_api_fail(served: Served) -> None:
-    """Schemathesis against /openapi.json: whatever it sends, never a 5xx."""
+    """Schemathesis against /openapi.json: whatever it sends, never a 5xx, and every
+    response (status, content type, body) is one the document describes."""
     host, _ = guest(served, "Fuzz")
     space = live_space(served, host)
     schemathesis.experimental.OPEN_API_3_1.enable()
@@ -350,10 +402,43 @@ def test_no_input_makes_the_api_fail(served: Served) -> None:
                                                 response.status_code, response.text)
             if response.status_code >= 400:
                 assert response.headers["content-type"].startswith(PROBLEM), response.text
+            case.validate_response(response)
 
         fuzz()
     assert len(calls) >= 40 and any(s < 300 for s in calls)
     assert httpx.get(f"{served.url}/healthz", timeout=10).status_code == 200
+
+
+def test_townhall_watch_follows_the_room_until_it_ends(served: Served) -> None:
+    """The tour's second terminal: one line per snapshot from /ws, exit 0 on the end."""
+    (host, _), (bob, bob_id) = guest(served, "Wanda"), guest(served, "Bob")
+    space = live_space(served, host)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "townhall", "watch", "--url", served.url, "--space", space,
+         "--seconds", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline().startswith("v2 live | stage: Wanda (host)")
+        with served.client(bob) as c:
+            assert c.post(f"/api/v1/spaces/{space}/actions",
+                          json={"action": "request"}).status_code == 200
+        with served.client(host) as c:
+            assert c.post(f"/api/v1/spaces/{space}/actions",
+                          json={"action": "approve", "identity": bob_id}).status_code == 200
+            # Coalescing may merge the request into the approval; the approval shows.
+            # (readline is bounded: the watcher gives up after its --seconds.)
+            for line in iter(watcher.stdout.readline, ""):
+                if "stage: Wanda (host), Bob (speaker)" in line:
+                    break
+            else:
+                raise AssertionError(f"the approval never showed: {watcher.stderr.read()}")
+            assert c.post(f"/api/v1/spaces/{space}/end").status_code == 200
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[-2].startswith("v5 ended") and lines[-1].startswith("closed (4410"), out
 
 
 def test_the_readme_tour_works_word_for_word(served: Served) -> None:

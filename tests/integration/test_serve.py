@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -47,5 +50,32 @@ def test_unknown_route_is_problem_json(tmp_path: Path) -> None:
         assert r.status_code == 404
         assert r.headers["content-type"].startswith("application/problem+json")
         assert r.json()["type"] == "/problems/not-found"
+    finally:
+        served.stop()
+
+
+def _stage_child(pid: int) -> int:
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "roles stage"],
+                         capture_output=True, text=True, check=False).stdout
+    return int(out.split()[0])
+
+
+def test_healthz_says_when_the_stage_child_is_gone(tmp_path: Path) -> None:
+    served = start_townhall(tmp_path / "data")
+    try:
+        deadline = time.monotonic() + 30
+        health: dict[str, Any] = {}
+        while time.monotonic() < deadline and health.get("checks", {}).get("stage") is not True:
+            health = httpx.get(f"{served.url}/healthz", timeout=5).json()
+            time.sleep(0.5)
+        assert health["ok"] is True and health["checks"]["stage"] is True, health
+        os.kill(_stage_child(served.proc.pid), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        r = httpx.get(f"{served.url}/healthz", timeout=5)
+        while time.monotonic() < deadline and r.status_code == 200:
+            time.sleep(0.5)
+            r = httpx.get(f"{served.url}/healthz", timeout=5)
+        assert r.status_code == 503, r.text
+        assert r.json()["checks"] == {"nats": True, "stage": False}
     finally:
         served.stop()

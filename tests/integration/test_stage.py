@@ -17,6 +17,7 @@ from tests.conftest import Served, start_townhall
 from townhall.client.listener import ResilientListener
 from townhall.media.chunk import Chunk
 from townhall.media.opus import OpusDecoder
+from townhall.procs import stop_process
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -164,5 +165,4 @@ async def test_removed_speaker_is_cut_off_and_cannot_publish_again(served: Serve
         assert r.status_code == 403
     stop.set()
     await asyncio.wait_for(task, 10)
-    proc.terminate()
-    proc.wait(10)
+    stop_process(proc)

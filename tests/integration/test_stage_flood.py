@@ -21,6 +21,7 @@ from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message
 from townhall.cli.speak import tone
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
+from townhall.procs import stop_process
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -107,7 +108,6 @@ async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(tmp_path: Pat
         flood.stop()
         with contextlib.suppress(Exception):
             await pc.close()
-        if speaker is not None and speaker.poll() is None:
-            speaker.terminate()
-            speaker.wait(15)
+        if speaker is not None:
+            stop_process(speaker, 15)
         served.stop()

@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 from tests.conftest import Served, start_townhall
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.media.opus import OpusDecoder
+from townhall.procs import stop_process
 
 pytestmark = pytest.mark.timeout(120)
 SPEAK_S = 14
@@ -87,9 +88,8 @@ async def test_fec_and_plc_keep_the_tone_on_a_lossy_uplink(tmp_path: Path,
         speaker.wait(20)
         after = stage_counters(served)
     finally:
-        if speaker is not None and speaker.poll() is None:
-            speaker.terminate()
-            speaker.wait(15)
+        if speaker is not None:
+            stop_process(speaker, 15)
         served.stop()
     speak_log = log.read_text()
     dropped = re.search(r"dropped (\d+) of (\d+) RTP packets", speak_log)

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import Served, start_townhall
 from tests.integration.test_stage_takeover import stage_child
+from townhall.procs import stop_process
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -95,7 +96,6 @@ def test_stage_metrics_on_the_api(tmp_path: Path) -> None:
         until(served, lambda m: node not in m.get("townhall_stage_ticks_total", {}), 20,
               "the dead stage dropped")
     finally:
-        if speaker is not None and speaker.poll() is None:
-            speaker.terminate()
-            speaker.wait(15)
+        if speaker is not None:
+            stop_process(speaker, 15)
         served.stop()

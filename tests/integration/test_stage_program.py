@@ -22,6 +22,7 @@ from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message
 from townhall.media.chunk import Chunk
 from townhall.media.opus import OpusDecoder
+from townhall.procs import stop_process
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -104,7 +105,6 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
         assert len(chunks) == n, "chunks kept coming after the Space ended"
         assert await bus.kv_get(subjects.LEASES_BUCKET, space) is None
     finally:
-        if speaker is not None and speaker.poll() is None:
-            speaker.terminate()
-            speaker.wait(15)
+        if speaker is not None:
+            stop_process(speaker, 15)
         await bus.close()

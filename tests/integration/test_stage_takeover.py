@@ -19,6 +19,7 @@ from tests.conftest import Served, start_townhall
 from townhall.client.listener import ResilientListener
 from townhall.media.chunk import Chunk
 from townhall.media.opus import OpusDecoder
+from townhall.procs import stop_process
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -106,10 +107,6 @@ async def test_killed_stage_is_replaced_without_a_sequence_hole(tmp_path: Path) 
     finally:
         stop.set()
         for proc in (speaker, spare):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            if proc is not None:
+                stop_process(proc, 15)
         served.stop()

@@ -2,7 +2,35 @@
 
 from __future__ import annotations
 
+import random
+
 from townhall.edge.pacer import STEPS_S, Pacer
+
+TICK_S = STEPS_S[0]
+
+
+def blocked_ticks(share: float, burst_s: float, seconds: float,
+                  jitter_s: float = 0.0, seed: int = 1) -> list[tuple[float, float]]:
+    """(lag, busy) of each 100 ms tick of a loop blocked `share` of the time in CPU-bound
+    bursts of `burst_s` (the gap between bursts varied by ±jitter_s)."""
+    rng = random.Random(seed)
+    bursts: list[tuple[float, float]] = []
+    start = 0.05
+    while start < seconds:
+        bursts.append((start, start + burst_s))
+        start += burst_s / share + rng.uniform(-jitter_s, jitter_s)
+    ticks: list[tuple[float, float]] = []
+    t = 0.0
+    while t < seconds:
+        due = wake = t + TICK_S
+        for begin, end in bursts:
+            if begin <= due < end or t <= begin < due:  # the timer fires once it ends
+                wake = end
+                break
+        cpu = sum(max(0.0, min(end, wake) - max(begin, t)) for begin, end in bursts)
+        ticks.append((wake - due, cpu / (wake - t)))
+        t = wake
+    return ticks
 
 
 def test_calm_edge_delivers_every_100_ms() -> None:
@@ -32,11 +60,14 @@ def test_steps_down_one_at_a_time_after_calm() -> None:
     assert out[2] == STEPS_S[top - 1] and out[-1] == 0.1
 
 
-def test_in_between_resets_streaks() -> None:
-    p = Pacer(hot_ticks=2, calm_ticks=2)
+def test_an_in_between_tick_restarts_the_calm_streak() -> None:
+    p = Pacer(hot_ticks=1, calm_ticks=3)
     p.observe(0.3, 0.0)
-    p.observe(0.0, 0.1)       # neither hot nor calm
-    assert p.observe(0.3, 0.0) == 0.1  # streak restarted
+    assert p.interval_s == 0.2
+    p.observe(0.0, 0.0)
+    p.observe(0.0, 0.0)
+    p.observe(0.0, 0.1)       # neither hot nor calm (a few listeners behind)
+    assert [p.observe(0.0, 0.0) for _ in range(3)] == [0.2, 0.2, 0.1]
 
 
 def test_a_fan_out_burst_alone_is_not_overload() -> None:
@@ -66,3 +97,40 @@ def test_flush_spikes_at_a_coarse_interval_do_not_block_stepping_down() -> None:
     # a core on average, so 500 ms fits (~56 %) though each spike alone says it would not.
     out = [p.observe(0.0, 0.0, 1.0 if i % 7 == 0 else 0.3) for i in range(300)]
     assert out[-1] < 0.7
+
+
+def test_a_loop_blocked_70_percent_in_350_ms_bursts_steps_up_and_holds() -> None:
+    # Late (~300 ms), on time in the 150 ms gap, late again: never two late in a row.
+    ticks = blocked_ticks(0.7, 0.35, 60)
+    assert [lag > 0.25 for lag, _ in ticks[:6]] == [True, False] * 3
+    p = Pacer()
+    out = [p.observe(lag, 0.0, busy) for lag, busy in ticks]
+    assert out[-1] > 0.3
+    assert out == sorted(out), "stepped down while the loop still lagged (flapping)"
+    assert [p.observe(0.0, 0.0, 0.1) for _ in range(200)][-1] == 0.1, "no step down"
+
+
+def test_bursts_with_uneven_gaps_step_up_too() -> None:
+    for seed in range(5):
+        p = Pacer()
+        out = [p.observe(lag, 0.0, busy)
+               for lag, busy in blocked_ticks(0.6, 0.35, 30, jitter_s=0.1, seed=seed)]
+        assert out[-1] > 0.1, seed
+
+
+def test_one_isolated_late_tick_does_not_step_up() -> None:
+    p = Pacer()
+    assert p.observe(0.6, 0.0) == 0.1
+    assert all(p.observe(0.0, 0.0) == 0.1 for _ in range(50))
+
+
+def test_a_hiccup_every_second_never_steps_up() -> None:
+    p = Pacer()
+    out = [p.observe(0.4 if i % 10 == 0 else 0.0, 0.0, 0.2) for i in range(300)]
+    assert set(out) == {0.1}
+
+
+def test_a_loop_blocked_a_fifth_of_the_time_stays_at_100_ms() -> None:
+    p = Pacer()
+    assert all(p.observe(lag, 0.0, busy) == 0.1
+               for lag, busy in blocked_ticks(0.2, 0.3, 60, jitter_s=0.05))

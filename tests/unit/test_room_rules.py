@@ -9,7 +9,7 @@ import pytest
 from townhall.problems import BadInput, Conflict, Forbidden, NotFound, Problem, Unprocessable
 from townhall.room import rules
 from townhall.room.rules import Actor
-from townhall.room.snapshot import COHOST_LIMIT, REQUEST_QUEUE_LIMIT, STAGE_LIMIT
+from townhall.room.snapshot import COHOST_LIMIT, REQUEST_QUEUE_LIMIT, STAGE_LIMIT, on_stage
 
 HOST = Actor("ada", "Ada")
 BOB = Actor("bob", "Bob")
@@ -258,3 +258,38 @@ def test_every_problem_type_has_one_status() -> None:
                                                                    .split(".")[-1])
     assert len(seen) > 20
     assert {slug: kinds for slug, kinds in seen.items() if len(kinds) > 1} == {}
+
+
+# The same matrix for what people do to themselves. None = allowed (then the effect below
+# must show); otherwise the refusal's slug. The listener has asked to speak and been invited.
+ON_STAGE = {"host": None, "cohost": None, "speaker": None, "listener": "not-on-stage",
+            "removed": "not-on-stage", "blocked": "not-on-stage"}
+SELF_MATRIX: dict[str, dict[str, str | None]] = {
+    "withdraw": {r: (None if r == "listener" else "no-request") for r in ACTORS},
+    "accept": {r: (None if r == "listener" else "no-invite") for r in ACTORS},
+    "to_audience": {**ON_STAGE, "host": "host-stays"},
+    "mute": ON_STAGE,
+    "unmute": ON_STAGE,
+}
+def effect_shows(action: str, snap: dict[str, Any], who: str) -> bool:
+    """What an allowed action on oneself must have done."""
+    person = on_stage(snap, who)
+    if action == "withdraw":
+        return who not in [r["id"] for r in snap["requests"]]
+    if action == "accept":
+        return person is not None
+    if action == "to_audience":
+        return person is None
+    return person is not None and person["muted"] is (action == "mute")
+
+
+@pytest.mark.parametrize("action", sorted(SELF_MATRIX))
+@pytest.mark.parametrize("role", sorted(ACTORS))
+def test_permission_matrix_on_oneself(action: str, role: str) -> None:
+    snap = act(act(crowd(), LI, "request"), HOST, "invite", "li")
+    snap = act(snap, HOST, "mute", "sp")  # muted by the host: still theirs to unmute
+    expected, who = SELF_MATRIX[action][role], ACTORS[role]
+    if expected is None:
+        assert effect_shows(action, act(snap, who, action), who.id)
+    else:
+        refused(Problem, expected, act, snap, who, action)

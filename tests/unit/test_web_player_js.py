@@ -57,3 +57,38 @@ def test_player_reads_chunks_as_media_chunk_writes_them() -> None:
 def test_player_backoff_is_full_jitter_under_the_cap() -> None:
     got = run_player(Chunk(seq=1, pts=0, sent_us=0, packets=(b"x",)).encode())
     assert 0 <= float(str(got["minDelay"])) < float(str(got["maxDelay"])) <= 10_000
+
+
+EDGES_SCRIPT = """
+import { edgeSocketUrl, EdgeChoice } from %s;
+const page = "https://live.example.org/s/abc";
+const urls = [
+  edgeSocketUrl("/ws/abc", page, null, null),
+  edgeSocketUrl("http://10.0.0.7:8081/ws/abc", page, 42, "t.k"),
+  edgeSocketUrl("https://edge-2.example.org/ws/abc", "http://127.0.0.1:8080/", 0, null),
+];
+const c = new EdgeChoice("abc");
+const walk = [c.current.ws];
+c.set([]);                                        // nothing usable: keep same origin
+walk.push(c.current.ws);
+c.set([{ ws: "http://a/ws/abc", ogg: "http://a/listen/abc.opus" },
+       { ws: "http://b/ws/abc", ogg: "http://b/listen/abc.opus" }, { ws: "" }]);
+const wraps = [];
+for (let i = 0; i < 4; i++) { walk.push(c.current.ws); wraps.push(c.next()); }
+console.log(JSON.stringify({ urls, walk, wraps, edges: c.edges.length }));
+"""
+
+
+def test_player_walks_the_apis_edge_list() -> None:
+    assert NODE is not None
+    out = subprocess.run(
+        [NODE, "--experimental-default-type=module", "--input-type=module",
+         "-e", EDGES_SCRIPT % json.dumps(PLAYER.as_uri())],
+        capture_output=True, text=True, timeout=30, check=True)
+    got = json.loads(out.stdout)
+    assert got["urls"] == ["wss://live.example.org/ws/abc",
+                           "ws://10.0.0.7:8081/ws/abc?from=42&token=t.k",
+                           "wss://edge-2.example.org/ws/abc?from=0"]
+    assert got["walk"] == ["/ws/abc", "/ws/abc", "http://a/ws/abc", "http://b/ws/abc",
+                           "http://a/ws/abc", "http://b/ws/abc"]
+    assert got["wraps"] == [False, True, False, True] and got["edges"] == 2

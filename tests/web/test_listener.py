@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import Served, start_townhall
+from townhall.procs import stop_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 25_000  # generous: the machine is shared and slow
@@ -113,12 +114,7 @@ def test_listener_decodes_speaking_and_resumes_after_a_stall(browser: Browser, t
         if page is not None:
             page.context.close()  # open sockets would hold up the server's graceful stop
         if speaker is not None:
-            speaker.send_signal(signal.SIGINT)
-            try:
-                speaker.wait(10)
-            except subprocess.TimeoutExpired:
-                speaker.kill()
-                speaker.wait(5)
+            stop_process(speaker, sig=signal.SIGINT)
         served.stop(timeout=STOP_S)
 
 

@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,23 +14,12 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from bench._local import live_space, start_server, stop
+from bench._local import live_server
+from bench._speakers import bring_on_stage, spawn_tone_speaker
+from townhall.procs import stop_processes
 from townhall.storm.run import StormArgs, storm
 
 HERE = Path(__file__).resolve().parent
-
-
-def _bring_on_stage(url: str, space: str, host: str, name: str) -> str:
-    """A guest invited by the host accepts; returns the speaker's token."""
-    with httpx.Client(base_url=url, timeout=10) as c:
-        tok = c.post("/api/v1/sessions", json={"name": name}).json()
-        c.post(f"/api/v1/spaces/{space}/actions", headers={"Authorization": f"Bearer {host}"},
-               json={"action": "invite", "identity": tok["identity"],
-                     "name": name}).raise_for_status()
-        c.post(f"/api/v1/spaces/{space}/actions",
-               headers={"Authorization": f"Bearer {tok['token']}"},
-               json={"action": "accept"}).raise_for_status()
-    return str(tok["token"])
 
 
 def stage_counters(url: str, wait_s: float = 15.0) -> tuple[float, float]:
@@ -51,29 +39,24 @@ def stage_counters(url: str, wait_s: float = 15.0) -> tuple[float, float]:
 def scenario(capacity: int, overload: int, ramp: float, hold: float, stay: float,
              report: Path) -> dict[str, Any]:
     """One run on a fresh server: 3 speakers live, overload x capacity listeners."""
-    url, proc = start_server({"TOWNHALL_EDGE_CAPACITY": str(capacity)})
-    space, host = live_space(url, "viral space")
     speakers: list[subprocess.Popen[bytes]] = []
-    try:
-        tokens = [host] + [_bring_on_stage(url, space, host, f"speaker {i}") for i in (1, 2)]
-        secs = str(int(ramp + hold + 30))
-        for tok, hz in zip(tokens, ("440", "660", "880"), strict=True):
-            speakers.append(subprocess.Popen(
-                [sys.executable, "-m", "townhall", "speak", "--url", url, "--space", space,
-                 "--token", tok, "--tone", hz, "--seconds", secs],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        ticks0, late0 = stage_counters(url)
-        n = overload * capacity
-        Console().rule(f"viral-space: {n} listeners at an edge capped at {capacity}")
-        s = asyncio.run(storm(StormArgs(url, space, n, ramp, hold, workers=2,
-                                        reactions=2, requests=0.2, report=report,
-                                        stay=stay), Console()))
-        ticks1, late1 = stage_counters(url)
-        alive = proc.poll() is None and all(p.poll() is None for p in speakers)
-    finally:
-        for p in speakers:
-            p.terminate()
-        stop(url, space, host, proc)
+    with live_server("viral space", {"TOWNHALL_EDGE_CAPACITY": str(capacity)}) as served:
+        url, space, host, proc = served
+        try:
+            tokens = [host, *bring_on_stage(url, space, host, ["speaker 1", "speaker 2"])]
+            secs = int(ramp + hold + 30)
+            for tok, hz in zip(tokens, (440, 660, 880), strict=True):
+                speakers.append(spawn_tone_speaker(url, space, tok, hz, secs))
+            ticks0, late0 = stage_counters(url)
+            n = overload * capacity
+            Console().rule(f"viral-space: {n} listeners at an edge capped at {capacity}")
+            s = asyncio.run(storm(StormArgs(url, space, n, ramp, hold, workers=2,
+                                            reactions=2, requests=0.2, report=report,
+                                            stay=stay), Console()))
+            ticks1, late1 = stage_counters(url)
+            alive = proc.poll() is None and all(p.poll() is None for p in speakers)
+        finally:
+            stop_processes(speakers)
     return {**s, "n": n, "stage_ticks": ticks1 - ticks0, "stage_late": late1 - late0,
             "alive": alive}
 

@@ -22,6 +22,7 @@ from prometheus_client import Gauge
 
 from townhall.api.models import ActionIn, ReactionIn, SessionIn, SpaceIn
 from townhall.api.ratelimit import TokenBuckets
+from townhall.api.schemas import Accepted, Listen, Me, Session, Snapshot, SpaceList, problems
 from townhall.auth import Identity
 from townhall.bus import subjects
 from townhall.bus.bus import Message
@@ -190,7 +191,14 @@ def install(app: FastAPI, ctx: Context) -> None:
     router = APIRouter(prefix="/api/v1", tags=["spaces"])
     app.state.api = api
 
-    @router.post("/sessions", status_code=201)
+    def ok(status: int, model: type, what: str, *errors: int) -> dict[str, Any]:
+        """Route options that document the answer and every problem it may give."""
+        responses: dict[int | str, dict[str, Any]] = {status: {"model": model,
+                                                               "description": what}}
+        return {"status_code": status, "response_model": None,
+                "responses": responses | problems(*errors)}
+
+    @router.post("/sessions", **ok(201, Session, "a guest token", 400, 403, 413, 422))
     async def create_session(body: SessionIn) -> dict[str, Any]:
         """A guest token for a display name (open mode only)."""
         if not ctx.settings.open_mode:
@@ -200,14 +208,15 @@ def install(app: FastAPI, ctx: Context) -> None:
         token = ctx.issuer.mint(identity, body.name.strip() or identity, role="host")
         return {"token": token, "identity": identity, "name": body.name.strip()}
 
-    @router.get("/me")
+    @router.get("/me", **ok(200, Me, "the token's identity and grant", 401))
     async def me(request: Request) -> dict[str, Any]:
         """Who the bearer token says you are."""
         ident = api.who(request)
         return {"identity": ident.id, "name": ident.name, "space": ident.space,
                 "role": ident.role, "expires": ident.expires}
 
-    @router.post("/spaces", status_code=201)
+    @router.post("/spaces", **ok(201, Snapshot, "the new Space; the caller is its host",
+                                 400, 401, 403, 413, 422, 429))
     async def create_space(request: Request, body: SpaceIn) -> dict[str, Any]:
         """Create a Space; the caller is its host."""
         ident = api.who(request)
@@ -222,7 +231,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         await api.store.create(snap)
         return public_view(snap)
 
-    @router.get("/spaces")
+    @router.get("/spaces", **ok(200, SpaceList, "live first, then newest", 401, 422))
     async def list_spaces(request: Request, state: str | None = None) -> dict[str, Any]:
         """Live and scheduled Spaces (ended ones with ?state=ended)."""
         if state not in (None, "live", "scheduled", "ended"):
@@ -234,7 +243,10 @@ def install(app: FastAPI, ctx: Context) -> None:
         found.sort(key=lambda s: (s["state"] != "live", -float(s.get("created_at") or 0)))
         return {"spaces": [public_view(s) for s in found]}
 
-    @router.get("/spaces/{space}")
+    get_one = ok(200, Snapshot, "the snapshot; ETag is its version", 401, 404)
+    get_one["responses"][304] = {"description": "unchanged since If-None-Match"}
+
+    @router.get("/spaces/{space}", **get_one)
     async def get_space(space: str, request: Request) -> Response:
         """The Space's snapshot; cacheable (ETag = version)."""
         return _etag_response(request, await api.visible(space, api.maybe_who(request)))
@@ -252,17 +264,21 @@ def install(app: FastAPI, ctx: Context) -> None:
             await ctx.bus.publish(subjects.control(space), b'{"type":"ended"}')
         return public_view(snap)
 
-    @router.post("/spaces/{space}/start")
+    @router.post("/spaces/{space}/start", **ok(200, Snapshot, "the live Space",
+                                               401, 403, 404, 409, 429, 503))
     async def start_space(space: str, request: Request) -> dict[str, Any]:
         """Go live (host only)."""
         return await host_change(space, request, "start")
 
-    @router.post("/spaces/{space}/end")
+    @router.post("/spaces/{space}/end", **ok(200, Snapshot, "the ended Space",
+                                             401, 403, 404, 409, 429, 503))
     async def end_space(space: str, request: Request) -> dict[str, Any]:
         """End the Space for everyone (host only)."""
         return await host_change(space, request, "end")
 
-    @router.post("/spaces/{space}/actions")
+    @router.post("/spaces/{space}/actions", **ok(
+        200, Snapshot, "the Space after the action",
+        400, 401, 403, 404, 409, 413, 422, 429, 503))
     async def act(space: str, request: Request, body: ActionIn) -> dict[str, Any]:
         """Requests to speak, invitations, the stage, co-hosts, mutes and removals."""
         ident = api.who(request)
@@ -287,7 +303,9 @@ def install(app: FastAPI, ctx: Context) -> None:
             await ctx.bus.publish(subjects.control(space), json.dumps(kick).encode())
         return public_view(snap)
 
-    @router.post("/spaces/{space}/reactions", status_code=202)
+    @router.post("/spaces/{space}/reactions", **ok(
+        202, Accepted, "counted; the totals appear in the snapshot within a second or two",
+        400, 401, 403, 404, 409, 413, 422, 429))
     async def react(space: str, request: Request, body: ReactionIn) -> dict[str, Any]:
         """A reaction; summed with everyone else's and published as totals."""
         ident = api.who(request)
@@ -304,7 +322,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         REACTIONS_IN.inc()
         return {"accepted": True}
 
-    @router.get("/spaces/{space}/listen")
+    @router.get("/spaces/{space}/listen", **ok(200, Listen, "where to listen", 401, 404))
     async def listen(space: str, request: Request) -> dict[str, Any]:
         """Where to listen: the edges serving this Space, least loaded first."""
         snap = await api.visible(space, api.maybe_who(request))
@@ -314,6 +332,10 @@ def install(app: FastAPI, ctx: Context) -> None:
             edges = rank_edges(space, {}, {ctx.settings.node_id: {
                 "url": ctx.settings.public_url or None, "listeners": 0, "capacity": None}},
                 now)
+        if edges and "edge" not in ctx.settings.roles:
+            # This process serves no /ws: the top-level answer is the best edge, not a
+            # same-origin path that would 404 here.
+            return {"ws": edges[0]["ws"], "ogg": edges[0]["ogg"], "edges": edges}
         return {"ws": f"/ws/{space}", "ogg": f"/listen/{space}.opus", "edges": edges}
 
     app.include_router(router)

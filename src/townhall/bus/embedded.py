@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from townhall.procs import stop_process
+
 log = logging.getLogger(__name__)
 
 
@@ -99,9 +101,4 @@ class EmbeddedNats:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)  # lame-duck free, flushes JetStream
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, timeout)  # SIGTERM: lame-duck free, flushes JetStream

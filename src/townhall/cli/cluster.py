@@ -51,12 +51,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """A process count: a cluster needs at least one of each kind."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("cluster", help="a local townhall cluster on loopback (dev, tests, demos)")
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--dir", default="./townhall-cluster", help="logs, stores and state")
-    p.add_argument("--nats-nodes", type=int, default=3)
-    p.add_argument("--apis", type=int, default=2)
-    p.add_argument("--edges", type=int, default=3)
-    p.add_argument("--stages", type=int, default=2)
+    p.add_argument("--nats-nodes", type=_count, default=3)
+    p.add_argument("--apis", type=_count, default=2)
+    p.add_argument("--edges", type=_count, default=3)
+    p.add_argument("--stages", type=_count, default=2)
     p.set_defaults(func=_run)

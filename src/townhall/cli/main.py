@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import ipaddress
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,24 +18,50 @@ SUBCOMMANDS: list[str] = [
     "townhall.cli.speak",
     "townhall.cli.listen",
     "townhall.cli.storm",
+    "townhall.cli.watch",
 ]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether serving on ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """Settings for ``townhall serve``; raises ValueError on an unknown role."""
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    unknown = set(roles) - set(ALL_ROLES)
+    if unknown:
+        raise ValueError(f"unknown role(s) {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(ALL_ROLES)}")
+    # Guest sessions are the default on loopback only: anywhere else anyone who can reach
+    # the port could host Spaces, so that takes an explicit --open.
+    closed = args.closed or not (args.open or is_loopback(args.host))
+    settings = Settings(data_dir=Path(args.data), host=args.host, port=args.port,
+                        nats_urls=[u for u in (args.nats or "").split(",") if u],
+                        roles=roles, closed=closed, public_url=args.public_url,
+                        replicas=args.replicas, log_level=args.log_level)
+    if args.node_id:
+        settings.node_id = args.node_id
+    return settings
 
 
 def _serve(args: argparse.Namespace) -> int:
     from townhall.serve import run
 
-    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
-    unknown = set(roles) - set(ALL_ROLES)
-    if unknown:
-        print(f"townhall: unknown role(s) {', '.join(sorted(unknown))}; "
-              f"choose from {', '.join(ALL_ROLES)}", file=sys.stderr)
+    try:
+        settings = serve_settings(args)
+    except ValueError as exc:
+        print(f"townhall: {exc}", file=sys.stderr)
         return 2
-    settings = Settings(data_dir=Path(args.data), host=args.host, port=args.port,
-                        nats_urls=[u for u in (args.nats or "").split(",") if u],
-                        roles=roles, closed=args.closed, public_url=args.public_url,
-                        replicas=args.replicas, log_level=args.log_level)
-    if args.node_id:
-        settings.node_id = args.node_id
+    if settings.closed and not args.closed and "api" in settings.roles:
+        print(f"townhall: guest sessions are off when serving on {settings.host} "
+              "(not loopback); --open turns them on", file=sys.stderr)
     return run(settings)
 
 
@@ -64,8 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="NATS URL[,URL...] of an existing cluster (default: embedded)")
     serve.add_argument("--roles", default=",".join(ALL_ROLES),
                        help=f"comma-separated roles to run (default {','.join(ALL_ROLES)})")
-    serve.add_argument("--closed", action="store_true",
-                       help="no guest sessions: every token comes from `townhall token`")
+    guests = serve.add_mutually_exclusive_group()
+    guests.add_argument("--closed", action="store_true",
+                        help="no guest sessions: every token comes from `townhall token` "
+                             "(the default when --host is not loopback)")
+    guests.add_argument("--open", action="store_true",
+                        help="guest sessions (POST /api/v1/sessions) even when --host is "
+                             "not loopback")
     serve.add_argument("--public-url", default="", help="URL clients reach this process at")
     serve.add_argument("--replicas", type=int, default=1,
                        help="JetStream replicas for streams and buckets (3 in a cluster)")

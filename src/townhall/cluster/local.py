@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ import httpx
 
 from townhall.bus.embedded import free_port, nats_server_binary, wait_for_port
 from townhall.cluster.plan import ClusterPlan, make_plan
+from townhall.procs import alive, stop_pid
 
 STATE_FILE = "cluster.json"
 
@@ -26,21 +25,6 @@ def _spawn(argv: list[str], log: Path) -> int:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     return proc.pid
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours counts as gone.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
 
 
 def load(root: Path) -> ClusterPlan | None:
@@ -147,19 +131,6 @@ def _wait_jetstream(plan: ClusterPlan, timeout: float) -> None:
         raise TimeoutError(f"JetStream not ready after {timeout}s: {last}")
 
     asyncio.run(probe())
-
-
-def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-    if not alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-    deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def down(root: Path) -> int:

@@ -9,11 +9,18 @@ share of listeners behind (their writes queue or their sockets back up), and how
 process was (CPU seconds per wall second). The busy share is what says "this edge is out of
 CPU": with direct writes one fan-out of 10,000 listeners is a single burst of tens of
 milliseconds, which by itself is not overload, so a late tick alone only counts when it is
-very late (over 250 ms, or half the interval). Stepping down waits until the finer step is
-predicted to fit, so the interval does not flap between two steps.
+very late (over 250 ms, or half the interval).
+
+A tick that shows any of these is hot. The interval steps up when enough of the last few
+ticks were hot, not only a run of them in a row: a loop blocked in bursts wakes late, then
+on time in the gap between bursts, then late again, and that is overload too. It steps down
+after a run of calm ticks, and only when the finer step is predicted to fit (CPU and loop
+lag both), so it does not flap between two steps.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 STEPS_S: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
@@ -24,7 +31,7 @@ class Pacer:
     def __init__(self, *, lag_high_s: float = 0.25,
                  behind_high: float = 0.25, behind_low: float = 0.05,
                  busy_high: float = 0.85, busy_low: float = 0.7, smoothing: float = 0.05,
-                 calm_ticks: int = 10, hot_ticks: int = 2) -> None:
+                 calm_ticks: int = 10, hot_ticks: int = 2, window: int = 6) -> None:
         self.lag_high_s = lag_high_s       # at 100 ms; half the interval when coarser
         self.behind_high = behind_high     # fraction of listeners with writes queued up
         self.behind_low = behind_low
@@ -34,42 +41,49 @@ class Pacer:
         # flush tick a CPU spike, and one spike must not read as "the finer step won't fit".
         self.smoothing = smoothing
         self.calm_ticks = calm_ticks       # ~1 s calm before stepping down a step
-        self.hot_ticks = hot_ticks         # consecutive hot ticks before stepping up
+        # Hot ticks among the last `window` that step up. Two late ticks within six mean
+        # the loop stood still for at least 0.5 s out of about 1.1 s; one alone is a hiccup.
+        self.hot_ticks = hot_ticks
         self.step = 0
         self.busy = 0.0
         self._calm = 0
-        self._hot = 0
+        self._recent: deque[bool] = deque(maxlen=max(window, hot_ticks))
 
     @property
     def interval_s(self) -> float:
         return STEPS_S[self.step]
 
-    def _finer_fits(self) -> bool:
-        # Fan-out cost per flush is about the same whatever it carries, so a finer step
-        # costs (roughly, at worst) busy × this interval / the finer interval.
+    def _late(self, lag_s: float, step: int) -> bool:
+        # A coarser interval means bigger flushes; their own burst must not read as lag.
+        return lag_s > max(self.lag_high_s, STEPS_S[step] / 2)
+
+    def _finer_fits(self, lag_s: float) -> bool:
         if self.step == 0:
             return True
-        return self.busy * STEPS_S[self.step] / STEPS_S[self.step - 1] < self.busy_low
+        # Fan-out cost per flush is about the same whatever it carries, so a finer step
+        # costs (roughly, at worst) busy × this interval / the finer interval.
+        cpu = self.busy * STEPS_S[self.step] / STEPS_S[self.step - 1] < self.busy_low
+        # A lag this step tolerates but the finer one would not is not calm: stepping
+        # down on it would step straight back up (flapping).
+        return cpu and not self._late(lag_s, self.step - 1)
 
     def observe(self, lag_s: float, behind: float, busy: float = 0.0) -> float:
         """Feed one tick's loop lag, fraction of listeners behind and CPU share (0..1);
         returns the delivery interval."""
         self.busy += self.smoothing * (busy - self.busy)
-        # A coarser interval means bigger flushes; their own burst must not read as lag.
-        late = lag_s > max(self.lag_high_s, self.interval_s / 2)
-        if late or behind > self.behind_high or self.busy > self.busy_high:
+        hot = (self._late(lag_s, self.step) or behind > self.behind_high
+               or self.busy > self.busy_high)
+        self._recent.append(hot)
+        if hot:
             self._calm = 0
-            self._hot += 1
-            if self._hot >= self.hot_ticks and self.step < len(STEPS_S) - 1:
+            if sum(self._recent) >= self.hot_ticks and self.step < len(STEPS_S) - 1:
                 self.step += 1
-                self._hot = 0
-        elif behind < self.behind_low and self._finer_fits():
-            self._hot = 0
+                self._recent.clear()  # the coarser step is judged on its own ticks
+        elif behind < self.behind_low and self._finer_fits(lag_s):
             self._calm += 1
             if self._calm >= self.calm_ticks and self.step > 0:
                 self.step -= 1
                 self._calm = 0
         else:
-            self._hot = 0
             self._calm = 0
         return self.interval_s

@@ -140,8 +140,35 @@ async function home() {
 }
 
 // ---------- WHIP publisher ----------
+// ICE consent takes ~30 s to notice a dead stage; the return feed (sent every 20 ms,
+// silence included) going quiet shows it in seconds, so the page can reconnect to the
+// stage that takes the Space over.
+const RETURN_QUIET_MS = 3000;
+const CONNECT_GRACE_MS = 7000;  // ICE and DTLS before the first return packet
+window.townhallPublisher = { publishes: 0, drops: 0 };  // read by tests and people debugging
+
 class Publisher {
-  constructor(space, onEnd) { this.space = space; this.onEnd = onEnd; this.pc = null; this.location = null; }
+  constructor(space, onEnd) { this.space = space; this.onEnd = onEnd; this.pc = null; this.location = null; this.watch = null; }
+
+  _end(why) {
+    if (!this.pc) return;
+    clearInterval(this.watch);
+    window.townhallPublisher.drops += 1;
+    this.onEnd?.(why);
+  }
+
+  _watchReturnFeed() {
+    let packets = -1, quietSince = performance.now() + CONNECT_GRACE_MS;
+    this.watch = setInterval(async () => {
+      const pc = this.pc;
+      if (!pc) return;
+      let got = 0;
+      (await pc.getStats()).forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "audio") got += r.packetsReceived || 0; });
+      const now = performance.now();
+      if (got !== packets) { packets = got; quietSince = Math.max(now, quietSince); return; }
+      if (now - quietSince > RETURN_QUIET_MS) this._end("lost");
+    }, 1000);
+  }
 
   async start() {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
@@ -154,7 +181,7 @@ class Publisher {
     this.audio = h("audio", { autoplay: true, "aria-label": "Stage return feed" });
     document.body.append(this.audio);
     pc.ontrack = (e) => { this.audio.srcObject = e.streams[0] || new MediaStream([e.track]); this.audio.play().catch(() => {}); };
-    pc.onconnectionstatechange = () => { if (["failed", "closed"].includes(pc.connectionState)) this.onEnd?.(pc.connectionState); };
+    pc.onconnectionstatechange = () => { if (["failed", "closed"].includes(pc.connectionState)) this._end(pc.connectionState); };
     await pc.setLocalDescription(await pc.createOffer());
     // Non-trickle WHIP: wait (bounded) for ICE gathering, then send the whole offer.
     await new Promise((resolve) => {
@@ -172,6 +199,8 @@ class Publisher {
     }
     this.location = new URL(r.headers.get("Location"), location.href).href;
     await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+    window.townhallPublisher.publishes += 1;
+    this._watchReturnFeed();
   }
 
   setMuted(muted) { this.stream?.getAudioTracks().forEach((t) => { t.enabled = !muted; }); }
@@ -180,6 +209,7 @@ class Publisher {
   close(tellServer = true) {
     if (this.location && tellServer) fetch(this.location, { method: "DELETE", headers: { Authorization: `Bearer ${me.token}` } }).catch(() => {});
     this.location = null;
+    clearInterval(this.watch);
     this.pc?.close(); this.pc = null;
     this.stream?.getTracks().forEach((t) => t.stop());
     this.audio?.remove();
@@ -240,7 +270,15 @@ async function spacePage(id) {
     view.going = true; render();
     // A Space the stage has not picked up yet answers 503: wait and retry, saying so.
     for (let attempt = 0; attempt < 12 && mine(view.snap) && view.snap.state === "live"; attempt++) {
-      const pub = new Publisher(id, (why) => { if (view.publisher === pub) { pub.close(); view.publisher = null; banner("reconnecting", `Stage connection ${why}`); render(); } });
+      const pub = new Publisher(id, (why) => {
+        if (view.publisher !== pub) return;
+        // The stage went away (or the path to it): another stage takes the Space over
+        // within seconds, at the same /whip URL. Go live again on our own.
+        pub.close(false); view.publisher = null;
+        banner("reconnecting", `Stage connection ${why} — reconnecting…`); render();
+        setTimeout(() => { if (!view.publisher && mine(view.snap) && view.snap.state === "live") goLive(); },
+          250 + Math.random() * 750);
+      });
       try {
         await pub.start();
         view.publisher = pub;

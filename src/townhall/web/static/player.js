@@ -1,5 +1,7 @@
 // Listening: WebSocket /ws/{id} → Chunk frames → WebCodecs AudioDecoder → AudioWorklet.
 // Falls back to <audio src="/listen/{id}.opus"> where WebCodecs is missing.
+// Which edge: the api's /api/v1/spaces/{id}/listen list, least loaded first; a socket that
+// fails moves down the list, and a list tried to its end is fetched again.
 
 const MAGIC = 0x54484331; // "THC1"
 const FRAME_SAMPLES = 960;
@@ -31,6 +33,38 @@ export function backoffMs(attempt, base = 500, cap = 10000) {
   return Math.random() * Math.min(cap, base * 2 ** attempt);
 }
 
+/** The WebSocket URL for an edge's `ws` (an absolute http(s) URL or a same-origin path). */
+export function edgeSocketUrl(ws, pageUrl, from, token) {
+  const u = new URL(ws, pageUrl);
+  u.protocol = u.protocol === "https:" || u.protocol === "wss:" ? "wss:" : "ws:";
+  if (from !== null && from !== undefined) u.searchParams.set("from", String(from));
+  if (token) u.searchParams.set("token", token);
+  return u.toString();
+}
+
+/** The edges to try for a Space, in the api's order; same origin until the api says. */
+export class EdgeChoice {
+  constructor(space) {
+    this.edges = [{ ws: `/ws/${space}`, ogg: `/listen/${space}.opus` }];
+    this.index = 0;
+  }
+
+  set(edges) {
+    const usable = (edges || []).filter((e) => e && e.ws && e.ogg);
+    if (usable.length) { this.edges = usable.map((e) => ({ ws: e.ws, ogg: e.ogg })); this.index = 0; }
+  }
+
+  get current() { return this.edges[this.index % this.edges.length]; }
+
+  /** Move to the next edge; true when the list wrapped (every edge tried: back off, ask again). */
+  next() {
+    this.index += 1;
+    if (this.index < this.edges.length) return false;
+    this.index = 0;
+    return true;
+  }
+}
+
 /** One listener of a Space: state and levels to callbacks, audio to the speakers. */
 export class Player {
   constructor(space, { onState, onLevels, onStatus, onEnded }, token) {
@@ -41,6 +75,7 @@ export class Player {
     this.onStatus = onStatus || (() => {});
     this.onEnded = onEnded || (() => {});
     this.ws = null;
+    this.choice = new EdgeChoice(space);
     this.nextSeq = null;
     this.attempt = 0;
     this.closed = false;
@@ -56,13 +91,24 @@ export class Player {
     const webcodecs = "AudioDecoder" in window;
     // Read by tests and by people debugging in the console.
     this.stats = { framesDecoded: 0, level: 0, peak: 0, gaps: 0, underruns: 0, chunks: 0, connects: 0, state: "connecting",
-      webcodecs, mode: webcodecs ? "webcodecs" : "ogg" };
+      webcodecs, mode: webcodecs ? "webcodecs" : "ogg", edge: null };
     window.townhallPlayer = this.stats;
   }
 
   start() {
-    if (!this.stats.webcodecs) { this._startFallback(); }
-    this._connect();
+    this._pickEdges().finally(() => {
+      if (!this.stats.webcodecs) { this._startFallback(); }
+      this._connect();
+    });
+  }
+
+  /** Ask the api which edges serve this Space; keep the current list if it cannot say. */
+  async _pickEdges() {
+    try {
+      const headers = this.token ? { Authorization: `Bearer ${this.token}` } : {};
+      const res = await fetch(`/api/v1/spaces/${this.space}/listen`, { headers, signal: AbortSignal.timeout(5000) });
+      if (res.ok) this.choice.set((await res.json()).edges);
+    } catch { /* offline or slow: the list we have (same origin at worst) */ }
   }
 
   /** Start sound output (needs a user gesture in most browsers). */
@@ -115,17 +161,13 @@ export class Player {
   }
 
   _url() {
-    const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const q = new URLSearchParams();
-    if (this.nextSeq !== null) q.set("from", String(this.nextSeq));
-    if (this.token) q.set("token", this.token);
-    const qs = q.toString();
-    return `${proto}//${location.host}/ws/${this.space}${qs ? "?" + qs : ""}`;
+    return edgeSocketUrl(this.choice.current.ws, location.href, this.nextSeq, this.token);
   }
 
   _connect() {
     if (this.closed) return;
     this.stats.connects += 1;
+    this.stats.edge = new URL(this.choice.current.ws, location.href).href;
     const ws = new WebSocket(this._url());
     ws.binaryType = "arraybuffer";
     this.ws = ws;
@@ -202,13 +244,18 @@ export class Player {
     if (ev.code === 4410) { this._status("ended"); this.onEnded(); return; }
     if (ev.code === 4404 || ev.code === 4403 || ev.code === 4401) { this._status("refused", ev.code); return; }
     if (ev.code === 4408 && reason.resume_from !== undefined) this.nextSeq = reason.resume_from;
+    const wrapped = this.choice.next();
     if (ev.code === 4503) {
+      if (!wrapped) { this._connect(); return; }  // the next edge may have room
       this._countdown(Math.max(1, Math.ceil(reason.retry_after || 5)));
       return;
     }
     const delay = backoffMs(this.attempt++);
     this._status("reconnecting", Math.ceil(delay / 1000));
-    this.timer = setTimeout(() => this._connect(), delay);
+    this.timer = setTimeout(() => {
+      if (wrapped) this._pickEdges().finally(() => this._connect());
+      else this._connect();
+    }, delay);
   }
 
   _checkStall() {
@@ -223,13 +270,13 @@ export class Player {
 
   _countdown(seconds) {
     this._status("full", seconds);
-    if (seconds <= 0) { this._connect(); return; }
+    if (seconds <= 0) { this._pickEdges().finally(() => this._connect()); return; }
     this.timer = setTimeout(() => this._countdown(seconds - 1), 1000);
   }
 
   _startFallback() {
     const el = document.createElement("audio");
-    el.src = `/listen/${this.space}.opus`;
+    el.src = new URL(this.choice.current.ogg, location.href).href;
     el.preload = "none";
     el.hidden = true;
     el.addEventListener("error", async () => {

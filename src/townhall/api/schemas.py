@@ -1,0 +1,119 @@
+"""Response shapes of the Spaces API, for /openapi.json (handlers still return plain dicts).
+
+They describe the snapshot contract of townhall.room.snapshot; extra keys are allowed
+because the contract may grow. Errors are described once, as problem+json.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from townhall.problems import PROBLEM_CONTENT_TYPE, Problem
+
+
+class Open(BaseModel):
+    """A response object that may carry more keys than listed (extend, never change)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Person(Open):
+    id: str
+    name: str
+
+
+class OnStage(Person):
+    role: Literal["host", "cohost", "speaker"]
+    muted: bool
+    muted_by: str | None = Field(description='null, "self", or who muted them')
+
+
+class Waiting(Person):
+    at: float = Field(description="unix seconds")
+
+
+class Snapshot(Open):
+    """A Space as everyone may see it (see townhall.room.snapshot)."""
+
+    id: str = Field(pattern="^[a-z0-9]{10}$")
+    title: str
+    description: str
+    state: Literal["scheduled", "live", "ended"]
+    version: int = Field(ge=1, description="+1 on every visible change")
+    private: bool
+    host: Person
+    scheduled_start: str | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    stage: list[OnStage]
+    requests: list[Waiting]
+    invites: list[Waiting]
+    listeners: int = Field(ge=0, description="summed from the edges' reports")
+    reactions: dict[str, int] = Field(description="running totals per emoji")
+
+
+class SpaceList(Open):
+    spaces: list[Snapshot]
+
+
+class Session(Open):
+    token: str
+    identity: str
+    name: str
+
+
+class Me(Open):
+    identity: str
+    name: str
+    space: str | None = Field(description="the one Space this token acts on, or null")
+    role: Literal["host", "speaker", "listener"]
+    expires: int = Field(description="unix seconds")
+
+
+class Accepted(Open):
+    accepted: bool
+
+
+class Edge(Open):
+    node: str
+    url: str | None = Field(description="the edge's public base URL; null = same origin")
+    listeners: int
+    capacity: int | None
+    ws: str
+    ogg: str
+
+
+class Listen(Open):
+    ws: str
+    ogg: str
+    edges: list[Edge] = Field(description="least loaded first")
+
+
+WHY = {
+    400: "malformed JSON, bad parameters or an unknown action",
+    401: "no, an expired or an invalid access token",
+    403: "the token or the person may not do this",
+    404: "no such Space (or a private one you may not see)",
+    409: "not possible in the Space's current state",
+    413: "request body over the cap",
+    422: "the body does not match the schema",
+    429: "too many requests from you; see Retry-After",
+    503: "too much contention on this Space; see Retry-After",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these error statuses, all problem+json."""
+    ref = {"$ref": f"#/components/schemas/{Problem.__name__}"}
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"description": WHY[status],
+                                 "content": {PROBLEM_CONTENT_TYPE: {"schema": ref}}}
+        if status in (429, 503):
+            entry["headers"] = {"Retry-After": {"description": "seconds to wait",
+                                                "schema": {"type": "integer"}}}
+        out[status] = entry
+    return out
