@@ -132,6 +132,8 @@ def test_only_get_on_the_listener_paths_is_a_listener_request() -> None:
     assert listen_request("ws", "GET", b"/ws/a/b", [], "1.1") is None
     assert listen_request("ogg", "GET", b"/listen/abc.ogg", [], "1.1") is None
     assert listen_request("ws", "GET", b"/api/v1/spaces", [], "1.1") is None
+    for odd in (b"/ws/a.b", b"/ws/%3E", b"/ws/*", b"/ws/" + b"a" * 65):
+        assert listen_request("ws", "GET", odd, [], "1.1") is None
 
 
 async def test_ws_upgrade_is_handed_over_hello_then_state_then_chunks() -> None:

@@ -27,8 +27,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from townhall.edge.listeners import ListenerConnection, ListenRequest, OggListener, WsListener
 from townhall.edge.node import EdgeNode
 
-WS_PATH = re.compile(r"/ws/([^/]+)")
-OGG_PATH = re.compile(r"/listen/([^/]+)\.opus")
+# Space ids are [a-z0-9]{10} (room.rules); anything far from that (NATS wildcards, dots)
+# never reaches the bus: the ASGI app answers it (404).
+WS_PATH = re.compile(r"/ws/([A-Za-z0-9_-]{1,64})")
+OGG_PATH = re.compile(r"/listen/([A-Za-z0-9_-]{1,64})\.opus")
 
 
 def listen_request(kind: str, method: str, url: bytes, headers: list[tuple[bytes, bytes]],
