@@ -130,10 +130,11 @@ class Subscriber:
         """Chunks queue up for this listener, or its socket stopped accepting writes."""
         return self.paused or len(self.backlog) >= BEHIND
 
-    def streaming(self, write: Write) -> None:
-        """The connection is ready for the stream: write what is queued, then go fast."""
+    def streaming(self, write: Write, first: bytes = b"") -> None:
+        """The connection is ready for the stream: write ``first`` (e.g. the response head
+        and hello) and what is queued, as one write, then go fast."""
         self.write = write
-        self.drain()
+        self.drain(first)
 
     def pause(self) -> None:
         """Its transport passed the high-water mark: queue from now on."""
@@ -179,35 +180,41 @@ class Subscriber:
         self.texts.append(text)
         return bool(self.drain())
 
-    def drain(self) -> int:
-        """Write what is queued, oldest first, until the socket pauses; returns WRITTEN
-        if everything went out (the listener is back in the fast set), else QUEUED."""
+    def drain(self, first: bytes = b"") -> int:
+        """Unless its socket is paused, write everything queued (oldest first, after
+        ``first``) as one write — the backlog is bounded, and the write itself pauses the
+        listener if it fills the buffer. Returns WRITTEN if the listener is back in the
+        fast set, else QUEUED."""
         write = self.write
         if write is not None and self.close is None:
             try:
-                self._drain(write)
+                out = [first] if first else []
+                if not self.paused:
+                    self._take_all(out)
+                if out:
+                    write(b"".join(out))
             except Exception:  # its transport is already closed: it is on its way out
                 self.paused = True
         self.sync()
         return WRITTEN if self.keeping_up() else QUEUED
 
-    def _drain(self, write: Write) -> None:
+    def _take_all(self, out: list[bytes]) -> None:
         kind = self.kind
-        while not self.paused:  # a write may pause us (high-water mark) at once
+        while True:
             if self.texts:
-                write(ws_text_frame(self.texts.popleft()))
+                out.append(ws_text_frame(self.texts.popleft()))
                 continue
             skip = self.backlog.take_skip()
             if skip is not None:
                 if kind == "ws":  # for Ogg readers a skip is just a page-number jump
-                    write(ws_text_frame(json.dumps({
+                    out.append(ws_text_frame(json.dumps({
                         "type": "jump", "from": skip.from_seq, "to": skip.to_seq,
                         "reason": "slow"})))
                 continue
             item = self.backlog.take()
             if item is None:
-                break
-            write(item[1].wire(kind))
+                return
+            out.append(item[1].wire(kind))
 
     def end(self, code: int, reason: str) -> None:
         """Decide to close this listener (first reason wins); its connection acts on it."""

@@ -130,9 +130,8 @@ class ListenerConnection(asyncio.Protocol):
             return
         self.sub = sub
         sub.on_end = self._on_end
-        self.start_stream(joined)
         sub.paused = self.paused
-        sub.streaming(self.transport.write)
+        sub.streaming(self.transport.write, self.start_stream(joined))
         if sub.close is not None:  # e.g. the Space ended while it joined
             self._on_end()
 
@@ -144,8 +143,8 @@ class ListenerConnection(asyncio.Protocol):
     def stream_kind(self) -> str:
         return self.kind
 
-    def start_stream(self, joined: Joined) -> None:
-        """Write what precedes the chunks (hello frame; response head and Ogg headers)."""
+    def start_stream(self, joined: Joined) -> bytes:
+        """What precedes the chunks (hello frame; response head and Ogg headers)."""
         raise NotImplementedError
 
     def refuse(self, refusal: Refusal) -> None:
@@ -209,6 +208,7 @@ class WsListener(ListenerConnection):
                  connections: MutableSet[Any]) -> None:
         super().__init__(edge, request, transport, connections)
         self.ws = ServerProtocol(max_size=MAX_CLIENT_TEXT, logger=ws_log)
+        self.head = b""  # the 101, held to go out in one write with hello (or the close)
         self.bucket: TokenBucket | None = None  # made on the first client message
 
     def opened(self) -> bool:
@@ -232,13 +232,17 @@ class WsListener(ListenerConnection):
             return False
         response = self.ws.accept(request)
         self.ws.send_response(response)
-        self._send_protocol_data()
-        return response.status_code == 101
+        if response.status_code != 101:
+            self._send_protocol_data()
+            return False
+        self.head = b"".join(self.ws.data_to_send())
+        return True
 
-    def start_stream(self, joined: Joined) -> None:
-        self.transport.write(ws_text_frame(json.dumps({
+    def start_stream(self, joined: Joined) -> bytes:
+        head, self.head = self.head, b""
+        return head + ws_text_frame(json.dumps({
             "type": "hello", "space": self.request.space, "live_seq": joined.live_seq,
-            "from": joined.start, "resumed": joined.resumed})))
+            "from": joined.start, "resumed": joined.resumed}))
 
     def refuse(self, refusal: Refusal) -> None:
         self.finish(refusal.code, refusal.detail)
@@ -254,19 +258,24 @@ class WsListener(ListenerConnection):
         if sub is not None:
             sub.end(code, reason)
         if not self.transport.is_closing() and self.ws.state is State.OPEN:
-            while sub is not None and sub.texts:  # e.g. the final "ended" state first
-                self.transport.write(ws_text_frame(sub.texts.popleft()))
+            texts = [ws_text_frame(t) for t in sub.texts] if sub is not None else []
+            if sub is not None:
+                sub.texts.clear()
+            if texts:  # e.g. the final "ended" state, ahead of the close frame
+                self.transport.write(b"".join(texts))
             self.ws.send_close(code, reason)
             self._send_protocol_data()
             self._close_later()
 
     def _send_protocol_data(self) -> None:
         """Write what websockets produced (handshake, pong, close); b"" = end the TCP."""
-        for data in self.ws.data_to_send():
-            if data:
-                self.transport.write(data)
-            else:
-                self.transport.close()
+        pieces = self.ws.data_to_send()
+        data = self.head + b"".join(pieces)
+        self.head = b""
+        if data:
+            self.transport.write(data)
+        if b"" in pieces:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.ws.receive_data(data)
@@ -320,7 +329,7 @@ class OggListener(ListenerConnection):
         # HTTP/1.0 has no chunked encoding: the pages go as they are, the close ends it.
         return "ogg" if self.request.http_version == "1.1" else "ogg_raw"
 
-    def start_stream(self, joined: Joined) -> None:
+    def start_stream(self, joined: Joined) -> bytes:
         chunked = self.stream_kind() == "ogg"
         headers = {"content-type": "audio/ogg", "cache-control": "no-store",
                    "x-content-type-options": "nosniff"}
@@ -329,9 +338,8 @@ class OggListener(ListenerConnection):
         else:
             headers["connection"] = "close"
         ogg_headers = self.edge.hub.ogg.headers
-        self.transport.write(
-            http_head(200, headers, self.request.http_version)
-            + (http_chunk(ogg_headers) if chunked else ogg_headers))
+        return (http_head(200, headers, self.request.http_version)
+                + (http_chunk(ogg_headers) if chunked else ogg_headers))
 
     def _answer(self, problem: Problem) -> None:
         self.closing = True
