@@ -7,9 +7,10 @@ Each server under test runs alone on core 0 (taskset); the load generator (raw a
 protocols, bench/fanout/loadgen.py) runs in its own process on core 1. One source feeds
 both the same 32 kbps Opus tone, one Ogg page / chunk per 100 ms. Rows per listener
 count: Icecast (HTTP Ogg), townhall's /listen/<id>.opus (the same HTTP Ogg client) and
-townhall's /ws/<id> WebSocket, each with the edge's direct-write fast path on (default) and
-off (``-asgi``: TOWNHALL_EDGE_DIRECT=0, every chunk through the ASGI send path). CPU =
-server process user+system time during the window.
+townhall's /ws/<id> WebSocket; with ``--before-src DIR`` also both townhall rows run from
+another source tree (``-before``: e.g. ``git archive <commit> src | tar -x -C DIR``), to
+compare two versions of the edge in the same run. CPU = server process user+system time
+during the window.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from townhall.bus.embedded import EmbeddedNats  # noqa: E402
 SERVER_CPU = 0
 LOADGEN_CPU = 1
 SPACE = "benchfan01"
-KINDS = ("icecast", "townhall-ogg", "townhall-ws", "townhall-ogg-asgi", "townhall-ws-asgi")
+KINDS = ("icecast", "townhall-ogg", "townhall-ws", "townhall-ogg-before", "townhall-ws-before")
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
@@ -63,8 +64,9 @@ async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_ur
         await source.to_icecast(server.port)
         mode, path = "http", MOUNT
     else:
-        server = await asyncio.to_thread(TownhallEdge, work, nats_url, n + 100, SERVER_CPU,
-                                         not kind.endswith("-asgi"))
+        server = await asyncio.to_thread(
+            TownhallEdge, work, nats_url, n + 100, SERVER_CPU,
+            str(Path(args.before_src) / "src") if kind.endswith("-before") else "")
         mode, path = ("http", f"/listen/{SPACE}.opus") if "-ogg" in kind else (
             "ws", f"/ws/{SPACE}")
     feeding = asyncio.ensure_future(source.run())
@@ -118,7 +120,8 @@ def _fmt(value: float | None, spec: str) -> str:
 
 async def run_all(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str, Any]]]]:
     sizes = [int(x) for x in args.listeners.split(",")]
-    kinds = [k for k in KINDS if k in args.servers.split(",")]
+    kinds = [k for k in KINDS if k in args.servers.split(",")
+             and (args.before_src or not k.endswith("-before"))]
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
         work = Path(tmp)
@@ -128,14 +131,11 @@ async def run_all(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
         await live_space(bus, SPACE)
         try:
             with Progress(console=console, transient=False) as progress:
-                total = sum(1 for n in sizes for k in kinds
-                            if not (k.endswith("-asgi") and n > args.asgi_max)) * args.runs
+                total = len(sizes) * len(kinds) * args.runs
                 task = progress.add_task("fan-out runs", total=total)
                 for n in sizes:
                     for _ in range(args.runs):
                         for kind in kinds:  # interleaved: each run sees the same machine load
-                            if kind.endswith("-asgi") and n > args.asgi_max:
-                                continue
                             progress.update(task, description=f"{kind} × {n}")
                             try:
                                 r = await measure(kind, n, args, bus, nats_url, work)
@@ -196,8 +196,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--servers", default=",".join(KINDS))
     parser.add_argument("--save", default="",
                         help="append each run's raw result to this JSON-lines file")
-    parser.add_argument("--asgi-max", type=int, default=5000,
-                        help="largest listener count for the -asgi (fast path off) rows")
+    parser.add_argument("--before-src", default="",
+                        help="a directory holding another version's src/ (the -before rows; "
+                             "none without it)")
     return parser.parse_args(argv)
 
 
@@ -224,10 +225,12 @@ def main(argv: list[str]) -> dict[str, Any]:
                       "townhall delivers every 100 ms unless its pacer coarsens delivery "
                       "under load (\"delivery interval\" = the edge's interval at the end "
                       "of the window; CPU ratios at a coarser interval are not like for "
-                      "like). -asgi = direct writes off (TOWNHALL_EDGE_DIRECT=0), i.e. "
-                      "before the fast path. stalls = a listener silent > 1 s in the window; "
+                      "like). -before = the same edge from the source tree given by "
+                      "--before-src (the version before this one). "
+                      "stalls = a listener silent > 1 s in the window; "
                       "kbit/s per listener = body bytes received per listener per second; "
-                      "direct writes = share of live chunks written by the fast path. "
+                      "direct writes = share of live chunks written by the fast path (the fast "
+                      "set; before: direct writes past ASGI). "
                       "Medians over the runs that completed (runs ok). Machine shared with "
                       "other engineers' test runs.")}
 

@@ -142,11 +142,12 @@ class TownhallEdge:
     """`townhall serve --roles edge` against the bench's NATS, on one core."""
 
     def __init__(self, workdir: Path, nats_url: str, capacity: int, cpu: int,
-                 direct: bool = True) -> None:
+                 src: str = "") -> None:
         self.port = free_port()
         env = {**os.environ, "TOWNHALL_EDGE_CAPACITY": str(capacity),
-               "TOWNHALL_EDGE_JOIN_RATE": "5000",
-               "TOWNHALL_EDGE_DIRECT": "1" if direct else "0"}
+               "TOWNHALL_EDGE_JOIN_RATE": "5000"}
+        if src:  # another version of townhall (e.g. `git archive <commit> src`) to compare
+            env["PYTHONPATH"] = src
         self.log = open(workdir / f"edge-{self.port}.log", "wb")  # kept open for the child
         self.proc = subprocess.Popen(
             [*_pinned(cpu), sys.executable, "-m", "townhall", "serve", "--roles", "edge",

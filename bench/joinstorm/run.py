@@ -41,7 +41,7 @@ SPACE = "benchjoin01"
 
 
 async def _burst_once(kind: str, n: int, cap: int, rate: float, bus: Bus, nats_url: str,
-                      work: Path) -> dict[str, Any]:
+                      work: Path, before_src: str = "") -> dict[str, Any]:
     """One burst of n joins at `rate`/s against a fresh server pinned to one core."""
     source = servers.Source(bus, SPACE)
     server: servers.Icecast | servers.TownhallEdge
@@ -50,8 +50,10 @@ async def _burst_once(kind: str, n: int, cap: int, rate: float, bus: Bus, nats_u
         await source.to_icecast(server.port)
         mode, path = "http", servers.MOUNT
     else:
-        server = await asyncio.to_thread(servers.TownhallEdge, work, nats_url, cap, SERVER_CPU)
-        mode, path = ("ws", f"/ws/{SPACE}") if kind == "townhall-ws" else (
+        src = str(Path(before_src) / "src") if kind.endswith("-before") else ""
+        server = await asyncio.to_thread(servers.TownhallEdge, work, nats_url, cap, SERVER_CPU,
+                                         src)
+        mode, path = ("ws", f"/ws/{SPACE}") if kind.startswith("townhall-ws") else (
             "http", f"/listen/{SPACE}.opus")
     feeding = asyncio.ensure_future(source.run())
     gen: Any = None
@@ -80,10 +82,14 @@ async def _burst_once(kind: str, n: int, cap: int, rate: float, bus: Bus, nats_u
             "joins_per_cpu_s": result["admitted"] / cpu_s if cpu_s > 0 else None}
 
 
-async def bursts(n: int, rate: float, runs: int) -> list[list[Any]]:
-    """Median rows: Icecast, townhall ws, townhall Ogg at capacity, townhall ws at 5x."""
+async def bursts(n: int, rate: float, runs: int, before_src: str = "") -> list[list[Any]]:
+    """Median rows: Icecast, townhall ws, townhall Ogg at capacity, townhall ws at 5x (and
+    the -before rows: the same from another source tree, when given)."""
     plan = [("at capacity", "icecast", n, n), ("at capacity", "townhall-ws", n, n),
             ("at capacity", "townhall-ogg", n, n), ("5x overload", "townhall-ws", n, n // 5)]
+    if before_src:
+        plan += [("at capacity", "townhall-ws-before", n, n),
+                 ("at capacity", "townhall-ogg-before", n, n)]
     found: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="joinstorm-") as tmp:
         work = Path(tmp)
@@ -96,7 +102,8 @@ async def bursts(n: int, rate: float, runs: int) -> list[list[Any]]:
                 for _ in range(runs):
                     for phase, kind, offered, cap in plan:  # interleaved: same machine load
                         progress.update(task, description=f"{phase}: {kind} x {offered}")
-                        r = await _burst_once(kind, offered, cap, rate, bus, nats.url, work)
+                        r = await _burst_once(kind, offered, cap, rate, bus, nats.url, work,
+                                              before_src)
                         found.setdefault((phase, kind), []).append(r)
                         progress.advance(task)
         finally:
@@ -144,13 +151,20 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--burst", type=int, default=2000, help="joins per one-core burst")
     ap.add_argument("--burst-rate", type=float, default=4000.0,
                     help="joins per second the burst offers")
+    ap.add_argument("--before-src", default="",
+                    help="a directory holding another version's src/: adds -before burst rows")
+    ap.add_argument("--bursts-only", action="store_true",
+                    help="skip the storm-client phases (whole server)")
     args = ap.parse_args(argv)
     console = Console()
     started = time.monotonic()
-    rows: list[list[Any]] = asyncio.run(bursts(args.burst, args.burst_rate, args.runs))
+    rows: list[list[Any]] = asyncio.run(bursts(args.burst, args.burst_rate, args.runs,
+                                               args.before_src))
     url, proc = start_server({"TOWNHALL_EDGE_CAPACITY": str(args.capacity)})
+    phases = () if args.bursts_only else (("at capacity", args.capacity),
+                                          ("5x overload", 5 * args.capacity))
     try:
-        for label, n in (("at capacity", args.capacity), ("5x overload", 5 * args.capacity)):
+        for label, n in phases:
             runs = []
             for _ in range(args.runs):
                 space, token = live_space(url, f"joinstorm {label}")
@@ -175,7 +189,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     console.print(f"joinstorm done in {time.monotonic() - started:.0f} s")
     return {
         "title": "Join storm at one edge",
-        "command": f"python -m bench joinstorm (bursts of {args.burst} at "
+        "command": f"python -m bench joinstorm {' '.join(argv)} (bursts of {args.burst} at "
                    f"{args.burst_rate:g}/s; storm: capacity {args.capacity}, ramp {args.ramp} s, "
                    f"hold {args.hold} s; median of {args.runs})",
         "columns": ["phase", "server", "offered", "admitted", "refused (503/4503)",
@@ -190,5 +204,6 @@ def main(argv: list[str]) -> dict[str, Any]:
                  "joins per CPU-second = admitted / server CPU time over the burst. Storm "
                  "rows: the whole server (api, edge, stage, nats) with townhall storm's "
                  "websockets clients on the same 2 cores; there joins/s is bounded by the "
-                 "offered rate. The machine is shared with other engineers' runs.",
+                 "offered rate. -before = the same edge from --before-src (the version "
+                 "before this one). The machine is shared with other engineers' runs.",
     }

@@ -20,6 +20,7 @@ from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.bus import Bus
 from townhall.bus.embedded import EmbeddedNats, die_with_parent
 from townhall.context import Context
+from townhall.edge.handoff import http_protocol
 from townhall.observability import setup_logging
 from townhall.procs import stop_processes
 from townhall.settings import Settings
@@ -62,7 +63,9 @@ async def _serve_http(settings: Settings, background: list[str]) -> None:
     ctx.on_stop.append(stop_background)
     app = build_app(ctx)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop",
-                            http="httptools", ws="websockets", log_config=None,
+                            # listener connections leave ASGI for the edge's own protocols
+                            http=http_protocol(getattr(app.state, "edge", None)),
+                            ws="websockets", log_config=None,
                             access_log=False, lifespan="on", timeout_graceful_shutdown=5,
                             ws_max_size=64 * 1024,
                             # Chunks are Opus (incompressible) and direct writes bypass the

@@ -528,3 +528,50 @@ async def test_removing_a_listener_closes_their_socket_and_blocks_rejoin(
         while not any(t.get("type") == "pong" for t in bystander.texts):
             bystander.texts.append(json.loads(await bystander.ws.recv()))
     await bystander.ws.close()
+
+
+async def test_sigterm_closes_listeners_with_1001_and_ends_the_ogg_stream(
+        tmp_path: Path, nats_url: str, bus: Bus) -> None:
+    """Listener connections are raw protocols now: uvicorn's graceful shutdown must still
+    reach them (WebSocket close 1001, the chunked Ogg body's last chunk), quickly."""
+    served = start_townhall(tmp_path, "--nats", nats_url, "--roles", "api,edge")
+    producer: Producer | None = None
+    try:
+        space, _ = live_space(served)
+        producer = Producer(bus, space)
+        producer.start()
+        lis = await Listener.open(f"{ws_base(served)}/ws/{space}")
+        await lis.until(producer.last + 2)
+        ended, flowing = asyncio.Event(), asyncio.Event()
+        body = bytearray()
+
+        async def ogg() -> None:
+            async with httpx.AsyncClient(timeout=30) as http, http.stream(
+                    "GET", f"{served.url}/listen/{space}.opus") as r:
+                assert r.status_code == 200
+                async for piece in r.aiter_bytes():  # ends cleanly only on the last chunk
+                    body.extend(piece)
+                    if len(body) >= 4096:
+                        flowing.set()
+                ended.set()
+
+        reading = asyncio.ensure_future(ogg())
+        async with asyncio.timeout(30):
+            await flowing.wait()
+        started = asyncio.get_running_loop().time()
+        stopping = asyncio.ensure_future(asyncio.to_thread(served.stop))
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(30):
+                while True:
+                    await lis.ws.recv()
+        assert lis.ws.close_code == 1001
+        async with asyncio.timeout(30):
+            await ended.wait()
+        await reading
+        assert body.startswith(b"OggS")
+        assert asyncio.get_running_loop().time() - started < 10
+        assert await stopping == 0
+    finally:
+        if producer is not None:
+            await producer.stop()
+        served.stop()

@@ -26,6 +26,7 @@ from tests.tone import ToneChunks
 from townhall.app import build_app
 from townhall.bus import Bus, subjects
 from townhall.bus.embedded import free_port
+from townhall.edge.handoff import http_protocol
 from townhall.media.chunk import Chunk
 from townhall.serve import make_context
 from townhall.settings import Settings
@@ -103,8 +104,10 @@ async def test_a_lagging_edge_coarsens_delivery_without_a_gap_then_recovers(
         port = free_port()
         ctx = await make_context(Settings(data_dir=tmp_path / "edge", port=port,
                                           nats_urls=[nats_url], roles=("edge",)))
-        config = uvicorn.Config(build_app(ctx), host="127.0.0.1", port=port,
-                                ws="websockets", log_config=None, access_log=False,
+        app = build_app(ctx)
+        config = uvicorn.Config(app, host="127.0.0.1", port=port,
+                                http=http_protocol(app.state.edge), ws="websockets",
+                                log_config=None, access_log=False,
                                 lifespan="on", timeout_graceful_shutdown=2)
         bus = ctx.bus
         server = uvicorn.Server(config)

@@ -23,7 +23,8 @@ def drain(sub: Subscriber) -> list[Frame]:
 def test_every_listener_gets_the_same_bytes_object() -> None:
     feed = Feed("s", OggOpusStream())
     a, b = Subscriber("ws"), Subscriber("ogg")
-    feed.subscribers |= {a, b}
+    feed.attach(a)
+    feed.attach(b)
     feed.on_media(chunk(1))
     feed.on_media(chunk(1))        # duplicate ignored
     feed.on_media(b"garbage")      # malformed ignored
@@ -35,7 +36,7 @@ def test_every_listener_gets_the_same_bytes_object() -> None:
 def test_coalescing_holds_chunks_then_flushes_in_order_without_skips() -> None:
     feed = Feed("s", OggOpusStream())
     sub = Subscriber("ws", backlog_limit=3)
-    feed.subscribers.add(sub)
+    feed.attach(sub)
     feed.coalesce = True
     for s in range(1, 11):
         feed.on_media(chunk(s))
@@ -57,7 +58,7 @@ def test_flush_after_preload_drops_duplicates() -> None:
     for s in range(1, 6):
         feed.on_media(chunk(s))
     sub.preload(feed.ring.since(1))
-    feed.subscribers.add(sub)
+    feed.attach(sub)
     feed.flush()
     assert [f.seq for f in drain(sub)] == [1, 2, 3, 4, 5]
 
@@ -65,7 +66,7 @@ def test_flush_after_preload_drops_duplicates() -> None:
 def test_ended_state_closes_with_4410_after_the_state_frame() -> None:
     feed = Feed("s", OggOpusStream())
     sub = Subscriber("ws")
-    feed.subscribers.add(sub)
+    feed.attach(sub)
     feed.on_state({"id": "s", "state": "live", "version": 2, "_blocked": ["x"]})
     feed.on_state({"id": "s", "state": "live", "version": 1})  # older: ignored
     feed.on_state({"id": "s", "state": "ended", "version": 3})
@@ -78,7 +79,7 @@ def test_ended_state_closes_with_4410_after_the_state_frame() -> None:
 def test_a_hole_in_the_live_sequence_is_refilled_before_later_chunks_go_out() -> None:
     feed = Feed("s", OggOpusStream())
     sub = Subscriber("ws", backlog_limit=20)
-    feed.subscribers.add(sub)
+    feed.attach(sub)
     gaps: list[tuple[int, int]] = []
     feed.on_gap = lambda first, last: gaps.append((first, last))
     for s in (1, 2, 5, 6):  # 3 and 4 missed (e.g. our NATS node died meanwhile)
@@ -95,7 +96,7 @@ def test_a_hole_in_the_live_sequence_is_refilled_before_later_chunks_go_out() ->
 def test_a_refill_that_finds_nothing_still_delivers_the_held_chunks() -> None:
     feed = Feed("s", OggOpusStream())
     sub = Subscriber("ws", backlog_limit=20)
-    feed.subscribers.add(sub)
+    feed.attach(sub)
     feed.on_gap = lambda first, last: None
     for s in (1, 4, 5):
         feed.on_media(chunk(s))

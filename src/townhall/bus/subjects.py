@@ -11,6 +11,12 @@ STATS_STREAM = "STATS"            # subjects townhall.*.stats.*, work queue for 
 STATS_CONSUMER = "api-stats"
 
 
+def kv_key(bucket: str, key: str) -> str:
+    """Where NATS publishes each put/delete of one key-value entry (watch it with a plain
+    subscription)."""
+    return f"$KV.{bucket}.{key}"
+
+
 def media(space: str) -> str:
     """Sequence-numbered program chunks of one Space (see townhall.media.chunk)."""
     return f"townhall.{space}.media"

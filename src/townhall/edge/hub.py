@@ -1,4 +1,12 @@
-"""Per-Space feeds on one edge: subscribe on demand, encode each chunk once, fan it out."""
+"""Per-Space feeds on one edge: subscribe on demand, encode each chunk once, fan it out.
+
+Fan-out does nothing per listener but write shared bytes: each Feed keeps the listeners
+that are keeping up in a "fast set" (their bound ``transport.write``) and writes every
+chunk to them in one tight loop. A listener leaves the fast set on an event — its socket
+pauses writing (the transport's high-water mark), a text frame of its own is queued, it
+must be told about a skip, it is closing — and is then served through its bounded
+backlog until it has drained (``resume_writing``), when it rejoins the fast set.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +23,11 @@ from typing import Any
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message, Subscription
 from townhall.edge import metrics
-from townhall.edge.backlog import Backlog, Offer, Skip
-from townhall.edge.direct import DirectWriter, http_chunk, ws_binary_frame, ws_text_frame
+from townhall.edge.backlog import Backlog, Offer
 from townhall.edge.pacer import STEPS_S, Pacer
 from townhall.edge.resume import Source, plan_resume, stitch
 from townhall.edge.ring import Ring
+from townhall.edge.wire import http_chunk, ws_binary_frame, ws_text_frame
 from townhall.media.chunk import Chunk
 from townhall.media.ogg import OggOpusStream
 from townhall.problems import BadInput
@@ -35,13 +43,17 @@ MAX_TEXTS = 32          # queued text frames per listener; older levels are drop
 MAX_REPAIR = 100        # refill a hole of up to this many chunks (10 s) from JetStream
 REPAIR_LOOKBACK_S = 15.0
 REPAIR_TIMEOUT_S = 1.0
+DOC_TTL_S = 5.0         # a watched KV entry older than this is read again on the next join
 CLOSE_TOO_SLOW = 4408
 CLOSE_ENDED = 4410
 CLOSE_REMOVED = 4403
-DUPLICATE, QUEUED, DIRECT = -1, 0, 1   # what push_frame did with a chunk
+KINDS = ("ws", "ogg", "ogg_raw")  # WebSocket; Ogg over chunked HTTP/1.1; Ogg over HTTP/1.0
+DUPLICATE, QUEUED, WRITTEN = -1, 0, 1   # what push_frame did with a chunk
+
+Write = Callable[[bytes], Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Frame:
     """One chunk in every form a listener may need, built once per edge."""
 
@@ -49,24 +61,64 @@ class Frame:
     ws: bytes            # exactly Chunk.encode() bytes: one binary WebSocket frame
     ogg: bytes           # one Ogg page
     sent_us: int
-    ws_wire: bytes = b""   # the whole WebSocket frame (header + ws), for direct writes
+    ws_wire: bytes = b""   # the whole WebSocket frame (header + ws)
     ogg_wire: bytes = b""  # the Ogg page as one HTTP/1.1 chunked-body piece
+
+    def wire(self, kind: str) -> bytes:
+        """The bytes a listener of ``kind`` gets on its socket for this chunk."""
+        return self.ws_wire if kind == "ws" else self.ogg_wire if kind == "ogg" else self.ogg
+
+
+def _wires(frames: list[Frame]) -> dict[str, bytes]:
+    return {kind: b"".join(f.wire(kind) for f in frames) for kind in KINDS}
 
 
 class Subscriber:
-    """One listener's queue: chunks through a bounded backlog, text frames alongside."""
+    """One listener: written to directly while it keeps up, through a bounded backlog
+    (skip, then close with a resume hint) while its socket is paused or text is queued.
 
-    def __init__(self, kind: str, backlog_limit: int = 20, identity: str | None = None) -> None:
+    Sans-I/O: the connection hands it ``write`` (its transport's) once the stream may
+    start, calls ``pause``/``resume`` from the transport's flow control, and acts on
+    ``close`` through ``on_end``."""
+
+    __slots__ = (
+        "backlog",
+        "close",
+        "fast_since",
+        "feed",
+        "identity",
+        "kind",
+        "last_seq",
+        "on_end",
+        "paused",
+        "texts",
+        "write",
+    )
+
+    def __init__(self, kind: str, backlog_limit: int = 20, identity: str | None = None,
+                 ) -> None:
         self.kind = kind
         self.identity = identity
         self.backlog: Backlog[Frame] = Backlog(limit=backlog_limit)
         self.texts: deque[str] = deque()
-        self.wake = asyncio.Event()
         self.close: tuple[int, str] | None = None
-        self.closed = asyncio.Event()   # set once close is decided
-        self.last_seq = -1              # newest chunk queued for this listener
-        self.direct: DirectWriter | None = None  # set once the connection is streaming
-        self.busy = False               # its writer task is mid-send (keep byte order)
+        self.last_seq = -1              # newest chunk queued or written for this listener
+        self.write: Write | None = None  # set once the connection is streaming
+        self.paused = False             # its transport is above its high-water mark
+        self.feed: Feed | None = None
+        self.on_end: Callable[[], None] | None = None
+        self.fast_since = 0             # feed.chunks when it entered the fast set
+
+    def keeping_up(self) -> bool:
+        """Nothing queued, nothing to announce, socket accepting: the fast set's rule."""
+        return (self.write is not None and not self.paused and not self.texts
+                and not len(self.backlog) and self.backlog.pending_skip is None
+                and self.close is None)
+
+    def sync(self) -> None:
+        """Into or out of the feed's fast set, as ``keeping_up()`` says now."""
+        if self.feed is not None:
+            self.feed.place(self)
 
     def preload(self, items: list[tuple[int, Frame]]) -> None:
         """Catch-up chunks for a resuming listener, ahead of the live ones."""
@@ -75,43 +127,41 @@ class Subscriber:
             self.last_seq = max(self.last_seq, items[-1][0])
 
     def behind(self) -> bool:
-        """Chunks queue up for this listener, or its socket buffer is backing up."""
-        return len(self.backlog) >= BEHIND or (
-            self.direct is not None and self.direct.backing_up())
+        """Chunks queue up for this listener, or its socket stopped accepting writes."""
+        return self.paused or len(self.backlog) >= BEHIND
 
-    def _may_write_directly(self) -> bool:
-        # Only when nothing is queued or in flight on the ASGI path: a direct write must
-        # never overtake earlier bytes on this connection.
-        return (self.direct is not None and not self.busy and not self.texts
-                and not len(self.backlog) and self.backlog.pending_skip is None
-                and self.close is None)
+    def streaming(self, write: Write, first: bytes = b"") -> None:
+        """The connection is ready for the stream: write ``first`` (e.g. the response head
+        and hello) and what is queued, as one write, then go fast."""
+        self.write = write
+        self.drain(first)
+
+    def pause(self) -> None:
+        """Its transport passed the high-water mark: queue from now on."""
+        self.paused = True
+        self.sync()
+
+    def resume(self) -> None:
+        """Its transport drained below the low-water mark: write the backlog out."""
+        self.paused = False
+        self.drain()
 
     def push_frame(self, frame: Frame) -> int:
-        """Hand over one live chunk: DIRECT, QUEUED, or DUPLICATE (already had it)."""
+        """One live chunk while not in the fast set: WRITTEN, QUEUED or DUPLICATE."""
         if frame.seq <= self.last_seq:
             return DUPLICATE  # already queued as catch-up (a join while chunks were held)
         self.last_seq = frame.seq
-        if self._may_write_directly() and self.direct is not None and self.direct.write(
-                frame.ws_wire if self.kind == "ws" else frame.ogg_wire):
-            self.backlog.delivered()
-            return DIRECT  # the fast path: no queue, no wake-up
         self._queue(frame)
-        return QUEUED
+        return self.drain()
 
-    def push_frames(self, frames: list[Frame], wire: bytes) -> tuple[int, int]:
-        """Several live chunks at once (a coalesced flush); ``wire`` is their joined wire
-        bytes for this listener's kind. Returns (direct, queued) counts."""
-        if (frames and frames[0].seq > self.last_seq and self._may_write_directly()
-                and self.direct is not None and self.direct.write(wire)):
-            self.last_seq = frames[-1].seq
-            self.backlog.delivered(len(frames))
-            return len(frames), 0
-        direct = queued = 0
+    def push_frames(self, frames: list[Frame]) -> int:
+        """Several live chunks at once (a coalesced flush): how many were written now."""
+        self.backlog.allow(len(frames))  # the edge held them, not the reader
         for frame in frames:
-            path = self.push_frame(frame)
-            direct += path == DIRECT
-            queued += path == QUEUED
-        return direct, queued
+            if frame.seq > self.last_seq:
+                self.last_seq = frame.seq
+                self._queue(frame)
+        return self.drain()
 
     def _queue(self, frame: Frame) -> None:
         outcome = self.backlog.offer(frame.seq, frame)
@@ -119,60 +169,73 @@ class Subscriber:
             metrics.SKIPS.inc()
         elif outcome is Offer.CLOSE and self.close is None:
             metrics.SLOW_CLOSES.inc()
-            self.close = (CLOSE_TOO_SLOW,
-                          json.dumps({"resume_from": self.backlog.resume_from}))
-            self.closed.set()
-        self.wake.set()
+            self.end(CLOSE_TOO_SLOW, json.dumps({"resume_from": self.backlog.resume_from}))
 
-    def push_text(self, text: str, wire: bytes | None = None) -> bool:
-        """Queue a text frame; a shared one (``wire`` = its WebSocket frame, built once
-        per edge) is written directly while the listener keeps up. True = written."""
-        if self.kind == "ogg":
-            return False  # state and levels do not travel in Ogg (and would block writes)
-        if wire is not None and self._may_write_directly() and self.direct is not None \
-                and self.direct.write(wire):
-            return True
+    def push_text(self, text: str) -> bool:
+        """Queue a text frame of this listener's own (and write it now if it can)."""
+        if self.kind != "ws":
+            return False  # state and levels do not travel in Ogg
         if len(self.texts) >= MAX_TEXTS:
             self.texts.popleft()
         self.texts.append(text)
-        self.wake.set()
-        return False
+        return bool(self.drain())
+
+    def drain(self, first: bytes = b"") -> int:
+        """Unless its socket is paused, write everything queued (oldest first, after
+        ``first``) as one write — the backlog is bounded, and the write itself pauses the
+        listener if it fills the buffer. Returns WRITTEN if the listener is back in the
+        fast set, else QUEUED."""
+        write = self.write
+        if write is not None and self.close is None:
+            try:
+                out = [first] if first else []
+                if not self.paused:
+                    self._take_all(out)
+                if out:
+                    write(b"".join(out))
+            except Exception:  # its transport is already closed: it is on its way out
+                self.paused = True
+        self.sync()
+        return WRITTEN if self.keeping_up() else QUEUED
+
+    def _take_all(self, out: list[bytes]) -> None:
+        kind = self.kind
+        while True:
+            if self.texts:
+                out.append(ws_text_frame(self.texts.popleft()))
+                continue
+            skip = self.backlog.take_skip()
+            if skip is not None:
+                if kind == "ws":  # for Ogg readers a skip is just a page-number jump
+                    out.append(ws_text_frame(json.dumps({
+                        "type": "jump", "from": skip.from_seq, "to": skip.to_seq,
+                        "reason": "slow"})))
+                continue
+            item = self.backlog.take()
+            if item is None:
+                return
+            out.append(item[1].wire(kind))
 
     def end(self, code: int, reason: str) -> None:
+        """Decide to close this listener (first reason wins); its connection acts on it."""
         if self.close is None:
             self.close = (code, reason)
-            self.closed.set()
-        self.wake.set()
-
-    def skip(self) -> Skip | None:
-        return self.backlog.take_skip()
+            self.sync()
+            if self.on_end is not None:
+                self.on_end()
 
     def next_frame(self) -> Frame | None:
+        """Take the oldest queued chunk (for a connection that reads the backlog itself)."""
         item = self.backlog.take()
         return item[1] if item else None
 
-    async def wait(self) -> None:
-        """Until something is queued (cleared once everything queued is taken)."""
-        if not self.texts and not len(self.backlog) and self.close is None:
-            self.wake.clear()
-            await self.wake.wait()
 
-
-def _count(tally: dict[str, list[int]]) -> None:
-    """Add one fan-out's [queued, direct] counts per kind to the metrics (not per listener)."""
-    for kind, (queued, direct) in tally.items():
-        if direct:
-            metrics.DELIVERIES.labels(kind, "direct").inc(direct)
-        if queued:
-            metrics.DELIVERIES.labels(kind, "queued").inc(queued)
-
-
-def _count_texts(direct: int, offered: int) -> None:
-    """Shared text frames (state, levels) by path, once per fan-out."""
-    if direct:
-        metrics.TEXT_DELIVERIES.labels("direct").inc(direct)
-    if offered - direct > 0:
-        metrics.TEXT_DELIVERIES.labels("queued").inc(offered - direct)
+def _count(kind: str, written: int, queued: int) -> None:
+    """Add one fan-out's counts per kind to the metrics (not per listener)."""
+    if written:
+        metrics.DELIVERIES.labels(kind, "direct").inc(written)
+    if queued:
+        metrics.DELIVERIES.labels(kind, "queued").inc(queued)
 
 
 @dataclass(frozen=True)
@@ -192,7 +255,17 @@ class Feed:
         self.ogg = ogg
         self.ring: Ring[Frame] = Ring()
         self.subscribers: set[Subscriber] = set()
-        self.snapshot: dict[str, Any] | None = None
+        # subscribers = the fast sets (by kind: listener -> its transport.write) + slow
+        self.fast: dict[str, dict[Subscriber, Write]] = {kind: {} for kind in KINDS}
+        self.slow: set[Subscriber] = set()
+        self.snapshot: dict[str, Any] | None = None   # public view
+        # The Space's KV entry (internal keys kept: private, _blocked), kept fresh while
+        # the feed is open by watching the key, so that a join needs no NATS round trip.
+        self.doc_raw: bytes | None = None
+        self.doc_at: float | None = None   # loop time it was last confirmed; None = never
+        self.doc_seen = 0                  # updates received (a re-read must not undo one)
+        self._doc: dict[str, Any] | None = None
+        self._doc_parsed = True
         self.state_text: str | None = None
         self.reactions: Counter[str] = Counter()
         self.subs: list[Subscription] = []
@@ -205,6 +278,59 @@ class Feed:
         # starts that, later chunks wait in ``held`` until ``repaired`` delivers in order.
         self.on_gap: Callable[[int, int], None] | None = None
         self.held: list[Frame] | None = None
+
+    def attach(self, sub: Subscriber) -> None:
+        """A listener joins this feed (slow until it is streaming and drained)."""
+        sub.feed = self
+        self.subscribers.add(sub)
+        self.place(sub)
+
+    def detach(self, sub: Subscriber) -> None:
+        """A listener leaves this feed."""
+        self.subscribers.discard(sub)
+        self.slow.discard(sub)
+        self.fast[sub.kind].pop(sub, None)
+        sub.feed = None
+
+    def place(self, sub: Subscriber) -> None:
+        """Keep ``sub`` in the fast set iff it is keeping up."""
+        if sub not in self.subscribers:
+            return
+        fast = self.fast[sub.kind]
+        # A listener that already has (some of) the held chunks takes the next flush
+        # through push_frames, which drops what it has.
+        if (sub.keeping_up() and sub.write is not None
+                and (not self.pending or sub.last_seq < self.pending[0].seq)):
+            if sub not in fast:
+                self.slow.discard(sub)
+                fast[sub] = sub.write
+                sub.fast_since = self.chunks
+        elif sub in fast or sub not in self.slow:
+            if fast.pop(sub, None) is not None:
+                # What it got while fast: its backlog's good-order credit, and the newest
+                # chunk written (so a held flush is not written twice).
+                sub.backlog.delivered(self.chunks - sub.fast_since)
+                last = self.pending[0].seq - 1 if self.pending else self.ring.last_seq
+                if last is not None:
+                    sub.last_seq = max(sub.last_seq, last)
+            self.slow.add(sub)
+
+    def on_doc(self, raw: bytes | None, at: float) -> None:
+        """The KV entry changed (None: deleted); parsed only when a join asks for it."""
+        self.doc_raw, self.doc_at = raw, at
+        self.doc_seen += 1
+        self._doc_parsed = False
+
+    def doc(self) -> dict[str, Any] | None:
+        """The Space's KV entry as a dict (None if absent or unreadable)."""
+        if not self._doc_parsed:
+            self._doc_parsed = True
+            self._doc = None
+            if self.doc_raw:
+                with contextlib.suppress(ValueError):
+                    doc = json.loads(self.doc_raw)
+                    self._doc = doc if isinstance(doc, dict) else None
+        return self._doc
 
     def frame(self, data: bytes) -> Frame:
         chunk = Chunk.decode(data)
@@ -244,31 +370,61 @@ class Feed:
         if self.coalesce:
             self.pending.append(frame)
             return
-        tally: dict[str, list[int]] = {"ws": [0, 0], "ogg": [0, 0]}  # [queued, direct]
-        for sub in self.subscribers:
-            path = sub.push_frame(frame)
-            if path != DUPLICATE:
-                counts = tally.get(sub.kind)
-                if counts is None:
-                    counts = tally[sub.kind] = [0, 0]
-                counts[path] += 1
-        _count(tally)
+        self._fan_out([frame], {"ws": frame.ws_wire, "ogg": frame.ogg_wire,
+                                "ogg_raw": frame.ogg})
 
     def flush(self) -> None:
-        """Hand held chunks to every listener (one wake-up each for all of them)."""
+        """Hand held chunks to every listener: one write of all of them each."""
         pending, self.pending = self.pending, []
-        if not pending:
-            return
-        wires = {"ws": b"".join(f.ws_wire for f in pending),
-                 "ogg": b"".join(f.ogg_wire for f in pending)}
-        tally = {"ws": [0, 0], "ogg": [0, 0]}
-        for sub in self.subscribers:
-            sub.backlog.allow(len(pending))
-            direct, queued = sub.push_frames(pending, wires[sub.kind])
-            counts = tally.setdefault(sub.kind, [0, 0])
-            counts[DIRECT] += direct
-            counts[QUEUED] += queued
-        _count(tally)
+        if pending:
+            self._fan_out(pending, _wires(pending))
+
+    def _fan_out(self, frames: list[Frame], wires: dict[str, bytes]) -> None:
+        # Both copies first: a listener changing sets mid-loop gets the bytes once.
+        slow = list(self.slow)
+        for kind, fast in self.fast.items():
+            if not fast:
+                continue
+            data = wires[kind]
+            writers = list(fast.items())
+            for sub, write in writers:
+                try:
+                    write(data)
+                except Exception:  # its transport is already closed: it is on its way out
+                    sub.pause()
+            _count(kind, len(writers), 0)
+        if slow:
+            tally = dict.fromkeys(KINDS, 0)
+            single = len(frames) == 1
+            for sub in slow:
+                if single:
+                    if sub.push_frame(frames[0]) != DUPLICATE:
+                        tally[sub.kind] += 1
+                else:
+                    sub.push_frames(frames)
+                    tally[sub.kind] += len(frames)
+            for kind, n in tally.items():
+                _count(kind, 0, n)
+
+    def _texts(self, text: str) -> None:
+        """A shared text frame: one prebuilt frame for the fast WebSocket listeners, the
+        text queued for the others."""
+        fast = list(self.fast["ws"].items())
+        if fast:
+            wire = ws_text_frame(text)
+            for sub, write in fast:
+                try:
+                    write(wire)
+                except Exception:
+                    sub.pause()
+            metrics.TEXT_DELIVERIES.labels("direct").inc(len(fast))
+        queued = 0
+        for sub in list(self.slow):
+            if sub.kind == "ws":
+                sub.push_text(text)
+                queued += 1
+        if queued:
+            metrics.TEXT_DELIVERIES.labels("queued").inc(queued)
 
     def on_state(self, snap: dict[str, Any]) -> None:
         if self.snapshot is not None and int(snap.get("version", 0)) <= int(
@@ -276,32 +432,33 @@ class Feed:
             return
         self.snapshot = public_view(snap)
         self.state_text = json.dumps({"type": "state", "snapshot": self.snapshot})
-        wire = ws_text_frame(self.state_text)
-        direct = 0
-        for sub in self.subscribers:
-            direct += sub.push_text(self.state_text, wire)
-            if self.snapshot.get("state") == "ended":
+        self._texts(self.state_text)
+        if self.snapshot.get("state") == "ended":
+            for sub in list(self.subscribers):
                 sub.end(CLOSE_ENDED, "space ended")
-        _count_texts(direct, sum(1 for sub in self.subscribers if sub.kind == "ws"))
 
     def on_control(self, command: dict[str, Any]) -> None:
         """Kicks close that identity's connections; "ended" closes everyone."""
         if command.get("type") == "kick" and command.get("identity"):
-            for sub in self.subscribers:
+            for sub in list(self.subscribers):
                 if sub.identity == command["identity"]:
                     sub.end(CLOSE_REMOVED, "removed from this Space")
         elif command.get("type") == "ended":
-            for sub in self.subscribers:
+            for sub in list(self.subscribers):
                 sub.end(CLOSE_ENDED, "space ended")
 
     def on_levels(self, text: str) -> None:
-        wire = ws_text_frame(text)
-        direct = listeners = 0
-        for sub in self.subscribers:
-            if sub.kind == "ws":
-                listeners += 1
-                direct += sub.push_text(text, wire)
-        _count_texts(direct, listeners)
+        self._texts(text)
+
+
+def _parse(raw: bytes | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 class Hub:
@@ -316,6 +473,7 @@ class Hub:
         self.pacer = Pacer()
         self.coalesce = False
         self._tasks: set[asyncio.Future[None]] = set()  # refills of missed chunks
+        self._reads: dict[str, asyncio.Future[dict[str, Any] | None]] = {}  # KV reads
 
     async def pace(self) -> None:
         """Measure loop lag and listeners behind every tick; coalesce chunks while loaded."""
@@ -330,16 +488,17 @@ class Hub:
             lag = max(0.0, now - started - TICK_S)
             cpu, cpu_before = time.process_time(), cpu
             busy = min(1.0, (cpu - cpu_before) / max(now - started, 1e-3))
-            subs = [s for f in self.feeds.values() for s in f.subscribers]
-            behind = sum(1 for s in subs if s.behind())
+            # Only the listeners outside the fast sets can be behind: no per-listener scan.
+            behind = sum(1 for f in self.feeds.values() for s in f.slow if s.behind())
+            total = self.listeners()
             # A few stuck readers are their own problem (their backlog skips them);
             # many at once means this edge cannot keep up.
-            share = behind / len(subs) if behind >= MIN_BEHIND else 0.0
+            share = behind / total if behind >= MIN_BEHIND else 0.0
             interval = self.pacer.observe(lag, share, busy)
             metrics.INTERVAL.set(interval)
             metrics.LOOP_LAG.set(lag)
             metrics.BUSY.set(self.pacer.busy)
-            metrics.BEHIND.set(behind / len(subs) if subs else 0.0)
+            metrics.BEHIND.set(behind / total if total else 0.0)
             self.coalesce = interval > TICK_S
             if not self.coalesce or now - last_flush >= interval - TICK_S / 2:
                 last_flush = now
@@ -352,15 +511,31 @@ class Hub:
         return sum(len(f.subscribers) for f in self.feeds.values())
 
     async def snapshot(self, space: str) -> dict[str, Any] | None:
-        """The Space's current snapshot from KV (internal keys kept; callers filter)."""
+        """The Space's current snapshot from KV (internal keys kept; callers filter):
+        the open feed's watched copy, re-read at most every DOC_TTL_S (a watch can miss
+        updates while NATS reconnects), or one KV read when no feed is open."""
+        feed = self.feeds.get(space)
+        now = asyncio.get_running_loop().time()
+        if feed is not None and feed.doc_at is not None and now - feed.doc_at < DOC_TTL_S:
+            return feed.doc()
+        # A join burst on a Space not open yet: one read for all of them, not one each.
+        reading = self._reads.get(space)
+        if reading is None:
+            reading = self._reads[space] = asyncio.ensure_future(self._read(space))
+            reading.add_done_callback(lambda _: self._reads.pop(space, None))
+        return await asyncio.shield(reading)
+
+    async def _read(self, space: str) -> dict[str, Any] | None:
+        feed = self.feeds.get(space)
+        now = asyncio.get_running_loop().time()
+        seen = feed.doc_seen if feed is not None else 0
         entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
-        if entry is None:
-            return None
-        try:
-            doc = json.loads(entry.value)
-        except ValueError:
-            return None
-        return doc if isinstance(doc, dict) else None
+        raw = entry.value if entry is not None else None
+        if feed is None or self.feeds.get(space) is not feed:
+            return _parse(raw)
+        if feed.doc_seen == seen:  # no watched update while we read: ours is current
+            feed.on_doc(raw, now)
+        return feed.doc()
 
     async def _open(self, space: str) -> Feed:
         feed = Feed(space, self.ogg)
@@ -387,10 +562,15 @@ class Hub:
                 if isinstance(body, dict):
                     if body.get("type") == "ended":
                         # Send the final "ended" snapshot before closing, if KV has it.
-                        snap = await self.snapshot(space)
+                        entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
+                        snap = _parse(entry.value if entry is not None else None)
                         if snap is not None:
                             feed.on_state(snap)
                     feed.on_control(body)
+
+        async def doc(msg: Message) -> None:
+            deleted = msg.headers.get("KV-Operation") in ("DEL", "PURGE")
+            feed.on_doc(None if deleted else msg.data, asyncio.get_running_loop().time())
 
         async def refill(first: int, last: int) -> None:
             found: list[Frame] = []
@@ -417,8 +597,15 @@ class Hub:
         feed.subs = [await self.bus.subscribe(subjects.media(space), media),
                      await self.bus.subscribe(subjects.control(space), control),
                      await self.bus.subscribe(subjects.state(space), state),
-                     await self.bus.subscribe(subjects.levels(space), levels)]
-        snap = await self.snapshot(space)
+                     await self.bus.subscribe(subjects.levels(space), levels),
+                     # watched before the first read, so no update falls in between
+                     await self.bus.subscribe(
+                         subjects.kv_key(subjects.SPACES_BUCKET, space), doc)]
+        entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
+        if feed.doc_seen == 0:
+            feed.on_doc(entry.value if entry is not None else None,
+                        asyncio.get_running_loop().time())
+        snap = feed.doc()
         if snap is not None:
             feed.on_state(snap)
         return feed
@@ -477,7 +664,9 @@ class Hub:
                                       (live + 1 if live is not None else None),
                                       "reason": "not-held"}))
         sub.preload(catchup)
-        feed.subscribers.add(sub)
+        if start is not None:
+            sub.last_seq = max(sub.last_seq, start - 1)  # nothing older from a flush
+        feed.attach(sub)
         metrics.LISTENERS.labels(sub.kind).inc()
         return Joined(feed.ring.last_seq, start, resumed)
 
@@ -486,7 +675,7 @@ class Hub:
         feed = self.feeds.get(space)
         if feed is None or sub not in feed.subscribers:
             return
-        feed.subscribers.discard(sub)
+        feed.detach(sub)
         metrics.LISTENERS.labels(sub.kind).dec()
         if not feed.subscribers and feed.release is None:
             loop = asyncio.get_running_loop()
@@ -507,7 +696,7 @@ class Hub:
         for feed in list(self.feeds.values()):
             if feed.release is not None:
                 feed.release.cancel()
-            for sub in feed.subscribers:
+            for sub in list(feed.subscribers):
                 sub.end(1001, "edge shutting down")
             for s in feed.subs:
                 await s.unsubscribe()

@@ -13,11 +13,11 @@ from townhall.edge.admission import Admission, Decision
 from townhall.edge.hub import Hub
 from townhall.problems import Problem
 
-# Measured (bench/fanout, docs/capacity.md): ~20 % of one core per 1,000 WebSocket
-# listeners at the 100 ms delivery interval; 3,500 keeps that near 70 % of a core, leaving
-# room for joins, state/levels frames and a noisy machine. Above it an edge still serves
-# (measured to 10,000) by coarsening delivery, i.e. with more delay.
-DEFAULT_CAPACITY = 3_500
+# Measured (bench/fanout, docs/capacity.md): with raw listener protocols ~14 % of one core
+# per 1,000 WebSocket listeners at the 100 ms delivery interval; 5,000 keeps that near 70 %
+# of a core, leaving room for joins, state/levels frames and a noisy machine. Above it an
+# edge still serves by coarsening delivery, i.e. with more delay.
+DEFAULT_CAPACITY = 5_000
 DEFAULT_JOIN_RATE = 1_000.0
 
 CLOSE_UNKNOWN = 4404
@@ -29,7 +29,7 @@ CLOSE_BAD_INPUT = 4400
 
 
 def capacity_from_env() -> int:
-    """Listener cap of this edge: TOWNHALL_EDGE_CAPACITY (default 3500, measured)."""
+    """Listener cap of this edge: TOWNHALL_EDGE_CAPACITY (default 5000, measured)."""
     return int(os.environ.get("TOWNHALL_EDGE_CAPACITY", DEFAULT_CAPACITY))
 
 

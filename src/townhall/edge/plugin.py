@@ -1,4 +1,5 @@
-"""The edge role's HTTP plug-in: listener WebSocket, Ogg stream and once-a-second stats."""
+"""The edge role's HTTP plug-in: the edge node (its listener connections are raw protocols
+handed over by edge/handoff.py, not ASGI routes) and its once-a-second stats."""
 
 from __future__ import annotations
 
@@ -8,18 +9,17 @@ import contextlib
 from fastapi import FastAPI
 
 from townhall.context import Context
-from townhall.edge import ogg_http, stats, ws
+from townhall.edge import stats
 from townhall.edge.hub import Hub
 from townhall.edge.node import EdgeNode
 
 
 def install(app: FastAPI, ctx: Context) -> None:
-    """Serve /ws/{space} and /listen/{space}.opus from this process."""
+    """Serve /ws/{space} and /listen/{space}.opus from this process (``app.state.edge``;
+    serve.py gives uvicorn the handoff protocol for it)."""
     edge = EdgeNode(hub=Hub(ctx.bus), issuer=ctx.issuer, node=ctx.settings.node_id,
                     url=ctx.settings.public_url or None)
     app.state.edge = edge
-    ws.install(app, edge)
-    ogg_http.install(app, edge)
     tasks: list[asyncio.Task[None]] = []
 
     async def start() -> None:
