@@ -102,3 +102,24 @@ def test_a_refill_that_finds_nothing_still_delivers_the_held_chunks() -> None:
         feed.on_media(chunk(s))
     feed.repaired([])
     assert [f.seq for f in drain(sub)] == [1, 4, 5]
+
+
+def test_a_replay_seeds_an_empty_ring_so_a_hole_after_it_is_refilled() -> None:
+    feed = Feed("s", OggOpusStream())
+    gaps: list[tuple[int, int]] = []
+    feed.on_gap = lambda first, last: gaps.append((first, last))
+    feed.seed([feed.frame(chunk(s)) for s in (5, 3, 4)])  # a short replay: 3..5
+    sub = Subscriber("ws", backlog_limit=20)
+    sub.preload(feed.ring.since(3))
+    feed.attach(sub)
+    feed.on_media(chunk(8))  # live is already past 6: 6 and 7 must come from JetStream
+    assert gaps == [(6, 7)]
+    feed.repaired([feed.frame(chunk(6)), feed.frame(chunk(7))])
+    assert [f.seq for f in drain(sub)] == [3, 4, 5, 6, 7, 8]
+
+
+def test_seeding_a_ring_that_already_holds_live_chunks_changes_nothing() -> None:
+    feed = Feed("s", OggOpusStream())
+    feed.on_media(chunk(10))
+    feed.seed([feed.frame(chunk(s)) for s in (3, 4)])
+    assert feed.ring.first_seq == feed.ring.last_seq == 10

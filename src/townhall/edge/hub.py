@@ -355,6 +355,16 @@ class Feed:
             return
         self.deliver(frame)
 
+    def seed(self, replayed: list[Frame]) -> None:
+        """A join's JetStream replay into a ring that is still empty (the feed has seen no
+        live chunk yet), so the first live chunk is checked for a hole after the replay's
+        last one and the hole refilled, like any other (a short replay ending at M while
+        live is already past M + 1 would otherwise be a silent gap for that listener)."""
+        if self.ring.last_seq is not None:
+            return
+        for frame in sorted(replayed, key=lambda f: f.seq):
+            self.ring.add(frame.seq, frame)
+
     def repaired(self, found: list[Frame]) -> None:
         """The refill is over: deliver what it found and the held chunks, in order."""
         held, self.held = self.held or [], None
@@ -643,6 +653,7 @@ class Hub:
                 with contextlib.suppress(BadInput):
                     replayed.append(feed.frame(msg.data))
         # No await from here on: nothing can arrive between catch-up and live.
+        feed.seed(replayed)
         catchup: list[tuple[int, Frame]] = []
         resumed = False
         start: int | None = None
