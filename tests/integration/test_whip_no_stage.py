@@ -39,16 +39,14 @@ async def lease(bus: Bus, space: str, held: bool, bound_s: float) -> None:
 
 @pytest.fixture
 def stage(nats_url: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A stage-only `townhall serve`; thawed (SIGCONT) and stopped afterwards."""
+    """A stage-only `townhall serve`; killed afterwards (it stands for a dead stage)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "townhall", "serve", "--roles", "stage", "--nats", nats_url,
          "--data", str(tmp_path / "stage")],
         stdout=(tmp_path / "stage.log").open("wb"), stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL)
     yield proc
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGCONT)
-    stop_process(proc, 10)
+    stop_process(proc, 10, signal.SIGKILL)
 
 
 async def test_whip_while_no_stage_holds_the_space_is_refused_at_once(
