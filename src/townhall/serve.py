@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import uvicorn
+import uvloop
 
 from townhall.app import HTTP_PLUGINS, build_app
 from townhall.auth import TokenIssuer, load_or_create_secret
@@ -135,7 +136,11 @@ def run(settings: Settings) -> int:
                                              stdin=subprocess.DEVNULL,
                                              preexec_fn=die_with_parent))
         if http_roles:
-            asyncio.run(_serve_http(settings, background))
+            # uvloop: listener fan-out is one transport.write per listener per chunk, and
+            # uvloop's is C where asyncio's selector transport is Python (measured in
+            # docs/edge.md). uvicorn's loop="uvloop" only applies when uvicorn makes the
+            # loop itself; here we make it.
+            uvloop.run(_serve_http(settings, background))
         elif background:
             asyncio.run(_serve_background(settings, background))
         else:

@@ -257,6 +257,9 @@ class Feed:
         self.subscribers: set[Subscriber] = set()
         # subscribers = the fast sets (by kind: listener -> its transport.write) + slow
         self.fast: dict[str, dict[Subscriber, Write]] = {kind: {} for kind in KINDS}
+        # Each fast set as a list, rebuilt only when the set changes: the per-chunk loop
+        # then allocates nothing per listener (perf: list(items()) was ~4 % of the edge).
+        self._writers: dict[str, list[tuple[Subscriber, Write]]] = {}
         self.slow: set[Subscriber] = set()
         self.snapshot: dict[str, Any] | None = None   # public view
         # The Space's KV entry (internal keys kept: private, _blocked), kept fresh while
@@ -289,8 +292,17 @@ class Feed:
         """A listener leaves this feed."""
         self.subscribers.discard(sub)
         self.slow.discard(sub)
-        self.fast[sub.kind].pop(sub, None)
+        if self.fast[sub.kind].pop(sub, None) is not None:
+            self._writers.pop(sub.kind, None)
         sub.feed = None
+
+    def writers(self, kind: str) -> list[tuple[Subscriber, Write]]:
+        """The fast set of ``kind`` as a list (not to be changed: a new one replaces it
+        whenever the set changes, so a loop over it is safe from listeners moving)."""
+        writers = self._writers.get(kind)
+        if writers is None:
+            writers = self._writers[kind] = list(self.fast[kind].items())
+        return writers
 
     def place(self, sub: Subscriber) -> None:
         """Keep ``sub`` in the fast set iff it is keeping up."""
@@ -304,9 +316,11 @@ class Feed:
             if sub not in fast:
                 self.slow.discard(sub)
                 fast[sub] = sub.write
+                self._writers.pop(sub.kind, None)
                 sub.fast_since = self.chunks
         elif sub in fast or sub not in self.slow:
             if fast.pop(sub, None) is not None:
+                self._writers.pop(sub.kind, None)
                 # What it got while fast: its backlog's good-order credit, and the newest
                 # chunk written (so a held flush is not written twice).
                 sub.backlog.delivered(self.chunks - sub.fast_since)
@@ -396,7 +410,7 @@ class Feed:
             if not fast:
                 continue
             data = wires[kind]
-            writers = list(fast.items())
+            writers = self.writers(kind)
             for sub, write in writers:
                 try:
                     write(data)
@@ -419,7 +433,7 @@ class Feed:
     def _texts(self, text: str) -> None:
         """A shared text frame: one prebuilt frame for the fast WebSocket listeners, the
         text queued for the others."""
-        fast = list(self.fast["ws"].items())
+        fast = self.writers("ws")
         if fast:
             wire = ws_text_frame(text)
             for sub, write in fast:
