@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import importlib
 import logging
 import signal
@@ -112,6 +113,9 @@ def _child_argv(settings: Settings, roles: list[str]) -> list[str]:
 def run(settings: Settings) -> int:
     """Run the roles named in settings until signalled; returns the exit status."""
     setup_logging(settings.log_level, role="+".join(settings.roles))
+    # `kill -USR1 <pid>` prints every thread's Python stack to stderr: what a process that
+    # will not stop (or not answer) is doing, without restarting it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # uvicorn re-raises the signal it caught once it has shut down; note it instead of
     # dying there, so the finally below still stops the stage and nats-server.
     received: list[int] = []
