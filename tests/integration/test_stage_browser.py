@@ -4,23 +4,21 @@ microphone over WHIP; the tone of that WAV is found in the program on NATS."""
 from __future__ import annotations
 
 import asyncio
-import wave
 from pathlib import Path
 
-import numpy as np
 import pytest
 from playwright.async_api import async_playwright
 
 from tests.conftest import Served, start_townhall
 from tests.integration.test_stage_program import guest
 from tests.integration.test_stage_takeover import stage_child, tone_db
+from tests.web.chromium import CHROMIUM, needs_chromium, tone_wav
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message
 from townhall.media.chunk import Chunk
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.timeout(180),
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")]
+              needs_chromium]
 
 PUBLISH_JS = """
 async ([space, token]) => {
@@ -44,20 +42,9 @@ async ([space, token]) => {
 """
 
 
-def tone_wav(path: Path, hz: float) -> Path:
-    t = np.arange(48_000 * 5) / 48_000
-    pcm = (np.sin(2 * np.pi * hz * t) * 0.4 * 32767).astype(np.int16)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(48_000)
-        w.writeframes(pcm.tobytes())
-    return path
-
-
 async def test_chromium_speaker_reaches_the_program(tmp_path: Path) -> None:
     served: Served = start_townhall(tmp_path / "data")
-    wav = tone_wav(tmp_path / "mic.wav", 1000)
+    wav = tone_wav(tmp_path / "mic.wav", 1000, seconds=5)
     try:
         _, nats = stage_child(served.proc.pid)
         host, _ = guest(served, "Ada")

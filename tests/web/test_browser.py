@@ -7,49 +7,26 @@ mute, removal and ending reach every page. Screenshots land in test-artifacts/.
 
 from __future__ import annotations
 
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.conftest import Served
+from tests.web.chromium import chromium, needs_chromium, tone_wav
 
-CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 20_000  # generous: the machine is shared and slow
 
 expect.set_options(timeout=WAIT_MS)
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")
-
-
-def tone_wav(path: Path, freq: float = 440.0, seconds: float = 3.0) -> Path:
-    """A 48 kHz mono 16-bit sine for Chromium's fake microphone (it loops the file)."""
-    t = np.arange(int(48_000 * seconds)) / 48_000
-    pcm = (0.4 * 32767 * np.sin(2 * np.pi * freq * t)).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(48_000)
-        w.writeframes(pcm.tobytes())
-    return path
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    wav = tone_wav(tmp_path_factory.mktemp("mic") / "tone.wav")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--headless", "--no-sandbox", "--disable-gpu",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={wav}",
-            "--autoplay-policy=no-user-gesture-required",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run"])
+    with chromium(mic=tone_wav(tmp_path_factory.mktemp("mic") / "tone.wav")) as b:
         yield b
-        b.close()
 
 
 class Story:

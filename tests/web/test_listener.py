@@ -14,32 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import Served, start_townhall
+from tests.web.chromium import chromium, needs_chromium
 from townhall.procs import stop_process
 
-CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 25_000  # generous: the machine is shared and slow
 # `townhall serve` whose stage has owned a Space does not exit on SIGTERM within 20 s yet;
 # waiting that out would double this module's runtime, so stop() kills after this.
 STOP_S = 5
 
 pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")]
+              needs_chromium]
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--headless", "--no-sandbox", "--disable-gpu",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            "--autoplay-policy=no-user-gesture-required",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run"])
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def open_as(browser: Browser, served: Served, path: str, name: str) -> Page:

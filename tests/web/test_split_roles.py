@@ -14,29 +14,23 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from tests.conftest import start_townhall
+from tests.web.chromium import chromium, needs_chromium
 from townhall.bus.embedded import free_port
 from townhall.procs import stop_process
 
-CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 30_000  # generous: the machine is shared and slow
 
 pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")]
+              needs_chromium]
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--headless", "--no-sandbox", "--disable-gpu",
-            "--autoplay-policy=no-user-gesture-required",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run"])
+    with chromium(fake_media=False) as b:
         yield b
-        b.close()
 
 
 def start_edge(data: Path, nats_url: str) -> tuple[str, subprocess.Popen[bytes]]:

@@ -9,44 +9,27 @@ import signal
 import subprocess
 import sys
 import time
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from tests.conftest import start_townhall
+from tests.web.chromium import chromium, needs_chromium, tone_wav
 from townhall.procs import stop_process
 
-CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 30_000  # generous: the machine is shared and slow
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240),
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")]
+              needs_chromium]
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    wav = tmp_path_factory.mktemp("mic") / "tone.wav"
-    t = np.arange(48_000 * 3) / 48_000
-    with wave.open(str(wav), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(48_000)
-        w.writeframes((0.4 * 32767 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes())
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--headless", "--no-sandbox", "--disable-gpu",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={wav}",
-            "--autoplay-policy=no-user-gesture-required",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run"])
+    with chromium(mic=tone_wav(tmp_path_factory.mktemp("mic") / "tone.wav")) as b:
         yield b
-        b.close()
 
 
 def stage(data: Path, nats_url: str, node: str) -> subprocess.Popen[bytes]:
