@@ -15,6 +15,7 @@ import httpx
 import websockets
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from townhall.client import whip
 from townhall.media.chunk import Chunk
 
 LEASE_TRIES = 30  # × 0.5 s: a fresh stage answers 503 until it holds the Space's lease
@@ -50,13 +51,8 @@ async def whip_publish(pc: RTCPeerConnection, url: str, space: str, token: str) 
     """Offer ``pc``'s tracks to the Space's stage over WHIP as ``token``; apply the answer."""
     await pc.setLocalDescription(await pc.createOffer())
     async with httpx.AsyncClient(timeout=20) as http:
-        for _ in range(LEASE_TRIES):
-            r = await http.post(f"{url}/whip/{space}", content=pc.localDescription.sdp,
-                                headers={"Authorization": f"Bearer {token}",
-                                         "Content-Type": "application/sdp"})
-            if r.status_code != 503:
-                break
-            await asyncio.sleep(0.5)
+        r = await whip.offer(http, f"{url}/whip/{space}", token, pc.localDescription.sdp,
+                             tries=LEASE_TRIES)
         r.raise_for_status()
     await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
 

@@ -20,6 +20,7 @@ from tests.integration.test_stage_takeover import stage_child, tone_db
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message
 from townhall.cli.speak import tone
+from townhall.client import whip
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.procs import stop_process
 
@@ -75,13 +76,9 @@ async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(tmp_path: Pat
             speaker = spawn_speaker(served, space, host, tmp_path / "speak.log")
             pc.addTransceiver(flood, direction="sendrecv")
             await pc.setLocalDescription(await pc.createOffer())
-            for _ in range(30):  # 503 until the stage process is up and owns the Space
-                r = await http.post(f"/whip/{space}", content=pc.localDescription.sdp,
-                                    headers={"Authorization": f"Bearer {bob}",
-                                             "Content-Type": "application/sdp"})
-                if r.status_code != 503:
-                    break
-                await asyncio.sleep(1)
+            # 503 until the stage process is up and owns the Space
+            r = await whip.offer(http, f"/whip/{space}", bob, pc.localDescription.sdp,
+                                 pause_s=1)
             assert r.status_code == 201, r.text
             await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
             for _ in range(300):  # both connected: the flood reaches the mix
