@@ -34,6 +34,7 @@ class Tally:
     bytes: int = 0
     delays_ms: list[float] = field(default_factory=list)
     measuring: bool = False
+    stall_s: float = STALL_S   # silence longer than this is a stall (past the page interval)
 
 
 class Listener(asyncio.Protocol):
@@ -63,7 +64,7 @@ class Listener(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
         tally = self.tally
-        if tally.measuring and self.last_rx and now - self.last_rx > STALL_S:
+        if tally.measuring and self.last_rx and now - self.last_rx > tally.stall_s:
             tally.stalls += 1
         self.last_rx = now
         if not self.head_done:
@@ -133,12 +134,12 @@ def request(mode: str, host: str, port: int, path: str) -> bytes:
 
 
 async def _run(mode: str, host: str, port: int, path: str, n: int, join_rate: float,
-               settle_s: float, seconds: float, cpu: int | None, window: Any
-               ) -> dict[str, Any]:
+               settle_s: float, seconds: float, cpu: int | None, window: Any,
+               stall_s: float = STALL_S) -> dict[str, Any]:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     loop = asyncio.get_running_loop()
-    tally = Tally()
+    tally = Tally(stall_s=stall_s)
     listeners: list[Listener] = []
     started = time.monotonic()
     for i in range(n):
@@ -162,7 +163,7 @@ async def _run(mode: str, host: str, port: int, path: str, n: int, join_rate: fl
     window.put(("end", time.monotonic()))
     now = time.monotonic()
     for proto in listeners:  # a listener silent up to the end also stalled
-        if proto.head_done and proto.last_rx and now - proto.last_rx > STALL_S:
+        if proto.head_done and proto.last_rx and now - proto.last_rx > tally.stall_s:
             tally.stalls += 1
     for proto in listeners:
         if proto.transport is not None:
@@ -178,11 +179,13 @@ async def _run(mode: str, host: str, port: int, path: str, n: int, join_rate: fl
 
 
 def main(mode: str, host: str, port: int, path: str, n: int, join_rate: float,
-         settle_s: float, seconds: float, cpu: int | None, window: Any, out: Any) -> None:
+         settle_s: float, seconds: float, cpu: int | None, window: Any, out: Any,
+         stall_s: float = STALL_S) -> None:
     """Process entry point: marks the window on ``window``, puts one result on ``out``."""
     try:  # uvloop (installed with uvicorn[standard]) keeps the generator off the critical path
         import uvloop
         run: Any = uvloop.run
     except ImportError:
         run = asyncio.run
-    out.put(run(_run(mode, host, port, path, n, join_rate, settle_s, seconds, cpu, window)))
+    out.put(run(_run(mode, host, port, path, n, join_rate, settle_s, seconds, cpu, window,
+                     stall_s)))

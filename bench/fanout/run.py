@@ -55,9 +55,9 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_url: str,
-                  work: Path) -> dict[str, Any]:
+                  work: Path, interval_ms: int = 100) -> dict[str, Any]:
     """One run: a fresh server, N listeners, CPU and RSS over the window."""
-    source = Source(bus, SPACE)
+    source = Source(bus, SPACE, args.page_ms)
     server: Icecast | TownhallEdge
     if kind == "icecast":
         server = await asyncio.to_thread(Icecast, work, n, SERVER_CPU)
@@ -66,7 +66,8 @@ async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_ur
     else:
         server = await asyncio.to_thread(
             TownhallEdge, work, nats_url, n + 100, SERVER_CPU,
-            str(Path(args.before_src) / "src") if kind.endswith("-before") else "")
+            str(Path(args.before_src) / "src") if kind.endswith("-before") else "",
+            interval_ms)
         mode, path = ("http", f"/listen/{SPACE}.opus") if "-ogg" in kind else (
             "ws", f"/ws/{SPACE}")
     feeding = asyncio.ensure_future(source.run())
@@ -79,7 +80,7 @@ async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_ur
         window, out = ctx.Queue(), ctx.Queue()
         gen = ctx.Process(target=loadgen.main, args=(
             mode, "127.0.0.1", server.port, path, n, args.join_rate, args.settle, args.seconds,
-            LOADGEN_CPU, window, out))
+            LOADGEN_CPU, window, out, max(1.0, 2 * max(args.page_ms, interval_ms) / 1000)))
         gen.start()
         bound = n / args.join_rate + args.seconds + 120
         _, t0 = await asyncio.to_thread(window.get, True, bound)
@@ -122,6 +123,13 @@ async def run_all(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
     sizes = [int(x) for x in args.listeners.split(",")]
     kinds = [k for k in KINDS if k in args.servers.split(",")
              and (args.before_src or not k.endswith("-before"))]
+    intervals = [int(x) for x in args.intervals.split(",")]
+    # (row label, server kind, the edge's delivery floor): townhall rows at each interval
+    # asked for (the -before tree has no floor setting: 100 ms only).
+    plan = [(k, k, 100) if k == "icecast" or k.endswith("-before") else
+            (k if intervals == [100] else f"{k} @{ms} ms", k, ms)
+            for k in kinds for ms in ([100] if k == "icecast" or k.endswith("-before")
+                                      else intervals)]
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
         work = Path(tmp)
@@ -131,22 +139,22 @@ async def run_all(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
         await live_space(bus, SPACE)
         try:
             with Progress(console=console, transient=False) as progress:
-                total = len(sizes) * len(kinds) * args.runs
+                total = len(sizes) * len(plan) * args.runs
                 task = progress.add_task("fan-out runs", total=total)
                 for n in sizes:
                     for _ in range(args.runs):
-                        for kind in kinds:  # interleaved: each run sees the same machine load
-                            progress.update(task, description=f"{kind} × {n}")
+                        for label, kind, ms in plan:  # interleaved: same machine load each
+                            progress.update(task, description=f"{label} × {n}")
                             try:
-                                r = await measure(kind, n, args, bus, nats_url, work)
+                                r = await measure(kind, n, args, bus, nats_url, work, ms)
                             except Exception as exc:  # one bad run must not lose the rest
                                 r = {"failed": f"{type(exc).__name__}: {exc}"}
-                                console.print(f"[red]{kind} × {n} failed: {r['failed']}")
+                                console.print(f"[red]{label} × {n} failed: {r['failed']}")
                             if args.save:
-                                line = json.dumps({"kind": kind, "listeners": n, **r}) + "\n"
+                                line = json.dumps({"kind": label, "listeners": n, **r}) + "\n"
                                 with Path(args.save).open("a") as f:  # noqa: ASYNC230
                                     f.write(line)
-                            results.setdefault(n, {}).setdefault(kind, []).append(r)
+                            results.setdefault(n, {}).setdefault(label, []).append(r)
                             progress.advance(task)
         finally:
             await bus.close()
@@ -196,6 +204,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--servers", default=",".join(KINDS))
     parser.add_argument("--save", default="",
                         help="append each run's raw result to this JSON-lines file")
+    parser.add_argument("--page-ms", type=int, default=100,
+                        help="Ogg page interval of the Icecast source (100: a page per chunk; "
+                             "1000: as ffmpeg's Ogg muxer pages by default)")
+    parser.add_argument("--intervals", default="100",
+                        help="townhall delivery floors to run (ms, TOWNHALL_EDGE_INTERVAL_MS), "
+                             "e.g. 1000,100 = same interval as 1 s Icecast pages, and default")
     parser.add_argument("--before-src", default="",
                         help="a directory holding another version's src/ (the -before rows; "
                              "none without it)")
@@ -220,12 +234,14 @@ def main(argv: list[str]) -> dict[str, Any]:
             "columns": columns, "rows": rows,
             "notes": ("Server pinned to core 0, load generator (raw asyncio protocols on "
                       "uvloop, one process) to core 1; one source writes the same 32 kbps "
-                      "Opus tone as one Ogg page per 100 ms to Icecast and one chunk per "
-                      "100 ms to NATS. Icecast always sends each page as it comes (100 ms); "
-                      "townhall delivers every 100 ms unless its pacer coarsens delivery "
-                      "under load (\"delivery interval\" = the edge's interval at the end "
-                      "of the window; CPU ratios at a coarser interval are not like for "
-                      "like). -before = the same edge from the source tree given by "
+                      f"Opus tone as one Ogg page per {args.page_ms} ms to Icecast and one "
+                      "chunk per 100 ms to NATS. Icecast sends each page as it comes "
+                      f"({args.page_ms} ms); townhall delivers at its floor (@N ms = "
+                      "TOWNHALL_EDGE_INTERVAL_MS; no suffix = the default 100 ms) unless its "
+                      "pacer coarsens delivery under load (\"delivery interval\" = the "
+                      "edge's interval at the end of the window; a ratio is like for like "
+                      "only where it equals Icecast's page interval). "
+                      "-before = the same edge from the source tree given by "
                       "--before-src (the version before this one). "
                       "stalls = a listener silent > 1 s in the window; "
                       "kbit/s per listener = body bytes received per listener per second; "

@@ -3,7 +3,9 @@
 The source encodes a 440 Hz tone once (libopus via PyAV, 32 kbps, 20 ms packets), then
 every 100 ms publishes a Chunk on ``townhall.<space>.media`` for the townhall edge AND
 writes the same packets as one Ogg page (townhall's own Ogg writer) to Icecast's source
-mount: same stream, same page interval, same bytes per listener.
+mount: same stream, same page interval, same bytes per listener. With ``page_ms`` above 100
+the Icecast pages carry several chunks (the edge under test then runs with the same
+delivery floor, TOWNHALL_EDGE_INTERVAL_MS, for the like-for-like row).
 """
 
 from __future__ import annotations
@@ -142,10 +144,12 @@ class TownhallEdge:
     """`townhall serve --roles edge` against the bench's NATS, on one core."""
 
     def __init__(self, workdir: Path, nats_url: str, capacity: int, cpu: int,
-                 src: str = "") -> None:
+                 src: str = "", interval_ms: int = 100) -> None:
         self.port = free_port()
         env = {**os.environ, "TOWNHALL_EDGE_CAPACITY": str(capacity),
                "TOWNHALL_EDGE_JOIN_RATE": "5000"}
+        if interval_ms != 100:  # the edge's finest delivery interval (older versions: 100)
+            env["TOWNHALL_EDGE_INTERVAL_MS"] = str(interval_ms)
         if src:  # another version of townhall (e.g. `git archive <commit> src`) to compare
             env["PYTHONPATH"] = src
         self.log = open(workdir / f"edge-{self.port}.log", "wb")  # kept open for the child
@@ -190,11 +194,16 @@ async def live_space(bus: Bus, space: str) -> None:
 
 
 class Source:
-    """Publishes the tone every 100 ms to NATS and, when connected, to an Icecast mount."""
+    """Publishes the tone every 100 ms to NATS and, when connected, to an Icecast mount as
+    one Ogg page per ``page_ms`` (100 ms: a page per chunk; 1000: ten chunks' packets per
+    page, as ffmpeg's Ogg muxer pages by default)."""
 
-    def __init__(self, bus: Bus, space: str) -> None:
+    def __init__(self, bus: Bus, space: str, page_ms: int = 100) -> None:
         self.bus = bus
         self.space = space
+        self.chunks_per_page = max(1, round(page_ms / (CHUNK_S * 1000)))
+        self.held: list[bytes] = []  # packets for the next Icecast page
+        self.pages = 0
         self.packets = tone_packets()
         self.ogg = OggOpusStream()
         self.icecast: asyncio.StreamWriter | None = None
@@ -225,7 +234,14 @@ class Source:
                           sent_us=int(time.time() * 1e6), packets=packets)
             await self.bus.publish(subjects.media(self.space), chunk.encode())
             if self.icecast is not None:
-                self.icecast.write(self.ogg.chunk_page(chunk))
+                self.held += packets
+                if self.seq % self.chunks_per_page == 0:
+                    pts = (first + PACKETS_PER_CHUNK - len(self.held)) * FRAME_SAMPLES
+                    self.pages += 1
+                    self.icecast.write(self.ogg.chunk_page(Chunk(
+                        seq=self.pages, pts=pts, sent_us=chunk.sent_us,
+                        packets=tuple(self.held))))
+                    self.held = []
             self.seq += 1
             self.published += 1
             await asyncio.sleep(max(0.0, start + self.seq * CHUNK_S - time.monotonic()))

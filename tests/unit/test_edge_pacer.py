@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import random
 
-from townhall.edge.pacer import STEPS_S, Pacer
+import pytest
+
+from townhall.edge.node import interval_floor_from_env
+from townhall.edge.pacer import STEPS_S, Pacer, steps_from
 
 TICK_S = STEPS_S[0]
 
@@ -134,3 +137,32 @@ def test_a_loop_blocked_a_fifth_of_the_time_stays_at_100_ms() -> None:
     p = Pacer()
     assert all(p.observe(lag, 0.0, busy) == 0.1
                for lag, busy in blocked_ticks(0.2, 0.3, 60, jitter_s=0.05))
+
+
+def test_an_operator_floor_is_the_finest_step_and_load_still_coarsens_from_it() -> None:
+    p = Pacer(hot_ticks=1, calm_ticks=3, floor_s=0.5)
+    assert p.steps == (0.5, 0.7, 1.0)
+    assert all(p.observe(0.0, 0.0) == 0.5 for _ in range(20))    # calm: never below
+    assert p.observe(0.0, 0.9) == 0.7                               # many behind: coarser
+    assert [p.observe(0.0, 0.0) for _ in range(6)][-1] == 0.5      # back to the floor
+
+
+def test_the_floor_is_clamped_to_the_default_range() -> None:
+    assert steps_from(0.05) == STEPS_S
+    assert steps_from(5.0) == (1.0,)
+    assert steps_from(0.4) == (0.4, 0.5, 0.7, 1.0)
+
+
+@pytest.mark.parametrize(("raw", "floor"), [("", 0.1), ("100", 0.1), ("1000", 1.0),
+                                             ("250", 0.2)])
+def test_the_floor_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, raw: str,
+                                              floor: float) -> None:
+    monkeypatch.setenv("TOWNHALL_EDGE_INTERVAL_MS", raw)
+    assert interval_floor_from_env() == floor
+
+
+@pytest.mark.parametrize("raw", ["50", "5000", "fast"])
+def test_a_bad_floor_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("TOWNHALL_EDGE_INTERVAL_MS", raw)
+    with pytest.raises(ValueError, match="TOWNHALL_EDGE_INTERVAL_MS"):
+        interval_floor_from_env()

@@ -488,13 +488,14 @@ def _parse(raw: bytes | None) -> dict[str, Any] | None:
 class Hub:
     """All Space feeds of one edge process."""
 
-    def __init__(self, bus: Bus, grace_s: float = GRACE_S) -> None:
+    def __init__(self, bus: Bus, grace_s: float = GRACE_S,
+                 interval_floor_s: float = TICK_S) -> None:
         self.bus = bus
         self.grace_s = grace_s
         self.feeds: dict[str, Feed] = {}
         self.ogg = OggOpusStream()
         self._starting: dict[str, asyncio.Task[Feed]] = {}
-        self.pacer = Pacer()
+        self.pacer = Pacer(floor_s=interval_floor_s)
         self.coalesce = False
         self._tasks: set[asyncio.Future[None]] = set()  # refills of missed chunks
         self._reads: dict[str, asyncio.Future[dict[str, Any] | None]] = {}  # KV reads

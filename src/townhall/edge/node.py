@@ -19,6 +19,7 @@ from townhall.problems import Problem
 # edge still serves by coarsening delivery, i.e. with more delay.
 DEFAULT_CAPACITY = 5_000
 DEFAULT_JOIN_RATE = 1_000.0
+DEFAULT_INTERVAL_MS = 100
 
 CLOSE_UNKNOWN = 4404
 CLOSE_ENDED = 4410
@@ -36,6 +37,20 @@ def capacity_from_env() -> int:
 def join_rate_from_env() -> float:
     """Joins per second this edge admits: TOWNHALL_EDGE_JOIN_RATE (default 1000)."""
     return float(os.environ.get("TOWNHALL_EDGE_JOIN_RATE", DEFAULT_JOIN_RATE))
+
+
+def interval_floor_from_env() -> float:
+    """The finest delivery interval in seconds: TOWNHALL_EDGE_INTERVAL_MS (default 100; up
+    to 1000, in steps of the edge's 100 ms tick). Coarser = fewer writes per listener and
+    more delay; the pacer still coarsens from there under load."""
+    raw = os.environ.get("TOWNHALL_EDGE_INTERVAL_MS", "")
+    try:
+        ms = float(raw) if raw else DEFAULT_INTERVAL_MS
+    except ValueError:
+        ms = -1.0
+    if not 100 <= ms <= 1000:
+        raise ValueError(f"TOWNHALL_EDGE_INTERVAL_MS must be 100..1000, not {raw}")
+    return round(ms / 100) / 10
 
 
 def parse_from(raw: str | None) -> int | None:

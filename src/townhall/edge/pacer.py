@@ -25,13 +25,24 @@ from collections import deque
 STEPS_S: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
+def steps_from(floor_s: float) -> tuple[float, ...]:
+    """The delivery steps of an edge whose operator set a floor (``floor_s``, clamped to
+    0.1..1 s): the floor itself, then the coarser default steps."""
+    floor_s = min(max(floor_s, STEPS_S[0]), STEPS_S[-1])
+    return (floor_s, *(s for s in STEPS_S if s > floor_s + 1e-9))
+
+
 class Pacer:
     """Steps the delivery interval up when overloaded, down when the next step would fit."""
 
     def __init__(self, *, lag_high_s: float = 0.25,
                  behind_high: float = 0.25, behind_low: float = 0.05,
                  busy_high: float = 0.85, busy_low: float = 0.7, smoothing: float = 0.05,
-                 calm_ticks: int = 10, hot_ticks: int = 2, window: int = 6) -> None:
+                 calm_ticks: int = 10, hot_ticks: int = 2, window: int = 6,
+                 floor_s: float = STEPS_S[0]) -> None:
+        # The finest interval is the operator's floor (default 100 ms): an edge whose
+        # listeners accept more delay writes less often, like an Icecast fed 1 s pages.
+        self.steps = steps_from(floor_s)
         self.lag_high_s = lag_high_s       # at 100 ms; half the interval when coarser
         self.behind_high = behind_high     # fraction of listeners with writes queued up
         self.behind_low = behind_low
@@ -51,18 +62,18 @@ class Pacer:
 
     @property
     def interval_s(self) -> float:
-        return STEPS_S[self.step]
+        return self.steps[self.step]
 
     def _late(self, lag_s: float, step: int) -> bool:
         # A coarser interval means bigger flushes; their own burst must not read as lag.
-        return lag_s > max(self.lag_high_s, STEPS_S[step] / 2)
+        return lag_s > max(self.lag_high_s, self.steps[step] / 2)
 
     def _finer_fits(self, lag_s: float) -> bool:
         if self.step == 0:
             return True
         # Fan-out cost per flush is about the same whatever it carries, so a finer step
         # costs (roughly, at worst) busy × this interval / the finer interval.
-        cpu = self.busy * STEPS_S[self.step] / STEPS_S[self.step - 1] < self.busy_low
+        cpu = self.busy * self.steps[self.step] / self.steps[self.step - 1] < self.busy_low
         # A lag this step tolerates but the finer one would not is not calm: stepping
         # down on it would step straight back up (flapping).
         return cpu and not self._late(lag_s, self.step - 1)
@@ -76,7 +87,7 @@ class Pacer:
         self._recent.append(hot)
         if hot:
             self._calm = 0
-            if sum(self._recent) >= self.hot_ticks and self.step < len(STEPS_S) - 1:
+            if sum(self._recent) >= self.hot_ticks and self.step < len(self.steps) - 1:
                 self.step += 1
                 self._recent.clear()  # the coarser step is judged on its own ticks
         elif behind < self.behind_low and self._finer_fits(lag_s):

@@ -11,13 +11,14 @@ from fastapi import FastAPI
 from townhall.context import Context
 from townhall.edge import stats
 from townhall.edge.hub import Hub
-from townhall.edge.node import EdgeNode
+from townhall.edge.node import EdgeNode, interval_floor_from_env
 
 
 def install(app: FastAPI, ctx: Context) -> None:
     """Serve /ws/{space} and /listen/{space}.opus from this process (``app.state.edge``;
     serve.py gives uvicorn the handoff protocol for it)."""
-    edge = EdgeNode(hub=Hub(ctx.bus), issuer=ctx.issuer, node=ctx.settings.node_id,
+    hub = Hub(ctx.bus, interval_floor_s=interval_floor_from_env())
+    edge = EdgeNode(hub=hub, issuer=ctx.issuer, node=ctx.settings.node_id,
                     url=ctx.settings.public_url or None)
     app.state.edge = edge
     tasks: list[asyncio.Task[None]] = []
