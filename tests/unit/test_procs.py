@@ -35,9 +35,12 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period() -> None
 
 
 def test_another_signal_can_ask_first() -> None:
-    # KeyboardInterrupt unhandled: python ends itself with SIGINT (no grace period used)
-    proc = subprocess.Popen([sys.executable, "-c", "print('ready', flush=True)\n"
-                             "import time\ntime.sleep(60)"],
+    # KeyboardInterrupt unhandled: python ends itself with SIGINT (no grace period used).
+    # The handler is set explicitly: a child of a background job inherits SIGINT ignored,
+    # and python then leaves it ignored.
+    proc = subprocess.Popen([sys.executable, "-c", "import signal, time\n"
+                             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+                             "print('ready', flush=True)\ntime.sleep(60)"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
     assert stop_process(proc, sig=signal.SIGINT) == -signal.SIGINT
