@@ -103,6 +103,7 @@ class Icecast:
     """Debian's Icecast 2 on a free port with a config sized for the run."""
 
     def __init__(self, workdir: Path, clients: int, cpu: int) -> None:
+        binary = ensure_icecast()  # first: installing it creates the user it runs as
         self.port = free_port()
         self.dir = workdir / "icecast"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +132,7 @@ class Icecast:
             workdir.chmod(0o755)
             shutil.chown(self.dir, "icecast2", "icecast")
         self.proc = subprocess.Popen(
-            [*_pinned(cpu), ensure_icecast(), "-c", str(self.dir / "icecast.xml")],
+            [*_pinned(cpu), binary, "-c", str(self.dir / "icecast.xml")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"http://127.0.0.1:{self.port}/status-json.xsl")
 
