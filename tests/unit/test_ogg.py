@@ -18,6 +18,26 @@ from townhall.media.ogg import OggOpusStream, ogg_crc, opus_head, page
 def test_crc_matches_known_vector() -> None:
     # CRC-32/MPEG-2 style without init/xor ("CRC-32/OGG" check value for "123456789").
     assert ogg_crc(b"123456789") == 0x89A1897F
+    assert ogg_crc(b"") == 0
+
+
+def crc_by_definition(data: bytes) -> int:
+    """Ogg's CRC bit by bit, straight from RFC 3533's definition."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
+            crc &= 0xFFFFFFFF
+    return crc
+
+
+def test_crc_via_zlib_equals_the_definition_on_random_pages() -> None:
+    rng = np.random.default_rng(7)
+    for size in (1, 2, 27, 255, 427, 4096, 65_307):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert ogg_crc(data) == crc_by_definition(data), size
+    assert ogg_crc(b"\xff" * 64) == crc_by_definition(b"\xff" * 64)
 
 
 def test_page_layout_and_crc() -> None:

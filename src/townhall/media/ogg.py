@@ -8,6 +8,7 @@ a page-number jump that decoders treat as a normal live start.
 from __future__ import annotations
 
 import struct
+import zlib
 
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 
@@ -19,26 +20,17 @@ FLAG_EOS = 0x04
 FIRST_MEDIA_PAGE = 2  # pages 0 and 1 are the headers
 
 
-def _crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        r = i << 24
-        for _ in range(8):
-            r = ((r << 1) ^ 0x04C11DB7) if r & 0x80000000 else (r << 1)
-        table.append(r & 0xFFFFFFFF)
-    return table
-
-
-_CRC_TABLE = _crc_table()
+# Ogg's CRC-32 is the non-reflected form of zlib's polynomial (0x04C11DB7, initial 0, no
+# final xor). zlib computes the reflected form in C: feed it every byte bit-reversed, undo
+# its initial and final inversion, and bit-reverse the result. A table-driven loop in Python
+# cost ~150 µs per 500-byte page, once per chunk per Space on every edge; this is ~2 µs.
+_BIT_REVERSED = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 
 
 def ogg_crc(data: bytes) -> int:
     """Ogg's CRC-32: polynomial 0x04C11DB7, initial 0, not reflected, no final xor."""
-    crc = 0
-    table = _CRC_TABLE
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[((crc >> 24) ^ byte) & 0xFF]
-    return crc
+    reflected = zlib.crc32(data.translate(_BIT_REVERSED), 0xFFFFFFFF) ^ 0xFFFFFFFF
+    return int(f"{reflected:032b}"[::-1], 2)
 
 
 def _lacing(packet: bytes) -> bytes:
