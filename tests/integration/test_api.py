@@ -137,6 +137,29 @@ def test_mutating_floods_get_429_with_retry_after(served: Served) -> None:
         assert c.get(f"/api/v1/spaces/{space}").json()["state"] == "live"
 
 
+def test_guest_sessions_are_limited_per_client_address(served: Served) -> None:
+    # The address as a trusted local proxy forwards it (uvicorn trusts 127.0.0.1).
+    def session(address: str | None) -> httpx.Response:
+        headers = {"X-Forwarded-For": address} if address else {}
+        return httpx.post(f"{served.url}/api/v1/sessions", json={"name": "Many"},
+                          headers=headers, timeout=10)
+
+    first = session("203.0.113.9")
+    assert first.status_code == 201
+    statuses = [session("203.0.113.9").status_code for _ in range(40)]
+    assert statuses.count(201) <= 30 and statuses[-1] == 429 and set(statuses) == {201, 429}
+    limited = session("203.0.113.9")
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert limited.headers["content-type"].startswith(PROBLEM)
+    assert limited.json()["type"] == "/problems/rate-limited"
+    # Someone else, and this machine itself, still get in; tokens already given still work.
+    assert session("198.51.100.4").status_code == 201
+    assert session(None).status_code == 201
+    me = httpx.get(f"{served.url}/api/v1/me", timeout=10,
+                   headers={"Authorization": f"Bearer {first.json()['token']}"})
+    assert me.status_code == 200 and me.json()["identity"] == first.json()["identity"]
+
+
 def test_snapshot_is_cacheable_by_version(served: Served) -> None:
     host, _ = guest(served, "Cache")
     space = live_space(served, host)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import secrets
@@ -55,6 +56,11 @@ class Api:
         self.registry = EdgeRegistry()
         self.writes = TokenBuckets(rate=5.0, burst=20.0)
         self.reacts = TokenBuckets(rate=10.0, burst=30.0)
+        # Guest sessions per client address: each one is a fresh identity with its own
+        # per-identity buckets, so without this one address could mint identities (and
+        # their allowances) without end. 30 at once (a class behind one NAT), then one every
+        # 2 s. Loopback clients are not counted (see guest_limit).
+        self.guests = TokenBuckets(rate=0.5, burst=30.0)
         self.states: dict[str, str] = {}
         self.counted: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -75,6 +81,21 @@ class Api:
         if wait > 0:
             raise TooMany("slow down: too many changes from you", retry_after=wait,
                           slug="rate-limited")
+
+    def guest_limit(self, request: Request) -> None:
+        """One more guest session from this client address, or 429. The address is the
+        forwarded one behind a trusted proxy (uvicorn's proxy headers); a loopback peer is
+        this machine itself (the default open mode) and is not limited."""
+        host = request.client.host if request.client else ""
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return
+        except ValueError:
+            pass  # not an IP (e.g. a unix socket): limited under that name
+        wait = self.guests.take(host, time.monotonic())
+        if wait > 0:
+            raise TooMany("too many guest sessions from your address; try again later",
+                          retry_after=wait, slug="rate-limited")
 
     @staticmethod
     def may_see(snap: dict[str, Any], ident: Identity | None) -> bool:
@@ -198,12 +219,13 @@ def install(app: FastAPI, ctx: Context) -> None:
         return {"status_code": status, "response_model": None,
                 "responses": responses | problems(*errors)}
 
-    @router.post("/sessions", **ok(201, Session, "a guest token", 400, 403, 413, 422))
-    async def create_session(body: SessionIn) -> dict[str, Any]:
-        """A guest token for a display name (open mode only)."""
+    @router.post("/sessions", **ok(201, Session, "a guest token", 400, 403, 413, 422, 429))
+    async def create_session(request: Request, body: SessionIn) -> dict[str, Any]:
+        """A guest token for a display name (open mode only; limited per client address)."""
         if not ctx.settings.open_mode:
             raise Forbidden("guest sessions are off on this server; ask for a token",
                             slug="closed")
+        api.guest_limit(request)
         identity = "g-" + secrets.token_hex(6)
         token = ctx.issuer.mint(identity, body.name.strip() or identity, role="host")
         return {"token": token, "identity": identity, "name": body.name.strip()}
