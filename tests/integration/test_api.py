@@ -403,6 +403,13 @@ def test_openapi_describes_answers_and_problems(served: Served) -> None:
             assert list(r["content"]) == [PROBLEM], (method, path, status)
     assert "304" in ops[("/api/v1/spaces/{space}", "get")]["responses"]
     assert "429" in ops[("/api/v1/spaces/{space}/actions", "post")]["responses"]
+    assert "429" in ops[("/api/v1/sessions", "post")]["responses"]
+    publish = doc["paths"]["/whip/{space}"]["post"]["responses"]
+    assert list(publish["201"]["content"]) == ["application/sdp"]
+    assert {"400", "401", "403", "404", "409", "422", "503"} <= set(publish)
+    assert "Retry-After" in publish["503"]["headers"]
+    assert all(list(publish[s]["content"]) == [PROBLEM] for s in publish if s != "201")
+    assert "404" in doc["paths"]["/whip/{space}/{session}"]["delete"]["responses"]
 
 
 def test_no_input_makes_the_api_fail(served: Served) -> None:

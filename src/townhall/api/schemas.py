@@ -105,12 +105,14 @@ WHY = {
 }
 
 
-def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for these error statuses, all problem+json."""
+def problems(*statuses: int, why: dict[int, str] | None = None
+             ) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these error statuses, all problem+json (``why``
+    replaces the generic description of a status for one route)."""
     ref = {"$ref": f"#/components/schemas/{Problem.__name__}"}
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        entry: dict[str, Any] = {"description": WHY[status],
+        entry: dict[str, Any] = {"description": (why or {}).get(status, WHY[status]),
                                  "content": {PROBLEM_CONTENT_TYPE: {"schema": ref}}}
         if status in (429, 503):
             entry["headers"] = {"Retry-After": {"description": "seconds to wait",

@@ -11,6 +11,7 @@ import json
 
 from fastapi import FastAPI, Request, Response
 
+from townhall.api.schemas import problems
 from townhall.bus import subjects
 from townhall.context import Context
 from townhall.problems import (
@@ -28,6 +29,17 @@ from townhall.room.store import SpaceStore
 
 STATUS: dict[int, type[Problem]] = {403: Forbidden, 404: NotFound, 409: Conflict,
                                     422: Unprocessable}
+
+# What each problem means on the WHIP routes (OpenAPI descriptions).
+WHIP_WHY = {
+    400: "the body is not an SDP offer",
+    403: "not on this Space's stage, blocked, or a token for another Space",
+    404: "no such Space, or no such WHIP session",
+    409: "the Space is not live",
+    422: "the offer has no audio, or no Opus",
+    503: "no stage holds the Space right now (e.g. during a stage failover); see "
+         "Retry-After",
+}
 
 
 def check_offer(body: bytes) -> str:
@@ -65,8 +77,10 @@ def install(app: FastAPI, ctx: Context) -> None:
             raise STATUS[status](str(reply.get("detail", "")), slug="stage-refused")
         return reply
 
-    @app.post("/whip/{space}", status_code=201, tags=["whip"],
-              responses={201: {"content": {"application/sdp": {}}}})
+    @app.post("/whip/{space}", status_code=201, tags=["whip"], response_class=Response,
+              responses={201: {"description": "the SDP answer; Location names the session",
+                               "content": {"application/sdp": {}}},
+                         **problems(400, 401, 403, 404, 409, 413, 422, 503, why=WHIP_WHY)})
     async def whip_publish(space: str, request: Request) -> Response:
         """Go live: an SDP offer in (application/sdp), the SDP answer out."""
         ident = ctx.issuer.from_header(request.headers.get("authorization"))
@@ -90,7 +104,8 @@ def install(app: FastAPI, ctx: Context) -> None:
         return Response(str(reply["sdp"]), status_code=201, media_type="application/sdp",
                         headers={"Location": location})
 
-    @app.delete("/whip/{space}/{session}", tags=["whip"])
+    @app.delete("/whip/{space}/{session}", tags=["whip"], response_class=Response,
+                responses=problems(401, 403, 404, why=WHIP_WHY))
     async def whip_leave(space: str, session: str, request: Request) -> Response:
         """Stop publishing."""
         ident = ctx.issuer.from_header(request.headers.get("authorization"))
