@@ -125,11 +125,12 @@ async def run_all(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
              and (args.before_src or not k.endswith("-before"))]
     intervals = [int(x) for x in args.intervals.split(",")]
     # (row label, server kind, the edge's delivery floor): townhall rows at each interval
-    # asked for (the -before tree has no floor setting: 100 ms only).
-    plan = [(k, k, 100) if k == "icecast" or k.endswith("-before") else
-            (k if intervals == [100] else f"{k} @{ms} ms", k, ms)
-            for k in kinds for ms in ([100] if k == "icecast" or k.endswith("-before")
-                                      else intervals)]
+    # asked for (Icecast and the -before tree have no floor setting: 100 ms only).
+    plan = []
+    for k in kinds:
+        floorless = k == "icecast" or k.endswith("-before")
+        for ms in [100] if floorless else intervals:
+            plan.append((k if floorless or intervals == [100] else f"{k} @{ms} ms", k, ms))
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
         work = Path(tmp)
