@@ -77,10 +77,15 @@ class Api:
         return self.ctx.issuer.from_header(header) if header else None
 
     def limit(self, ident: Identity, buckets: TokenBuckets | None = None) -> None:
-        wait = (buckets or self.writes).take(ident.id, time.monotonic())
+        self._throttle(buckets or self.writes, ident.id,
+                       "slow down: too many changes from you")
+
+    @staticmethod
+    def _throttle(buckets: TokenBuckets, key: str, detail: str) -> None:
+        """Take one call for ``key`` from ``buckets``, or 429 rate-limited with Retry-After."""
+        wait = buckets.take(key, time.monotonic())
         if wait > 0:
-            raise TooMany("slow down: too many changes from you", retry_after=wait,
-                          slug="rate-limited")
+            raise TooMany(detail, retry_after=wait, slug="rate-limited")
 
     def guest_limit(self, request: Request) -> None:
         """One more guest session from this client address, or 429. The address is the
@@ -92,10 +97,8 @@ class Api:
                 return
         except ValueError:
             pass  # not an IP (e.g. a unix socket): limited under that name
-        wait = self.guests.take(host, time.monotonic())
-        if wait > 0:
-            raise TooMany("too many guest sessions from your address; try again later",
-                          retry_after=wait, slug="rate-limited")
+        self._throttle(self.guests, host,
+                       "too many guest sessions from your address; try again later")
 
     @staticmethod
     def may_see(snap: dict[str, Any], ident: Identity | None) -> bool:
