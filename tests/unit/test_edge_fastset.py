@@ -4,6 +4,7 @@ has drained; wire bytes exactly as RFC 6455 / RFC 9112 readers expect."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Generator
 
 import h11
@@ -276,3 +277,100 @@ def test_frame_wire_by_kind() -> None:
     frame = Frame(1, b"c", b"page", 0, b"ws", b"chunked")
     assert (frame.wire("ws"), frame.wire("ogg"), frame.wire("ogg_raw")) == (
         b"ws", b"chunked", b"page")
+
+
+# Direct sends: listeners that bring their socket (edge/listeners.py) are sent to with
+# socket.send through map(); a short or refused send hands the rest to the transport.
+# Real kernel sockets (a socketpair per listener), no event loop: still deterministic.
+
+def socket_listener(feed: Feed, sndbuf: int | None = None
+                    ) -> tuple[Subscriber, Socket, socket.socket, socket.socket]:
+    """A fast listener sending through ``ours``; ``theirs`` is the reader's end."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    if sndbuf is not None:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    sub = Subscriber("ws")
+    transport = Socket(sub, high=0)   # high-water 0: holding any byte pauses it
+    feed.attach(sub)
+    sub.streaming(transport.write, sock=ours)
+    return sub, transport, ours, theirs
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            got = sock.recv(1 << 16)
+        except BlockingIOError:
+            return data
+        if not got:
+            return data
+        data += got
+
+
+@pytest.fixture
+def pairs() -> Generator[list[socket.socket], None, None]:
+    opened: list[socket.socket] = []
+    yield opened
+    for sock in opened:
+        sock.close()
+
+
+def test_fast_listeners_with_a_socket_get_each_chunk_by_one_direct_send(
+        pairs: list[socket.socket]) -> None:
+    feed = Feed("s", OggOpusStream())
+    a, t_a, ours_a, theirs_a = socket_listener(feed)
+    b, t_b, ours_b, theirs_b = socket_listener(feed)
+    pairs += [ours_a, theirs_a, ours_b, theirs_b]
+    assert feed.fast_set("ws").senders == [a, b] and not feed.fast_set("ws").writers
+    for seq in range(1, 6):
+        feed.on_media(chunk(seq))
+    feed.on_levels('{"type": "levels", "levels": {}}')
+    for transport, theirs in ((t_a, theirs_a), (t_b, theirs_b)):
+        assert transport.written == []                  # nothing went through write()
+        frames = parse_ws(read_all(theirs))
+        assert [Chunk.decode(f.data).seq for f in frames if f.opcode is Opcode.BINARY] == [
+            1, 2, 3, 4, 5]
+        assert frames[-1].opcode is Opcode.TEXT
+    assert a in feed.fast["ws"] and b in feed.fast["ws"]
+
+
+def test_a_full_socket_hands_the_rest_to_its_transport_in_order_and_leaves_the_fast_set(
+        pairs: list[socket.socket]) -> None:
+    feed = Feed("s", OggOpusStream())
+    full, t_full, ours, theirs = socket_listener(feed, sndbuf=4096)  # and never read
+    other, t_other, ours_o, theirs_o = socket_listener(feed)
+    pairs += [ours, theirs, ours_o, theirs_o]
+    wires = []
+    seq = 0
+    while full in feed.fast["ws"]:
+        seq += 1
+        assert seq < 10_000, "the socket never filled"
+        feed.on_media(chunk(seq))
+        wires.append(feed.ring.since(seq)[0][1].ws_wire)
+    assert full.paused and full in feed.slow
+    # Everything sent while it was fast: what reached the socket, then what the transport
+    # took, byte for byte in order — no chunk lost, none twice.
+    assert read_all(theirs) + b"".join(t_full.written) == b"".join(wires)
+    assert t_full.written                               # the rest did go to the transport
+    # The other listener was not held up, and kept receiving directly.
+    assert seqs([read_all(theirs_o)]) == list(range(1, seq + 1)) and not t_other.written
+    feed.on_media(chunk(seq + 1))                       # now queued for the full one
+    assert len(full.backlog) == 1 and other in feed.fast["ws"]
+
+
+def test_a_closed_socket_leaves_the_fast_set_and_the_ones_after_it_still_get_the_chunk(
+        pairs: list[socket.socket]) -> None:
+    feed = Feed("s", OggOpusStream())
+    first, _t1, ours1, theirs1 = socket_listener(feed)
+    gone, _t2, ours2, theirs2 = socket_listener(feed)
+    last, _t3, ours3, theirs3 = socket_listener(feed)
+    pairs += [ours1, theirs1, ours2, ours3, theirs3]
+    theirs2.close()                                     # the reader went away: EPIPE
+    feed.on_media(chunk(1))
+    assert gone not in feed.fast["ws"] and gone.paused
+    assert first in feed.fast["ws"] and last in feed.fast["ws"]
+    feed.on_media(chunk(2))
+    assert seqs([read_all(theirs1)]) == [1, 2] == seqs([read_all(theirs3)])

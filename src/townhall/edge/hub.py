@@ -1,11 +1,20 @@
 """Per-Space feeds on one edge: subscribe on demand, encode each chunk once, fan it out.
 
 Fan-out does nothing per listener but write shared bytes: each Feed keeps the listeners
-that are keeping up in a "fast set" (their bound ``transport.write``) and writes every
-chunk to them in one tight loop. A listener leaves the fast set on an event — its socket
-pauses writing (the transport's high-water mark), a text frame of its own is queued, it
-must be told about a skip, it is closing — and is then served through its bounded
-backlog until it has drained (``resume_writing``), when it rejoins the fast set.
+that are keeping up in a "fast set" and writes every chunk to them in one tight loop. A
+listener leaves the fast set on an event — its socket pauses writing (the transport's
+high-water mark), a text frame of its own is queued, it must be told about a skip, it is
+closing — and is then served through its bounded backlog until it has drained
+(``resume_writing``), when it rejoins the fast set.
+
+The loop itself: a listener that brought its socket (edge/listeners.py: a socket object on
+the transport's file descriptor, with the transport's high-water mark at 0 so that it is
+paused whenever the transport holds a byte) is sent to with ``socket.send`` called by
+``map`` — one ``send(2)`` per listener and no Python bytecode per listener (docs/edge.md:
+about half the user time and a cheaper system call than ``transport.write``). A short or
+refused send hands the rest to the transport, which buffers it and pauses the listener;
+byte order holds because a fast listener's transport holds nothing. Listeners without a
+socket (unit tests' fake transports) get ``write(data)`` in a plain loop.
 """
 
 from __future__ import annotations
@@ -14,10 +23,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import islice, repeat
 from typing import Any
 
 from townhall.bus import Bus, subjects
@@ -51,6 +62,8 @@ KINDS = ("ws", "ogg", "ogg_raw")  # WebSocket; Ogg over chunked HTTP/1.1; Ogg ov
 DUPLICATE, QUEUED, WRITTEN = -1, 0, 1   # what push_frame did with a chunk
 
 Write = Callable[[bytes], Any]
+SEND = socket.socket.send   # called by map() over a fast set's sockets
+REFUSED = -1                # what a send that raised (not EAGAIN) counts as
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +104,7 @@ class Subscriber:
         "last_seq",
         "on_end",
         "paused",
+        "sock",
         "texts",
         "write",
     )
@@ -104,6 +118,10 @@ class Subscriber:
         self.close: tuple[int, str] | None = None
         self.last_seq = -1              # newest chunk queued or written for this listener
         self.write: Write | None = None  # set once the connection is streaming
+        # Its socket, for the fast set's direct sends (None: write() only). Whoever hands
+        # it over keeps the transport's high-water mark at 0 and takes it back (``sock =
+        # None`` after leaving the feed) before the transport closes the descriptor.
+        self.sock: socket.socket | None = None
         self.paused = False             # its transport is above its high-water mark
         self.feed: Feed | None = None
         self.on_end: Callable[[], None] | None = None
@@ -130,10 +148,13 @@ class Subscriber:
         """Chunks queue up for this listener, or its socket stopped accepting writes."""
         return self.paused or len(self.backlog) >= BEHIND
 
-    def streaming(self, write: Write, first: bytes = b"") -> None:
+    def streaming(self, write: Write, first: bytes = b"",
+                  sock: socket.socket | None = None) -> None:
         """The connection is ready for the stream: write ``first`` (e.g. the response head
-        and hello) and what is queued, as one write, then go fast."""
+        and hello) and what is queued, as one write, then go fast (sent to through
+        ``sock`` if given, see the module's docstring)."""
         self.write = write
+        self.sock = sock
         self.drain(first)
 
     def pause(self) -> None:
@@ -238,6 +259,54 @@ def _count(kind: str, written: int, queued: int) -> None:
         metrics.DELIVERIES.labels(kind, "queued").inc(queued)
 
 
+@dataclass(slots=True)
+class FastSet:
+    """One kind's fast set as flat lists, rebuilt only when the set changes (a loop over
+    one is then safe from listeners moving, and allocates nothing per listener)."""
+
+    socks: list[socket.socket] = field(default_factory=list)
+    senders: list[Subscriber] = field(default_factory=list)    # in the order of socks
+    writers: list[tuple[Subscriber, Write]] = field(default_factory=list)  # no socket
+
+    def __len__(self) -> int:
+        return len(self.socks) + len(self.writers)
+
+    def send(self, data: bytes) -> None:
+        """``data`` to every listener in the set; one that cannot take it all now leaves
+        the set (its transport buffers the rest and pauses it)."""
+        for sub, write in self.writers:
+            try:
+                write(data)
+            except Exception:  # its transport is already closed: it is on its way out
+                sub.pause()
+        socks = self.socks
+        if not socks:
+            return
+        sent: list[int] = []
+        while True:
+            try:
+                sent.extend(map(SEND, islice(socks, len(sent), None) if sent else socks,
+                                repeat(data)))
+                break
+            except BlockingIOError:  # its socket buffer is full: all of it to the transport
+                sent.append(0)
+            except OSError:          # reset, or closed under us: it is on its way out
+                sent.append(REFUSED)
+        size = len(data)
+        if sent.count(size) == len(sent):
+            return
+        for sub, done in zip(self.senders, sent, strict=True):
+            if done == size:
+                continue
+            if done == REFUSED or sub.write is None:
+                sub.pause()
+                continue
+            try:
+                sub.write(memoryview(data)[done:])
+            except Exception:
+                sub.pause()
+
+
 @dataclass(frozen=True)
 class Joined:
     """What the hello frame tells a listener."""
@@ -257,9 +326,9 @@ class Feed:
         self.subscribers: set[Subscriber] = set()
         # subscribers = the fast sets (by kind: listener -> its transport.write) + slow
         self.fast: dict[str, dict[Subscriber, Write]] = {kind: {} for kind in KINDS}
-        # Each fast set as a list, rebuilt only when the set changes: the per-chunk loop
+        # Each fast set as lists, rebuilt only when the set changes: the per-chunk loop
         # then allocates nothing per listener (perf: list(items()) was ~4 % of the edge).
-        self._writers: dict[str, list[tuple[Subscriber, Write]]] = {}
+        self._sets: dict[str, FastSet] = {}
         self.slow: set[Subscriber] = set()
         self.snapshot: dict[str, Any] | None = None   # public view
         # The Space's KV entry (internal keys kept: private, _blocked), kept fresh while
@@ -293,16 +362,22 @@ class Feed:
         self.subscribers.discard(sub)
         self.slow.discard(sub)
         if self.fast[sub.kind].pop(sub, None) is not None:
-            self._writers.pop(sub.kind, None)
+            self._sets.pop(sub.kind, None)
         sub.feed = None
 
-    def writers(self, kind: str) -> list[tuple[Subscriber, Write]]:
-        """The fast set of ``kind`` as a list (not to be changed: a new one replaces it
-        whenever the set changes, so a loop over it is safe from listeners moving)."""
-        writers = self._writers.get(kind)
-        if writers is None:
-            writers = self._writers[kind] = list(self.fast[kind].items())
-        return writers
+    def fast_set(self, kind: str) -> FastSet:
+        """The fast set of ``kind`` as lists (not to be changed: a new one replaces it
+        whenever the set changes)."""
+        fast = self._sets.get(kind)
+        if fast is None:
+            fast = self._sets[kind] = FastSet()
+            for sub, write in self.fast[kind].items():
+                if sub.sock is not None:
+                    fast.socks.append(sub.sock)
+                    fast.senders.append(sub)
+                else:
+                    fast.writers.append((sub, write))
+        return fast
 
     def place(self, sub: Subscriber) -> None:
         """Keep ``sub`` in the fast set iff it is keeping up."""
@@ -316,11 +391,11 @@ class Feed:
             if sub not in fast:
                 self.slow.discard(sub)
                 fast[sub] = sub.write
-                self._writers.pop(sub.kind, None)
+                self._sets.pop(sub.kind, None)
                 sub.fast_since = self.chunks
         elif sub in fast or sub not in self.slow:
             if fast.pop(sub, None) is not None:
-                self._writers.pop(sub.kind, None)
+                self._sets.pop(sub.kind, None)
                 # What it got while fast: its backlog's good-order credit, and the newest
                 # chunk written (so a held flush is not written twice).
                 sub.backlog.delivered(self.chunks - sub.fast_since)
@@ -406,17 +481,12 @@ class Feed:
     def _fan_out(self, frames: list[Frame], wires: dict[str, bytes]) -> None:
         # Both copies first: a listener changing sets mid-loop gets the bytes once.
         slow = list(self.slow)
-        for kind, fast in self.fast.items():
-            if not fast:
+        for kind, members in self.fast.items():
+            if not members:
                 continue
-            data = wires[kind]
-            writers = self.writers(kind)
-            for sub, write in writers:
-                try:
-                    write(data)
-                except Exception:  # its transport is already closed: it is on its way out
-                    sub.pause()
-            _count(kind, len(writers), 0)
+            fast = self.fast_set(kind)
+            fast.send(wires[kind])
+            _count(kind, len(fast), 0)
         if slow:
             tally = dict.fromkeys(KINDS, 0)
             single = len(frames) == 1
@@ -433,14 +503,9 @@ class Feed:
     def _texts(self, text: str) -> None:
         """A shared text frame: one prebuilt frame for the fast WebSocket listeners, the
         text queued for the others."""
-        fast = self.writers("ws")
-        if fast:
-            wire = ws_text_frame(text)
-            for sub, write in fast:
-                try:
-                    write(wire)
-                except Exception:
-                    sub.pause()
+        if self.fast["ws"]:
+            fast = self.fast_set("ws")
+            fast.send(ws_text_frame(text))
             metrics.TEXT_DELIVERIES.labels("direct").inc(len(fast))
         queued = 0
         for sub in list(self.slow):

@@ -4,8 +4,12 @@ over (edge/handoff.py).
 
 No ASGI task, no per-connection reader/writer tasks and no queues: a listener is one
 protocol object and one Subscriber, written to by the feed's fan-out loop. Flow control is
-the transport's own: a small high-water mark makes ``pause_writing`` take the listener out
-of the fast set and ``resume_writing`` brings it back (hub.Subscriber). The WebSocket
+the transport's own: a high-water mark of 0 makes ``pause_writing`` take the listener out
+of the fast set as soon as the transport holds a byte, and ``resume_writing`` brings it
+back once it holds none (hub.Subscriber). While it is fast, the fan-out sends to the
+listener's socket directly (hub.FastSet): a socket object on the transport's own
+descriptor, detached in ``connection_lost`` — which the event loop calls before it closes
+the descriptor — so the descriptor is never sent to once it could be another's. The WebSocket
 handshake and client frames are handled by ``websockets``' Sans-I/O ``ServerProtocol``;
 server frames are the shared prebuilt bytes.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from collections.abc import MutableSet
 from dataclasses import dataclass
@@ -45,10 +50,12 @@ log = logging.getLogger(__name__)
 ws_log = logging.getLogger(__name__ + ".websockets")
 ws_log.setLevel(logging.WARNING)
 
-# Bytes waiting in our transport buffer above which a listener leaves the fast set (~4 s
-# of a 32 kbps stream on top of what the kernel buffers), and below which it returns.
-HIGH_WATER = 16 * 1024
-LOW_WATER = 4 * 1024
+# Bytes waiting in our transport buffer above which a listener leaves the fast set, and at
+# or below which it returns: 0, so a fast listener's transport holds nothing and the
+# fan-out may send to its socket directly. What a slow reader is owed waits in its bounded
+# backlog (hub.Subscriber), on top of what the kernel buffers.
+HIGH_WATER = 0
+LOW_WATER = 0
 MAX_CLIENT_TEXT = 1024       # bytes; anything larger closes that listener (1009)
 CLIENT_RATE = 5.0            # client messages per second, bursting to CLIENT_BURST
 CLIENT_BURST = 20.0
@@ -131,9 +138,23 @@ class ListenerConnection(asyncio.Protocol):
         self.sub = sub
         sub.on_end = self._on_end
         sub.paused = self.paused
-        sub.streaming(self.transport.write, self.start_stream(joined))
+        sub.streaming(self.transport.write, self.start_stream(joined), self._socket())
         if sub.close is not None:  # e.g. the Space ended while it joined
             self._on_end()
+
+    def _socket(self) -> socket.socket | None:
+        """A socket object on the transport's descriptor (not a copy: a second descriptor
+        per listener would halve how many fit under the open-files limit), for the
+        fan-out's direct sends; None where the transport has no socket."""
+        raw = self.transport.get_extra_info("socket")
+        if raw is None:
+            return None
+        try:
+            sock = socket.socket(fileno=raw.fileno())
+            sock.setblocking(False)
+        except OSError:
+            return None
+        return sock
 
     def _joined(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -191,6 +212,9 @@ class ListenerConnection(asyncio.Protocol):
         if self.sub is not None:
             self.edge.hub.leave(self.request.space, self.sub)
             self.sub.on_end = None
+            sock, self.sub.sock = self.sub.sock, None
+            if sock is not None:
+                sock.detach()  # the transport closes the descriptor after this returns
             self.sub = None
 
     def shutdown(self) -> None:
