@@ -140,10 +140,10 @@ def run(settings: Settings) -> int:
                                              stdin=subprocess.DEVNULL,
                                              preexec_fn=die_with_parent))
         if http_roles:
-            # uvloop: listener fan-out is one transport.write per listener per chunk, and
-            # uvloop's is C where asyncio's selector transport is Python (measured in
-            # docs/edge.md). uvicorn's loop="uvloop" only applies when uvicorn makes the
-            # loop itself; here we make it.
+            # uvloop: every listener's transport (joins, slow listeners' backlogs, text
+            # frames; the fast set's sends go to the socket directly) is C where asyncio's
+            # selector transport is Python (measured in docs/edge.md). uvicorn's
+            # loop="uvloop" only applies when uvicorn makes the loop itself; here we make it.
             uvloop.run(_serve_http(settings, background))
         elif background:
             asyncio.run(_serve_background(settings, background))
