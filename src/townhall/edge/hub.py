@@ -324,7 +324,7 @@ class Feed:
         self.ogg = ogg
         self.ring: Ring[Frame] = Ring()
         self.subscribers: set[Subscriber] = set()
-        # subscribers = the fast sets (by kind: listener -> its transport.write) + slow
+        # subscribers = the fast sets (by kind: listener -> its write; see fast_set) + slow
         self.fast: dict[str, dict[Subscriber, Write]] = {kind: {} for kind in KINDS}
         # Each fast set as lists, rebuilt only when the set changes: the per-chunk loop
         # then allocates nothing per listener (perf: list(items()) was ~4 % of the edge).

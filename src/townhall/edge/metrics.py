@@ -17,8 +17,8 @@ LOOP_LAG = Gauge("townhall_edge_loop_lag_seconds", "Event-loop lag seen by the p
 BUSY = Gauge("townhall_edge_busy_ratio",
              "CPU seconds per second of this process, smoothed, as the pacer sees it")
 DELIVERIES = Counter("townhall_edge_chunk_deliveries_total",
-                     "Live chunks handed to listeners, by path: direct = one transport.write "
-                     "of the shared bytes; queued = through the backlog and ASGI send",
+                     "Live chunks handed to listeners, by path: direct = the fast set's one "
+                     "send of the shared bytes; queued = through the listener's backlog",
                      ["kind", "path"])
 BEHIND = Gauge("townhall_edge_behind_ratio",
                "Share of listeners with chunks queued or a socket backing up (pacer input)")
