@@ -151,8 +151,12 @@ class ListenerConnection(asyncio.Protocol):
             return None
         try:
             sock = socket.socket(fileno=raw.fileno())
+        except OSError:
+            return None
+        try:
             sock.setblocking(False)
         except OSError:
+            sock.detach()  # dropped undetached, it would close the transport's descriptor
             return None
         return sock
 
