@@ -14,7 +14,6 @@ import contextlib
 import fractions
 import logging
 import re
-import uuid
 from typing import Any
 
 import av
@@ -25,6 +24,7 @@ from aiortc.rtcrtpreceiver import StreamStatistics
 
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.playout import Playout
+from townhall.stage.negotiation import new_session_id
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class SpeakerSession:
     """A speaker's peer connection on this stage."""
 
     def __init__(self, identity: str, name: str) -> None:
-        self.id = uuid.uuid4().hex[:16]
+        self.id = new_session_id()
         self.identity = identity
         self.name = name
         self.playout = Playout()
