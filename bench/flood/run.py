@@ -1,0 +1,260 @@
+"""Floods against one `townhall serve`: does anyone else's audio notice?
+
+One server (all roles; the stage in its own process), two live Spaces each with a
+`townhall speak` tone speaker and a normal WebSocket listener: the *target* Space and a
+*bystander*. An attacker — a fresh guest hosting a Space of its own — then runs each flood
+for a window, with an idle window (no flood) in every run as the baseline:
+
+- ``whip-bomb``: WHIP offers with 213 ``m=audio`` sections (64 KB, and a 25 KB one), 8 at once;
+- ``whip-plain``: real aiortc offers, 8 at once (issue 13: 158 accepted in 5 s);
+- ``slowloris``: 200 sockets sending request headers one line every 5 s;
+- ``join-flood``: WebSocket joins to the target from this one address at 10× ``--join-rate``,
+  each replaying from an old sequence number (``?from=``), waiting for a chunk, leaving.
+
+Measured per window: the mixer's ticks and late ticks (> 20 ms) and its worst lateness, from
+the stage's heartbeat on ``townhall.stages.*``; each listener's worst gap between chunks
+(100 ms apart when all is well) and missing sequence numbers; what the server answered
+the flood. Medians over ``--runs``.
+
+    .venv/bin/python -m bench flood            (or, leaving the README alone:
+    .venv/bin/python -m bench flood --no-readme -- --runs 1 --window 5)
+    --src DIR runs the server from another source tree (e.g. `git archive main src | tar -x
+    -C DIR`), to measure a version before a fix in the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from bench._local import live_space, start_server
+from bench._speakers import chunks_heard, spawn_tone_speaker
+from bench.flood.attacks import (
+    bomb,
+    join_flood,
+    real_offer,
+    slowloris,
+    whip_flood,
+)
+from townhall.bus import Bus, subjects
+from townhall.bus.bus import Message
+from townhall.media.chunk import Chunk
+from townhall.procs import stop_process, stop_processes
+
+PHASES = ("idle", "whip-bomb", "whip-plain", "slowloris", "join-flood")
+
+
+@dataclass
+class Ear:
+    """One listener's chunks: arrival times and sequence numbers."""
+
+    heard: list[tuple[float, int]] = field(default_factory=list)
+
+    def on(self, chunk: Chunk, _wall: float) -> None:
+        self.heard.append((time.monotonic(), chunk.seq))
+
+    def window(self, t0: float, t1: float) -> tuple[float, int]:
+        """(worst gap between chunks in ms, missing sequence numbers) within [t0, t1]."""
+        got = [(t, s) for t, s in self.heard if t0 <= t <= t1]
+        if len(got) < 2:
+            return (t1 - t0) * 1000, 0
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(got)]
+        edge = max(got[0][0] - t0, t1 - got[-1][0])  # silence at either end counts too
+        missing = sum(max(0, b[1] - a[1] - 1) for a, b in itertools.pairwise(got))
+        return max([*gaps, edge]) * 1000, missing
+
+
+@dataclass
+class Heartbeats:
+    """The stage's reports: (arrival, report)."""
+
+    seen: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+
+    async def on(self, msg: Message) -> None:
+        with contextlib.suppress(ValueError):
+            self.seen.append((time.monotonic(), json.loads(msg.data)))
+
+    def window(self, t0: float, t1: float) -> tuple[int, int, float]:
+        """(ticks, late ticks, worst lateness ms) of the reports that arrived in [t0, t1]
+        (counters are cumulative: last minus the one just before the window)."""
+        before = [r for t, r in self.seen if t < t0]
+        inside = [r for t, r in self.seen if t0 <= t <= t1]
+        if not before or not inside:
+            return 0, 0, float("nan")
+        a, b = before[-1], inside[-1]
+        return (int(b["ticks"]) - int(a["ticks"]), int(b["late_frames"]) - int(a["late_frames"]),
+                max(float(r.get("max_late_ms", 0.0)) for r in inside))
+
+
+def stage_nats(parent: int) -> str:
+    """The NATS URL `townhall serve` handed its stage child process."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"--nats" in argv:
+                return argv[argv.index(b"--nats") + 1].decode()
+    raise RuntimeError("no stage child process")
+
+
+def last_seq(ear: Ear) -> int | None:
+    return ear.heard[-1][1] if ear.heard else None
+
+
+async def flood(phase: str, url: str, attacker: tuple[str, str], target: str, ears: list[Ear],
+                stop: asyncio.Event, args: argparse.Namespace, offers: dict[str, str]) -> str:
+    """Run one flood until ``stop``; a short account of what the server answered."""
+    space, token = attacker
+    if phase == "idle":
+        await stop.wait()
+        return "—"
+    if phase == "whip-bomb":
+        seen = await whip_flood(url, space, token, [offers["bomb64"], offers["bomb25"]], stop)
+    elif phase == "whip-plain":
+        seen = await whip_flood(url, space, token, [offers["plain"]], stop)
+    elif phase == "slowloris":
+        held = await slowloris(url, stop, sockets=args.slow_sockets)
+        return ", ".join(f"{n} {k}" for k, n in sorted(held.items()))
+    else:
+        seq = last_seq(ears[0])
+        joins = await join_flood(url, target, stop, args.join_rate * 10,
+                                 None if seq is None else max(0, seq - 300))
+        return ", ".join(f"{n} {k}" for k, n in sorted(joins.items()))
+    return ", ".join(f"{n}× {code if code > 0 else 'error'}" for code, n in sorted(seen.items()))
+
+
+async def run_once(url: str, server: subprocess.Popen[bytes], args: argparse.Namespace,
+                   progress: Progress, task: Any, logs: Path) -> list[dict[str, Any]]:
+    """Two live Spaces with speakers and listeners; each phase in turn; a row per phase."""
+    spaces = [live_space(url, "target"), live_space(url, "bystander")]
+    attacker = live_space(url, "attacker")
+    speakers = [spawn_tone_speaker(url, s, tok, hz, 3600, logs / f"speak{hz}.log")
+                for (s, tok), hz in zip(spaces, (440, 660), strict=True)]
+    bus = await Bus.connect([stage_nats(server.pid)], setup=False)
+    beats = Heartbeats()
+    await bus.subscribe(subjects.STAGES, beats.on)
+    ears = [Ear(), Ear()]
+    offers = {"plain": await real_offer()}
+    offers["bomb64"] = bomb(offers["plain"], 213, 64_000)
+    offers["bomb25"] = bomb(offers["plain"], 213, 0)
+    rows: list[dict[str, Any]] = []
+    try:
+        async with chunks_heard(url, spaces[0][0], ears[0].on), \
+                chunks_heard(url, spaces[1][0], ears[1].on):
+            await asyncio.sleep(args.warm)  # speakers connected, heartbeats flowing
+            for phase in PHASES:
+                stop = asyncio.Event()
+                t0 = time.monotonic()
+                job = asyncio.ensure_future(flood(phase, url, attacker, spaces[0][0], ears,
+                                                  stop, args, offers))
+                await asyncio.sleep(args.window)
+                t1 = time.monotonic()
+                stop.set()
+                async with asyncio.timeout(60):
+                    answered = await job
+                ticks, late, worst = beats.window(t0 + 1.0, t1 + 1.0)  # reports lag ≤ 1 s
+                row = {"phase": phase, "ticks": ticks, "late": late, "worst": worst,
+                       "answered": answered}
+                for name, ear in zip(("target", "bystander"), ears, strict=True):
+                    row[f"{name}_gap"], row[f"{name}_missing"] = ear.window(t0, t1)
+                rows.append(row)
+                progress.advance(task)
+                await asyncio.sleep(args.rest)
+    finally:
+        await bus.close()
+        stop_processes(speakers)
+    return rows
+
+
+def median_rows(runs: list[list[dict[str, Any]]]) -> list[list[str]]:
+    """One README row per phase: medians over the runs."""
+    out = []
+    for i, phase in enumerate(PHASES):
+        got = [run[i] for run in runs]
+
+        def med(key: str, got: list[dict[str, Any]] = got) -> float:
+            return float(statistics.median(r[key] for r in got))
+
+        ticks = med("ticks")
+        late = med("late")
+        out.append([phase, f"{late:.0f} of {ticks:.0f} ({late / ticks:.1%})" if ticks else "—",
+                    f"{med('worst'):.0f} ms", f"{med('target_gap'):.0f} ms",
+                    f"{med('target_missing'):.0f}", f"{med('bystander_gap'):.0f} ms",
+                    f"{med('bystander_missing'):.0f}", got[-1]["answered"]])
+    return out
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """Repeated runs on one server; medians; rows for bench/README.md."""
+    ap = argparse.ArgumentParser(prog="bench/flood")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--window", type=float, default=6.0, help="seconds per flood")
+    ap.add_argument("--rest", type=float, default=2.0, help="seconds between floods")
+    ap.add_argument("--warm", type=float, default=6.0, help="seconds before the first")
+    ap.add_argument("--join-rate", type=float, default=5.0,
+                    help="a normal join rate from one address (the flood is 10×)")
+    ap.add_argument("--slow-sockets", type=int, default=200)
+    ap.add_argument("--src", default="", help="run the server from this source tree")
+    args = ap.parse_args(argv)
+    console = Console()
+    logs = Path(tempfile.mkdtemp(prefix="townhall-bench-flood-"))
+    env = {"PYTHONPATH": str(Path(args.src).resolve())} if args.src else None
+    url, server = start_server(env)
+    runs: list[list[dict[str, Any]]] = []
+    try:
+        with Progress(console=console) as progress:
+            task = progress.add_task("floods", total=args.runs * len(PHASES))
+            for _ in range(args.runs):
+                runs.append(asyncio.run(run_once(url, server, args, progress, task, logs)))
+                for row in runs[-1]:
+                    console.log(f"{row['phase']}: late {row['late']}/{row['ticks']}, worst "
+                                f"{row['worst']:.0f} ms, gaps {row['target_gap']:.0f}/"
+                                f"{row['bystander_gap']:.0f} ms; {row['answered']}")
+    finally:
+        stop_process(server)
+    columns = ["flood", "mixer late ticks", "worst tick", "target: worst gap",
+               "target: missing", "bystander: worst gap", "bystander: missing",
+               "server answered the flood (last run)"]
+    rows = median_rows(runs)
+    table = Table(*columns, title="floods")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    src = f", server from {args.src}" if args.src else ""
+    return {
+        "title": "Floods: does a bystander's audio notice?",
+        "command": f"python -m bench flood (runs {args.runs}, window {args.window:g} s, "
+                   f"joins {args.join_rate * 10:g}/s, {args.slow_sockets} slowloris "
+                   f"sockets{src})",
+        "columns": columns,
+        "rows": rows,
+        "notes": ("Medians over the runs, all on one server (both Spaces on one stage "
+                  "process); idle is the baseline measured in the same runs. Late tick = a "
+                  "mixer tick more than 20 ms behind its schedule (stage heartbeat); gap = "
+                  "the longest wait between two chunks at a WebSocket listener (chunks are "
+                  "100 ms apart), missing = sequence numbers never received. The attacker "
+                  "is one fresh guest hosting its own Space; all floods come from this "
+                  "machine, which also runs the server and both speakers."),
+    }
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
