@@ -4,11 +4,14 @@ slowloris sockets, and joins at 10× a normal rate from one address."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import re
 import time
 from collections import Counter
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -51,25 +54,49 @@ def bomb(offer: str, sections: int = 213, size: int = 64_000) -> str:
 
 
 async def whip_flood(url: str, space: str, token: str, offers: list[str], stop: asyncio.Event,
-                     concurrency: int = 8) -> Counter[int]:
-    """POST the offers round-robin, ``concurrency`` at a time, until ``stop``; statuses."""
-    seen: Counter[int] = Counter()
+                     rate: float, concurrency: int = 16) -> Counter[str]:
+    """POST the offers round-robin at ``rate`` a second (at most ``concurrency`` waiting
+    for answers; a send that finds them all busy is skipped) until ``stop``; statuses."""
+    seen: Counter[str] = Counter()
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}
+    slots = asyncio.Semaphore(concurrency)
+    tasks: set[asyncio.Task[None]] = set()
 
-    async def worker(k: int) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            i = k
-            while not stop.is_set():
-                try:
-                    r = await http.post(f"/whip/{space}", content=offers[i % len(offers)],
-                                        headers=headers)
-                    seen[r.status_code] += 1  # an accepted one replaces the one before
-                except httpx.HTTPError:
-                    seen[-1] += 1
-                i += concurrency
+    async with httpx.AsyncClient(base_url=url, timeout=30,
+                                 limits=httpx.Limits(max_connections=concurrency)) as http:
 
-    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        async def one(offer: str) -> None:
+            try:
+                r = await http.post(f"/whip/{space}", content=offer, headers=headers)
+                seen[str(r.status_code)] += 1  # an accepted one replaces the one before
+            except httpx.HTTPError:
+                seen["error"] += 1
+            finally:
+                slots.release()
+
+        await paced(rate, stop, lambda n: one(offers[n % len(offers)]), slots, seen, tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
     return seen
+
+
+async def paced(rate: float, stop: asyncio.Event, make: Any, slots: asyncio.Semaphore | None,
+                seen: Counter[str], tasks: set[asyncio.Task[None]]) -> None:
+    """Start ``make(n)`` at ``rate`` a second until ``stop``."""
+    start = time.monotonic()
+    n = 0
+    while not stop.is_set():
+        if slots is None or not slots.locked():
+            if slots is not None:
+                await slots.acquire()
+            task = asyncio.ensure_future(make(n))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        else:
+            seen["not sent (all busy)"] += 1
+        n += 1
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, start + n / rate - time.monotonic())):
+                await stop.wait()
 
 
 async def slowloris(url: str, stop: asyncio.Event, sockets: int = 200,
@@ -138,15 +165,44 @@ async def join_flood(url: str, space: str, stop: asyncio.Event, rate: float,
         except (OSError, websockets.WebSocketException):
             seen["failed"] += 1
 
-    start = time.monotonic()
-    n = 0
-    while not stop.is_set():
-        n += 1
-        task = asyncio.ensure_future(one())
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, start + n / rate - time.monotonic())):
-                await stop.wait()
+    await paced(rate, stop, lambda _n: one(), None, seen, tasks)
     await asyncio.gather(*tasks, return_exceptions=True)
     return seen
+
+
+async def attack(args: argparse.Namespace) -> dict[str, int]:
+    """Run one flood for ``args.seconds``; what the server answered."""
+    stop = asyncio.Event()
+    plain = await real_offer()
+    offers = ([bomb(plain, 213, 64_000), bomb(plain, 213, 0)] if args.flood == "whip-bomb"
+              else [plain])
+    print("ready", flush=True)  # the window starts now, after imports and set-up
+    asyncio.get_running_loop().call_later(args.seconds, stop.set)
+    if args.flood in ("whip-bomb", "whip-plain"):
+        seen = await whip_flood(args.url, args.space, args.token, offers, stop, args.rate)
+    elif args.flood == "slowloris":
+        seen = await slowloris(args.url, stop, args.sockets)
+    else:
+        seen = await join_flood(args.url, args.space, stop, args.rate,
+                                args.from_seq if args.from_seq >= 0 else None)
+    return dict(seen)
+
+
+def main() -> None:
+    """A flood in a process of its own (the bench runs it niced, as if from elsewhere):
+    prints what the server answered as one JSON line."""
+    ap = argparse.ArgumentParser(prog="bench.flood.attacks")
+    ap.add_argument("flood", choices=["whip-bomb", "whip-plain", "slowloris", "join-flood"])
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--space", default="")
+    ap.add_argument("--token", default="")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rate", type=float, default=30.0)
+    ap.add_argument("--sockets", type=int, default=200)
+    ap.add_argument("--from-seq", type=int, default=-1)
+    args = ap.parse_args()
+    print(json.dumps(asyncio.run(attack(args))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

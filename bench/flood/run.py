@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import statistics
@@ -35,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,61 +43,11 @@ from rich.table import Table
 
 from bench._local import live_space, start_server
 from bench._speakers import chunks_heard, spawn_tone_speaker
-from bench.flood.attacks import (
-    bomb,
-    join_flood,
-    real_offer,
-    slowloris,
-    whip_flood,
-)
+from bench.flood.measure import Ear, Heartbeats
 from townhall.bus import Bus, subjects
-from townhall.bus.bus import Message
-from townhall.media.chunk import Chunk
 from townhall.procs import stop_process, stop_processes
 
 PHASES = ("idle", "whip-bomb", "whip-plain", "slowloris", "join-flood")
-
-
-@dataclass
-class Ear:
-    """One listener's chunks: arrival times and sequence numbers."""
-
-    heard: list[tuple[float, int]] = field(default_factory=list)
-
-    def on(self, chunk: Chunk, _wall: float) -> None:
-        self.heard.append((time.monotonic(), chunk.seq))
-
-    def window(self, t0: float, t1: float) -> tuple[float, int]:
-        """(worst gap between chunks in ms, missing sequence numbers) within [t0, t1]."""
-        got = [(t, s) for t, s in self.heard if t0 <= t <= t1]
-        if len(got) < 2:
-            return (t1 - t0) * 1000, 0
-        gaps = [b[0] - a[0] for a, b in itertools.pairwise(got)]
-        edge = max(got[0][0] - t0, t1 - got[-1][0])  # silence at either end counts too
-        missing = sum(max(0, b[1] - a[1] - 1) for a, b in itertools.pairwise(got))
-        return max([*gaps, edge]) * 1000, missing
-
-
-@dataclass
-class Heartbeats:
-    """The stage's reports: (arrival, report)."""
-
-    seen: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
-
-    async def on(self, msg: Message) -> None:
-        with contextlib.suppress(ValueError):
-            self.seen.append((time.monotonic(), json.loads(msg.data)))
-
-    def window(self, t0: float, t1: float) -> tuple[int, int, float]:
-        """(ticks, late ticks, worst lateness ms) of the reports that arrived in [t0, t1]
-        (counters are cumulative: last minus the one just before the window)."""
-        before = [r for t, r in self.seen if t < t0]
-        inside = [r for t, r in self.seen if t0 <= t <= t1]
-        if not before or not inside:
-            return 0, 0, float("nan")
-        a, b = before[-1], inside[-1]
-        return (int(b["ticks"]) - int(a["ticks"]), int(b["late_frames"]) - int(a["late_frames"]),
-                max(float(r.get("max_late_ms", 0.0)) for r in inside))
 
 
 def stage_nats(parent: int) -> str:
@@ -120,25 +68,44 @@ def last_seq(ear: Ear) -> int | None:
 
 
 async def flood(phase: str, url: str, attacker: tuple[str, str], target: str, ears: list[Ear],
-                stop: asyncio.Event, args: argparse.Namespace, offers: dict[str, str]) -> str:
-    """Run one flood until ``stop``; a short account of what the server answered."""
-    space, token = attacker
+                args: argparse.Namespace) -> tuple[str, float, float]:
+    """Run one flood for the window in a niced process of its own (so the flood's client
+    competes as little as may be with the server for this machine's cores); a short
+    account of what the server answered, and when the flood began and ended."""
     if phase == "idle":
-        await stop.wait()
-        return "—"
+        t0 = time.monotonic()
+        await asyncio.sleep(args.window)
+        return "—", t0, time.monotonic()
+    space, token = attacker
+    argv = ["--url", url, "--seconds", str(args.window)]
     if phase == "whip-bomb":
-        seen = await whip_flood(url, space, token, [offers["bomb64"], offers["bomb25"]], stop)
+        argv += ["--space", space, "--token", token, "--rate", str(args.offer_rate)]
     elif phase == "whip-plain":
-        seen = await whip_flood(url, space, token, [offers["plain"]], stop)
+        argv += ["--space", space, "--token", token, "--rate", str(args.offer_rate)]
     elif phase == "slowloris":
-        held = await slowloris(url, stop, sockets=args.slow_sockets)
-        return ", ".join(f"{n} {k}" for k, n in sorted(held.items()))
+        argv += ["--sockets", str(args.slow_sockets)]
     else:
-        seq = last_seq(ears[0])
-        joins = await join_flood(url, target, stop, args.join_rate * 10,
-                                 None if seq is None else max(0, seq - 300))
-        return ", ".join(f"{n} {k}" for k, n in sorted(joins.items()))
-    return ", ".join(f"{n}× {code if code > 0 else 'error'}" for code, n in sorted(seen.items()))
+        seq = ears[0].heard[-1][1] if ears[0].heard else 0
+        argv += ["--space", target, "--rate", str(args.join_rate * 10),
+                 "--from-seq", str(max(0, seq - 300))]
+    proc = await asyncio.create_subprocess_exec(
+        "nice", "-n", "19", sys.executable, "-m", "bench.flood.attacks", phase, *argv,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(args.window + 90):
+            ready = await proc.stdout.readline()
+            t0 = time.monotonic()
+            out = await proc.stdout.read()
+            t1 = time.monotonic()
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return "flood process did not finish", time.monotonic(), time.monotonic()
+    lines = out.decode().strip().splitlines()
+    seen: dict[str, int] = json.loads(lines[-1]) if ready and lines else {}
+    return ", ".join(f"{n} × {k}" for k, n in sorted(seen.items())), t0, t1
 
 
 async def run_once(url: str, server: subprocess.Popen[bytes], args: argparse.Namespace,
@@ -152,32 +119,26 @@ async def run_once(url: str, server: subprocess.Popen[bytes], args: argparse.Nam
     beats = Heartbeats()
     await bus.subscribe(subjects.STAGES, beats.on)
     ears = [Ear(), Ear()]
-    offers = {"plain": await real_offer()}
-    offers["bomb64"] = bomb(offers["plain"], 213, 64_000)
-    offers["bomb25"] = bomb(offers["plain"], 213, 0)
     rows: list[dict[str, Any]] = []
     try:
         async with chunks_heard(url, spaces[0][0], ears[0].on), \
                 chunks_heard(url, spaces[1][0], ears[1].on):
             await asyncio.sleep(args.warm)  # speakers connected, heartbeats flowing
+            for _ in range(300):
+                if len(beats.seen) >= 3:
+                    break
+                await asyncio.sleep(0.1)
             for phase in PHASES:
-                stop = asyncio.Event()
-                t0 = time.monotonic()
-                job = asyncio.ensure_future(flood(phase, url, attacker, spaces[0][0], ears,
-                                                  stop, args, offers))
-                await asyncio.sleep(args.window)
-                t1 = time.monotonic()
-                stop.set()
-                async with asyncio.timeout(60):
-                    answered = await job
-                ticks, late, worst = beats.window(t0 + 1.0, t1 + 1.0)  # reports lag ≤ 1 s
+                answered, t0, t1 = await flood(phase, url, attacker, spaces[0][0], ears,
+                                               args)
+                await asyncio.sleep(max(1.5, args.rest))  # the window's last report (≤ 1 s)
+                ticks, late, worst = beats.window(t0 + 1.0, t1 + 1.0)
                 row = {"phase": phase, "ticks": ticks, "late": late, "worst": worst,
                        "answered": answered}
                 for name, ear in zip(("target", "bystander"), ears, strict=True):
                     row[f"{name}_gap"], row[f"{name}_missing"] = ear.window(t0, t1)
                 rows.append(row)
                 progress.advance(task)
-                await asyncio.sleep(args.rest)
     finally:
         await bus.close()
         stop_processes(speakers)
@@ -211,6 +172,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--warm", type=float, default=6.0, help="seconds before the first")
     ap.add_argument("--join-rate", type=float, default=5.0,
                     help="a normal join rate from one address (the flood is 10×)")
+    ap.add_argument("--offer-rate", type=float, default=30.0,
+                    help="WHIP offers a second (issue 13's attacker: about 30)")
     ap.add_argument("--slow-sockets", type=int, default=200)
     ap.add_argument("--src", default="", help="run the server from this source tree")
     args = ap.parse_args(argv)
@@ -242,7 +205,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     return {
         "title": "Floods: does a bystander's audio notice?",
         "command": f"python -m bench flood (runs {args.runs}, window {args.window:g} s, "
-                   f"joins {args.join_rate * 10:g}/s, {args.slow_sockets} slowloris "
+                   f"offers {args.offer_rate:g}/s, joins {args.join_rate * 10:g}/s, "
+                   f"{args.slow_sockets} slowloris "
                    f"sockets{src})",
         "columns": columns,
         "rows": rows,
