@@ -333,6 +333,8 @@ class Stage:
                 await self.acquire(key, snap)
 
     async def stop(self) -> None:
+        for task in list(self._whips):
+            task.cancel()
         for space in list(self.runs):
             run = self.runs.pop(space)
             if run.task:
