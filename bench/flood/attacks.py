@@ -174,8 +174,8 @@ async def attack(args: argparse.Namespace) -> dict[str, int]:
     """Run one flood for ``args.seconds``; what the server answered."""
     stop = asyncio.Event()
     plain = await real_offer()
-    offers = ([bomb(plain, 213, 64_000), bomb(plain, 213, 0)] if args.flood == "whip-bomb"
-              else [plain])
+    offers = ([bomb(plain, 213, 64_000), bomb(plain, 213, 0), bomb(plain, 40, 0)]
+              if args.flood == "whip-bomb" else [plain])
     print("ready", flush=True)  # the window starts now, after imports and set-up
     asyncio.get_running_loop().call_later(args.seconds, stop.set)
     if args.flood in ("whip-bomb", "whip-plain"):

@@ -5,8 +5,11 @@ One server (all roles; the stage in its own process), two live Spaces each with 
 *bystander*. An attacker — a fresh guest hosting a Space of its own — then runs each flood
 for a window, with an idle window (no flood) in every run as the baseline:
 
-- ``whip-bomb``: WHIP offers with 213 ``m=audio`` sections (64 KB, and a 25 KB one), 8 at once;
-- ``whip-plain``: real aiortc offers, 8 at once (issue 13: 158 accepted in 5 s);
+- ``whip-bomb``: WHIP offers with 213 ``m=audio`` sections (64 KB, and a 25 KB one) and 40
+  (5 KB), in turn;
+- ``whip-plain``: real aiortc offers (issue 13: 158 accepted in 5 s);
+
+both at ``--offer-rate`` (30/s: issue 13's attacker's pace);
 - ``slowloris``: 200 sockets sending request headers one line every 5 s;
 - ``join-flood``: WebSocket joins to the target from this one address at 10× ``--join-rate``,
   each replaying from an old sequence number (``?from=``), waiting for a chunk, leaving.

@@ -1,8 +1,9 @@
 """WHIP (RFC 9725) endpoints on the api's HTTP server, forwarded to the owning stage.
 
 The api checks what it can without media (token, Space live, caller on stage, an SDP that
-offers Opus audio) and hands the offer over NATS to whichever stage holds the Space's
-lease; that stage answers with the SDP answer and a session id.
+offers Opus audio within the bounds of townhall.stage.sdpcheck), takes the offer from the
+caller's and the Space's budgets, and hands it over NATS to whichever stage holds the
+Space's lease; that stage answers with the SDP answer and a session id.
 """
 
 from __future__ import annotations
