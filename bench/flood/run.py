@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,12 @@ from bench.flood.measure import Ear, Heartbeats
 from townhall.bus import Bus, subjects
 from townhall.procs import stop_process, stop_processes
 
+TICKS = os.sysconf("SC_CLK_TCK")
 PHASES = ("idle", "whip-bomb", "whip-plain", "slowloris", "join-flood")
 
 
-def stage_nats(parent: int) -> str:
-    """The NATS URL `townhall serve` handed its stage child process."""
+def stage_child(parent: int) -> tuple[int, str]:
+    """The pid of `townhall serve`'s stage child process and the NATS URL it was handed."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -63,8 +65,17 @@ def stage_nats(parent: int) -> str:
             stat = Path(f"/proc/{entry}/stat").read_text()
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"--nats" in argv:
-                return argv[argv.index(b"--nats") + 1].decode()
+                return int(entry), argv[argv.index(b"--nats") + 1].decode()
     raise RuntimeError("no stage child process")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+Mark = tuple[float, float, float]  # (monotonic, stage CPU s, serve process CPU s)
 
 
 def last_seq(ear: Ear) -> int | None:
@@ -72,14 +83,14 @@ def last_seq(ear: Ear) -> int | None:
 
 
 async def flood(phase: str, url: str, attacker: tuple[str, str], target: str, ears: list[Ear],
-                args: argparse.Namespace) -> tuple[str, float, float]:
+                args: argparse.Namespace, mark: Callable[[], Mark]) -> tuple[str, Mark, Mark]:
     """Run one flood for the window in a niced process of its own (so the flood's client
     competes as little as may be with the server for this machine's cores); a short
     account of what the server answered, and when the flood began and ended."""
     if phase == "idle":
-        t0 = time.monotonic()
+        t0 = mark()
         await asyncio.sleep(args.window)
-        return "—", t0, time.monotonic()
+        return "—", t0, mark()
     space, token = attacker
     argv = ["--url", url, "--seconds", str(args.window)]
     if phase == "whip-bomb":
@@ -99,14 +110,14 @@ async def flood(phase: str, url: str, attacker: tuple[str, str], target: str, ea
     try:
         async with asyncio.timeout(args.window + 90):
             ready = await proc.stdout.readline()
-            t0 = time.monotonic()
+            t0 = mark()
             out = await proc.stdout.read()
-            t1 = time.monotonic()
+            t1 = mark()
             await proc.wait()
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        return "flood process did not finish", time.monotonic(), time.monotonic()
+        return "flood process did not finish", mark(), mark()
     lines = out.decode().strip().splitlines()
     seen: dict[str, int] = json.loads(lines[-1]) if ready and lines else {}
     return ", ".join(f"{n} × {k}" for k, n in sorted(seen.items())), t0, t1
@@ -119,7 +130,12 @@ async def run_once(url: str, server: subprocess.Popen[bytes], args: argparse.Nam
     attacker = live_space(url, "attacker")
     speakers = [spawn_tone_speaker(url, s, tok, hz, 3600, logs / f"speak{hz}.log")
                 for (s, tok), hz in zip(spaces, (440, 660), strict=True)]
-    bus = await Bus.connect([stage_nats(server.pid)], setup=False)
+    stage, nats = stage_child(server.pid)
+    bus = await Bus.connect([nats], setup=False)
+
+    def mark() -> Mark:
+        return time.monotonic(), cpu_seconds(stage), cpu_seconds(server.pid)
+
     beats = Heartbeats()
     await bus.subscribe(subjects.STAGES, beats.on)
     ears = [Ear(), Ear()]
@@ -133,12 +149,14 @@ async def run_once(url: str, server: subprocess.Popen[bytes], args: argparse.Nam
                     break
                 await asyncio.sleep(0.1)
             for phase in PHASES:
-                answered, t0, t1 = await flood(phase, url, attacker, spaces[0][0], ears,
-                                               args)
+                answered, m0, m1 = await flood(phase, url, attacker, spaces[0][0], ears,
+                                               args, mark)
+                t0, t1 = m0[0], m1[0]
                 await asyncio.sleep(max(1.5, args.rest))  # the window's last report (≤ 1 s)
                 ticks, late, worst = beats.window(t0 + 1.0, t1 + 1.0)
                 row = {"phase": phase, "ticks": ticks, "late": late, "worst": worst,
-                       "answered": answered}
+                       "answered": answered, "stage_cpu": (m1[1] - m0[1]) / (t1 - t0),
+                       "serve_cpu": (m1[2] - m0[2]) / (t1 - t0)}
                 for name, ear in zip(("target", "bystander"), ears, strict=True):
                     row[f"{name}_gap"], row[f"{name}_missing"] = ear.window(t0, t1)
                 rows.append(row)
@@ -165,7 +183,8 @@ def median_rows(runs: list[list[dict[str, Any]]]) -> list[list[str]]:
 
         ticks = med("ticks")
         late = med("late")
-        out.append([phase, f"{late:.0f} of {ticks:.0f} ({late / ticks:.1%})" if ticks else "—",
+        out.append([phase, f"{med('stage_cpu'):.1%}", f"{med('serve_cpu'):.1%}",
+                    f"{late:.0f} of {ticks:.0f} ({late / ticks:.1%})" if ticks else "—",
                     f"{med('worst'):.0f} ms", f"{med('target_gap'):.0f} ms",
                     f"{med('target_missing'):.0f}", f"{med('bystander_gap'):.0f} ms",
                     f"{med('bystander_missing'):.0f}", got[-1]["answered"]])
@@ -197,13 +216,14 @@ def main(argv: list[str]) -> dict[str, Any]:
             for _ in range(args.runs):
                 runs.append(asyncio.run(run_once(url, server, args, progress, task, logs)))
                 for row in runs[-1]:
-                    console.log(f"{row['phase']}: late {row['late']}/{row['ticks']}, worst "
+                    console.log(f"{row['phase']}: stage CPU {row['stage_cpu']:.1%}, api+edge "
+                                f"{row['serve_cpu']:.1%}; late {row['late']}/{row['ticks']}, worst "
                                 f"{row['worst']:.0f} ms, gaps {row['target_gap']:.0f}/"
                                 f"{row['bystander_gap']:.0f} ms; {row['answered']}")
     finally:
         stop_process(server)
-    columns = ["flood", "mixer late ticks", "worst tick", "target: worst gap",
-               "target: missing", "bystander: worst gap", "bystander: missing",
+    columns = ["flood", "stage CPU", "api+edge CPU", "mixer late ticks", "worst tick",
+               "target: worst gap", "target: missing", "bystander: worst gap", "bystander: missing",
                "server answered the flood (last run)"]
     rows = median_rows(runs)
     table = Table(*columns, title="floods")
@@ -220,7 +240,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         "columns": columns,
         "rows": rows,
         "notes": ("Medians over the runs, all on one server (both Spaces on one stage "
-                  "process); idle is the baseline measured in the same runs. Late tick = a "
+                  "process); idle is the baseline measured in the same runs. CPU = share of "
+                  "one core used by the stage process and by the serve process (api + edge) "
+                  "during the flood: it does not depend on what else the machine runs, "
+                  "unlike lateness and gaps, which do. Late tick = a "
                   "mixer tick more than 20 ms behind its schedule (stage heartbeat); gap = "
                   "the longest wait between two chunks at a WebSocket listener (chunks are "
                   "100 ms apart), missing = sequence numbers never received. The attacker "
