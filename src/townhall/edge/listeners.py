@@ -38,6 +38,7 @@ from townhall.edge.node import (
     EdgeNode,
     Refusal,
     may_listen,
+    may_react,
     parse_from,
     token_identity,
 )
@@ -100,6 +101,7 @@ class ListenerConnection(asyncio.Protocol):
         self.paused = False
         self.closing = False
         self.task: asyncio.Task[None] | None = None
+        self.may_react = False          # set when it joins (townhall.grants "react")
         self.closer: asyncio.TimerHandle | None = None
 
     def begin(self) -> None:
@@ -127,6 +129,7 @@ class ListenerConnection(asyncio.Protocol):
         if not decision.admitted:
             self.full(decision.retry_after)
             return
+        self.may_react = may_react(snap, token, edge.issuer)
         sub = Subscriber(self.stream_kind(), identity=token_identity(token, edge.issuer))
         try:
             joined = await edge.hub.join(req.space, sub, from_seq, snap)
@@ -339,7 +342,7 @@ class WsListener(ListenerConnection):
             return
         if not isinstance(body, dict):
             return
-        if body.get("type") == "react" and body.get("emoji") in REACTIONS:
+        if body.get("type") == "react" and body.get("emoji") in REACTIONS and self.may_react:
             feed = self.edge.hub.feeds.get(self.request.space)
             if feed is not None:
                 feed.reactions[str(body["emoji"])] += 1
