@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jwt
 
-from townhall.problems import Forbidden, Unauthorized
+from townhall.problems import Unauthorized
 
 ROLES = ("listener", "speaker", "host")
 ISSUER = "townhall"
@@ -36,7 +36,7 @@ def role_rank(role: str) -> int:
 
 @dataclass(frozen=True)
 class Identity:
-    """Who a verified token says the caller is, and what they may do."""
+    """Who a verified token says the caller is; what that allows is townhall.grants'."""
 
     id: str
     name: str
@@ -45,18 +45,6 @@ class Identity:
     expires: int
     guest: bool = False
     net: str | None = None
-
-    def may_take(self, role: str, space: str | None = None) -> bool:
-        """Whether this grant allows ``role`` in ``space``."""
-        if self.space is not None and space is not None and self.space != space:
-            return False
-        return role_rank(self.role) >= role_rank(role)
-
-    def require(self, role: str, space: str | None = None) -> None:
-        if not self.may_take(role, space):
-            where = f" in Space {space}" if space else ""
-            raise Forbidden(f"this token does not grant the {role} role{where}",
-                            slug="insufficient-grant")
 
 
 def valid_identity(value: str) -> bool:

@@ -122,7 +122,16 @@ async def test_a_host_can_let_an_identity_into_a_private_space_and_out_again(
     assert act(served, space, host, "allow", identity="friend-1").status_code == 200
     assert ogg_status(served, space, friend) == 200
     assert call(served, "GET", f"/api/v1/spaces/{space}", friend).status_code == 200
-    assert act(served, space, host, "disallow", identity="friend-1").status_code == 200
+    async with connect(ws_url(served, space, friend), open_timeout=30) as ws:
+        async with asyncio.timeout(30):
+            assert json.loads(await ws.recv())["type"] == "hello"
+        assert act(served, space, host, "disallow", identity="friend-1").status_code == 200
+        # Let out again: the connection it holds is closed too, not only the next join.
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(30):
+                while True:
+                    await ws.recv()
+    assert ws.close_code == 4403
     assert ogg_status(served, space, friend) == 404
     r = act(served, space, friend, "allow", identity="friend-2")
     assert r.status_code == 404  # not let in: not even told the Space exists

@@ -335,7 +335,10 @@ def install(app: FastAPI, ctx: Context) -> None:
                                 "refused").inc()
             raise
         ACTIONS_DONE.labels(body.action, "done").inc()
-        if body.action == "remove" and body.identity:
+        # Out of a private Space means out of its audio too, not only at the next join.
+        shut_out = (body.action == "disallow" and snap.get("private") and body.identity
+                    and not grants.member(snap, body.identity))
+        if (body.action == "remove" and body.identity) or shut_out:
             kick = {"type": "kick", "identity": body.identity, "block": body.block}
             await ctx.bus.publish(subjects.control(space), json.dumps(kick).encode())
         return public_view(snap)
