@@ -95,12 +95,18 @@ _CLOSE_BY_STATUS = {401: CLOSE_TOKEN_NEEDED, 403: CLOSE_TOKEN_REFUSED, 404: CLOS
 
 def may_listen(snap: dict[str, Any] | None, space: str, token: str | None,
                issuer: TokenIssuer) -> Refusal | None:
-    """Whether a listener with ``token`` may hear this Space now (townhall.grants decides,
-    as for every route; a private Space the token may not see is no Space: 4404)."""
+    """Whether a listener with ``token`` may hear this Space now."""
+    return may_listen_as(snap, space, verified(token, issuer))
+
+
+def may_listen_as(snap: dict[str, Any] | None, space: str,
+                  who: Identity | None) -> Refusal | None:
+    """Whether ``who`` (a verified token, or None) may hear this Space now: townhall.grants
+    decides, as for every route; a private Space it may not see is no Space (4404)."""
     if snap is None or snap.get("id") != space:
         return Refusal(CLOSE_UNKNOWN, 404, "space-not-found", f"no Space {space}")
     try:
-        grants.authorize(verified(token, issuer), "listen", snap)
+        grants.authorize(who, "listen", snap)
     except Problem as refused:
         return Refusal(_CLOSE_BY_STATUS.get(refused.status, CLOSE_TOKEN_REFUSED),
                        refused.status, refused.instance_slug, refused.detail)
@@ -109,9 +115,9 @@ def may_listen(snap: dict[str, Any] | None, space: str, token: str | None,
     return None
 
 
-def may_react(snap: dict[str, Any] | None, token: str | None, issuer: TokenIssuer) -> bool:
+def may_react(snap: dict[str, Any] | None, who: Identity | None) -> bool:
     """Whether this listener's "react" messages count (decided once, when it joins)."""
-    return snap is not None and grants.allows(verified(token, issuer), "react", snap)
+    return snap is not None and grants.allows(who, "react", snap)
 
 
 @dataclass
