@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debian packages the end-to-end tests use: ffmpeg (a real player) and chromium (a real
-# browser, an emoji font for the browser's screenshots, and nftables for the network-namespace
+# browser), an emoji font for the browser's screenshots, and nftables for the network-namespace
 # tests. Installed through apt-get when run as root and missing; otherwise explained.
 set -euo pipefail
 need=()
