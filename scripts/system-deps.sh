@@ -12,6 +12,8 @@ ldconfig -p 2>/dev/null | grep -q "libopus.so.0" || need+=(libopus0)
 [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
 # Network namespace tests (tests/netlab.py): loss, partitions and NAT rules.
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+# The web player's unit tests run player.js under node: they must never skip for want of it.
+command -v node >/dev/null 2>&1 || need+=(nodejs)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${need[*]} with apt-get"
