@@ -172,6 +172,8 @@ async def test_a_blocked_guests_new_session_from_the_same_network_stays_blocked(
     assert act(served, space, troll, "request").status_code == 200
     assert act(served, space, host, "remove", identity=troll_id, block=True).status_code == 200
     again, _ = guest(served, "Troll again", address="203.0.113.50")
+    me = call(served, "GET", "/api/v1/me", again).json()
+    assert me["guest"] is True and "net" not in me
     r = act(served, space, again, "request")
     assert r.status_code == 403 and r.json()["type"] == "/problems/blocked", r.text
     r = call(served, "POST", f"/api/v1/spaces/{space}/reactions", again, {"emoji": "👏"})

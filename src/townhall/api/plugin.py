@@ -248,7 +248,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         """Who the bearer token says you are."""
         ident = api.who(request)
         return {"identity": ident.id, "name": ident.name, "space": ident.space,
-                "role": ident.role, "expires": ident.expires}
+                "role": ident.role, "expires": ident.expires, "guest": ident.guest}
 
     @router.post("/spaces", **ok(201, Snapshot, "the new Space; the caller is its host",
                                  400, 401, 403, 413, 422, 429))

@@ -73,6 +73,7 @@ class Me(Open):
     space: str | None = Field(description="the one Space this token acts on, or null")
     role: Literal["host", "speaker", "listener"]
     expires: int = Field(description="unix seconds")
+    guest: bool = Field(default=False, description="a guest session's token (open mode)")
 
 
 class Accepted(Open):
