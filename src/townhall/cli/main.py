@@ -46,10 +46,11 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                         nats_urls=[u for u in (args.nats or "").split(",") if u],
                         roles=roles, closed=closed, public_url=args.public_url,
                         replicas=args.replicas, log_level=args.log_level)
-    if args.nats_creds:
-        settings.nats_creds = Path(args.nats_creds)
-    if args.nats_auth_file:
-        settings.nats_auth_file = Path(args.nats_auth_file)
+    if args.nats_creds or args.nats_auth_file:
+        # Flags beat the environment as a pair: a stage child handed the embedded users
+        # file must not pick up a TOWNHALL_NATS_CREDS it inherited.
+        settings.nats_creds = Path(args.nats_creds) if args.nats_creds else None
+        settings.nats_auth_file = Path(args.nats_auth_file) if args.nats_auth_file else None
     if args.node_id:
         settings.node_id = args.node_id
     return settings
