@@ -3,7 +3,6 @@ each on free loopback ports with bounded waits."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from townhall.bus import NatsAuth
-from townhall.bus.credentials import USERS_FILE, load_auth_file
+from townhall.bus.credentials import USERS_FILE, admin_auth, load_auth_file
 from townhall.bus.embedded import EmbeddedNats, free_port
 from townhall.procs import stop_process
 
@@ -57,9 +56,7 @@ class Served:
         """Credentials for the embedded NATS of this server: the admin user, or the user
         a process running ``roles`` connects as."""
         path = self.data / USERS_FILE
-        if roles:
-            return load_auth_file(path, roles)
-        return NatsAuth(user="admin", password=json.loads(path.read_text())["users"]["admin"])
+        return load_auth_file(path, roles) if roles else admin_auth(path)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         stop_process(self.proc, timeout, sig)

@@ -20,9 +20,13 @@ import uvloop
 from townhall.app import HTTP_PLUGINS, build_app
 from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.bus import Bus, NatsAuth
-from townhall.bus.credentials import USERS_FILE, load_auth_file, load_or_create_users
+from townhall.bus.credentials import (
+    USERS_FILE,
+    admin_auth,
+    load_auth_file,
+    load_or_create_users,
+)
 from townhall.bus.embedded import EmbeddedNats, die_with_parent
-from townhall.bus.permissions import ADMIN
 from townhall.context import Context
 from townhall.edge.handoff import http_protocol
 from townhall.observability import setup_logging
@@ -141,7 +145,7 @@ def _start_embedded_nats(settings: Settings) -> EmbeddedNats:
     settings.nats_urls = [nats.start()]
     settings.nats_creds = None
     settings.nats_auth_file = settings.data_dir / USERS_FILE
-    admin = NatsAuth(user=ADMIN, password=users[ADMIN])
+    admin = admin_auth(settings.nats_auth_file)
 
     async def create_topology() -> None:
         # Stages and edges may not create or change buckets (bus/permissions.py): the

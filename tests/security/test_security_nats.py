@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from nats.aio.client import Client
 
 from tests.conftest import Served, start_townhall
 from townhall.bus import Bus, NatsAuth, subjects
-from townhall.bus.credentials import USERS_FILE
+from townhall.bus.credentials import USERS_FILE, load_auth_file
 from townhall.bus.embedded import CONFIG_FILE, EmbeddedNats
 from townhall.bus.permissions import ROLES
 
@@ -236,3 +237,48 @@ async def test_external_nats_with_a_password_file(tmp_path: Path) -> None:
             served.stop()
         server.stop()
 
+
+
+def route_refused(port: int, password: str) -> bool:
+    """Whether a cluster port refuses a route that logs in with ``password``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.settimeout(5)
+        sock.recv(4096)  # INFO
+        connect = {"verbose": False, "pedantic": False, "user": "route", "pass": password,
+                   "tls_required": False, "name": "intruder"}
+        sock.sendall(f"CONNECT {json.dumps(connect)}\r\nPING\r\n".encode())
+        got = b""
+        while b"\r\n" not in got:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    return b"Authorization Violation" in got
+
+
+async def test_a_local_cluster_takes_credentials_too(tmp_path: Path) -> None:
+    """`townhall cluster up`: clients and routes between the nodes need passwords; its
+    processes log in with the users file and run."""
+    from townhall.cluster import local
+
+    # up() runs an event loop of its own: off this one
+    plan = await asyncio.to_thread(local.up, tmp_path / "cluster", nats_nodes=2, apis=1,
+                                   edges=1, stages=1, timeout=90)
+    try:
+        for node in plan.nats:
+            with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+                await connect(node.url)
+            assert route_refused(node.cluster_port, secrets.token_urlsafe(16))
+        # the probe can tell: with the password a route is not refused
+        real = json.loads(Path(plan.nats[0].config_path).read_text())
+        password = real["cluster"]["authorization"]["password"]
+        assert not route_refused(plan.nats[1].cluster_port, password)
+        users = local.users_file(plan)
+        assert users.stat().st_mode & 0o777 == 0o600
+        for pid in plan.pids.values():
+            assert not any(p in " ".join(cmdline(pid)) for p in
+                           json.loads(users.read_text())["users"].values())
+        nc = await connect(plan.nats_urls[0], load_auth_file(users, ["edge"]))
+        await nc.close()
+    finally:
+        local.down(tmp_path / "cluster")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from townhall.bus.permissions import user_for, user_names
+from townhall.bus.permissions import ADMIN, user_for, user_names
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,11 @@ def parse_auth(text: str, roles: Iterable[str] = ()) -> NatsAuth:
     if isinstance(raw.get("user"), str) and isinstance(raw.get("password"), str):
         return NatsAuth(user=raw["user"], password=raw["password"])
     raise ValueError('expected {"user", "password"}, {"token"} or {"users": {...}}')
+
+
+def admin_auth(users_file: Path) -> NatsAuth:
+    """The ``admin`` user of an embedded users file: for tools, setup and tests."""
+    return NatsAuth(user=ADMIN, password=json.loads(users_file.read_text())["users"][ADMIN])
 
 
 def load_auth_file(path: Path, roles: Iterable[str] = ()) -> NatsAuth:
