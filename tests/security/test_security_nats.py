@@ -4,10 +4,14 @@ credentials, keeps them out of every command line, and holds each role to its su
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import os
 import secrets
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ from typing import Any
 import httpx
 import nats
 import nats.errors
+import nkeys
 import pytest
 from nats.aio.client import Client
 
@@ -239,6 +244,86 @@ async def test_external_nats_with_a_password_file(tmp_path: Path) -> None:
 
 
 
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _keypair(prefix: int) -> Any:
+    return nkeys.from_seed(nkeys.encode_seed(os.urandom(32), prefix))
+
+
+def _jwt(issuer: Any, subject: str, name: str, claims: dict[str, Any]) -> str:
+    """A NATS JWT (v2) signed by ``issuer``, as nsc would write it."""
+    body: dict[str, Any] = {"iat": int(time.time()), "iss": issuer.public_key.decode(),
+                            "name": name, "sub": subject, "nats": {**claims, "version": 2}}
+    body["jti"] = base64.b32encode(hashlib.sha256(json.dumps(body).encode()).digest()) \
+        .decode().rstrip("=")
+    header = {"typ": "JWT", "alg": "ed25519-nkey"}
+    signing = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(body).encode())}"
+    return f"{signing}.{_b64(issuer.sign(signing.encode()))}"
+
+
+def operator_mode(workdir: Path) -> tuple[Path, Path]:
+    """A nats-server config in operator mode (one account with JetStream, one user) and
+    that user's .creds file: what an operator's `nsc` setup hands out."""
+    operator = _keypair(nkeys.PREFIX_BYTE_OPERATOR)
+    account, system = _keypair(nkeys.PREFIX_BYTE_ACCOUNT), _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+    user = _keypair(nkeys.PREFIX_BYTE_USER)
+    unlimited = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                 "wildcards": True, "conn": -1, "leaf": -1}
+    jetstream = {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+    accounts = {
+        account.public_key.decode(): _jwt(operator, account.public_key.decode(), "townhall",
+                                          {"type": "account",
+                                           "limits": unlimited | jetstream}),
+        system.public_key.decode(): _jwt(operator, system.public_key.decode(), "SYS",
+                                         {"type": "account", "limits": unlimited}),
+    }
+    config = workdir / "operator.conf"
+    config.write_text(json.dumps({
+        "operator": _jwt(operator, operator.public_key.decode(), "op",
+                         {"type": "operator",
+                          "system_account": system.public_key.decode()}),
+        "system_account": system.public_key.decode(),
+        "resolver": "MEMORY", "resolver_preload": accounts}))
+    user_jwt = _jwt(account, user.public_key.decode(), "townhall",
+                    {"type": "user", "pub": {}, "sub": {}, "subs": -1, "data": -1,
+                     "payload": -1})
+    creds = workdir / "townhall.creds"
+    creds.write_text(f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT"
+                     f"------\n\n-----BEGIN USER NKEY SEED-----\n{user.seed.decode()}\n"
+                     "------END USER NKEY SEED------\n")
+    creds.chmod(0o600)
+    return config, creds
+
+
+async def test_external_nats_with_a_creds_file(tmp_path: Path) -> None:
+    """TOWNHALL_NATS_CREDS / --nats-creds: a .creds file (JWT + nkey seed) signs the
+    roles' logins, the stage child's too; without it the server refuses."""
+    config, creds = operator_mode(tmp_path)
+    server = EmbeddedNats(tmp_path / "nats", extra_args=["-c", str(config)])
+    url = server.start()
+    served = None
+    try:
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await connect(url)
+        served = start_townhall(tmp_path / "data", "--nats", url,
+                                env={"TOWNHALL_NATS_CREDS": str(creds)})
+        stage = [cmdline(pid) for pid in children(served.proc.pid)
+                 if "--roles" in cmdline(pid)]
+        assert stage and stage[0][stage[0].index("--nats-creds") + 1] == str(creds)
+
+        def stage_reports() -> bool:
+            metrics = httpx.get(f"{served.url}/metrics", timeout=5).text
+            return "townhall_stage_report_age_seconds{" in metrics
+
+        await until(stage_reports, 30, "the stage child's heartbeat")
+    finally:
+        if served is not None:
+            served.stop()
+        server.stop()
+
+
 def route_refused(port: int, password: str) -> bool:
     """Whether a cluster port refuses a route that logs in with ``password``."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -256,6 +341,11 @@ def route_refused(port: int, password: str) -> bool:
     return b"Authorization Violation" in got
 
 
+def route_password(node: Any) -> str:
+    config = json.loads(Path(node.config_path).read_text())
+    return str(config["cluster"]["authorization"]["password"])
+
+
 async def test_a_local_cluster_takes_credentials_too(tmp_path: Path) -> None:
     """`townhall cluster up`: clients and routes between the nodes need passwords; its
     processes log in with the users file and run."""
@@ -270,9 +360,7 @@ async def test_a_local_cluster_takes_credentials_too(tmp_path: Path) -> None:
                 await connect(node.url)
             assert route_refused(node.cluster_port, secrets.token_urlsafe(16))
         # the probe can tell: with the password a route is not refused
-        real = json.loads(Path(plan.nats[0].config_path).read_text())
-        password = real["cluster"]["authorization"]["password"]
-        assert not route_refused(plan.nats[1].cluster_port, password)
+        assert not route_refused(plan.nats[1].cluster_port, route_password(plan.nats[0]))
         users = local.users_file(plan)
         assert users.stat().st_mode & 0o777 == 0o600
         for pid in plan.pids.values():
