@@ -67,10 +67,11 @@ def _merge(a: Iterable[str], b: Iterable[str]) -> tuple[str, ...]:
 
 
 ROLE_PERMISSIONS: dict[str, Permissions] = {
-    # The control plane: owns the topology and the Spaces; never speaks for the stage.
+    # The control plane: owns the topology and the buckets (with all of $JS.API it could
+    # rewrite any of them anyway); never speaks for the stage.
     "api": Permissions(
         publish=("townhall.*.state", "townhall.*.control", subjects.whip("*"),
-                 f"$KV.{subjects.SPACES_BUCKET}.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>"),
+                 "$KV.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>"),
         subscribe=_SUBSCRIBE),
     # The media origin: chunks, levels, its heartbeat, its leases, and WHIP answers (only
     # to requests it received: allow_responses). It never writes a Space.
