@@ -71,7 +71,8 @@ class Renderer:
 
     def _render(self, *, title: str, meta: list[tuple[str, str, str]], main: str,
                 view: str, snapshot: dict[str, Any] | None = None) -> str:
-        config = {"open": self.page.open_mode, "view": view, "static": self.page.static}
+        config = {"open": self.page.open_mode, "view": view, "static": self.page.static,
+                  "public_url": self.page.public_url.rstrip("/")}
         tags = "\n".join(f'<meta {kind}="{escape(key)}" content="{escape(value)}">'
                          for kind, key, value in meta)
         block = "" if snapshot is None else \
