@@ -350,9 +350,9 @@ async function spacePage(id, embed, first) {
     REACTIONS.map((e) => h("button", { type: "button", "aria-label": `React ${e}`, onclick: () => react(e) }, e)));
   const $endnote = h("p", { class: "ended-note", id: "ended", hidden: true }, "This Space has ended.");
   if (embed) {
-    $main.replaceChildren(h("div", { class: "embed-head" }, $title), $hostline, $count, $endnote,
-      h("div", { class: "row" }, $actions), $reacts, $totals,
-      h("p", { class: "meta" }, h("a", { href: `${siteOrigin()}/s/${id}`, target: "_blank", rel: "noopener" }, "Open in townhall ↗")));
+    $main.replaceChildren($title, $hostline,
+      h("div", { class: "embed-line" }, $count, h("a", { href: `${siteOrigin()}/s/${id}`, target: "_blank", rel: "noopener" }, "Open in townhall ↗")),
+      $endnote, $actions, $reacts, $totals);
   } else {
     $main.replaceChildren($title, $hostline, $endnote, $count, h("section", { class: "card" }, h("h2", {}, "Stage"), $stage),
       h("section", { class: "card" }, $actions), $host, h("section", { class: "card" }, $reacts, $totals), shareMenu(id, snap.title));
@@ -571,3 +571,5 @@ async function spacePage(id, embed, first) {
 }
 
 adoptLinkToken().finally(route);
+// A sign-in link opened in a tab already on this page changes only the fragment.
+window.addEventListener("hashchange", () => { if (/(^#|&)token=/.test(location.hash)) adoptLinkToken().finally(route); });
