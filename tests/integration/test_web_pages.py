@@ -40,6 +40,8 @@ def test_share_page_previews_and_embeds_the_snapshot(townhall_shared: Served) ->
     snap = json.loads(block.group(1))
     assert snap["id"] == space and snap["state"] == "live"
     assert not [k for k in snap if k.startswith("_")], "internal keys never leave the api"
+    head = httpx.head(f"{townhall_shared.url}/s/{space}", timeout=10)
+    assert head.status_code == 200 and head.content == b""
 
 
 def test_pages_and_snapshots_are_cacheable(townhall_shared: Served) -> None:

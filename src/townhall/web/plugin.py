@@ -65,7 +65,8 @@ def _html(request: Request, body: str, *, status: int = 200, cache: str = PAGE_C
 
 
 def install(app: FastAPI, ctx: Context) -> None:
-    """Add the web app's routes to the api-role HTTP app."""
+    """Add the web app's routes to the api-role HTTP app (pages answer HEAD too: link
+    preview fetchers ask it)."""
     build = build_hash(STATIC)
     renderer = Renderer(TEMPLATE.read_text(encoding="utf-8"), Page(
         static=f"/static/{build}", open_mode=ctx.settings.open_mode,
@@ -89,15 +90,15 @@ def install(app: FastAPI, ctx: Context) -> None:
             return _html(request, renderer.not_found(view), status=404, cache=NO_STORE)
         return _html(request, renderer.space(snap, embed=embed))
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def home(request: Request) -> Response:
         return _html(request, renderer.home())
 
-    @app.get("/s/{space}", include_in_schema=False)
+    @app.api_route("/s/{space}", methods=["GET", "HEAD"], include_in_schema=False)
     async def space_page(space: str, request: Request) -> Response:
         return await space_or_404(request, space, embed=False)
 
-    @app.get("/embed/{space}", include_in_schema=False)
+    @app.api_route("/embed/{space}", methods=["GET", "HEAD"], include_in_schema=False)
     async def embed_page(space: str, request: Request) -> Response:
         return await space_or_404(request, space, embed=True)
 
