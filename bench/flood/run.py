@@ -49,7 +49,8 @@ from rich.table import Table
 from bench._local import live_space, start_server
 from bench._speakers import chunks_heard, spawn_tone_speaker
 from bench.flood.measure import Ear, Heartbeats
-from townhall.bus import Bus, subjects
+from townhall.bus import Bus, NatsAuth, subjects
+from townhall.bus.credentials import USERS_FILE, admin_auth
 from townhall.procs import stop_process, stop_processes
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -67,6 +68,13 @@ def stage_child(parent: int) -> tuple[int, str]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"--nats" in argv:
                 return int(entry), argv[argv.index(b"--nats") + 1].decode()
     raise RuntimeError("no stage child process")
+
+
+def server_auth(pid: int) -> NatsAuth | None:
+    """The admin credentials `townhall serve` generated for its embedded NATS, if any."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    users = Path(argv[argv.index(b"--data") + 1].decode()) / USERS_FILE
+    return admin_auth(users) if users.exists() else None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -131,7 +139,7 @@ async def run_once(url: str, server: subprocess.Popen[bytes], args: argparse.Nam
     speakers = [spawn_tone_speaker(url, s, tok, hz, 3600, logs / f"speak{hz}.log")
                 for (s, tok), hz in zip(spaces, (440, 660), strict=True)]
     stage, nats = stage_child(server.pid)
-    bus = await Bus.connect([nats], setup=False)
+    bus = await Bus.connect([nats], setup=False, auth=server_auth(server.pid))
 
     def mark() -> Mark:
         return time.monotonic(), cpu_seconds(stage), cpu_seconds(server.pid)

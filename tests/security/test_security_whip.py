@@ -168,7 +168,7 @@ class Watch:
 @pytest.fixture
 async def watch(served: Served) -> AsyncIterator[Watch]:
     _, nats = stage_child(served.proc.pid)
-    bus = await Bus.connect([nats], setup=False)
+    bus = await Bus.connect([nats], setup=False, auth=served.nats_auth())
     w = Watch(bus)
     await bus.subscribe("townhall.stage.whip.>", w.on)
     await bus.flush()

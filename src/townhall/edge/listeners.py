@@ -37,9 +37,10 @@ from townhall.edge.node import (
     CLOSE_FULL,
     EdgeNode,
     Refusal,
-    may_listen,
+    may_listen_as,
+    may_react,
     parse_from,
-    token_identity,
+    verified,
 )
 from townhall.edge.wire import CHUNKED_END, http_chunk, http_head, problem_response, ws_text_frame
 from townhall.problems import BadInput, Forbidden, NotFound, Problem, Unauthorized, Unavailable
@@ -100,6 +101,7 @@ class ListenerConnection(asyncio.Protocol):
         self.paused = False
         self.closing = False
         self.task: asyncio.Task[None] | None = None
+        self.may_react = False          # set when it joins (townhall.grants "react")
         self.closer: asyncio.TimerHandle | None = None
 
     def begin(self) -> None:
@@ -118,8 +120,8 @@ class ListenerConnection(asyncio.Protocol):
         req, edge = self.request, self.edge
         from_seq = parse_from(req.query.get("from")) if self.kind == "ws" else None
         snap = await edge.hub.snapshot(req.space)
-        token = req.query.get("token")
-        refusal = may_listen(snap, req.space, token, edge.issuer)
+        who = verified(req.query.get("token"), edge.issuer)  # once per join: HS256 costs
+        refusal = may_listen_as(snap, req.space, who)
         if refusal is not None:
             self.refuse(refusal)
             return
@@ -127,7 +129,8 @@ class ListenerConnection(asyncio.Protocol):
         if not decision.admitted:
             self.full(decision.retry_after)
             return
-        sub = Subscriber(self.stream_kind(), identity=token_identity(token, edge.issuer))
+        self.may_react = may_react(snap, who)
+        sub = Subscriber(self.stream_kind(), identity=who.id if who is not None else None)
         try:
             joined = await edge.hub.join(req.space, sub, from_seq, snap)
         finally:
@@ -339,7 +342,7 @@ class WsListener(ListenerConnection):
             return
         if not isinstance(body, dict):
             return
-        if body.get("type") == "react" and body.get("emoji") in REACTIONS:
+        if body.get("type") == "react" and body.get("emoji") in REACTIONS and self.may_react:
             feed = self.edge.hub.feeds.get(self.request.space)
             if feed is not None:
                 feed.reactions[str(body["emoji"])] += 1
