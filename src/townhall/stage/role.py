@@ -132,6 +132,7 @@ class Stage:
         self.leases: dict[str, int] = {}
         self._reapers: set[asyncio.Future[None]] = set()
         self._whips: set[asyncio.Future[None]] = set()
+        self._taking: set[str] = set()  # leased, clock not started yet
         self.gate = NegotiationGate()
         self.retired = Tally()  # counters of Spaces this stage no longer runs
 
@@ -195,6 +196,13 @@ class Stage:
     async def _on_whip(self, msg: Message) -> None:
         space = msg.subject.rsplit(".", 1)[1]
         run = self.runs.get(space)
+        if run is None and space in self._taking and msg.reply:
+            # Our lease is already in KV (so the api asked) but the clock is not running
+            # yet: say so now rather than leave the api waiting out its timeout.
+            await self.bus.respond(msg.reply, json.dumps(
+                {"status": 503, "detail": "the stage is taking this Space over; retry",
+                 "slug": "stage-busy", "retry_after": 1}).encode())
+            return
         if run is None or not msg.reply:
             return  # not ours: the owner answers
         try:
@@ -226,7 +234,7 @@ class Stage:
         if req.get("op") == "leave":
             found = run.sessions.get(str(req.get("session")))
             if found is None or found.identity != req.get("identity"):
-                return {"status": 404, "detail": "no such WHIP session"}
+                return {"status": 404, "detail": "no such WHIP session", "slug": "no-session"}
             await self._drop(space, found)
             return {"status": 200}
         identity = str(req.get("identity"))
@@ -285,7 +293,12 @@ class Stage:
             rev = await self.bus.kv_create(subjects.LEASES_BUCKET, space, self.node.encode())
         except CasConflict:
             return False
-        last_msg = await self.bus.last_message(subjects.MEDIA_STREAM, subjects.media(space))
+        self._taking.add(space)
+        try:
+            last_msg = await self.bus.last_message(subjects.MEDIA_STREAM,
+                                                   subjects.media(space))
+        finally:
+            self._taking.discard(space)
         last = Chunk.decode(last_msg.data) if last_msg else None
         self.leases[space] = rev
         run = SpaceRun(self.bus, space, snap, Packager.after(last))
