@@ -156,7 +156,7 @@ async def run_once(url: str, server: subprocess.Popen[bytes], args: argparse.Nam
                 if len(beats.seen) >= 3:
                     break
                 await asyncio.sleep(0.1)
-            for phase in PHASES:
+            for phase in args.phases:
                 answered, m0, m1 = await flood(phase, url, attacker, spaces[0][0], ears,
                                                args, mark)
                 t0, t1 = m0[0], m1[0]
@@ -183,7 +183,7 @@ async def run_once(url: str, server: subprocess.Popen[bytes], args: argparse.Nam
 def median_rows(runs: list[list[dict[str, Any]]]) -> list[list[str]]:
     """One README row per phase: medians over the runs."""
     out = []
-    for i, phase in enumerate(PHASES):
+    for i, phase in enumerate(r["phase"] for r in runs[0]):
         got = [run[i] for run in runs]
 
         def med(key: str, got: list[dict[str, Any]] = got) -> float:
@@ -212,7 +212,12 @@ def main(argv: list[str]) -> dict[str, Any]:
                     help="WHIP offers a second (issue 13's attacker: about 30)")
     ap.add_argument("--slow-sockets", type=int, default=200)
     ap.add_argument("--src", default="", help="run the server from this source tree")
+    ap.add_argument("--phases", default=",".join(PHASES),
+                    help=f"which floods, in order (default: {','.join(PHASES)})")
     args = ap.parse_args(argv)
+    args.phases = [p for p in args.phases.split(",") if p]
+    if not set(args.phases) <= set(PHASES):
+        ap.error(f"--phases: choose from {', '.join(PHASES)}")
     console = Console()
     logs = Path(tempfile.mkdtemp(prefix="townhall-bench-flood-"))
     env = {"PYTHONPATH": str(Path(args.src).resolve())} if args.src else None
@@ -220,7 +225,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     runs: list[list[dict[str, Any]]] = []
     try:
         with Progress(console=console) as progress:
-            task = progress.add_task("floods", total=args.runs * len(PHASES))
+            task = progress.add_task("floods", total=args.runs * len(args.phases))
             for _ in range(args.runs):
                 runs.append(asyncio.run(run_once(url, server, args, progress, task, logs)))
                 for row in runs[-1]:
