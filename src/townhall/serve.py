@@ -22,6 +22,7 @@ from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.bus import Bus
 from townhall.bus.embedded import EmbeddedNats, die_with_parent
 from townhall.context import Context
+from townhall.edge.guard import idle_timeout_from_env
 from townhall.edge.handoff import http_protocol
 from townhall.observability import setup_logging
 from townhall.procs import stop_processes
@@ -69,6 +70,8 @@ async def _serve_http(settings: Settings, background: list[str]) -> None:
                             http=http_protocol(getattr(app.state, "edge", None)),
                             ws="websockets", log_config=None,
                             access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+                            # a kept-alive connection waiting for its next request
+                            timeout_keep_alive=idle_timeout_from_env(),
                             ws_max_size=64 * 1024,
                             # Chunks are Opus (incompressible) and direct writes bypass the
                             # codec anyway; a zlib context per socket only costs memory and CPU.
