@@ -57,17 +57,19 @@ def address(served: Served) -> tuple[str, int]:
     return host, int(port)
 
 
-def ogg_socket(served: Served, space: str, source: str = "127.0.0.1",
+def ogg_socket(served: Served, space: str, forwarded_for: str,
                rcvbuf: int | None = None) -> socket.socket:
-    """A raw Ogg listener request from ``source`` (any 127.0.0.0/8 address is local)."""
+    """A raw Ogg listener request for a client at ``forwarded_for``, as a reverse proxy on
+    this machine would send it (loopback clients themselves are not counted per address:
+    a same-host proxy not configured as trusted would otherwise be one address)."""
     host, port = address(served)
     s = socket.socket()
     if rcvbuf is not None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.bind((source, 0))
     s.settimeout(20)
     s.connect((host, port))
-    s.sendall(f"GET /listen/{space}.opus HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    s.sendall(f"GET /listen/{space}.opus HTTP/1.1\r\nHost: {host}\r\n"
+              f"X-Forwarded-For: {forwarded_for}\r\n\r\n".encode())
     return s
 
 
@@ -257,15 +259,19 @@ async def test_one_address_cannot_fill_the_edge_and_its_never_reading_sockets_ar
         tmp_path_factory: pytest.TempPathFactory, nats_url: str, bus: Bus) -> None:
     """50 Ogg sockets that never read, from one address, once filled a capacity-50 edge
     and kept everyone else out. Now that address holds at most 12 (a quarter), others get
-    in, and its sockets that never read are closed once their backlog overflows."""
+    in, and its sockets that never read are closed once their backlog overflows.
+
+    The clients come through a reverse proxy trusted from 127.0.0.1 (uvicorn's
+    ``FORWARDED_ALLOW_IPS``): the address counted is the forwarded one."""
     served = start_townhall(tmp_path_factory.mktemp("per-address"), "--nats", nats_url,
-                            "--roles", "api,edge", env={"TOWNHALL_EDGE_CAPACITY": "50"})
+                            "--roles", "api,edge", env={"TOWNHALL_EDGE_CAPACITY": "50",
+                                                        "FORWARDED_ALLOW_IPS": "127.0.0.1"})
     socks: list[socket.socket] = []
     try:
         space, _ = live_space(served, "one address")
         heads = []
         for _ in range(50):
-            socks.append(ogg_socket(served, space, rcvbuf=4096))
+            socks.append(ogg_socket(served, space, "203.0.113.7", rcvbuf=4096))
             heads.append(response_head(socks[-1]).lower())
         streaming = [s for s, h in zip(socks, heads, strict=True)
                      if h.startswith(b"http/1.1 200")]
@@ -273,7 +279,7 @@ async def test_one_address_cannot_fill_the_edge_and_its_never_reading_sockets_ar
         assert len(streaming) == 12 and len(refused) == 38
         assert all(b"retry-after: " in h for h in refused)
         # Someone else (another address) still gets in.
-        other = ogg_socket(served, space, source="127.0.0.2")
+        other = ogg_socket(served, space, "203.0.113.8")
         assert response_head(other).startswith(b"HTTP/1.1 200")
         other.close()
         # The 12 never read: once their buffers and backlogs are full they are closed,
@@ -291,7 +297,7 @@ async def test_one_address_cannot_fill_the_edge_and_its_never_reading_sockets_ar
         again: socket.socket | None = None
         async with asyncio.timeout(30):
             while again is None:
-                s = ogg_socket(served, space)
+                s = ogg_socket(served, space, "203.0.113.7")
                 if response_head(s).startswith(b"HTTP/1.1 200"):
                     again = s
                 else:

@@ -31,6 +31,16 @@ from townhall.edge.node import CLOSE_TOO_MANY, EdgeNode
 from townhall.media.chunk import Chunk
 
 
+PEER = "198.51.100.1"
+
+
+def test_loopback_clients_are_not_counted_per_address() -> None:
+    assert not guard.counted("127.0.0.1") and not guard.counted("127.0.0.2")
+    assert not guard.counted("::1")
+    assert guard.counted("198.51.100.1") and guard.counted("2001:db8::1")
+    assert guard.counted("not-an-address")
+
+
 def test_per_address_counts_each_address_and_forgets_it_at_zero() -> None:
     cap = PerAddress(2)
     assert cap.take("10.0.0.1") and cap.take("10.0.0.1")
@@ -138,6 +148,10 @@ class EofTransport(Transport):
     def pause_reading(self) -> None:
         pass
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        # a client from elsewhere (loopback clients are not counted per address)
+        return {"sockname": ("192.0.2.1", 8080), "peername": (PEER, 5555)}.get(name, default)
+
     def resume_reading(self) -> None:
         pass
 
@@ -202,7 +216,7 @@ async def test_listener_connections_past_the_per_address_cap_get_4429_and_429() 
     proto, transport = connect_listener(node)
     proto.data_received(upgrade(f"/ws/{SPACE}"))
     await settle()
-    assert node.per_address.held("127.0.0.1") == 1
+    assert node.per_address.held(PEER) == 1
     proto, second = connect_listener(node)
     proto.data_received(upgrade(f"/ws/{SPACE}"))
     await settle()
@@ -218,7 +232,7 @@ async def test_listener_connections_past_the_per_address_cap_get_4429_and_429() 
     assert b"/problems/too-many-listeners" in ogg.written
     transport.close()   # the first one leaves: its address may join again
     await settle()
-    assert node.per_address.held("127.0.0.1") == 0
+    assert node.per_address.held(PEER) == 0
     proto, again = connect_listener(node)
     proto.data_received(f"GET /listen/{SPACE}.opus HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     await settle()

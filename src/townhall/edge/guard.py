@@ -11,6 +11,8 @@ The limits come from the environment (documented in docs/operations.md); the she
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import os
 from enum import Enum
 
@@ -80,6 +82,17 @@ def replay_rate_from_env() -> tuple[float, float]:
     (default 2) and TOWNHALL_EDGE_REPLAY_BURST (default 20)."""
     return (_env_number("TOWNHALL_EDGE_REPLAY_RATE", DEFAULT_REPLAY_RATE, 0.01),
             _env_number("TOWNHALL_EDGE_REPLAY_BURST", DEFAULT_REPLAY_BURST, 1))
+
+
+@functools.lru_cache(maxsize=4096)
+def counted(address: str) -> bool:
+    """Whether listener connections from ``address`` count against the per-address cap:
+    not from loopback (this machine: a load test, a reverse proxy not configured as
+    trusted), as for the api's guest sessions; an unparsable address does count."""
+    try:
+        return not ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return True
 
 
 class PerAddress:

@@ -32,6 +32,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from townhall.edge.admission import TokenBucket
+from townhall.edge.guard import counted
 from townhall.edge.hub import Joined, Subscriber
 from townhall.edge.node import (
     CLOSE_FULL,
@@ -123,7 +124,7 @@ class ListenerConnection(asyncio.Protocol):
         if not self.opened():
             return
         address = self.request.client
-        if address is not None:
+        if address is not None and counted(address):
             # Counted for the whole connection, handshake included: sockets that never
             # read cannot fill the edge from one address.
             if not self.edge.hold(address):
