@@ -30,7 +30,6 @@ from townhall.edge.listeners import CLIENT_BURST, MAX_OWED, WsListener
 from townhall.edge.node import CLOSE_TOO_MANY, EdgeNode
 from townhall.media.chunk import Chunk
 
-
 PEER = "198.51.100.1"
 
 

@@ -187,10 +187,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        queued = bool(self.pipeline)  # a pipelined request waits: its body comes next
         super().on_response_complete()
         if self.lingering is not None:
             self._unset_keepalive_if_required()  # super() armed it; the linger bounds us
-        elif not self.request_done:
+        elif not self.request_done and not queued:
             # answered before its body was read: do not keep reading an unbounded body
             self.linger()
 
