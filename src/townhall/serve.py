@@ -107,7 +107,20 @@ def _child_argv(settings: Settings, roles: list[str]) -> list[str]:
             "--log-level", settings.log_level, "--replicas", str(settings.replicas)]
     if settings.public_url:
         argv += ["--public-url", settings.public_url]
+    argv += ice_argv(settings)
     return argv
+
+
+def ice_argv(settings: Settings) -> list[str]:
+    """The ICE settings as flags (the stage child binds ports and announces addresses)."""
+    argv = [f"--stun-url={u}" for u in settings.stun_urls]
+    argv += [f"--turn-url={u}" for u in settings.turn_urls]
+    for flag, value in (("--turn-secret-file", settings.turn_secret_file),
+                        ("--public-ip", settings.public_ip),
+                        ("--rtc-ports", settings.rtc_ports)):
+        if value:
+            argv.append(f"{flag}={value}")
+    return [*argv, f"--turn-ttl={settings.turn_ttl}"]
 
 
 def run(settings: Settings) -> int:

@@ -8,12 +8,14 @@ lease; that stage answers with the SDP answer and a session id.
 from __future__ import annotations
 
 import json
+import time
 
 from fastapi import FastAPI, Request, Response
 
 from townhall.api.schemas import problems
 from townhall.bus import subjects
 from townhall.context import Context
+from townhall.ice import link_headers
 from townhall.problems import (
     BadInput,
     Conflict,
@@ -60,6 +62,7 @@ def check_offer(body: bytes) -> str:
 def install(app: FastAPI, ctx: Context) -> None:
     """Mount POST /whip/{space} and DELETE /whip/{space}/{session}."""
     store = SpaceStore(ctx.bus)
+    ice = ctx.settings.ice()
 
     async def ask_stage(space: str, payload: dict[str, object]) -> dict[str, object]:
         leaving = payload.get("op") == "leave"
@@ -78,7 +81,8 @@ def install(app: FastAPI, ctx: Context) -> None:
         return reply
 
     @app.post("/whip/{space}", status_code=201, tags=["whip"], response_class=Response,
-              responses={201: {"description": "the SDP answer; Location names the session",
+              responses={201: {"description": "the SDP answer; Location names the session, "
+                                              "Link headers the ICE servers",
                                "content": {"application/sdp": {}}},
                          **problems(400, 401, 403, 404, 409, 413, 422, 503, why=WHIP_WHY)})
     async def whip_publish(space: str, request: Request) -> Response:
@@ -101,8 +105,11 @@ def install(app: FastAPI, ctx: Context) -> None:
                               retry_after=1, slug="no-stage")
         reply = await ask_stage(space, {"identity": ident.id, "name": ident.name, "sdp": sdp})
         location = f"/whip/{space}/{reply['session']}"
-        return Response(str(reply["sdp"]), status_code=201, media_type="application/sdp",
-                        headers={"Location": location})
+        response = Response(str(reply["sdp"]), status_code=201, media_type="application/sdp",
+                            headers={"Location": location})
+        for link in link_headers(ice.servers(ident.id, time.time())):  # RFC 9725 §4.6
+            response.headers.append("Link", link)
+        return response
 
     @app.delete("/whip/{space}/{session}", tags=["whip"], response_class=Response,
                 responses=problems(401, 403, 404, why=WHIP_WHY))

@@ -1,0 +1,42 @@
+"""``GET /api/v1/ice``: the STUN/TURN servers a speaker's peer connection should use, with
+TURN credentials minted for the caller and valid until ``expires``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, Field
+
+from townhall.api.schemas import problems
+from townhall.context import Context
+
+
+class IceServer(BaseModel):
+    """One RTCIceServer, in the browser's own shape."""
+
+    urls: list[str]
+    username: str | None = Field(None, description="TURN only: <expiry unix s>:<identity>")
+    credential: str | None = Field(None, description="TURN only: base64 HMAC-SHA1")
+
+
+class IceServers(BaseModel):
+    """What ``new RTCPeerConnection({iceServers})`` takes; empty when none is configured."""
+
+    iceServers: list[IceServer]  # the WebRTC dictionary's own name
+    expires: int = Field(description="unix seconds: fetch again before this")
+
+
+def install(app: FastAPI, ctx: Context) -> None:
+    """Mount GET /api/v1/ice."""
+    ice = ctx.settings.ice()
+
+    @app.get("/api/v1/ice", tags=["whip"], response_model=IceServers,
+             response_model_exclude_none=True,
+             responses=problems(401))
+    async def ice_servers(request: Request) -> dict[str, Any]:
+        """ICE servers for publishing (WHIP); TURN credentials are minted per call."""
+        ident = ctx.issuer.from_header(request.headers.get("authorization"))
+        now = time.time()
+        return {"iceServers": ice.servers(ident.id, now), "expires": ice.expires(now)}
