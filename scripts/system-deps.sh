@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the end-to-end tests use: ffmpeg (a real player) and chromium (a real
-# browser), an emoji font for the browser's screenshots, and nftables for the network-namespace
-# tests, coturn for the TURN tests. Installed through apt-get when run as root and missing; otherwise explained.
+# browser), an emoji font for the browser's screenshots, nftables for the network-namespace
+# tests and coturn for the TURN tests. Installed through apt-get when run as root and
+# missing; otherwise explained.
 set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)

@@ -114,7 +114,7 @@ def test_turn_needs_a_secret_and_a_secret_needs_turn(tmp_path: Path) -> None:
         config(tmp_path, turn_urls=["turn:t.example.org"])
     with pytest.raises(IceSettingError, match="--turn-secret-file"):
         config(tmp_path, turn_secret_file=secret_file(tmp_path))
-    with pytest.raises(IceSettingError, match="--turn-secret-file.*cannot read"):
+    with pytest.raises(IceSettingError, match=r"--turn-secret-file.*cannot read"):
         config(tmp_path, turn_urls=["turn:t.example.org"],
                turn_secret_file=str(tmp_path / "missing"))
     with pytest.raises(IceSettingError, match="empty"):
