@@ -96,6 +96,18 @@ async def test_whip_answer_carries_the_servers_as_links(served: Served, turn: Co
     assert " typ relay" in r.text
 
 
+def test_whip_patch_says_to_send_a_complete_offer(served: Served) -> None:
+    r = httpx.patch(f"{served.url}/whip/abcdefghij/0123456789abcdef", timeout=10,
+                    content="a=candidate:1 1 udp 1 192.0.2.1 9 typ host",
+                    headers={"Content-Type": "application/trickle-ice-sdpfrag"})
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE"
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["type"] == "/problems/whip-patch-unsupported"
+    assert "complete offer" in r.json()["detail"]
+    spec = httpx.get(f"{served.url}/openapi.json", timeout=10).json()
+    assert "405" in spec["paths"]["/whip/{space}/{session}"]["patch"]["responses"]
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_relay_only_speaker_is_heard_through_turn(
         turn: Coturn, tmp_path: Path, transport: str) -> None:

@@ -20,6 +20,7 @@ from townhall.problems import (
     BadInput,
     Conflict,
     Forbidden,
+    NotAllowed,
     NotFound,
     Problem,
     Unavailable,
@@ -37,6 +38,7 @@ WHIP_WHY = {
     400: "the body is not an SDP offer",
     403: "not on this Space's stage, blocked, or a token for another Space",
     404: "no such Space, or no such WHIP session",
+    405: "PATCH: no trickle ICE or ICE restart; POST a complete offer again",
     409: "the Space is not live",
     422: "the offer has no audio, or no Opus",
     503: "no stage holds the Space right now (e.g. during a stage failover); see "
@@ -118,3 +120,13 @@ def install(app: FastAPI, ctx: Context) -> None:
         ident = ctx.issuer.from_header(request.headers.get("authorization"))
         await ask_stage(space, {"op": "leave", "identity": ident.id, "session": session})
         return Response(status_code=200)
+
+    @app.patch("/whip/{space}/{session}", tags=["whip"], response_class=Response,
+               responses=problems(405, why=WHIP_WHY))
+    async def whip_patch(space: str, session: str) -> Response:
+        """Trickle ICE and ICE restarts (RFC 9725 §4.3): not supported, always 405."""
+        # The stage answers with every candidate gathered (non-trickle); a client whose
+        # path broke gets a new one, through TURN if need be, from a complete new offer.
+        raise NotAllowed("this server does not take trickle ICE or ICE restarts: send a "
+                         "complete offer (all candidates) in a new POST /whip/<space>",
+                         allow="DELETE", slug="whip-patch-unsupported")
