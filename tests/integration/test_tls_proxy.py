@@ -1,0 +1,196 @@
+"""townhall behind nginx with TLS, using docs/deploy/nginx.conf as documented (names, paths
+and ports swapped): the web app, the API, WHIP from `townhall speak`, a WebSocket listener
+and the endless Ogg stream all through the proxy, under a CA made for the test; and the
+client's own address, not the proxy's, is what guest sessions are limited by."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.conftest import Served, start_townhall
+from tests.integration.test_stage import live_space_with
+from tests.tone import hear_tone
+from tests.turn import host_ipv4
+from townhall.bus.embedded import free_port
+from townhall.procs import stop_process
+
+pytestmark = [pytest.mark.timeout(180),
+              pytest.mark.skipif(shutil.which("nginx") is None and
+                                 not Path("/usr/sbin/nginx").exists(),
+                                 reason="no nginx (`make test` installs it as root)")]
+
+ROOT = Path(__file__).resolve().parents[2]
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def make_ca(where: Path, names: list[str], ips: list[str]) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate it signed; (ca.pem, server.pem, server.key)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "townhall test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                       crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False,
+                                       decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(i))
+                                              for i in ips]
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = where / "ca.pem", where / "server.pem", where / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def trusting(ca: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca))
+
+
+def nginx_conf(where: Path, port: int, upstream: str, cert: Path, key: Path) -> Path:
+    """docs/deploy/nginx.conf with this test's port, upstream and files, in a main config."""
+    site = (ROOT / "docs" / "deploy" / "nginx.conf").read_text()
+    for old, new in (("listen 443 ssl;", f"listen {port} ssl;"),
+                     ("127.0.0.1:8080", upstream),
+                     ("/etc/ssl/live.example.org.pem", str(cert)),
+                     ("/etc/ssl/live.example.org.key", str(key))):
+        assert old in site, old
+        site = site.replace(old, new)
+    temp = "\n".join(f"    {kind}_temp_path {where / kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = where / "nginx.conf"
+    conf.write_text(f"{user}daemon off;\npid {where / 'nginx.pid'};\n"
+                    f"error_log {where / 'error.log'} info;\n"
+                    "events { worker_connections 256; }\n"
+                    f"http {{\n    access_log {where / 'access.log'};\n{temp}\n{site}\n}}\n")
+    return conf
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, str, Path]]:
+    """townhall on loopback, nginx with TLS in front; (served, https URL, ca.pem)."""
+    where = tmp_path_factory.mktemp("tls")
+    served = start_townhall(where / "data")
+    ca, cert, key = make_ca(where, ["localhost"], ["127.0.0.1", host_ipv4()])
+    port = free_port()
+    conf = nginx_conf(where, port, served.url.removeprefix("http://"), cert, key)
+    proc = subprocess.Popen([NGINX, "-p", str(where), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=(where / "nginx.out").open("wb"))
+    url = f"https://127.0.0.1:{port}"
+    try:
+        for _ in range(100):  # 10 s at most
+            if proc.poll() is not None:
+                raise RuntimeError((where / "nginx.out").read_text())
+            try:
+                if httpx.get(url + "/healthz", verify=trusting(ca), timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise TimeoutError("nginx not proxying within 10 s")
+        yield served, url, ca
+    finally:
+        stop_process(proc, 5)
+        served.stop()
+
+
+def test_web_app_and_api_through_tls(proxied: tuple[Served, str, Path]) -> None:
+    _, url, ca = proxied
+    with pytest.raises(httpx.ConnectError):  # not trusted without the test CA
+        httpx.get(url + "/", timeout=5)
+    page = httpx.get(url + "/", verify=trusting(ca), timeout=10)
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    guest = httpx.post(url + "/api/v1/sessions", json={"name": "Ada"}, verify=trusting(ca),
+                       timeout=10)
+    assert guest.status_code == 201
+    ice = httpx.get(url + "/api/v1/ice", verify=trusting(ca), timeout=10,
+                    headers={"Authorization": f"Bearer {guest.json()['token']}"})
+    assert ice.status_code == 200 and ice.json()["iceServers"] == []
+
+
+async def test_whip_websocket_and_ogg_through_tls(proxied: tuple[Served, str, Path],
+                                                  tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    served, url, ca = proxied
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # for this process's WebSocket client
+    space, people = live_space_with(served, "Host")
+    speaker = start_speaker(url, space, people[0][0], ca, tmp_path / "speak.log")
+    try:
+        assert await hear_tone(url, space, 440, within_s=30), \
+            (tmp_path / "speak.log").read_text()
+        pages = ogg_pages(url, space, ca)
+        assert pages >= 5  # the endless stream flows page by page through the proxy
+    finally:
+        stop_process(speaker, 10)
+
+
+def start_speaker(url: str, space: str, token: str, ca: Path,
+                  log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "townhall", "speak", "--url", url, "--space", space,
+         "--token", token, "--tone", "440", "--seconds", "60"],
+        env={**os.environ, "SSL_CERT_FILE": str(ca)}, stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"))
+
+
+def ogg_pages(url: str, space: str, ca: Path, want: int = 5) -> int:
+    """Ogg pages read from /listen/<id>.opus through the proxy (stops at ``want``)."""
+    seen = b""
+    with httpx.stream("GET", f"{url}/listen/{space}.opus", verify=trusting(ca),
+                      timeout=10) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "audio/ogg"
+        for data in r.iter_bytes():
+            seen += data
+            if seen.count(b"OggS") >= want:
+                break
+    return seen.count(b"OggS")
+
+
+def test_the_client_address_is_forwarded(proxied: tuple[Served, str, Path]) -> None:
+    _, url, ca = proxied
+    port = url.rsplit(":", 1)[1]
+    outside = host_ipv4()  # a non-loopback client: its guest sessions are limited
+    transport = httpx.HTTPTransport(local_address=outside, verify=trusting(ca))
+    with httpx.Client(transport=transport, verify=trusting(ca), timeout=10) as client:
+        statuses = [client.post(f"https://{outside}:{port}/api/v1/sessions",
+                                json={"name": "Many"}).status_code for _ in range(45)]
+    assert 429 in statuses and statuses[0] == 201
+    # The proxy itself is on loopback: had it not passed the address on, nobody would be
+    # limited. This machine's own requests still get in.
+    assert httpx.post(url + "/api/v1/sessions", json={"name": "Me"}, verify=trusting(ca),
+                      timeout=10).status_code == 201
