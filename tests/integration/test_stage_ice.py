@@ -139,3 +139,19 @@ async def test_public_ip_is_announced_in_the_answer() -> None:
         await speaker.close()
     v4 = [host for host, _ in host_candidates(answer) if ":" not in host]
     assert v4 and set(v4) == {"203.0.113.9"}, answer
+
+
+async def test_an_encoders_video_is_declined_and_its_audio_taken() -> None:
+    encoder = RTCPeerConnection(rtc_configuration([]))  # as OBS offers: audio and video
+    encoder.addTransceiver("audio", direction="sendonly")
+    encoder.addTransceiver("video", direction="sendonly")
+    session = SpeakerSession("obs", "OBS")
+    try:
+        await encoder.setLocalDescription(await encoder.createOffer())
+        answer = await session.answer(encoder.localDescription.sdp)
+    finally:
+        await session.close()
+        await encoder.close()
+    audio, video = answer.split("m=video")
+    assert "m=audio" in audio and "a=recvonly" in audio
+    assert "a=inactive" in video and "a=recvonly" not in video

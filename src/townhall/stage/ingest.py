@@ -132,6 +132,9 @@ class SpeakerSession:
         if self.ice.rtc_ports is not None:
             bind_in_range(self.pc, self.ice.rtc_ports)
         for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                # An encoder's video (OBS offers it): declined, never received or decoded.
+                transceiver.direction = "inactive"
             if transceiver.kind == "audio":
                 transceiver.sender.replaceTrack(self.returns)
                 transceiver.direction = "sendrecv"
