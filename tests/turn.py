@@ -2,7 +2,7 @@
 secret, on free ports, started with a bounded wait and always stopped.
 
     with Coturn(ip) as turn:               # listens on ip:turn.port (UDP and TCP)
-        turn.urls()                        # turn:ip:port?transport=udp / ...tcp
+        turn.urls("udp", "tcp")            # turn:ip:port?transport=udp / ...tcp
         turn.secret_file                   # for townhall serve --turn-secret-file
 
 ``popen`` runs it somewhere else (a netlab host's ``popen``) when given.
@@ -65,7 +65,7 @@ class Coturn:
 
     def __init__(self, ip: str, *, popen: Callable[..., subprocess.Popen[bytes]] | None = None,
                  probe: Callable[[str, int], bool] | None = None,
-                 workdir: Path | None = None) -> None:
+                 workdir: Path | None = None, tls: tuple[Path, Path] | None = None) -> None:
         self.ip = ip
         self.port = random.randrange(20_000, 30_000)
         self.relay_low = random.randrange(31_000, 39_000)
@@ -76,19 +76,26 @@ class Coturn:
         self._popen = popen or subprocess.Popen
         self._probe = probe or stun_answers
         self.proc: subprocess.Popen[bytes] | None = None
+        self.tls = tls  # (certificate, key): turns: on tls_port too
+        self.tls_port = self.port + 1
 
     def argv(self) -> list[str]:
         return ["turnserver", "-n", "--listening-ip", self.ip,
                 "--listening-port", str(self.port),
                 "--min-port", str(self.relay_low), "--max-port", str(self.relay_low + 200),
                 "--use-auth-secret", f"--static-auth-secret={self.secret}",
-                "--realm", "townhall.test", "--no-cli", "--no-tls", "--no-dtls",
+                "--realm", "townhall.test", "--no-cli", "--no-dtls",
                 "--fingerprint", "--simple-log", "--log-file", "stdout",
                 "--pidfile", str(self.dir / "turnserver.pid"),
-                "--userdb", str(self.dir / "turndb"), "--verbose"]
+                "--userdb", str(self.dir / "turndb"), "--verbose",
+                *(["--cert", str(self.tls[0]), "--pkey", str(self.tls[1]),
+                   "--tls-listening-port", str(self.tls_port)] if self.tls else ["--no-tls"])]
 
     def urls(self, *transports: str) -> list[str]:
-        return [f"turn:{self.ip}:{self.port}?transport={t}" for t in transports or ("udp",)]
+        """TURN URLs for ``transports``: udp, tcp, or tls (turns:, when started with tls)."""
+        return [f"turns:{self.ip}:{self.tls_port}?transport=tcp" if t == "tls"
+                else f"turn:{self.ip}:{self.port}?transport={t}"
+                for t in transports or ("udp",)]
 
     def start(self) -> Coturn:
         self.secret_file.write_text(self.secret + "\n")

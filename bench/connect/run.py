@@ -1,12 +1,13 @@
 """Connect time: from a speaker's WHIP POST to the first audio a listener hears, over the
-three paths a speaker can take — direct (host candidates, loopback), relayed through TURN
-over UDP, relayed through TURN over TCP — measured in the same run, interleaved.
+paths a speaker can take — direct (host candidates, loopback), relayed through TURN over
+UDP, over TCP and over TLS (turns:) — measured in the same run, interleaved.
 
-One `townhall serve` with a local coturn (``use-auth-secret``, tests/turn.py) configured
-for both TURN transports; a WebSocket listener on the Space throughout. For each attempt
-a fresh aiortc speaker (`townhall speak`'s source track, a 440 Hz tone) gathers its
-candidates (timed: "gather"), POSTs the offer (t0), and the clock stops at the first chunk
-the listener gets whose decoded audio is loud. Relay paths are forced with
+One `townhall serve` with a local coturn (``use-auth-secret``, tests/turn.py; TLS with a
+certificate from a CA made for the run) configured for every TURN transport; a WebSocket
+listener on the Space throughout. For each attempt a fresh aiortc speaker (`townhall
+speak`'s source track, a 440 Hz tone) gathers its candidates (timed: "gather"), POSTs the
+offer (t0), and the clock stops at the first chunk the listener gets whose decoded audio
+is loud. Relay paths are forced with
 ``iceTransportPolicy=relay`` and only that TURN URL, as `townhall speak --relay-only` does.
 
     .venv/bin/python -m bench connect          (writes its table into bench/README.md)
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))  # tests.turn: the same coturn the tests start
 
 from bench._local import live_space, start_server, stop  # noqa: E402
 from bench._speakers import chunks_heard  # noqa: E402
+from tests.tlsca import make_ca  # noqa: E402
 from tests.turn import Coturn, host_ipv4, turn_flags  # noqa: E402
 from townhall.cli.speak import SourceTrack, fetch_ice, tone  # noqa: E402
 from townhall.client import whip  # noqa: E402
@@ -43,7 +45,8 @@ from townhall.media.opus import OpusDecoder  # noqa: E402
 from townhall.stage.rtc import rtc_configuration  # noqa: E402
 
 LOUD = 0.3 * 32767 * 0.25  # a quarter of the tone's amplitude
-PATHS = ("direct", "TURN/UDP", "TURN/TCP")
+PATHS = ("direct", "TURN/UDP", "TURN/TCP", "TURN/TLS")
+SUFFIX = {"TURN/UDP": "?transport=udp", "TURN/TCP": "?transport=tcp"}
 
 
 class Ear:
@@ -67,8 +70,11 @@ class Ear:
 def servers_for(path: str, servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if path == "direct":
         return []
-    transport = "udp" if path == "TURN/UDP" else "tcp"
-    return [s | {"urls": [u for u in s["urls"] if u.endswith(f"transport={transport}")]}
+    def wanted(u: str) -> bool:
+        return u.startswith("turns:") if path == "TURN/TLS" else (
+            u.startswith("turn:") and u.endswith(SUFFIX[path]))
+
+    return [s | {"urls": [u for u in s["urls"] if wanted(u)]}
             for s in servers if "username" in s]
 
 
@@ -114,7 +120,8 @@ async def measure(url: str, space: str, token: str, runs: int,
     found: dict[str, list[tuple[float, float]]] = {p: [] for p in PATHS}
     async with chunks_heard(url, space, ear.add):
         for run in range(runs):
-            for path in PATHS[run % 3:] + PATHS[:run % 3]:  # rotate the order
+            turn = run % len(PATHS)
+            for path in PATHS[turn:] + PATHS[:turn]:  # rotate the order
                 await quiet(ear)
                 gathered, heard = await attempt(url, space, token, path, ear)
                 found[path].append((gathered, heard))
@@ -129,8 +136,11 @@ def main(argv: list[str]) -> dict[str, Any]:
     args = ap.parse_args(argv)
     console = Console()
     load = os.getloadavg()[0]
-    with Coturn(host_ipv4(), workdir=Path(tempfile.mkdtemp(prefix="th-bench-turn-"))) as turn:
-        url, proc = start_server(extra=turn_flags(turn))
+    where = Path(tempfile.mkdtemp(prefix="th-bench-turn-"))
+    ca, cert, key = make_ca(where, ["localhost"], [host_ipv4()])
+    os.environ["SSL_CERT_FILE"] = str(ca)  # turns: for this process's speakers and the stage
+    with Coturn(host_ipv4(), workdir=where, tls=(cert, key)) as turn:
+        url, proc = start_server(extra=turn_flags(turn, ("udp", "tcp", "tls")))
         space, token = live_space(url, "connect bench")
         try:
             found = asyncio.run(measure(url, space, token, args.runs, console))
@@ -159,8 +169,9 @@ def main(argv: list[str]) -> dict[str, Any]:
             "stage's jitter buffer and 100 ms chunking + the edge, until the listener's "
             "first loud chunk. Gather = the speaker's candidate gathering before the POST "
             "(the TURN allocation on relay paths). Loopback/LAN only: a real TURN server "
-            "an RTT away adds about two RTTs to gathering and one or two to the checks. "
-            "TLS (turns:) not measured."),
+            "an RTT away adds about two RTTs to gathering and one or two to the checks "
+            "(and TLS one or two more), which this loopback run cannot show: here the "
+            "paths differ by less than the spread between attempts."),
     }
 
 

@@ -5,6 +5,7 @@ and `townhall speak` failing ICE in one bounded line when no path exists."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from aiortc import RTCPeerConnection
 
 from tests.conftest import Served, start_townhall
 from tests.integration.test_stage import live_space_with
+from tests.tlsca import make_ca
 from tests.tone import hear_tone
 from tests.turn import Coturn, host_ipv4, turn_flags, why_unavailable
 from townhall.cli.speak import ICE_FAILED, ReturnRecorder, publish_once, tone
@@ -31,8 +33,16 @@ pytestmark = [pytest.mark.timeout(180),
 
 
 @pytest.fixture(scope="module")
-def turn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
-    with Coturn(host_ipv4(), workdir=tmp_path_factory.mktemp("coturn")) as server:
+def ca_and_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A test CA, and a certificate it signed for this machine's address (for turns:)."""
+    return make_ca(tmp_path_factory.mktemp("ca"), ["localhost"], [host_ipv4()])
+
+
+@pytest.fixture(scope="module")
+def turn(tmp_path_factory: pytest.TempPathFactory,
+         ca_and_cert: tuple[Path, Path, Path]) -> Iterator[Coturn]:
+    with Coturn(host_ipv4(), workdir=tmp_path_factory.mktemp("coturn"),
+                tls=ca_and_cert[1:]) as server:
         yield server
 
 
@@ -49,8 +59,10 @@ def speak_cmd(served: Served, space: str, token: str, *extra: str) -> list[str]:
             "--token", token, "--tone", "440", *extra]
 
 
-def start_speaking(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+def start_speaking(argv: list[str], log: Path,
+                   env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+                            env={**os.environ, **(env or {})})
 
 
 def test_ice_servers_are_minted_per_caller(served: Served, turn: Coturn) -> None:
@@ -108,17 +120,20 @@ def test_whip_patch_says_to_send_a_complete_offer(served: Served) -> None:
     assert "405" in spec["paths"]["/whip/{space}/{session}"]["patch"]["responses"]
 
 
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 async def test_relay_only_speaker_is_heard_through_turn(
-        turn: Coturn, tmp_path: Path, transport: str) -> None:
-    # Only this transport's TURN URL: aiortc uses the first TURN URL it is given.
-    s = start_townhall(tmp_path / "data", *turn_flags(turn, (transport,)))
+        turn: Coturn, tmp_path: Path, transport: str,
+        ca_and_cert: tuple[Path, Path, Path]) -> None:
+    # Only this transport's TURN URL: aiortc uses the first TURN URL it is given. The
+    # stage (gathering a relay candidate too) and the speaker trust the test CA (turns:).
+    trust = {"SSL_CERT_FILE": str(ca_and_cert[0])}
+    s = start_townhall(tmp_path / "data", *turn_flags(turn, (transport,)), env=trust)
     try:
         space, people = live_space_with(s, "Host")
         token, identity = people[0]
         before = turn.allocations_for(identity)
         proc = start_speaking(speak_cmd(s, space, token, "--relay-only", "--seconds", "40"),
-                              tmp_path / "speak.log")
+                              tmp_path / "speak.log", trust)
         try:
             heard = await hear_tone(s.url, space, 440, within_s=30)
             assert heard, (tmp_path / "speak.log").read_text() + s.tail()
