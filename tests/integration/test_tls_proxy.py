@@ -5,6 +5,8 @@ client's own address, not the proxy's, is what guest sessions are limited by."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import ssl
@@ -16,12 +18,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from playwright.async_api import async_playwright
 
 from tests.conftest import Served, start_townhall
 from tests.integration.test_stage import live_space_with
 from tests.tlsca import make_ca
 from tests.tone import hear_tone
 from tests.turn import host_ipv4
+from tests.web.chromium import CHROMIUM, needs_chromium, tone_wav
 from townhall.bus.embedded import free_port
 from townhall.procs import stop_process
 
@@ -151,3 +157,63 @@ def test_the_client_address_is_forwarded(proxied: tuple[Served, str, Path]) -> N
     # limited. This machine's own requests still get in.
     assert httpx.post(url + "/api/v1/sessions", json={"name": "Me"}, verify=trusting(ca),
                       timeout=10).status_code == 201
+
+
+PUBLISH_JS = """
+async ([space, token]) => {
+  const auth = {"Authorization": `Bearer ${token}`};
+  const ice = await (await fetch("/api/v1/ice", {headers: auth})).json();
+  const mic = await navigator.mediaDevices.getUserMedia({audio: true});  // HTTPS only
+  const pc = new RTCPeerConnection({iceServers: ice.iceServers});
+  pc.addTransceiver(mic.getAudioTracks()[0], {direction: "sendrecv"});
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(done => {
+    if (pc.iceGatheringState === "complete") return done();
+    pc.addEventListener("icegatheringstatechange",
+      () => pc.iceGatheringState === "complete" && done());
+    setTimeout(done, 5000);
+  });
+  const r = await fetch(`/whip/${space}`, {method: "POST", body: pc.localDescription.sdp,
+    headers: {...auth, "Content-Type": "application/sdp"}});
+  if (r.status !== 201) return `refused ${r.status}: ${await r.text()}`;
+  await pc.setRemoteDescription({type: "answer", sdp: await r.text()});
+  window.pc = pc;
+  return r.headers.get("Location");
+}
+"""
+
+
+def spki_pin(cert: Path) -> str:
+    """The certificate's public-key hash as Chromium's --ignore-certificate-errors-spki-list
+    takes it: how a headless Chromium is told to trust this one server key."""
+    key = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+    der = key.public_bytes(serialization.Encoding.DER,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+@needs_chromium
+async def test_chromium_speaks_over_whip_through_tls(proxied: tuple[Served, str, Path],
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    served, url, ca = proxied
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    space, people = live_space_with(served, "Host")
+    wav = tone_wav(tmp_path / "mic.wav", 440, seconds=5)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={wav}",
+                f"--ignore-certificate-errors-spki-list={spki_pin(ca.parent / 'server.pem')}",
+                "--disable-features=WebRtcHideLocalIpsWithMdns"])
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{url}/healthz")
+            assert await page.evaluate("window.isSecureContext") is True
+            location = await page.evaluate(PUBLISH_JS, [space, people[0][0]])
+            assert str(location).startswith(f"/whip/{space}/"), location
+            assert await hear_tone(url, space, 440, within_s=30), served.tail()
+        finally:
+            await browser.close()
