@@ -22,6 +22,7 @@ from tests.integration.test_stage import live_space_with
 from tests.tlsca import make_ca
 from tests.tone import hear_tone
 from tests.turn import Coturn, host_ipv4, turn_flags, why_unavailable
+from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.cli.speak import ICE_FAILED, ReturnRecorder, publish_once, tone
 from townhall.client.whip import offer
 from townhall.ice import parse_link_headers, turn_credentials
@@ -82,8 +83,13 @@ def test_ice_servers_are_minted_per_caller(served: Served, turn: Coturn) -> None
     assert before + 3600 - 1 <= body["expires"] <= time.time() + 3600
     assert relay["credential"] == turn_credentials(turn.secret.encode(), identity,
                                                    body["expires"])[1]
+    listener = TokenIssuer(load_or_create_secret(served.data)).mint(
+        "lis", "Lis", role="listener", ttl=600)
+    r = httpx.get(f"{served.url}/api/v1/ice", timeout=10,
+                  headers={"Authorization": f"Bearer {listener}"})
+    assert r.status_code == 403 and r.json()["type"] == "/problems/insufficient-grant"
     spec = httpx.get(f"{served.url}/openapi.json", timeout=10).json()
-    assert "401" in spec["paths"]["/api/v1/ice"]["get"]["responses"]
+    assert {"401", "403"} <= set(spec["paths"]["/api/v1/ice"]["get"]["responses"])
 
 
 async def test_whip_answer_carries_the_servers_as_links(served: Served, turn: Coturn) -> None:

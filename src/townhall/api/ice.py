@@ -34,9 +34,12 @@ def install(app: FastAPI, ctx: Context) -> None:
 
     @app.get("/api/v1/ice", tags=["whip"], response_model=IceServers,
              response_model_exclude_none=True,
-             responses=problems(401))
+             responses=problems(401, 403, why={
+                 403: "a listener's token: only those who may speak get TURN credentials"}))
     async def ice_servers(request: Request) -> dict[str, Any]:
         """ICE servers for publishing (WHIP); TURN credentials are minted per call."""
         ident = ctx.issuer.from_header(request.headers.get("authorization"))
+        # TURN relays wherever its users ask: credentials only for those who may publish.
+        ident.require("speaker")
         now = time.time()
         return {"iceServers": ice.servers(ident.id, now), "expires": ice.expires(now)}
