@@ -68,7 +68,7 @@ def has_tone(pcm: np.ndarray, hz: float, over_db: float = 30.0) -> bool:
 
 
 async def hear_tone(url: str, space: str, hz: float, within_s: float) -> bool:
-    """Whether a listener of ``space`` at ``url`` hears a ``hz`` tone in the last second of
+    """Whether a listener of ``space`` at ``url`` hears a ``hz`` tone held for a second of
     the program within ``within_s`` seconds (checked twice a second)."""
     import asyncio
 
@@ -88,7 +88,9 @@ async def hear_tone(url: str, space: str, hz: float, within_s: float) -> bool:
             await asyncio.sleep(0.5)
             new, done = heard[done:], len(heard)
             pcm += [decoder.decode(p) for c in new for p in c.packets]
-            if pcm and has_tone(np.concatenate(pcm[-50:]), hz):
+            # Sustained: in the last 250 ms and in the 250 ms a second before them.
+            if len(pcm) >= 50 and has_tone(np.concatenate(pcm[-12:]), hz) \
+                    and has_tone(np.concatenate(pcm[-50:-38]), hz):
                 return True
         return False
     finally:

@@ -5,6 +5,7 @@ MASQUERADE (unsolicited inbound dropped), forward no UDP at all, or map 1:1 — 
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -166,3 +167,42 @@ def test_stage_behind_one_to_one_nat_needs_and_uses_its_public_ip(
         assert hears(stage, inside, space), log.read_text(errors="replace")[-3000:]
     finally:
         stop_process(proc, 10)
+
+
+def start_relay(host: Host, target: Host, ports: str, stats: Path,
+                *impairments: str) -> subprocess.Popen[bytes]:
+    """tests/impair.py on ``host``: a 1:1 UDP NAT to ``target`` with delay and loss."""
+    proc = host.popen([sys.executable, "-m", "tests.impair", "--listen", host.addr,
+                       "--target", target.addr, "--ports", ports, "--stats", str(stats),
+                       *impairments], cwd=ROOT, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 10)
+    assert ready and proc.stdout.readline().strip() == b"relay ready", "relay not ready"
+    return proc
+
+
+def test_stage_behind_an_impaired_one_to_one_nat_is_heard(lab: Lab, tmp_path: Path) -> None:
+    stage, nat, speaker = lab.host("s"), lab.host("n"), lab.host("p")
+    # The stage's media is reachable only through the relay: no UDP between the speaker
+    # and the stage's own address, either way (HTTP still goes directly).
+    stage.nft("add table inet thice\n"
+              "add chain inet thice in { type filter hook input priority 0; }\n"
+              "add chain inet thice out { type filter hook output priority 0; }\n"
+              f"add rule inet thice in ip saddr {speaker.addr} meta l4proto udp drop\n"
+              f"add rule inet thice out ip daddr {speaker.addr} meta l4proto udp drop\n")
+    relay = start_relay(nat, stage, "40000-40009", tmp_path / "relay.json",
+                        "--delay", "30", "--jitter", "10", "--down-delay", "30",
+                        "--loss", "3", "--seed", "7")
+    log, url = serve(stage, tmp_path, 8080, "--public-ip", nat.addr,
+                     "--rtc-ports", "40000-40009")
+    space = live_space(speaker, url, log)
+    proc = speak(speaker, url, space, tmp_path, "--seconds", "60")
+    try:
+        assert hears(stage, url, space), log.read_text(errors="replace")[-3000:]
+    finally:
+        stop_process(proc, 10)
+        relay.terminate()
+        relay.wait(10)
+    stats = json.loads((tmp_path / "relay.json").read_text())
+    # Media both ways through the relay (the only UDP path): RTP up, the return feed down.
+    assert stats["up"]["delivered"] >= 50 and stats["down"]["delivered"] >= 50, stats
