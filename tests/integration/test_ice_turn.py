@@ -163,13 +163,18 @@ async def test_expired_turn_credentials_are_refused_and_a_retry_gets_fresh_ones(
                              servers=stale, relay_only=True)
     assert why.startswith(ICE_FAILED) and "relay" in why
     assert turn.allocations_for(identity) == 0  # coturn refused the stale credentials
-    # The retry fetches fresh credentials from the server and goes live through TURN.
-    task = asyncio.create_task(publish_once(served.url, space, token, pcm, recorder, stop,
-                                            relay_only=True))
-    for _ in range(150):  # until the return feed plays (30 s at most)
-        if recorder.chunks or task.done():
+    # The retry fetches fresh credentials from the server and goes live through TURN
+    # (again while 503: the stage may not hold the new Space yet, as speak's loop does).
+    for _ in range(20):
+        task = asyncio.create_task(publish_once(served.url, space, token, pcm, recorder,
+                                                stop, relay_only=True))
+        for _ in range(150):  # until the return feed plays (30 s at most)
+            if recorder.chunks or task.done():
+                break
+            await asyncio.sleep(0.2)
+        if not (task.done() and task.result().startswith("refused 503")):
             break
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
     stop.set()
     assert await asyncio.wait_for(task, 20) == "stopped"
     assert recorder.chunks and np.concatenate(recorder.chunks).size > 0

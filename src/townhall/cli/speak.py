@@ -229,6 +229,8 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
             return f"refused {exc.response.status_code}: {exc.response.text}"
         except httpx.HTTPError as exc:
             return f"unreachable: {exc}"
+    if relay_only and not any(u.startswith("turn") for s in servers for u in s["urls"]):
+        return f"{ICE_FAILED}: --relay-only, but the server hands out no TURN server"
     pc = RTCPeerConnection(rtc_configuration(servers, relay_only=relay_only))
     source = SourceTrack(pcm, expected_loss)
     pc.addTransceiver(source, direction="sendrecv")
