@@ -10,7 +10,10 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field
 
 from townhall.api.schemas import problems
+from townhall.auth import role_rank
 from townhall.context import Context
+from townhall.grants import NEEDS
+from townhall.problems import Forbidden
 
 
 class IceServer(BaseModel):
@@ -40,6 +43,8 @@ def install(app: FastAPI, ctx: Context) -> None:
         """ICE servers for publishing (WHIP); TURN credentials are minted per call."""
         ident = ctx.issuer.from_header(request.headers.get("authorization"))
         # TURN relays wherever its users ask: credentials only for those who may publish.
-        ident.require("speaker")
+        if role_rank(ident.role) < role_rank(NEEDS["publish"]):
+            raise Forbidden(f"this token's {ident.role} grant does not allow publishing, "
+                            "so it gets no ICE servers", slug="insufficient-grant")
         now = time.time()
         return {"iceServers": ice.servers(ident.id, now), "expires": ice.expires(now)}
