@@ -187,3 +187,16 @@ def test_malformed_setting_stops_serve_with_one_line(
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("townhall: --turn-url (TOWNHALL_TURN_URL)")
     assert not (tmp_path / "nats").exists()  # nothing started
+
+
+def test_malformed_environment_twin_stops_serve_too(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOWNHALL_TURN_TTL", "an hour")
+    monkeypatch.setenv("TOWNHALL_RTC_PORTS", "50000-60000")
+    assert main(["serve", "--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("townhall: --turn-ttl (TOWNHALL_TURN_TTL)")
+    monkeypatch.setenv("TOWNHALL_TURN_TTL", "600")
+    monkeypatch.setenv("TOWNHALL_RTC_PORTS", "60000-50000")
+    assert main(["serve", "--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("townhall: --rtc-ports (TOWNHALL_RTC_PORTS)")

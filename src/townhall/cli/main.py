@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from townhall import __version__
+from townhall.ice import IceSettingError
 from townhall.settings import ALL_ROLES, Settings
 
 # Subcommand modules beyond serve/token: each has add_parser(subparsers) setting func=.
@@ -75,8 +76,8 @@ def add_ice_flags(serve: argparse.ArgumentParser) -> None:
                      default=os.environ.get("TOWNHALL_TURN_SECRET_FILE", ""),
                      help="the secret shared with the TURN server (coturn "
                           "static-auth-secret); credentials are minted per request")
-    ice.add_argument("--turn-ttl", type=int, metavar="S",
-                     default=int(os.environ.get("TOWNHALL_TURN_TTL", "3600")),
+    ice.add_argument("--turn-ttl", metavar="S",
+                     default=os.environ.get("TOWNHALL_TURN_TTL", "3600"),
                      help="lifetime of minted TURN credentials (default 3600)")
     ice.add_argument("--public-ip", metavar="ADDR",
                      default=os.environ.get("TOWNHALL_PUBLIC_IP", ""),
@@ -91,7 +92,11 @@ def ice_settings(settings: Settings, args: argparse.Namespace) -> None:
     settings.stun_urls = args.stun_url or _env_list("TOWNHALL_STUN_URL")
     settings.turn_urls = args.turn_url or _env_list("TOWNHALL_TURN_URL")
     settings.turn_secret_file = args.turn_secret_file
-    settings.turn_ttl = args.turn_ttl
+    try:
+        settings.turn_ttl = int(args.turn_ttl)
+    except ValueError:
+        raise IceSettingError("turn_ttl", f"{args.turn_ttl!r} is not a number of "
+                                          "seconds") from None
     settings.public_ip = args.public_ip
     settings.rtc_ports = args.rtc_ports
 
