@@ -135,6 +135,7 @@ class Stage:
         self._taking: set[str] = set()  # leased, clock not started yet
         self.gate = NegotiationGate()
         self.retired = Tally()  # counters of Spaces this stage no longer runs
+        self.ice = ctx.settings.ice()
 
     def report(self, wall: float) -> dict[str, object]:
         """The heartbeat: what this stage runs and its counters since it started."""
@@ -249,7 +250,7 @@ class Stage:
             return {"status": 503, "detail": "the stage is busy; retry shortly",
                     "slug": "stage-busy", "retry_after": 1}
         try:
-            session = SpeakerSession(identity, str(req.get("name", identity)))
+            session = SpeakerSession(identity, str(req.get("name", identity)), self.ice)
             try:
                 answer = await asyncio.wait_for(session.answer(sdp), NEGOTIATION_TIMEOUT_S)
             except TimeoutError:
