@@ -68,6 +68,8 @@ async def _serve_http(settings: Settings, background: list[str]) -> None:
                             # listener connections leave ASGI for the edge's own protocols
                             http=http_protocol(getattr(app.state, "edge", None)),
                             ws="websockets", log_config=None,
+                            # whose X-Forwarded-For names the client (api/clientaddr.py)
+                            forwarded_allow_ips=list(settings.trusted_proxies),
                             access_log=False, lifespan="on", timeout_graceful_shutdown=5,
                             ws_max_size=64 * 1024,
                             # Chunks are Opus (incompressible) and direct writes bypass the
