@@ -21,6 +21,7 @@ class TokenBuckets:
     sweep_min: int = 1024
     _state: dict[str, tuple[float, float]] = field(default_factory=dict)
     _takes: int = 0
+    _kept: int = 0          # buckets left after the last sweep
 
     def __len__(self) -> int:
         return len(self._state)
@@ -28,7 +29,7 @@ class TokenBuckets:
     def take(self, key: str, now: float, cost: float = 1.0) -> float:
         """0.0 when allowed; otherwise seconds until the call would be allowed."""
         self._takes += 1
-        if self._takes >= max(self.sweep_min, len(self._state)):
+        if self._takes >= max(self.sweep_min, self._kept):
             self.sweep(now)
         tokens, last = self._state.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
@@ -45,3 +46,4 @@ class TokenBuckets:
                 if t + (now - last) * self.rate >= self.burst]
         for key in full:
             del self._state[key]
+        self._kept = len(self._state)
