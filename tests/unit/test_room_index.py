@@ -26,8 +26,11 @@ def ids(page: list[dict[str, Any]]) -> list[str]:
     return [s["id"] for s in page]
 
 
+ANYONE = Viewer()
+
+
 def walk(index: SpaceIndex, states: tuple[str, ...], limit: int,
-         viewer: Viewer = Viewer()) -> list[str]:
+         viewer: Viewer = ANYONE) -> list[str]:
     out, cursor = [], None
     for _ in range(10_000):
         page, cursor = index.page(states, cursor, limit, viewer)

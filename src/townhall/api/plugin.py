@@ -101,7 +101,7 @@ class Api:
         return self.ctx.issuer.from_header(header) if header else None
 
     def limit(self, ident: Identity, buckets: TokenBuckets | None = None) -> None:
-        self._throttle(buckets or self.writes, ident.id,
+        self._throttle(self.writes if buckets is None else buckets, ident.id,
                        "slow down: too many changes from you")
 
     @staticmethod
