@@ -57,6 +57,7 @@ INDEXED = Gauge("townhall_indexed_spaces", "Spaces in this api's list index", ["
 EXPIRED = PromCounter("townhall_spaces_expired_total",
                       "Ended or never-started Spaces deleted after the retention time")
 LIST_LIMIT, LIST_LIMIT_MAX = 50, 100
+EXPIRE_BATCH = 500
 
 
 class Api:
@@ -176,6 +177,8 @@ class Api:
             try:
                 snap = json.loads(change.value)
             except ValueError:
+                snap = None
+            if not isinstance(snap, dict) or snap.get("id") != change.key:
                 log.warning("unreadable Space document", extra={"space": change.key})
                 return
             if not self.index.apply(snap, change.revision):
@@ -200,7 +203,10 @@ class Api:
         while True:
             await asyncio.sleep(min(60.0, max(0.5, retention / 4)))
             try:
-                await self.expire_once(time.time() - retention)
+                # A full batch means a backlog (e.g. retention just shortened): go on.
+                done = EXPIRE_BATCH
+                while done >= EXPIRE_BATCH:
+                    done = await self.expire_once(time.time() - retention)
             except Exception:
                 log.exception("expiring ended Spaces failed")
 
@@ -209,7 +215,7 @@ class Api:
         Safe with several apis: a delete is conditional on the revision the index holds,
         so a Space someone changed (or deleted) meanwhile is left to the next round."""
         done = 0
-        for space, revision in self.index.expired(before, limit=500):
+        for space, revision in self.index.expired(before, limit=EXPIRE_BATCH):
             try:
                 await self.ctx.bus.kv_delete(subjects.SPACES_BUCKET, space, revision)
             except CasConflict:

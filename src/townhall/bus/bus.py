@@ -259,8 +259,13 @@ class Bus:
                             ready.set()
                             continue
                         gone = entry.operation in ("DEL", "PURGE")
-                        on_change(Change(key=entry.key, revision=int(entry.revision or 0),
-                                         value=None if gone else (entry.value or b"")))
+                        change = Change(key=entry.key, revision=int(entry.revision or 0),
+                                        value=None if gone else (entry.value or b""))
+                        try:
+                            on_change(change)
+                        except Exception:
+                            # One bad entry must not restart the watch (it would again).
+                            log.exception("watch handler failed on %s", entry.key)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
