@@ -75,8 +75,8 @@ class InProcessApi:
     """The api role in this process, on a counting bus, reached over ASGI."""
 
     def __init__(self, bus: Bus, ctx: Context, http: httpx.AsyncClient,
-                 calls: Counter[str]) -> None:
-        self.bus, self.ctx, self.http, self.calls = bus, ctx, http, calls
+                 calls: Counter[str], api: Any) -> None:
+        self.bus, self.ctx, self.http, self.calls, self.api = bus, ctx, http, calls, api
 
     async def spaces(self, token: str | None = None, **params: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -121,7 +121,7 @@ async def inproc(nats: str, tmp_path: Path) -> AsyncIterator[InProcessApi]:
         await hook()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        yield InProcessApi(bus, ctx, http, calls)
+        yield InProcessApi(bus, ctx, http, calls, app.state.api)
     for hook in reversed(ctx.on_stop):
         await hook()
     await bus.close()
@@ -175,6 +175,34 @@ async def test_ended_spaces_leave_live_at_once(inproc: InProcessApi) -> None:
         return "0000000007" not in await inproc.walk("ended", 100)
 
     await until(deleted)
+
+
+async def test_expiry_is_idempotent_across_apis_and_survives_bad_entries(
+        inproc: InProcessApi) -> None:
+    # Another api deleted one of them first: this one's conditional delete loses quietly.
+    first = await inproc.bus.kv_get(subjects.SPACES_BUCKET, "0000000005")
+    assert first is not None
+    await inproc.bus.kv_delete(subjects.SPACES_BUCKET, "0000000005", first.revision)
+    # Ended 0-5 ended before this instant, and every scheduled one (never started).
+    done = await inproc.api.expire_once(before=2_000_005.5)
+    assert done in (55, 56)  # 56 if the other api's delete had not reached the index yet
+    for n in [*range(6), *range(4950, 5000)]:
+        assert await inproc.bus.kv_get(subjects.SPACES_BUCKET, f"{n:010d}") is None
+        r = await inproc.http.get(f"/api/v1/spaces/{n:010d}")
+        assert r.status_code == 404 and r.json()["type"] == "/problems/space-not-found"
+    assert await inproc.bus.kv_get(subjects.SPACES_BUCKET, "0000000006") is not None
+    assert await inproc.api.expire_once(before=2_000_005.5) == 0
+    # A document nobody can read does not stop the watch: later writes still arrive.
+    await inproc.bus.kv_put(subjects.SPACES_BUCKET, "garbage000", b"not json")
+    await inproc.bus.kv_put(subjects.SPACES_BUCKET, "0000000006", json.dumps(
+        doc(6, "ended") | {"ended_at": 9e9}).encode())
+
+    async def moved_first() -> bool:
+        page = (await inproc.spaces(state="ended", limit=1)).json()["spaces"]
+        return [s["id"] for s in page] == ["0000000006"]
+
+    await until(moved_first)
+    assert (await inproc.spaces(state="scheduled")).json() == {"spaces": [], "next": None}
 
 
 async def test_private_spaces_are_listed_to_their_people_only(inproc: InProcessApi) -> None:
