@@ -32,6 +32,7 @@ from townhall.problems import (
     TooLarge,
     Unprocessable,
 )
+from townhall.web.headers import SecurityHeaders
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def build_app(ctx: Context) -> FastAPI:
                     log.exception("stop hook failed")
 
     app = FastAPI(title="townhall", version=__version__, openapi_url="/openapi.json",
-                  docs_url="/docs", redoc_url=None, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Live audio rooms: the Spaces control API, WHIP ingest and "
                               "listener streams. Errors are application/problem+json.")
     app.state.ctx = ctx
@@ -245,5 +246,7 @@ def build_app(ctx: Context) -> FastAPI:
     describe_problems(app)
     watch_stage(app, ctx, time.monotonic())
     app.add_middleware(BodyLimit)
+    # Outermost but metrics: every answer, refusals included, carries the headers.
+    app.add_middleware(SecurityHeaders, settings=ctx.settings)
     app.add_middleware(MetricsMiddleware)
     return app

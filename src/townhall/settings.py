@@ -33,6 +33,11 @@ def parse_budget(text: str) -> tuple[float, float]:
     return b, 1.0 / s
 
 
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "")
+    return Path(value) if value else None
+
+
 @dataclass
 class Settings:
     """How one townhall process runs."""
@@ -41,6 +46,11 @@ class Settings:
     host: str = os.environ.get("TOWNHALL_HOST", "127.0.0.1")
     port: int = int(os.environ.get("TOWNHALL_PORT", "8080"))
     nats_urls: list[str] = field(default_factory=list)
+    # Credentials for an external NATS, as files (never on argv): a .creds file, or JSON
+    # with user/password or a token. The embedded server makes and uses its own.
+    nats_creds: Path | None = field(default_factory=lambda: _env_path("TOWNHALL_NATS_CREDS"))
+    nats_auth_file: Path | None = field(
+        default_factory=lambda: _env_path("TOWNHALL_NATS_AUTH_FILE"))
     roles: tuple[str, ...] = ALL_ROLES
     closed: bool = False
     public_url: str = ""

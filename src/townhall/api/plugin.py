@@ -302,9 +302,17 @@ class Api:
             await self._watch.stop()
 
 
-def _etag_response(request: Request, snap: dict[str, Any]) -> Response:
+# A public Space's snapshot as an anonymous client sees it: a CDN or reverse proxy may keep
+# it briefly and serve it stale while refreshing (viewers' state comes from the socket).
+SHARED_CACHE = "public, max-age=2, s-maxage=2, stale-while-revalidate=10"
+
+
+def _etag_response(request: Request, snap: dict[str, Any], *, shared: bool) -> Response:
+    """The snapshot with ETag = version; ``shared`` when any cache may keep it (a public
+    Space, asked without a token), else ``private, no-store``."""
     etag = f'"{snap["version"]}"'
-    headers = {"ETag": etag, "Cache-Control": "max-age=1"}
+    headers = {"ETag": etag, "Cache-Control": SHARED_CACHE if shared else "private, no-store",
+               "Vary": "Authorization"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     return JSONResponse(public_view(snap), headers=headers)
@@ -389,7 +397,9 @@ def install(app: FastAPI, ctx: Context) -> None:
     @router.get("/spaces/{space}", **get_one)
     async def get_space(space: str, request: Request) -> Response:
         """The Space's snapshot; cacheable (ETag = version)."""
-        return _etag_response(request, await api.visible(space, api.maybe_who(request)))
+        ident = api.maybe_who(request)
+        snap = await api.visible(space, ident)
+        return _etag_response(request, snap, shared=ident is None and not snap.get("private"))
 
     async def host_change(space: str, request: Request, what: str) -> dict[str, Any]:
         ident = api.who(request)

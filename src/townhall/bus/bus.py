@@ -28,6 +28,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from townhall.bus import subjects
+from townhall.bus.credentials import NatsAuth
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,15 @@ class Bus:
 
     @classmethod
     async def connect(cls, urls: list[str], *, name: str = "townhall",
-                      replicas: int = 1, setup: bool = True) -> Bus:
-        """Connect (reconnecting forever on loss) and ensure the topology exists."""
+                      replicas: int = 1, setup: bool = True,
+                      auth: NatsAuth | None = None) -> Bus:
+        """Connect (reconnecting forever on loss) and ensure the topology exists.
+
+        ``auth`` is the only way credentials reach nats-py (bus/credentials.py)."""
         nc = await nats.connect(
             servers=urls, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
             connect_timeout=5, allow_reconnect=True, ping_interval=5, max_outstanding_pings=3,
+            **(auth.options() if auth is not None else {}),
         )
         bus = cls(nc, nc.jetstream(timeout=10))
         if setup:

@@ -78,6 +78,11 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                         ended_retention=parse_duration(args.ended_retention),
                         space_budget=parse_budget(args.space_budget),
                         space_budget_address=parse_budget(args.space_budget_per_address))
+    if args.nats_creds or args.nats_auth_file:
+        # Flags beat the environment as a pair: a stage child handed the embedded users
+        # file must not pick up a TOWNHALL_NATS_CREDS it inherited.
+        settings.nats_creds = Path(args.nats_creds) if args.nats_creds else None
+        settings.nats_auth_file = Path(args.nats_auth_file) if args.nats_auth_file else None
     if args.node_id:
         settings.node_id = args.node_id
     return settings
@@ -122,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=Settings.port)
     serve.add_argument("--nats", default="",
                        help="NATS URL[,URL...] of an existing cluster (default: embedded)")
+    serve.add_argument("--nats-creds", default="",
+                       help="a NATS .creds file for --nats (or TOWNHALL_NATS_CREDS)")
+    serve.add_argument("--nats-auth-file", default="",
+                       help='a JSON file {"user", "password"} or {"token"} for --nats '
+                            "(or TOWNHALL_NATS_AUTH_FILE); secrets never go on argv")
     serve.add_argument("--roles", default=",".join(ALL_ROLES),
                        help=f"comma-separated roles to run (default {','.join(ALL_ROLES)})")
     guests = serve.add_mutually_exclusive_group()
