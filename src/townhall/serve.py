@@ -28,6 +28,7 @@ from townhall.bus.credentials import (
 )
 from townhall.bus.embedded import EmbeddedNats, die_with_parent
 from townhall.context import Context
+from townhall.edge.guard import idle_timeout_from_env
 from townhall.edge.handoff import http_protocol
 from townhall.observability import setup_logging
 from townhall.procs import stop_processes
@@ -90,6 +91,8 @@ async def _serve_http(settings: Settings, background: list[str]) -> None:
                             # whose X-Forwarded-For names the client (api/clientaddr.py)
                             forwarded_allow_ips=list(settings.trusted_proxies),
                             access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+                            # a kept-alive connection waiting for its next request
+                            timeout_keep_alive=idle_timeout_from_env(),
                             ws_max_size=64 * 1024,
                             # Chunks are Opus (incompressible) and direct writes bypass the
                             # codec anyway; a zlib context per socket only costs memory and CPU.

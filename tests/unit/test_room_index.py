@@ -149,3 +149,19 @@ def test_cursors_not_ours_are_bad_parameters(cursor: str) -> None:
     with pytest.raises(BadInput) as err:
         decode_cursor(cursor, ("ended",))
     assert err.value.instance_slug == "bad-parameters"
+
+
+def test_private_candidates_include_invitees_and_allowed_and_pass_the_decision() -> None:
+    index = SpaceIndex()
+    doc = snap("p", private=True, host="ada") | {
+        "invites": [{"id": "ivy", "name": "Ivy"}], "_allowed": ["al"], "_blocked": ["bo"]}
+    index.apply(doc, 1)
+    assert walk(index, ("live",), 5, Viewer("ivy")) == ["p"]
+    assert walk(index, ("live",), 5, Viewer("al")) == ["p"]
+    item = index.get("p")
+    assert item is not None and item.access["_blocked"] == ["bo"] and "title" not in item.access
+    page, _ = index.page(("live",), None, 5, Viewer("al"), admits=lambda i: False)
+    assert page == []
+    assert index.get("p") is not None and snap("q")["id"] == "q"
+    index.apply(snap("q"), 2)
+    assert index.get("q") is not None and index.get("q").access == {}  # type: ignore[union-attr]

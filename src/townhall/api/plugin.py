@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
+from townhall import grants
 from townhall.api.clientaddr import ClientAddress, client_address, parse_networks
 from townhall.api.models import ActionIn, ReactionIn, SessionIn, SpaceIn
 from townhall.api.ratelimit import TokenBuckets
@@ -44,6 +45,7 @@ from townhall.room.index import STATES, SpaceIndex, Viewer
 from townhall.room.snapshot import REACTIONS, public_view
 from townhall.room.store import SpaceStore
 from townhall.room.tally import EdgeRegistry, ReactionTally, fold, rank_edges
+from townhall.room.text import check_text
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +140,23 @@ class Api:
 
     @staticmethod
     def may_see(snap: dict[str, Any], ident: Identity | None) -> bool:
-        if not snap.get("private"):
-            return True
-        if ident is None:
-            return False
-        return (ident.space == snap["id"] or snap["host"]["id"] == ident.id
-                or rules.role_of(snap, ident.id) is not None)
+        return grants.allows(ident, "read", snap)
 
-    async def visible(self, space: str, ident: Identity | None) -> dict[str, Any]:
+    async def authorized(self, space: str, ident: Identity | None,
+                         action: str = "read") -> dict[str, Any]:
+        """The Space's document, if ``ident`` may do ``action`` to it (townhall.grants)."""
         snap = await self.store.get(space)
-        if not self.may_see(snap, ident):
-            raise NotFound(f"no Space {space}", slug="space-not-found")
+        grants.authorize(ident, action, snap)
         return snap
+
+    def client_key(self, request: Request) -> str:
+        """Who an anonymous caller is for rate limits: their address."""
+        return "addr:" + self.client(request).address
+
+    @staticmethod
+    def actor(ident: Identity) -> rules.Actor:
+        """The person acting; a guest's network rides along so a block can stick to it."""
+        return rules.Actor(ident.id, ident.name, ident.net if ident.guest else None)
 
     # --- state publishing --------------------------------------------------------------
 
@@ -339,9 +346,14 @@ def install(app: FastAPI, ctx: Context) -> None:
         if not ctx.settings.open_mode:
             raise Forbidden("guest sessions are off on this server; ask for a token",
                             slug="closed")
+        check_text(body.name, "name")
         api.guest_limit(request)
         identity = "g-" + secrets.token_hex(6)
-        token = ctx.issuer.mint(identity, body.name.strip() or identity, role="host")
+        # The address a trusted proxy forwarded (X-Forwarded-For or Forwarded), so that a
+        # block sticks to the guest's network, not to the proxy's.
+        net = ctx.issuer.net_tag(api.client(request).address) if request.client else None
+        token = ctx.issuer.mint(identity, body.name.strip() or identity, role="host",
+                                guest=True, net=net)
         return {"token": token, "identity": identity, "name": body.name.strip()}
 
     @router.get("/me", **ok(200, Me, "the token's identity and grant", 401))
@@ -349,22 +361,21 @@ def install(app: FastAPI, ctx: Context) -> None:
         """Who the bearer token says you are."""
         ident = api.who(request)
         return {"identity": ident.id, "name": ident.name, "space": ident.space,
-                "role": ident.role, "expires": ident.expires}
+                "role": ident.role, "expires": ident.expires, "guest": ident.guest}
 
     @router.post("/spaces", **ok(201, Snapshot, "the new Space; the caller is its host",
                                  400, 401, 403, 413, 422, 429))
     async def create_space(request: Request, body: SpaceIn) -> dict[str, Any]:
         """Create a Space; the caller is its host."""
         ident = api.who(request)
-        ident.require("host")
-        if ident.space is not None:
-            raise Forbidden("this token is limited to one Space", slug="insufficient-grant")
+        grants.authorize(ident, "create", None)
         api.limit(ident)
         api.creation_limit(ident, request)
         start = body.scheduled_start.isoformat() if body.scheduled_start else None
-        snap = rules.create(rules.new_space_id(), rules.Actor(ident.id, ident.name),
+        snap = rules.create(rules.new_space_id(), api.actor(ident),
                             title=body.title, description=body.description,
-                            scheduled_start=start, private=body.private, now=time.time())
+                            scheduled_start=start, private=body.private,
+                            signed_in_only=body.signed_in_only, now=time.time())
         await api.store.create(snap)
         return public_view(snap)
 
@@ -387,8 +398,9 @@ def install(app: FastAPI, ctx: Context) -> None:
             raise Unavailable("the Space list is still loading", retry_after=1,
                               slug="list-loading")
         viewer = Viewer(ident.id, ident.space) if ident else Viewer()
-        spaces, after = api.index.page((state,) if state else ("live", "scheduled"),
-                                       cursor, limit, viewer)
+        spaces, after = api.index.page(
+            (state,) if state else ("live", "scheduled"), cursor, limit, viewer,
+            admits=lambda item: grants.allows(ident, "read", item.access))
         return {"spaces": spaces, "next": after}
 
     get_one = ok(200, Snapshot, "the snapshot; ETag is its version", 401, 404)
@@ -398,18 +410,20 @@ def install(app: FastAPI, ctx: Context) -> None:
     async def get_space(space: str, request: Request) -> Response:
         """The Space's snapshot; cacheable (ETag = version)."""
         ident = api.maybe_who(request)
-        snap = await api.visible(space, ident)
+        snap = await api.authorized(space, ident)
         return _etag_response(request, snap, shared=ident is None and not snap.get("private"))
 
     async def host_change(space: str, request: Request, what: str) -> dict[str, Any]:
         ident = api.who(request)
-        if ident.space not in (None, space):
-            raise Forbidden("this token is for another Space", slug="insufficient-grant")
         api.limit(ident)
-        await api.visible(space, ident)
-        actor = rules.Actor(ident.id, ident.name)
+        actor = api.actor(ident)
         change = rules.start if what == "start" else rules.end
-        snap = await api.store.mutate(space, lambda s: change(s, actor, now=time.time()))
+
+        def checked(s: dict[str, Any]) -> dict[str, Any]:
+            grants.authorize(ident, "host", s)  # on the very document being changed
+            return change(s, actor, now=time.time())
+
+        snap = await api.store.mutate(space, checked)
         if what == "end":
             await ctx.bus.publish(subjects.control(space), b'{"type":"ended"}')
         return public_view(snap)
@@ -432,23 +446,27 @@ def install(app: FastAPI, ctx: Context) -> None:
     async def act(space: str, request: Request, body: ActionIn) -> dict[str, Any]:
         """Requests to speak, invitations, the stage, co-hosts, mutes and removals."""
         ident = api.who(request)
-        if ident.space not in (None, space):
-            raise Forbidden("this token is for another Space", slug="insufficient-grant")
-        if body.action in ("request", "accept"):
-            ident.require("speaker", space)
         api.limit(ident)
-        await api.visible(space, ident)
-        actor = rules.Actor(ident.id, ident.name)
+        actor = api.actor(ident)
+        needs = grants.for_rule(body.action, body.identity, ident.id)
+
+        def checked(s: dict[str, Any]) -> dict[str, Any]:
+            # An unknown action is the rules' 400, but only to those who may see the Space.
+            grants.authorize(ident, needs if body.action in rules.ACTIONS else "read", s)
+            return rules.apply(s, actor, body.action, target=body.identity, name=body.name,
+                               block=body.block, now=time.time())
+
         try:
-            snap = await api.store.mutate(space, lambda s: rules.apply(
-                s, actor, body.action, target=body.identity, name=body.name,
-                block=body.block, now=time.time()))
+            snap = await api.store.mutate(space, checked)
         except Exception:
             ACTIONS_DONE.labels(body.action if body.action in rules.ACTIONS else "unknown",
                                 "refused").inc()
             raise
         ACTIONS_DONE.labels(body.action, "done").inc()
-        if body.action == "remove" and body.identity:
+        # Out of a private Space means out of its audio too, not only at the next join.
+        shut_out = (body.action == "disallow" and snap.get("private") and body.identity
+                    and not grants.member(snap, body.identity))
+        if (body.action == "remove" and body.identity) or shut_out:
             kick = {"type": "kick", "identity": body.identity, "block": body.block}
             await ctx.bus.publish(subjects.control(space), json.dumps(kick).encode())
         return public_view(snap)
@@ -457,17 +475,17 @@ def install(app: FastAPI, ctx: Context) -> None:
         202, Accepted, "counted; the totals appear in the snapshot within a second or two",
         400, 401, 403, 404, 409, 413, 422, 429))
     async def react(space: str, request: Request, body: ReactionIn) -> dict[str, Any]:
-        """A reaction; summed with everyone else's and published as totals."""
-        ident = api.who(request)
+        """A reaction (anyone who may listen; limited per identity, else per address);
+        summed with everyone else's and published as totals."""
+        ident = api.maybe_who(request)
         if body.emoji not in REACTIONS:
             raise Unprocessable(f"reactions are one of {' '.join(REACTIONS)}",
                                 slug="unknown-reaction")
-        api.limit(ident, api.reacts)
-        snap = await api.visible(space, ident)
+        api._throttle(api.reacts, ident.id if ident else api.client_key(request),
+                      "slow down: too many reactions from you")
+        snap = await api.authorized(space, ident, "react")
         if snap["state"] != "live":
             raise Conflict("the Space is not live", slug="not-live")
-        if rules.is_blocked(snap, ident.id):
-            raise Forbidden("you are blocked from this Space", slug="blocked")
         api.tally.add(space, body.emoji)
         REACTIONS_IN.inc()
         return {"accepted": True}
@@ -475,7 +493,7 @@ def install(app: FastAPI, ctx: Context) -> None:
     @router.get("/spaces/{space}/listen", **ok(200, Listen, "where to listen", 401, 404))
     async def listen(space: str, request: Request) -> dict[str, Any]:
         """Where to listen: the edges serving this Space, least loaded first."""
-        snap = await api.visible(space, api.maybe_who(request))
+        snap = await api.authorized(space, api.maybe_who(request))
         now = time.time()
         edges = rank_edges(space, snap.get("_edges", {}), api.registry.fresh(now), now)
         if not edges and "edge" in ctx.settings.roles:

@@ -43,6 +43,8 @@ class Snapshot(Open):
     state: Literal["scheduled", "live", "ended"]
     version: int = Field(ge=1, description="+1 on every visible change")
     private: bool
+    signed_in_only: bool = Field(default=False,
+                                 description="no anonymous or guest listeners")
     host: Person
     scheduled_start: str | None
     created_at: float
@@ -73,6 +75,7 @@ class Me(Open):
     space: str | None = Field(description="the one Space this token acts on, or null")
     role: Literal["host", "speaker", "listener"]
     expires: int = Field(description="unix seconds")
+    guest: bool = Field(default=False, description="a guest session's token (open mode)")
 
 
 class Accepted(Open):

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 from bisect import bisect_right, insort
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,9 @@ from townhall.problems import BadInput
 from townhall.room.snapshot import public_view
 
 STATES = ("live", "scheduled", "ended")
+# What a private Space keeps for the access decision (townhall.grants), beside its view.
+ACCESS_KEYS = ("id", "private", "host", "stage", "invites", "signed_in_only", "_allowed",
+               "_blocked", "_blocked_nets")
 NEVER = 1e18  # sorts after every real time; JSON-safe, unlike inf
 Key = tuple[float, float, str]
 
@@ -44,10 +48,11 @@ class Item:
     state: str
     revision: int
     private: bool
-    people: frozenset[str]          # host and stage: who sees it when private
+    people: frozenset[str]          # host, stage, invitees, allowed: who may see it
     key: Key                        # its place in its state's list
     expires_from: float | None      # when retention starts counting; None = never
     view: dict[str, Any]            # the public view, as list items show it
+    access: dict[str, Any]          # private Spaces: what the access decision reads
 
 
 def _ts(iso: str | None) -> float | None:
@@ -87,12 +92,17 @@ def _expires_from(snap: dict[str, Any]) -> float | None:
 
 def item_of(snap: dict[str, Any], revision: int) -> Item:
     """What the index keeps of one Space document."""
-    people = {str(p.get("id")) for p in snap.get("stage", [])}
-    people.add(str(snap.get("host", {}).get("id")))
+    private = bool(snap.get("private"))
+    people: set[str] = set()
+    if private:
+        people = {str(p.get("id")) for p in [*snap.get("stage", []), *snap.get("invites", [])]}
+        people.add(str((snap.get("host") or {}).get("id")))
+        people.update(str(i) for i in snap.get("_allowed", []))
     return Item(id=str(snap["id"]), state=str(snap.get("state")), revision=revision,
-                private=bool(snap.get("private")), people=frozenset(people),
+                private=private, people=frozenset(people),
                 key=sort_key(snap), expires_from=_expires_from(snap),
-                view=public_view(snap))
+                view=public_view(snap),
+                access={k: snap[k] for k in ACCESS_KEYS if k in snap} if private else {})
 
 
 def encode_cursor(state: str, key: Key) -> str:
@@ -197,19 +207,23 @@ class SpaceIndex:
 
     # --- reading -------------------------------------------------------------------------
 
-    def _private_for(self, viewer: Viewer, state: str) -> list[Item]:
+    def _private_for(self, viewer: Viewer, state: str,
+                     admits: Callable[[Item], bool] | None) -> list[Item]:
         ids = set(self._by_person.get(viewer.identity or "", ())) if viewer.identity else set()
         if viewer.space:
             ids.add(viewer.space)
         found = [self._items[s] for s in ids if s in self._items]
-        return sorted((i for i in found if i.private and i.state == state),
-                      key=lambda i: i.key)
+        return sorted((i for i in found if i.private and i.state == state
+                       and (admits is None or admits(i))), key=lambda i: i.key)
 
     def page(self, states: tuple[str, ...], cursor: str | None, limit: int,
-             viewer: Viewer) -> tuple[list[dict[str, Any]], str | None]:
+             viewer: Viewer, admits: Callable[[Item], bool] | None = None
+             ) -> tuple[list[dict[str, Any]], str | None]:
         """Up to ``limit`` Spaces in ``states`` (in that order) after ``cursor``, and the
         cursor of the next page (None at the end). A cursor is a position, not an offset:
-        Spaces added or removed before it do not shift what comes next."""
+        Spaces added or removed before it do not shift what comes next. Private Spaces
+        are the viewer's candidates (looked up, never scanned for), each also passed
+        through ``admits`` (the access decision, with ``Item.access``)."""
         start_state, after = (decode_cursor(cursor, states) if cursor
                               else (states[0], None))
         out: list[Item] = []
@@ -217,7 +231,7 @@ class SpaceIndex:
             keys = self._public[state]
             at = bisect_right(keys, after) if after is not None else 0
             public = [self._items[self._by_key[k]] for k in keys[at:at + limit + 1 - len(out)]]
-            private = [i for i in self._private_for(viewer, state)
+            private = [i for i in self._private_for(viewer, state, admits)
                        if after is None or i.key > after]
             out += sorted(public + private, key=lambda i: i.key)[:limit + 1 - len(out)]
             after = None

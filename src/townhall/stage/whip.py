@@ -11,6 +11,7 @@ import json
 
 from fastapi import FastAPI, Request, Response
 
+from townhall import grants
 from townhall.api.schemas import problems
 from townhall.bus import subjects
 from townhall.context import Context
@@ -23,8 +24,6 @@ from townhall.problems import (
     Unavailable,
     Unprocessable,
 )
-from townhall.room.rules import is_blocked
-from townhall.room.snapshot import on_stage
 from townhall.room.store import SpaceStore
 
 STATUS: dict[int, type[Problem]] = {403: Forbidden, 404: NotFound, 409: Conflict,
@@ -33,7 +32,8 @@ STATUS: dict[int, type[Problem]] = {403: Forbidden, 404: NotFound, 409: Conflict
 # What each problem means on the WHIP routes (OpenAPI descriptions).
 WHIP_WHY = {
     400: "the body is not an SDP offer",
-    403: "not on this Space's stage, blocked, or a token for another Space",
+    403: "not on this Space's stage, blocked, a token for another Space, or a token whose "
+         "role is below speaker",
     404: "no such Space, or no such WHIP session",
     409: "the Space is not live",
     422: "the offer has no audio, or no Opus",
@@ -84,15 +84,12 @@ def install(app: FastAPI, ctx: Context) -> None:
     async def whip_publish(space: str, request: Request) -> Response:
         """Go live: an SDP offer in (application/sdp), the SDP answer out."""
         ident = ctx.issuer.from_header(request.headers.get("authorization"))
-        if ident.space not in (None, space):
-            raise Forbidden("this token is for another Space", slug="insufficient-grant")
-        sdp = check_offer(await request.body())
+        # Who may publish is settled before a byte of the offer is looked at.
         snap = await store.get(space)
+        grants.authorize(ident, "publish", snap)
+        sdp = check_offer(await request.body())
         if snap["state"] != "live":
             raise Conflict("the Space is not live", slug="not-live")
-        if is_blocked(snap, ident.id) or on_stage(snap, ident.id) is None:
-            raise Forbidden("only people on this Space's stage may publish",
-                            slug="not-on-stage")
         if await ctx.bus.kv_get(subjects.LEASES_BUCKET, space) is None:
             # No stage holds the Space (none running, or the owner died and its lease ran
             # out): say so at once rather than after the request's timeout, so a speaker's
@@ -109,5 +106,6 @@ def install(app: FastAPI, ctx: Context) -> None:
     async def whip_leave(space: str, session: str, request: Request) -> Response:
         """Stop publishing."""
         ident = ctx.issuer.from_header(request.headers.get("authorization"))
+        grants.authorize(ident, "unpublish", await store.get(space))
         await ask_stage(space, {"op": "leave", "identity": ident.id, "session": session})
         return Response(status_code=200)

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
+from townhall import grants
 from townhall.context import Context
 from townhall.problems import NotFound
 from townhall.room.snapshot import public_view
@@ -81,7 +82,8 @@ def install(app: FastAPI, ctx: Context) -> None:
             snap: dict[str, Any] = await api.store.get(space)
         except NotFound:
             return None
-        return None if snap.get("private") else public_view(snap)
+        # What anyone without a token may read (townhall.grants): never a private Space.
+        return public_view(snap) if grants.allows(None, "read", snap) else None
 
     async def space_or_404(request: Request, space: str, *, embed: bool) -> Response:
         snap = await public_snapshot(space)
