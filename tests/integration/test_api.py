@@ -129,10 +129,13 @@ def test_mutating_floods_get_429_with_retry_after(served: Served) -> None:
     host, _ = guest(served, "Flood")
     space = live_space(served, host)
     with served.client(host) as c:
-        statuses = [c.post(f"/api/v1/spaces/{space}/actions",
-                           json={"action": "mute"}).status_code for _ in range(40)]
-        assert 429 in statuses
-        limited = c.post(f"/api/v1/spaces/{space}/actions", json={"action": "mute"})
+        # The first refusal itself is checked: the bucket refills (5/s) while a loaded
+        # machine makes the calls, so a call after it may be allowed again.
+        answers = [c.post(f"/api/v1/spaces/{space}/actions", json={"action": "mute"})
+                   for _ in range(40)]
+        refused = [r for r in answers if r.status_code == 429]
+        assert refused
+        limited = refused[0]
         assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
         assert limited.json()["type"] == "/problems/rate-limited"
         assert c.get(f"/api/v1/spaces/{space}").json()["state"] == "live"
