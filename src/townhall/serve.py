@@ -136,7 +136,20 @@ def _child_argv(settings: Settings, roles: list[str]) -> list[str]:
         argv += ["--nats-creds", str(settings.nats_creds)]
     if settings.nats_auth_file is not None:
         argv += ["--nats-auth-file", str(settings.nats_auth_file)]
+    argv += ice_argv(settings)
     return argv
+
+
+def ice_argv(settings: Settings) -> list[str]:
+    """The ICE settings as flags (the stage child binds ports and announces addresses)."""
+    argv = [f"--stun-url={u}" for u in settings.stun_urls]
+    argv += [f"--turn-url={u}" for u in settings.turn_urls]
+    for flag, value in (("--turn-secret-file", settings.turn_secret_file),
+                        ("--public-ip", settings.public_ip),
+                        ("--rtc-ports", settings.rtc_ports)):
+        if value:
+            argv.append(f"{flag}={value}")
+    return [*argv, f"--turn-ttl={settings.turn_ttl}"]
 
 
 def _start_embedded_nats(settings: Settings) -> EmbeddedNats:

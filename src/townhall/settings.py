@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from townhall.ice import IceConfig
+
 ALL_ROLES = ("api", "stage", "edge")
 LOOPBACK_PROXIES = ("127.0.0.0/8", "::1")
 DAY_S = 24 * 3600.0
@@ -64,6 +66,21 @@ class Settings:
     # Space creation: (burst, refill per second) per identity and per client address.
     space_budget: tuple[float, float] = (5.0, 1 / 60)
     space_budget_address: tuple[float, float] = (30.0, 1 / 10)
+
+    # ICE (where speakers' WebRTC finds the stage), raw; townhall.ice validates them.
+    stun_urls: list[str] = field(default_factory=list)
+    turn_urls: list[str] = field(default_factory=list)
+    turn_secret_file: str = ""
+    public_ip: str = ""
+    rtc_ports: str = ""
+    turn_ttl: int = 3600
+
+    def ice(self) -> IceConfig:
+        """The validated ICE settings; raises IceSettingError naming a bad one."""
+        return IceConfig.parse(stun_urls=self.stun_urls, turn_urls=self.turn_urls,
+                               turn_secret_file=self.turn_secret_file,
+                               public_ip=self.public_ip, rtc_ports=self.rtc_ports,
+                               turn_ttl_s=self.turn_ttl)
 
     @property
     def open_mode(self) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from townhall import __version__
+<<<<<<< HEAD
 from townhall.settings import (
     ALL_ROLES,
     LOOPBACK_PROXIES,
@@ -19,6 +20,10 @@ from townhall.settings import (
     parse_budget,
     parse_duration,
 )
+=======
+from townhall.ice import IceSettingError
+from townhall.settings import ALL_ROLES, Settings
+>>>>>>> main
 
 # Subcommand modules beyond serve/token: each has add_parser(subparsers) setting func=.
 SUBCOMMANDS: list[str] = [
@@ -85,7 +90,50 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         settings.nats_auth_file = Path(args.nats_auth_file) if args.nats_auth_file else None
     if args.node_id:
         settings.node_id = args.node_id
+    ice_settings(settings, args)
     return settings
+
+
+def _env_list(name: str) -> list[str]:
+    return [u.strip() for u in os.environ.get(name, "").split(",") if u.strip()]
+
+
+def add_ice_flags(serve: argparse.ArgumentParser) -> None:
+    """ICE flags of `townhall serve`; each defaults to its TOWNHALL_* twin."""
+    ice = serve.add_argument_group("ICE (speakers behind NAT and firewalls)")
+    ice.add_argument("--stun-url", action="append", metavar="URL",
+                     help="stun: URL handed to speakers and used by the stage (repeatable; "
+                          "env TOWNHALL_STUN_URL, comma-separated). Default: none")
+    ice.add_argument("--turn-url", action="append", metavar="URL",
+                     help="turn:/turns: URL (repeatable; env TOWNHALL_TURN_URL, "
+                          "comma-separated); needs --turn-secret-file")
+    ice.add_argument("--turn-secret-file", metavar="PATH",
+                     default=os.environ.get("TOWNHALL_TURN_SECRET_FILE", ""),
+                     help="the secret shared with the TURN server (coturn "
+                          "static-auth-secret); credentials are minted per request")
+    ice.add_argument("--turn-ttl", metavar="S",
+                     default=os.environ.get("TOWNHALL_TURN_TTL", "3600"),
+                     help="lifetime of minted TURN credentials (default 3600)")
+    ice.add_argument("--public-ip", metavar="ADDR",
+                     default=os.environ.get("TOWNHALL_PUBLIC_IP", ""),
+                     help="address the stage announces in its candidates (1:1 NAT)")
+    ice.add_argument("--rtc-ports", metavar="LOW-HIGH",
+                     default=os.environ.get("TOWNHALL_RTC_PORTS", ""),
+                     help="UDP ports the stage binds for speakers (default: any)")
+
+
+def ice_settings(settings: Settings, args: argparse.Namespace) -> None:
+    """Copy the ICE flags (or their environment twins) into ``settings``."""
+    settings.stun_urls = args.stun_url or _env_list("TOWNHALL_STUN_URL")
+    settings.turn_urls = args.turn_url or _env_list("TOWNHALL_TURN_URL")
+    settings.turn_secret_file = args.turn_secret_file
+    try:
+        settings.turn_ttl = int(args.turn_ttl)
+    except ValueError:
+        raise IceSettingError("turn_ttl", f"{args.turn_ttl!r} is not a number of "
+                                          "seconds") from None
+    settings.public_ip = args.public_ip
+    settings.rtc_ports = args.rtc_ports
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -93,6 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = serve_settings(args)
+        settings.ice()  # a malformed ICE setting stops here, named, before anything starts
     except ValueError as exc:
         print(f"townhall: {exc}", file=sys.stderr)
         return 2
@@ -146,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JetStream replicas for streams and buckets (3 in a cluster)")
     serve.add_argument("--node-id", default="", help="stable name of this process")
     serve.add_argument("--log-level", default=Settings.log_level)
+<<<<<<< HEAD
     env = os.environ.get
     serve.add_argument("--trusted-proxies", metavar="CIDR[,CIDR]",
                        default=env("TOWNHALL_TRUSTED_PROXIES", ",".join(LOOPBACK_PROXIES)),
@@ -162,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--space-budget-per-address", metavar="BURST/SECONDS",
                        default=env("TOWNHALL_SPACE_BUDGET_PER_ADDRESS", "30/10"),
                        help="the same per client address (default 30/10)")
+=======
+    add_ice_flags(serve)
+>>>>>>> main
     serve.set_defaults(func=_serve)
 
     token = sub.add_parser("token", help="mint an access token for your own app to hand out")

@@ -129,6 +129,7 @@ class Stage:
         self.leases: dict[str, int] = {}
         self._reapers: set[asyncio.Future[None]] = set()
         self.retired = Tally()  # counters of Spaces this stage no longer runs
+        self.ice = ctx.settings.ice()
         # Live Spaces as the bucket's watch reports them: tending reads this, never the
         # bucket (ended Spaces pile up there until they expire).
         self.live: dict[str, dict[str, Any]] = {}
@@ -228,7 +229,7 @@ class Stage:
         else:
             for old in [s for s in run.sessions.values() if s.identity == identity]:
                 await self._drop(space, old)  # a reconnect replaces the old session
-            session = SpeakerSession(identity, str(req.get("name", identity)))
+            session = SpeakerSession(identity, str(req.get("name", identity)), self.ice)
             try:
                 answer = await asyncio.wait_for(session.answer(str(req["sdp"])), 10)
             except Exception as exc:
