@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from townhall import __version__
-<<<<<<< HEAD
+from townhall.ice import IceSettingError
 from townhall.settings import (
     ALL_ROLES,
     LOOPBACK_PROXIES,
@@ -20,10 +20,6 @@ from townhall.settings import (
     parse_budget,
     parse_duration,
 )
-=======
-from townhall.ice import IceSettingError
-from townhall.settings import ALL_ROLES, Settings
->>>>>>> main
 
 # Subcommand modules beyond serve/token: each has add_parser(subparsers) setting func=.
 SUBCOMMANDS: list[str] = [
@@ -195,7 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JetStream replicas for streams and buckets (3 in a cluster)")
     serve.add_argument("--node-id", default="", help="stable name of this process")
     serve.add_argument("--log-level", default=Settings.log_level)
-<<<<<<< HEAD
     env = os.environ.get
     serve.add_argument("--trusted-proxies", metavar="CIDR[,CIDR]",
                        default=env("TOWNHALL_TRUSTED_PROXIES", ",".join(LOOPBACK_PROXIES)),
@@ -212,9 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--space-budget-per-address", metavar="BURST/SECONDS",
                        default=env("TOWNHALL_SPACE_BUDGET_PER_ADDRESS", "30/10"),
                        help="the same per client address (default 30/10)")
-=======
     add_ice_flags(serve)
->>>>>>> main
     serve.set_defaults(func=_serve)
 
     token = sub.add_parser("token", help="mint an access token for your own app to hand out")
