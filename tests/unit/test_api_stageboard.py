@@ -6,8 +6,8 @@ import time
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from townhall.api.stageboard import StageBoard, StageCollector, families
 from townhall.media.playout import Playout
-from townhall.stage.observe import StageBoard, StageCollector, families
 from townhall.stage.tally import ClockWatch, Tally, stage_report
 
 

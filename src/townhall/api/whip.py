@@ -1,7 +1,7 @@
 """WHIP (RFC 9725) endpoints on the api's HTTP server, forwarded to the owning stage.
 
 The api checks what it can without media (token, Space live, caller on stage, an SDP that
-offers Opus audio within the bounds of townhall.stage.sdpcheck), takes the offer from the
+offers Opus audio within the bounds of townhall.sdp), takes the offer from the
 caller's and the Space's budgets, and hands it over NATS to whichever stage holds the
 Space's lease; that stage answers with the SDP answer and a session id.
 """
@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request, Response
 from townhall import grants
 from townhall.api.ratelimit import TokenBuckets
 from townhall.api.schemas import problems
+from townhall.api.store import SpaceStore
 from townhall.bus import subjects
 from townhall.context import Context
 from townhall.ice import link_headers
@@ -34,9 +35,8 @@ from townhall.problems import (
     Unprocessable,
 )
 from townhall.room.rules import is_space_id
-from townhall.room.store import SpaceStore
-from townhall.stage.negotiation import is_session_id
-from townhall.stage.sdpcheck import check_sdp
+from townhall.sdp import check_sdp
+from townhall.sessionid import is_session_id
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ WHIP_WHY = {
 
 
 def check_offer(body: bytes) -> str:
-    """The offer as text, or a precise refusal (see townhall.stage.sdpcheck)."""
+    """The offer as text, or a precise refusal (see townhall.sdp)."""
     return check_sdp(body)
 
 
