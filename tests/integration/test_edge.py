@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import Served, start_townhall
 from tests.tone import ToneChunks
-from townhall.bus import Bus, subjects
+from townhall.bus import Bus, NatsBus, subjects
 from townhall.media.chunk import Chunk
 
 CHUNK_S = 0.1
@@ -86,7 +86,7 @@ class Producer:
 
 @pytest.fixture
 async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect([nats_url])
+    b = await NatsBus.connect([nats_url])
     yield b
     await b.close()
 

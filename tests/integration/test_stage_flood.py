@@ -17,7 +17,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from tests.conftest import Served, start_townhall
 from tests.integration.test_stage_program import guest, spawn_speaker
 from tests.integration.test_stage_takeover import stage_child, tone_db
-from townhall.bus import Bus, subjects
+from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message
 from townhall.cli.speak import tone
 from townhall.client import whip
@@ -71,7 +71,7 @@ async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(tmp_path: Pat
             async def on_media(msg: Message) -> None:
                 chunks.append((time.monotonic(), Chunk.decode(msg.data)))
 
-            bus = await Bus.connect([nats], setup=False, auth=served.nats_auth())
+            bus = await NatsBus.connect([nats], setup=False, auth=served.nats_auth())
             await bus.subscribe(subjects.media(space), on_media)
             speaker = spawn_speaker(served, space, host, tmp_path / "speak.log")
             pc.addTransceiver(flood, direction="sendrecv")

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import Served, start_townhall
 from tests.integration.test_stage_takeover import stage_child
-from townhall.bus import Bus, subjects
+from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message
 from townhall.media.chunk import Chunk
 from townhall.media.opus import OpusDecoder
@@ -68,7 +68,7 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
     async def on_levels(msg: Message) -> None:
         levels.append((time.monotonic(), json.loads(msg.data)))
 
-    bus = await Bus.connect([nats], setup=False, auth=served.nats_auth())
+    bus = await NatsBus.connect([nats], setup=False, auth=served.nats_auth())
     speaker = None
     try:
         await bus.subscribe(subjects.media(space), on_media)

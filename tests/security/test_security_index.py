@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import Served, start_townhall
 from townhall.app import build_app
 from townhall.auth import TokenIssuer, load_or_create_secret
-from townhall.bus import Bus, subjects
+from townhall.bus import Bus, NatsBus, subjects
 from townhall.bus.embedded import EmbeddedNats
 from townhall.context import Context
 from townhall.room import rules
@@ -100,7 +100,7 @@ class InProcessApi:
 
 @pytest.fixture
 async def inproc(nats: str, tmp_path: Path) -> AsyncIterator[InProcessApi]:
-    bus = await Bus.connect([nats])
+    bus = await NatsBus.connect([nats])
     # 5,000 Spaces straight into the bucket (as other apis would have made them): most
     # ended, some live and scheduled, a few private.
     docs = [doc(n, "ended") for n in range(4900)]
@@ -352,7 +352,7 @@ async def test_the_stage_does_not_read_ended_spaces_every_second(nats: str,
     doubled with 500 of them); which Spaces are live now comes from a watch."""
     from townhall.stage.role import Stage
 
-    bus = await Bus.connect([nats])
+    bus = await NatsBus.connect([nats])
     for at in range(0, 2000, 250):
         await asyncio.gather(*(bus.kv_create(subjects.SPACES_BUCKET, d["id"],
                                              json.dumps(d).encode())

@@ -24,7 +24,7 @@ import pytest
 from nats.aio.client import Client
 
 from tests.conftest import Served, start_townhall
-from townhall.bus import Bus, NatsAuth, subjects
+from townhall.bus import NatsAuth, NatsBus, subjects
 from townhall.bus.credentials import USERS_FILE, load_auth_file
 from townhall.bus.embedded import CONFIG_FILE, EmbeddedNats
 from townhall.bus.permissions import ROLES
@@ -130,8 +130,8 @@ async def test_the_roles_connect_with_their_own_users(served: Served) -> None:
     host = served.session("Ada")
     with served.client(host) as c:
         space = c.post("/api/v1/spaces", json={"title": "Perms"}).json()["id"]
-    edge = await Bus.connect([url], auth=served.nats_auth("edge"))
-    stage = await Bus.connect([url], auth=served.nats_auth("stage"))
+    edge = await NatsBus.connect([url], auth=served.nats_auth("edge"))
+    stage = await NatsBus.connect([url], auth=served.nats_auth("stage"))
     try:
         doc = await edge.kv_get(subjects.SPACES_BUCKET, space)
         assert doc is not None and json.loads(doc.value)["title"] == "Perms"

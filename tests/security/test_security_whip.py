@@ -21,7 +21,7 @@ from tests.security.offers import CHROMIUM_AV, PLAIN, bomb
 from townhall import sdp as sdpbounds
 from townhall.api.whip import IDENTITY_BURST, SPACE_BURST, OfferBudget, stage_refusal
 from townhall.auth import TokenIssuer
-from townhall.bus import Bus, subjects
+from townhall.bus import Bus, NatsBus, subjects
 from townhall.bus.bus import Message
 from townhall.problems import BadInput, Problem, TooLarge, TooMany, Unavailable, Unprocessable
 from townhall.sdp import check_sdp
@@ -169,7 +169,7 @@ class Watch:
 @pytest.fixture
 async def watch(served: Served) -> AsyncIterator[Watch]:
     _, nats = stage_child(served.proc.pid)
-    bus = await Bus.connect([nats], setup=False, auth=served.nats_auth())
+    bus = await NatsBus.connect([nats], setup=False, auth=served.nats_auth())
     w = Watch(bus)
     await bus.subscribe("townhall.stage.whip.>", w.on)
     await bus.flush()

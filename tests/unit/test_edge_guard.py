@@ -12,6 +12,7 @@ import pytest
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 
+from tests.fakebus import FakeBus
 from tests.unit.test_edge_handoff import (
     LIVE,
     SPACE,
@@ -22,6 +23,7 @@ from tests.unit.test_edge_handoff import (
     upgrade,
     ws_frames,
 )
+from townhall.bus import Message
 from townhall.edge import guard
 from townhall.edge.guard import ConnectionCap, PerAddress, ReplayBudget, ReplayChoice
 from townhall.edge.handoff import client_address, http_protocol
@@ -289,25 +291,26 @@ class _Unlimited:
         return True
 
 
-class Replays:
+class Replays(FakeBus):
     """A bus whose stream replay waits for the test and counts calls."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls = 0
         self.gate = asyncio.Event()
 
-    async def replay(self, stream: str, subject: str, *, since_s: float) -> list[Any]:
+    async def replay(self, stream: str, subject: str, *, since_s: float,
+                     limit: int = 1000, timeout: float = 2.0) -> list[Message]:
         self.calls += 1
         await self.gate.wait()
-        return [type("Msg", (), {"data": Chunk(seq=s, pts=0, sent_us=0,
-                                               packets=(b"\xf8",)).encode()})()
+        return [Message(subject, Chunk(seq=s, pts=0, sent_us=0, packets=(b"\xf8",)).encode(), {})
                 for s in range(1, 11)]
 
 
 async def test_joins_needing_jetstream_share_one_replay_and_past_the_budget_start_live(
         ) -> None:
     bus = Replays()
-    hub = Hub(bus, replays=ReplayBudget(rate=0.001, burst=1, now=0.0))  # type: ignore[arg-type]
+    hub = Hub(bus, replays=ReplayBudget(rate=0.001, burst=1, now=0.0))
     feed = Feed(SPACE, hub.ogg)
     hub.feeds[SPACE] = feed
     joins = [asyncio.ensure_future(hub.join(SPACE, Subscriber("ws"), 1)) for _ in range(30)]

@@ -96,8 +96,9 @@ def _message(msg: Msg) -> Message:
                    headers=dict(msg.headers or {}), reply=msg.reply or "")
 
 
-class Bus:
-    """A connection to the NATS cluster with townhall's streams and buckets ready."""
+class NatsBus:
+    """The Bus (townhall.bus.seam) over nats-py: a connection to the NATS cluster with
+    townhall's streams and buckets ready."""
 
     def __init__(self, nc: Client, js: JetStreamContext) -> None:
         self._nc = nc
@@ -107,7 +108,7 @@ class Bus:
     @classmethod
     async def connect(cls, urls: list[str], *, name: str = "townhall",
                       replicas: int = 1, setup: bool = True,
-                      auth: NatsAuth | None = None) -> Bus:
+                      auth: NatsAuth | None = None) -> NatsBus:
         """Connect (reconnecting forever on loss) and ensure the topology exists.
 
         ``auth`` is the only way credentials reach nats-py (bus/credentials.py)."""
