@@ -24,12 +24,13 @@ from tests.unit.test_edge_handoff import (
     ws_frames,
 )
 from townhall.bus import Message
+from townhall.closecode import CloseCode
 from townhall.edge import guard
 from townhall.edge.guard import ConnectionCap, PerAddress, ReplayBudget, ReplayChoice
 from townhall.edge.handoff import client_address, http_protocol
 from townhall.edge.hub import Feed, Hub, Subscriber
 from townhall.edge.listeners import CLIENT_BURST, MAX_OWED, WsListener
-from townhall.edge.node import CLOSE_TOO_MANY, EdgeNode
+from townhall.edge.node import EdgeNode
 from townhall.media.chunk import Chunk
 
 PEER = "198.51.100.1"
@@ -223,7 +224,7 @@ async def test_listener_connections_past_the_per_address_cap_get_4429_and_429() 
     await settle()
     close = ws_frames(bytes(second.written))[-1]
     assert close.opcode is Opcode.CLOSE
-    assert int.from_bytes(close.data[:2], "big") == CLOSE_TOO_MANY
+    assert int.from_bytes(close.data[:2], "big") == CloseCode.TOO_MANY
     assert json.loads(close.data[2:])["retry_after"] >= 1
     proto, ogg = connect_listener(node)
     proto.data_received(f"GET /listen/{SPACE}.opus HTTP/1.1\r\nHost: x\r\n\r\n".encode())

@@ -23,16 +23,13 @@ from townhall.bus import subjects
 from townhall.context import Context
 from townhall.ice import link_headers
 from townhall.problems import (
-    BadInput,
+    BY_STATUS,
     Conflict,
-    Forbidden,
     NotAllowed,
     NotFound,
     Problem,
-    TooLarge,
     TooMany,
     Unavailable,
-    Unprocessable,
 )
 from townhall.room.rules import is_space_id
 from townhall.sdp import check_sdp
@@ -40,8 +37,6 @@ from townhall.sessionid import is_session_id
 
 log = logging.getLogger(__name__)
 
-STATUS: dict[int, type[Problem]] = {400: BadInput, 403: Forbidden, 404: NotFound,
-                                    409: Conflict, 413: TooLarge, 422: Unprocessable}
 
 # Offers that reach a stage, per identity and per Space. A speaker sends one per connection
 # (a reconnect after a network change or a stage takeover sends another); a Space's whole
@@ -104,8 +99,8 @@ def stage_refusal(reply: dict[str, object]) -> Problem | None:
     if status == 503:
         return Unavailable(detail, retry_after=float(str(reply.get("retry_after", 1))),
                            slug=slug)
-    if status in STATUS:
-        return STATUS[status](detail, slug=slug)
+    if status in BY_STATUS:
+        return BY_STATUS[status](detail, slug=slug)
     log.error("stage answered a WHIP request with %s: %s", status, detail)
     return Problem("an internal error occurred; nothing was changed")
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message, Subscription
+from townhall.closecode import CloseCode
 from townhall.edge import metrics
 from townhall.edge.backlog import Backlog, Offer
 from townhall.edge.guard import ReplayBudget, ReplayChoice, replay_rate_from_env
@@ -56,9 +57,6 @@ MAX_REPAIR = 100        # refill a hole of up to this many chunks (10 s) from Je
 REPAIR_LOOKBACK_S = 15.0
 REPAIR_TIMEOUT_S = 1.0
 DOC_TTL_S = 5.0         # a watched KV entry older than this is read again on the next join
-CLOSE_TOO_SLOW = 4408
-CLOSE_ENDED = 4410
-CLOSE_REMOVED = 4403
 KINDS = ("ws", "ogg", "ogg_raw")  # WebSocket; Ogg over chunked HTTP/1.1; Ogg over HTTP/1.0
 DUPLICATE, QUEUED, WRITTEN = -1, 0, 1   # what push_frame did with a chunk
 
@@ -191,7 +189,7 @@ class Subscriber:
             metrics.SKIPS.inc()
         elif outcome is Offer.CLOSE and self.close is None:
             metrics.SLOW_CLOSES.inc()
-            self.end(CLOSE_TOO_SLOW, json.dumps({"resume_from": self.backlog.resume_from}))
+            self.end(CloseCode.TOO_SLOW, json.dumps({"resume_from": self.backlog.resume_from}))
 
     def push_text(self, text: str) -> bool:
         """Queue a text frame of this listener's own (and write it now if it can)."""
@@ -528,17 +526,17 @@ class Feed:
         self._texts(self.state_text)
         if self.snapshot.get("state") == "ended":
             for sub in list(self.subscribers):
-                sub.end(CLOSE_ENDED, "space ended")
+                sub.end(CloseCode.ENDED, "space ended")
 
     def on_control(self, command: dict[str, Any]) -> None:
         """Kicks close that identity's connections; "ended" closes everyone."""
         if command.get("type") == "kick" and command.get("identity"):
             for sub in list(self.subscribers):
                 if sub.identity == command["identity"]:
-                    sub.end(CLOSE_REMOVED, "removed from this Space")
+                    sub.end(CloseCode.FORBIDDEN, "removed from this Space")
         elif command.get("type") == "ended":
             for sub in list(self.subscribers):
-                sub.end(CLOSE_ENDED, "space ended")
+                sub.end(CloseCode.ENDED, "space ended")
 
     def on_levels(self, text: str) -> None:
         self._texts(text)

@@ -31,12 +31,11 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from townhall.closecode import CloseCode
 from townhall.edge.admission import TokenBucket
 from townhall.edge.guard import counted
 from townhall.edge.hub import Joined, Subscriber
 from townhall.edge.node import (
-    CLOSE_FULL,
-    CLOSE_TOO_MANY,
     EdgeNode,
     Refusal,
     may_listen_as,
@@ -46,12 +45,10 @@ from townhall.edge.node import (
 )
 from townhall.edge.wire import CHUNKED_END, http_chunk, http_head, problem_response, ws_text_frame
 from townhall.problems import (
+    BY_STATUS,
     BadInput,
-    Forbidden,
-    NotFound,
     Problem,
     TooMany,
-    Unauthorized,
     Unavailable,
 )
 from townhall.room.snapshot import REACTIONS
@@ -75,16 +72,6 @@ CLIENT_BURST = 20.0          # CLIENT_BURST; past that the listener is closed (1
 MAX_OWED = 16 * 1024
 CLOSE_TIMEOUT_S = 2.0        # for the client's side of the close (or the last bytes)
 SHUTDOWN = (1001, "edge shutting down")
-
-
-class Gone(Problem):
-    """The Space has ended."""
-
-    status = 410
-
-
-_BY_STATUS: dict[int, type[Problem]] = {401: Unauthorized, 403: Forbidden, 404: NotFound,
-                                        410: Gone}
 
 
 @dataclass(frozen=True)
@@ -311,12 +298,12 @@ class WsListener(ListenerConnection):
         self.finish(refusal.code, refusal.detail)
 
     def full(self, retry_after: int) -> None:
-        self.finish(CLOSE_FULL, json.dumps({"retry_after": retry_after}))
+        self.finish(CloseCode.FULL, json.dumps({"retry_after": retry_after}))
 
     def too_many(self, retry_after: int) -> None:
         log.info("listener refused: %s holds %d listener connections", self.request.client,
                  self.edge.per_address.limit)
-        self.finish(CLOSE_TOO_MANY, json.dumps({"retry_after": retry_after}))
+        self.finish(CloseCode.TOO_MANY, json.dumps({"retry_after": retry_after}))
 
     def finish(self, code: int, reason: str) -> None:
         if self.closing:
@@ -445,7 +432,7 @@ class OggListener(ListenerConnection):
         self.transport.close()
 
     def refuse(self, refusal: Refusal) -> None:
-        self._answer(_BY_STATUS[refusal.status](refusal.detail, slug=refusal.slug))
+        self._answer(BY_STATUS[refusal.status](refusal.detail, slug=refusal.slug))
 
     def full(self, retry_after: int) -> None:
         self._answer(Unavailable("this edge is full; retry later", slug="edge-full",
