@@ -74,6 +74,30 @@ CLOSE_TIMEOUT_S = 2.0        # for the client's side of the close (or the last b
 SHUTDOWN = (1001, "edge shutting down")
 
 
+def direct_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
+    """A socket object on the transport's descriptor (not a copy: a second descriptor
+    per listener would halve how many fit under the open-files limit), for the
+    fan-out's direct sends; None where the transport has no socket, and None on a TLS
+    transport: bytes sent there would bypass the encryption (plaintext on an encrypted
+    connection), so such a listener is written through ``transport.write`` only."""
+    if transport.get_extra_info("sslcontext") is not None or \
+            transport.get_extra_info("ssl_object") is not None:
+        return None
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        return None
+    try:
+        sock = socket.socket(fileno=raw.fileno())
+    except OSError:
+        return None
+    try:
+        sock.setblocking(False)
+    except OSError:
+        sock.detach()  # dropped undetached, it would close the transport's descriptor
+        return None
+    return sock
+
+
 @dataclass(frozen=True)
 class ListenRequest:
     """A listener's request line and headers, as the HTTP protocol parsed them."""
@@ -157,22 +181,7 @@ class ListenerConnection(asyncio.Protocol):
             self._on_end()
 
     def _socket(self) -> socket.socket | None:
-        """A socket object on the transport's descriptor (not a copy: a second descriptor
-        per listener would halve how many fit under the open-files limit), for the
-        fan-out's direct sends; None where the transport has no socket."""
-        raw = self.transport.get_extra_info("socket")
-        if raw is None:
-            return None
-        try:
-            sock = socket.socket(fileno=raw.fileno())
-        except OSError:
-            return None
-        try:
-            sock.setblocking(False)
-        except OSError:
-            sock.detach()  # dropped undetached, it would close the transport's descriptor
-            return None
-        return sock
+        return direct_socket(self.transport)
 
     def _joined(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
