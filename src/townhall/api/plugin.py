@@ -1,6 +1,6 @@
 """The api role's HTTP routes: sessions, Spaces, stage actions, reactions, where to listen.
 
-Thin shell: the rules are in townhall.room.rules, counting in townhall.room.tally, state
+Thin shell: the rules are in townhall.room.rules, counting in townhall.room.counting, state
 in NATS KV through townhall.api.store; this module reads requests and writes responses.
 """
 
@@ -42,9 +42,9 @@ from townhall.problems import (
 )
 from townhall.room import rules
 from townhall.room.coalescer import Coalescer
+from townhall.room.counting import EdgeRegistry, ReactionTally, fold, rank_edges
 from townhall.room.index import STATES, SpaceIndex, Viewer
 from townhall.room.snapshot import REACTIONS, public_view
-from townhall.room.tally import EdgeRegistry, ReactionTally, fold, rank_edges
 from townhall.room.text import check_text
 
 log = logging.getLogger(__name__)

@@ -32,9 +32,9 @@ from townhall.media.opus import OpusEncoder
 from townhall.media.packager import Packager
 from townhall.problems import Problem
 from townhall.sdp import check_sdp
+from townhall.stage.counters import ClockWatch, Tally, stage_report
 from townhall.stage.ingest import SpeakerSession
 from townhall.stage.negotiation import NEGOTIATION_TIMEOUT_S, NegotiationGate
-from townhall.stage.tally import ClockWatch, Tally, stage_report
 
 log = logging.getLogger(__name__)
 FRAME_S = 0.020
