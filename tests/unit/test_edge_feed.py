@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from townhall.edge.hub import Feed, Frame, Subscriber
+from townhall.edge.feed import Feed
+from townhall.edge.frame import Frame
+from townhall.edge.subscriber import Subscriber
 from townhall.media.chunk import Chunk
 from townhall.media.ogg import OggOpusStream
 

@@ -6,8 +6,8 @@ No ASGI task, no per-connection reader/writer tasks and no queues: a listener is
 protocol object and one Subscriber, written to by the feed's fan-out loop. Flow control is
 the transport's own: a high-water mark of 0 makes ``pause_writing`` take the listener out
 of the fast set as soon as the transport holds a byte, and ``resume_writing`` brings it
-back once it holds none (hub.Subscriber). While it is fast, the fan-out sends to the
-listener's socket directly (hub.FastSet): a socket object on the transport's own
+back once it holds none (edge/subscriber.py). While it is fast, the fan-out sends to the
+listener's socket directly (edge/fanout.py): a socket object on the transport's own
 descriptor, detached in ``connection_lost`` — which the event loop calls before it closes
 the descriptor — so the descriptor is never sent to once it could be another's. The WebSocket
 handshake and client frames are handled by ``websockets``' Sans-I/O ``ServerProtocol``;
@@ -33,8 +33,8 @@ from websockets.server import ServerProtocol
 
 from townhall.closecode import CloseCode
 from townhall.edge.admission import TokenBucket
+from townhall.edge.feed import Joined
 from townhall.edge.guard import counted
-from townhall.edge.hub import Joined, Subscriber
 from townhall.edge.node import (
     EdgeNode,
     Refusal,
@@ -43,6 +43,7 @@ from townhall.edge.node import (
     parse_from,
     verified,
 )
+from townhall.edge.subscriber import Subscriber
 from townhall.edge.wire import CHUNKED_END, http_chunk, http_head, problem_response, ws_text_frame
 from townhall.problems import (
     BY_STATUS,
@@ -61,7 +62,7 @@ ws_log.setLevel(logging.WARNING)
 # Bytes waiting in our transport buffer above which a listener leaves the fast set, and at
 # or below which it returns: 0, so a fast listener's transport holds nothing and the
 # fan-out may send to its socket directly. What a slow reader is owed waits in its bounded
-# backlog (hub.Subscriber), on top of what the kernel buffers.
+# backlog (edge/subscriber.py), on top of what the kernel buffers.
 HIGH_WATER = 0
 LOW_WATER = 0
 MAX_CLIENT_TEXT = 1024       # bytes; anything larger closes that listener (1009)
