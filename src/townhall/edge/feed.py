@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,14 @@ from townhall.room.snapshot import public_view
 log = logging.getLogger(__name__)
 
 MAX_REPAIR = 100        # refill a hole of up to this many chunks (10 s) from JetStream
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Chunks ``first``..``last`` (inclusive) never arrived live."""
+
+    first: int
+    last: int
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,10 @@ class Feed:
         self.coalesce = False           # under load: hold chunks until the next flush
         self.pending: list[Frame] = []
         # A hole in the live sequence (e.g. our NATS node died and the subscription missed
-        # chunks while reconnecting) is refilled from JetStream: ``on_gap(first, last)``
-        # starts that, later chunks wait in ``held`` until ``repaired`` delivers in order.
-        self.on_gap: Callable[[int, int], None] | None = None
+        # chunks while reconnecting) is refilled from JetStream when ``repairs`` is on:
+        # ``on_media`` returns the ``Gap`` for the hub to fetch, later chunks wait in
+        # ``held`` until ``repaired`` delivers in order.
+        self.repairs = False
         self.held: list[Frame] | None = None
         # The join replay from JetStream in flight, if any: the wall-clock time it reads
         # from, and its result (joins it reaches back far enough for share it).
@@ -156,22 +164,23 @@ class Feed:
         return Frame(chunk.seq, data, page, chunk.sent_us, ws_binary_frame(data),
                      http_chunk(page))
 
-    def on_media(self, data: bytes) -> None:
+    def on_media(self, data: bytes) -> Gap | None:
+        """A live chunk from the bus: delivered, or held behind a hole it reveals (the
+        returned Gap, to be refilled and handed to ``repaired``)."""
         try:
             frame = self.frame(data)
         except BadInput:
             log.warning("dropped a malformed chunk on %s", self.space)
-            return
+            return None
         if self.held is not None:
             self.held.append(frame)
-            return
+            return None
         last = self.ring.last_seq
-        if (self.on_gap is not None and last is not None
-                and last + 1 < frame.seq <= last + 1 + MAX_REPAIR):
+        if self.repairs and last is not None and last + 1 < frame.seq <= last + 1 + MAX_REPAIR:
             self.held = [frame]
-            self.on_gap(last + 1, frame.seq - 1)
-            return
+            return Gap(last + 1, frame.seq - 1)
         self.deliver(frame)
+        return None
 
     def seed(self, replayed: list[Frame]) -> None:
         """A join's JetStream replay into a ring that is still empty (the feed has seen no

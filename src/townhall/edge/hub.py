@@ -134,7 +134,10 @@ class Hub:
         feed.coalesce = self.coalesce
 
         async def media(msg: Message) -> None:
-            feed.on_media(msg.data)
+            gap = feed.on_media(msg.data)
+            if gap is not None:
+                self._tasks.add(task := asyncio.ensure_future(refill(gap.first, gap.last)))
+                task.add_done_callback(self._tasks.discard)
 
         async def state(msg: Message) -> None:
             with contextlib.suppress(ValueError):
@@ -181,11 +184,7 @@ class Hub:
                 metrics.REFILLED.inc(len(found))
                 feed.repaired(found)
 
-        def on_gap(first: int, last: int) -> None:
-            self._tasks.add(task := asyncio.ensure_future(refill(first, last)))
-            task.add_done_callback(self._tasks.discard)
-
-        feed.on_gap = on_gap
+        feed.repairs = True
         feed.subs = [await self.bus.subscribe(subjects.media(space), media),
                      await self.bus.subscribe(subjects.control(space), control),
                      await self.bus.subscribe(subjects.state(space), state),
