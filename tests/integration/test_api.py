@@ -501,8 +501,15 @@ def test_the_readme_tour_works_word_for_word(served: Served) -> None:
     readme = (ROOT / "README.md").read_text()
     tour = readme.split("## Five-minute tour", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     script = "set -euo pipefail\n" + tour.replace("http://127.0.0.1:8080", served.url)
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr + out.stdout
-    # 304, or 200 in the rare case the reaction was folded in between the two GETs.
-    assert re.search(r"(304|200)\n", out.stdout) and "/problems/not-host" in out.stdout
+    # The README promises 304. The reaction just before is folded into the snapshot within
+    # a second, which can bump the version between the tour's two GETs (an honest 200):
+    # then the tour runs again, a bounded number of times, until it shows the 304.
+    for _ in range(3):
+        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr + out.stdout
+        if re.search(r"^304$", out.stdout, re.M):
+            break
+    assert re.search(r"^304$", out.stdout, re.M), out.stdout
+    assert "/problems/not-host" in out.stdout
     assert '"state":"ended"' in out.stdout.replace(" ", ""), out.stdout

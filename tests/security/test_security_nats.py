@@ -24,6 +24,7 @@ import pytest
 from nats.aio.client import Client
 
 from tests.conftest import Served, start_townhall
+from tests.waiting import until_async
 from townhall.bus import NatsAuth, NatsBus, subjects
 from townhall.bus.credentials import USERS_FILE, load_auth_file
 from townhall.bus.embedded import CONFIG_FILE, EmbeddedNats
@@ -79,14 +80,6 @@ async def admin(served: Served) -> AsyncIterator[Client]:
     nc = await connect(nats_address(served), served.nats_auth())
     yield nc
     await nc.close()
-
-
-async def until(cond: Any, bound_s: float, what: str) -> None:
-    for _ in range(int(bound_s * 20)):
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {bound_s}s: {what}")
 
 
 async def test_no_credentials_or_a_wrong_password_is_refused(served: Served) -> None:
@@ -183,9 +176,9 @@ async def test_a_role_cannot_publish_outside_its_subjects(
         await nc.publish(subject(refused, space), b'{"type":"ended"}')
         await nc.publish(subject(allowed, space), b"{}")
         await nc.flush()
-        await until(lambda: subject(allowed, space) in heard, 10, "the allowed message")
+        await until_async(lambda: subject(allowed, space) in heard, 10, "the allowed message")
         assert subject(refused, space) not in heard
-        await until(lambda: errors, 10, "the permissions violation")
+        await until_async(lambda: errors, 10, "the permissions violation")
         assert f'publish to "{subject(refused, space)}"' in str(errors[0])
     finally:
         await nc.close()
@@ -236,7 +229,7 @@ async def test_external_nats_with_a_password_file(tmp_path: Path) -> None:
             metrics = httpx.get(f"{served.url}/metrics", timeout=5).text
             return "townhall_stage_report_age_seconds{" in metrics
 
-        await until(stage_reports, 30, "the stage child's heartbeat")
+        await until_async(stage_reports, 30, "the stage child's heartbeat")
     finally:
         if served is not None:
             served.stop()
@@ -317,7 +310,7 @@ async def test_external_nats_with_a_creds_file(tmp_path: Path) -> None:
             metrics = httpx.get(f"{served.url}/metrics", timeout=5).text
             return "townhall_stage_report_age_seconds{" in metrics
 
-        await until(stage_reports, 30, "the stage child's heartbeat")
+        await until_async(stage_reports, 30, "the stage child's heartbeat")
     finally:
         if served is not None:
             served.stop()
