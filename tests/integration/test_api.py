@@ -18,6 +18,7 @@ import hypothesis
 import nats
 import pytest
 import schemathesis
+from nats.aio.msg import Msg
 
 from tests.conftest import Served, start_townhall
 from townhall.auth import TokenIssuer, load_or_create_secret
@@ -231,7 +232,7 @@ async def test_state_is_published_at_most_four_times_a_second(served: Served,
     nc = await nats.connect(nats_url)
     seen: list[tuple[float, dict[str, object]]] = []
 
-    async def on(msg: nats.aio.msg.Msg) -> None:
+    async def on(msg: Msg) -> None:
         seen.append((time.monotonic(), json.loads(msg.data)))
 
     await nc.subscribe(f"townhall.{space}.state", cb=on)
@@ -432,7 +433,7 @@ def test_no_input_makes_the_api_fail(served: Served) -> None:
     calls: list[int] = []
     fuzzed: set[tuple[str, str]] = set()
     for result in schema.get_all_operations():
-        operation = result.ok()
+        operation = result.ok()  # type: ignore[union-attr]
         fuzzed.add((operation.method.lower(), operation.path))
 
         @hypothesis.settings(max_examples=8, deadline=None, database=None,
@@ -485,7 +486,8 @@ def test_townhall_watch_follows_the_room_until_it_ends(served: Served) -> None:
                 if "stage: Wanda (host), Bob (speaker)" in line:
                     break
             else:
-                raise AssertionError(f"the approval never showed: {watcher.stderr.read()}")
+                told = watcher.stderr.read() if watcher.stderr else ""
+                raise AssertionError(f"the approval never showed: {told}")
             assert c.post(f"/api/v1/spaces/{space}/end").status_code == 200
         out, err = watcher.communicate(timeout=60)
     finally:

@@ -213,9 +213,11 @@ async def test_private_spaces_are_listed_to_their_people_only(inproc: InProcessA
 
 
 async def test_list_parameters_are_checked(inproc: InProcessApi) -> None:
-    for params, slug in [({"limit": 0}, "bad-parameters"), ({"limit": 101}, "bad-parameters"),
-                         ({"limit": "x"}, "bad-parameters"), ({"cursor": "!!"}, "bad-parameters"),
-                         ({"state": "gone"}, "bad-state")]:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"limit": 0}, "bad-parameters"), ({"limit": 101}, "bad-parameters"),
+        ({"limit": "x"}, "bad-parameters"), ({"cursor": "!!"}, "bad-parameters"),
+        ({"state": "gone"}, "bad-state")]
+    for params, slug in cases:
         r = await inproc.spaces(**params)
         assert r.status_code in (400, 422), (params, r.text)
         assert r.headers["content-type"].startswith(PROBLEM)

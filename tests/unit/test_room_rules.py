@@ -253,7 +253,8 @@ def test_every_problem_type_has_one_status() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
                 for kw in node.exc.keywords:
-                    if kw.arg == "slug" and isinstance(kw.value, ast.Constant):
+                    if (kw.arg == "slug" and isinstance(kw.value, ast.Constant)
+                            and isinstance(kw.value.value, str)):
                         seen.setdefault(kw.value.value, set()).add(ast.unparse(node.exc.func)
                                                                    .split(".")[-1])
     assert len(seen) > 20
