@@ -23,7 +23,8 @@ NEW = """<!doctype html><html><head>
 <link rel=stylesheet href="../static/3f2a/style.css">
 <script type="module" src="/static/3f2a/app.js"></script>
 <script type="application/json" id="snapshot">{"id": "abc", "state": "live",
- "title": "Big night \\u0026 more \\u003c/script>", "edges": [{"ws": "/ws/abc", "ogg": "/listen/abc.opus"}]}
+ "title": "Big night \\u0026 more \\u003c/script>",
+ "edges": [{"ws": "/ws/abc", "ogg": "/listen/abc.opus"}]}
 </script>
 <script type="application/json" id="other">{"not": "the snapshot"}</script>
 <script src="data:text/javascript,1"></script>
