@@ -62,6 +62,8 @@ class Tab:
                                            timeout=15)
         got = cache.response(url, resp.status_code, resp.headers, resp.content,
                              time.monotonic())
+        if resp.status_code == 304 and got is not None:
+            return 200, got  # what the page sees: the stored response, still valid
         return resp.status_code, got if got is not None else resp.content
 
     async def load_assets(self, refs: list[str], modules: set[str]) -> None:
