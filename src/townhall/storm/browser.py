@@ -140,12 +140,15 @@ async def browser_viewer(idx: int, base: str, space: str, until: float, ev: Even
     ev.viewers += 1
     poller: asyncio.Future[None] | None = None
     try:
+        ev.loading += 1
         try:
             ws_url = await _open_page(tab, base.rstrip("/"), space)
         except (PageFailed, httpx.HTTPError, ValueError) as exc:
             reason = str(exc) if isinstance(exc, PageFailed) else type(exc).__name__
             ev.failed.append((idx, f"page load: {reason}"))
             return
+        finally:
+            ev.loading -= 1
         if poll_s > 0:
             poller = asyncio.ensure_future(_poll(tab, base.rstrip("/"), space, poll_s,
                                                  rng or random.Random(idx)))

@@ -45,14 +45,15 @@ class Events:
     requests: dict[str, int] = field(default_factory=dict)
     viewer_requests: list[dict[str, int]] = field(default_factory=list)
     viewers: int = 0
+    loading: int = 0  # pages still loading (page, assets, snapshot, where to listen)
     socket_reactions: int = 0  # reactions sent over viewers' sockets
 
     def drain(self) -> dict[str, object]:
         """A picklable report of the events so far, and start afresh (gauges are kept)."""
         out = {k: v for k, v in self.__dict__.items()}
-        live, viewers = self.live, self.viewers
+        live, viewers, loading = self.live, self.viewers, self.loading
         self.__init__()  # type: ignore[misc]
-        self.live, self.viewers = live, viewers
+        self.live, self.viewers, self.loading = live, viewers, loading
         return out
 
 

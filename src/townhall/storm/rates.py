@@ -1,14 +1,31 @@
 """Rates per viewer-minute from a storm's per-second rows (no I/O).
 
-A row covers the interval (t - dt, t] and says how many viewers had the page open at its
-end; "after the ramp" takes only rows wholly after the ramp, so page loads of the last
-viewers to arrive do not count as steady state.
+A row covers the interval (t - dt, t] and says how many viewers had the page open (and
+how many were still loading it) at its end; "after the ramp" takes only rows wholly after
+the ramp and after the last page load, so page loads do not count as steady state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+
+def steady_from(rows: Sequence[dict[str, Any]], not_before: float,
+                loading_key: str = "loading") -> float:
+    """When steady state starts: the end of the first row at or after not_before from which
+    on no page is loading any more (on a busy machine the last page loads outlast the ramp);
+    not_before itself when pages never stop loading or rows do not say."""
+    start: float | None = None
+    for r in rows:
+        t = float(r["t"])
+        if t < not_before:
+            continue
+        if r.get(loading_key):
+            start = None
+        elif start is None:
+            start = t
+    return max(not_before, start) if start is not None else not_before
 
 
 def viewer_minutes(rows: Sequence[dict[str, Any]], after_t: float,

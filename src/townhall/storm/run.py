@@ -136,7 +136,8 @@ async def storm(a: StormArgs, console: Console,
                **tally.summary(), "actors": dict(acts),
                "server_pid": pid, "api_pid": api_pid, "workers_finished": len(done)}
     if browser:
-        summary.update(page_figures(rows, a.ramp + SETTLE_S, summary))
+        summary.update(page_figures(rows, rates.steady_from(rows, a.ramp + SETTLE_S),
+                                    summary))
     if a.report is not None:
         report.write(a.report, summary, rows)
     return summary

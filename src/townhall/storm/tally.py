@@ -29,6 +29,7 @@ class StormTally:
     _delay: list[float] = field(default_factory=list)
     _cpu_prev: float = 0.0
     viewers: dict[int, int] = field(default_factory=dict)  # browser pages open, per worker
+    loading: dict[int, int] = field(default_factory=dict)  # of which still loading
     requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     viewer_requests: list[dict[str, int]] = field(default_factory=list)
     socket_reactions: int = 0
@@ -59,6 +60,7 @@ class StormTally:
         self._delay += ev["delays_ms"]
         self.live[worker] = int(ev["live"])
         self.viewers[worker] = int(ev.get("viewers", 0))
+        self.loading[worker] = int(ev.get("loading", 0))
         for k, n in ev.get("requests", {}).items():
             self.requests[k] = self.requests.get(k, 0) + n
             self._requests[k] = self._requests.get(k, 0) + n
@@ -81,6 +83,7 @@ class StormTally:
             **{f"{k}_total": v for k, v in self.totals.items()},
             "storm_cpu_ms_per_listener_s": (cpu - self._cpu_prev) * 1000 / dt / max(1, live),
             "dt": round(dt, 3), "viewers": sum(self.viewers.values()),
+            "loading": sum(self.loading.values()),
             **{f"req_{k}": self._requests.get(k, 0) for k in KINDS},
             "api_requests": sum(self._requests.get(k, 0) for k in API_KINDS),
             "api_rps": round(sum(self._requests.get(k, 0) for k in API_KINDS) / dt, 1),
