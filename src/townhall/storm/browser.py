@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -24,6 +23,7 @@ from townhall.storm.httpcache import HttpCache
 from townhall.storm.listener import Events, Visit, ws_listener
 from townhall.storm.page import module_imports, parse_page, resolve
 from townhall.storm.requestkinds import ViewerRequests
+from townhall.storm.tabhttp import TabHttp
 
 MAX_ASSETS = 64  # a bound on what one page may make us fetch (imports can chain)
 
@@ -34,9 +34,8 @@ class PageFailed(Exception):
 
 @dataclass
 class BrowserWorld:
-    """What the viewers of one worker share: the HTTP client, the asset cache, open sockets."""
+    """What the viewers of one worker share: the asset cache and the open sockets."""
 
-    client: httpx.AsyncClient
     assets: HttpCache = field(default_factory=HttpCache)
     sockets: dict[int, ClientConnection] = field(default_factory=dict)
 
@@ -49,6 +48,7 @@ class Tab:
         self.ev = ev
         self.own = HttpCache(honour_freshness=False)  # api answers: revalidate, never reuse
         self.counts = ViewerRequests()
+        self.http = TabHttp()
 
     async def get(self, url: str, shared: bool = False) -> tuple[int, bytes | None]:
         """GET like a browser: from a fresh cache entry, else a (conditional) request."""
@@ -58,13 +58,11 @@ class Tab:
             return 200, body
         kind = self.counts.add("GET", url)
         self.ev.requests[kind] = self.ev.requests.get(kind, 0) + 1
-        resp = await self.world.client.get(url, headers=cache.request_headers(url),
-                                           timeout=15)
-        got = cache.response(url, resp.status_code, resp.headers, resp.content,
-                             time.monotonic())
-        if resp.status_code == 304 and got is not None:
+        resp = await self.http.get(url, cache.request_headers(url))
+        got = cache.response(url, resp.status, resp.headers, resp.body, time.monotonic())
+        if resp.status == 304 and got is not None:
             return 200, got  # what the page sees: the stored response, still valid
-        return resp.status_code, got if got is not None else resp.content
+        return resp.status, got if got is not None else resp.body
 
     async def load_assets(self, refs: list[str], modules: set[str]) -> None:
         """Fetch every asset at once, as a browser does, then the imports of the modules."""
@@ -126,7 +124,7 @@ async def _poll(tab: Tab, base: str, space: str, every: float, rng: random.Rando
     while True:
         try:
             await tab.get(f"{base}/api/v1/spaces/{space}")
-        except httpx.HTTPError:
+        except (OSError, TimeoutError):
             pass
         await asyncio.sleep(every)
 
@@ -143,7 +141,7 @@ async def browser_viewer(idx: int, base: str, space: str, until: float, ev: Even
         ev.loading += 1
         try:
             ws_url = await _open_page(tab, base.rstrip("/"), space)
-        except (PageFailed, httpx.HTTPError, ValueError) as exc:
+        except (PageFailed, OSError, TimeoutError, ValueError) as exc:
             reason = str(exc) if isinstance(exc, PageFailed) else type(exc).__name__
             ev.failed.append((idx, f"page load: {reason}"))
             return
@@ -157,6 +155,7 @@ async def browser_viewer(idx: int, base: str, space: str, until: float, ev: Even
     finally:
         if poller is not None:
             poller.cancel()
+        tab.http.close()
         ev.viewers -= 1
         ev.viewer_requests.append(tab.counts.as_dict())
 

@@ -45,7 +45,7 @@ async def _run(plan: Plan, start_wall: float, out: Any) -> None:
     until = t0 + plan.hold_until
     rng = random.Random(plan.worker)
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None)) as client:
-        world = BrowserWorld(client)
+        world = BrowserWorld()
 
         async def one(idx: int) -> None:
             start_at = t0 + plan.ramp * idx / max(1, plan.total)
