@@ -21,7 +21,7 @@ from townhall.storm.actors import REACTION_EMOJI
 from townhall.storm.backoff import Backoff
 from townhall.storm.httpcache import HttpCache
 from townhall.storm.listener import Events, Visit, ws_listener
-from townhall.storm.page import module_imports, parse_page, resolve
+from townhall.storm.page import PageRefs, module_imports, parse_page, resolve
 from townhall.storm.requestkinds import ViewerRequests
 from townhall.storm.tabhttp import TabHttp
 
@@ -38,6 +38,28 @@ class BrowserWorld:
 
     assets: HttpCache = field(default_factory=HttpCache)
     sockets: dict[int, ClientConnection] = field(default_factory=dict)
+    # Parsed pages and modules by content: every tab parses the same bytes, and parsing
+    # them thousands of times would cost the load generator more than the server.
+    _pages: dict[tuple[str, bytes], PageRefs] = field(default_factory=dict)
+    _imports: dict[tuple[str, bytes], list[str]] = field(default_factory=dict)
+
+    def page(self, url: str, html: bytes) -> PageRefs:
+        """The page's references (parsed once per distinct page)."""
+        key = (url, html)
+        if key not in self._pages:
+            if len(self._pages) > 64:
+                self._pages.clear()
+            self._pages[key] = parse_page(html.decode("utf-8", "replace"), url)
+        return self._pages[key]
+
+    def imports(self, url: str, js: bytes) -> list[str]:
+        """A module's static imports (parsed once per distinct module)."""
+        key = (url, js)
+        if key not in self._imports:
+            if len(self._imports) > 256:
+                self._imports.clear()
+            self._imports[key] = module_imports(js.decode("utf-8", "replace"), url)
+        return self._imports[key]
 
 
 class Tab:
@@ -75,7 +97,7 @@ class Tab:
                 if status != 200 or body is None:
                     raise PageFailed(f"asset HTTP {status}")
                 if url in modules or url.endswith((".js", ".mjs")):
-                    for dep in module_imports(body.decode("utf-8", "replace"), url):
+                    for dep in self.world.imports(url, body):
                         if dep not in seen:
                             seen.add(dep)
                             nxt.append(dep)
@@ -101,7 +123,7 @@ async def _open_page(tab: Tab, base: str, space: str) -> str:
     status, html = await tab.get(page_url)
     if status != 200 or html is None:
         raise PageFailed(f"page HTTP {status}")
-    refs = parse_page(html.decode("utf-8", "replace"), page_url)
+    refs = tab.world.page(page_url, html)
     await tab.load_assets(refs.assets, refs.modules)
     snap = refs.snapshot
     if snap is None:
