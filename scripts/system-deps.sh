@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the end-to-end tests use: ffmpeg (a real player) and chromium (a real
-# browser), and an emoji font for the browser's screenshots. Installed through apt-get when run as root and missing; otherwise explained.
+# browser), an emoji font for the browser's screenshots, and nftables for the network-namespace
+# tests. Installed through apt-get when run as root and missing; otherwise explained.
 set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
@@ -9,6 +10,10 @@ command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 ldconfig -p 2>/dev/null | grep -q "libopus.so.0" || need+=(libopus0)
 # Emoji in the web app's screenshots (reactions) need a colour emoji font.
 [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
+# Network namespace tests (tests/netlab.py): loss, partitions and NAT rules.
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+# The web player's unit tests run player.js under node: they must never skip for want of it.
+command -v node >/dev/null 2>&1 || need+=(nodejs)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${need[*]} with apt-get"
