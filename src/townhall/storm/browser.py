@@ -23,7 +23,7 @@ from townhall.storm.httpcache import HttpCache
 from townhall.storm.listener import Events, Visit, ws_listener
 from townhall.storm.page import PageRefs, module_imports, parse_page, resolve
 from townhall.storm.requestkinds import ViewerRequests
-from townhall.storm.tabhttp import TabHttp
+from townhall.storm.tabhttp import FetchError, TabHttp
 
 MAX_ASSETS = 64  # a bound on what one page may make us fetch (imports can chain)
 
@@ -164,7 +164,8 @@ async def browser_viewer(idx: int, base: str, space: str, until: float, ev: Even
         try:
             ws_url = await _open_page(tab, base.rstrip("/"), space)
         except (PageFailed, OSError, TimeoutError, ValueError) as exc:
-            reason = str(exc) if isinstance(exc, PageFailed) else type(exc).__name__
+            reason = str(exc) if isinstance(exc, PageFailed | FetchError) \
+                else type(exc).__name__
             ev.failed.append((idx, f"page load: {reason}"))
             return
         finally:

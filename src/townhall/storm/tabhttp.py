@@ -100,7 +100,7 @@ class TabHttp:
                     conn.close()
                     if conn.used:
                         continue  # the server closed an idle keep-alive: a fresh one
-                    raise FetchError(f"{type(exc).__name__}: {exc}") from exc
+                    raise FetchError(f"{type(exc).__name__}") from exc
                 except BaseException:
                     conn.close()
                     raise
@@ -121,7 +121,7 @@ class TabHttp:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port, ssl=ctx, limit=READ), self.timeout)
         except OSError as exc:
-            raise FetchError(f"connect: {type(exc).__name__}: {exc}") from exc
+            raise FetchError(f"connect: {type(exc).__name__}") from exc
         return _Conn(reader, writer)
 
     def close(self) -> None:
