@@ -168,9 +168,12 @@ def test_socket_url_prefers_the_edge_list() -> None:
 def test_steady_state_starts_when_the_last_page_has_loaded() -> None:
     from townhall.storm.rates import steady_from
 
-    rows = [{"t": float(t), "dt": 1.0, "loading": n} for t, n in
+    rows = [{"t": float(t), "dt": 1.0, "loading": n, "viewers": 10} for t, n in
             [(1, 5), (2, 3), (3, 1), (4, 0), (5, 2), (6, 0), (7, 0), (8, 0)]]
     assert steady_from(rows, not_before=2.0) == 6.0   # a late load at t=5 moves it on
     assert steady_from(rows, not_before=7.0) == 7.0   # already quiet: the ramp's end
     assert steady_from(rows[:5], not_before=2.0) == 2.0  # never quiet: fall back
-    assert steady_from([{"t": 3.0, "dt": 1.0}], not_before=2.0) == 3.0  # no loading column
+    assert steady_from([{"t": 3.0, "dt": 1.0, "viewers": 1}], not_before=2.0) == 3.0
+    # pages that stopped loading only because every page had closed: not steady state
+    closing = [*rows[:5], {"t": 6.0, "dt": 1.0, "loading": 0, "viewers": 0}]
+    assert steady_from(closing, not_before=2.0) == 2.0

@@ -61,3 +61,16 @@ async def test_nothing_listening_is_a_fetch_error() -> None:
 
     with pytest.raises(FetchError):
         await TabHttp(timeout=5).get(f"http://127.0.0.1:{free_port()}/s/a")
+
+
+async def test_stale_idle_connections_are_all_dropped_after_one_fails() -> None:
+    server, conns, _ = await _server(close_after=1)
+    port = server.sockets[0].getsockname()[1]
+    tab = TabHttp(timeout=5)
+    base = f"http://127.0.0.1:{port}"
+    async with server:
+        await asyncio.gather(*(tab.get(f"{base}/{i}") for i in range(3)))  # 3 now idle
+        await asyncio.sleep(0)  # ...and all closed by the server
+        assert (await tab.get(f"{base}/again")).body == b"/again"
+        tab.close()
+    assert len(conns) == 4  # one stale connection tried, then a fresh one

@@ -14,15 +14,15 @@ from typing import Any
 def steady_from(rows: Sequence[dict[str, Any]], not_before: float,
                 loading_key: str = "loading") -> float:
     """When steady state starts: the end of the first row at or after not_before from which
-    on no page is loading any more (on a busy machine the last page loads outlast the ramp);
-    not_before itself when pages never stop loading or rows do not say."""
+    on pages are open and none is loading any more (on a busy machine the last page loads
+    outlast the ramp); not_before itself when that never happens."""
     start: float | None = None
     for r in rows:
         t = float(r["t"])
         if t < not_before:
             continue
-        if r.get(loading_key):
-            start = None
+        if r.get(loading_key) or not r.get("viewers"):
+            start = None  # still loading, or every page already closed (the run's end)
         elif start is None:
             start = t
     return max(not_before, start) if start is not None else not_before

@@ -99,7 +99,11 @@ class TabHttp:
                 except (FetchError, ConnectionError, h11.ProtocolError) as exc:
                     conn.close()
                     if conn.used:
-                        continue  # the server closed an idle keep-alive: a fresh one
+                        # The server closed an idle keep-alive; the others idle as long
+                        # are likely closed too: drop them and go on a fresh one.
+                        for idle in self._idle.pop(origin, []):
+                            idle.close()
+                        continue
                     raise FetchError(f"{type(exc).__name__}") from exc
                 except BaseException:
                     conn.close()
@@ -109,7 +113,7 @@ class TabHttp:
                 else:
                     conn.close()
                 return resp
-        raise FetchError("kept-alive connection closed twice")
+        raise FetchError("no answer on a fresh connection either")
 
     async def _conn(self, origin: tuple[str, str, int]) -> _Conn:
         idle = self._idle.get(origin)
