@@ -36,6 +36,9 @@ class Settings:
     replicas: int = 1
     log_level: str = os.environ.get("TOWNHALL_LOG_LEVEL", "info")
 
+    # Webhooks (docs/api.md "Webhooks"): the endpoints file, read by api processes.
+    webhooks: Path | None = field(default_factory=lambda: _env_path("TOWNHALL_WEBHOOKS"))
+
     @property
     def open_mode(self) -> bool:
         """Guest sessions are on unless --closed."""

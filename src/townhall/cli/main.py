@@ -53,7 +53,16 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         settings.nats_auth_file = Path(args.nats_auth_file) if args.nats_auth_file else None
     if args.node_id:
         settings.node_id = args.node_id
+    _webhook_settings(settings, args)
     return settings
+
+
+def _webhook_settings(settings: Settings, args: argparse.Namespace) -> None:
+    if args.webhooks:
+        settings.webhooks = Path(args.webhooks)
+    if settings.webhooks is not None and "api" in settings.roles \
+            and not settings.webhooks.is_file():
+        raise ValueError(f"--webhooks: no file {settings.webhooks}")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -113,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JetStream replicas for streams and buckets (3 in a cluster)")
     serve.add_argument("--node-id", default="", help="stable name of this process")
     serve.add_argument("--log-level", default=Settings.log_level)
+    hooks = serve.add_argument_group("webhooks")
+    hooks.add_argument("--webhooks", default="",
+                       help="a JSON file of webhook endpoints (or TOWNHALL_WEBHOOKS); "
+                            "see docs/api.md")
     serve.set_defaults(func=_serve)
 
     token = sub.add_parser("token", help="mint an access token for your own app to hand out")
