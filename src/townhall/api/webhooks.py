@@ -30,7 +30,9 @@ from townhall.hooks.events import Event, Snapshot, events_between
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 10_000    # events derived but not yet stored; beyond, counted and dropped
-ACK_WAIT_S = 30.0       # an api that died mid-delivery hands its event on after this
+# An api that died mid-delivery hands its event on after this. (A clean stop hands it
+# back at once, unless NATS restarts too: the server keeps no nak across a restart.)
+ACK_WAIT_S = 10.0
 TYPE_HEADER = "Townhall-Event-Type"
 
 EVENTS = Counter("townhall_webhook_events_total", "webhook events stored", ["type"])
@@ -150,8 +152,10 @@ class Sender:
             await self._deliver(pulled)
         except asyncio.CancelledError:
             # Shutting down mid-delivery: hand it back now, not after the ack wait.
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(pulled.nak(), 1.0)
+            except Exception:
+                log.warning("webhook not handed back on shutdown", exc_info=True)
             raise
 
     async def _deliver(self, pulled: Pulled) -> None:
