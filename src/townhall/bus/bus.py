@@ -29,6 +29,7 @@ from nats.js.kv import KeyValue
 
 from townhall.bus import subjects
 from townhall.bus.credentials import NatsAuth
+from townhall.bus.tls import NatsTls
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +145,16 @@ class Bus:
     @classmethod
     async def connect(cls, urls: list[str], *, name: str = "townhall",
                       replicas: int = 1, setup: bool = True,
-                      auth: NatsAuth | None = None) -> Bus:
+                      auth: NatsAuth | None = None, tls: NatsTls | None = None) -> Bus:
         """Connect (reconnecting forever on loss) and ensure the topology exists.
 
-        ``auth`` is the only way credentials reach nats-py (bus/credentials.py)."""
+        ``auth`` is the only way credentials reach nats-py (bus/credentials.py); ``tls``
+        verifies the servers against an operator's CA (bus/tls.py)."""
         nc = await nats.connect(
             servers=urls, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
             connect_timeout=5, allow_reconnect=True, ping_interval=5, max_outstanding_pings=3,
             **(auth.options() if auth is not None else {}),
+            **(tls.options() if tls is not None else {}),
         )
         bus = cls(nc, nc.jetstream(timeout=10))
         if setup:

@@ -54,7 +54,18 @@ def serve_settings(args: argparse.Namespace) -> Settings:
     if args.node_id:
         settings.node_id = args.node_id
     _webhook_settings(settings, args)
+    _tls_settings(settings, args)
     return settings
+
+
+def _tls_settings(settings: Settings, args: argparse.Namespace) -> None:
+    for name in ("nats_tls_ca", "nats_tls_cert", "nats_tls_key"):
+        if getattr(args, name):
+            setattr(settings, name, Path(getattr(args, name)))
+    if (settings.nats_tls_cert is None) != (settings.nats_tls_key is None):
+        raise ValueError("--nats-tls-cert and --nats-tls-key go together")
+    if settings.nats_tls_cert is not None and settings.nats_tls_ca is None:
+        raise ValueError("--nats-tls-cert needs --nats-tls-ca")
 
 
 def _webhook_settings(settings: Settings, args: argparse.Namespace) -> None:
@@ -122,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JetStream replicas for streams and buckets (3 in a cluster)")
     serve.add_argument("--node-id", default="", help="stable name of this process")
     serve.add_argument("--log-level", default=Settings.log_level)
+    tls = serve.add_argument_group("TLS to NATS (an external cluster across hosts)")
+    tls.add_argument("--nats-tls-ca", default="",
+                     help="CA certificate of the NATS servers; connect with TLS "
+                          "(or TOWNHALL_NATS_TLS_CA)")
+    tls.add_argument("--nats-tls-cert", default="",
+                     help="client certificate, where the servers verify clients "
+                          "(or TOWNHALL_NATS_TLS_CERT)")
+    tls.add_argument("--nats-tls-key", default="",
+                     help="its private key (or TOWNHALL_NATS_TLS_KEY)")
     hooks = serve.add_argument_group("webhooks")
     hooks.add_argument("--webhooks", default="",
                        help="a JSON file of webhook endpoints (or TOWNHALL_WEBHOOKS); "
