@@ -19,6 +19,7 @@ SUBCOMMANDS: list[str] = [
     "townhall.cli.listen",
     "townhall.cli.storm",
     "townhall.cli.watch",
+    "townhall.cli.deploy",
 ]
 
 
