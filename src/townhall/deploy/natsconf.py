@@ -8,24 +8,36 @@ directory only its user can read: systemd.py), so /etc keeps them root's."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from townhall.bus.permissions import authorization
+from townhall.bus.permissions import Permissions, authorization, permissions_of
 from townhall.deploy.plan import Host, Plan
 
 CLIENT_PORT = 4222
 ROUTE_PORT = 6222
 LEAF_PORT = 7422
 MONITOR = "127.0.0.1:8222"
-LEAF_USER = "edge"  # a leaf node logs in to the hub as the edge user: an edge's rights
+LEAF_USER = "leaf"  # an edge machine's leaf node logs in to the cluster with an edge's rights
+
+
+def in_domain(perms: Permissions, domain: str) -> Permissions:
+    """``perms`` with each JetStream API subject also in the cluster's domain's form
+    (``$JS.<domain>.API...``): a leaf node maps its clients' requests there (leaf_config)
+    and checks their rights after mapping; the hub checks the leaf's login on them."""
+    prefixed = tuple(s.replace("$JS.API.", f"$JS.{domain}.API.", 1)
+                     for s in perms.publish if s.startswith("$JS.API."))
+    return Permissions(publish=(*perms.publish, *prefixed), subscribe=perms.subscribe,
+                       allow_responses=perms.allow_responses)
 
 
 def conf(doc: Mapping[str, Any], indent: int = 0) -> str:
     """nats-server config text (keys bare, values as JSON, which the format accepts)."""
     pad = "  " * indent
     lines: list[str] = []
-    for key, value in doc.items():
+    for name, value in doc.items():
+        key = name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else json.dumps(name)
         if isinstance(value, Mapping):
             lines += [f"{pad}{key} {{", conf(value, indent + 1), f"{pad}}}"]
         else:
@@ -62,8 +74,10 @@ def _node(plan: Plan, host: Host) -> dict[str, Any]:
         "host": host.address, "port": CLIENT_PORT, "http": MONITOR,
         # Clients prove who they are with a password; TLS keeps it (and the audio) private.
         "tls": _tls(plan, host, verify=False),
+        # A domain of its own: leaf nodes reach this JetStream as $JS.<domain>.API (a
+        # leaf in the same, empty, domain is denied $JS.API by the hub).
         "jetstream": {"store_dir": f"{plan.layout.state}/townhall-nats",
-                      "max_file_store": "50G"},
+                      "domain": plan.cluster, "max_file_store": "50G"},
     }
     if others:
         # Routes authenticate by certificate: a node must hold one the CA signed.
@@ -79,18 +93,27 @@ def _node(plan: Plan, host: Host) -> dict[str, Any]:
 def _leaf(plan: Plan, host: Host) -> dict[str, Any]:
     # Loopback only: the edges of this machine are its only clients; no JetStream of its
     # own (JetStream requests go on to the cluster's).
+    # Its clients' JetStream requests go to the cluster's domain; they need not know.
     return {"server_name": host.name, "host": "127.0.0.1", "port": CLIENT_PORT,
-            "http": MONITOR}
+            "http": MONITOR,
+            "mappings": {"$JS.API.>": f"$JS.{plan.cluster}.API.>"}}
 
 
-def auth_config(passwords: Mapping[str, str]) -> str:
-    """``auth.conf``: every user with its password and its role's permissions."""
-    return "authorization " + json.dumps(authorization(passwords), indent=2) + "\n"
+def auth_config(passwords: Mapping[str, str], domain: str = "townhall") -> str:
+    """``auth.conf``: every user with its password and its role's permissions, and the
+    leaf nodes' login."""
+    block = authorization({k: v for k, v in passwords.items() if k != LEAF_USER})
+    for user in block["users"]:
+        user["permissions"] = in_domain(permissions_of(user["user"]), domain).to_config()
+    # The leaf nodes' login: an edge's rights.
+    block["users"].append({"user": LEAF_USER, "password": passwords[LEAF_USER],
+                           "permissions": in_domain(permissions_of("edge"), domain).to_config()})
+    return "authorization " + json.dumps(block, indent=2) + "\n"
 
 
 def leaf_config(plan: Plan, host: Host, passwords: Mapping[str, str]) -> str:
-    """``leaf.conf``: the leaf node's remote, logging in to every cluster node as the edge
-    user (so the machine's traffic to the hub has an edge's rights, no more)."""
+    """``leaf.conf``: the leaf node's remote, logging in to every cluster node as the leaf
+    user (so the machine's traffic to the cluster has an edge's rights, no more)."""
     password = passwords[LEAF_USER]
     remote = {"urls": [f"tls://{LEAF_USER}:{password}@{h.address}:{LEAF_PORT}"
                        for h in plan.nats_nodes],

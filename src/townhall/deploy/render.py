@@ -31,7 +31,8 @@ class Secrets:
 
     @classmethod
     def generate(cls) -> Secrets:
-        return cls(passwords={n: secrets.token_urlsafe(32) for n in user_names()},
+        names = [*user_names(), natsconf.LEAF_USER]
+        return cls(passwords={n: secrets.token_urlsafe(32) for n in names},
                    token_secret=secrets.token_hex(32))
 
     def to_json(self) -> str:
@@ -52,7 +53,8 @@ def host_files(plan: Plan, host: Host, sec: Secrets) -> list[File]:
     out: list[File] = []
     if host.nats_node or host.leaf:
         out += [File(f"{etc}/nats/nats-server.conf", natsconf.server_config(plan, host)),
-                File(f"{etc}/nats/auth.conf", natsconf.auth_config(sec.passwords), 0o600),
+                File(f"{etc}/nats/auth.conf",
+                     natsconf.auth_config(sec.passwords, plan.cluster), 0o600),
                 File(f"{units}/townhall-nats.service", systemd.nats_unit(plan, host))]
         if host.leaf:
             out.append(File(f"{etc}/nats/leaf.conf",
