@@ -100,6 +100,7 @@ WHY = {
     401: "no, an expired or an invalid access token",
     403: "the token or the person may not do this",
     404: "no such Space (or a private one you may not see)",
+    405: "this resource does not take this method; Allow lists those it does",
     409: "not possible in the Space's current state",
     413: "request body over the cap",
     422: "the body does not match the schema",

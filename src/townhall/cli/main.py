@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import ipaddress
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from townhall import __version__
+from townhall.ice import IceSettingError
 from townhall.settings import ALL_ROLES, Settings
 
 # Subcommand modules beyond serve/token: each has add_parser(subparsers) setting func=.
@@ -54,6 +56,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         settings.nats_auth_file = Path(args.nats_auth_file) if args.nats_auth_file else None
     if args.node_id:
         settings.node_id = args.node_id
+    ice_settings(settings, args)
     _webhook_settings(settings, args)
     _tls_settings(settings, args)
     return settings
@@ -77,11 +80,54 @@ def _webhook_settings(settings: Settings, args: argparse.Namespace) -> None:
         raise ValueError(f"--webhooks: no file {settings.webhooks}")
 
 
+def _env_list(name: str) -> list[str]:
+    return [u.strip() for u in os.environ.get(name, "").split(",") if u.strip()]
+
+
+def add_ice_flags(serve: argparse.ArgumentParser) -> None:
+    """ICE flags of `townhall serve`; each defaults to its TOWNHALL_* twin."""
+    ice = serve.add_argument_group("ICE (speakers behind NAT and firewalls)")
+    ice.add_argument("--stun-url", action="append", metavar="URL",
+                     help="stun: URL handed to speakers and used by the stage (repeatable; "
+                          "env TOWNHALL_STUN_URL, comma-separated). Default: none")
+    ice.add_argument("--turn-url", action="append", metavar="URL",
+                     help="turn:/turns: URL (repeatable; env TOWNHALL_TURN_URL, "
+                          "comma-separated); needs --turn-secret-file")
+    ice.add_argument("--turn-secret-file", metavar="PATH",
+                     default=os.environ.get("TOWNHALL_TURN_SECRET_FILE", ""),
+                     help="the secret shared with the TURN server (coturn "
+                          "static-auth-secret); credentials are minted per request")
+    ice.add_argument("--turn-ttl", metavar="S",
+                     default=os.environ.get("TOWNHALL_TURN_TTL", "3600"),
+                     help="lifetime of minted TURN credentials (default 3600)")
+    ice.add_argument("--public-ip", metavar="ADDR",
+                     default=os.environ.get("TOWNHALL_PUBLIC_IP", ""),
+                     help="address the stage announces in its candidates (1:1 NAT)")
+    ice.add_argument("--rtc-ports", metavar="LOW-HIGH",
+                     default=os.environ.get("TOWNHALL_RTC_PORTS", ""),
+                     help="UDP ports the stage binds for speakers (default: any)")
+
+
+def ice_settings(settings: Settings, args: argparse.Namespace) -> None:
+    """Copy the ICE flags (or their environment twins) into ``settings``."""
+    settings.stun_urls = args.stun_url or _env_list("TOWNHALL_STUN_URL")
+    settings.turn_urls = args.turn_url or _env_list("TOWNHALL_TURN_URL")
+    settings.turn_secret_file = args.turn_secret_file
+    try:
+        settings.turn_ttl = int(args.turn_ttl)
+    except ValueError:
+        raise IceSettingError("turn_ttl", f"{args.turn_ttl!r} is not a number of "
+                                          "seconds") from None
+    settings.public_ip = args.public_ip
+    settings.rtc_ports = args.rtc_ports
+
+
 def _serve(args: argparse.Namespace) -> int:
     from townhall.serve import run
 
     try:
         settings = serve_settings(args)
+        settings.ice()  # a malformed ICE setting stops here, named, before anything starts
     except ValueError as exc:
         print(f"townhall: {exc}", file=sys.stderr)
         return 2
@@ -134,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JetStream replicas for streams and buckets (3 in a cluster)")
     serve.add_argument("--node-id", default="", help="stable name of this process")
     serve.add_argument("--log-level", default=Settings.log_level)
+    add_ice_flags(serve)
     tls = serve.add_argument_group("TLS to NATS (an external cluster across hosts)")
     tls.add_argument("--nats-tls-ca", default="",
                      help="CA certificate of the NATS servers; connect with TLS "
