@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from townhall.bus import NatsAuth
+from townhall.bus.credentials import USERS_FILE, admin_auth, load_auth_file
 from townhall.bus.embedded import EmbeddedNats, free_port
 from townhall.procs import stop_process
 
@@ -49,6 +51,12 @@ class Served:
         r = httpx.post(f"{self.url}/api/v1/sessions", json={"name": name}, timeout=10)
         r.raise_for_status()
         return str(r.json()["token"])
+
+    def nats_auth(self, *roles: str) -> NatsAuth:
+        """Credentials for the embedded NATS of this server: the admin user, or the user
+        a process running ``roles`` connects as."""
+        path = self.data / USERS_FILE
+        return load_auth_file(path, roles) if roles else admin_auth(path)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         stop_process(self.proc, timeout, sig)

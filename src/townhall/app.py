@@ -32,13 +32,14 @@ from townhall.problems import (
     TooLarge,
     Unprocessable,
 )
+from townhall.web.headers import SecurityHeaders
 
 log = logging.getLogger(__name__)
 
 # Which plug-in modules each HTTP role brings. A role's module exposes install(app, ctx).
 HTTP_PLUGINS: dict[str, list[str]] = {
     "api": ["townhall.api.plugin", "townhall.stage.whip", "townhall.web.plugin",
-            "townhall.stage.observe"],
+            "townhall.stage.observe", "townhall.api.ice", "townhall.api.webhooks"],
     "edge": ["townhall.edge.plugin"],
 }
 MAX_BODY = 64 * 1024
@@ -231,7 +232,7 @@ def build_app(ctx: Context) -> FastAPI:
                     log.exception("stop hook failed")
 
     app = FastAPI(title="townhall", version=__version__, openapi_url="/openapi.json",
-                  docs_url="/docs", redoc_url=None, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Live audio rooms: the Spaces control API, WHIP ingest and "
                               "listener streams. Errors are application/problem+json.")
     app.state.ctx = ctx
@@ -245,5 +246,7 @@ def build_app(ctx: Context) -> FastAPI:
     describe_problems(app)
     watch_stage(app, ctx, time.monotonic())
     app.add_middleware(BodyLimit)
+    # Outermost but metrics: every answer, refusals included, carries the headers.
+    app.add_middleware(SecurityHeaders, settings=ctx.settings)
     app.add_middleware(MetricsMiddleware)
     return app

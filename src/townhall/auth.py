@@ -1,11 +1,17 @@
 """Access tokens (JWT, HS256) and the grants they carry.
 
 A token names an identity and display name, may be limited to one Space, and caps the
-role its holder may take there: host > speaker > listener.
+role its holder may take there: host > speaker > listener. A guest token (open mode's
+``POST /sessions``) says so (``guest``) and carries ``net``, a keyed hash of the network it
+was minted from, so that a block can outlast the guest's next fresh identity.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
+import logging
 import os
 import re
 import secrets
@@ -15,7 +21,9 @@ from pathlib import Path
 
 import jwt
 
-from townhall.problems import Forbidden, Unauthorized
+from townhall.problems import Unauthorized
+
+log = logging.getLogger(__name__)
 
 ROLES = ("listener", "speaker", "host")
 ISSUER = "townhall"
@@ -31,29 +39,36 @@ def role_rank(role: str) -> int:
 
 @dataclass(frozen=True)
 class Identity:
-    """Who a verified token says the caller is, and what they may do."""
+    """Who a verified token says the caller is; what that allows is townhall.grants'."""
 
     id: str
     name: str
     space: str | None
     role: str
     expires: int
-
-    def may_take(self, role: str, space: str | None = None) -> bool:
-        """Whether this grant allows ``role`` in ``space``."""
-        if self.space is not None and space is not None and self.space != space:
-            return False
-        return role_rank(self.role) >= role_rank(role)
-
-    def require(self, role: str, space: str | None = None) -> None:
-        if not self.may_take(role, space):
-            where = f" in Space {space}" if space else ""
-            raise Forbidden(f"this token does not grant the {role} role{where}",
-                            slug="insufficient-grant")
+    guest: bool = False
+    net: str | None = None
 
 
 def valid_identity(value: str) -> bool:
-    return bool(_IDENTITY_RE.match(value))
+    return bool(_IDENTITY_RE.fullmatch(value))
+
+
+def network_of(address: str) -> bytes | None:
+    """The network a client address stands for: the IPv4 address itself, an IPv6 /64 (one
+    subscriber's usual allocation). None for loopback (this machine: every local guest
+    would share it) and for anything that is not an IP address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback or ip.is_unspecified:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        return ip.packed[:8]
+    return ip.packed
 
 
 class TokenIssuer:
@@ -64,8 +79,18 @@ class TokenIssuer:
             raise ValueError("token secret must be at least 32 bytes")
         self._secret = secret
 
+    def net_tag(self, address: str) -> str | None:
+        """A keyed hash of the client's network (see network_of): equal for one network,
+        meaningless without the secret, so it can sit in a token and a Space's internal
+        keys without recording the address itself."""
+        net = network_of(address)
+        if net is None:
+            return None
+        return hmac.new(self._secret, b"townhall-net\0" + net, hashlib.sha256).hexdigest()[:20]
+
     def mint(self, identity: str, name: str, *, space: str | None = None,
-             role: str = "host", ttl: int = DEFAULT_TTL, now: float | None = None) -> str:
+             role: str = "host", ttl: int = DEFAULT_TTL, now: float | None = None,
+             guest: bool = False, net: str | None = None) -> str:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         if not valid_identity(identity):
@@ -81,6 +106,10 @@ class TokenIssuer:
         }
         if space is not None:
             claims["space"] = space
+        if guest:
+            claims["guest"] = True
+        if net is not None:
+            claims["net"] = net
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str, *, now: float | None = None) -> Identity:
@@ -92,14 +121,19 @@ class TokenIssuer:
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("the access token has expired", slug="token-expired") from exc
         except jwt.PyJWTError as exc:
-            raise Unauthorized(f"the access token is invalid: {exc}", slug="token-invalid") from exc
+            # PyJWT's text names its internals; it goes to the log, not to the client.
+            log.debug("refused an access token: %s", exc)  # debug: cheap to provoke
+            raise Unauthorized("the access token is invalid", slug="token-invalid") from exc
         if now is not None and claims["exp"] <= now:
             raise Unauthorized("the access token has expired", slug="token-expired")
         role = claims.get("role", "listener")
         if role not in ROLES or not isinstance(claims.get("sub"), str):
             raise Unauthorized("the access token carries an unknown grant", slug="token-invalid")
+        net = claims.get("net")
         return Identity(id=claims["sub"], name=str(claims.get("name", claims["sub"])),
-                        space=claims.get("space"), role=role, expires=int(claims["exp"]))
+                        space=claims.get("space"), role=role, expires=int(claims["exp"]),
+                        guest=claims.get("guest") is True,
+                        net=net if isinstance(net, str) else None)
 
     def from_header(self, authorization: str | None) -> Identity:
         """Verify an ``Authorization: Bearer`` header value."""

@@ -11,7 +11,7 @@ import logging
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import uvicorn
@@ -19,9 +19,17 @@ import uvloop
 
 from townhall.app import HTTP_PLUGINS, build_app
 from townhall.auth import TokenIssuer, load_or_create_secret
-from townhall.bus import Bus
+from townhall.bus import Bus, NatsAuth
+from townhall.bus.credentials import (
+    USERS_FILE,
+    admin_auth,
+    load_auth_file,
+    load_or_create_users,
+)
 from townhall.bus.embedded import EmbeddedNats, die_with_parent
+from townhall.bus.tls import NatsTls
 from townhall.context import Context
+from townhall.edge.guard import idle_timeout_from_env
 from townhall.edge.handoff import http_protocol
 from townhall.observability import setup_logging
 from townhall.procs import stop_processes
@@ -39,15 +47,37 @@ def _runner(role: str) -> Callable[[Context], Coroutine[Any, Any, None]]:
     return fn
 
 
-async def make_context(settings: Settings) -> Context:
-    bus = await Bus.connect(settings.nats_urls, name=f"townhall-{'+'.join(settings.roles)}",
-                            replicas=settings.replicas)
+def nats_auth(settings: Settings, roles: Iterable[str]) -> NatsAuth | None:
+    """What a process running ``roles`` shows NATS: read from files, never from argv."""
+    if settings.nats_creds is not None:
+        return NatsAuth(creds=settings.nats_creds)
+    if settings.nats_auth_file is not None:
+        return load_auth_file(settings.nats_auth_file, roles)
+    return None
+
+
+def nats_tls(settings: Settings) -> NatsTls | None:
+    """Client TLS to NATS when the operator gave a CA (never for the embedded server)."""
+    if settings.nats_tls_ca is None:
+        return None
+    return NatsTls(ca=settings.nats_tls_ca, cert=settings.nats_tls_cert,
+                   key=settings.nats_tls_key)
+
+
+async def make_context(settings: Settings, roles: Iterable[str] | None = None) -> Context:
+    """Connect as the NATS user for the roles that run in this process (default: all of
+    settings.roles); ``townhall serve`` runs its stage elsewhere, so not as that one."""
+    here = list(roles) if roles is not None else list(settings.roles)
+    bus = await Bus.connect(settings.nats_urls, name=f"townhall-{'+'.join(here)}",
+                            replicas=settings.replicas, auth=nats_auth(settings, here),
+                            tls=nats_tls(settings))
     issuer = TokenIssuer(load_or_create_secret(settings.data_dir))
     return Context(settings=settings, bus=bus, issuer=issuer)
 
 
 async def _serve_http(settings: Settings, background: list[str]) -> None:
-    ctx = await make_context(settings)
+    ctx = await make_context(settings,
+                             [r for r in settings.roles if r in HTTP_PLUGINS] + background)
     tasks: list[asyncio.Task[None]] = []
 
     async def start_background() -> None:
@@ -68,7 +98,11 @@ async def _serve_http(settings: Settings, background: list[str]) -> None:
                             # listener connections leave ASGI for the edge's own protocols
                             http=http_protocol(getattr(app.state, "edge", None)),
                             ws="websockets", log_config=None,
+                            # whose X-Forwarded-For names the client (api/clientaddr.py)
+                            forwarded_allow_ips=list(settings.trusted_proxies),
                             access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+                            # a kept-alive connection waiting for its next request
+                            timeout_keep_alive=idle_timeout_from_env(),
                             ws_max_size=64 * 1024,
                             # Chunks are Opus (incompressible) and direct writes bypass the
                             # codec anyway; a zlib context per socket only costs memory and CPU.
@@ -81,7 +115,7 @@ async def _serve_http(settings: Settings, background: list[str]) -> None:
 
 
 async def _serve_background(settings: Settings, roles: list[str]) -> None:
-    ctx = await make_context(settings)
+    ctx = await make_context(settings, roles)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,7 +141,61 @@ def _child_argv(settings: Settings, roles: list[str]) -> list[str]:
             "--log-level", settings.log_level, "--replicas", str(settings.replicas)]
     if settings.public_url:
         argv += ["--public-url", settings.public_url]
+    # Paths only: the child reads the secrets itself (argv is world-readable in /proc).
+    if settings.nats_creds is not None:
+        argv += ["--nats-creds", str(settings.nats_creds)]
+    if settings.nats_auth_file is not None:
+        argv += ["--nats-auth-file", str(settings.nats_auth_file)]
+    for flag, path in (("--nats-tls-ca", settings.nats_tls_ca),
+                       ("--nats-tls-cert", settings.nats_tls_cert),
+                       ("--nats-tls-key", settings.nats_tls_key)):
+        if path is not None:
+            argv += [flag, str(path)]
+    argv += ice_argv(settings)
     return argv
+
+
+def ice_argv(settings: Settings) -> list[str]:
+    """The ICE settings as flags (the stage child binds ports and announces addresses)."""
+    argv = [f"--stun-url={u}" for u in settings.stun_urls]
+    argv += [f"--turn-url={u}" for u in settings.turn_urls]
+    for flag, value in (("--turn-secret-file", settings.turn_secret_file),
+                        ("--public-ip", settings.public_ip),
+                        ("--rtc-ports", settings.rtc_ports)):
+        if value:
+            argv.append(f"{flag}={value}")
+    return [*argv, f"--turn-ttl={settings.turn_ttl}"]
+
+
+def _start_embedded_nats(settings: Settings) -> EmbeddedNats:
+    """Start nats-server with generated users; every role of this machine then connects
+    through the users file, and the topology exists before any of them does."""
+    users = load_or_create_users(settings.data_dir)
+    # Never the HTTP port: it is chosen but not bound yet, and the kernel may offer it
+    # again as a free port.
+    nats = EmbeddedNats(settings.data_dir / "nats", avoid_ports=frozenset({settings.port}),
+                        users=users)
+    settings.nats_urls = [nats.start()]
+    settings.nats_creds = None
+    # The embedded server is plain TCP on loopback: a TLS setting meant for a cluster
+    # (say, inherited from the environment) must not stop it working.
+    settings.nats_tls_ca = settings.nats_tls_cert = settings.nats_tls_key = None
+    settings.nats_auth_file = settings.data_dir / USERS_FILE
+    admin = admin_auth(settings.nats_auth_file)
+
+    async def create_topology() -> None:
+        # Stages and edges may not create or change buckets (bus/permissions.py): the
+        # admin user does it once here, before they start.
+        bus = await Bus.connect(settings.nats_urls, name="townhall-setup",
+                                replicas=settings.replicas, auth=admin)
+        await bus.close()
+
+    try:
+        asyncio.run(create_topology())
+    except BaseException:
+        nats.stop()
+        raise
+    return nats
 
 
 def run(settings: Settings) -> int:
@@ -126,11 +214,7 @@ def run(settings: Settings) -> int:
     children: list[subprocess.Popen[bytes]] = []
     try:
         if not settings.nats_urls:
-            # Never the HTTP port: it is chosen but not bound yet, and the kernel may
-            # offer it again as a free port.
-            nats = EmbeddedNats(settings.data_dir / "nats",
-                                avoid_ports=frozenset({settings.port}))
-            settings.nats_urls = [nats.start()]
+            nats = _start_embedded_nats(settings)
         http_roles = [r for r in settings.roles if r in HTTP_PLUGINS]
         background = [r for r in settings.roles if r in BACKGROUND_ROLES]
         if http_roles and "stage" in background:

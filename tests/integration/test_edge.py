@@ -310,8 +310,9 @@ async def test_bad_input_unknown_space_and_malformed_from(edge_server: Served) -
 async def test_private_space_needs_a_token(edge_server: Served) -> None:
     space, host_token = live_space(edge_server, private=True)
     base = ws_base(edge_server)
-    assert await close_code(f"{base}/ws/{space}") == 4401
-    assert await close_code(f"{base}/ws/{space}?token=nonsense") == 4403
+    # To anyone it is not for, a private Space is no Space (existence does not leak).
+    assert await close_code(f"{base}/ws/{space}") == 4404
+    assert await close_code(f"{base}/ws/{space}?token=nonsense") == 4404
     lis = await Listener.open(f"{base}/ws/{space}?token={host_token}")
     await lis.ws.close()
 

@@ -56,7 +56,7 @@ async def test_chromium_speaker_reaches_the_program(tmp_path: Path) -> None:
         async def on_media(msg: Message) -> None:
             chunks.append(Chunk.decode(msg.data))
 
-        bus = await Bus.connect([nats], setup=False)
+        bus = await Bus.connect([nats], setup=False, auth=served.nats_auth())
         try:
             await bus.subscribe(subjects.media(space), on_media)
             async with async_playwright() as pw:

@@ -71,7 +71,7 @@ async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(tmp_path: Pat
             async def on_media(msg: Message) -> None:
                 chunks.append((time.monotonic(), Chunk.decode(msg.data)))
 
-            bus = await Bus.connect([nats], setup=False)
+            bus = await Bus.connect([nats], setup=False, auth=served.nats_auth())
             await bus.subscribe(subjects.media(space), on_media)
             speaker = spawn_speaker(served, space, host, tmp_path / "speak.log")
             pc.addTransceiver(flood, direction="sendrecv")

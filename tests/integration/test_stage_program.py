@@ -68,7 +68,7 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
     async def on_levels(msg: Message) -> None:
         levels.append((time.monotonic(), json.loads(msg.data)))
 
-    bus = await Bus.connect([nats], setup=False)
+    bus = await Bus.connect([nats], setup=False, auth=served.nats_auth())
     speaker = None
     try:
         await bus.subscribe(subjects.media(space), on_media)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import Served, start_townhall
+from townhall.bus.credentials import USERS_FILE
 from townhall.client.listener import ResilientListener
 from townhall.media.chunk import Chunk
 from townhall.media.opus import OpusDecoder
@@ -87,6 +88,7 @@ async def test_killed_stage_is_replaced_without_a_sequence_hole(tmp_path: Path) 
         await wait_for_tone(heard, -1, 440, 40)
         spare = spawn(
             [sys.executable, "-m", "townhall", "serve", "--roles", "stage", "--nats", nats,
+             "--nats-auth-file", str(served.data / USERS_FILE),
              "--data", str(tmp_path / "spare")], tmp_path / "spare.log")
         await asyncio.sleep(3)  # the spare is up and finds the lease taken
         os.kill(first_stage, signal.SIGKILL)

@@ -23,20 +23,32 @@ def test_every_port_is_distinct() -> None:
     assert len(ports) == len(set(ports)) == 3 * 2 + 7
 
 
-def test_routes_name_every_peer_but_self() -> None:
+def test_routes_name_every_peer_but_self_and_carry_the_route_password() -> None:
     plan = _plan()
     node = plan.nats[0]
-    argv = node.argv("nats-server", plan.nats)
-    routes = argv[argv.index("--routes") + 1].split(",")
-    assert f"nats://127.0.0.1:{node.cluster_port}" not in routes
-    assert sorted(routes) == sorted(f"nats://127.0.0.1:{n.cluster_port}" for n in plan.nats[1:])
+    config = node.config(plan.nats, {"admin": "a", "edge": "e"}, "route-pw")
+    routes = config["cluster"]["routes"]
+    assert sorted(routes) == sorted(f"nats://route:route-pw@127.0.0.1:{n.cluster_port}"
+                                    for n in plan.nats[1:])
+    assert config["cluster"]["listen"] == f"127.0.0.1:{node.cluster_port}"
+    assert config["cluster"]["authorization"] == {"user": "route", "password": "route-pw"}
+    assert {u["user"] for u in config["authorization"]["users"]} == {"admin", "edge"}
+
+
+def test_no_secret_on_a_nats_node_command_line() -> None:
+    plan = _plan()
+    node = plan.nats[0]
+    argv = node.argv("nats-server")
     assert "-js" in argv and argv[argv.index("--server_name") + 1] == "nats-1"
+    assert argv[argv.index("-c") + 1] == node.config_path == "/tmp/c/nats-1/nats-server.conf"
+    assert "--routes" not in argv and not any("route-pw" in a or "@" in a for a in argv)
 
 
 def test_processes_point_at_every_nats_node_and_replicate() -> None:
     plan = _plan()
     edge = next(p for p in plan.procs if p.name == "edge-2")
-    argv = edge.argv("python", "/d", plan.nats_urls, plan.replicas)
+    argv = edge.argv("python", "/d", plan.nats_urls, plan.replicas, auth_file="/d/u.json")
+    assert argv[argv.index("--nats-auth-file") + 1] == "/d/u.json"
     assert argv[argv.index("--nats") + 1] == ",".join(plan.nats_urls)
     assert argv[argv.index("--roles") + 1] == "edge"
     assert argv[argv.index("--replicas") + 1] == "3"

@@ -28,13 +28,23 @@ def test_may_listen_codes() -> None:
     assert may_listen(None, "s", None, ISSUER).code == 4404  # type: ignore[union-attr]
     ended = may_listen({**live, "state": "ended"}, "s", None, ISSUER)
     assert ended is not None and (ended.code, ended.status) == (4410, 410)
-    private = {**live, "private": True}
-    assert may_listen(private, "s", None, ISSUER).code == 4401  # type: ignore[union-attr]
-    assert may_listen(private, "s", "junk", ISSUER).code == 4403  # type: ignore[union-attr]
+    # A private Space is no Space to whoever may not see it (existence does not leak).
+    private = {**live, "private": True, "host": {"id": "ada", "name": "Ada"}}
+    assert may_listen(private, "s", None, ISSUER).code == 4404  # type: ignore[union-attr]
+    assert may_listen(private, "s", "junk", ISSUER).code == 4404  # type: ignore[union-attr]
     other = ISSUER.mint("bob", "Bob", space="t", role="listener")
-    assert may_listen(private, "s", other, ISSUER).code == 4403  # type: ignore[union-attr]
+    assert may_listen(private, "s", other, ISSUER).code == 4404  # type: ignore[union-attr]
+    guest = ISSUER.mint("g-1", "G", guest=True)
+    assert may_listen(private, "s", guest, ISSUER).code == 4404  # type: ignore[union-attr]
     mine = ISSUER.mint("bob", "Bob", space="s", role="listener")
     assert may_listen(private, "s", mine, ISSUER) is None
+    host = ISSUER.mint("ada", "Ada")
+    assert may_listen(private, "s", host, ISSUER) is None
+    # Signed-in only: a token is needed (4401), and not a guest's (4403).
+    members = {**live, "signed_in_only": True, "host": {"id": "ada", "name": "Ada"}}
+    assert may_listen(members, "s", None, ISSUER).code == 4401  # type: ignore[union-attr]
+    assert may_listen(members, "s", guest, ISSUER).code == 4403  # type: ignore[union-attr]
+    assert may_listen(members, "s", ISSUER.mint("cy", "Cy", role="listener"), ISSUER) is None
 
 
 def test_report_shapes() -> None:

@@ -35,14 +35,12 @@ def browser() -> Iterator[Browser]:
         yield b
 
 
-def open_as(browser: Browser, served: Served, path: str, name: str) -> Page:
-    """A fresh browser context signed in through the page's own form."""
+def open_as(browser: Browser, served: Served, path: str) -> Page:
+    """A fresh browser context on ``path``, not signed in (listening needs no sign-in)."""
     context = browser.new_context(base_url=served.url, viewport={"width": 390, "height": 844})
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     page.goto(path)
-    page.get_by_label("Display name").fill(name)
-    page.get_by_role("button", name="Sign in").click()
     return page
 
 
@@ -71,7 +69,7 @@ def test_listener_decodes_speaking_and_resumes_after_a_stall(browser: Browser, t
             [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
              "--token", token, "--tone", "440", "--seconds", "120"],
             stdout=(tmp_path / "speak.log").open("wb"), stderr=subprocess.STDOUT)
-        page = open_as(browser, served, f"/s/{space}", "Lin Listener")
+        page = open_as(browser, served, f"/s/{space}")
         expect(page.get_by_role("heading", name="Tone hour")).to_be_visible()
         try:
             page.wait_for_function(
@@ -121,6 +119,7 @@ def test_full_edge_shows_a_countdown_and_keeps_retrying(browser: Browser, tmp_pa
         page = context.new_page()
         page.set_default_timeout(WAIT_MS)
         page.goto(f"/s/{space}#token={served.session('Late Comer')}")
+        page.get_by_role("button", name="Continue as Late Comer").click()
         expect(page.locator("#who")).to_have_text("Late Comer")
         assert "token" not in page.url
         banner = page.get_by_role("status").filter(has_text="This Space is full")

@@ -22,6 +22,8 @@ class SpaceIn(Strict):
     description: str = Field(default="", max_length=1000)
     scheduled_start: datetime | None = Field(default=None, description="ISO 8601; omit for now")
     private: bool = False
+    signed_in_only: bool = Field(default=False,
+                                 description="no anonymous or guest listeners")
 
 
 class ActionIn(Strict):

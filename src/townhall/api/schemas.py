@@ -43,6 +43,8 @@ class Snapshot(Open):
     state: Literal["scheduled", "live", "ended"]
     version: int = Field(ge=1, description="+1 on every visible change")
     private: bool
+    signed_in_only: bool = Field(default=False,
+                                 description="no anonymous or guest listeners")
     host: Person
     scheduled_start: str | None
     created_at: float
@@ -57,6 +59,8 @@ class Snapshot(Open):
 
 class SpaceList(Open):
     spaces: list[Snapshot]
+    next: str | None = Field(description="pass as ?cursor= for the following page; "
+                                         "null on the last page")
 
 
 class Session(Open):
@@ -71,6 +75,7 @@ class Me(Open):
     space: str | None = Field(description="the one Space this token acts on, or null")
     role: Literal["host", "speaker", "listener"]
     expires: int = Field(description="unix seconds")
+    guest: bool = Field(default=False, description="a guest session's token (open mode)")
 
 
 class Accepted(Open):
@@ -97,6 +102,7 @@ WHY = {
     401: "no, an expired or an invalid access token",
     403: "the token or the person may not do this",
     404: "no such Space (or a private one you may not see)",
+    405: "this resource does not take this method; Allow lists those it does",
     409: "not possible in the Space's current state",
     413: "request body over the cap",
     422: "the body does not match the schema",

@@ -28,6 +28,8 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from townhall.bus import subjects
+from townhall.bus.credentials import NatsAuth
+from townhall.bus.tls import NatsTls
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,15 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Change:
+    """One key-value write as a watch sees it; ``value`` None means deleted or purged."""
+
+    key: str
+    value: bytes | None
+    revision: int
+
+
+@dataclass(frozen=True)
 class Message:
     """A message as roles see it."""
 
@@ -55,6 +66,43 @@ class Message:
     data: bytes
     headers: dict[str, str]
     reply: str = ""
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """A message from a durable consumer, to settle with ``ack`` (done), ``nak`` (deliver
+    it again now) or keep with ``working`` (restarts the ack timer)."""
+
+    message: Message
+    delivered: int      # how many times the server has handed it out, this one included
+    stored_at: float    # unix seconds when the stream stored it
+    ack: Callable[[], Awaitable[None]]
+    nak: Callable[[], Awaitable[None]]
+    working: Callable[[], Awaitable[None]]
+
+
+class Consumer:
+    """A bound durable pull consumer; ``next()`` waits for one message."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    async def next(self, timeout: float) -> Pulled | None:
+        try:
+            msgs = await self._sub.fetch(1, timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return None
+        if not msgs:
+            return None
+        m = msgs[0]
+        meta = m.metadata
+        return Pulled(message=_message(m), delivered=int(meta.num_delivered or 1),
+                      stored_at=meta.timestamp.timestamp(), ack=m.ack, nak=m.nak,
+                      working=m.in_progress)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
 
 
 class Subscription:
@@ -66,6 +114,19 @@ class Subscription:
     async def unsubscribe(self) -> None:
         with contextlib.suppress(nats.errors.Error):
             await self._sub.unsubscribe()
+
+
+class Watch:
+    """A running key-value watch; ``ready`` is set once the initial values are applied."""
+
+    def __init__(self, task: asyncio.Task[None], ready: asyncio.Event) -> None:
+        self._task = task
+        self.ready = ready
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 def _message(msg: Msg) -> Message:
@@ -83,11 +144,17 @@ class Bus:
 
     @classmethod
     async def connect(cls, urls: list[str], *, name: str = "townhall",
-                      replicas: int = 1, setup: bool = True) -> Bus:
-        """Connect (reconnecting forever on loss) and ensure the topology exists."""
+                      replicas: int = 1, setup: bool = True,
+                      auth: NatsAuth | None = None, tls: NatsTls | None = None) -> Bus:
+        """Connect (reconnecting forever on loss) and ensure the topology exists.
+
+        ``auth`` is the only way credentials reach nats-py (bus/credentials.py); ``tls``
+        verifies the servers against an operator's CA (bus/tls.py)."""
         nc = await nats.connect(
             servers=urls, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
             connect_timeout=5, allow_reconnect=True, ping_interval=5, max_outstanding_pings=3,
+            **(auth.options() if auth is not None else {}),
+            **(tls.options() if tls is not None else {}),
         )
         bus = cls(nc, nc.jetstream(timeout=10))
         if setup:
@@ -106,6 +173,10 @@ class Bus:
                          num_replicas=replicas),
             StreamConfig(name=subjects.STATS_STREAM, subjects=["townhall.*.stats.*"],
                          retention=RetentionPolicy.WORK_QUEUE, max_age=30.0,
+                         storage=StorageType.FILE, num_replicas=replicas),
+            StreamConfig(name=subjects.WEBHOOKS_STREAM, subjects=[subjects.hooks("*")],
+                         max_age=subjects.WEBHOOKS_MAX_AGE_S,
+                         duplicate_window=subjects.WEBHOOKS_DEDUP_S,
                          storage=StorageType.FILE, num_replicas=replicas),
         ]
         for cfg in streams:
@@ -202,10 +273,59 @@ class Bus:
         kv = await self._bucket(bucket)
         return int(await kv.put(key, value))
 
-    async def kv_delete(self, bucket: str, key: str) -> None:
+    async def kv_delete(self, bucket: str, key: str, revision: int | None = None) -> None:
+        """Delete ``key``; with ``revision``, only if it is still at that revision
+        (CasConflict otherwise, e.g. already deleted by someone else)."""
         kv = await self._bucket(bucket)
-        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-            await kv.delete(key)
+        try:
+            await kv.delete(key, last=revision)
+        except nats.js.errors.KeyNotFoundError:
+            pass
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise CasConflict(key) from exc
+        except nats.js.errors.APIError as exc:
+            if getattr(exc, "err_code", None) == 10071:  # wrong last sequence
+                raise CasConflict(key) from exc
+            raise
+
+    async def kv_watch(self, bucket: str, on_change: Callable[[Change], None], *,
+                       retry_s: float = 1.0) -> Watch:
+        """Call ``on_change`` with the newest value of every key (deletions included),
+        then with every later write, in order, until stopped. The ordered consumer
+        underneath re-creates itself after a reconnect from where it stopped; if the
+        watch itself fails it starts again from the newest values (``on_change`` must
+        accept a revision it has already seen)."""
+        ready = asyncio.Event()
+
+        async def run() -> None:
+            while True:
+                watcher = None
+                try:
+                    kv = await self._bucket(bucket)
+                    watcher = await kv.watchall()
+                    async for entry in watcher:
+                        if entry is None:  # the initial values are all delivered
+                            ready.set()
+                            continue
+                        gone = entry.operation in ("DEL", "PURGE")
+                        change = Change(key=entry.key, revision=int(entry.revision or 0),
+                                        value=None if gone else (entry.value or b""))
+                        try:
+                            on_change(change)
+                        except Exception:
+                            # One bad entry must not restart the watch (it would again).
+                            log.exception("watch handler failed on %s", entry.key)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("watch of %s failed; starting it again", bucket)
+                finally:
+                    if watcher is not None:
+                        with contextlib.suppress(Exception):
+                            await watcher.stop()
+                await asyncio.sleep(retry_s)
+
+        return Watch(asyncio.create_task(run(), name=f"watch-{bucket}"), ready)
 
     async def kv_keys(self, bucket: str) -> list[str]:
         kv = await self._bucket(bucket)
@@ -260,6 +380,17 @@ class Bus:
         except (TimeoutError, nats.errors.TimeoutError):
             return []
         return [(_message(m), m.ack) for m in msgs]
+
+    async def durable_consumer(self, stream: str, durable: str, subject: str, *,
+                               max_ack_pending: int, ack_wait_s: float) -> Consumer:
+        """Bind (creating it the first time, from new messages on) a durable pull consumer
+        that processes share: each message goes to one of them, and back to the stream
+        if not acked within ``ack_wait_s`` (its process died)."""
+        cfg = ConsumerConfig(durable_name=durable, deliver_policy=DeliverPolicy.NEW,
+                             ack_wait=ack_wait_s, max_ack_pending=max_ack_pending,
+                             filter_subject=subject)
+        return Consumer(await self._js.pull_subscribe(subject, durable=durable,
+                                                      stream=stream, config=cfg))
 
     async def close(self) -> None:
         # Flush what we published, then close: drain() can wait ~30 s on subscriptions

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -12,8 +13,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
+from townhall.bus.credentials import write_private
+from townhall.bus.permissions import authorization
 from townhall.procs import stop_process
 
 log = logging.getLogger(__name__)
@@ -65,17 +69,36 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+CONFIG_FILE = "nats-server.conf"
+
+
+def server_config(users: Mapping[str, str]) -> str:
+    """The config file's text: only the authorization block (JSON is valid NATS config,
+    and json.dumps quotes every password and subject safely)."""
+    return json.dumps({"authorization": authorization(users)}, indent=2) + "\n"
+
+
 class EmbeddedNats:
-    """A nats-server with JetStream, its store under ``store_dir``, on a loopback port."""
+    """A nats-server with JetStream, its store under ``store_dir``, on a loopback port.
+
+    With ``users`` (name -> password, see bus/permissions.py) it admits only them, each
+    with its role's permissions; without, anyone who reaches the port (tests' own servers).
+    """
 
     def __init__(self, store_dir: Path, host: str = "127.0.0.1", port: int = 0,
                  extra_args: list[str] | None = None,
-                 avoid_ports: frozenset[int] = frozenset()) -> None:
+                 avoid_ports: frozenset[int] = frozenset(),
+                 users: Mapping[str, str] | None = None) -> None:
         self.store_dir = store_dir
         self.host = host
         self.port = port or free_port(host, avoid_ports)
         self.extra_args = extra_args or []
+        self.users = dict(users) if users else None
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.store_dir / CONFIG_FILE
 
     @property
     def url(self) -> str:
@@ -86,6 +109,12 @@ class EmbeddedNats:
         log_path = self.store_dir / "nats-server.log"
         args = [nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js",
                 "-sd", str(self.store_dir), "-l", str(log_path), *self.extra_args]
+        if self.users is not None:
+            # The store holds every Space's document: other local users must not read
+            # it from disk instead of over the (now authenticated) port.
+            self.store_dir.chmod(0o700)
+            write_private(self.config_path, server_config(self.users).encode())
+            args += ["-c", str(self.config_path)]
         log.info("starting nats-server on %s (store %s)", self.url, self.store_dir)
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

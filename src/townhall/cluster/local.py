@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -12,6 +13,12 @@ from pathlib import Path
 
 import httpx
 
+from townhall.bus.credentials import (
+    USERS_FILE,
+    admin_auth,
+    load_or_create_users,
+    write_private,
+)
 from townhall.bus.embedded import free_port, nats_server_binary, wait_for_port
 from townhall.cluster.plan import ClusterPlan, make_plan
 from townhall.procs import alive, stop_pid
@@ -39,11 +46,28 @@ def save(plan: ClusterPlan) -> None:
     path.write_text(json.dumps(plan.to_json(), indent=2))
 
 
+def users_file(plan: ClusterPlan) -> Path:
+    """Passwords of the cluster's NATS users (mode 0600), shared by its processes."""
+    return Path(plan.root) / "data" / USERS_FILE
+
+
+def write_nats_configs(plan: ClusterPlan) -> None:
+    """Each node's config (0600, in its 0700 store): users, and routes with a fresh
+    password for this `cluster up`."""
+    users = load_or_create_users(users_file(plan).parent)
+    route_password = secrets.token_urlsafe(32)
+    for node in plan.nats:
+        store = Path(node.store)
+        store.mkdir(parents=True, exist_ok=True)
+        store.chmod(0o700)
+        config = node.config(plan.nats, users, route_password)
+        write_private(Path(node.config_path), json.dumps(config, indent=2).encode())
+
+
 def start_nats_node(plan: ClusterPlan, name: str) -> None:
-    """(Re)start one nats node of the plan."""
+    """(Re)start one nats node of the plan (its config written by ``up``)."""
     node = next(n for n in plan.nats if n.name == name)
-    Path(node.store).mkdir(parents=True, exist_ok=True)
-    argv = node.argv(nats_server_binary(), plan.nats)
+    argv = node.argv(nats_server_binary())
     plan.pids[node.name] = _spawn(argv, Path(plan.root) / "logs" / f"{node.name}.log")
 
 
@@ -51,7 +75,7 @@ def start_proc(plan: ClusterPlan, name: str) -> None:
     """(Re)start one townhall process of the plan."""
     proc = next(p for p in plan.procs if p.name == name)
     argv = proc.argv(sys.executable, str(Path(plan.root) / "data"), plan.nats_urls,
-                     plan.replicas)
+                     plan.replicas, auth_file=str(users_file(plan)))
     plan.pids[proc.name] = _spawn(argv, Path(plan.root) / "logs" / f"{proc.name}.log")
 
 
@@ -94,6 +118,7 @@ def up(root: Path, *, nats_nodes: int = 3, apis: int = 2, edges: int = 3,
                      port_for=distinct_port)
     save(plan)
     try:
+        write_nats_configs(plan)
         for node in plan.nats:
             start_nats_node(plan, node.name)
         save(plan)
@@ -122,7 +147,8 @@ def _wait_jetstream(plan: ClusterPlan, timeout: float) -> None:
         while time.monotonic() < deadline:
             try:
                 bus = await Bus.connect(plan.nats_urls, name="townhall-cluster-up",
-                                        replicas=plan.replicas)
+                                        replicas=plan.replicas,
+                                        auth=admin_auth(users_file(plan)))
                 await bus.close()
                 return
             except Exception as exc:  # the meta leader is not elected yet

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from townhall.bus.permissions import authorization
+
+ROUTE_USER = "route"
 
 
 @dataclass
@@ -17,11 +21,28 @@ class NatsNode:
     cluster_port: int
     store: str
 
-    def argv(self, binary: str, peers: list[NatsNode]) -> list[str]:
-        routes = ",".join(f"nats://127.0.0.1:{p.cluster_port}" for p in peers if p is not self)
+    def argv(self, binary: str) -> list[str]:
+        """Flags without secrets; users and routes (with their password) are in the
+        node's config file, see ``config``."""
         return [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store,
-                "--server_name", self.name, "--cluster_name", "townhall",
-                "--cluster", f"nats://127.0.0.1:{self.cluster_port}", "--routes", routes]
+                "--server_name", self.name, "-c", self.config_path]
+
+    @property
+    def config_path(self) -> str:
+        return str(Path(self.store) / "nats-server.conf")
+
+    def config(self, peers: list[NatsNode], users: Mapping[str, str],
+               route_password: str) -> dict[str, Any]:
+        """The node's config: townhall's users, and routes to its peers that only nodes
+        knowing ``route_password`` may open (else any local process could join the
+        cluster and receive everything)."""
+        routes = [f"nats://{ROUTE_USER}:{route_password}@127.0.0.1:{p.cluster_port}"
+                  for p in peers if p is not self]
+        return {"authorization": authorization(users),
+                "cluster": {"name": "townhall", "listen": f"127.0.0.1:{self.cluster_port}",
+                            "authorization": {"user": ROUTE_USER,
+                                              "password": route_password},
+                            "routes": routes}}
 
     @property
     def url(self) -> str:
@@ -36,11 +57,15 @@ class Proc:
     roles: str
     port: int
 
-    def argv(self, python: str, data: str, nats_urls: list[str], replicas: int) -> list[str]:
+    def argv(self, python: str, data: str, nats_urls: list[str], replicas: int,
+             auth_file: str = "") -> list[str]:
         url = f"http://127.0.0.1:{self.port}"
-        return [python, "-m", "townhall", "serve", "--roles", self.roles, "--port",
+        argv = [python, "-m", "townhall", "serve", "--roles", self.roles, "--port",
                 str(self.port), "--nats", ",".join(nats_urls), "--data", data,
                 "--public-url", url, "--replicas", str(replicas), "--node-id", self.name]
+        if auth_file:  # a path: the process reads its role's password from it
+            argv += ["--nats-auth-file", auth_file]
+        return argv
 
 
 @dataclass

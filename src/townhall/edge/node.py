@@ -7,9 +7,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from townhall.auth import TokenIssuer
+from townhall import grants
+from townhall.auth import Identity, TokenIssuer
 from townhall.edge import metrics
 from townhall.edge.admission import Admission, Decision
+from townhall.edge.guard import PER_ADDRESS_RETRY_S, PerAddress, per_address_from_env
 from townhall.edge.hub import Hub
 from townhall.problems import Problem
 
@@ -27,6 +29,7 @@ CLOSE_TOKEN_NEEDED = 4401
 CLOSE_TOKEN_REFUSED = 4403
 CLOSE_FULL = 4503
 CLOSE_BAD_INPUT = 4400
+CLOSE_TOO_MANY = 4429   # this address holds as many listener connections as it may
 
 
 def capacity_from_env() -> int:
@@ -62,14 +65,21 @@ def parse_from(raw: str | None) -> int | None:
     return int(raw)
 
 
-def token_identity(token: str | None, issuer: TokenIssuer) -> str | None:
-    """The identity a valid token names, or None (no token, or one that does not verify)."""
+def verified(token: str | None, issuer: TokenIssuer) -> Identity | None:
+    """What a valid token says, or None (no token, or one that does not verify: a stale
+    token in a browser must not keep it from a public Space, and grants nothing)."""
     if not token:
         return None
     try:
-        return issuer.verify(token).id
+        return issuer.verify(token)
     except Problem:
         return None
+
+
+def token_identity(token: str | None, issuer: TokenIssuer) -> str | None:
+    """The identity a valid token names, or None (no token, or one that does not verify)."""
+    who = verified(token, issuer)
+    return who.id if who is not None else None
 
 
 @dataclass(frozen=True)
@@ -82,28 +92,34 @@ class Refusal:
     detail: str
 
 
+_CLOSE_BY_STATUS = {401: CLOSE_TOKEN_NEEDED, 403: CLOSE_TOKEN_REFUSED, 404: CLOSE_UNKNOWN}
+
+
 def may_listen(snap: dict[str, Any] | None, space: str, token: str | None,
                issuer: TokenIssuer) -> Refusal | None:
     """Whether a listener with ``token`` may hear this Space now."""
-    if snap is None:
+    return may_listen_as(snap, space, verified(token, issuer))
+
+
+def may_listen_as(snap: dict[str, Any] | None, space: str,
+                  who: Identity | None) -> Refusal | None:
+    """Whether ``who`` (a verified token, or None) may hear this Space now: townhall.grants
+    decides, as for every route; a private Space it may not see is no Space (4404)."""
+    if snap is None or snap.get("id") != space:
         return Refusal(CLOSE_UNKNOWN, 404, "space-not-found", f"no Space {space}")
+    try:
+        grants.authorize(who, "listen", snap)
+    except Problem as refused:
+        return Refusal(_CLOSE_BY_STATUS.get(refused.status, CLOSE_TOKEN_REFUSED),
+                       refused.status, refused.instance_slug, refused.detail)
     if snap.get("state") == "ended":
         return Refusal(CLOSE_ENDED, 410, "space-ended", "this Space has ended")
-    name = token_identity(token, issuer)
-    if name is not None and name in snap.get("_blocked", []):
-        return Refusal(CLOSE_TOKEN_REFUSED, 403, "blocked", "you were removed from this Space")
-    if snap.get("private"):
-        if not token:
-            return Refusal(CLOSE_TOKEN_NEEDED, 401, "token-missing",
-                           "this Space is private: a listener token is required")
-        try:
-            who = issuer.verify(token)
-        except Problem:
-            return Refusal(CLOSE_TOKEN_REFUSED, 403, "token-invalid", "token refused")
-        if not who.may_take("listener", space):
-            return Refusal(CLOSE_TOKEN_REFUSED, 403, "insufficient-grant",
-                           "this token is not for this Space")
     return None
+
+
+def may_react(snap: dict[str, Any] | None, who: Identity | None) -> bool:
+    """Whether this listener's "react" messages count (decided once, when it joins)."""
+    return snap is not None and grants.allows(who, "react", snap)
 
 
 @dataclass
@@ -121,9 +137,28 @@ class EdgeNode:
     # against the cap too, or a burst of joins awaiting their handshake all see the same
     # count and overshoot it.
     joining: int = 0
+    per_address_limit: int | None = None   # None: TOWNHALL_EDGE_PER_ADDRESS or the default
+    per_address: PerAddress = field(init=False)
+    per_address_retry_s: int = PER_ADDRESS_RETRY_S
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.capacity, self.join_rate, time.monotonic())
+        self.per_address = PerAddress(self.per_address_limit
+                                      or per_address_from_env(self.capacity))
+
+    def hold(self, address: str) -> bool:
+        """A listener connection from ``address`` (its own, or the one a trusted proxy
+        forwarded for): False if that address holds all it may; else call ``let_go`` once
+        the connection ends."""
+        if self.per_address.take(address):
+            metrics.PER_ADDRESS.set(len(self.per_address))
+            return True
+        metrics.REFUSALS.labels("per-address").inc()
+        return False
+
+    def let_go(self, address: str) -> None:
+        self.per_address.release(address)
+        metrics.PER_ADDRESS.set(len(self.per_address))
 
     def admit(self) -> Decision:
         """Admission of one more listener now; if admitted, call joined() once it is in."""

@@ -13,22 +13,38 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from townhall.auth import valid_identity
 from townhall.problems import BadInput, Conflict, Forbidden, NotFound, Unprocessable
-from townhall.room.snapshot import COHOST_LIMIT, REQUEST_QUEUE_LIMIT, STAGE_LIMIT, on_stage
+from townhall.room.snapshot import (
+    ALLOW_LIMIT,
+    BLOCKED_NETS_LIMIT,
+    COHOST_LIMIT,
+    INVITE_LIMIT,
+    NETS_LIMIT,
+    REQUEST_QUEUE_LIMIT,
+    STAGE_LIMIT,
+    on_stage,
+)
+from townhall.room.text import check_text
 
 Snapshot = dict[str, Any]
 ACTIONS = ("request", "withdraw", "approve", "decline", "invite", "accept", "to_audience",
-           "mute", "unmute", "add_cohost", "remove_cohost", "remove")
+           "mute", "unmute", "add_cohost", "remove_cohost", "remove", "allow", "disallow",
+           "signed_in_only_on", "signed_in_only_off")
+# Settings and who may come in: also while the Space is scheduled.
+SETTINGS = ("allow", "disallow", "signed_in_only_on", "signed_in_only_off")
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 SPACE_ID = re.compile(r"[a-z0-9]{10}")
 
 
 @dataclass(frozen=True)
 class Actor:
-    """The person acting: their identity and display name."""
+    """The person acting: their identity and display name (and, for a guest, the keyed
+    hash of the network their token was minted from: see townhall.auth)."""
 
     id: str
     name: str
+    net: str | None = None
 
 
 def new_space_id() -> str:
@@ -43,18 +59,21 @@ def is_space_id(value: str) -> bool:
 
 def create(space_id: str, host: Actor, *, title: str, description: str = "",
            scheduled_start: str | None = None, private: bool = False,
-           now: float) -> Snapshot:
+           signed_in_only: bool = False, now: float) -> Snapshot:
     """A new scheduled Space; its creator is the host and stands on its stage."""
     if not title.strip():
         raise Unprocessable("a Space needs a title", slug="title-required")
+    check_text(title, "title")
+    check_text(description, "description", multiline=True, allow_empty=True)
     return {
         "id": space_id, "title": title.strip(), "description": description,
         "state": "scheduled", "version": 1, "private": private,
+        "signed_in_only": signed_in_only,
         "host": {"id": host.id, "name": host.name}, "scheduled_start": scheduled_start,
         "created_at": now, "started_at": None, "ended_at": None,
         "stage": [_person(host, "host")], "requests": [], "invites": [],
         "listeners": 0, "reactions": {},
-        "_blocked": [], "_edges": {},
+        "_blocked": [], "_edges": {}, "_allowed": [], "_blocked_nets": [], "_nets": {},
     }
 
 
@@ -72,8 +91,10 @@ def is_moderator(snap: Snapshot, identity: str) -> bool:
     return role_of(snap, identity) in ("host", "cohost") or snap["host"]["id"] == identity
 
 
-def is_blocked(snap: Snapshot, identity: str) -> bool:
-    return identity in snap.get("_blocked", [])
+def is_blocked(snap: Snapshot, identity: str, net: str | None = None) -> bool:
+    """Blocked by identity, or (``net``: a guest's) by the network a blocked guest used."""
+    return identity in snap.get("_blocked", []) or (
+        net is not None and net in snap.get("_blocked_nets", []))
 
 
 def start(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
@@ -120,7 +141,21 @@ def _require_live(snap: Snapshot) -> None:
 def _target(target: str | None) -> str:
     if not target:
         raise Unprocessable("this action needs an \"identity\"", slug="identity-required")
+    if not valid_identity(target):
+        raise Unprocessable("an identity is 1-64 of A-Z a-z 0-9 _ . : @ -",
+                            slug="bad-identity")
     return target
+
+
+def _remember_net(snap: Snapshot, actor: Actor) -> None:
+    """Note a guest's network (internal) so that blocking them can block it too."""
+    if actor.net is None:
+        return
+    nets = snap.setdefault("_nets", {})
+    nets.pop(actor.id, None)
+    nets[actor.id] = actor.net
+    while len(nets) > NETS_LIMIT:
+        del nets[next(iter(nets))]
 
 
 def _drop(items: list[dict[str, Any]], identity: str) -> list[dict[str, Any]]:
@@ -146,12 +181,14 @@ def apply(snap: Snapshot, actor: Actor, action: str, *, target: str | None = Non
     """Apply one stage or moderation action; returns the new snapshot."""
     if action not in ACTIONS:
         raise BadInput(f"unknown action {action!r}", slug="unknown-action")
+    if action in SETTINGS:
+        return _setting(snap, actor, action, target)
     _require_live(snap)
     out = copy.deepcopy(snap)
     self_target = target in (None, actor.id)
 
     if action == "request":
-        if is_blocked(snap, actor.id):
+        if is_blocked(snap, actor.id, actor.net):
             raise Forbidden("you are blocked from this Space", slug="blocked")
         if on_stage(snap, actor.id):
             raise Conflict("you are already on stage", slug="already-on-stage")
@@ -161,6 +198,7 @@ def apply(snap: Snapshot, actor: Actor, action: str, *, target: str | None = Non
             raise Conflict("too many people are waiting to speak; try again later",
                            slug="request-queue-full")
         out["requests"].append({"id": actor.id, "name": actor.name, "at": now})
+        _remember_net(out, actor)
     elif action == "withdraw":
         if not _find(snap["requests"], actor.id):
             # Same type, same status as approving a request that is not there.
@@ -185,6 +223,10 @@ def apply(snap: Snapshot, actor: Actor, action: str, *, target: str | None = Non
             raise Conflict(f"{who} is already on stage", slug="already-on-stage")
         request = _find(snap["requests"], who)
         display = name or (str(request["name"]) if request else who)
+        check_text(display, "name")
+        if not _find(snap["invites"], who) and len(snap["invites"]) >= INVITE_LIMIT:
+            raise Conflict(f"at most {INVITE_LIMIT} invitations may be open at once",
+                           slug="invite-list-full")
         out["invites"] = _drop(out["invites"], who)
         out["invites"].append({"id": who, "name": display[:64], "at": now})
     elif action == "accept":
@@ -192,6 +234,7 @@ def apply(snap: Snapshot, actor: Actor, action: str, *, target: str | None = Non
         if invite is None:
             raise Conflict("you have not been invited to speak", slug="no-invite")
         _put_on_stage(out, actor)
+        _remember_net(out, actor)
     elif action == "to_audience":
         who = actor.id if target is None else target
         role = role_of(snap, who)
@@ -245,6 +288,41 @@ def apply(snap: Snapshot, actor: Actor, action: str, *, target: str | None = Non
         out["stage"] = _drop(out["stage"], who)
         out["requests"] = _drop(out["requests"], who)
         out["invites"] = _drop(out["invites"], who)
-        if block and who not in out.setdefault("_blocked", []):
-            out["_blocked"].append(who)
+        if block:
+            _block(out, who)
+    return out
+
+
+def _block(snap: Snapshot, who: str) -> None:
+    """Block ``who`` and, if they came as a guest, the network their token names."""
+    if who not in snap.setdefault("_blocked", []):
+        snap["_blocked"].append(who)
+    snap["_allowed"] = [i for i in snap.get("_allowed", []) if i != who]
+    net = snap.get("_nets", {}).get(who)
+    nets = snap.setdefault("_blocked_nets", [])
+    if net is not None and net not in nets:
+        nets.append(net)
+        del nets[:-BLOCKED_NETS_LIMIT]  # the oldest go first; identities stay blocked
+
+
+def _setting(snap: Snapshot, actor: Actor, action: str, target: str | None) -> Snapshot:
+    """Who may come in (private Spaces) and who may listen (signed-in only)."""
+    if snap["state"] == "ended":
+        raise Conflict("the Space has ended", slug="space-ended")
+    out = copy.deepcopy(snap)
+    if action in ("signed_in_only_on", "signed_in_only_off"):
+        _require_host(snap, actor)
+        out["signed_in_only"] = action == "signed_in_only_on"
+        return out
+    _require_moderator(snap, actor)
+    who = _target(target)
+    allowed = [i for i in out.get("_allowed", []) if i != who]
+    if action == "allow":
+        if is_blocked(snap, who):
+            raise Forbidden(f"{who} is blocked from this Space", slug="blocked")
+        if len(allowed) >= ALLOW_LIMIT:
+            raise Conflict(f"at most {ALLOW_LIMIT} identities may be let in",
+                           slug="allow-list-full")
+        allowed.append(who)
+    out["_allowed"] = allowed
     return out

@@ -8,7 +8,8 @@ public part is what ``GET /api/v1/spaces/<id>``, ``townhall.<id>.state`` and ``/
       "title": "...", "description": "...",
       "state": "scheduled" | "live" | "ended",
       "version": 7,                       # +1 on every change, never reused
-      "private": false,                   # private Spaces need a listener token
+      "private": false,                   # only its people and tokens for it see it
+      "signed_in_only": false,            # no anonymous or guest listeners
       "host": {"id": "ada", "name": "Ada"},
       "scheduled_start": "2026-11-25T20:00:00Z" | null,
       "created_at": ..., "started_at": ... | null, "ended_at": ... | null,   # unix seconds
@@ -20,8 +21,10 @@ public part is what ``GET /api/v1/spaces/<id>``, ``townhall.<id>.state`` and ``/
       "reactions": {"👏": 12, ...}         # running totals, summed per interval
     }
 
-Keys starting with ``_`` (blocked and removed identities, edge reports) are internal:
-they stay in the bucket and never leave the api. ``public_view`` strips them.
+Keys starting with ``_`` are internal: they stay in the bucket and never leave the api
+and the edges. ``public_view`` strips them. ``_blocked`` (identities), ``_blocked_nets``
+and ``_nets`` (keyed hashes of guests' networks: see townhall.auth), ``_allowed``
+(identities let into a private Space), ``_edges`` (edge reports).
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from typing import Any
 STAGE_LIMIT = 13        # host + co-hosts + speakers
 COHOST_LIMIT = 2
 REQUEST_QUEUE_LIMIT = 100
+INVITE_LIMIT = 50
+ALLOW_LIMIT = 500
+BLOCKED_NETS_LIMIT = 500
+NETS_LIMIT = 200            # guests' networks remembered (requesters, speakers)
 REACTIONS: tuple[str, ...] = ("👏", "❤️", "😂", "🔥", "💯", "🙌", "😮", "👍")
 SNAPSHOTS_PER_SECOND = 4
 

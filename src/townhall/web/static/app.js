@@ -1,11 +1,22 @@
-// townhall web app: router, sign-in, home, Space page, stage over WHIP, listening.
-import { Player } from "/static/player.js";
+// townhall web app: router, sign-in on demand, home, Space page and embed, stage over WHIP.
+// State comes from the server-rendered page (a JSON block) and then from the edge socket
+// only: no polling. Sign-in is asked for when an action needs an identity, never to listen.
+import { Player } from "./player.js";
 
 const REACTIONS = ["👏", "❤️", "😂", "🔥", "💯", "🙌", "😮", "👍"];
 const $main = document.getElementById("main");
 const $announce = document.getElementById("announce");
 const $banner = document.getElementById("banner");
 const $who = document.getElementById("who");
+
+/** A non-executing JSON block the server put in the page, or null. */
+function readJson(id) {
+  const el = document.getElementById(id);
+  if (!el) return null;
+  try { return JSON.parse(el.textContent); } catch { return null; }
+}
+const config = readJson("config") || { open: true, view: "home", public_url: "" };
+let embedded = readJson("snapshot");  // the first page's snapshot, used once
 
 // ---------- session ----------
 const me = {
@@ -16,8 +27,11 @@ const me = {
     localStorage.setItem("townhall.token", s.token);
     localStorage.setItem("townhall.identity", s.identity);
     localStorage.setItem("townhall.name", s.name || s.identity);
+    paintWho();
   },
+  clear() { ["token", "identity", "name"].forEach((k) => localStorage.removeItem(`townhall.${k}`)); paintWho(); },
 };
+function paintWho() { $who.textContent = me.token ? `${me.name}` : ""; }
 
 async function api(method, path, body) {
   const headers = { Accept: "application/json" };
@@ -27,17 +41,6 @@ async function api(method, path, body) {
   const data = r.status === 204 ? null : await r.json().catch(() => null);
   if (!r.ok) { const e = new Error((data && (data.detail || data.title)) || `HTTP ${r.status}`); e.status = r.status; throw e; }
   return data;
-}
-
-// A token handed over in the link (#token=... or ?token=...) signs this browser in; the
-// fragment form never reaches server logs or Referer headers.
-async function adoptLinkToken() {
-  const q = new URLSearchParams(location.search);
-  const t = new URLSearchParams(location.hash.slice(1)).get("token") || q.get("token");
-  if (!t) return;
-  const r = await fetch("/api/v1/me", { headers: { Authorization: `Bearer ${t}` } });
-  if (r.ok) { const who = await r.json(); me.save({ token: t, identity: who.id || who.identity, name: who.name }); }
-  history.replaceState(null, "", location.pathname);
 }
 
 // ---------- helpers ----------
@@ -53,6 +56,7 @@ function h(tag, attrs = {}, ...kids) {
   return el;
 }
 const initials = (name) => (name || "?").split(/\s+/).filter(Boolean).slice(0, 2).map((w) => w[0].toUpperCase()).join("");
+const escAttr = (s) => String(s).replace(/&/g, "&amp;").replace(/"/g, "&quot;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 function announce(text) { $announce.textContent = ""; setTimeout(() => { $announce.textContent = text; }, 30); }
 function banner(kind, text) {
   if (!kind) { $banner.hidden = true; $banner.textContent = ""; return; }
@@ -61,9 +65,73 @@ function banner(kind, text) {
 }
 function showError(err) { banner("error", err.message || String(err)); setTimeout(() => { if ($banner.dataset.kind === "error") banner(null); }, 5000); }
 function focusMain() { $main.focus(); }
+const siteOrigin = () => (config.public_url || location.origin).replace(/\/$/, "");
+
+// ---------- dialogs ----------
+/** A modal built from `kids`; resolves with what `done(value)` was called with (false on Esc). */
+function modal(label, build) {
+  return new Promise((resolve) => {
+    let settled = false;
+    const dlg = h("dialog", { class: "card dialog", "aria-label": label });
+    const done = (value) => { if (settled) return; settled = true; dlg.close(); dlg.remove(); resolve(value); };
+    dlg.addEventListener("close", () => done(false));
+    dlg.append(...build(done));
+    document.body.append(dlg);
+    dlg.showModal();
+    (dlg.querySelector("input") || dlg.querySelector("button"))?.focus();
+  });
+}
+
+/** Ask for a name (open mode) or explain where tokens come from (closed mode). */
+function signInPrompt(why) {
+  return modal("Sign in", (done) => {
+    if (!config.open) {
+      return [h("h2", {}, "Sign in"), h("p", {}, why),
+        h("p", {}, "On this server, sign-in comes from the app that sent you here: it gives you a link that signs you in. Listening needs no sign-in."),
+        h("div", { class: "row" }, h("button", { type: "button", onclick: () => done(false) }, "OK"))];
+    }
+    const input = h("input", { id: "signin-name", name: "name", required: true, maxlength: "64", autocomplete: "nickname" });
+    const err = h("p", { class: "error", role: "alert" });
+    return [h("form", { onsubmit: async (e) => {
+      e.preventDefault();
+      try { me.save(await api("POST", "/sessions", { name: input.value.trim() })); done(true); } catch (x) { err.textContent = x.message; }
+    } },
+    h("h2", {}, "Sign in"), h("p", {}, why),
+    h("label", { for: "signin-name" }, "Display name"),
+    h("div", { class: "row" }, input, h("button", { type: "submit" }, "Sign in"),
+      h("button", { type: "button", class: "secondary", onclick: () => done(false) }, "Cancel")), err)];
+  });
+}
+
+/** Run `action` as a signed-in person, asking for sign-in first when needed. */
+async function withIdentity(why, action) {
+  if (!me.token && !(await signInPrompt(why))) return;
+  await action();
+}
+
+// A token handed over in the link (#token=... or ?token=...) signs this browser in only
+// once the person confirms who they will be: a link from someone else must not silently
+// switch identities (login CSRF). The fragment form never reaches logs or Referer headers.
+async function adoptLinkToken() {
+  const q = new URLSearchParams(location.search);
+  const t = new URLSearchParams(location.hash.slice(1)).get("token") || q.get("token");
+  if (!t) return;
+  history.replaceState(null, "", location.pathname);
+  const r = await fetch("/api/v1/me", { headers: { Authorization: `Bearer ${t}` } }).catch(() => null);
+  if (!r || !r.ok) { showError(new Error("That sign-in link is not valid (any more).")); return; }
+  const who = await r.json();
+  const name = who.name || who.identity;
+  const yes = await modal("Sign in from link", (done) => [
+    h("h2", {}, "Sign in from a link"),
+    h("p", {}, "This link signs you in as ", h("strong", { id: "link-name" }, name), me.token ? ` instead of ${me.name}.` : "."),
+    h("div", { class: "row" }, h("button", { type: "button", onclick: () => done(true) }, `Continue as ${name}`),
+      h("button", { type: "button", class: "secondary", onclick: () => done(false) }, "No"))]);
+  if (yes) me.save({ token: t, identity: who.identity, name });
+}
 
 // ---------- router ----------
 let page = null;  // current page's cleanup
+let routed = 0;
 function go(path) { history.pushState(null, "", path); route(); }
 window.addEventListener("popstate", () => route());
 document.addEventListener("click", (e) => {
@@ -73,29 +141,32 @@ document.addEventListener("click", (e) => {
 
 async function route() {
   page?.(); page = null; banner(null);
-  $who.textContent = me.id ? `${me.name}` : "";
-  const m = location.pathname.match(/^\/s\/([a-z0-9]+)\/?$/);
-  if (!me.token) return signIn();
-  if (m) return spacePage(m[1]);
+  paintWho();
+  const first = routed++ === 0;
+  const m = location.pathname.match(/^\/(s|embed)\/([a-z0-9]+)\/?$/);
+  if (m) return spacePage(m[2], m[1] === "embed", first);
+  if (location.pathname === "/docs") return (await import("./apidocs.js")).render($main);
   return home();
 }
 
-// ---------- sign in ----------
-function signIn() {
-  const input = h("input", { id: "name", name: "name", required: true, maxlength: "64", autocomplete: "nickname" });
-  const form = h("form", { class: "card", onsubmit: async (e) => {
-    e.preventDefault();
-    try { me.save(await api("POST", "/sessions", { name: input.value.trim() })); route(); } catch (err) { showError(err); }
-  } },
-  h("h1", {}, "Join townhall"),
-  h("label", { for: "name" }, "Display name"),
-  h("div", { class: "row" }, input, h("button", { type: "submit" }, "Sign in")));
-  $main.replaceChildren(form);
-  input.focus();
-}
-
 // ---------- home ----------
-async function home() {
+const LIST_EVERY_MS = 30000;  // and never while the tab is hidden
+
+function startCard() {
+  if (!me.token) {
+    if (!config.open) {
+      return h("section", { class: "card" }, h("h2", {}, "Start a Space"),
+        h("p", { class: "meta" }, "Hosting needs an account from the app that runs this server; listening needs none."));
+    }
+    const input = h("input", { id: "name", name: "name", required: true, maxlength: "64", autocomplete: "nickname" });
+    return h("form", { class: "card", onsubmit: async (e) => {
+      e.preventDefault();
+      try { me.save(await api("POST", "/sessions", { name: input.value.trim() })); route(); } catch (err) { showError(err); }
+    } },
+    h("h2", {}, "Sign in to start a Space"),
+    h("label", { for: "name" }, "Display name"),
+    h("div", { class: "row" }, input, h("button", { type: "submit" }, "Sign in")));
+  }
   const title = h("input", { id: "title", name: "title", required: true, maxlength: "120" });
   const when = h("input", { id: "when", name: "when", type: "datetime-local" });
   const create = async (scheduled) => {
@@ -111,21 +182,25 @@ async function home() {
       go(`/s/${snap.id}`);
     } catch (err) { showError(err); }
   };
-  const form = h("form", { class: "card", onsubmit: (e) => { e.preventDefault(); create(false); } },
+  return h("form", { class: "card", onsubmit: (e) => { e.preventDefault(); create(false); } },
     h("h2", {}, "Start a Space"),
     h("label", { for: "title" }, "Title"),
     h("div", { class: "row" }, title, h("button", { type: "submit" }, "Start now")),
     h("label", { for: "when" }, "Or schedule it for"),
     h("div", { class: "row" }, when, h("button", { type: "button", class: "secondary", onclick: () => create(true) }, "Schedule")));
+}
+
+async function home() {
   const live = h("ul", { class: "spaces", "aria-label": "Live Spaces" }, h("li", {}, "Loading…"));
   const sched = h("ul", { class: "spaces", "aria-label": "Scheduled Spaces" });
-  $main.replaceChildren(h("h1", {}, "Spaces"), form,
+  $main.replaceChildren(h("h1", {}, "Spaces"), startCard(),
     h("section", { class: "card" }, h("h2", {}, "Live now"), live),
     h("section", { class: "card" }, h("h2", {}, "Scheduled"), sched),
-    h("p", { class: "meta" }, h("button", { class: "secondary", onclick: () => { localStorage.clear(); route(); } }, "Sign out")));
+    me.token ? h("p", { class: "meta" }, h("button", { class: "secondary", onclick: () => { me.clear(); route(); } }, "Sign out")) : null);
   focusMain();
   const fill = async () => {
     try {
+      // Extra fields (e.g. a paging cursor) are ignored: this shows the first page.
       const [l, s] = await Promise.all([api("GET", "/spaces?state=live"), api("GET", "/spaces?state=scheduled")]);
       const item = (sp) => h("li", {}, h("a", { href: `/s/${sp.id}`, "data-link": true },
         sp.title, h("span", { class: `pill ${sp.state}` }, sp.state === "live" ? "LIVE" : new Date(sp.scheduled_start || sp.created_at * 1000).toLocaleString()),
@@ -135,8 +210,14 @@ async function home() {
     } catch (err) { showError(err); }
   };
   await fill();
-  const t = setInterval(fill, 5000);
-  page = () => clearInterval(t);
+  // The list is a glance, not a feed: refresh it every 30 s while the tab is visible, and at
+  // once when the tab comes back.
+  let last = performance.now();
+  const tick = () => { if (!document.hidden && performance.now() - last >= LIST_EVERY_MS) { last = performance.now(); fill(); } };
+  const t = setInterval(tick, 5000);
+  const onVisible = () => { if (!document.hidden && performance.now() - last >= 5000) { last = performance.now(); fill(); } };
+  document.addEventListener("visibilitychange", onVisible);
+  page = () => { clearInterval(t); document.removeEventListener("visibilitychange", onVisible); };
 }
 
 // ---------- WHIP publisher ----------
@@ -173,7 +254,11 @@ class Publisher {
   async start() {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
     this.stream = stream;
-    const pc = new RTCPeerConnection();
+    // The server's STUN/TURN servers (TURN credentials fresh for each attempt), none if it
+    // has none: never the browser's or anyone else's default.
+    const ice = await fetch("/api/v1/ice", { headers: { Authorization: `Bearer ${me.token}` } })
+      .then((r) => (r.ok ? r.json() : { iceServers: [] }), () => ({ iceServers: [] }));
+    const pc = new RTCPeerConnection({ iceServers: ice.iceServers || [] });
     this.pc = pc;
     pc.addTransceiver(stream.getAudioTracks()[0], { direction: "sendrecv", streams: [stream] });
     // The return feed (everyone but me) plays through <audio>: Chromium's echo canceller
@@ -216,23 +301,50 @@ class Publisher {
   }
 }
 
-// ---------- Space page ----------
-async function spacePage(id) {
-  let snap;
-  try { snap = await api("GET", `/spaces/${id}`); } catch (err) {
-    $main.replaceChildren(h("h1", {}, "Space not found"), h("p", {}, err.message), h("a", { href: "/", "data-link": true }, "Back home"));
-    focusMain(); return;
+// ---------- Space page (and its embed) ----------
+function notFound() {
+  $main.replaceChildren(h("h1", {}, "This Space isn't here"),
+    h("p", {}, "It may have been private, or the link may be mistyped."),
+    h("p", {}, h("a", { href: "/", "data-link": true }, "See what is live")));
+  focusMain();
+}
+
+function shareMenu(id, title) {
+  const url = `${siteOrigin()}/s/${id}`;
+  const snippet = `<iframe src="${siteOrigin()}/embed/${id}" title="${escAttr(title)} on townhall" width="100%" height="230" style="border:0;max-width:480px" allow="autoplay"></iframe>`;
+  const copy = (text, what) => async () => {
+    try { await navigator.clipboard.writeText(text); announce(`${what} copied`); banner("info", `${what} copied`); setTimeout(() => banner(null), 2000); } catch { showError(new Error("Copy did not work: select the text and copy it.")); }
+  };
+  return h("details", { class: "card share", id: "share-menu" },
+    h("summary", {}, "Share"),
+    h("label", { for: "share-link" }, "Link"),
+    h("div", { class: "row" }, h("input", { id: "share-link", readonly: true, value: url }),
+      h("button", { type: "button", class: "secondary", onclick: copy(url, "Link") }, "Copy link")),
+    h("label", { for: "embed-code" }, "Embed this Space on your site"),
+    h("textarea", { id: "embed-code", readonly: true, rows: "3" }, snippet),
+    h("div", { class: "row" }, h("button", { type: "button", class: "secondary", onclick: copy(snippet, "Embed code") }, "Copy embed code")));
+}
+
+async function spacePage(id, embed, first) {
+  let snap = embedded && embedded.id === id ? embedded : null;
+  embedded = null;
+  // Only a page the server rendered without a snapshot (private or unknown) or an in-app
+  // navigation asks the api; with no token, a first page without a snapshot is a 404.
+  if (!snap && (!first || me.token)) {
+    try { snap = await api("GET", `/spaces/${id}`); } catch { snap = null; }
   }
-  const view = { snap: null, levels: {}, speaking: new Set(), publisher: null, listening: false, poll: null, going: false };
+  if (!snap) { notFound(); return; }
+  const view = { snap: null, levels: {}, speaking: new Set(), publisher: null, listening: false, going: false };
   const player = new Player(id, {
     onState: (s) => update(s),
     onLevels: (m) => { view.speaking = new Set(m.speaking || []); view.levels = m.levels || {}; paintSpeaking(); },
     onStatus: (kind, text) => banner(kind, text),
-    onEnded: () => refresh(),
+    // The socket closed with "ended": one fetch for the final snapshot, then nothing.
+    onEnded: () => { api("GET", `/spaces/${id}`).then(update, () => {}); },
   }, me.token);
 
   const $title = h("h1", {});
-  const $hostline = h("p", { class: "meta" });
+  const $hostline = h("p", { class: "meta", id: "hostline" });
   const $stage = h("ul", { class: "stage", "aria-label": "Stage" });
   const $count = h("p", { class: "meta", id: "listeners", "aria-label": "Listener count" });
   const $totals = h("p", { class: "totals", id: "totals", "aria-label": "Reaction totals" });
@@ -240,31 +352,36 @@ async function spacePage(id) {
   const $host = h("section", { class: "card", id: "host-controls", "aria-label": "Host controls" });
   const $reacts = h("div", { class: "reactions", role: "group", "aria-label": "Reactions" },
     REACTIONS.map((e) => h("button", { type: "button", "aria-label": `React ${e}`, onclick: () => react(e) }, e)));
-  const $share = h("p", { class: "meta" }, "Share: ", h("a", { href: `/s/${id}`, id: "share" }, `${location.origin}/s/${id}`));
   const $endnote = h("p", { class: "ended-note", id: "ended", hidden: true }, "This Space has ended.");
-  $main.replaceChildren($title, $hostline, $endnote, $count, h("section", { class: "card" }, h("h2", {}, "Stage"), $stage),
-    h("section", { class: "card" }, $actions), $host, h("section", { class: "card" }, $reacts, $totals), $share);
-  focusMain();
+  if (embed) {
+    $main.replaceChildren($title, $hostline,
+      h("div", { class: "embed-line" }, $count, h("a", { href: `${siteOrigin()}/s/${id}`, target: "_blank", rel: "noopener" }, "Open in townhall ↗")),
+      $endnote, $actions, $reacts, $totals);
+  } else {
+    $main.replaceChildren($title, $hostline, $endnote, $count, h("section", { class: "card" }, h("h2", {}, "Stage"), $stage),
+      h("section", { class: "card" }, $actions), $host, h("section", { class: "card" }, $reacts, $totals), shareMenu(id, snap.title));
+    focusMain();
+  }
 
   const act = async (action, extra = {}) => {
     try { update(await api("POST", `/spaces/${id}/actions`, { action, ...extra })); } catch (err) { showError(err); }
   };
-  const react = async (emoji) => {
+  const react = (emoji) => withIdentity("Sign in to react.", async () => {
+    render();
     try { await api("POST", `/spaces/${id}/reactions`, { emoji }); floatUp(emoji); } catch (err) { showError(err); }
-  };
-  async function refresh() { try { update(await api("GET", `/spaces/${id}`)); } catch { /* next poll */ } }
+  });
+  const requestToSpeak = () => withIdentity("Sign in to ask to speak.", async () => { render(); await act("request"); });
 
   function floatUp(emoji) {
     const el = h("span", { class: "float", "aria-hidden": "true" }, emoji);
-    el.style.left = `${10 + Math.random() * 80}%`;
+    el.style.left = `${10 + Math.random() * 80}%`;  // CSSOM, not an inline style attribute: CSP allows it
     document.body.append(el);
     setTimeout(() => el.remove(), 2600);
   }
 
-  const mine = (s) => (s.stage || []).find((p) => p.id === me.id);
+  const mine = (s) => (s.stage || []).find((p) => me.id && p.id === me.id);
   const myRole = (s) => mine(s)?.role || "listener";
   const isMod = (s) => ["host", "cohost"].includes(myRole(s));
-
   async function goLive() {
     if (view.publisher || view.going) return;
     view.going = true; render();
@@ -301,7 +418,13 @@ async function spacePage(id) {
 
   async function listen() {
     view.listening = true; render();
-    try { await player.enableAudio(); } catch (err) { showError(err); }
+    try { await player.enableAudio(); if (!view.publisher) player.mute(false); } catch (err) { showError(err); }
+    tellParent();
+  }
+  async function pause() {
+    view.listening = false; render();
+    await player.pause();
+    tellParent();
   }
 
   function diffAnnounce(old, s) {
@@ -331,8 +454,9 @@ async function spacePage(id) {
     // Off stage or ended: the stage has already closed our WHIP session; just hang up.
     if (view.publisher && (!meOn || s.state !== "live")) { stopPublishing(false); if (s.state === "live") announce("You are no longer on stage"); }
     if (view.publisher && meOn) view.publisher.setMuted(!!meOn.muted);
-    if (s.state === "ended") { stopPublishing(false); clearInterval(view.poll); }
+    if (s.state === "ended") stopPublishing(false);
     render();
+    tellParent();
   }
 
   function paintSpeaking() {
@@ -379,8 +503,14 @@ async function spacePage(id) {
     const requested = (s.requests || []).some((r) => r.id === me.id);
     const invited = (s.invites || []).some((r) => r.id === me.id);
     if (s.state === "live") {
-      if (!view.listening && !view.publisher) a.push(h("button", { type: "button", id: "listen", onclick: listen }, "🎧 Listen"));
-      if (meOn) {
+      if (!view.publisher) {
+        a.push(view.listening
+          ? h("button", { type: "button", id: "pause", class: "secondary", onclick: pause }, "⏸ Pause")
+          : h("button", { type: "button", id: "listen", onclick: listen }, "🎧 Listen"));
+      }
+      if (embed) {
+        // The embed is a player: the stage and requests to speak live on the Space page.
+      } else if (meOn) {
         if (!view.publisher) a.push(h("button", { type: "button", id: "go-live", disabled: view.going, onclick: goLive }, view.going ? "Connecting…" : "🎙️ Go live"));
         a.push(meOn.muted
           ? h("button", { type: "button", id: "mic", "aria-pressed": "false", onclick: () => act("unmute") }, "Microphone on")
@@ -391,13 +521,13 @@ async function spacePage(id) {
       } else if (requested) {
         a.push(h("button", { type: "button", id: "withdraw", class: "secondary", onclick: () => act("withdraw") }, "Withdraw request"));
       } else {
-        a.push(h("button", { type: "button", id: "request", onclick: () => act("request") }, "✋ Request to speak"));
+        a.push(h("button", { type: "button", id: "request", onclick: requestToSpeak }, "✋ Request to speak"));
       }
       if (view.publisher) a.push(h("span", { class: "pill live", id: "on-air" }, "ON AIR"));
     } else if (s.state === "scheduled") {
       a.push(h("span", { class: "meta" }, `Scheduled for ${s.scheduled_start ? new Date(s.scheduled_start).toLocaleString() : "later"}`));
       if (s.host.id === me.id) a.push(h("button", { type: "button", id: "start", onclick: async () => { try { update(await api("POST", `/spaces/${id}/start`)); } catch (err) { showError(err); } } }, "Start now"));
-    } else {
+    } else if (!embed) {
       a.push(h("a", { href: "/", "data-link": true }, "Back to Spaces"));
     }
     const hadFocus = document.activeElement?.id;
@@ -423,11 +553,27 @@ async function spacePage(id) {
     } else { $host.hidden = true; $host.replaceChildren(); }
   }
 
+  // ---- the embed's postMessage API (docs/embed.md) ----
+  function tellParent() {
+    if (!embed || window.parent === window || !view.snap) return;
+    const s = view.snap;
+    window.parent.postMessage({ type: "state", space: id, title: s.title, host: s.host.name, state: s.state,
+      listeners: s.listeners, playing: view.listening }, "*");  // public facts only: any parent may read them
+  }
+  const onMessage = (e) => {
+    if (!embed || e.source !== window.parent || !e.data) return;
+    if (e.data.type === "play" && !view.listening && view.snap.state === "live") listen();
+    else if (e.data.type === "pause" && view.listening) pause();
+    else if (e.data.type === "get_state") tellParent();
+  };
+  window.addEventListener("message", onMessage);
+
   update(snap);
-  player.start();
-  view.poll = setInterval(refresh, 2000);  // state also arrives on the socket; this covers its gaps
-  page = () => { clearInterval(view.poll); stopPublishing(); player.stop(); };
+  player.start();  // state, levels and jumps from the socket from now on: no polling
+  page = () => { window.removeEventListener("message", onMessage); stopPublishing(); player.stop(); };
   window.addEventListener("pagehide", () => page?.(), { once: true });
 }
 
 adoptLinkToken().finally(route);
+// A sign-in link opened in a tab already on this page changes only the fragment.
+window.addEventListener("hashchange", () => { if (/(^#|&)token=/.test(location.hash)) adoptLinkToken().finally(route); });

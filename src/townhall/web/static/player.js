@@ -120,12 +120,20 @@ export class Player {
     if (!this.stats.webcodecs) { if (this.fallback) await this.fallback.play(); return; }
     if (!this.ctx) {
       this.ctx = new AudioContext({ sampleRate: 48000, latencyHint: "interactive" });
-      await this.ctx.audioWorklet.addModule("/static/worklet.js");
+      // Beside this module, under the same versioned URL.
+      await this.ctx.audioWorklet.addModule(new URL("./worklet.js", import.meta.url).href);
       this.node = new AudioWorkletNode(this.ctx, "townhall-player", { numberOfInputs: 0, outputChannelCount: [1] });
       this.node.port.onmessage = (ev) => { this.stats.underruns = ev.data.underruns; };
       this.node.connect(this.ctx.destination);
     }
     await this.ctx.resume();
+  }
+
+  /** Stop sound output; the socket stays open, so state keeps coming and play resumes live. */
+  async pause() {
+    this.mute(true);
+    if (this.fallback) this.fallback.pause();
+    if (this.ctx && this.ctx.state === "running") await this.ctx.suspend();
   }
 
   get audioRunning() {

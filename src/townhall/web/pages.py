@@ -1,0 +1,122 @@
+"""The HTML pages of the web app, rendered from a snapshot: no I/O, unit-tested as strings.
+
+Every page is the same shell (``page.html``): the app's module script and stylesheet under
+the build's versioned URL, a config block and, on a public Space's page, the snapshot as a
+non-executing JSON block, so the page costs the api nothing to show. Link previews (Open
+Graph, Twitter cards) read the ``<meta>`` tags; the first paint is server-rendered too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from string import Template
+from typing import Any
+
+BRAND = "townhall"
+
+
+def build_hash(static: Path) -> str:
+    """A short digest of every static file: a new build gets new asset URLs."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in static.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(static).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def json_block(value: Any) -> str:
+    """JSON safe inside a ``<script type="application/json">``: no ``<``, ``>`` or ``&``
+    survives, so no ``</script>`` or comment opener can end the block early."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def state_line(snap: dict[str, Any]) -> str:
+    """ "Live now · 12,345 listening", "Scheduled for …", or "Ended"."""
+    state = snap.get("state")
+    if state == "live":
+        return f"Live now · {int(snap.get('listeners') or 0):,} listening"
+    if state == "scheduled":
+        start = snap.get("scheduled_start")
+        if not start:
+            return "Scheduled"
+        try:
+            when = datetime.fromisoformat(str(start).replace("Z", "+00:00")).astimezone(UTC)
+        except ValueError:
+            return "Scheduled"
+        return f"Scheduled for {when:%a %d %b %Y, %H:%M} UTC"
+    return "Ended"
+
+
+@dataclass(frozen=True)
+class Page:
+    """What one rendered page needs besides its snapshot."""
+
+    static: str           # the versioned asset prefix, e.g. /static/3f2a9c1b7d0e
+    open_mode: bool       # guest sessions on (the sign-in prompt offers a name form)
+    public_url: str = ""  # --public-url, for og:url
+
+
+class Renderer:
+    """Renders the shell for the home page, a Space's page, its embed and the 404 page."""
+
+    def __init__(self, template: str, page: Page) -> None:
+        self.template = Template(template)
+        self.page = page
+
+    def _render(self, *, title: str, meta: list[tuple[str, str, str]], main: str,
+                view: str, snapshot: dict[str, Any] | None = None) -> str:
+        config = {"open": self.page.open_mode, "view": view, "static": self.page.static,
+                  "public_url": self.page.public_url.rstrip("/")}
+        tags = "\n".join(f'<meta {kind}="{escape(key)}" content="{escape(value)}">'
+                         for kind, key, value in meta)
+        block = "" if snapshot is None else \
+            f'<script type="application/json" id="snapshot">{json_block(snapshot)}</script>'
+        return self.template.substitute(
+            title=escape(title), meta=tags, static=escape(self.page.static), main=main,
+            view=escape(view), config=json_block(config), snapshot=block)
+
+    def home(self) -> str:
+        return self._render(title=BRAND, meta=[("name", "description", "Live audio rooms")],
+                            main="<p>Loading…</p>", view="home")
+
+    def docs(self) -> str:
+        return self._render(title=f"{BRAND} · API reference", meta=[], view="docs",
+                            main="<h1>API reference</h1><p>Loading /openapi.json…</p>")
+
+    def not_found(self, view: str = "space") -> str:
+        """The page for an unknown *and* a private Space: the same bytes, so the answer
+        tells nobody whether a private Space exists."""
+        main = ("<h1>This Space isn't here</h1><p>It may have been private, or the link may "
+                'be mistyped.</p><p><a href="/">See what is live</a></p>')
+        return self._render(title=BRAND, meta=[("name", "robots", "noindex")], main=main,
+                            view=view)
+
+    def space(self, snap: dict[str, Any], *, embed: bool = False) -> str:
+        """A public Space's page (or its compact embed): previews, first paint, snapshot."""
+        title = str(snap.get("title") or "A Space")
+        host = str((snap.get("host") or {}).get("name") or "")
+        line = state_line(snap)
+        description = f"{line} · Hosted by {host}" if host else line
+        if snap.get("description"):
+            description += f" · {snap['description']}"
+        meta = [("property", "og:title", title), ("property", "og:description", description),
+                ("property", "og:type", "website"), ("property", "og:site_name", BRAND),
+                ("name", "twitter:card", "summary"), ("name", "twitter:title", title),
+                ("name", "twitter:description", description),
+                ("name", "description", description)]
+        if self.page.public_url:
+            url = f"{self.page.public_url.rstrip('/')}/s/{snap['id']}"
+            meta.insert(3, ("property", "og:url", url))
+        speakers = "".join(f"<li>{escape(str(p.get('name', '')))}</li>"
+                           for p in snap.get("stage") or [])
+        main = (f"<h1>{escape(title)}</h1><p class=\"meta\">Hosted by {escape(host)}</p>"
+                f"<p class=\"meta\">{escape(line)}</p>"
+                + (f'<ul class="stage-plain">{speakers}</ul>' if speakers else ""))
+        return self._render(title=f"{title} · {BRAND}", meta=meta, main=main,
+                            view="embed" if embed else "space", snapshot=snap)
