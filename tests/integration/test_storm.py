@@ -139,9 +139,9 @@ def test_browser_viewers_count_every_request(open_space: tuple[Served, str],
     s = _browser_storm(served, space, tmp_path, "--reactions", "4")
     per = s["requests_per_viewer"]
     assert per["page"] == {"mean": 1.0, "max": 1}  # each viewer opened the link once
-    # whatever the page references: at least one asset, and no viewer fetches more than
-    # the page names (the shared cache and 304s keep later viewers cheap)
-    assert per["asset"]["mean"] >= 1 and s["requests"]["asset"] >= 20
+    # whatever the page references was fetched, and no viewer fetched more than the page
+    # names (immutable assets come from the worker's shared cache after the first viewers)
+    assert s["requests"]["asset"] >= 1 and 1 <= per["asset"]["max"] <= 8
     # the page load costs at most the snapshot and the edge list; nothing polls after it
     assert per["api"]["max"] <= 2
     assert s["requests"]["list"] == 0
