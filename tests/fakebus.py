@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from townhall.bus import CasConflict, Change, Entry, Message, Subscription, Watch
-from townhall.bus.bus import Handler
+from townhall.bus.bus import Consumer, Handler
 
 
 def matches(pattern: str, subject: str) -> bool:
@@ -178,6 +178,11 @@ class FakeBus:
             return None
 
         return [(m, ack) for _, m in taken]
+
+    async def durable_consumer(self, stream: str, durable: str, subject: str, *,
+                               max_ack_pending: int, ack_wait_s: float) -> Consumer:
+        # Redelivery and ack deadlines are JetStream's behaviour to test, not a fake's.
+        raise NotImplementedError("durable consumers need a real nats-server (nats_url)")
 
     async def close(self) -> None:
         self._subs.clear()

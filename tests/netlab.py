@@ -33,9 +33,11 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 PREFIX = "th"
+OWNERS = Path("/run/townhall-netlab")  # <lab id> -> pid of the process that made it
 NFT_TABLE = "thlab"
 _CMD_TIMEOUT_S = 10.0
 
@@ -79,12 +81,24 @@ def namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+def _owner_alive(lab_id: str) -> bool:
+    """Whether the process that made lab ``lab_id`` still runs (its labs are in use)."""
+    try:
+        pid = int((OWNERS / lab_id).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def sweep(prefix: str = PREFIX) -> list[str]:
-    """Delete namespaces a crashed lab left behind (names ``th<hex>-...``); returns them."""
-    pattern = re.compile(rf"^{re.escape(prefix)}[0-9a-f]{{4}}-")
+    """Delete namespaces a crashed lab left behind (names ``th<hex>-...`` whose owning
+    process is gone; labs of other live test runs are left alone); returns them."""
+    pattern = re.compile(rf"^{re.escape(prefix)}([0-9a-f]{{4}})-")
     gone = []
     for ns in namespaces():
-        if pattern.match(ns):
+        found = pattern.match(ns)
+        if found and not _owner_alive(found.group(1)):
             _kill_all_in(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
                            timeout=_CMD_TIMEOUT_S)
@@ -176,7 +190,10 @@ class Lab:
         if reason:
             raise LabUnavailable(reason)
         sweep()
-        self.id = secrets.token_hex(2)
+        taken = {ns[len(PREFIX):len(PREFIX) + 4] for ns in namespaces()}
+        self.id = next(i for i in iter(lambda: secrets.token_hex(2), None) if i not in taken)
+        OWNERS.mkdir(parents=True, exist_ok=True)
+        (OWNERS / self.id).write_text(str(os.getpid()))
         # 10.231.<n>.0/24: a subnet per lab so two labs at once never share addresses.
         self.octet = subnet_octet if subnet_octet is not None else int(self.id, 16) % 250 + 1
         self.bridge_ns = f"{PREFIX}{self.id}-br"
@@ -290,6 +307,8 @@ class Lab:
             _kill_all_in(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
                            timeout=_CMD_TIMEOUT_S)
+        with contextlib.suppress(OSError):
+            (OWNERS / self.id).unlink()
         for host in self.hosts.values():
             for proc in host.procs:
                 with contextlib.suppress(subprocess.TimeoutExpired):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from townhall.bus.bus import Change, Entry, Handler, Message, Subscription, Watch
+from townhall.bus.bus import Change, Consumer, Entry, Handler, Message, Subscription, Watch
 
 
 class Bus(Protocol):
@@ -91,6 +91,12 @@ class Bus(Protocol):
     async def pull(self, stream: str, durable: str, subject: str, *, batch: int = 100,
                    timeout: float = 1.0) -> list[tuple[Message, Callable[[], Awaitable[None]]]]:
         """Take up to ``batch`` messages from a shared durable consumer, each with its ack."""
+        ...
+
+    async def durable_consumer(self, stream: str, durable: str, subject: str, *,
+                               max_ack_pending: int, ack_wait_s: float) -> Consumer:
+        """Bind a durable pull consumer that processes share (each message to one of them,
+        redelivered if not acked within ``ack_wait_s``)."""
         ...
 
     async def close(self) -> None:
