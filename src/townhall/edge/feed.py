@@ -60,7 +60,7 @@ class Feed:
         # subscribers = the fast sets (by kind: listener -> its write; see fast_set) + slow
         self.fast: dict[str, dict[Subscriber, Write]] = {kind: {} for kind in KINDS}
         # Each fast set as lists, rebuilt only when the set changes: the per-chunk loop
-        # then allocates nothing per listener (perf: list(items()) was ~4 % of the edge).
+        # then allocates nothing per listener (list(items()) per chunk showed in profiles).
         self._sets: dict[str, FastSet] = {}
         self.slow: set[Subscriber] = set()
         self.snapshot: dict[str, Any] | None = None   # public view

@@ -16,10 +16,9 @@ from townhall.edge.guard import PER_ADDRESS_RETRY_S, PerAddress, per_address_fro
 from townhall.edge.hub import Hub
 from townhall.problems import Problem
 
-# Measured (bench/fanout, docs/capacity.md, 2026-12-02, direct sends): 5,000 listeners
-# at the 100 ms delivery interval take 36-39 % of one core, leaving room for joins,
-# state/levels frames and a noisy machine; 10,000 were served with 0 stalls at 200 ms (the
-# pacer coarsens delivery, i.e. adds delay, rather than stall anyone).
+# The default cap is where delivery stays at 100 ms with room left on the core for joins,
+# state/levels frames and a noisy machine; the figures behind it are in docs/capacity.md
+# ("The default cap, 5,000"), measured with bench/fanout (bench/README.md).
 DEFAULT_CAPACITY = 5_000
 DEFAULT_JOIN_RATE = 1_000.0
 DEFAULT_INTERVAL_MS = 100
