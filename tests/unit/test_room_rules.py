@@ -215,10 +215,6 @@ def crowd() -> dict[str, Any]:
     return act(snap, Actor("asker", "A"), "request")
 
 
-def on_stage(snap: dict[str, Any], who: str) -> dict[str, Any] | None:
-    return next((p for p in snap["stage"] if p["id"] == who), None)
-
-
 def did(action: str, before: dict[str, Any], after: dict[str, Any], who: str) -> bool:
     """Whether ``after`` shows what ``action`` promises for ``who`` (and ``before`` did not)."""
     asked = any(r["id"] == who for r in after["requests"])
