@@ -159,6 +159,7 @@ class Feed:
         return self._doc
 
     def frame(self, data: bytes) -> Frame:
+        """A chunk from the bus in every wire form (BadInput if it is malformed)."""
         chunk = Chunk.decode(data)
         page = self.ogg.chunk_page(chunk)
         return Frame(chunk.seq, data, page, chunk.sent_us, ws_binary_frame(data),
@@ -254,6 +255,7 @@ class Feed:
             metrics.TEXT_DELIVERIES.labels("queued").inc(queued)
 
     def on_state(self, snap: dict[str, Any]) -> None:
+        """A newer snapshot: to every WebSocket listener; an ended Space closes them all."""
         if self.snapshot is not None and int(snap.get("version", 0)) <= int(
                 self.snapshot.get("version", 0)):
             return
@@ -275,6 +277,7 @@ class Feed:
                 sub.end(CloseCode.ENDED, "space ended")
 
     def on_levels(self, text: str) -> None:
+        """The speaking levels frame, to every WebSocket listener."""
         self._texts(text)
 
 

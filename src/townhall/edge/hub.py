@@ -100,6 +100,7 @@ class Hub:
                 feed.coalesce = self.coalesce
 
     def listeners(self) -> int:
+        """Listeners on this edge, every Space together."""
         return sum(len(f.subscribers) for f in self.feeds.values())
 
     async def snapshot(self, space: str) -> dict[str, Any] | None:
@@ -314,6 +315,7 @@ class Hub:
             await s.unsubscribe()
 
     async def close(self) -> None:
+        """Stop the refills, close every listener (1001) and unsubscribe."""
         for task in list(self._tasks):
             task.cancel()
         for feed in list(self.feeds.values()):
