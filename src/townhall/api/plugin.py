@@ -269,7 +269,8 @@ def install(app: FastAPI, ctx: Context) -> None:
         snap = rules.create(rules.new_space_id(), api.actor(ident),
                             title=body.title, description=body.description,
                             scheduled_start=start, private=body.private,
-                            signed_in_only=body.signed_in_only, now=time.time())
+                            signed_in_only=body.signed_in_only, record=body.record,
+                            now=time.time())
         await api.store.create(snap)
         return public_view(snap)
 

@@ -9,6 +9,14 @@ MEDIA_STREAM = "MEDIA"            # subjects townhall.*.media, ~60 s kept
 MEDIA_MAX_AGE_S = 60.0
 STATS_STREAM = "STATS"            # subjects townhall.*.stats.*, work queue for the api
 STATS_CONSUMER = "api-stats"
+RECORDINGS_BUCKET = "recordings"  # object store: <space>/index, <space>/seg/<n>, ...
+RECORDERS_BUCKET = "recorders"    # key: <space id>, value: recording node id; short TTL
+RECORDER_TTL_S = 10.0
+
+
+def recorder_durable(space: str) -> str:
+    """The durable MEDIA consumer that records one Space (survives recorder restarts)."""
+    return f"rec-{space}"
 
 
 def kv_key(bucket: str, key: str) -> str:

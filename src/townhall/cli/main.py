@@ -45,7 +45,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
     settings = Settings(data_dir=Path(args.data), host=args.host, port=args.port,
                         nats_urls=[u for u in (args.nats or "").split(",") if u],
                         roles=roles, closed=closed, public_url=args.public_url,
-                        replicas=args.replicas, log_level=args.log_level)
+                        replicas=args.replicas, log_level=args.log_level,
+                        recording_days=args.recording_days)
     if args.nats_creds or args.nats_auth_file:
         # Flags beat the environment as a pair: a stage child handed the embedded users
         # file must not pick up a TOWNHALL_NATS_CREDS it inherited.
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JetStream replicas for streams and buckets (3 in a cluster)")
     serve.add_argument("--node-id", default="", help="stable name of this process")
     serve.add_argument("--log-level", default=Settings.log_level)
+    serve.add_argument("--recording-days", type=float, default=Settings.recording_days,
+                       help="days a finished recording is kept, then 410 (default 30)")
     serve.set_defaults(func=_serve)
 
     token = sub.add_parser("token", help="mint an access token for your own app to hand out")
