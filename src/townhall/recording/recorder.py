@@ -212,6 +212,7 @@ class SpaceRecording:
         """Build the replay file once, store it, and say so in the snapshot."""
         space = self.space
         if not index.segments:
+            log.info("nothing was recorded", extra={"space": space})
             await self.r.fold(space, False)
             return
         built = replay_file(await load_chunks(self.bus, space, index.segments))
