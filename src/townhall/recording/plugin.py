@@ -24,7 +24,7 @@ from pydantic import Field
 
 from townhall import grants
 from townhall.api.models import Strict
-from townhall.api.schemas import Open, problems
+from townhall.api.schemas import Open, Snapshot, problems
 from townhall.bus import subjects
 from townhall.context import Context
 from townhall.media.chunk import SAMPLE_RATE, Chunk
@@ -40,6 +40,7 @@ from townhall.recording.recorder import (
     replay_name,
 )
 from townhall.room.rules import is_space_id
+from townhall.room.snapshot import public_view
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ OGG = "audio/ogg"
 
 
 class ClipIn(Strict):
-    start: float = Field(ge=0, description="seconds from the Space's start")
+    start: float = Field(ge=0, le=7 * 86400, description="seconds from the Space's start")
     duration: float = Field(gt=0, le=60, description="seconds, at most 60")
 
 
@@ -164,10 +165,12 @@ def install(app: FastAPI, ctx: Context) -> None:
             raise NotFound("this Space has no recording", slug="no-recording")
         return _serve(request, path, f'"{space}-{tag}"', f"{space}.opus")
 
-    @router.delete("/api/v1/spaces/{space}/recording", status_code=204,
-                   response_class=Response,
-                   responses=problems(401, 403, 404, 409, 429))
-    async def delete(space: str, request: Request) -> Response:
+    deleted: dict[int | str, dict[str, Any]] = {
+        200: {"model": Snapshot, "description": "the snapshot, recording false"}}
+
+    @router.delete("/api/v1/spaces/{space}/recording", response_model=None,
+                   responses=deleted | problems(401, 403, 404, 409, 429, 503))
+    async def delete(space: str, request: Request) -> dict[str, Any]:
         """Delete the recording and its clips (host only), on every node."""
         ident = api.who(request)
         api.limit(ident)
@@ -184,16 +187,16 @@ def install(app: FastAPI, ctx: Context) -> None:
             return s | {"recording": False, "_clips": [], "_record_spans": [],
                         "_recording_deleted": time.time()}
 
-        await api.store.mutate(space, change)
+        snap = await api.store.mutate(space, change)
         await purge(space, clips)
-        return Response(status_code=204)
+        return public_view(snap)
 
     clip_answers: dict[int | str, dict[str, Any]] = {
         201: {"model": ClipOut, "description": "the clip"}}
 
     @router.post("/api/v1/spaces/{space}/clips", status_code=201, response_model=None,
                  responses=clip_answers | problems(400, 401, 403, 404, 409, 410, 413, 422,
-                                                   429))
+                                                   429, 503))
     async def clip(space: str, request: Request, body: ClipIn) -> dict[str, Any]:
         """Cut a clip (host, co-hosts and speakers while live; the host after the end)."""
         ident = api.who(request)
@@ -204,7 +207,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         if snap["state"] == "ended":
             finished(snap)
         start = round(body.start * SAMPLE_RATE)
-        samples = round(body.duration * SAMPLE_RATE)
+        samples = max(round(body.duration * SAMPLE_RATE), 1)
         chunks = await _clip_material(snap, start, start + samples)
         try:
             built = clip_file(chunks, start, samples)
