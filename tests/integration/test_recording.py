@@ -246,3 +246,63 @@ def test_expired_recording_answers_410(tmp_path: Path) -> None:
                 "recording-expired")
     finally:
         s.stop()
+
+
+def ffmpeg_pcm(url: str, *extra: str, seconds: float | None = None) -> np.ndarray:
+    """What ffmpeg decodes from ``url`` (a live playlist never ends: cap it at ``seconds``)."""
+    cap = ["-t", str(seconds)] if seconds else []
+    raw = subprocess.run(["ffmpeg", "-v", "error", *extra, "-i", url, *cap, "-f", "s16le",
+                          "-ac", "1", "-ar", str(RATE), "-"], capture_output=True, check=True,
+                         timeout=60).stdout
+    return np.frombuffer(raw, dtype=np.int16).astype(np.float64)
+
+
+def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
+    host, _ = guest(served, "Hal")
+    with served.client(host) as c:
+        space = c.post("/api/v1/spaces", json={"title": "HLS", "record": True}).json()["id"]
+        c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
+    speaker = subprocess.Popen(
+        [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
+         "--token", host, "--tone", "880", "--seconds", "60"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    playlist = f"{served.url}/hls/{space}/index.m3u8"
+    try:
+        def tone_listed() -> str | None:
+            r = httpx.get(playlist, timeout=10)
+            if r.status_code != 200:
+                return None
+            # Wait until the newest segment is well into the tone.
+            pcm = ffmpeg_pcm(playlist, "-live_start_index", "-1", seconds=1)
+            return r.text if len(pcm) and np.sqrt(np.mean(pcm ** 2)) > 3000 else None
+
+        live = wait_for(tone_listed, 60, "a live playlist with the tone")
+        assert "#EXT-X-ENDLIST" not in live
+        r = httpx.get(playlist, timeout=10)
+        assert r.headers["content-type"].startswith("application/vnd.apple.mpegurl")
+        assert r.headers["cache-control"] == "public, max-age=1"
+        newest = r.text.strip().splitlines()[-1]
+        seg = httpx.get(f"{served.url}/hls/{space}/{newest}", timeout=10)
+        assert seg.status_code == 200 and "immutable" in seg.headers["cache-control"]
+        pcm = ffmpeg_pcm(playlist, "-live_start_index", "-2", seconds=4)
+        assert len(pcm) >= 3 * RATE  # two listed segments, then one more as it came
+        assert abs(peak_hz(pcm[-RATE:]) - 880) < 15
+    finally:
+        speaker.terminate()
+        speaker.wait(10)
+    with served.client(host) as c:
+        c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
+
+    def ready() -> dict[str, Any] | None:
+        got = httpx.get(f"{served.url}/api/v1/spaces/{space}", timeout=5).json()["recording"]
+        return got if isinstance(got, dict) else None
+
+    rec = wait_for(ready, 60, "the recording is ready")
+    vod = httpx.get(playlist, timeout=10)
+    assert vod.text.endswith("#EXT-X-ENDLIST\n")
+    # The very live segment is still served, byte for byte, from the recording.
+    again = httpx.get(f"{served.url}/hls/{space}/{newest}", timeout=10)
+    assert again.status_code == 200 and again.content == seg.content
+    pcm = ffmpeg_pcm(playlist)
+    assert abs(len(pcm) / RATE - rec["duration"]) < 0.5, (len(pcm) / RATE, rec)
+    assert abs(peak_hz(pcm[len(pcm) // 2:len(pcm) // 2 + RATE]) - 880) < 15
