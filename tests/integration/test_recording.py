@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,9 @@ def problem(r: httpx.Response, status: int, slug: str) -> None:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     s = start_townhall(tmp_path_factory.mktemp("rec") / "data")
+    # The stage runs as a child: let it report before timing a Space against its program.
+    wait_for(lambda: "townhall_stage_report_age_seconds{" in httpx.get(
+        f"{s.url}/metrics", timeout=5).text, 30, "the stage reports")
     yield s
     s.stop()
 
@@ -208,6 +212,23 @@ def test_record_toggle_is_the_hosts(served: Served) -> None:
                 403, "not-host")
     with served.client(host) as c:
         c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
+
+
+def test_townhall_replay_downloads_to_wav(served: Served, recorded: dict[str, Any],
+                                          tmp_path: Path) -> None:
+    out = tmp_path / "r.wav"
+    done = subprocess.run([sys.executable, "-m", "townhall", "replay", "--url", served.url,
+                           "--space", recorded["space"], "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with wave.open(str(out)) as w:
+        assert (w.getnchannels(), w.getframerate()) == (1, RATE)
+        seconds = w.getnframes() / RATE
+    assert abs(seconds - recorded["snap"]["recording"]["duration"]) < 0.1
+    missing = subprocess.run([sys.executable, "-m", "townhall", "replay", "--url", served.url,
+                              "--space", "nosuchspac", "--out", str(tmp_path / "x.wav")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "404" in missing.stderr
 
 
 def test_deleted_recording_is_gone(served: Served, recorded: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ SUBCOMMANDS: list[str] = [
     "townhall.cli.cluster",
     "townhall.cli.speak",
     "townhall.cli.listen",
+    "townhall.cli.replay",
     "townhall.cli.storm",
     "townhall.cli.watch",
 ]
