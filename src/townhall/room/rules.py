@@ -120,10 +120,9 @@ def end(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
     out = copy.deepcopy(snap)
     out["state"] = "ended"
     out["ended_at"] = now
-    if out.get("recording") is True:
-        _record(out, False, now)
-        # Nothing was ever kept (never live while recording): there will be no replay.
-        out["recording"] = bool(out.get("_record_spans"))
+    _record(out, False, now)
+    # Recorded at any time (true until the recorder has the file ready), or never: no replay.
+    out["recording"] = bool(out.get("_record_spans"))
     out["stage"] = []
     out["requests"] = []
     out["invites"] = []
