@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,13 +18,15 @@ from townhall.bus.embedded import free_port
 from townhall.procs import stop_process
 
 
-def start_server(env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start `townhall serve` (all roles) and wait until /healthz answers (60 s bound)."""
+def start_server(env: dict[str, str] | None = None,
+                 extra: Sequence[str] = ()) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start `townhall serve` (all roles, ``extra`` flags) and wait until /healthz answers
+    (60 s bound)."""
     port = free_port()
     data = Path(tempfile.mkdtemp(prefix="townhall-bench-"))
     log = open(data / "serve.log", "wb")  # kept open for the child
     proc = subprocess.Popen([sys.executable, "-m", "townhall", "serve", "--data", str(data),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                             "--port", str(port), *extra], stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

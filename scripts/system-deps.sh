@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the end-to-end tests use: ffmpeg (a real player) and chromium (a real
-# browser), an emoji font for the browser's screenshots, and nftables for the network-namespace
-# tests. Installed through apt-get when run as root and missing; otherwise explained.
+# browser), an emoji font for the browser's screenshots, nftables for the network-namespace
+# tests, coturn for the TURN tests and nginx for the TLS proxy test. Installed through apt-get when run as root and
+# missing; otherwise explained.
 set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
@@ -14,6 +15,10 @@ ldconfig -p 2>/dev/null | grep -q "libopus.so.0" || need+=(libopus0)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 # The web player's unit tests run player.js under node: they must never skip for want of it.
 command -v node >/dev/null 2>&1 || need+=(nodejs)
+# A real TURN server for the ICE tests (started by the tests, never as a service).
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+# The TLS reverse-proxy test runs docs/deploy/nginx.conf under nginx (never as a service).
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${need[*]} with apt-get"

@@ -14,6 +14,9 @@ namespaces. It needs root and ``ip``; ``nft`` for loss and partitions.
         a.drop_udp(15)                     # 15 % of a's outgoing UDP is lost (kernel)
         a.partition()                      # a can send and receive nothing ...
         a.heal()                           # ... until healed
+        r = lab.host("r")                  # a router on the bridge, and behind it:
+        p = lab.behind_nat("p", r)         # 10.<232+n>.<lab>.2, MASQUERADE as r.addr
+        q = lab.behind_nat("q", r, one_to_one=True)  # everything to r.addr goes to q
 
 Addresses are private ones inside namespaces this lab made; nothing leaves them.
 """
@@ -99,13 +102,14 @@ def _kill_all_in(ns: str) -> None:
 
 @dataclass
 class Host:
-    """One namespace with an address on the lab's bridge."""
+    """One namespace with an address on the lab's bridge (or behind a NAT ``router``)."""
 
     lab: Lab
     name: str
     ns: str
     addr: str
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    router: Host | None = None
 
     def run(self, *argv: str, stdin: str | None = None) -> str:
         """Run a command in this host, bounded; its stdout."""
@@ -216,6 +220,54 @@ class Lab:
         sh("ip", "addr", "add", f"{addr}/24", "dev", inside, ns=ns)
         sh("ip", "link", "set", inside, "up", ns=ns)
         host = Host(self, name, ns, addr)
+        self.hosts[name] = host
+        return host
+
+    def behind_nat(self, name: str, router: Host, *, one_to_one: bool = False,
+                   udp: bool = True) -> Host:
+        """A host on a private link of its own behind ``router`` (a bridge host), which
+        forwards and NATs for it. By default MASQUERADE: out as ``router.addr``, replies
+        in, unsolicited inbound dropped. ``one_to_one``: everything sent to
+        ``router.addr`` goes to this host (ports kept) and it leaves as ``router.addr``
+        (a cloud VM's 1:1 NAT). ``udp=False``: the router forwards no UDP at all (a
+        network that allows only TCP out)."""
+        if not re.fullmatch(r"[a-z0-9]{1,6}", name) or name == "br" or name in self.hosts:
+            raise ValueError(f"bad or duplicate host name {name!r}")
+        n = sum(1 for h in self.hosts.values() if h.router is not None)
+        ns = self._ns(name)
+        net = f"10.{232 + n}.{self.octet}"
+        lan = f"lan{n}"
+        sh("ip", "link", "add", lan, "type", "veth", "peer", "name", "eth0", "netns", ns,
+           ns=router.ns)
+        sh("ip", "addr", "add", f"{net}.1/24", "dev", lan, ns=router.ns)
+        sh("ip", "link", "set", lan, "up", ns=router.ns)
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=router.ns)
+        sh("ip", "addr", "add", f"{net}.2/24", "dev", "eth0", ns=ns)
+        sh("ip", "link", "set", "eth0", "up", ns=ns)
+        sh("ip", "route", "add", "default", "via", f"{net}.1", ns=ns)
+        inside = f"{net}.2"
+        if one_to_one:
+            nat = (f'add rule ip {NFT_TABLE}nat{n} dnat_in iifname "eth0" '
+                   f"ip daddr {router.addr} dnat to {inside}\n"
+                   f'add rule ip {NFT_TABLE}nat{n} snat_out ip saddr {inside} oifname "eth0" '
+                   f"snat to {router.addr}\n")
+            forward = ""
+        else:
+            nat = f'add rule ip {NFT_TABLE}nat{n} snat_out oifname "eth0" masquerade\n'
+            forward = (f"add rule ip {NFT_TABLE}nat{n} sieve ct state established,related "
+                       "accept\n"
+                       f'add rule ip {NFT_TABLE}nat{n} sieve iifname "eth0" oifname "{lan}" '
+                       "drop\n")
+        if not udp:
+            forward = f"add rule ip {NFT_TABLE}nat{n} sieve meta l4proto udp drop\n" + forward
+        router.nft(f"add table ip {NFT_TABLE}nat{n}\n"
+                   f"add chain ip {NFT_TABLE}nat{n} dnat_in "
+                   "{ type nat hook prerouting priority -100; }\n"
+                   f"add chain ip {NFT_TABLE}nat{n} snat_out "
+                   "{ type nat hook postrouting priority 100; }\n"
+                   f"add chain ip {NFT_TABLE}nat{n} sieve "
+                   "{ type filter hook forward priority 0; }\n" + nat + forward)
+        host = Host(self, name, ns, inside, router=router)
         self.hosts[name] = host
         return host
 

@@ -52,3 +52,47 @@ class ToneChunks:
     def __iter__(self) -> Iterator[Chunk]:
         while True:
             yield self.next()
+
+
+def band_db(pcm: np.ndarray, hz: float) -> float:
+    """Level of the ``hz`` band (±15 Hz) of 48 kHz ``pcm``, in dB of the FFT magnitude."""
+    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64) * np.hanning(pcm.size)))
+    freqs = np.fft.rfftfreq(pcm.size, 1 / SAMPLE_RATE)
+    band = (freqs > hz - 15) & (freqs < hz + 15)
+    return float(20 * np.log10(spectrum[band].max() + 1e-9))
+
+
+def has_tone(pcm: np.ndarray, hz: float, over_db: float = 30.0) -> bool:
+    """Whether ``hz`` stands ``over_db`` above the 1.5 kHz band (where no test tone is)."""
+    return pcm.size > 0 and band_db(pcm, hz) > band_db(pcm, 1500) + over_db
+
+
+async def hear_tone(url: str, space: str, hz: float, within_s: float) -> bool:
+    """Whether a listener of ``space`` at ``url`` hears a ``hz`` tone held for a second of
+    the program within ``within_s`` seconds (checked twice a second)."""
+    import asyncio
+
+    from townhall.client.listener import ResilientListener
+    from townhall.media.opus import OpusDecoder
+
+    heard: list[Chunk] = []
+    listener = ResilientListener(url, space, on_chunk=heard.append)
+    stop = asyncio.Event()
+    task = asyncio.create_task(listener.run(stop))
+    decoder = OpusDecoder()
+    pcm: list[np.ndarray] = []
+    done = 0
+    deadline = time.monotonic() + within_s
+    try:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            new, done = heard[done:], len(heard)
+            pcm += [decoder.decode(p) for c in new for p in c.packets]
+            # Sustained: in the last 250 ms and in the 250 ms a second before them.
+            if len(pcm) >= 50 and has_tone(np.concatenate(pcm[-12:]), hz) \
+                    and has_tone(np.concatenate(pcm[-50:-38]), hz):
+                return True
+        return False
+    finally:
+        stop.set()
+        task.cancel()

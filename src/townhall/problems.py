@@ -87,6 +87,21 @@ class NotFound(Problem):
     title = "Not found"
 
 
+class NotAllowed(Problem):
+    """405: the resource exists but does not take this method (``Allow`` says which do)."""
+
+    status = 405
+    slug = "method-not-allowed"
+    title = "Method not allowed"
+
+    def __init__(self, detail: str, *, allow: str, slug: str | None = None) -> None:
+        super().__init__(detail, slug=slug)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow}
+
+
 class Conflict(Problem):
     status = 409
     slug = "conflict"

@@ -28,6 +28,7 @@ from townhall.bus.credentials import (
 )
 from townhall.bus.embedded import EmbeddedNats, die_with_parent
 from townhall.context import Context
+from townhall.edge.guard import idle_timeout_from_env
 from townhall.edge.handoff import http_protocol
 from townhall.observability import setup_logging
 from townhall.procs import stop_processes
@@ -88,6 +89,8 @@ async def _serve_http(settings: Settings, background: list[str]) -> None:
                             http=http_protocol(getattr(app.state, "edge", None)),
                             ws="websockets", log_config=None,
                             access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+                            # a kept-alive connection waiting for its next request
+                            timeout_keep_alive=idle_timeout_from_env(),
                             ws_max_size=64 * 1024,
                             # Chunks are Opus (incompressible) and direct writes bypass the
                             # codec anyway; a zlib context per socket only costs memory and CPU.
@@ -131,7 +134,20 @@ def _child_argv(settings: Settings, roles: list[str]) -> list[str]:
         argv += ["--nats-creds", str(settings.nats_creds)]
     if settings.nats_auth_file is not None:
         argv += ["--nats-auth-file", str(settings.nats_auth_file)]
+    argv += ice_argv(settings)
     return argv
+
+
+def ice_argv(settings: Settings) -> list[str]:
+    """The ICE settings as flags (the stage child binds ports and announces addresses)."""
+    argv = [f"--stun-url={u}" for u in settings.stun_urls]
+    argv += [f"--turn-url={u}" for u in settings.turn_urls]
+    for flag, value in (("--turn-secret-file", settings.turn_secret_file),
+                        ("--public-ip", settings.public_ip),
+                        ("--rtc-ports", settings.rtc_ports)):
+        if value:
+            argv.append(f"{flag}={value}")
+    return [*argv, f"--turn-ttl={settings.turn_ttl}"]
 
 
 def _start_embedded_nats(settings: Settings) -> EmbeddedNats:

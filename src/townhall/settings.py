@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from townhall.ice import IceConfig
+
 ALL_ROLES = ("api", "stage", "edge")
 
 
@@ -37,6 +39,21 @@ class Settings:
     log_level: str = os.environ.get("TOWNHALL_LOG_LEVEL", "info")
     # How long a finished recording (and its clips) is kept; then it answers 410.
     recording_days: float = float(os.environ.get("TOWNHALL_RECORDING_DAYS", "30"))
+
+    # ICE (where speakers' WebRTC finds the stage), raw; townhall.ice validates them.
+    stun_urls: list[str] = field(default_factory=list)
+    turn_urls: list[str] = field(default_factory=list)
+    turn_secret_file: str = ""
+    public_ip: str = ""
+    rtc_ports: str = ""
+    turn_ttl: int = 3600
+
+    def ice(self) -> IceConfig:
+        """The validated ICE settings; raises IceSettingError naming a bad one."""
+        return IceConfig.parse(stun_urls=self.stun_urls, turn_urls=self.turn_urls,
+                               turn_secret_file=self.turn_secret_file,
+                               public_ip=self.public_ip, rtc_ports=self.rtc_ports,
+                               turn_ttl_s=self.turn_ttl)
 
     @property
     def open_mode(self) -> bool:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.netlab import PREFIX, Lab, namespaces, why_unavailable
+from tests.netlab import PREFIX, Host, Lab, namespaces, why_unavailable
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(why_unavailable() is not None,
@@ -104,3 +104,49 @@ def test_the_machine_network_is_untouched() -> None:
         lab.host("a")
         lab.host("b")
         assert socket.if_nameindex() == before   # the bridge and veths live in namespaces
+
+
+def test_nat_hosts() -> None:
+    with Lab() as lab:
+        router, outside = lab.host("r"), lab.host("o")
+        inner = lab.behind_nat("p", router)
+        served = lab.behind_nat("q", router, one_to_one=True)
+        seen = outside.popen([sys.executable, "-c", SEEN, outside.addr])
+        direct = served.popen([sys.executable, "-c", ECHO, served.addr])
+        # MASQUERADE: out as the router's address, replies come back...
+        assert _ask(inner, outside.addr, 9997) == router.addr
+        # ...but nothing unsolicited gets in, even for a host with a route to the inside.
+        inner.popen([sys.executable, "-c", ECHO, inner.addr])
+        outside.run("ip", "route", "add", inner.addr, "via", router.addr)
+        assert _ask(outside, inner.addr, 9999) is None
+        assert _ask(inner, outside.addr, 9997) == router.addr  # (its echo server is up)
+        # 1:1: what is sent to the router's address reaches the host behind it.
+        assert _ask(outside, router.addr, 9999) == "echo"
+        assert seen.poll() is None and direct.poll() is None
+
+
+SEEN = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9997))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(peer[0].encode(), peer)
+"""
+
+ASK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.2)
+for _ in range(25):  # the server may not be bound yet
+    try:
+        s.sendto(b"echo", (sys.argv[1], int(sys.argv[2])))
+        print(s.recvfrom(2048)[0].decode()); break
+    except OSError:
+        pass
+"""
+
+
+def _ask(host: Host, addr: str, port: int) -> str | None:
+    out = host.run(sys.executable, "-c", ASK, addr, str(port)).strip()
+    return out or None

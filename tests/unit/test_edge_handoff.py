@@ -262,8 +262,12 @@ async def test_client_ping_oversized_and_flooding_messages() -> None:
     assert close.opcode is Opcode.CLOSE and int.from_bytes(close.data[:2], "big") == 1008
 
 
-def test_no_edge_means_plain_httptools() -> None:
-    assert http_protocol(None) == "httptools"
+def test_no_edge_means_httptools_with_the_front_door_guards_only() -> None:
+    # Every HTTP process gets the header timeout, connection cap and lingering close;
+    # only an edge hands listeners over.
+    plain = http_protocol(None)
+    assert issubclass(plain, HttpToolsProtocol) and not hasattr(plain, "edge")
+    assert plain.cap.limit >= 1 and plain.header_timeout_s > 0  # type: ignore[attr-defined]
 
 
 class SlowKV:

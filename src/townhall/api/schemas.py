@@ -113,6 +113,7 @@ WHY = {
     401: "no, an expired or an invalid access token",
     403: "the token or the person may not do this",
     404: "no such Space (or a private one you may not see)",
+    405: "this resource does not take this method; Allow lists those it does",
     409: "not possible in the Space's current state",
     410: "it was kept for a while and is gone now",
     413: "request body over the cap",

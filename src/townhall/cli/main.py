@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import ipaddress
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from townhall import __version__
+from townhall.ice import IceSettingError
 from townhall.settings import ALL_ROLES, Settings
 
 # Subcommand modules beyond serve/token: each has add_parser(subparsers) setting func=.
@@ -55,7 +57,50 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         settings.nats_auth_file = Path(args.nats_auth_file) if args.nats_auth_file else None
     if args.node_id:
         settings.node_id = args.node_id
+    ice_settings(settings, args)
     return settings
+
+
+def _env_list(name: str) -> list[str]:
+    return [u.strip() for u in os.environ.get(name, "").split(",") if u.strip()]
+
+
+def add_ice_flags(serve: argparse.ArgumentParser) -> None:
+    """ICE flags of `townhall serve`; each defaults to its TOWNHALL_* twin."""
+    ice = serve.add_argument_group("ICE (speakers behind NAT and firewalls)")
+    ice.add_argument("--stun-url", action="append", metavar="URL",
+                     help="stun: URL handed to speakers and used by the stage (repeatable; "
+                          "env TOWNHALL_STUN_URL, comma-separated). Default: none")
+    ice.add_argument("--turn-url", action="append", metavar="URL",
+                     help="turn:/turns: URL (repeatable; env TOWNHALL_TURN_URL, "
+                          "comma-separated); needs --turn-secret-file")
+    ice.add_argument("--turn-secret-file", metavar="PATH",
+                     default=os.environ.get("TOWNHALL_TURN_SECRET_FILE", ""),
+                     help="the secret shared with the TURN server (coturn "
+                          "static-auth-secret); credentials are minted per request")
+    ice.add_argument("--turn-ttl", metavar="S",
+                     default=os.environ.get("TOWNHALL_TURN_TTL", "3600"),
+                     help="lifetime of minted TURN credentials (default 3600)")
+    ice.add_argument("--public-ip", metavar="ADDR",
+                     default=os.environ.get("TOWNHALL_PUBLIC_IP", ""),
+                     help="address the stage announces in its candidates (1:1 NAT)")
+    ice.add_argument("--rtc-ports", metavar="LOW-HIGH",
+                     default=os.environ.get("TOWNHALL_RTC_PORTS", ""),
+                     help="UDP ports the stage binds for speakers (default: any)")
+
+
+def ice_settings(settings: Settings, args: argparse.Namespace) -> None:
+    """Copy the ICE flags (or their environment twins) into ``settings``."""
+    settings.stun_urls = args.stun_url or _env_list("TOWNHALL_STUN_URL")
+    settings.turn_urls = args.turn_url or _env_list("TOWNHALL_TURN_URL")
+    settings.turn_secret_file = args.turn_secret_file
+    try:
+        settings.turn_ttl = int(args.turn_ttl)
+    except ValueError:
+        raise IceSettingError("turn_ttl", f"{args.turn_ttl!r} is not a number of "
+                                          "seconds") from None
+    settings.public_ip = args.public_ip
+    settings.rtc_ports = args.rtc_ports
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -63,6 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = serve_settings(args)
+        settings.ice()  # a malformed ICE setting stops here, named, before anything starts
     except ValueError as exc:
         print(f"townhall: {exc}", file=sys.stderr)
         return 2
@@ -117,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=Settings.log_level)
     serve.add_argument("--recording-days", type=float, default=Settings.recording_days,
                        help="days a finished recording is kept, then 410 (default 30)")
+    add_ice_flags(serve)
     serve.set_defaults(func=_serve)
 
     token = sub.add_parser("token", help="mint an access token for your own app to hand out")

@@ -31,6 +31,7 @@ from aiortc.rtp import is_rtcp
 
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.stage.ingest import to_mono
+from townhall.stage.rtc import rtc_configuration
 
 
 class SpeakerEncoder:
@@ -185,6 +186,23 @@ def lossy_uplink(pc: RTCPeerConnection, pattern: LossPattern) -> None:
 
 RETURN_SILENCE_S = 3.0   # the stage sends its return feed every 20 ms, silence included
 CONNECT_GRACE_S = 7.0    # ICE and DTLS before the first return frame
+CONNECT_TIMEOUT_S = 15.0  # ICE checks and DTLS after the answer, through TURN included
+ICE_ATTEMPTS = 2          # ICE failures in a row (fresh ICE servers each time) before giving up
+ICE_FAILED = "ICE failed"
+ICE_HELP = ("no network path for the audio (UDP) between this machine and the stage; "
+            "the server needs a TURN relay (townhall serve --turn-url URL "
+            "--turn-secret-file PATH) or its --rtc-ports opened in the firewall")
+
+
+async def fetch_ice(http: httpx.AsyncClient, token: str) -> list[dict[str, Any]]:
+    """The ICE servers the server hands out (TURN credentials fresh for this attempt);
+    none from a server that predates GET /api/v1/ice."""
+    r = await http.get("/api/v1/ice", headers={"Authorization": f"Bearer {token}"})
+    if r.status_code == 404:
+        return []
+    r.raise_for_status()
+    servers: list[dict[str, Any]] = r.json()["iceServers"]
+    return servers
 
 
 async def watch_return(recorder: ReturnRecorder, dropped: asyncio.Event) -> None:
@@ -197,9 +215,23 @@ async def watch_return(recorder: ReturnRecorder, dropped: asyncio.Event) -> None
 
 async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
                        recorder: ReturnRecorder, stop: asyncio.Event,
-                       expected_loss: int = 10, loss: LossPattern | None = None) -> str:
-    """One WHIP session until it drops or we stop; returns why it ended."""
-    pc = RTCPeerConnection()
+                       expected_loss: int = 10, loss: LossPattern | None = None, *,
+                       servers: list[dict[str, Any]] | None = None,
+                       relay_only: bool = False) -> str:
+    """One WHIP session until it drops or we stop; returns why it ended. ICE servers are
+    fetched from the server unless ``servers`` is given."""
+    auth = {"Authorization": f"Bearer {token}"}
+    if servers is None:
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=20) as http:
+                servers = await fetch_ice(http, token)
+        except httpx.HTTPStatusError as exc:
+            return f"refused {exc.response.status_code}: {exc.response.text}"
+        except httpx.HTTPError as exc:
+            return f"unreachable: {exc}"
+    if relay_only and not any(u.startswith("turn") for s in servers for u in s["urls"]):
+        return f"{ICE_FAILED}: --relay-only, but the server hands out no TURN server"
+    pc = RTCPeerConnection(rtc_configuration(servers, relay_only=relay_only))
     source = SourceTrack(pcm, expected_loss)
     pc.addTransceiver(source, direction="sendrecv")
     dropped = asyncio.Event()
@@ -209,15 +241,20 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
     def on_track(track: MediaStreamTrack) -> None:
         readers.append(asyncio.ensure_future(recorder.consume(track)))
 
+    connected = asyncio.Event()
+
     @pc.on("connectionstatechange")
     async def on_state() -> None:
+        if pc.connectionState == "connected":
+            connected.set()
         if pc.connectionState in ("failed", "closed", "disconnected"):
             dropped.set()
 
     location = ""
-    auth = {"Authorization": f"Bearer {token}"}
     try:
         await pc.setLocalDescription(await pc.createOffer())
+        if relay_only and " typ relay" not in pc.localDescription.sdp:
+            return f"{ICE_FAILED}: no relay candidate (TURN refused or unreachable)"
         async with httpx.AsyncClient(base_url=url, timeout=20) as http:
             r = await http.post(f"/whip/{space}", content=pc.localDescription.sdp,
                                 headers={**auth, "Content-Type": "application/sdp"})
@@ -227,6 +264,15 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
             await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
             if loss is not None:
                 lossy_uplink(pc, loss)
+            if not await wait_connected(connected, dropped, stop):
+                with contextlib.suppress(httpx.HTTPError):
+                    await http.delete(location, headers=auth)
+                if stop.is_set():
+                    return "stopped"
+                state = pc.iceConnectionState
+                return (f"{ICE_FAILED}: no connectivity within {CONNECT_TIMEOUT_S:.0f}s"
+                        if state not in ("connected", "completed")
+                        else "DTLS handshake failed")
             print(f"speak: live on {space} ({location})", file=sys.stderr, flush=True)
             recorder.last_at = time.monotonic() + CONNECT_GRACE_S
             watchdog = asyncio.ensure_future(watch_return(recorder, dropped))
@@ -250,6 +296,16 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
             await pc.close()
 
 
+async def wait_connected(connected: asyncio.Event, dropped: asyncio.Event,
+                         stop: asyncio.Event) -> bool:
+    """Whether the peer connection comes up (bounded by CONNECT_TIMEOUT_S)."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in (connected, dropped, stop)]
+    await asyncio.wait(waiters, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    return connected.is_set() and not stop.is_set()
+
+
 async def speak(args: argparse.Namespace) -> int:
     pcm = tone(args.tone) if args.tone else read_wav(Path(args.file))
     recorder = ReturnRecorder()
@@ -261,16 +317,22 @@ async def speak(args: argparse.Namespace) -> int:
         loop.call_later(args.seconds, stop.set)
     loss = (LossPattern(args.simulate_loss / 100, args.loss_seed, args.simulate_burst)
             if args.simulate_loss or args.simulate_burst else None)
-    attempt = 0
+    attempt = ice_failures = 0
     try:
         while not stop.is_set():
             why = await publish_once(args.url, args.space, args.token, pcm, recorder, stop,
-                                     args.expected_loss, loss)
+                                     args.expected_loss, loss, relay_only=args.relay_only)
             if why == "stopped":
                 break
             if why.startswith(("refused 401", "refused 403", "refused 404")):
                 print(f"speak: {why}", file=sys.stderr)
                 return 1
+            # Twice in a row, each with fresh ICE servers (expired TURN credentials are
+            # replaced on the retry): then it is the network, and waiting will not help.
+            ice_failures = ice_failures + 1 if why.startswith(ICE_FAILED) else 0
+            if ice_failures >= ICE_ATTEMPTS:
+                print(f"speak: {why}: {ICE_HELP}", file=sys.stderr, flush=True)
+                return 3
             attempt += 1
             delay = random.uniform(0, min(5.0, 0.25 * 2 ** attempt))  # full jitter
             print(f"speak: {why}; reconnecting in {delay:.1f}s", file=sys.stderr, flush=True)
@@ -302,4 +364,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--simulate-burst", type=int, default=0, metavar="N",
                    help="testing: also drop N packets in a row every 250 packets (5 s)")
     p.add_argument("--loss-seed", type=int, default=1, help="seed of --simulate-loss")
+    p.add_argument("--relay-only", action="store_true",
+                   help="send media only through the server's TURN relay "
+                        "(iceTransportPolicy relay): checks a TURN setup")
     p.set_defaults(func=lambda a: asyncio.run(speak(a)))

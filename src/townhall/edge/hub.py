@@ -35,6 +35,7 @@ from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message, Subscription
 from townhall.edge import metrics
 from townhall.edge.backlog import Backlog, Offer
+from townhall.edge.guard import ReplayBudget, ReplayChoice, replay_rate_from_env
 from townhall.edge.pacer import STEPS_S, Pacer
 from townhall.edge.resume import Source, plan_resume, stitch
 from townhall.edge.ring import Ring
@@ -350,6 +351,9 @@ class Feed:
         # starts that, later chunks wait in ``held`` until ``repaired`` delivers in order.
         self.on_gap: Callable[[int, int], None] | None = None
         self.held: list[Frame] | None = None
+        # The join replay from JetStream in flight, if any: the wall-clock time it reads
+        # from, and its result (joins it reaches back far enough for share it).
+        self.replaying: tuple[float, asyncio.Future[list[Frame]]] | None = None
 
     def attach(self, sub: Subscriber) -> None:
         """A listener joins this feed (slow until it is streaming and drained)."""
@@ -554,8 +558,12 @@ class Hub:
     """All Space feeds of one edge process."""
 
     def __init__(self, bus: Bus, grace_s: float = GRACE_S,
-                 interval_floor_s: float = TICK_S) -> None:
+                 interval_floor_s: float = TICK_S,
+                 replays: ReplayBudget | None = None) -> None:
         self.bus = bus
+        # Replays from JetStream are the dear part of a join (a consumer on the stream, up
+        # to 55 s of chunks parsed): budgeted per edge, shared per Space.
+        self.replays = replays or ReplayBudget(*replay_rate_from_env(), time.monotonic())
         self.grace_s = grace_s
         self.feeds: dict[str, Feed] = {}
         self.ogg = OggOpusStream()
@@ -727,11 +735,11 @@ class Hub:
             feed.release = None
         plan = plan_resume(from_seq, feed.ring.first_seq, feed.ring.last_seq)
         replayed: list[Frame] = []
+        budget_out = False
         if plan.source is Source.REPLAY:
-            for msg in await self.bus.replay(subjects.MEDIA_STREAM, subjects.media(space),
-                                             since_s=plan.since_s):
-                with contextlib.suppress(BadInput):
-                    replayed.append(feed.frame(msg.data))
+            got = await self._replay(feed, plan.since_s)
+            budget_out = got is None
+            replayed = got or []
         # No await from here on: nothing can arrive between catch-up and live.
         feed.seed(replayed)
         catchup: list[tuple[int, Frame]] = []
@@ -753,13 +761,44 @@ class Hub:
             sub.push_text(json.dumps({"type": "jump", "from": from_seq,
                                       "to": start if start is not None else
                                       (live + 1 if live is not None else None),
-                                      "reason": "not-held"}))
+                                      "reason": "busy" if budget_out else "not-held"}))
         sub.preload(catchup)
         if start is not None:
             sub.last_seq = max(sub.last_seq, start - 1)  # nothing older from a flush
         feed.attach(sub)
         metrics.LISTENERS.labels(sub.kind).inc()
         return Joined(feed.ring.last_seq, start, resumed)
+
+    async def _replay(self, feed: Feed, since_s: float) -> list[Frame] | None:
+        """The Space's chunks of the last ``since_s`` seconds from JetStream: joined to a
+        replay in flight that reaches back far enough, else a new one if the edge's budget
+        allows; None when it does not (the join then starts from what the ring holds)."""
+        reach = time.time() - since_s
+        flight = feed.replaying
+        choice = self.replays.choose(time.monotonic(), reach,
+                                     flight[0] if flight is not None else None)
+        metrics.REPLAYS.labels(choice.value).inc()
+        if choice is ReplayChoice.LIVE:
+            return None
+        if choice is ReplayChoice.SHARE and flight is not None:
+            return await asyncio.shield(flight[1])
+        task = asyncio.ensure_future(self._fetch(feed, since_s))
+        feed.replaying = (reach, task)
+
+        def done(_: asyncio.Future[list[Frame]]) -> None:
+            if feed.replaying is not None and feed.replaying[1] is task:
+                feed.replaying = None
+
+        task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _fetch(self, feed: Feed, since_s: float) -> list[Frame]:
+        frames: list[Frame] = []
+        for msg in await self.bus.replay(subjects.MEDIA_STREAM, subjects.media(feed.space),
+                                         since_s=since_s):
+            with contextlib.suppress(BadInput):
+                frames.append(feed.frame(msg.data))
+        return frames
 
     def leave(self, space: str, sub: Subscriber) -> None:
         """Detach a listener; the last one out starts the grace timer."""

@@ -32,9 +32,11 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from townhall.edge.admission import TokenBucket
+from townhall.edge.guard import counted
 from townhall.edge.hub import Joined, Subscriber
 from townhall.edge.node import (
     CLOSE_FULL,
+    CLOSE_TOO_MANY,
     EdgeNode,
     Refusal,
     may_listen_as,
@@ -43,7 +45,15 @@ from townhall.edge.node import (
     verified,
 )
 from townhall.edge.wire import CHUNKED_END, http_chunk, http_head, problem_response, ws_text_frame
-from townhall.problems import BadInput, Forbidden, NotFound, Problem, Unauthorized, Unavailable
+from townhall.problems import (
+    BadInput,
+    Forbidden,
+    NotFound,
+    Problem,
+    TooMany,
+    Unauthorized,
+    Unavailable,
+)
 from townhall.room.snapshot import REACTIONS
 
 log = logging.getLogger(__name__)
@@ -58,8 +68,11 @@ ws_log.setLevel(logging.WARNING)
 HIGH_WATER = 0
 LOW_WATER = 0
 MAX_CLIENT_TEXT = 1024       # bytes; anything larger closes that listener (1009)
-CLIENT_RATE = 5.0            # client messages per second, bursting to CLIENT_BURST
-CLIENT_BURST = 20.0
+CLIENT_RATE = 5.0            # client messages (text and PING) per second, bursting to
+CLIENT_BURST = 20.0          # CLIENT_BURST; past that the listener is closed (1008)
+# Bytes of our own protocol frames (pongs, the close) written while the client was not
+# reading, above which it is closed (1008): a pong flood must not pile up in our buffers.
+MAX_OWED = 16 * 1024
 CLOSE_TIMEOUT_S = 2.0        # for the client's side of the close (or the last bytes)
 SHUTDOWN = (1001, "edge shutting down")
 
@@ -84,6 +97,7 @@ class ListenRequest:
     headers: list[tuple[bytes, bytes]]
     target: bytes                   # the request target as sent (path and query)
     http_version: str = "1.1"
+    client: str | None = None       # its address (or a trusted proxy's forwarded one)
 
 
 class ListenerConnection(asyncio.Protocol):
@@ -103,14 +117,24 @@ class ListenerConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.may_react = False          # set when it joins (townhall.grants "react")
         self.closer: asyncio.TimerHandle | None = None
+        self.address: str | None = None   # counted against the edge's per-address cap
 
     def begin(self) -> None:
         """The socket is ours now (the HTTP protocol called ``set_protocol``)."""
         self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         self.connections.add(self)
-        if self.opened():
-            self.task = asyncio.ensure_future(self._join())
-            self.task.add_done_callback(self._joined)
+        if not self.opened():
+            return
+        address = self.request.client
+        if address is not None and counted(address):
+            # Counted for the whole connection, handshake included: sockets that never
+            # read cannot fill the edge from one address.
+            if not self.edge.hold(address):
+                self.too_many(self.edge.per_address_retry_s)
+                return
+            self.address = address
+        self.task = asyncio.ensure_future(self._join())
+        self.task.add_done_callback(self._joined)
 
     def opened(self) -> bool:
         """Checks that need no I/O; False = already answered and closing."""
@@ -181,6 +205,10 @@ class ListenerConnection(asyncio.Protocol):
     def full(self, retry_after: int) -> None:
         raise NotImplementedError
 
+    def too_many(self, retry_after: int) -> None:
+        """Refuse: this client address holds as many listener connections as it may."""
+        raise NotImplementedError
+
     def finish(self, code: int, reason: str) -> None:
         """Close this listener (code and reason matter to WebSocket listeners only)."""
         raise NotImplementedError
@@ -212,6 +240,9 @@ class ListenerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
         self.closing = True
+        if self.address is not None:
+            self.edge.let_go(self.address)
+            self.address = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
         if self.closer is not None:
@@ -241,6 +272,7 @@ class WsListener(ListenerConnection):
         self.ws = ServerProtocol(max_size=MAX_CLIENT_TEXT, logger=ws_log)
         self.head = b""  # the 101, held to go out in one write with hello (or the close)
         self.bucket: TokenBucket | None = None  # made on the first client message
+        self.owed = 0   # protocol bytes written since the transport last drained
 
     def opened(self) -> bool:
         try:
@@ -281,6 +313,11 @@ class WsListener(ListenerConnection):
     def full(self, retry_after: int) -> None:
         self.finish(CLOSE_FULL, json.dumps({"retry_after": retry_after}))
 
+    def too_many(self, retry_after: int) -> None:
+        log.info("listener refused: %s holds %d listener connections", self.request.client,
+                 self.edge.per_address.limit)
+        self.finish(CLOSE_TOO_MANY, json.dumps({"retry_after": retry_after}))
+
     def finish(self, code: int, reason: str) -> None:
         if self.closing:
             return
@@ -304,16 +341,34 @@ class WsListener(ListenerConnection):
         data = self.head + b"".join(pieces)
         self.head = b""
         if data:
+            if self.paused:
+                self.owed += len(data)
             self.transport.write(data)
         if b"" in pieces:
             self.transport.close()
+
+    def resume_writing(self) -> None:
+        self.owed = 0
+        super().resume_writing()
+
+    def _metered(self) -> bool:
+        """Spend one of the client's message tokens (text frames and pings alike)."""
+        now = time.monotonic()
+        if self.bucket is None:
+            self.bucket = TokenBucket(CLIENT_RATE, CLIENT_BURST, now)
+        return self.bucket.take(now)
 
     def data_received(self, data: bytes) -> None:
         self.ws.receive_data(data)
         for event in self.ws.events_received():
             if not isinstance(event, WsFrame):
                 continue
-            if event.opcode is Opcode.TEXT:
+            if event.opcode is Opcode.PING:
+                # websockets queues the pong already; a flood is cut off here
+                if not self._metered():
+                    self._overrun("too many client messages")
+                    return
+            elif event.opcode is Opcode.TEXT:
                 self._client_text(event.data)
             elif event.opcode is Opcode.BINARY:
                 self.finish(1009, "client messages are text of at most 1 KiB")
@@ -322,6 +377,9 @@ class WsListener(ListenerConnection):
                 if self.sub is not None:
                     self.sub.end(1000, "closed by the listener")
         self._send_protocol_data()
+        if self.owed > MAX_OWED:
+            self._overrun("protocol frames not read")
+            return
         if self.ws.parser_exc is not None and not self.closing:
             # too big (1009) or a protocol error: websockets has failed the connection
             self.closing = True
@@ -329,12 +387,21 @@ class WsListener(ListenerConnection):
                 self.sub.end(1009, "client message refused")
             self._close_later()
 
+    def _overrun(self, reason: str) -> None:
+        """Close (1008) a client that sends more than its budget or does not read our
+        answers; one that goes on while we close is cut off at once."""
+        if self.closing:
+            self.transport.abort()
+            return
+        self.ws.events_received()  # whatever else came in this read is not looked at
+        self.ws.data_to_send()     # nor answered (its pongs): only the close goes out
+        self.finish(1008, reason)
+        if self.owed > MAX_OWED:
+            self.transport.abort()
+
     def _client_text(self, data: bytes) -> None:
-        now = time.monotonic()
-        if self.bucket is None:
-            self.bucket = TokenBucket(CLIENT_RATE, CLIENT_BURST, now)
-        if not self.bucket.take(now):
-            self.finish(1008, "too many client messages")
+        if not self._metered():
+            self._overrun("too many client messages")
             return
         try:
             body = json.loads(data)
@@ -383,6 +450,11 @@ class OggListener(ListenerConnection):
     def full(self, retry_after: int) -> None:
         self._answer(Unavailable("this edge is full; retry later", slug="edge-full",
                                  retry_after=retry_after))
+
+    def too_many(self, retry_after: int) -> None:
+        self._answer(TooMany("this address holds as many listener connections as an "
+                             "edge allows; retry later", slug="too-many-listeners",
+                             retry_after=retry_after))
 
     def finish(self, code: int, reason: str) -> None:
         if self.closing:

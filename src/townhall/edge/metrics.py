@@ -27,3 +27,13 @@ TEXT_DELIVERIES = Counter("townhall_edge_text_deliveries_total",
                           ["path"])
 REFILLED = Counter("townhall_edge_refilled_chunks_total",
                    "Chunks missed on the live subscription and refilled from JetStream")
+REPLAYS = Counter("townhall_edge_replays_total",
+                  "Joins that needed JetStream (older than the ring), by outcome: replayed "
+                  "(a token of the edge's replay budget), shared (joined a replay in flight) "
+                  "or refused (budget empty: started from what the edge holds)", ["outcome"])
+PER_ADDRESS = Gauge("townhall_edge_listener_addresses",
+                    "Client addresses holding at least one listener connection")
+HTTP_CLOSES = Counter("townhall_http_guard_closes_total",
+                      "HTTP connections closed by the front door's guards, by reason: "
+                      "header-timeout (no complete request head in time) or over-cap "
+                      "(503: the process has as many connections as it takes)", ["reason"])

@@ -11,6 +11,7 @@ from townhall import grants
 from townhall.auth import Identity, TokenIssuer
 from townhall.edge import metrics
 from townhall.edge.admission import Admission, Decision
+from townhall.edge.guard import PER_ADDRESS_RETRY_S, PerAddress, per_address_from_env
 from townhall.edge.hub import Hub
 from townhall.problems import Problem
 
@@ -28,6 +29,7 @@ CLOSE_TOKEN_NEEDED = 4401
 CLOSE_TOKEN_REFUSED = 4403
 CLOSE_FULL = 4503
 CLOSE_BAD_INPUT = 4400
+CLOSE_TOO_MANY = 4429   # this address holds as many listener connections as it may
 
 
 def capacity_from_env() -> int:
@@ -135,9 +137,28 @@ class EdgeNode:
     # against the cap too, or a burst of joins awaiting their handshake all see the same
     # count and overshoot it.
     joining: int = 0
+    per_address_limit: int | None = None   # None: TOWNHALL_EDGE_PER_ADDRESS or the default
+    per_address: PerAddress = field(init=False)
+    per_address_retry_s: int = PER_ADDRESS_RETRY_S
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.capacity, self.join_rate, time.monotonic())
+        self.per_address = PerAddress(self.per_address_limit
+                                      or per_address_from_env(self.capacity))
+
+    def hold(self, address: str) -> bool:
+        """A listener connection from ``address`` (its own, or the one a trusted proxy
+        forwarded for): False if that address holds all it may; else call ``let_go`` once
+        the connection ends."""
+        if self.per_address.take(address):
+            metrics.PER_ADDRESS.set(len(self.per_address))
+            return True
+        metrics.REFUSALS.labels("per-address").inc()
+        return False
+
+    def let_go(self, address: str) -> None:
+        self.per_address.release(address)
+        metrics.PER_ADDRESS.set(len(self.per_address))
 
     def admit(self) -> Decision:
         """Admission of one more listener now; if admitted, call joined() once it is in."""

@@ -14,6 +14,7 @@ import contextlib
 import fractions
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
@@ -23,8 +24,10 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import StreamStatistics
 
+from townhall.ice import IceConfig, announce
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.playout import Playout
+from townhall.stage.rtc import bind_in_range, rtc_configuration
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +105,15 @@ def with_inband_fec(sdp: str) -> str:
 class SpeakerSession:
     """A speaker's peer connection on this stage."""
 
-    def __init__(self, identity: str, name: str) -> None:
+    def __init__(self, identity: str, name: str, ice: IceConfig | None = None) -> None:
         self.id = uuid.uuid4().hex[:16]
         self.identity = identity
         self.name = name
         self.playout = Playout()
         self.returns = ReturnTrack()
-        self.pc = RTCPeerConnection()
+        self.ice = ice or IceConfig()
+        self.pc = RTCPeerConnection(rtc_configuration(
+            self.ice.servers(f"stage-{self.id}", time.time())))
         self.packets_in = 0
         self._opus_types: set[int] = set()
         self._rtcp_stats: dict[int, Any] | None = None
@@ -124,7 +129,12 @@ class SpeakerSession:
         self._opus_types = {int(pt) for pt in
                             re.findall(r"a=rtpmap:(\d+) opus/48000", offer_sdp, re.I)}
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        if self.ice.rtc_ports is not None:
+            bind_in_range(self.pc, self.ice.rtc_ports)
         for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                # An encoder's video (OBS offers it): declined, never received or decoded.
+                transceiver.direction = "inactive"
             if transceiver.kind == "audio":
                 transceiver.sender.replaceTrack(self.returns)
                 transceiver.direction = "sendrecv"
@@ -138,7 +148,8 @@ class SpeakerSession:
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         # aiortc's own description has no Opus fmtp; the speaker reads ours from the text.
-        return with_inband_fec(str(self.pc.localDescription.sdp))
+        sdp = with_inband_fec(str(self.pc.localDescription.sdp))
+        return sdp if self.ice.public_ip is None else announce(sdp, self.ice.public_ip)
 
     async def _on_rtp(self, packet: Any, arrival_time_ms: int) -> None:
         """An RTP packet from this speaker (telephone-event and other types ignored)."""

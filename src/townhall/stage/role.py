@@ -129,6 +129,7 @@ class Stage:
         self.leases: dict[str, int] = {}
         self._reapers: set[asyncio.Future[None]] = set()
         self.retired = Tally()  # counters of Spaces this stage no longer runs
+        self.ice = ctx.settings.ice()
 
     def report(self, wall: float) -> dict[str, object]:
         """The heartbeat: what this stage runs and its counters since it started."""
@@ -211,7 +212,7 @@ class Stage:
         else:
             for old in [s for s in run.sessions.values() if s.identity == identity]:
                 await self._drop(space, old)  # a reconnect replaces the old session
-            session = SpeakerSession(identity, str(req.get("name", identity)))
+            session = SpeakerSession(identity, str(req.get("name", identity)), self.ice)
             try:
                 answer = await asyncio.wait_for(session.answer(str(req["sdp"])), 10)
             except Exception as exc:

@@ -8,6 +8,7 @@ lease; that stage answers with the SDP answer and a session id.
 from __future__ import annotations
 
 import json
+import time
 
 from fastapi import FastAPI, Request, Response
 
@@ -15,10 +16,12 @@ from townhall import grants
 from townhall.api.schemas import problems
 from townhall.bus import subjects
 from townhall.context import Context
+from townhall.ice import link_headers
 from townhall.problems import (
     BadInput,
     Conflict,
     Forbidden,
+    NotAllowed,
     NotFound,
     Problem,
     Unavailable,
@@ -35,6 +38,7 @@ WHIP_WHY = {
     403: "not on this Space's stage, blocked, a token for another Space, or a token whose "
          "role is below speaker",
     404: "no such Space, or no such WHIP session",
+    405: "PATCH: no trickle ICE or ICE restart; POST a complete offer again",
     409: "the Space is not live",
     422: "the offer has no audio, or no Opus",
     503: "no stage holds the Space right now (e.g. during a stage failover); see "
@@ -60,6 +64,7 @@ def check_offer(body: bytes) -> str:
 def install(app: FastAPI, ctx: Context) -> None:
     """Mount POST /whip/{space} and DELETE /whip/{space}/{session}."""
     store = SpaceStore(ctx.bus)
+    ice = ctx.settings.ice()
 
     async def ask_stage(space: str, payload: dict[str, object]) -> dict[str, object]:
         leaving = payload.get("op") == "leave"
@@ -78,7 +83,8 @@ def install(app: FastAPI, ctx: Context) -> None:
         return reply
 
     @app.post("/whip/{space}", status_code=201, tags=["whip"], response_class=Response,
-              responses={201: {"description": "the SDP answer; Location names the session",
+              responses={201: {"description": "the SDP answer; Location names the session, "
+                                              "Link headers the ICE servers",
                                "content": {"application/sdp": {}}},
                          **problems(400, 401, 403, 404, 409, 413, 422, 503, why=WHIP_WHY)})
     async def whip_publish(space: str, request: Request) -> Response:
@@ -98,8 +104,11 @@ def install(app: FastAPI, ctx: Context) -> None:
                               retry_after=1, slug="no-stage")
         reply = await ask_stage(space, {"identity": ident.id, "name": ident.name, "sdp": sdp})
         location = f"/whip/{space}/{reply['session']}"
-        return Response(str(reply["sdp"]), status_code=201, media_type="application/sdp",
-                        headers={"Location": location})
+        response = Response(str(reply["sdp"]), status_code=201, media_type="application/sdp",
+                            headers={"Location": location})
+        for link in link_headers(ice.servers(ident.id, time.time())):  # RFC 9725 §4.6
+            response.headers.append("Link", link)
+        return response
 
     @app.delete("/whip/{space}/{session}", tags=["whip"], response_class=Response,
                 responses=problems(401, 403, 404, why=WHIP_WHY))
@@ -109,3 +118,13 @@ def install(app: FastAPI, ctx: Context) -> None:
         grants.authorize(ident, "unpublish", await store.get(space))
         await ask_stage(space, {"op": "leave", "identity": ident.id, "session": session})
         return Response(status_code=200)
+
+    @app.patch("/whip/{space}/{session}", tags=["whip"], response_class=Response,
+               responses=problems(405, why=WHIP_WHY))
+    async def whip_patch(space: str, session: str) -> Response:
+        """Trickle ICE and ICE restarts (RFC 9725 §4.3): not supported, always 405."""
+        # The stage answers with every candidate gathered (non-trickle); a client whose
+        # path broke gets a new one, through TURN if need be, from a complete new offer.
+        raise NotAllowed("this server does not take trickle ICE or ICE restarts: send a "
+                         "complete offer (all candidates) in a new POST /whip/<space>",
+                         allow="DELETE", slug="whip-patch-unsupported")

@@ -254,7 +254,11 @@ class Publisher {
   async start() {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
     this.stream = stream;
-    const pc = new RTCPeerConnection();
+    // The server's STUN/TURN servers (TURN credentials fresh for each attempt), none if it
+    // has none: never the browser's or anyone else's default.
+    const ice = await fetch("/api/v1/ice", { headers: { Authorization: `Bearer ${me.token}` } })
+      .then((r) => (r.ok ? r.json() : { iceServers: [] }), () => ({ iceServers: [] }));
+    const pc = new RTCPeerConnection({ iceServers: ice.iceServers || [] });
     this.pc = pc;
     pc.addTransceiver(stream.getAudioTracks()[0], { direction: "sendrecv", streams: [stream] });
     // The return feed (everyone but me) plays through <audio>: Chromium's echo canceller
