@@ -31,6 +31,7 @@ from townhall.media.hls import (
 )
 from townhall.media.recording import RecordingIndex
 from townhall.problems import BadInput, Conflict, Gone, NotFound
+from townhall.recording.plugin import cache_control
 from townhall.recording.recorder import load_chunks, load_index
 from townhall.room.rules import is_space_id
 
@@ -132,8 +133,10 @@ def install(app: FastAPI, ctx: Context) -> None:
         feed.used = time.monotonic()
         return feed
 
-    async def source(space: str, request: Request) -> tuple[str, dict[str, Any]]:
-        """("vod", recording) or ("live", {}) for a Space this caller may listen to."""
+    async def source(space: str, request: Request
+                     ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """("vod", recording, snapshot) or ("live", {}, snapshot) for a Space this caller
+        may listen to."""
         if not is_space_id(space):
             raise NotFound(f"no Space {space}", slug="space-not-found")
         snap = await api.authorized(space, api.maybe_who(request), "listen")
@@ -142,9 +145,9 @@ def install(app: FastAPI, ctx: Context) -> None:
             if time.time() >= float(rec.get("expires_at", 0)):
                 raise Gone("this recording was kept for its time and is gone",
                            slug="recording-expired")
-            return "vod", rec
+            return "vod", rec, snap
         if snap["state"] == "live":
-            return "live", {}
+            return "live", {}, snap
         if snap["state"] == "scheduled":
             raise Conflict("the Space is not live yet", slug="not-live")
         if rec is True:
@@ -167,13 +170,14 @@ def install(app: FastAPI, ctx: Context) -> None:
 
     def answer(body: bytes | str, media_type: str, cache: str) -> Response:
         return Response(body, media_type=media_type,
-                        headers={"Cache-Control": cache, "Access-Control-Allow-Origin": "*"})
+                        headers={"Cache-Control": cache, "Access-Control-Allow-Origin": "*",
+                                 "Vary": "Authorization"})
 
     @router.get("/hls/{space}/index.m3u8", response_class=Response, responses=ok(
         M3U8, "live, or VOD after a recorded end"))
     async def playlist(space: str, request: Request) -> Response:
         """The HLS media playlist: live (a sliding window), or the recording (VOD)."""
-        kind, rec = await source(space, request)
+        kind, rec, snap = await source(space, request)
         if kind == "vod":
             _, index = await index_of(space, rec)
             plan = vod_playlist(index.first_pts, index.end_pts)
@@ -184,14 +188,14 @@ def install(app: FastAPI, ctx: Context) -> None:
             cache = LIVE_PLAYLIST
         if plan is None:
             raise NotFound("no audio yet; try again in a moment", slug="no-segments")
-        return answer(plan.render(), M3U8, cache)
+        return answer(plan.render(), M3U8, cache_control(cache, snap))
 
     @router.get("/hls/{space}/init.mp4", response_class=Response, responses=ok(
         MP4, "the fMP4 init segment"))
     async def init(space: str, request: Request) -> Response:
         """The init segment (the same for every Space)."""
-        await source(space, request)
-        return answer(INIT, MP4, IMMUTABLE)
+        _, _, snap = await source(space, request)
+        return answer(INIT, MP4, cache_control(IMMUTABLE, snap))
 
     @router.get("/hls/{space}/{name}", response_class=Response, responses=ok(
         MP4, "2 s of Opus in fMP4"))
@@ -201,7 +205,8 @@ def install(app: FastAPI, ctx: Context) -> None:
         if not name.endswith(".m4s") or not number.isdigit() or len(number) > 9:
             raise NotFound("no such segment", slug="no-segment")
         k = int(number)
-        kind, rec = await source(space, request)
+        kind, rec, snap = await source(space, request)
+        immutable = cache_control(IMMUTABLE, snap)
         if kind == "vod":
             tag, index = await index_of(space, rec)
             key = (space, tag, k)
@@ -218,7 +223,7 @@ def install(app: FastAPI, ctx: Context) -> None:
                 segments[key] = data
                 while len(segments) > 256:
                     segments.popitem(last=False)
-            return answer(data, MP4, IMMUTABLE)
+            return answer(data, MP4, immutable)
         key = (space, "live", k)
         data = segments.get(key)
         if data is None:
@@ -232,6 +237,6 @@ def install(app: FastAPI, ctx: Context) -> None:
                                                  decode_time=k * SEGMENT_SAMPLES)
             while len(segments) > 256:
                 segments.popitem(last=False)
-        return answer(data, MP4, IMMUTABLE)
+        return answer(data, MP4, immutable)
 
     app.include_router(router)

@@ -98,8 +98,19 @@ class FileCache:
                 f.unlink(missing_ok=True)
 
 
-def _serve(request: Request, path: Path, etag: str, filename: str) -> Response:
-    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Accept-Ranges": "bytes",
+def restricted(snap: dict[str, Any]) -> bool:
+    """Whether listening needs a token: then no shared cache (CDN) may keep the audio."""
+    return bool(snap.get("private") or snap.get("signed_in_only"))
+
+
+def cache_control(value: str, snap: dict[str, Any]) -> str:
+    return value.replace("public", "private") if restricted(snap) else value
+
+
+def _serve(request: Request, path: Path, etag: str, filename: str,
+           snap: dict[str, Any]) -> Response:
+    headers = {"ETag": etag, "Cache-Control": cache_control(IMMUTABLE, snap),
+               "Accept-Ranges": "bytes",
                "Vary": "Authorization"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
@@ -163,7 +174,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         path = await cache.path(replay_name(space), tag)
         if path is None:
             raise NotFound("this Space has no recording", slug="no-recording")
-        return _serve(request, path, f'"{space}-{tag}"', f"{space}.opus")
+        return _serve(request, path, f'"{space}-{tag}"', f"{space}.opus", snap)
 
     deleted: dict[int | str, dict[str, Any]] = {
         200: {"model": Snapshot, "description": "the snapshot, recording false"}}
@@ -260,6 +271,6 @@ def install(app: FastAPI, ctx: Context) -> None:
         path = await cache.path(clip_name(space, clip_id), "1")
         if path is None:
             raise NotFound("no such clip", slug="no-clip")
-        return _serve(request, path, f'"{clip_id}"', f"{clip_id}.opus")
+        return _serve(request, path, f'"{clip_id}"', f"{clip_id}.opus", snap)
 
     app.include_router(router)
