@@ -238,11 +238,11 @@ def main(argv: list[str]) -> dict[str, Any]:
     return {"title": "Recording: packaging per Space-hour, and the HLS origin vs nginx",
             "command": f"python -m bench replay (runs {args.runs}, {args.seconds:g} s per "
                        "load run, 16 keep-alive connections)",
-            "columns": ["what", "townhall (CPU)", "nginx (CPU)", "vs nginx",
+            "columns": ["what", "townhall", "nginx", "vs nginx",
                         "notes (throughput townhall / nginx)"],
             "rows": rows,
-            "notes": "Packaging rows: CPU seconds per Space-hour of 32 kbps audio, median of "
-                     "the runs, in one process (no re-encoding anywhere). Origin rows: "
+            "notes": "Packaging rows: CPU seconds per Space-hour (a libopus tone, ~50 "
+                     "kbps), median of the runs, in one process (no re-encoding anywhere). Origin rows: "
                      "requests answered per CPU-second of the server process (uvicorn, one "
                      "event loop) vs nginx with one worker serving the same files from disk; "
                      "the load generator shares the machine. Not measured: the AAC "
