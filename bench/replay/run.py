@@ -242,7 +242,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                         "notes (throughput townhall / nginx)"],
             "rows": rows,
             "notes": "Packaging rows: CPU seconds per Space-hour (a libopus tone, ~50 "
-                     "kbps), median of the runs, in one process (no re-encoding anywhere). Origin rows: "
+                     "kbps), median of the runs, in one process (no re-encoding anywhere). "
+                     "Origin rows: "
                      "requests answered per CPU-second of the server process (uvicorn, one "
                      "event loop) vs nginx with one worker serving the same files from disk; "
                      "the load generator shares the machine. Not measured: the AAC "
