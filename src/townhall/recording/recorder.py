@@ -227,6 +227,12 @@ class SpaceRecording:
         log.info("recording ready", extra={"space": space})
 
 
+def _to_record(snap: dict[str, Any]) -> bool:
+    """Recording on, and live (or ended, the file still to make): a scheduled Space has no
+    audio yet, so nobody holds a consumer open for it."""
+    return snap.get("recording") is True and snap.get("state") in ("live", "ended")
+
+
 class Recorder:
     """Every Space being recorded that this process holds the lease of."""
 
@@ -252,7 +258,7 @@ class Recorder:
 
     async def start(self) -> None:
         for snap in await self.store.all():
-            if snap.get("recording") is True:
+            if _to_record(snap):
                 self.wanted.add(snap["id"])
         self._sub = await self.bus.subscribe("townhall.*.state", self._on_state)
         self._loop = asyncio.ensure_future(self._tend_loop())
@@ -260,7 +266,7 @@ class Recorder:
     async def _on_state(self, msg: Message) -> None:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             snap = json.loads(msg.data)
-            if snap.get("recording") is True:
+            if _to_record(snap):
                 self.wanted.add(str(snap["id"]))
 
     async def _tend_loop(self) -> None:
