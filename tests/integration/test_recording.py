@@ -45,8 +45,8 @@ def speak(served: Served, space: str, token: str, hz: int, seconds: float) -> No
                    timeout=60)
 
 
-def decode(data: bytes, tmp: Path) -> np.ndarray:
-    path = tmp / f"d{time.monotonic_ns()}.opus"
+def decode(data: bytes, tmp: Path, suffix: str = ".opus") -> np.ndarray:
+    path = tmp / f"d{time.monotonic_ns()}{suffix}"
     path.write_bytes(data)
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1",
                           "-ar", str(RATE), "-"], capture_output=True, check=True).stdout
@@ -131,6 +131,18 @@ def test_replay_has_both_tones_for_the_live_time(served: Served, recorded: dict[
     assert abs(peak_hz(pcm[first[0]:first[1]]) - 440) < 15
     assert abs(peak_hz(pcm[last[0]:last[1]]) - 880) < 15
     assert first[1] <= last[0]
+    # The same audio as Opus in MP4, index first, for players that want it.
+    m4a = httpx.get(f"{served.url}{rec['m4a']}", timeout=30)
+    assert m4a.status_code == 200 and m4a.headers["content-type"] == "audio/mp4"
+    assert m4a.content[4:8] == b"ftyp" and m4a.content.index(b"moov") < m4a.content.index(
+        b"mdat")
+    path = tmp_path / "r.m4a"
+    path.write_bytes(m4a.content)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name",
+                            "-of", "csv=p=0", str(path)], capture_output=True, text=True,
+                           check=True).stdout
+    assert probe.strip() == "opus"
+    assert np.array_equal(decode(m4a.content, tmp_path, ".m4a"), pcm)
 
 
 def test_range_answers_206_with_exactly_those_bytes(served: Served,

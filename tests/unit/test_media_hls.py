@@ -11,7 +11,7 @@ import numpy as np
 
 from tests.tone import ToneChunks
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
-from townhall.media.fmp4 import init_segment, media_segment
+from townhall.media.fmp4 import init_segment, media_segment, mp4_file
 from townhall.media.hls import (
     SEGMENT_SAMPLES,
     live_playlist,
@@ -107,3 +107,22 @@ def test_vod_playlist_ends_and_times_the_last_segment() -> None:
     assert [ln for ln in text.splitlines() if ln.startswith("#EXTINF")] == [
         "#EXTINF:2.000,"] * 3 + ["#EXTINF:0.200,"]
     assert vod_playlist(5, 5) is None
+
+
+def test_mp4_file_has_its_index_first_and_decodes_to_the_tone(tmp_path: Path) -> None:
+    packets = [p for c in islice(ToneChunks(440), 30) for p in c.packets]
+    data = mp4_file(packets)
+    assert [k for k, _ in boxes(data)] == [b"ftyp", b"moov", b"mdat"]
+    assert data.endswith(b"".join(packets))  # the very packets, nothing re-encoded
+    path = tmp_path / "t.m4a"
+    path.write_bytes(data)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                            "stream=codec_name,channels:format=duration", "-of", "csv=p=0",
+                            str(path)], capture_output=True, text=True, check=True).stdout
+    assert probe.split() == ["opus,1", "3.000000"]
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1",
+                          "-ar", "48000", "-"], capture_output=True, check=True).stdout
+    pcm = np.frombuffer(raw, dtype=np.int16).astype(np.float64)
+    assert len(pcm) == 150 * FRAME_SAMPLES - PRE_SKIP
+    peak = np.argmax(np.abs(np.fft.rfft(pcm))) * SAMPLE_RATE / len(pcm)
+    assert abs(peak - 440) < 5

@@ -40,6 +40,8 @@ class Recording(Open):
     url: str = Field(description="the replay file, /replay/<id>.opus")
     duration: float = Field(description="seconds of audio")
     bytes: int
+    m4a: str = Field(description="the same audio as Opus in MP4, /replay/<id>.m4a")
+    m4a_bytes: int
     ready_at: float
     expires_at: float = Field(description="after this (unix seconds) it answers 410")
 

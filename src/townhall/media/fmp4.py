@@ -43,27 +43,57 @@ def _opus_entry(channels: int) -> bytes:
 def init_segment(channels: int = 1) -> bytes:
     """``ftyp`` + ``moov``: one Opus track, timescale 48 kHz, fragments to follow."""
     ftyp = box(b"ftyp", b"iso6", struct.pack(">I", 0), b"iso6cmfcdashmsix")
-    mvhd = full_box(b"mvhd", 0, 0, struct.pack(">IIII", 0, 0, SAMPLE_RATE, 0),
+    return ftyp + _moov(channels)
+
+
+def mp4_file(packets: Sequence[bytes], channels: int = 1) -> bytes:
+    """A whole (unfragmented) MP4 of Opus packets with its index (``moov``) first, so a
+    player can seek before the rest arrives: ``ftyp``, ``moov``, one ``mdat``."""
+    ftyp = box(b"ftyp", b"iso6", struct.pack(">I", 0), b"iso6mp41")
+    count = len(packets)
+    tables = (
+        full_box(b"stts", 0, 0, struct.pack(">III", 1, count, FRAME_SAMPLES)),
+        full_box(b"stsc", 0, 0, struct.pack(">IIII", 1, 1, count, 1)),
+        full_box(b"stsz", 0, 0, struct.pack(">II", 0, count),
+                 b"".join(struct.pack(">I", len(p)) for p in packets)))
+    duration = count * FRAME_SAMPLES
+
+    def head(offset: int) -> bytes:
+        stco = full_box(b"stco", 0, 0, struct.pack(">II", 1, offset))
+        return ftyp + _moov(channels, duration, (*tables, stco), fragmented=False)
+
+    offset = len(head(0)) + 8
+    return head(offset) + box(b"mdat", *packets)
+
+
+def _moov(channels: int, duration: int = 0, tables: tuple[bytes, ...] | None = None,
+          fragmented: bool = True) -> bytes:
+    mvhd = full_box(b"mvhd", 0, 0, struct.pack(">IIII", 0, 0, SAMPLE_RATE, duration),
                     struct.pack(">IH", 0x10000, 0x100), b"\0" * 10, _MATRIX, b"\0" * 24,
                     struct.pack(">I", TRACK_ID + 1))
-    tkhd = full_box(b"tkhd", 0, 3, struct.pack(">IIIII", 0, 0, TRACK_ID, 0, 0), b"\0" * 8,
+    tkhd = full_box(b"tkhd", 0, 3, struct.pack(">IIIII", 0, 0, TRACK_ID, 0, duration),
+                    b"\0" * 8,
                     struct.pack(">HHHH", 0, 0, 0x100, 0), _MATRIX, struct.pack(">II", 0, 0))
-    mdhd = full_box(b"mdhd", 0, 0, struct.pack(">IIIIHH", 0, 0, SAMPLE_RATE, 0, 0x55C4, 0))
+    mdhd = full_box(b"mdhd", 0, 0, struct.pack(">IIIIHH", 0, 0, SAMPLE_RATE, duration,
+                                               0x55C4, 0))
     hdlr = full_box(b"hdlr", 0, 0, struct.pack(">I4s", 0, b"soun"), b"\0" * 12,
                     b"townhall audio\0")
     dinf = box(b"dinf", full_box(b"dref", 0, 0, struct.pack(">I", 1),
                                  full_box(b"url ", 0, 1)))
+    if tables is None:  # samples come in fragments
+        tables = (full_box(b"stts", 0, 0, struct.pack(">I", 0)),
+                  full_box(b"stsc", 0, 0, struct.pack(">I", 0)),
+                  full_box(b"stsz", 0, 0, struct.pack(">II", 0, 0)),
+                  full_box(b"stco", 0, 0, struct.pack(">I", 0)))
     stbl = box(b"stbl",
-               full_box(b"stsd", 0, 0, struct.pack(">I", 1), _opus_entry(channels)),
-               full_box(b"stts", 0, 0, struct.pack(">I", 0)),
-               full_box(b"stsc", 0, 0, struct.pack(">I", 0)),
-               full_box(b"stsz", 0, 0, struct.pack(">II", 0, 0)),
-               full_box(b"stco", 0, 0, struct.pack(">I", 0)))
+               full_box(b"stsd", 0, 0, struct.pack(">I", 1), _opus_entry(channels)), *tables)
     minf = box(b"minf", full_box(b"smhd", 0, 0, struct.pack(">HH", 0, 0)), dinf, stbl)
     trak = box(b"trak", tkhd, box(b"mdia", mdhd, hdlr, minf))
+    if not fragmented:
+        return box(b"moov", mvhd, trak)
     mvex = box(b"mvex", full_box(b"trex", 0, 0, struct.pack(">IIIII", TRACK_ID, 1,
                                                             FRAME_SAMPLES, 0, 0)))
-    return ftyp + box(b"moov", mvhd, trak, mvex)
+    return box(b"moov", mvhd, trak, mvex)
 
 
 def media_segment(packets: Sequence[bytes], *, sequence: int, decode_time: int) -> bytes:

@@ -48,6 +48,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 CLIPS_LIMIT = 500           # clips kept per Space
 LIVE_CLIP_WINDOW_S = 55.0   # of a live Space without a recording: what MEDIA still holds
 OGG = "audio/ogg"
+FORMATS = {"opus": OGG, "m4a": "audio/mp4"}
 
 
 class ClipIn(Strict):
@@ -108,13 +109,13 @@ def cache_control(value: str, snap: dict[str, Any]) -> str:
 
 
 def _serve(request: Request, path: Path, etag: str, filename: str,
-           snap: dict[str, Any]) -> Response:
+           snap: dict[str, Any], media_type: str = OGG) -> Response:
     headers = {"ETag": etag, "Cache-Control": cache_control(IMMUTABLE, snap),
                "Accept-Ranges": "bytes",
                "Vary": "Authorization"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    return FileResponse(path, media_type=OGG, headers=headers, filename=filename,
+    return FileResponse(path, media_type=media_type, headers=headers, filename=filename,
                         content_disposition_type="inline")
 
 
@@ -131,7 +132,8 @@ def install(app: FastAPI, ctx: Context) -> None:
 
     def audio(*errors: int) -> dict[str, Any]:
         return {"response_class": Response, "responses": {
-            200: {"content": {OGG: {}}, "description": "Ogg/Opus; Range answers 206"},
+            200: {"content": {OGG: {}, "audio/mp4": {}},
+                  "description": "Ogg/Opus (or Opus in MP4); Range answers 206"},
             206: {"description": "the requested bytes"},
             304: {"description": "unchanged since If-None-Match"}} | problems(*errors)}
 
@@ -164,17 +166,20 @@ def install(app: FastAPI, ctx: Context) -> None:
 
     @router.get("/replay/{name}", **audio(401, 403, 404, 410))
     async def replay(name: str, request: Request) -> Response:
-        """The finished recording as one seekable Ogg/Opus file (Range, ETag, cached)."""
-        space = name.removesuffix(".opus")
-        if not name.endswith(".opus") or not is_space_id(space):
+        """The finished recording as one seekable file: ``<id>.opus`` (Ogg/Opus) or
+        ``<id>.m4a`` (Opus in MP4, index first); Range, ETag, cached."""
+        space, _, ext = name.partition(".")
+        if ext not in FORMATS or not is_space_id(space):
             raise NotFound("no such recording", slug="no-recording")
         snap = await api.authorized(space, api.maybe_who(request), "listen")
         rec = finished(snap)
+        if ext == "m4a" and "m4a" not in rec:
+            raise NotFound("this recording has no .m4a", slug="no-recording")
         tag = f"{int(float(rec['ready_at']) * 1000)}-{rec['bytes']}"
-        path = await cache.path(replay_name(space), tag)
+        path = await cache.path(replay_name(space, ext), tag)
         if path is None:
             raise NotFound("this Space has no recording", slug="no-recording")
-        return _serve(request, path, f'"{space}-{tag}"', f"{space}.opus", snap)
+        return _serve(request, path, f'"{space}-{ext}-{tag}"', name, snap, FORMATS[ext])
 
     deleted: dict[int | str, dict[str, Any]] = {
         200: {"model": Snapshot, "description": "the snapshot, recording false"}}

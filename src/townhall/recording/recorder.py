@@ -26,12 +26,14 @@ from prometheus_client import Counter
 from townhall.bus import subjects
 from townhall.bus.bus import Bus, CasConflict, Message, PullConsumer
 from townhall.media.chunk import Chunk
+from townhall.media.fmp4 import mp4_file
 from townhall.media.recording import (
     RecordingIndex,
     SegmentInfo,
     SegmentWriter,
     decode_segment,
-    replay_file,
+    ogg_file,
+    timeline,
 )
 from townhall.problems import BadInput, NotFound
 from townhall.room.store import SpaceStore
@@ -59,8 +61,8 @@ def levels_name(space: str, n: int) -> str:
     return f"{space}/levels/{n}"
 
 
-def replay_name(space: str) -> str:
-    return f"{space}/replay.opus"
+def replay_name(space: str, ext: str = "opus") -> str:
+    return f"{space}/replay.{ext}"
 
 
 def clip_name(space: str, clip: str) -> str:
@@ -102,6 +104,7 @@ async def delete_recording(bus: Bus, space: str, clips: list[str]) -> None:
     for clip in clips:
         await bus.obj_delete(BUCKET, clip_name(space, clip))
     await bus.obj_delete(BUCKET, replay_name(space))
+    await bus.obj_delete(BUCKET, replay_name(space, "m4a"))
     await bus.obj_delete(BUCKET, index_name(space))
 
 
@@ -215,13 +218,17 @@ class SpaceRecording:
             log.info("nothing was recorded", extra={"space": space})
             await self.r.fold(space, False)
             return
-        built = replay_file(await load_chunks(self.bus, space, index.segments))
+        packets = [p for _, p in timeline(await load_chunks(self.bus, space, index.segments))]
+        built = ogg_file(packets)
         await self.bus.obj_put(BUCKET, replay_name(space), built.data)
+        m4a = mp4_file(packets)
+        await self.bus.obj_put(BUCKET, replay_name(space, "m4a"), m4a)
         now = time.time()
         ended = float(doc.get("ended_at") or now)
         await self.r.fold(space, {
             "url": f"/replay/{space}.opus", "duration": round(built.duration_s, 3),
-            "bytes": len(built.data), "ready_at": now,
+            "bytes": len(built.data), "m4a": f"/replay/{space}.m4a", "m4a_bytes": len(m4a),
+            "ready_at": now,
             "expires_at": ended + self.r.keep_days * 86400})
         FINISHED.inc()
         log.info("recording ready", extra={"space": space})

@@ -20,7 +20,8 @@ public part is what ``GET /api/v1/spaces/<id>``, ``townhall.<id>.state`` and ``/
       "listeners": 0,                     # summed from the edges' reports, never a list
       "reactions": {"👏": 12, ...},        # running totals, summed per interval
       "recording": false | true | {"url": "/replay/<id>.opus", "duration": 3600.2,
-                   "bytes": ..., "ready_at": ..., "expires_at": ...}
+                   "bytes": ..., "m4a": "/replay/<id>.m4a", "m4a_bytes": ...,
+                   "ready_at": ..., "expires_at": ...}
     }
 
 ``recording`` is true while the Space is recorded and, after the end, until the recording
