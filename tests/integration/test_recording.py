@@ -320,6 +320,15 @@ def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
         pcm = ffmpeg_pcm(playlist, "-live_start_index", "-2", seconds=4)
         assert len(pcm) >= 3 * RATE  # two listed segments, then one more as it came
         assert abs(peak_hz(pcm[-RATE:]) - 880) < 15
+        # A clip of a live Space: its last seconds, from JetStream and the recording.
+        edge_s = (int(newest.split(".")[0]) + 1) * 2
+        with served.client(host) as c:
+            made = c.post(f"/api/v1/spaces/{space}/clips",
+                          json={"start": edge_s - 3, "duration": 2})
+        assert made.status_code == 201, made.text
+        clip = ffmpeg_pcm(f"{served.url}{made.json()['url']}")
+        assert abs(len(clip) - 2 * RATE) <= 960
+        assert abs(peak_hz(clip) - 880) < 15
     finally:
         speaker.terminate()
         speaker.wait(10)
