@@ -145,6 +145,18 @@ def test_replay_has_both_tones_for_the_live_time(served: Served, recorded: dict[
     assert np.array_equal(decode(m4a.content, tmp_path, ".m4a"), pcm)
 
 
+def test_timeline_says_when_the_host_spoke(served: Served, recorded: dict[str, Any]) -> None:
+    space, snap = recorded["space"], recorded["snap"]
+    got = httpx.get(f"{served.url}/replay/{space}/timeline.json", timeout=10).json()
+    host = snap["host"]["id"]
+    spans = [s for s in got["speakers"] if s["id"] == host]
+    assert spans, got
+    assert all(0 <= s["from"] < s["to"] <= got["duration"] + 0.5 for s in spans)
+    # Two tones with a reconnect between them: about 8 s of speaking in all.
+    spoken = sum(s["to"] - s["from"] for s in spans)
+    assert 5 < spoken < 10, spans
+
+
 def test_range_answers_206_with_exactly_those_bytes(served: Served,
                                                     recorded: dict[str, Any]) -> None:
     url = f"{served.url}/replay/{recorded['space']}.opus"

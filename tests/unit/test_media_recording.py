@@ -146,3 +146,22 @@ def test_clip_is_cut_without_reencoding_with_pre_roll_as_pre_skip(tmp_path: Path
         clip_file(chunks, 3 * SAMPLE_RATE, 2 * SAMPLE_RATE)  # runs past the end
     with pytest.raises(BadInput):
         clip_file(chunks[10:], 0, SAMPLE_RATE)  # before the first chunk held
+
+
+def test_speaker_spans_map_levels_onto_the_replay() -> None:
+    from townhall.media.recording import SegmentInfo, replay_time, speaker_spans
+
+    second = SAMPLE_RATE
+    index = RecordingIndex(space="abcdefghij", segments=[
+        SegmentInfo(0, 0, 99, 0, 10 * second, 1, first_sent_us=1_000_000_000),
+        # a failover: the next segment was sent 5 s later than its audio time says
+        SegmentInfo(1, 100, 199, 10 * second, 20 * second, 1, first_sent_us=1_015_000_000)])
+    assert replay_time(index, 999.0) is None
+    assert replay_time(index, 1002.0) == pytest.approx(2.0)
+    assert replay_time(index, 1012.0) is None  # the failover's hole: not in the audio
+    assert replay_time(index, 1016.0) == pytest.approx(11.0)
+    reports = [{"at": 1000.0 + t, "speaking": ["ada"]} for t in (1.0, 1.25, 1.5, 4.0)]
+    reports += [{"at": 1016.0, "speaking": ["bob"]}, {"at": 1016.5, "speaking": ["bob"]}]
+    assert speaker_spans(index, reports) == [
+        {"id": "ada", "from": 1.0, "to": 1.75}, {"id": "ada", "from": 4.0, "to": 4.25},
+        {"id": "bob", "from": 11.0, "to": 11.75}]

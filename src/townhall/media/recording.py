@@ -63,6 +63,7 @@ class SegmentInfo:
     first_pts: int
     end_pts: int
     size: int
+    first_sent_us: int = 0  # the stage's wall clock at the first chunk (levels map by it)
 
 
 @dataclass
@@ -145,7 +146,7 @@ class SegmentWriter:
         last = chunks[-1]
         info = SegmentInfo(n=self.next_n, first_seq=chunks[0].seq, last_seq=last.seq,
                            first_pts=chunks[0].pts, end_pts=last.pts + last.duration_samples,
-                           size=len(data))
+                           size=len(data), first_sent_us=chunks[0].sent_us)
         self.next_n += 1
         return info, data
 
@@ -245,3 +246,39 @@ def clip_file(chunks: Iterable[Chunk], start_pts: int, samples: int) -> OggFile:
         raise BadInput("the recording does not cover the clip's end", slug="clip-outside")
     chosen = [packet for _, packet in packets[begin:begin + count]]
     return ogg_file(chosen, pre_skip=pre_skip, end_trim=count * FRAME_SAMPLES - needed)
+
+
+def replay_time(index: RecordingIndex, at: float) -> float | None:
+    """Where wall time ``at`` (the stage's clock, as in levels reports) falls in the replay,
+    in seconds; None outside the recording."""
+    for seg in reversed(index.segments):
+        start = seg.first_sent_us / 1e6
+        if seg.first_sent_us and at >= start:
+            offset = (seg.first_pts - index.first_pts) / SAMPLE_RATE + (at - start)
+            if offset <= (seg.end_pts - index.first_pts) / SAMPLE_RATE:
+                return offset
+            return None
+    return None
+
+
+def speaker_spans(index: RecordingIndex, reports: Iterable[dict[str, Any]],
+                  gap_s: float = 1.0) -> list[dict[str, Any]]:
+    """Who spoke when in the replay: ``[{"id", "from", "to"}]`` (seconds), from the stage's
+    levels reports (``{"at", "speaking": [...]}``); pauses under ``gap_s`` are bridged."""
+    open_spans: dict[str, list[float]] = {}
+    done: list[dict[str, Any]] = []
+    for report in sorted(reports, key=lambda r: float(r.get("at") or 0)):
+        t = replay_time(index, float(report.get("at") or 0))
+        if t is None:
+            continue
+        for who in report.get("speaking") or []:
+            span = open_spans.get(str(who))
+            if span is not None and t - span[1] <= gap_s:
+                span[1] = t
+            else:
+                if span is not None:
+                    done.append({"id": str(who), "from": span[0], "to": span[1]})
+                open_spans[str(who)] = [t, t]
+    done += [{"id": who, "from": a, "to": b} for who, (a, b) in open_spans.items()]
+    return sorted(({"id": d["id"], "from": round(d["from"], 2), "to": round(d["to"] + 0.25, 2)}
+                   for d in done), key=lambda d: (d["from"], d["id"]))

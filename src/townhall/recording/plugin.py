@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -28,13 +29,14 @@ from townhall.api.schemas import Open, Snapshot, problems
 from townhall.bus import subjects
 from townhall.context import Context
 from townhall.media.chunk import SAMPLE_RATE, Chunk
-from townhall.media.recording import clip_file
+from townhall.media.recording import clip_file, speaker_spans
 from townhall.problems import BadInput, Conflict, Gone, NotFound, Unprocessable
 from townhall.recording.recorder import (
     BUCKET,
     Recorder,
     clip_name,
     delete_recording,
+    levels_name,
     load_chunks,
     load_index,
     replay_name,
@@ -180,6 +182,33 @@ def install(app: FastAPI, ctx: Context) -> None:
         if path is None:
             raise NotFound("this Space has no recording", slug="no-recording")
         return _serve(request, path, f'"{space}-{ext}-{tag}"', name, snap, FORMATS[ext])
+
+    timelines: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    @router.get("/replay/{space}/timeline.json", response_model=None,
+                responses=problems(401, 403, 404, 410))
+    async def timeline(space: str, request: Request) -> dict[str, Any]:
+        """Who spoke when in the replay (from the stage's levels, kept with the recording):
+        ``{"duration", "speakers": [{"id", "from", "to"}], "reactions"}``."""
+        if not is_space_id(space):
+            raise NotFound(f"no Space {space}", slug="space-not-found")
+        snap = await api.authorized(space, api.maybe_who(request), "listen")
+        rec = finished(snap)
+        tag = str(rec["ready_at"])
+        held = timelines.get(space)
+        if held is None or held[0] != tag:
+            index = await load_index(ctx.bus, space)
+            if index is None:
+                raise NotFound("this Space has no recording", slug="no-recording")
+            reports: list[dict[str, Any]] = []
+            for n in index.levels:
+                raw = await ctx.bus.obj_get(BUCKET, levels_name(space, n))
+                with contextlib.suppress(ValueError, TypeError):
+                    reports += [r for r in json.loads(raw or b"[]") if isinstance(r, dict)]
+            held = timelines[space] = (tag, {
+                "duration": rec["duration"], "speakers": speaker_spans(index, reports),
+                "host": snap.get("host"), "reactions": snap.get("reactions", {})})
+        return held[1]
 
     deleted: dict[int | str, dict[str, Any]] = {
         200: {"model": Snapshot, "description": "the snapshot, recording false"}}
