@@ -88,6 +88,8 @@ async def _serve_http(settings: Settings, background: list[str]) -> None:
                             # listener connections leave ASGI for the edge's own protocols
                             http=http_protocol(getattr(app.state, "edge", None)),
                             ws="websockets", log_config=None,
+                            # whose X-Forwarded-For names the client (api/clientaddr.py)
+                            forwarded_allow_ips=list(settings.trusted_proxies),
                             access_log=False, lifespan="on", timeout_graceful_shutdown=5,
                             # a kept-alive connection waiting for its next request
                             timeout_keep_alive=idle_timeout_from_env(),

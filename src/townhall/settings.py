@@ -11,6 +11,28 @@ from pathlib import Path
 from townhall.ice import IceConfig
 
 ALL_ROLES = ("api", "stage", "edge")
+LOOPBACK_PROXIES = ("127.0.0.0/8", "::1")
+DAY_S = 24 * 3600.0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "90", "90s", "15m", "12h" or "7d"; ValueError otherwise."""
+    text = text.strip().lower()
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY_S}
+    scale = units.get(text[-1:], 0.0)
+    value = float(text[:-1] if scale else text) * (scale or 1.0)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"not a duration: {text!r}")
+    return value
+
+
+def parse_budget(text: str) -> tuple[float, float]:
+    """"BURST/SECONDS" (BURST at once, then one every SECONDS) as (burst, rate per s)."""
+    burst, _, every = text.partition("/")
+    b, s = float(burst), parse_duration(every)
+    if not (b >= 1 and s > 0):
+        raise ValueError(f"a budget is BURST/SECONDS with BURST >= 1, SECONDS > 0: {text!r}")
+    return b, 1.0 / s
 
 
 def _env_path(name: str) -> Path | None:
@@ -39,6 +61,13 @@ class Settings:
     log_level: str = os.environ.get("TOWNHALL_LOG_LEVEL", "info")
     # How long a finished recording (and its clips) is kept; then it answers 410.
     recording_days: float = float(os.environ.get("TOWNHALL_RECORDING_DAYS", "30"))
+    # Whose X-Forwarded-For / Forwarded is believed (CIDRs); the rest are clients.
+    trusted_proxies: tuple[str, ...] = LOOPBACK_PROXIES
+    # Ended (and never-started scheduled) Spaces are deleted this long after; 0 = never.
+    ended_retention: float = 7 * DAY_S
+    # Space creation: (burst, refill per second) per identity and per client address.
+    space_budget: tuple[float, float] = (5.0, 1 / 60)
+    space_budget_address: tuple[float, float] = (30.0, 1 / 10)
 
     # ICE (where speakers' WebRTC finds the stage), raw; townhall.ice validates them.
     stun_urls: list[str] = field(default_factory=list)

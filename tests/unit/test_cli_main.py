@@ -61,3 +61,51 @@ def test_cluster_up_needs_one_of_each(count: str, capsys: pytest.CaptureFixture[
         build_parser().parse_args(["cluster", "up", "--edges", count])
     assert exit_.value.code == 2 and ">= 1" in capsys.readouterr().err
     assert build_parser().parse_args(["cluster", "up", "--edges", "1"]).edges == 1
+
+
+@pytest.mark.parametrize(("argv", "open_mode"), [
+    # A reverse proxy on this machine publishes a loopback-bound server: closed.
+    (("--public-url", "https://live.example.org"), False),
+    (("--public-url", "http://192.0.2.7:8080"), False),
+    (("--public-url", "https://live.example.org", "--open"), True),
+    (("--public-url", "http://127.0.0.1:8080"), True),
+    (("--public-url", "http://localhost:8080/"), True),
+])
+def test_a_public_url_elsewhere_closes_guest_sessions_too(argv: tuple[str, ...],
+                                                          open_mode: bool) -> None:
+    assert settings_for(*argv)[0] is open_mode
+
+
+def test_closed_by_a_public_url_says_so_in_one_line(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]
+                                                    ) -> None:
+    import townhall.serve
+
+    monkeypatch.setattr(townhall.serve, "run", lambda settings: 0)
+    assert main(["serve", "--data", str(tmp_path), "--public-url", "https://x.example"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["townhall: guest sessions are off when serving on https://x.example "
+                   "(not loopback); --open turns them on"]
+
+
+def test_proxies_retention_and_budgets_are_parsed() -> None:
+    s = serve_settings(build_parser().parse_args([
+        "serve", "--trusted-proxies", "10.0.0.0/8, 192.0.2.1", "--ended-retention", "12h",
+        "--space-budget", "3/2m", "--space-budget-per-address", "10/5"]))
+    assert s.trusted_proxies == ("10.0.0.0/8", "192.0.2.1")
+    assert s.ended_retention == 12 * 3600
+    assert s.space_budget == (3.0, 1 / 120) and s.space_budget_address == (10.0, 0.2)
+    default = serve_settings(build_parser().parse_args(["serve"]))
+    assert default.trusted_proxies == ("127.0.0.0/8", "::1")
+    assert default.ended_retention == 7 * 24 * 3600
+
+
+@pytest.mark.parametrize("argv", [
+    ("--trusted-proxies", "10.0.0.0/33"), ("--trusted-proxies", "proxy.example"),
+    ("--ended-retention", "soon"), ("--ended-retention", "-1"),
+    ("--space-budget", "0/60"), ("--space-budget", "5"), ("--space-budget", "5/0"),
+])
+def test_malformed_values_are_refused(argv: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError):
+        serve_settings(build_parser().parse_args(["serve", *argv]))

@@ -60,3 +60,17 @@ def test_in_spans() -> None:
     assert [in_spans(spans, t) for t in (9.9, 10.0, 20.0, 25.0, 30.0, 1e9)] == [
         False, True, True, False, True, True]
     assert not in_spans([], 5.0)
+
+
+def test_a_recorded_space_outlives_its_retention_while_its_recording_is_kept() -> None:
+    from townhall.room.index import item_of
+
+    snap = rules.start(rules.create("abcdefghij", ADA, title="T", record=True, now=1.0),
+                       ADA, now=2.0)
+    ended = rules.end(snap, ADA, now=3.0)
+    assert item_of(ended, 1).expires_from is None  # the recording is still being made
+    ready = ended | {"recording": {"url": "/replay/abcdefghij.opus", "expires_at": 999.0}}
+    assert item_of(ready, 2).expires_from == 999.0
+    plain = rules.end(rules.start(rules.create("abcdefghij", ADA, title="T", now=1.0), ADA,
+                                  now=2.0), ADA, now=3.0)
+    assert item_of(plain, 3).expires_from == 3.0

@@ -85,3 +85,19 @@ def test_token_bucket_allows_bursts_then_says_when() -> None:
     assert abs(wait - 0.2) < 1e-9
     assert b.take("y", 0.0) == 0.0  # per identity
     assert b.take("x", 0.2) == 0.0
+
+
+def test_token_buckets_forget_full_buckets_so_memory_follows_active_keys() -> None:
+    b = TokenBuckets(rate=1, burst=2, sweep_min=10)
+    for n in range(10_000):
+        # Every key is new and takes once; each is full again 1 s after its take.
+        assert b.take(f"k{n}", n * 0.01) == 0.0
+        # ~100 keys are within one refill time at once; a sweep at most doubles that.
+        assert len(b) <= 3 * 100 + 10
+    # A refused key keeps its debt (it is not full, so no sweep forgets it).
+    b2 = TokenBuckets(rate=1, burst=1, sweep_min=1)
+    assert b2.take("x", 0.0) == 0.0 and b2.take("x", 0.0) > 0
+    for n in range(50):
+        b2.take(f"other{n}", 0.5)
+    assert b2.take("x", 0.5) > 0
+    assert b2.take("x", 2.0) == 0.0

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
+import math
 import secrets
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -22,16 +23,26 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
 from townhall import grants
+from townhall.api.clientaddr import ClientAddress, client_address, parse_networks
 from townhall.api.models import ActionIn, ReactionIn, SessionIn, SpaceIn
 from townhall.api.ratelimit import TokenBuckets
 from townhall.api.schemas import Accepted, Listen, Me, Session, Snapshot, SpaceList, problems
 from townhall.auth import Identity
 from townhall.bus import subjects
-from townhall.bus.bus import Message
+from townhall.bus.bus import CasConflict, Change, Message, Watch
 from townhall.context import Context
-from townhall.problems import Conflict, Forbidden, NotFound, TooMany, Unprocessable
+from townhall.problems import (
+    BadInput,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooMany,
+    Unavailable,
+    Unprocessable,
+)
 from townhall.room import rules
 from townhall.room.coalescer import Coalescer
+from townhall.room.index import STATES, SpaceIndex, Viewer
 from townhall.room.snapshot import REACTIONS, public_view
 from townhall.room.store import SpaceStore
 from townhall.room.tally import EdgeRegistry, ReactionTally, fold, rank_edges
@@ -45,6 +56,11 @@ SNAPSHOTS = PromCounter("townhall_state_snapshots_published_total",
 ACTIONS_DONE = PromCounter("townhall_actions_total", "Stage and moderation actions",
                            ["action", "outcome"])
 REACTIONS_IN = PromCounter("townhall_reactions_received_total", "Reactions taken by the api")
+INDEXED = Gauge("townhall_indexed_spaces", "Spaces in this api's list index", ["state"])
+EXPIRED = PromCounter("townhall_spaces_expired_total",
+                      "Ended or never-started Spaces deleted after the retention time")
+LIST_LIMIT, LIST_LIMIT_MAX = 50, 100
+EXPIRE_BATCH = 500
 
 
 class Api:
@@ -52,7 +68,13 @@ class Api:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.store = SpaceStore(ctx.bus, on_change=self._changed)
+        self.store = SpaceStore(ctx.bus, on_change=self._changed, on_write=self._wrote)
+        # Lists are answered from this index, kept by watching the bucket (never a scan).
+        self.index = SpaceIndex()
+        # Run before an expired Space's document is deleted (``await hook(space_id)``).
+        self.before_expire: list[Callable[[str], Awaitable[None]]] = []
+        self._watch: Watch | None = None
+        self.trusted = parse_networks(ctx.settings.trusted_proxies)
         self.coalescer = Coalescer()
         self.tally = ReactionTally()
         self.registry = EdgeRegistry()
@@ -63,7 +85,13 @@ class Api:
         # their allowances) without end. 30 at once (a class behind one NAT), then one every
         # 2 s. Loopback clients are not counted (see guest_limit).
         self.guests = TokenBuckets(rate=0.5, burst=30.0)
-        self.states: dict[str, str] = {}
+        # Space creation per identity and per client address (each Space is kept until
+        # it expires, and a live one costs a stage).
+        burst, rate = ctx.settings.space_budget
+        self.creations = TokenBuckets(rate=rate, burst=burst)
+        burst, rate = ctx.settings.space_budget_address
+        self.creations_by_address = TokenBuckets(rate=rate, burst=burst)
+        # Spaces with listeners counted, so the tally lets stale edge reports expire.
         self.counted: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # One publisher, in order: a newer snapshot never goes out before an older one.
@@ -79,7 +107,7 @@ class Api:
         return self.ctx.issuer.from_header(header) if header else None
 
     def limit(self, ident: Identity, buckets: TokenBuckets | None = None) -> None:
-        self._throttle(buckets or self.writes, ident.id,
+        self._throttle(self.writes if buckets is None else buckets, ident.id,
                        "slow down: too many changes from you")
 
     @staticmethod
@@ -87,20 +115,31 @@ class Api:
         """Take one call for ``key`` from ``buckets``, or 429 rate-limited with Retry-After."""
         wait = buckets.take(key, time.monotonic())
         if wait > 0:
-            raise TooMany(detail, retry_after=wait, slug="rate-limited")
+            seconds = max(1, math.ceil(wait))
+            raise TooMany(f"{detail}; try again in {seconds} s", retry_after=seconds,
+                          slug="rate-limited")
+
+    def client(self, request: Request) -> ClientAddress:
+        """The client address as a trusted proxy forwards it (uvicorn's proxy headers,
+        plus RFC 7239 Forwarded); ``local`` only for this machine's own, unproxied calls."""
+        peer = request.client.host if request.client else ""
+        return client_address(peer, request.headers, self.trusted)
 
     def guest_limit(self, request: Request) -> None:
-        """One more guest session from this client address, or 429. The address is the
-        forwarded one behind a trusted proxy (uvicorn's proxy headers); a loopback peer is
-        this machine itself (the default open mode) and is not limited."""
-        host = request.client.host if request.client else ""
-        try:
-            if ipaddress.ip_address(host).is_loopback:
-                return
-        except ValueError:
-            pass  # not an IP (e.g. a unix socket): limited under that name
-        self._throttle(self.guests, host,
-                       "too many guest sessions from your address; try again later")
+        """One more guest session from this client address, or 429. This machine itself
+        (the default open mode) is not limited; a proxy forwarding for others is."""
+        client = self.client(request)
+        if not client.local:
+            self._throttle(self.guests, client.address,
+                           "too many guest sessions from your address")
+
+    def creation_limit(self, ident: Identity, request: Request) -> None:
+        """One more Space for this identity and this client address, or 429."""
+        self._throttle(self.creations, ident.id, "you have created too many Spaces")
+        client = self.client(request)
+        if not client.local:
+            self._throttle(self.creations_by_address, client.address,
+                           "too many Spaces created from your address")
 
     @staticmethod
     def may_see(snap: dict[str, Any], ident: Identity | None) -> bool:
@@ -115,7 +154,7 @@ class Api:
 
     def client_key(self, request: Request) -> str:
         """Who an anonymous caller is for rate limits: their address."""
-        return "addr:" + (request.client.host if request.client else "")
+        return "addr:" + self.client(request).address
 
     @staticmethod
     def actor(ident: Identity) -> rules.Actor:
@@ -125,15 +164,79 @@ class Api:
     # --- state publishing --------------------------------------------------------------
 
     def _changed(self, snap: dict[str, Any]) -> None:
-        self._track(snap)
         ready = self.coalescer.offer(public_view(snap), time.monotonic())
         if ready is not None:
             self._outbox.put_nowait(ready)
 
-    def _track(self, snap: dict[str, Any]) -> None:
-        self.states[snap["id"]] = snap["state"]
-        self.counted[snap["id"]] = int(snap.get("listeners", 0))
-        LIVE_SPACES.set(sum(1 for s in self.states.values() if s == "live"))
+    # --- the index -----------------------------------------------------------------------
+
+    @property
+    def listing_ready(self) -> bool:
+        """Whether the index holds every Space (the watch's initial values are in)."""
+        return self._watch is not None and self._watch.ready.is_set()
+
+    def _wrote(self, snap: dict[str, Any], revision: int) -> None:
+        """This process's own write: in the index at once, before the watch echoes it."""
+        if self.index.apply(snap, revision):
+            self._indexed(snap["id"])
+
+    def _on_bucket(self, change: Change) -> None:
+        if change.value is None:
+            self.index.remove(change.key, change.revision)
+        else:
+            try:
+                snap = json.loads(change.value)
+            except ValueError:
+                snap = None
+            if not isinstance(snap, dict) or snap.get("id") != change.key:
+                log.warning("unreadable Space document", extra={"space": change.key})
+                return
+            if not self.index.apply(snap, change.revision):
+                return
+        self._indexed(change.key)
+
+    def _indexed(self, space: str) -> None:
+        item = self.index.get(space)
+        listeners = int(item.view.get("listeners") or 0) if item is not None else 0
+        if listeners:
+            self.counted[space] = listeners
+        else:
+            self.counted.pop(space, None)
+        for state in STATES:
+            INDEXED.labels(state).set(self.index.count(state))
+        LIVE_SPACES.set(self.index.count("live"))
+
+    async def _expire_loop(self) -> None:
+        retention = self.ctx.settings.ended_retention
+        if retention <= 0:
+            return
+        while True:
+            await asyncio.sleep(min(60.0, max(0.5, retention / 4)))
+            try:
+                # A full batch means a backlog (e.g. retention just shortened): go on.
+                done = EXPIRE_BATCH
+                while done >= EXPIRE_BATCH:
+                    done = await self.expire_once(time.time() - retention)
+            except Exception:
+                log.exception("expiring ended Spaces failed")
+
+    async def expire_once(self, before: float) -> int:
+        """Delete the Spaces whose retention began before ``before``; returns how many.
+        Safe with several apis: a delete is conditional on the revision the index holds,
+        so a Space someone changed (or deleted) meanwhile is left to the next round."""
+        done = 0
+        for space, revision in self.index.expired(before, limit=EXPIRE_BATCH):
+            try:
+                for hook in self.before_expire:  # e.g. delete the Space's recording files
+                    await hook(space)
+                await self.ctx.bus.kv_delete(subjects.SPACES_BUCKET, space, revision)
+            except CasConflict:
+                continue
+            self.index.remove(space)
+            self._indexed(space)
+            EXPIRED.inc()
+            done += 1
+        return done
 
     async def _publish(self, snap: dict[str, Any]) -> None:
         data = json.dumps(snap, separators=(",", ":"), ensure_ascii=False).encode()
@@ -190,11 +293,14 @@ class Api:
             self.registry.update(json.loads(msg.data), time.time())
 
     async def start(self) -> None:
-        for snap in await self.store.all():
-            self._track(snap)
+        # The watch's initial values build the index: one pass at startup, none after.
+        self._watch = await self.ctx.bus.kv_watch(subjects.SPACES_BUCKET, self._on_bucket)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._watch.ready.wait(), 30)
         await self.ctx.bus.subscribe(subjects.EDGES, self._on_edge)
         self._tasks += [asyncio.ensure_future(self._flush_loop()),
-                        asyncio.ensure_future(self._tally_loop())]
+                        asyncio.ensure_future(self._tally_loop()),
+                        asyncio.ensure_future(self._expire_loop())]
 
     async def stop(self) -> None:
         while not self._outbox.empty():
@@ -204,6 +310,8 @@ class Api:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._watch is not None:
+            await self._watch.stop()
 
 
 # A public Space's snapshot as an anonymous client sees it: a CDN or reverse proxy may keep
@@ -246,7 +354,9 @@ def install(app: FastAPI, ctx: Context) -> None:
         check_text(body.name, "name")
         api.guest_limit(request)
         identity = "g-" + secrets.token_hex(6)
-        net = ctx.issuer.net_tag(request.client.host) if request.client else None
+        # The address a trusted proxy forwarded (X-Forwarded-For or Forwarded), so that a
+        # block sticks to the guest's network, not to the proxy's.
+        net = ctx.issuer.net_tag(api.client(request).address) if request.client else None
         token = ctx.issuer.mint(identity, body.name.strip() or identity, role="host",
                                 guest=True, net=net)
         return {"token": token, "identity": identity, "name": body.name.strip()}
@@ -265,6 +375,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         ident = api.who(request)
         grants.authorize(ident, "create", None)
         api.limit(ident)
+        api.creation_limit(ident, request)
         start = body.scheduled_start.isoformat() if body.scheduled_start else None
         snap = rules.create(rules.new_space_id(), api.actor(ident),
                             title=body.title, description=body.description,
@@ -274,17 +385,29 @@ def install(app: FastAPI, ctx: Context) -> None:
         await api.store.create(snap)
         return public_view(snap)
 
-    @router.get("/spaces", **ok(200, SpaceList, "live first, then newest", 401, 422))
-    async def list_spaces(request: Request, state: str | None = None) -> dict[str, Any]:
-        """Live and scheduled Spaces (ended ones with ?state=ended)."""
-        if state not in (None, "live", "scheduled", "ended"):
+    @router.get("/spaces", **ok(
+        200, SpaceList, "a page of Spaces; `next` is the cursor of the following page",
+        400, 401, 422, 503))
+    async def list_spaces(request: Request, state: str | None = None,
+                          limit: int = LIST_LIMIT, cursor: str | None = None
+                          ) -> dict[str, Any]:
+        """Live Spaces (most listeners first), then scheduled ones (soonest first); one
+        state with ?state=, ended ones newest first. Paged: pass ``next`` as ?cursor=."""
+        if state not in (None, *STATES):
             raise Unprocessable("state is one of live, scheduled, ended", slug="bad-state")
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise BadInput(f"limit is 1 to {LIST_LIMIT_MAX}", slug="bad-parameters")
+        if cursor is not None and len(cursor) > 512:
+            raise BadInput("cursor is not one this server gave out", slug="bad-parameters")
         ident = api.maybe_who(request)
-        wanted = (state,) if state else ("live", "scheduled")
-        found = [s for s in await api.store.all()
-                 if s["state"] in wanted and api.may_see(s, ident)]
-        found.sort(key=lambda s: (s["state"] != "live", -float(s.get("created_at") or 0)))
-        return {"spaces": [public_view(s) for s in found]}
+        if not api.listing_ready:
+            raise Unavailable("the Space list is still loading", retry_after=1,
+                              slug="list-loading")
+        viewer = Viewer(ident.id, ident.space) if ident else Viewer()
+        spaces, after = api.index.page(
+            (state,) if state else ("live", "scheduled"), cursor, limit, viewer,
+            admits=lambda item: grants.allows(ident, "read", item.access))
+        return {"spaces": spaces, "next": after}
 
     get_one = ok(200, Snapshot, "the snapshot; ETag is its version", 401, 404)
     get_one["responses"][304] = {"description": "unchanged since If-None-Match"}

@@ -74,6 +74,8 @@ class Snapshot(Open):
 
 class SpaceList(Open):
     spaces: list[Snapshot]
+    next: str | None = Field(description="pass as ?cursor= for the following page; "
+                                         "null on the last page")
 
 
 class Session(Open):

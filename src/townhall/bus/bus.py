@@ -52,6 +52,15 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Change:
+    """One key-value write as a watch sees it; ``value`` None means deleted or purged."""
+
+    key: str
+    value: bytes | None
+    revision: int
+
+
+@dataclass(frozen=True)
 class Message:
     """A message as roles see it."""
 
@@ -70,6 +79,19 @@ class Subscription:
     async def unsubscribe(self) -> None:
         with contextlib.suppress(nats.errors.Error):
             await self._sub.unsubscribe()
+
+
+class Watch:
+    """A running key-value watch; ``ready`` is set once the initial values are applied."""
+
+    def __init__(self, task: asyncio.Task[None], ready: asyncio.Event) -> None:
+        self._task = task
+        self.ready = ready
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 def _message(msg: Msg) -> Message:
@@ -239,10 +261,59 @@ class Bus:
         kv = await self._bucket(bucket)
         return int(await kv.put(key, value))
 
-    async def kv_delete(self, bucket: str, key: str) -> None:
+    async def kv_delete(self, bucket: str, key: str, revision: int | None = None) -> None:
+        """Delete ``key``; with ``revision``, only if it is still at that revision
+        (CasConflict otherwise, e.g. already deleted by someone else)."""
         kv = await self._bucket(bucket)
-        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-            await kv.delete(key)
+        try:
+            await kv.delete(key, last=revision)
+        except nats.js.errors.KeyNotFoundError:
+            pass
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise CasConflict(key) from exc
+        except nats.js.errors.APIError as exc:
+            if getattr(exc, "err_code", None) == 10071:  # wrong last sequence
+                raise CasConflict(key) from exc
+            raise
+
+    async def kv_watch(self, bucket: str, on_change: Callable[[Change], None], *,
+                       retry_s: float = 1.0) -> Watch:
+        """Call ``on_change`` with the newest value of every key (deletions included),
+        then with every later write, in order, until stopped. The ordered consumer
+        underneath re-creates itself after a reconnect from where it stopped; if the
+        watch itself fails it starts again from the newest values (``on_change`` must
+        accept a revision it has already seen)."""
+        ready = asyncio.Event()
+
+        async def run() -> None:
+            while True:
+                watcher = None
+                try:
+                    kv = await self._bucket(bucket)
+                    watcher = await kv.watchall()
+                    async for entry in watcher:
+                        if entry is None:  # the initial values are all delivered
+                            ready.set()
+                            continue
+                        gone = entry.operation in ("DEL", "PURGE")
+                        change = Change(key=entry.key, revision=int(entry.revision or 0),
+                                        value=None if gone else (entry.value or b""))
+                        try:
+                            on_change(change)
+                        except Exception:
+                            # One bad entry must not restart the watch (it would again).
+                            log.exception("watch handler failed on %s", entry.key)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("watch of %s failed; starting it again", bucket)
+                finally:
+                    if watcher is not None:
+                        with contextlib.suppress(Exception):
+                            await watcher.stop()
+                await asyncio.sleep(retry_s)
+
+        return Watch(asyncio.create_task(run(), name=f"watch-{bucket}"), ready)
 
     async def kv_keys(self, bucket: str) -> list[str]:
         kv = await self._bucket(bucket)

@@ -9,10 +9,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from townhall import __version__
 from townhall.ice import IceSettingError
-from townhall.settings import ALL_ROLES, Settings
+from townhall.settings import (
+    ALL_ROLES,
+    LOOPBACK_PROXIES,
+    Settings,
+    parse_budget,
+    parse_duration,
+)
 
 # Subcommand modules beyond serve/token: each has add_parser(subparsers) setting func=.
 SUBCOMMANDS: list[str] = [
@@ -35,8 +42,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def public_exposure(host: str, public_url: str) -> str | None:
+    """What makes this server reachable from elsewhere (a non-loopback --host, or a
+    --public-url naming another host: a reverse proxy on this machine), or None."""
+    if not is_loopback(host):
+        return host
+    named = urlsplit(public_url).hostname if public_url else None
+    if named and not is_loopback(named):
+        return public_url
+    return None
+
+
 def serve_settings(args: argparse.Namespace) -> Settings:
-    """Settings for ``townhall serve``; raises ValueError on an unknown role."""
+    """Settings for ``townhall serve``; raises ValueError on an unknown role or a
+    malformed value."""
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     unknown = set(roles) - set(ALL_ROLES)
     if unknown:
@@ -44,11 +63,23 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                          f"choose from {', '.join(ALL_ROLES)}")
     # Guest sessions are the default on loopback only: anywhere else anyone who can reach
     # the port could host Spaces, so that takes an explicit --open.
-    closed = args.closed or not (args.open or is_loopback(args.host))
+    closed = args.closed or not (args.open or public_exposure(args.host, args.public_url)
+                                 is None)
+    proxies = tuple(p.strip() for p in args.trusted_proxies.split(",") if p.strip())
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ValueError(f"--trusted-proxies: {proxy!r} is not an address or CIDR") \
+                from None
     settings = Settings(data_dir=Path(args.data), host=args.host, port=args.port,
                         nats_urls=[u for u in (args.nats or "").split(",") if u],
                         roles=roles, closed=closed, public_url=args.public_url,
                         replicas=args.replicas, log_level=args.log_level,
+                        trusted_proxies=proxies,
+                        ended_retention=parse_duration(args.ended_retention),
+                        space_budget=parse_budget(args.space_budget),
+                        space_budget_address=parse_budget(args.space_budget_per_address),
                         recording_days=args.recording_days)
     if args.nats_creds or args.nats_auth_file:
         # Flags beat the environment as a pair: a stage child handed the embedded users
@@ -112,8 +143,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"townhall: {exc}", file=sys.stderr)
         return 2
-    if settings.closed and not args.closed and "api" in settings.roles:
-        print(f"townhall: guest sessions are off when serving on {settings.host} "
+    exposed = public_exposure(settings.host, settings.public_url)
+    if settings.closed and not args.closed and "api" in settings.roles and exposed:
+        print(f"townhall: guest sessions are off when serving on {exposed} "
               "(not loopback); --open turns them on", file=sys.stderr)
     return run(settings)
 
@@ -163,6 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=Settings.log_level)
     serve.add_argument("--recording-days", type=float, default=Settings.recording_days,
                        help="days a finished recording is kept, then 410 (default 30)")
+    env = os.environ.get
+    serve.add_argument("--trusted-proxies", metavar="CIDR[,CIDR]",
+                       default=env("TOWNHALL_TRUSTED_PROXIES", ",".join(LOOPBACK_PROXIES)),
+                       help="proxies whose X-Forwarded-For/Forwarded names the client "
+                            "(default loopback)")
+    serve.add_argument("--ended-retention", metavar="DURATION",
+                       default=env("TOWNHALL_ENDED_RETENTION", "7d"),
+                       help="delete ended (and never-started) Spaces after this long, "
+                            "e.g. 7d, 12h, 90s; 0 keeps them (default 7d)")
+    serve.add_argument("--space-budget", metavar="BURST/SECONDS",
+                       default=env("TOWNHALL_SPACE_BUDGET", "5/60"),
+                       help="Spaces one identity may create: BURST, then one every "
+                            "SECONDS (default 5/60)")
+    serve.add_argument("--space-budget-per-address", metavar="BURST/SECONDS",
+                       default=env("TOWNHALL_SPACE_BUDGET_PER_ADDRESS", "30/10"),
+                       help="the same per client address (default 30/10)")
     add_ice_flags(serve)
     serve.set_defaults(func=_serve)
 

@@ -149,6 +149,15 @@ def install(app: FastAPI, ctx: Context) -> None:
         finally:
             purging.discard(space)
 
+    async def before_expire(space: str) -> None:
+        """The Space document is about to go (retention): its recording goes first."""
+        with contextlib.suppress(NotFound):
+            snap = await api.store.get(space)
+            if isinstance(snap.get("recording"), dict):
+                await purge(space, list(snap.get("_clips", [])))
+
+    api.before_expire.append(before_expire)
+
     def finished(snap: dict[str, Any]) -> dict[str, Any]:
         """The Space's finished recording, or the refusal that says why there is none."""
         rec = snap.get("recording")

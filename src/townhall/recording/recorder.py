@@ -264,9 +264,14 @@ class Recorder:
             await self.store.mutate(space, change)
 
     async def start(self) -> None:
-        for snap in await self.store.all():
-            if _to_record(snap):
-                self.wanted.add(snap["id"])
+        # Once at start: Spaces left mid-recording (e.g. by an api that stopped). Afterwards
+        # the state messages say which Spaces to record.
+        for key in await self.bus.kv_keys(subjects.SPACES_BUCKET):
+            entry = await self.bus.kv_get(subjects.SPACES_BUCKET, key)
+            with contextlib.suppress(ValueError):
+                snap = json.loads(entry.value) if entry is not None else {}
+                if isinstance(snap, dict) and _to_record(snap):
+                    self.wanted.add(key)
         self._sub = await self.bus.subscribe("townhall.*.state", self._on_state)
         self._loop = asyncio.ensure_future(self._tend_loop())
 

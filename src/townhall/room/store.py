@@ -22,9 +22,11 @@ MAX_ATTEMPTS = 50
 class SpaceStore:
     """Reads and changes Space snapshots; a change that loses a race is re-applied."""
 
-    def __init__(self, bus: Bus, on_change: Callable[[Snapshot], None] | None = None) -> None:
+    def __init__(self, bus: Bus, on_change: Callable[[Snapshot], None] | None = None,
+                 on_write: Callable[[Snapshot, int], None] | None = None) -> None:
         self.bus = bus
-        self.on_change = on_change
+        self.on_change = on_change      # the public view changed
+        self.on_write = on_write        # any write landed, with its revision
 
     async def get(self, space: str) -> Snapshot:
         entry = await self._entry(space)
@@ -40,7 +42,9 @@ class SpaceStore:
         return entry
 
     async def create(self, snap: Snapshot) -> Snapshot:
-        await self.bus.kv_create(subjects.SPACES_BUCKET, snap["id"], _dump(snap))
+        revision = await self.bus.kv_create(subjects.SPACES_BUCKET, snap["id"], _dump(snap))
+        if self.on_write:
+            self.on_write(snap, revision)
         if self.on_change:
             self.on_change(snap)
         return snap
@@ -58,26 +62,20 @@ class SpaceStore:
             if public_changed:
                 new["version"] = int(old["version"]) + 1
             try:
-                await self.bus.kv_update(subjects.SPACES_BUCKET, space, _dump(new),
-                                         entry.revision)
+                revision = await self.bus.kv_update(subjects.SPACES_BUCKET, space, _dump(new),
+                                                    entry.revision)
             except CasConflict:
                 # Someone else changed it first: re-read and re-apply, with a little jitter
                 # so a crowd of writers does not collide again in lock step.
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
+            if self.on_write:
+                self.on_write(new, revision)
             if public_changed and self.on_change:
                 self.on_change(new)
             return new
         raise Unavailable("the Space is changing too fast; try again", retry_after=1,
                           slug="contention")
-
-    async def all(self) -> list[Snapshot]:
-        out = []
-        for key in await self.bus.kv_keys(subjects.SPACES_BUCKET):
-            entry = await self.bus.kv_get(subjects.SPACES_BUCKET, key)
-            if entry is not None:
-                out.append(json.loads(entry.value))
-        return out
 
 
 def _dump(snap: Snapshot) -> bytes:

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from townhall.bus import Bus, CasConflict, subjects
-from townhall.bus.bus import Message
+from townhall.bus.bus import Change, Message, Watch
 from townhall.context import Context
 from townhall.media.chunk import Chunk
 from townhall.media.levels import LevelMeter
@@ -130,6 +130,10 @@ class Stage:
         self._reapers: set[asyncio.Future[None]] = set()
         self.retired = Tally()  # counters of Spaces this stage no longer runs
         self.ice = ctx.settings.ice()
+        # Live Spaces as the bucket's watch reports them: tending reads this, never the
+        # bucket (ended Spaces pile up there until they expire).
+        self.live: dict[str, dict[str, Any]] = {}
+        self._watch: Watch | None = None
 
     def report(self, wall: float) -> dict[str, object]:
         """The heartbeat: what this stage runs and its counters since it started."""
@@ -152,9 +156,22 @@ class Stage:
         self.retired.add(run.counts())
 
     async def start(self) -> None:
+        self._watch = await self.bus.kv_watch(subjects.SPACES_BUCKET, self._on_space)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._watch.ready.wait(), 30)
         await self.bus.subscribe("townhall.*.state", self._on_state)
         await self.bus.subscribe("townhall.*.control", self._on_control)
         await self.bus.subscribe(subjects.whip("*"), self._on_whip)
+
+    def _on_space(self, change: Change) -> None:
+        snap = None
+        if change.value is not None:
+            with contextlib.suppress(ValueError):
+                snap = json.loads(change.value)
+        if isinstance(snap, dict) and snap.get("state") == "live":
+            self.live[change.key] = snap
+        else:
+            self.live.pop(change.key, None)
 
     async def _on_state(self, msg: Message) -> None:
         with contextlib.suppress(ValueError):
@@ -276,17 +293,13 @@ class Stage:
                     await run.close_all()
                 if run is not None:
                     self._retire(run)
-        for key in await self.bus.kv_keys(subjects.SPACES_BUCKET):
-            if key in self.runs:
-                continue
-            entry = await self.bus.kv_get(subjects.SPACES_BUCKET, key)
-            if entry is None:
-                continue
-            snap = json.loads(entry.value)
-            if snap.get("state") == "live":
+        for key, snap in list(self.live.items()):
+            if key not in self.runs:
                 await self.acquire(key, snap)
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            await self._watch.stop()
         for space in list(self.runs):
             run = self.runs.pop(space)
             if run.task:
