@@ -181,8 +181,13 @@ class Bus:
         try:
             self._obs[name] = await self._js.object_store(name)
         except nats.js.errors.BucketNotFoundError:
-            self._obs[name] = await self._js.create_object_store(
-                name, ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas))
+            try:
+                self._obs[name] = await self._js.create_object_store(
+                    name, ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas))
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                # Only the api uses recordings (and may create them); a stage or edge
+                # that starts first on a fresh cluster goes on without.
+                log.warning("recordings store not there yet: %s", exc)
 
     async def _bucket(self, bucket: str) -> KeyValue:
         if bucket not in self._kv:

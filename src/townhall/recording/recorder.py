@@ -124,7 +124,8 @@ class SpaceRecording:
         doc = await self.r.store.get(space)
         index = await load_index(self.bus, space) or RecordingIndex(space=space)
         if index.done:
-            await self._ready(doc, index)
+            if doc.get("recording") is True:  # stored, but not yet said in the snapshot
+                await self._ready(doc, index)
             return
         writer = SegmentWriter.resume(index)
         spans: list[list[float | None]] = doc.get("_record_spans") or []
