@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 HTTP_PLUGINS: dict[str, list[str]] = {
     "api": ["townhall.api.plugin", "townhall.recording.plugin", "townhall.recording.hls",
             "townhall.stage.whip", "townhall.web.plugin", "townhall.stage.observe",
-            "townhall.api.ice"],
+            "townhall.api.ice", "townhall.api.webhooks"],
     "edge": ["townhall.edge.plugin"],
 }
 MAX_BODY = 64 * 1024

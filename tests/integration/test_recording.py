@@ -116,7 +116,7 @@ def test_replay_has_both_tones_for_the_live_time(served: Served, recorded: dict[
                                                  tmp_path: Path) -> None:
     space = recorded["space"]
     rec = recorded["snap"]["recording"]
-    assert rec["url"] == f"/replay/{space}.opus"
+    assert rec["url"] == f"/replay/{space}.opus" and rec["state"] == "ready"
     r = httpx.get(f"{served.url}{rec['url']}", timeout=30)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("audio/ogg")

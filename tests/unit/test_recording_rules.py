@@ -74,3 +74,15 @@ def test_a_recorded_space_outlives_its_retention_while_its_recording_is_kept() -
     plain = rules.end(rules.start(rules.create("abcdefghij", ADA, title="T", now=1.0), ADA,
                                   now=2.0), ADA, now=3.0)
     assert item_of(plain, 3).expires_from == 3.0
+
+
+def test_the_folded_recording_is_the_webhooks_recording_ready() -> None:
+    from townhall.hooks.events import RECORDING_READY, events_between
+
+    snap = rules.start(rules.create("abcdefghij", ADA, title="T", record=True, now=1.0),
+                       ADA, now=2.0)
+    ended = rules.end(snap, ADA, now=3.0) | {"version": 5}
+    # What the recorder folds in (townhall.recording.recorder.SpaceRecording._ready).
+    ready = ended | {"version": 6, "recording": {"state": "ready", "url": "/replay/x.opus"}}
+    assert RECORDING_READY not in [e.type for e in events_between(snap, ended)]
+    assert RECORDING_READY in [e.type for e in events_between(ended, ready)]

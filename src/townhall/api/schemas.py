@@ -37,6 +37,7 @@ class Waiting(Person):
 class Recording(Open):
     """A finished recording (townhall.recording)."""
 
+    state: str = Field(description='"ready" (webhooks: recording.ready)')
     url: str = Field(description="the replay file, /replay/<id>.opus")
     duration: float = Field(description="seconds of audio")
     bytes: int

@@ -28,6 +28,7 @@ _JS_READ = (
     "$JS.API.STREAM.INFO.*",
     f"$JS.API.STREAM.CREATE.{subjects.MEDIA_STREAM}",
     f"$JS.API.STREAM.CREATE.{subjects.STATS_STREAM}",
+    f"$JS.API.STREAM.CREATE.{subjects.WEBHOOKS_STREAM}",
     "$JS.API.STREAM.MSG.GET.*",
     "$JS.API.DIRECT.GET.>",
     "$JS.API.CONSUMER.CREATE.>",
@@ -68,10 +69,11 @@ def _merge(a: Iterable[str], b: Iterable[str]) -> tuple[str, ...]:
 
 ROLE_PERMISSIONS: dict[str, Permissions] = {
     # The control plane: owns the topology and the buckets (with all of $JS.API it could
-    # rewrite any of them anyway); never speaks for the stage. It records Spaces: objects
-    # of the recordings store are publishes to $O.<bucket>.
+    # rewrite any of them anyway); never speaks for the stage. It derives webhook events,
+    # and records Spaces: objects of the recordings store are publishes to $O.<bucket>.
     "api": Permissions(
         publish=("townhall.*.state", "townhall.*.control", subjects.whip("*"),
+                 subjects.hooks("*"),
                  "$KV.>", f"$O.{subjects.RECORDINGS_BUCKET}.>", "$JS.API.>", "$JS.ACK.>",
                  "$JS.FC.>"),
         subscribe=_SUBSCRIBE),

@@ -227,7 +227,8 @@ class SpaceRecording:
         now = time.time()
         ended = float(doc.get("ended_at") or now)
         await self.r.fold(space, {
-            "url": f"/replay/{space}.opus", "duration": round(built.duration_s, 3),
+            "state": "ready", "url": f"/replay/{space}.opus",
+            "duration": round(built.duration_s, 3),
             "bytes": len(built.data), "m4a": f"/replay/{space}.m4a", "m4a_bytes": len(m4a),
             "ready_at": now,
             "expires_at": ended + self.r.keep_days * 86400})

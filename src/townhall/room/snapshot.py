@@ -19,13 +19,14 @@ public part is what ``GET /api/v1/spaces/<id>``, ``townhall.<id>.state`` and ``/
       "invites": [{"id": "cy", "name": "Cy", "at": ...}],
       "listeners": 0,                     # summed from the edges' reports, never a list
       "reactions": {"👏": 12, ...},        # running totals, summed per interval
-      "recording": false | true | {"url": "/replay/<id>.opus", "duration": 3600.2,
+      "recording": false | true | {"state": "ready", "url": "/replay/<id>.opus",
+                   "duration": 3600.2,
                    "bytes": ..., "m4a": "/replay/<id>.m4a", "m4a_bytes": ...,
                    "ready_at": ..., "expires_at": ...}
     }
 
 ``recording`` is true while the Space is recorded and, after the end, until the recording
-is ready; then the object (webhooks: "recording ready" is the change to an object).
+is ready; then the object with ``state: "ready"`` (the webhook ``recording.ready``).
 
 Keys starting with ``_`` are internal: they stay in the bucket and never leave the api
 and the edges. ``public_view`` strips them. ``_blocked`` (identities), ``_blocked_nets``

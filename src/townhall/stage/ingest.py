@@ -15,7 +15,6 @@ import fractions
 import logging
 import re
 import time
-import uuid
 from typing import Any
 
 import av
@@ -27,6 +26,7 @@ from aiortc.rtcrtpreceiver import StreamStatistics
 from townhall.ice import IceConfig, announce
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.playout import Playout
+from townhall.stage.negotiation import new_session_id
 from townhall.stage.rtc import bind_in_range, rtc_configuration
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class SpeakerSession:
     """A speaker's peer connection on this stage."""
 
     def __init__(self, identity: str, name: str, ice: IceConfig | None = None) -> None:
-        self.id = uuid.uuid4().hex[:16]
+        self.id = new_session_id()
         self.identity = identity
         self.name = name
         self.playout = Playout()

@@ -30,7 +30,10 @@ from townhall.media.levels import LevelMeter
 from townhall.media.mixer import mix
 from townhall.media.opus import OpusEncoder
 from townhall.media.packager import Packager
+from townhall.problems import Problem
 from townhall.stage.ingest import SpeakerSession
+from townhall.stage.negotiation import NEGOTIATION_TIMEOUT_S, NegotiationGate
+from townhall.stage.sdpcheck import check_sdp
 from townhall.stage.tally import ClockWatch, Tally, stage_report
 
 log = logging.getLogger(__name__)
@@ -128,6 +131,9 @@ class Stage:
         self.runs: dict[str, SpaceRun] = {}
         self.leases: dict[str, int] = {}
         self._reapers: set[asyncio.Future[None]] = set()
+        self._whips: set[asyncio.Future[None]] = set()
+        self._taking: set[str] = set()  # leased, clock not started yet
+        self.gate = NegotiationGate()
         self.retired = Tally()  # counters of Spaces this stage no longer runs
         self.ice = ctx.settings.ice()
         # Live Spaces as the bucket's watch reports them: tending reads this, never the
@@ -208,40 +214,89 @@ class Stage:
     async def _on_whip(self, msg: Message) -> None:
         space = msg.subject.rsplit(".", 1)[1]
         run = self.runs.get(space)
+        if run is None and space in self._taking and msg.reply:
+            # Our lease is already in KV (so the api asked) but the clock is not running
+            # yet: say so now rather than leave the api waiting out its timeout.
+            await self.bus.respond(msg.reply, json.dumps(
+                {"status": 503, "detail": "the stage is taking this Space over; retry",
+                 "slug": "stage-busy", "retry_after": 1}).encode())
+            return
         if run is None or not msg.reply:
             return  # not ours: the owner answers
         try:
             req = json.loads(msg.data)
         except ValueError:
             return
+        if not isinstance(req, dict):
+            return
+        # Answered in a task of its own: the subscription hands over messages one at a time,
+        # so one slow negotiation would otherwise queue every other offer (and leave) behind
+        # it, unbounded. The gate bounds how many run at once instead.
+        task = asyncio.ensure_future(self._answer_whip(space, run, req, msg.reply))
+        self._whips.add(task)
+        task.add_done_callback(self._whips.discard)
+
+    async def _answer_whip(self, space: str, run: SpaceRun, req: dict[str, Any],
+                           reply_to: str) -> None:
+        try:
+            reply = await self._whip_reply(space, run, req)
+        except Exception:
+            log.exception("WHIP request failed", extra={"space": space})
+            reply = {"status": 500, "detail": "the stage could not handle this request"}
+        await self.bus.respond(reply_to, json.dumps(reply).encode())
+
+    async def _whip_reply(self, space: str, run: SpaceRun,
+                          req: dict[str, Any]) -> dict[str, object]:
+        """The reply to one WHIP offer or leave: a status, a detail safe to show the client,
+        and for a 201 the session id and SDP answer."""
         if req.get("op") == "leave":
             found = run.sessions.get(str(req.get("session")))
             if found is None or found.identity != req.get("identity"):
-                reply = {"status": 404, "detail": "no such WHIP session"}
-            else:
-                await self._drop(space, found)
-                reply = {"status": 200}
-            await self.bus.respond(msg.reply, json.dumps(reply).encode())
-            return
+                return {"status": 404, "detail": "no such WHIP session", "slug": "no-session"}
+            await self._drop(space, found)
+            return {"status": 200}
         identity = str(req.get("identity"))
         if identity not in run.stage_ids:
-            reply = {"status": 403, "detail": "not on this Space's stage"}
-        else:
-            for old in [s for s in run.sessions.values() if s.identity == identity]:
-                await self._drop(space, old)  # a reconnect replaces the old session
+            return {"status": 403, "detail": "not on this Space's stage"}
+        try:  # the api checked too; the stage does not count on it
+            sdp = check_sdp(str(req.get("sdp", "")).encode())
+        except Problem as refusal:
+            return {"status": refusal.status, "detail": refusal.detail,
+                    "slug": refusal.instance_slug}
+        if not self.gate.enter(space):
+            return {"status": 503, "detail": "the stage is busy; retry shortly",
+                    "slug": "stage-busy", "retry_after": 1}
+        try:
             session = SpeakerSession(identity, str(req.get("name", identity)), self.ice)
             try:
-                answer = await asyncio.wait_for(session.answer(str(req["sdp"])), 10)
-            except Exception as exc:
+                answer = await asyncio.wait_for(session.answer(sdp), NEGOTIATION_TIMEOUT_S)
+            except TimeoutError:
                 await session.close()
-                reply = {"status": 422, "detail": f"cannot use this offer: {exc}"}
-            else:
-                run.sessions[session.id] = session
-                reaper = asyncio.ensure_future(self._reap(space, session))
-                self._reapers.add(reaper)
-                reaper.add_done_callback(self._reapers.discard)
-                reply = {"status": 201, "session": session.id, "sdp": answer}
-        await self.bus.respond(msg.reply, json.dumps(reply).encode())
+                return {"status": 503, "detail": "the stage could not answer in time; retry",
+                        "slug": "stage-busy", "retry_after": 2}
+            except Exception:
+                # aiortc's messages are internals ('NoneType' object has no attribute...):
+                # they go to the log, the speaker gets a plain refusal.
+                log.warning("cannot use a WHIP offer", exc_info=True,
+                            extra={"space": space, "identity": identity})
+                await session.close()
+                return {"status": 422, "detail": "the stage cannot use this offer",
+                        "slug": "offer-refused"}
+        finally:
+            self.gate.leave(space)
+        if self.runs.get(space) is not run:  # released while negotiating
+            await session.close()
+            return {"status": 404, "detail": "the Space is no longer on this stage"}
+        if identity not in run.stage_ids:  # moved off the stage while negotiating
+            await session.close()
+            return {"status": 403, "detail": "not on this Space's stage"}
+        for old in [s for s in run.sessions.values() if s.identity == identity]:
+            await self._drop(space, old)  # a reconnect replaces the old session
+        run.sessions[session.id] = session
+        reaper = asyncio.ensure_future(self._reap(space, session))
+        self._reapers.add(reaper)
+        reaper.add_done_callback(self._reapers.discard)
+        return {"status": 201, "session": session.id, "sdp": answer}
 
     async def _reap(self, space: str, session: SpeakerSession) -> None:
         await session.closed.wait()
@@ -256,7 +311,12 @@ class Stage:
             rev = await self.bus.kv_create(subjects.LEASES_BUCKET, space, self.node.encode())
         except CasConflict:
             return False
-        last_msg = await self.bus.last_message(subjects.MEDIA_STREAM, subjects.media(space))
+        self._taking.add(space)
+        try:
+            last_msg = await self.bus.last_message(subjects.MEDIA_STREAM,
+                                                   subjects.media(space))
+        finally:
+            self._taking.discard(space)
         last = Chunk.decode(last_msg.data) if last_msg else None
         self.leases[space] = rev
         run = SpaceRun(self.bus, space, snap, Packager.after(last))
@@ -298,6 +358,8 @@ class Stage:
                 await self.acquire(key, snap)
 
     async def stop(self) -> None:
+        for task in list(self._whips):
+            task.cancel()
         if self._watch is not None:
             await self._watch.stop()
         for space in list(self.runs):

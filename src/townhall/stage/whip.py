@@ -1,18 +1,22 @@
 """WHIP (RFC 9725) endpoints on the api's HTTP server, forwarded to the owning stage.
 
 The api checks what it can without media (token, Space live, caller on stage, an SDP that
-offers Opus audio) and hands the offer over NATS to whichever stage holds the Space's
-lease; that stage answers with the SDP answer and a session id.
+offers Opus audio within the bounds of townhall.stage.sdpcheck), takes the offer from the
+caller's and the Space's budgets, and hands it over NATS to whichever stage holds the
+Space's lease; that stage answers with the SDP answer and a session id.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request, Response
 
 from townhall import grants
+from townhall.api.ratelimit import TokenBuckets
 from townhall.api.schemas import problems
 from townhall.bus import subjects
 from townhall.context import Context
@@ -24,13 +28,27 @@ from townhall.problems import (
     NotAllowed,
     NotFound,
     Problem,
+    TooLarge,
+    TooMany,
     Unavailable,
     Unprocessable,
 )
+from townhall.room.rules import is_space_id
 from townhall.room.store import SpaceStore
+from townhall.stage.negotiation import is_session_id
+from townhall.stage.sdpcheck import check_sdp
 
-STATUS: dict[int, type[Problem]] = {403: Forbidden, 404: NotFound, 409: Conflict,
-                                    422: Unprocessable}
+log = logging.getLogger(__name__)
+
+STATUS: dict[int, type[Problem]] = {400: BadInput, 403: Forbidden, 404: NotFound,
+                                    409: Conflict, 413: TooLarge, 422: Unprocessable}
+
+# Offers that reach a stage, per identity and per Space. A speaker sends one per connection
+# (a reconnect after a network change or a stage takeover sends another); a Space's whole
+# stage (13 people) may reconnect at once after a takeover. Refused offers cost the stage
+# nothing, so they are not counted.
+IDENTITY_RATE, IDENTITY_BURST = 0.5, 10.0
+SPACE_RATE, SPACE_BURST = 1.0, 20.0
 
 # What each problem means on the WHIP routes (OpenAPI descriptions).
 WHIP_WHY = {
@@ -40,30 +58,62 @@ WHIP_WHY = {
     404: "no such Space, or no such WHIP session",
     405: "PATCH: no trickle ICE or ICE restart; POST a complete offer again",
     409: "the Space is not live",
-    422: "the offer has no audio, or no Opus",
-    503: "no stage holds the Space right now (e.g. during a stage failover); see "
-         "Retry-After",
+    413: "the offer is over 32 KiB, 1,024 lines or 1,024 characters a line "
+         "(sdp-too-large)",
+    422: "the offer has no audio, no Opus, or more than 4 media sections (too-many-media)",
+    429: "too many offers from you or to this Space (rate-limited); see Retry-After",
+    503: "no stage holds the Space right now (e.g. during a stage failover), or the "
+         "stage is busy; see Retry-After",
 }
 
 
 def check_offer(body: bytes) -> str:
-    """The offer as text, or a precise refusal."""
-    try:
-        sdp = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadInput("the SDP offer is not UTF-8 text", slug="bad-sdp") from exc
-    if not sdp.startswith("v=0"):
-        raise BadInput("the body is not an SDP offer (it must start with v=0)", slug="bad-sdp")
-    if "m=audio" not in sdp:
-        raise Unprocessable("the offer has no audio", slug="no-audio")
-    if "opus/48000" not in sdp.lower():
-        raise Unprocessable("the offer does not offer Opus audio", slug="no-opus")
-    return sdp
+    """The offer as text, or a precise refusal (see townhall.stage.sdpcheck)."""
+    return check_sdp(body)
+
+
+@dataclass
+class OfferBudget:
+    """How many offers may go to a stage, per identity and per Space (time passed in)."""
+
+    identities: TokenBuckets = field(
+        default_factory=lambda: TokenBuckets(rate=IDENTITY_RATE, burst=IDENTITY_BURST))
+    spaces: TokenBuckets = field(
+        default_factory=lambda: TokenBuckets(rate=SPACE_RATE, burst=SPACE_BURST))
+
+    def take(self, identity: str, space: str, now: float) -> None:
+        """Count one offer, or raise TooMany (429 rate-limited) with the wait."""
+        wait = self.identities.take(identity, now)
+        if wait > 0:
+            raise TooMany("too many WHIP offers from you; wait and retry",
+                          retry_after=wait, slug="rate-limited")
+        wait = self.spaces.take(space, now)
+        if wait > 0:
+            raise TooMany("too many WHIP offers to this Space; wait and retry",
+                          retry_after=wait, slug="rate-limited")
+
+
+def stage_refusal(reply: dict[str, object]) -> Problem | None:
+    """The problem a stage's reply stands for, or None when it succeeded. Only statuses
+    and texts the stage chose reach the client; anything else is a generic 500."""
+    status = int(str(reply.get("status", 500)))
+    if status in (200, 201):
+        return None
+    detail = str(reply.get("detail", ""))
+    slug = str(reply.get("slug", "stage-refused"))
+    if status == 503:
+        return Unavailable(detail, retry_after=float(str(reply.get("retry_after", 1))),
+                           slug=slug)
+    if status in STATUS:
+        return STATUS[status](detail, slug=slug)
+    log.error("stage answered a WHIP request with %s: %s", status, detail)
+    return Problem("an internal error occurred; nothing was changed")
 
 
 def install(app: FastAPI, ctx: Context) -> None:
     """Mount POST /whip/{space} and DELETE /whip/{space}/{session}."""
     store = SpaceStore(ctx.bus)
+    budget = OfferBudget()
     ice = ctx.settings.ice()
 
     async def ask_stage(space: str, payload: dict[str, object]) -> dict[str, object]:
@@ -77,16 +127,16 @@ def install(app: FastAPI, ctx: Context) -> None:
             raise Unavailable("no stage holds this Space right now; retry shortly",
                               retry_after=2, slug="no-stage") from exc
         reply: dict[str, object] = json.loads(msg.data)
-        status = int(str(reply.get("status", 500)))
-        if status in STATUS:
-            raise STATUS[status](str(reply.get("detail", "")), slug="stage-refused")
+        refusal = stage_refusal(reply)
+        if refusal is not None:
+            raise refusal
         return reply
 
     @app.post("/whip/{space}", status_code=201, tags=["whip"], response_class=Response,
               responses={201: {"description": "the SDP answer; Location names the session, "
                                               "Link headers the ICE servers",
                                "content": {"application/sdp": {}}},
-                         **problems(400, 401, 403, 404, 409, 413, 422, 503, why=WHIP_WHY)})
+                         **problems(400, 401, 403, 404, 409, 413, 422, 429, 503, why=WHIP_WHY)})
     async def whip_publish(space: str, request: Request) -> Response:
         """Go live: an SDP offer in (application/sdp), the SDP answer out."""
         ident = ctx.issuer.from_header(request.headers.get("authorization"))
@@ -102,6 +152,7 @@ def install(app: FastAPI, ctx: Context) -> None:
             # client retries while another stage takes the Space over.
             raise Unavailable("no stage holds this Space right now; retry shortly",
                               retry_after=1, slug="no-stage")
+        budget.take(ident.id, space, time.monotonic())
         reply = await ask_stage(space, {"identity": ident.id, "name": ident.name, "sdp": sdp})
         location = f"/whip/{space}/{reply['session']}"
         response = Response(str(reply["sdp"]), status_code=201, media_type="application/sdp",
@@ -115,6 +166,11 @@ def install(app: FastAPI, ctx: Context) -> None:
     async def whip_leave(space: str, session: str, request: Request) -> Response:
         """Stop publishing."""
         ident = ctx.issuer.from_header(request.headers.get("authorization"))
+        # Both parts end up in a NATS subject or message: only the shapes townhall mints.
+        if not is_space_id(space):
+            raise NotFound("no such Space", slug="space-not-found")
+        if not is_session_id(session):
+            raise NotFound("no such WHIP session", slug="no-session")
         grants.authorize(ident, "unpublish", await store.get(space))
         await ask_stage(space, {"op": "leave", "identity": ident.id, "session": session})
         return Response(status_code=200)
