@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from townhall.bus import CasConflict, Change, Entry, Message, Subscription, Watch
-from townhall.bus.bus import Consumer, Handler
+from townhall.bus.bus import Consumer, Handler, PullConsumer
 
 
 def matches(pattern: str, subject: str) -> bool:
@@ -45,6 +47,7 @@ class FakeBus:
     """In-memory publish/subscribe, request/reply, key-value and streams."""
 
     kv: dict[str, dict[str, Entry]] = field(default_factory=dict)
+    objects: dict[str, dict[str, bytes]] = field(default_factory=dict)
     stored: list[tuple[float, Message]] = field(default_factory=list)
     published: list[Message] = field(default_factory=list)
     _subs: list[_Sub] = field(default_factory=list)
@@ -183,6 +186,29 @@ class FakeBus:
                                max_ack_pending: int, ack_wait_s: float) -> Consumer:
         # Redelivery and ack deadlines are JetStream's behaviour to test, not a fake's.
         raise NotImplementedError("durable consumers need a real nats-server (nats_url)")
+
+    async def durable_pull(self, stream: str, durable: str, subject: str, *,
+                           since: dt.datetime) -> PullConsumer:
+        raise NotImplementedError("durable consumers need a real nats-server (nats_url)")
+
+    async def delete_consumer(self, stream: str, durable: str) -> None:
+        return None
+
+    async def obj_put(self, bucket: str, name: str, data: bytes) -> None:
+        self.objects.setdefault(bucket, {})[name] = bytes(data)
+
+    async def obj_get(self, bucket: str, name: str) -> bytes | None:
+        return self.objects.get(bucket, {}).get(name)
+
+    async def obj_get_into(self, bucket: str, name: str, out: Any) -> bool:
+        data = await self.obj_get(bucket, name)
+        if data is None:
+            return False
+        out.write(data)
+        return True
+
+    async def obj_delete(self, bucket: str, name: str) -> None:
+        self.objects.get(bucket, {}).pop(name, None)
 
     async def close(self) -> None:
         self._subs.clear()

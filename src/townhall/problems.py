@@ -87,14 +87,6 @@ class NotFound(Problem):
     title = "Not found"
 
 
-class Gone(Problem):
-    """410: the thing existed and is over (a Space that has ended)."""
-
-    status = 410
-    slug = "space-ended"
-    title = "Gone"
-
-
 class NotAllowed(Problem):
     """405: the resource exists but does not take this method (``Allow`` says which do)."""
 
@@ -114,6 +106,12 @@ class Conflict(Problem):
     status = 409
     slug = "conflict"
     title = "Conflict with the current state"
+
+
+class Gone(Problem):
+    status = 410
+    slug = "gone"
+    title = "No longer available"
 
 
 class TooLarge(Problem):

@@ -8,10 +8,20 @@ NatsBus is passed as a Bus.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-from townhall.bus.bus import Change, Consumer, Entry, Handler, Message, Subscription, Watch
+from townhall.bus.bus import (
+    Change,
+    Consumer,
+    Entry,
+    Handler,
+    Message,
+    PullConsumer,
+    Subscription,
+    Watch,
+)
 
 
 class Bus(Protocol):
@@ -97,6 +107,31 @@ class Bus(Protocol):
                                max_ack_pending: int, ack_wait_s: float) -> Consumer:
         """Bind a durable pull consumer that processes share (each message to one of them,
         redelivered if not acked within ``ack_wait_s``)."""
+        ...
+
+    async def durable_pull(self, stream: str, durable: str, subject: str, *,
+                           since: dt.datetime) -> PullConsumer:
+        """A durable pull consumer of ``subject`` from ``since`` (or where it stopped)."""
+        ...
+
+    async def delete_consumer(self, stream: str, durable: str) -> None:
+        """Delete a durable consumer (no error if there is none)."""
+        ...
+
+    async def obj_put(self, bucket: str, name: str, data: bytes) -> None:
+        """Store an object."""
+        ...
+
+    async def obj_get(self, bucket: str, name: str) -> bytes | None:
+        """An object's bytes, or None if there is none."""
+        ...
+
+    async def obj_get_into(self, bucket: str, name: str, out: Any) -> bool:
+        """Stream an object into a binary file object; False if there is none."""
+        ...
+
+    async def obj_delete(self, bucket: str, name: str) -> None:
+        """Delete an object (no error if there is none)."""
         ...
 
     async def close(self) -> None:
