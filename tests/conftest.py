@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,20 +96,29 @@ def start_townhall(data: Path, *extra: str, wait: float = 30.0,
     raise TimeoutError(f"townhall serve not healthy after {wait}s:\n{served.tail()}")
 
 
+@contextmanager
+def running(data: Path, *extra: str, wait: float = 30.0,
+            env: dict[str, str] | None = None) -> Iterator[Served]:
+    """``start_townhall`` as a context: the server is stopped however the block ends."""
+    served = start_townhall(data, *extra, wait=wait, env=env)
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
 @pytest.fixture
 def townhall(tmp_path: Path) -> Iterator[Served]:
     """A fresh `townhall serve` (all roles, embedded NATS) for one test."""
-    served = start_townhall(tmp_path / "data")
-    yield served
-    served.stop()
+    with running(tmp_path / "data") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def townhall_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One `townhall serve` shared by a module's tests (cheaper; tests use fresh Spaces)."""
-    served = start_townhall(tmp_path_factory.mktemp("townhall") / "data")
-    yield served
-    served.stop()
+    with running(tmp_path_factory.mktemp("townhall") / "data") as served:
+        yield served
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ from bench.fanout.servers import (  # noqa: E402
     proc_cpu_s,
     proc_rss_kib,
 )
-from townhall.bus import Bus  # noqa: E402
+from townhall.bus import Bus, NatsBus  # noqa: E402
 from townhall.bus.embedded import EmbeddedNats  # noqa: E402
 
 SERVER_CPU = 0
@@ -136,7 +136,7 @@ async def run_all(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
         work = Path(tmp)
         nats = EmbeddedNats(work / "nats")
         nats_url = nats.start()
-        bus = await Bus.connect([nats_url])
+        bus = await NatsBus.connect([nats_url])
         await live_space(bus, SPACE)
         try:
             with Progress(console=console, transient=False) as progress:

@@ -49,7 +49,7 @@ from rich.table import Table
 from bench._local import live_space, start_server
 from bench._speakers import chunks_heard, spawn_tone_speaker
 from bench.flood.measure import Ear, Heartbeats
-from townhall.bus import Bus, NatsAuth, subjects
+from townhall.bus import NatsAuth, NatsBus, subjects
 from townhall.bus.credentials import USERS_FILE, admin_auth
 from townhall.procs import stop_process, stop_processes
 
@@ -139,7 +139,7 @@ async def run_once(url: str, server: subprocess.Popen[bytes], args: argparse.Nam
     speakers = [spawn_tone_speaker(url, s, tok, hz, 3600, logs / f"speak{hz}.log")
                 for (s, tok), hz in zip(spaces, (440, 660), strict=True)]
     stage, nats = stage_child(server.pid)
-    bus = await Bus.connect([nats], setup=False, auth=server_auth(server.pid))
+    bus = await NatsBus.connect([nats], setup=False, auth=server_auth(server.pid))
 
     def mark() -> Mark:
         return time.monotonic(), cpu_seconds(stage), cpu_seconds(server.pid)

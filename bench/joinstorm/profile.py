@@ -25,7 +25,7 @@ if str(HERE.parent.parent) not in sys.path:
 
 from bench.fanout import servers  # noqa: E402
 from bench.joinstorm import rawjoin  # noqa: E402
-from townhall.bus import Bus  # noqa: E402
+from townhall.bus import NatsBus  # noqa: E402
 from townhall.bus.embedded import EmbeddedNats, free_port  # noqa: E402
 from townhall.procs import stop_process  # noqa: E402
 
@@ -63,7 +63,7 @@ def _start_edge(out: Path, nats_url: str, port: int, work: Path,
 async def _profile(args: argparse.Namespace, work: Path) -> Path:
     out = work / "edge.prof"
     nats = EmbeddedNats(work / "nats")
-    bus = await Bus.connect([nats.start()])
+    bus = await NatsBus.connect([nats.start()])
     try:
         await servers.live_space(bus, SPACE)
         source = servers.Source(bus, SPACE)

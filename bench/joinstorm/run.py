@@ -31,7 +31,7 @@ if str(HERE.parent.parent) not in sys.path:
 from bench._local import live_space, start_server  # noqa: E402
 from bench.fanout import servers  # noqa: E402
 from bench.joinstorm import rawjoin  # noqa: E402
-from townhall.bus import Bus  # noqa: E402
+from townhall.bus import Bus, NatsBus  # noqa: E402
 from townhall.bus.embedded import EmbeddedNats  # noqa: E402
 from townhall.procs import stop_process  # noqa: E402
 from townhall.storm.run import StormArgs, storm  # noqa: E402
@@ -94,7 +94,7 @@ async def bursts(n: int, rate: float, runs: int, before_src: str = "") -> list[l
     with tempfile.TemporaryDirectory(prefix="joinstorm-") as tmp:
         work = Path(tmp)
         nats = EmbeddedNats(work / "nats")
-        bus = await Bus.connect([nats.start()])
+        bus = await NatsBus.connect([nats.start()])
         await servers.live_space(bus, SPACE)
         try:
             with Progress(transient=False) as progress:

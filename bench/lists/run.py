@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from townhall.bus import Bus, subjects
+from townhall.bus import NatsBus, subjects
 from townhall.bus.embedded import EmbeddedNats, free_port
 from townhall.procs import stop_process
 from townhall.room import rules
@@ -41,7 +41,7 @@ def _doc(n: int) -> dict[str, Any]:
 
 
 async def _fill(url: str, n: int) -> None:
-    bus = await Bus.connect([url])
+    bus = await NatsBus.connect([url])
     for at in range(0, n, 250):
         await asyncio.gather(*(bus.kv_create(subjects.SPACES_BUCKET, d["id"],
                                              json.dumps(d).encode())

@@ -146,3 +146,12 @@ class Unavailable(_RetryLater):
     status = 503
     slug = "unavailable"
     title = "Service at capacity"
+
+
+# The one map from a status that crossed a boundary (a stage's WHIP reply, the edge's
+# listen decision) back to its typed refusal. 429 and 503 are absent: they need a
+# Retry-After, which each caller reads from its own message.
+BY_STATUS: dict[int, type[Problem]] = {
+    400: BadInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
+    410: Gone, 413: TooLarge, 422: Unprocessable,
+}

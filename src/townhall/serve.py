@@ -19,7 +19,7 @@ import uvloop
 
 from townhall.app import HTTP_PLUGINS, build_app
 from townhall.auth import TokenIssuer, load_or_create_secret
-from townhall.bus import Bus, NatsAuth
+from townhall.bus import NatsAuth, NatsBus
 from townhall.bus.credentials import (
     USERS_FILE,
     admin_auth,
@@ -68,9 +68,9 @@ async def make_context(settings: Settings, roles: Iterable[str] | None = None) -
     """Connect as the NATS user for the roles that run in this process (default: all of
     settings.roles); ``townhall serve`` runs its stage elsewhere, so not as that one."""
     here = list(roles) if roles is not None else list(settings.roles)
-    bus = await Bus.connect(settings.nats_urls, name=f"townhall-{'+'.join(here)}",
-                            replicas=settings.replicas, auth=nats_auth(settings, here),
-                            tls=nats_tls(settings))
+    bus = await NatsBus.connect(settings.nats_urls, name=f"townhall-{'+'.join(here)}",
+                                replicas=settings.replicas, auth=nats_auth(settings, here),
+                                tls=nats_tls(settings))
     issuer = TokenIssuer(load_or_create_secret(settings.data_dir))
     return Context(settings=settings, bus=bus, issuer=issuer)
 
@@ -186,7 +186,7 @@ def _start_embedded_nats(settings: Settings) -> EmbeddedNats:
     async def create_topology() -> None:
         # Stages and edges may not create or change buckets (bus/permissions.py): the
         # admin user does it once here, before they start.
-        bus = await Bus.connect(settings.nats_urls, name="townhall-setup",
+        bus = await NatsBus.connect(settings.nats_urls, name="townhall-setup",
                                 replicas=settings.replicas, auth=admin)
         await bus.close()
 

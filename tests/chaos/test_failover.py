@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 
-from townhall.bus import Bus, subjects
+from townhall.bus import NatsBus, subjects
 from townhall.bus.credentials import admin_auth
 from townhall.client.listener import ResilientListener, ws_url
 from townhall.cluster import local
@@ -105,7 +105,7 @@ async def test_a_space_survives_losing_an_edge_a_stage_and_a_nats_node(
         sys.executable, "-m", "townhall", "speak", "--url", api, "--space", space,
         "--token", token, "--tone", "440",
         stdout=speak_log, stderr=subprocess.STDOUT, start_new_session=True)
-    bus = await Bus.connect(cluster.nats_urls, setup=False,
+    bus = await NatsBus.connect(cluster.nats_urls, setup=False,
                             auth=admin_auth(local.users_file(cluster)))
     ears = [Ear(api, space, [f"{edge1}/ws/{space}", f"{edge2}/ws/{space}"]) for _ in range(3)]
     ears += [Ear(api, space, [f"{edge2}/ws/{space}", f"{edge1}/ws/{space}"]) for _ in range(3)]

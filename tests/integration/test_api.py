@@ -18,6 +18,7 @@ import hypothesis
 import nats
 import pytest
 import schemathesis
+from nats.aio.msg import Msg
 
 from tests.conftest import Served, start_townhall
 from townhall.auth import TokenIssuer, load_or_create_secret
@@ -231,7 +232,7 @@ async def test_state_is_published_at_most_four_times_a_second(served: Served,
     nc = await nats.connect(nats_url)
     seen: list[tuple[float, dict[str, object]]] = []
 
-    async def on(msg: nats.aio.msg.Msg) -> None:
+    async def on(msg: Msg) -> None:
         seen.append((time.monotonic(), json.loads(msg.data)))
 
     await nc.subscribe(f"townhall.{space}.state", cb=on)
@@ -432,7 +433,7 @@ def test_no_input_makes_the_api_fail(served: Served) -> None:
     calls: list[int] = []
     fuzzed: set[tuple[str, str]] = set()
     for result in schema.get_all_operations():
-        operation = result.ok()
+        operation = result.ok()  # type: ignore[union-attr]
         fuzzed.add((operation.method.lower(), operation.path))
 
         @hypothesis.settings(max_examples=8, deadline=None, database=None,
@@ -485,7 +486,8 @@ def test_townhall_watch_follows_the_room_until_it_ends(served: Served) -> None:
                 if "stage: Wanda (host), Bob (speaker)" in line:
                     break
             else:
-                raise AssertionError(f"the approval never showed: {watcher.stderr.read()}")
+                told = watcher.stderr.read() if watcher.stderr else ""
+                raise AssertionError(f"the approval never showed: {told}")
             assert c.post(f"/api/v1/spaces/{space}/end").status_code == 200
         out, err = watcher.communicate(timeout=60)
     finally:
@@ -501,8 +503,16 @@ def test_the_readme_tour_works_word_for_word(served: Served) -> None:
     readme = (ROOT / "README.md").read_text()
     tour = readme.split("## Five-minute tour", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     script = "set -euo pipefail\n" + tour.replace("http://127.0.0.1:8080", served.url)
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr + out.stdout
-    # 304, or 200 in the rare case the reaction was folded in between the two GETs.
-    assert re.search(r"(304|200)\n", out.stdout) and "/problems/not-host" in out.stdout
+    # The README promises 304. The reaction just before is folded into the snapshot within
+    # a second, which can bump the version between the tour's two GETs (an honest 200):
+    # then the tour runs again, a bounded number of times, until it shows the 304.
+    for _ in range(3):
+        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr + out.stdout
+        # -w '%{http_code}\n' follows the previous body, which has no newline of its own
+        if re.search(r"(?<!\d)304\n", out.stdout):
+            break
+    assert re.search(r"(?<!\d)304\n", out.stdout), out.stdout
+    assert "/problems/not-host" in out.stdout
     assert '"state":"ended"' in out.stdout.replace(" ", ""), out.stdout

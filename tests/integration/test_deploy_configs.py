@@ -16,7 +16,7 @@ import nats
 import pytest
 
 from tests.certs import ThrowawayCA
-from townhall.bus import Bus, NatsAuth, subjects
+from townhall.bus import NatsAuth, NatsBus, subjects
 from townhall.bus.embedded import nats_server_binary, wait_for_port
 from townhall.bus.tls import NatsTls
 from townhall.deploy.plan import Layout, Plan, parse_plan
@@ -65,7 +65,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     root = tmp_path_factory.mktemp("deploy")
     ca = ThrowawayCA(root / "ca")
     sec = Secrets.generate()
-    confs = {h["name"]: install(root, ca, sec, str(h["name"]))[1] for h in HOSTS["hosts"]}
+    confs = {str(h["name"]): install(root, ca, sec, str(h["name"]))[1] for h in HOSTS["hosts"]}
     return root, confs, sec
 
 
@@ -121,7 +121,7 @@ async def test_the_generated_cluster_runs_with_tls_leaf_and_permissions(
     api = None
     for _ in range(100):
         try:
-            api = await Bus.connect(urls, auth=api_auth, tls=ca, replicas=3)
+            api = await NatsBus.connect(urls, auth=api_auth, tls=ca, replicas=3)
             break
         except Exception:
             await asyncio.sleep(0.2)
@@ -129,7 +129,7 @@ async def test_the_generated_cluster_runs_with_tls_leaf_and_permissions(
     try:
         await api.kv_create(subjects.SPACES_BUCKET, "abcdefghij", b'{"title": "Deployed"}')
         # An edge on the edge machine reads through its leaf node, as the edge user.
-        edge = await Bus.connect(["nats://127.0.0.1:4222"], setup=False,
+        edge = await NatsBus.connect(["nats://127.0.0.1:4222"], setup=False,
                                  auth=NatsAuth(user="edge", password=sec.passwords["edge"]))
         try:
             entry = None

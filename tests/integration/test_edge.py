@@ -24,9 +24,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served, running, start_townhall
 from tests.tone import ToneChunks
-from townhall.bus import Bus, subjects
+from townhall.bus import Bus, NatsBus, subjects
 from townhall.media.chunk import Chunk
 
 CHUNK_S = 0.1
@@ -86,7 +86,7 @@ class Producer:
 
 @pytest.fixture
 async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect([nats_url])
+    b = await NatsBus.connect([nats_url])
     yield b
     await b.close()
 
@@ -381,9 +381,8 @@ async def test_a_listener_that_stops_reading_is_skipped_then_closed_alone(
 
 async def test_over_the_cap_joins_get_503_and_4503(tmp_path: Path, nats_url: str,
                                                    bus: Bus) -> None:
-    served = start_townhall(tmp_path, "--nats", nats_url, "--roles", "api,edge",
-                            env={"TOWNHALL_EDGE_CAPACITY": "3"})
-    try:
+    with running(tmp_path, "--nats", nats_url, "--roles", "api,edge",
+                 env={"TOWNHALL_EDGE_CAPACITY": "3"}) as served:
         space, _ = live_space(served)
         producer = Producer(bus, space)
         producer.start()
@@ -404,17 +403,14 @@ async def test_over_the_cap_joins_get_503_and_4503(tmp_path: Path, nats_url: str
         await producer.stop()
         for a in admitted:
             await a.ws.close()
-    finally:
-        served.stop()
 
 
 async def test_a_burst_of_joins_never_overshoots_the_cap(tmp_path: Path, nats_url: str,
                                                           bus: Bus) -> None:
     """40 joins at once against a cap of 5: admissions awaiting their handshake count too."""
-    served = start_townhall(tmp_path, "--nats", nats_url, "--roles", "api,edge",
-                            env={"TOWNHALL_EDGE_CAPACITY": "5",
-                                 "TOWNHALL_EDGE_JOIN_RATE": "1000"})
-    try:
+    with running(tmp_path, "--nats", nats_url, "--roles", "api,edge",
+                 env={"TOWNHALL_EDGE_CAPACITY": "5",
+                      "TOWNHALL_EDGE_JOIN_RATE": "1000"}) as served:
         space, _ = live_space(served)
         producer = Producer(bus, space)
         producer.start()
@@ -438,8 +434,6 @@ async def test_a_burst_of_joins_never_overshoots_the_cap(tmp_path: Path, nats_ur
         await producer.stop()
         for ws in held:
             await ws.close()
-    finally:
-        served.stop()
 
 
 async def test_townhall_listen_records_a_440_hz_wav(edge_server: Served, bus: Bus,

@@ -24,7 +24,7 @@ from tests.conftest import start_townhall
 from tests.integration.test_edge import live_space
 from tests.tone import ToneChunks
 from townhall.app import build_app
-from townhall.bus import Bus, subjects
+from townhall.bus import Bus, NatsBus, subjects
 from townhall.bus.embedded import free_port
 from townhall.edge.handoff import http_protocol
 from townhall.media.chunk import Chunk
@@ -70,7 +70,7 @@ class Clients:
                     self.texts[i].append(json.loads(msg))
 
     async def _run(self) -> None:
-        bus = await Bus.connect([self.nats_url])
+        bus = await NatsBus.connect([self.nats_url])
         tone = ToneChunks(440.0)
         until = asyncio.Event()
         listeners = [asyncio.ensure_future(self._listen(i, until)) for i in range(LISTENERS)]

@@ -15,7 +15,7 @@ import nats.errors
 import pytest
 
 from tests.certs import ThrowawayCA
-from townhall.bus import Bus
+from townhall.bus import NatsBus
 from townhall.bus.embedded import free_port, nats_server_binary, wait_for_port
 from townhall.bus.tls import NatsTls
 from townhall.procs import stop_process
@@ -61,7 +61,7 @@ async def refused(url: str, **options: object) -> Exception:
     try:
         nc = await asyncio.wait_for(nats.connect(
             url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3,
-            **options), 10)  # type: ignore[arg-type]
+            **options), 10)
     except Exception as exc:
         return exc
     await nc.close()
@@ -69,7 +69,7 @@ async def refused(url: str, **options: object) -> Exception:
 
 
 async def test_a_client_with_the_ca_connects_over_tls(tls_url: str, ca: ThrowawayCA) -> None:
-    bus = await Bus.connect([tls_url], tls=NatsTls(ca=ca.path))
+    bus = await NatsBus.connect([tls_url], tls=NatsTls(ca=ca.path))
     try:
         assert bus.connected
         seq = await bus.publish_durable("townhall.abcdefghij.media", b"chunk")
@@ -94,7 +94,7 @@ async def test_a_server_that_verifies_clients_wants_their_certificate(
     # The server ends the handshake: the client's side sees the connection go.
     assert isinstance(exc, ConnectionError | ssl.SSLError | nats.errors.Error), repr(exc)
     mine = ca.issue("api-1", server=False)
-    bus = await Bus.connect([mtls_url], tls=NatsTls(ca=ca.path, cert=mine.cert, key=mine.key))
+    bus = await NatsBus.connect([mtls_url], tls=NatsTls(ca=ca.path, cert=mine.cert, key=mine.key))
     try:
         assert bus.connected
     finally:

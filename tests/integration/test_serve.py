@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import start_townhall
+from tests.conftest import Served, start_townhall
 
 
 def _nats_children(pid: int) -> list[int]:
@@ -59,15 +59,11 @@ def test_sigterm_stops_the_embedded_nats(tmp_path: Path) -> None:
                               capture_output=True).returncode != 0, "nats-server orphaned"
 
 
-def test_unknown_route_is_problem_json(tmp_path: Path) -> None:
-    served = start_townhall(tmp_path / "data")
-    try:
-        r = httpx.get(f"{served.url}/nope", timeout=5)
-        assert r.status_code == 404
-        assert r.headers["content-type"].startswith("application/problem+json")
-        assert r.json()["type"] == "/problems/not-found"
-    finally:
-        served.stop()
+def test_unknown_route_is_problem_json(townhall: Served) -> None:
+    r = httpx.get(f"{townhall.url}/nope", timeout=5)
+    assert r.status_code == 404
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["type"] == "/problems/not-found"
 
 
 def _stage_child(pid: int) -> int:

@@ -17,7 +17,8 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from tests.conftest import Served, start_townhall
 from tests.integration.test_stage_program import guest, spawn_speaker
 from tests.integration.test_stage_takeover import stage_child, tone_db
-from townhall.bus import Bus, subjects
+from tests.waiting import until_async
+from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message
 from townhall.cli.speak import tone
 from townhall.client import whip
@@ -71,7 +72,7 @@ async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(tmp_path: Pat
             async def on_media(msg: Message) -> None:
                 chunks.append((time.monotonic(), Chunk.decode(msg.data)))
 
-            bus = await Bus.connect([nats], setup=False, auth=served.nats_auth())
+            bus = await NatsBus.connect([nats], setup=False, auth=served.nats_auth())
             await bus.subscribe(subjects.media(space), on_media)
             speaker = spawn_speaker(served, space, host, tmp_path / "speak.log")
             pc.addTransceiver(flood, direction="sendrecv")
@@ -81,11 +82,12 @@ async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(tmp_path: Pat
                                  pause_s=1)
             assert r.status_code == 201, r.text
             await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
-            for _ in range(300):  # both connected: the flood reaches the mix
-                await asyncio.sleep(0.1)
+            def flooding() -> bool:  # both connected: the flood reaches the mix
                 recent = [c for _, c in chunks[-10:]]
-                if len(recent) == 10 and tone_db(recent, 440) > 30 and flood.pts > 48_000 * 30:
-                    break
+                return (len(recent) == 10 and tone_db(recent, 440) > 30
+                        and flood.pts > 48_000 * 30)
+
+            await until_async(flooding, 30, "Ada's tone in the program while Bob floods")
             n = len(chunks)
             await asyncio.sleep(5)
             window = chunks[n:]

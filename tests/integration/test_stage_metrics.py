@@ -4,6 +4,7 @@ a stage that dies is dropped after 10 s."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -78,7 +79,10 @@ def test_stage_metrics_on_the_api(tmp_path: Path) -> None:
         rate = (m["townhall_stage_ticks_total"][node] - first) / (time.monotonic() - t0)
         assert 25 <= rate <= 70, rate
         assert m["townhall_stage_spaces"][node] == 1
-        assert m["townhall_stage_max_late_ms"][node] >= 0
+        # exported for this node as a real number (its value is unit-tested in
+        # tests/unit/test_api_stageboard.py; how late a frame may be is not asserted here)
+        late = m["townhall_stage_max_late_ms"][node]
+        assert math.isfinite(late) and late >= 0, late
         for name in ("late_frames", "fec_recovered", "plc_frames", "lost_packets"):
             assert f"townhall_stage_{name}_total" in m
 

@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import Served, start_townhall
 from tests.integration.test_stage_takeover import stage_child
-from townhall.bus import Bus, subjects
+from tests.waiting import until_async
+from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message
 from townhall.media.chunk import Chunk
 from townhall.media.opus import OpusDecoder
@@ -46,14 +47,6 @@ def guest(served: Served, name: str) -> tuple[str, str]:
     return str(who["token"]), str(who["identity"])
 
 
-async def until(cond: object, bound_s: float, what: str) -> None:
-    for _ in range(int(bound_s * 10)):
-        if callable(cond) and cond():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {bound_s}s: {what}")
-
-
 async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
     _, nats = stage_child(served.proc.pid)
     host, me = guest(served, "Ada")
@@ -68,7 +61,7 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
     async def on_levels(msg: Message) -> None:
         levels.append((time.monotonic(), json.loads(msg.data)))
 
-    bus = await Bus.connect([nats], setup=False, auth=served.nats_auth())
+    bus = await NatsBus.connect([nats], setup=False, auth=served.nats_auth())
     speaker = None
     try:
         await bus.subscribe(subjects.media(space), on_media)
@@ -77,7 +70,7 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
         assert chunks == []  # scheduled Spaces have no program
         with served.client(host) as c:
             c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
-        await until(lambda: len(chunks) >= 20, 30, "20 chunks of silence")
+        await until_async(lambda: len(chunks) >= 20, 30, "20 chunks of silence")
         seqs = [c.seq for c in chunks]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         assert all(len(c.packets) == 5 for c in chunks)
@@ -91,7 +84,7 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
         def speaking() -> bool:
             return any(me in lv["speaking"] for _, lv in levels)  # type: ignore[operator]
 
-        await until(speaking, 40, "the host reported as speaking")
+        await until_async(speaking, 40, "the host reported as speaking")
         await asyncio.sleep(3)
         recent = [at for at, _ in levels if at > levels[-1][0] - 3]
         assert len(recent) <= 3 * 4 + 1  # at most 4 level messages a second

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import Served, start_townhall
+from tests.waiting import until_async
 from townhall.bus.credentials import USERS_FILE
 from townhall.client.listener import ResilientListener
 from townhall.media.chunk import Chunk
@@ -68,6 +70,13 @@ async def wait_for_tone(heard: list[Chunk], after: int, hz: float, bound_s: floa
     raise AssertionError(f"no {hz} Hz tone in the program after seq {after}")
 
 
+async def stage_nodes(served: Served) -> int:
+    """How many stage processes the api hears heartbeats from (its /metrics)."""
+    async with httpx.AsyncClient(base_url=served.url, timeout=10) as http:
+        text = (await http.get("/metrics")).text
+    return len(set(re.findall(r'^townhall_stage_spaces\{node="([^"]+)"\}', text, re.M)))
+
+
 async def test_killed_stage_is_replaced_without_a_sequence_hole(tmp_path: Path) -> None:
     served: Served = start_townhall(tmp_path / "data")
     spare: subprocess.Popen[bytes] | None = None
@@ -90,7 +99,11 @@ async def test_killed_stage_is_replaced_without_a_sequence_hole(tmp_path: Path) 
             [sys.executable, "-m", "townhall", "serve", "--roles", "stage", "--nats", nats,
              "--nats-auth-file", str(served.data / USERS_FILE),
              "--data", str(tmp_path / "spare")], tmp_path / "spare.log")
-        await asyncio.sleep(3)  # the spare is up and finds the lease taken
+        # the spare is up (its heartbeat reaches the api) and so has found the lease taken
+        async def both_up() -> bool:
+            return await stage_nodes(served) >= 2
+
+        await until_async(both_up, 30, "the spare stage's heartbeat")
         os.kill(first_stage, signal.SIGKILL)
         killed_at = heard[-1].seq
         await wait_for_tone(heard, killed_at + 10, 440, 90)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import start_townhall
-from townhall.bus import Bus, subjects
+from townhall.bus import Bus, NatsBus, subjects
 from townhall.procs import stop_process
 
 pytestmark = pytest.mark.timeout(120)
@@ -52,7 +52,7 @@ def stage(nats_url: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
 async def test_whip_while_no_stage_holds_the_space_is_refused_at_once(
         nats_url: str, tmp_path: Path, stage: subprocess.Popen[bytes]) -> None:
     served = start_townhall(tmp_path / "api", "--nats", nats_url, "--roles", "api")
-    bus = await Bus.connect([nats_url])
+    bus = await NatsBus.connect([nats_url])
     try:
         token = served.session("host")
         with served.client(token) as c:

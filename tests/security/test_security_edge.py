@@ -25,7 +25,7 @@ from websockets.frames import Opcode
 
 from tests.conftest import Served, start_townhall
 from tests.integration.test_edge import Listener, Producer, live_space, metric, ws_base
-from townhall.bus import Bus, subjects
+from townhall.bus import Bus, NatsBus, subjects
 from townhall.media.chunk import Chunk
 
 pytestmark = pytest.mark.timeout(240)
@@ -35,7 +35,7 @@ HEADER_TIMEOUT_S = 3
 
 @pytest.fixture
 async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect([nats_url])
+    b = await NatsBus.connect([nats_url])
     yield b
     await b.close()
 

@@ -165,14 +165,14 @@ def probe(s: Served, setup: Setup, variant: str, token: str | None,
         if action == "publish":
             return http.post(f"/whip/{space}", content=b"v=0\r\n",
                              headers={"Content-Type": "application/sdp"})
-        body: dict[str, object] = {
+        action_body: dict[str, str] = {
             "request": {"action": "request"},
             "speak": {"action": "unmute"},
             "moderate": {"action": "invite", "identity": "probe-invitee"},
             "host": {"action": "signed_in_only_on" if variant == "signed-in"
                      else "signed_in_only_off"},
         }[action]
-        r = http.post(f"/api/v1/spaces/{space}/actions", json=body)
+        r = http.post(f"/api/v1/spaces/{space}/actions", json=action_body)
         if action == "request" and r.status_code == 200:  # leave it as it was
             _ok(http.post(f"/api/v1/spaces/{space}/actions", json={"action": "withdraw"}),
                 200)

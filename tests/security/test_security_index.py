@@ -18,9 +18,10 @@ import httpx
 import pytest
 
 from tests.conftest import Served, start_townhall
+from tests.waiting import until_async
 from townhall.app import build_app
 from townhall.auth import TokenIssuer, load_or_create_secret
-from townhall.bus import Bus, subjects
+from townhall.bus import Bus, NatsBus, subjects
 from townhall.bus.embedded import EmbeddedNats
 from townhall.context import Context
 from townhall.room import rules
@@ -44,13 +45,6 @@ def count_calls(bus: Bus) -> Counter[str]:
     for name in BUS_CALLS:
         setattr(bus, name, wrap(name, getattr(bus, name)))
     return calls
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -100,7 +94,7 @@ class InProcessApi:
 
 @pytest.fixture
 async def inproc(nats: str, tmp_path: Path) -> AsyncIterator[InProcessApi]:
-    bus = await Bus.connect([nats])
+    bus = await NatsBus.connect([nats])
     # 5,000 Spaces straight into the bucket (as other apis would have made them): most
     # ended, some live and scheduled, a few private.
     docs = [doc(n, "ended") for n in range(4900)]
@@ -167,14 +161,14 @@ async def test_ended_spaces_leave_live_at_once(inproc: InProcessApi) -> None:
     async def gone() -> bool:
         return other not in await inproc.walk("live", 100)
 
-    await until(gone)
+    await until_async(gone, 10, "gone")
     # Deleted elsewhere: gone from the lists too.
     await inproc.bus.kv_delete(subjects.SPACES_BUCKET, "0000000007")
 
     async def deleted() -> bool:
         return "0000000007" not in await inproc.walk("ended", 100)
 
-    await until(deleted)
+    await until_async(deleted, 10, "deleted")
 
 
 async def test_expiry_is_idempotent_across_apis_and_survives_bad_entries(
@@ -201,7 +195,7 @@ async def test_expiry_is_idempotent_across_apis_and_survives_bad_entries(
         page = (await inproc.spaces(state="ended", limit=1)).json()["spaces"]
         return [s["id"] for s in page] == ["0000000006"]
 
-    await until(moved_first)
+    await until_async(moved_first, 10, "moved first")
     assert (await inproc.spaces(state="scheduled")).json() == {"spaces": [], "next": None}
 
 
@@ -219,9 +213,11 @@ async def test_private_spaces_are_listed_to_their_people_only(inproc: InProcessA
 
 
 async def test_list_parameters_are_checked(inproc: InProcessApi) -> None:
-    for params, slug in [({"limit": 0}, "bad-parameters"), ({"limit": 101}, "bad-parameters"),
-                         ({"limit": "x"}, "bad-parameters"), ({"cursor": "!!"}, "bad-parameters"),
-                         ({"state": "gone"}, "bad-state")]:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"limit": 0}, "bad-parameters"), ({"limit": 101}, "bad-parameters"),
+        ({"limit": "x"}, "bad-parameters"), ({"cursor": "!!"}, "bad-parameters"),
+        ({"state": "gone"}, "bad-state")]
+    for params, slug in cases:
         r = await inproc.spaces(**params)
         assert r.status_code in (400, 422), (params, r.text)
         assert r.headers["content-type"].startswith(PROBLEM)
@@ -352,7 +348,7 @@ async def test_the_stage_does_not_read_ended_spaces_every_second(nats: str,
     doubled with 500 of them); which Spaces are live now comes from a watch."""
     from townhall.stage.role import Stage
 
-    bus = await Bus.connect([nats])
+    bus = await NatsBus.connect([nats])
     for at in range(0, 2000, 250):
         await asyncio.gather(*(bus.kv_create(subjects.SPACES_BUCKET, d["id"],
                                              json.dumps(d).encode())
@@ -373,7 +369,7 @@ async def test_the_stage_does_not_read_ended_spaces_every_second(nats: str,
         async def seen() -> bool:
             return live["id"] in stage.live
 
-        await until(seen)
+        await until_async(seen, 10, "seen")
         assert set(stage.live) == {live["id"]}
     finally:
         await stage.stop()

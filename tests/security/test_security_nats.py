@@ -24,7 +24,8 @@ import pytest
 from nats.aio.client import Client
 
 from tests.conftest import Served, start_townhall
-from townhall.bus import Bus, NatsAuth, subjects
+from tests.waiting import until_async
+from townhall.bus import NatsAuth, NatsBus, subjects
 from townhall.bus.credentials import USERS_FILE, load_auth_file
 from townhall.bus.embedded import CONFIG_FILE, EmbeddedNats
 from townhall.bus.permissions import ROLES
@@ -81,14 +82,6 @@ async def admin(served: Served) -> AsyncIterator[Client]:
     await nc.close()
 
 
-async def until(cond: Any, bound_s: float, what: str) -> None:
-    for _ in range(int(bound_s * 20)):
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {bound_s}s: {what}")
-
-
 async def test_no_credentials_or_a_wrong_password_is_refused(served: Served) -> None:
     url = nats_address(served)
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
@@ -130,8 +123,8 @@ async def test_the_roles_connect_with_their_own_users(served: Served) -> None:
     host = served.session("Ada")
     with served.client(host) as c:
         space = c.post("/api/v1/spaces", json={"title": "Perms"}).json()["id"]
-    edge = await Bus.connect([url], auth=served.nats_auth("edge"))
-    stage = await Bus.connect([url], auth=served.nats_auth("stage"))
+    edge = await NatsBus.connect([url], auth=served.nats_auth("edge"))
+    stage = await NatsBus.connect([url], auth=served.nats_auth("stage"))
     try:
         doc = await edge.kv_get(subjects.SPACES_BUCKET, space)
         assert doc is not None and json.loads(doc.value)["title"] == "Perms"
@@ -183,9 +176,9 @@ async def test_a_role_cannot_publish_outside_its_subjects(
         await nc.publish(subject(refused, space), b'{"type":"ended"}')
         await nc.publish(subject(allowed, space), b"{}")
         await nc.flush()
-        await until(lambda: subject(allowed, space) in heard, 10, "the allowed message")
+        await until_async(lambda: subject(allowed, space) in heard, 10, "the allowed message")
         assert subject(refused, space) not in heard
-        await until(lambda: errors, 10, "the permissions violation")
+        await until_async(lambda: errors, 10, "the permissions violation")
         assert f'publish to "{subject(refused, space)}"' in str(errors[0])
     finally:
         await nc.close()
@@ -236,7 +229,7 @@ async def test_external_nats_with_a_password_file(tmp_path: Path) -> None:
             metrics = httpx.get(f"{served.url}/metrics", timeout=5).text
             return "townhall_stage_report_age_seconds{" in metrics
 
-        await until(stage_reports, 30, "the stage child's heartbeat")
+        await until_async(stage_reports, 30, "the stage child's heartbeat")
     finally:
         if served is not None:
             served.stop()
@@ -317,7 +310,7 @@ async def test_external_nats_with_a_creds_file(tmp_path: Path) -> None:
             metrics = httpx.get(f"{served.url}/metrics", timeout=5).text
             return "townhall_stage_report_age_seconds{" in metrics
 
-        await until(stage_reports, 30, "the stage child's heartbeat")
+        await until_async(stage_reports, 30, "the stage child's heartbeat")
     finally:
         if served is not None:
             served.stop()

@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.security.offers import CHROMIUM_AV, bomb
+from townhall import sdp as sdpbounds
 from townhall.problems import BadInput, TooLarge, Unprocessable
-from townhall.stage import sdpcheck
-from townhall.stage.sdpcheck import check_sdp
+from townhall.sdp import check_sdp
 
 TYPED = (BadInput, TooLarge, Unprocessable)
 FUZZ = settings(max_examples=300, deadline=250,
@@ -26,10 +26,10 @@ def holds(body: bytes) -> None:
     except TYPED:
         return
     lines = sdp.splitlines()
-    assert len(body) <= sdpcheck.MAX_SDP_BYTES
-    assert len(lines) <= sdpcheck.MAX_SDP_LINES
-    assert all(len(line) <= sdpcheck.MAX_LINE_CHARS for line in lines)
-    assert sum(line.startswith("m=") for line in lines) <= sdpcheck.MAX_MEDIA
+    assert len(body) <= sdpbounds.MAX_SDP_BYTES
+    assert len(lines) <= sdpbounds.MAX_SDP_LINES
+    assert all(len(line) <= sdpbounds.MAX_LINE_CHARS for line in lines)
+    assert sum(line.startswith("m=") for line in lines) <= sdpbounds.MAX_MEDIA
     assert any(line.startswith("m=audio") for line in lines)
 
 

@@ -18,14 +18,15 @@ import pytest
 from tests.conftest import Served, start_townhall
 from tests.integration.test_stage_takeover import stage_child
 from tests.security.offers import CHROMIUM_AV, PLAIN, bomb
+from townhall import sdp as sdpbounds
+from townhall.api.whip import IDENTITY_BURST, SPACE_BURST, OfferBudget, stage_refusal
 from townhall.auth import TokenIssuer
-from townhall.bus import Bus, subjects
+from townhall.bus import Bus, NatsBus, subjects
 from townhall.bus.bus import Message
 from townhall.problems import BadInput, Problem, TooLarge, TooMany, Unavailable, Unprocessable
-from townhall.stage import sdpcheck
-from townhall.stage.negotiation import NegotiationGate, is_session_id, new_session_id
-from townhall.stage.sdpcheck import check_sdp
-from townhall.stage.whip import IDENTITY_BURST, SPACE_BURST, OfferBudget, stage_refusal
+from townhall.sdp import check_sdp
+from townhall.sessionid import is_session_id, new_session_id
+from townhall.stage.negotiation import NegotiationGate
 
 # --- the SDP check ---------------------------------------------------------------------
 
@@ -43,19 +44,19 @@ def test_a_real_browser_offer_with_video_and_simulcast_passes() -> None:
 def test_issue_13s_bomb_is_refused_by_size_and_a_compact_one_by_its_sections() -> None:
     big = refusal(bomb(213, 64_000).encode())
     assert isinstance(big, TooLarge) and big.type == "/problems/sdp-too-large"
-    assert big.extra["limit"] == sdpcheck.MAX_SDP_BYTES
+    assert big.extra["limit"] == sdpbounds.MAX_SDP_BYTES
     compact = bomb(213)
-    assert len(compact) < sdpcheck.MAX_SDP_BYTES
+    assert len(compact) < sdpbounds.MAX_SDP_BYTES
     many = refusal(compact.encode())
     assert isinstance(many, Unprocessable) and many.type == "/problems/too-many-media"
-    assert check_sdp(bomb(sdpcheck.MAX_MEDIA).encode())
-    assert refusal(bomb(sdpcheck.MAX_MEDIA + 1).encode()).type == "/problems/too-many-media"
+    assert check_sdp(bomb(sdpbounds.MAX_MEDIA).encode())
+    assert refusal(bomb(sdpbounds.MAX_MEDIA + 1).encode()).type == "/problems/too-many-media"
 
 
 def test_lines_are_bounded_in_number_and_length() -> None:
-    many = PLAIN + "a=x\r\n" * sdpcheck.MAX_SDP_LINES
+    many = PLAIN + "a=x\r\n" * sdpbounds.MAX_SDP_LINES
     assert refusal(many.encode()).type == "/problems/sdp-too-large"
-    long = PLAIN + "a=" + "x" * sdpcheck.MAX_LINE_CHARS + "\r\n"
+    long = PLAIN + "a=" + "x" * sdpbounds.MAX_LINE_CHARS + "\r\n"
     assert refusal(long.encode()).type == "/problems/sdp-too-large"
 
 
@@ -168,7 +169,7 @@ class Watch:
 @pytest.fixture
 async def watch(served: Served) -> AsyncIterator[Watch]:
     _, nats = stage_child(served.proc.pid)
-    bus = await Bus.connect([nats], setup=False, auth=served.nats_auth())
+    bus = await NatsBus.connect([nats], setup=False, auth=served.nats_auth())
     w = Watch(bus)
     await bus.subscribe("townhall.stage.whip.>", w.on)
     await bus.flush()

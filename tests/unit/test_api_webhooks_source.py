@@ -7,8 +7,8 @@ import asyncio
 import json
 from typing import Any, cast
 
+from tests.fakebus import FakeBus
 from townhall.api.webhooks import EventSource
-from townhall.bus import Bus
 from townhall.bus.bus import Change, Watch
 from townhall.room import rules
 from townhall.room.rules import Actor
@@ -36,7 +36,7 @@ def queued(source: EventSource) -> list[str]:
 
 
 def test_initial_values_make_no_events_and_later_changes_do() -> None:
-    source = EventSource(cast(Bus, None))
+    source = EventSource(FakeBus())
     watch = Ready()
     source.watch = cast(Watch, watch)
     doc = rules.create("k3v9x2m4qa", ADA, title="Night", now=1.0)
@@ -52,7 +52,7 @@ def test_initial_values_make_no_events_and_later_changes_do() -> None:
 
 
 def test_a_new_space_after_start_is_scheduled_and_deletion_forgets_it() -> None:
-    source = EventSource(cast(Bus, None))
+    source = EventSource(FakeBus())
     watch = Ready()
     watch.ready.set()
     source.watch = cast(Watch, watch)
@@ -68,6 +68,6 @@ def test_a_new_space_after_start_is_scheduled_and_deletion_forgets_it() -> None:
 
 
 def test_a_bad_entry_is_skipped() -> None:
-    source = EventSource(cast(Bus, None))
+    source = EventSource(FakeBus())
     source.changed(Change(key="k3v9x2m4qa", revision=1, value=b"not json"))
     assert source.seen == {} and queued(source) == []

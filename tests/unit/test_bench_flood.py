@@ -9,7 +9,7 @@ from bench.flood.attacks import bomb
 from bench.flood.measure import Ear, Heartbeats
 from tests.security.offers import CHROMIUM_AV
 from townhall.problems import Problem
-from townhall.stage.sdpcheck import check_sdp
+from townhall.sdp import check_sdp
 
 
 def test_the_bench_bombs_are_issue_13s_and_are_refused_precisely() -> None:

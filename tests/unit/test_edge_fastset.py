@@ -13,7 +13,9 @@ from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 from websockets.streams import StreamReader
 
-from townhall.edge.hub import Feed, Frame, Subscriber
+from townhall.edge.feed import Feed
+from townhall.edge.frame import Frame
+from townhall.edge.subscriber import Subscriber
 from townhall.edge.wire import http_chunk, ws_binary_frame, ws_text_frame
 from townhall.media.chunk import Chunk
 from townhall.media.ogg import OggOpusStream

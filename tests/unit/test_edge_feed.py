@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from townhall.edge.hub import Feed, Frame, Subscriber
+from townhall.edge.feed import Feed, Gap
+from townhall.edge.frame import Frame
+from townhall.edge.subscriber import Subscriber
 from townhall.media.chunk import Chunk
 from townhall.media.ogg import OggOpusStream
 
@@ -80,24 +82,23 @@ def test_a_hole_in_the_live_sequence_is_refilled_before_later_chunks_go_out() ->
     feed = Feed("s", OggOpusStream())
     sub = Subscriber("ws", backlog_limit=20)
     feed.attach(sub)
-    gaps: list[tuple[int, int]] = []
-    feed.on_gap = lambda first, last: gaps.append((first, last))
-    for s in (1, 2, 5, 6):  # 3 and 4 missed (e.g. our NATS node died meanwhile)
-        feed.on_media(chunk(s))
-    assert gaps == [(3, 4)]
+    feed.repairs = True
+    # 3 and 4 missed (e.g. our NATS node died meanwhile)
+    gaps = [feed.on_media(chunk(s)) for s in (1, 2, 5, 6)]
+    assert gaps == [None, None, Gap(3, 4), None]
     assert [f.seq for f in drain(sub)] == [1, 2]  # 5 and 6 wait for the refill
-    feed.on_media(chunk(7))
+    assert feed.on_media(chunk(7)) is None
     feed.repaired([feed.frame(chunk(4)), feed.frame(chunk(3))])
     assert [f.seq for f in drain(sub)] == [3, 4, 5, 6, 7]
-    feed.on_media(chunk(8))
-    assert [f.seq for f in drain(sub)] == [8] and gaps == [(3, 4)]
+    assert feed.on_media(chunk(8)) is None
+    assert [f.seq for f in drain(sub)] == [8]
 
 
 def test_a_refill_that_finds_nothing_still_delivers_the_held_chunks() -> None:
     feed = Feed("s", OggOpusStream())
     sub = Subscriber("ws", backlog_limit=20)
     feed.attach(sub)
-    feed.on_gap = lambda first, last: None
+    feed.repairs = True
     for s in (1, 4, 5):
         feed.on_media(chunk(s))
     feed.repaired([])
@@ -106,14 +107,13 @@ def test_a_refill_that_finds_nothing_still_delivers_the_held_chunks() -> None:
 
 def test_a_replay_seeds_an_empty_ring_so_a_hole_after_it_is_refilled() -> None:
     feed = Feed("s", OggOpusStream())
-    gaps: list[tuple[int, int]] = []
-    feed.on_gap = lambda first, last: gaps.append((first, last))
+    feed.repairs = True
     feed.seed([feed.frame(chunk(s)) for s in (5, 3, 4)])  # a short replay: 3..5
     sub = Subscriber("ws", backlog_limit=20)
     sub.preload(feed.ring.since(3))
     feed.attach(sub)
-    feed.on_media(chunk(8))  # live is already past 6: 6 and 7 must come from JetStream
-    assert gaps == [(6, 7)]
+    # live is already past 6: 6 and 7 must come from JetStream
+    assert feed.on_media(chunk(8)) == Gap(6, 7)
     feed.repaired([feed.frame(chunk(6)), feed.frame(chunk(7))])
     assert [f.seq for f in drain(sub)] == [3, 4, 5, 6, 7, 8]
 

@@ -12,6 +12,7 @@ import pytest
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 
+from tests.fakebus import FakeBus
 from tests.unit.test_edge_handoff import (
     LIVE,
     SPACE,
@@ -22,12 +23,16 @@ from tests.unit.test_edge_handoff import (
     upgrade,
     ws_frames,
 )
+from townhall.bus import Message
+from townhall.closecode import CloseCode
 from townhall.edge import guard
+from townhall.edge.feed import Feed
 from townhall.edge.guard import ConnectionCap, PerAddress, ReplayBudget, ReplayChoice
 from townhall.edge.handoff import client_address, http_protocol
-from townhall.edge.hub import Feed, Hub, Subscriber
+from townhall.edge.hub import Hub
 from townhall.edge.listeners import CLIENT_BURST, MAX_OWED, WsListener
-from townhall.edge.node import CLOSE_TOO_MANY, EdgeNode
+from townhall.edge.node import EdgeNode
+from townhall.edge.subscriber import Subscriber
 from townhall.media.chunk import Chunk
 
 PEER = "198.51.100.1"
@@ -221,7 +226,7 @@ async def test_listener_connections_past_the_per_address_cap_get_4429_and_429() 
     await settle()
     close = ws_frames(bytes(second.written))[-1]
     assert close.opcode is Opcode.CLOSE
-    assert int.from_bytes(close.data[:2], "big") == CLOSE_TOO_MANY
+    assert int.from_bytes(close.data[:2], "big") == CloseCode.TOO_MANY
     assert json.loads(close.data[2:])["retry_after"] >= 1
     proto, ogg = connect_listener(node)
     proto.data_received(f"GET /listen/{SPACE}.opus HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -289,25 +294,26 @@ class _Unlimited:
         return True
 
 
-class Replays:
+class Replays(FakeBus):
     """A bus whose stream replay waits for the test and counts calls."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls = 0
         self.gate = asyncio.Event()
 
-    async def replay(self, stream: str, subject: str, *, since_s: float) -> list[Any]:
+    async def replay(self, stream: str, subject: str, *, since_s: float,
+                     limit: int = 1000, timeout: float = 2.0) -> list[Message]:
         self.calls += 1
         await self.gate.wait()
-        return [type("Msg", (), {"data": Chunk(seq=s, pts=0, sent_us=0,
-                                               packets=(b"\xf8",)).encode()})()
+        return [Message(subject, Chunk(seq=s, pts=0, sent_us=0, packets=(b"\xf8",)).encode(), {})
                 for s in range(1, 11)]
 
 
 async def test_joins_needing_jetstream_share_one_replay_and_past_the_budget_start_live(
         ) -> None:
     bus = Replays()
-    hub = Hub(bus, replays=ReplayBudget(rate=0.001, burst=1, now=0.0))  # type: ignore[arg-type]
+    hub = Hub(bus, replays=ReplayBudget(rate=0.001, burst=1, now=0.0))
     feed = Feed(SPACE, hub.ogg)
     hub.feeds[SPACE] = feed
     joins = [asyncio.ensure_future(hub.join(SPACE, Subscriber("ws"), 1)) for _ in range(30)]

@@ -17,10 +17,13 @@ from uvicorn.server import ServerState
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 
+from tests.fakebus import FakeBus
 from tests.unit.test_edge_fastset import parse_ws
 from townhall.auth import TokenIssuer
+from townhall.bus import Entry
+from townhall.edge.feed import Feed
 from townhall.edge.handoff import http_protocol, listen_request
-from townhall.edge.hub import Feed, Hub
+from townhall.edge.hub import Hub
 from townhall.edge.listeners import OggListener, WsListener
 from townhall.edge.node import EdgeNode
 from townhall.media.chunk import Chunk
@@ -56,7 +59,7 @@ class Transport(asyncio.Transport):
         self.protocol = protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
-        return self.protocol  # type: ignore[no-any-return]
+        return self.protocol
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self.limits = (high or 0, low or 0)
@@ -66,13 +69,6 @@ class Transport(asyncio.Transport):
             name, default)
 
 
-class NoKV:
-    """A bus whose KV holds nothing (an unknown Space)."""
-
-    async def kv_get(self, bucket: str, key: str) -> None:
-        return None
-
-
 async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "http":
         await send({"type": "http.response.start", "status": 204, "headers": []})
@@ -80,7 +76,7 @@ async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def edge(snapshot: dict[str, Any] | None = None) -> EdgeNode:
-    hub = Hub(NoKV())  # type: ignore[arg-type]
+    hub = Hub(FakeBus())  # its KV holds nothing: an unknown Space
     if snapshot is not None:
         feed = Feed(SPACE, hub.ogg)
         feed.on_doc(json.dumps(snapshot).encode(), asyncio.get_running_loop().time())
@@ -270,23 +266,24 @@ def test_no_edge_means_httptools_with_the_front_door_guards_only() -> None:
     assert plain.cap.limit >= 1 and plain.header_timeout_s > 0  # type: ignore[attr-defined]
 
 
-class SlowKV:
+class SlowKV(FakeBus):
     """A bus whose KV answers once the test opens the gate; counts the reads."""
 
     def __init__(self, value: bytes) -> None:
+        super().__init__()
         self.value = value
         self.reads = 0
         self.gate = asyncio.Event()
 
-    async def kv_get(self, bucket: str, key: str) -> Any:
+    async def kv_get(self, bucket: str, key: str) -> Entry | None:
         self.reads += 1
         await self.gate.wait()
-        return type("Entry", (), {"value": self.value})()
+        return Entry(key, self.value, 1)
 
 
 async def test_a_join_burst_reads_kv_once_and_an_open_feed_not_at_all() -> None:
     kv = SlowKV(json.dumps(LIVE).encode())
-    hub = Hub(kv)  # type: ignore[arg-type]
+    hub = Hub(kv)
     burst = [asyncio.ensure_future(hub.snapshot(SPACE)) for _ in range(50)]
     await settle()
     kv.gate.set()

@@ -48,7 +48,8 @@ def test_limiter_never_clips_and_leaves_quiet_audio_alone() -> None:
 
 
 def test_thirteen_loud_speakers_stay_within_full_scale() -> None:
-    frames = {f"s{i}": sine(200 + 50 * i, amp=20000) for i in range(13)}
+    frames: dict[str, np.ndarray | None] = {f"s{i}": sine(200 + 50 * i, amp=20000)
+                                            for i in range(13)}
     m = mix(frames, muted=set())
     for pcm in [m.program, *m.returns.values()]:
         assert pcm.dtype == np.int16 and np.abs(pcm.astype(int)).max() <= 32767

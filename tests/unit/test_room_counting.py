@@ -8,7 +8,7 @@ from typing import Any
 
 from townhall.api.ratelimit import TokenBuckets
 from townhall.room.coalescer import Coalescer
-from townhall.room.tally import EdgeRegistry, ReactionTally, fold, rank_edges
+from townhall.room.counting import EdgeRegistry, ReactionTally, fold, rank_edges
 
 
 def snap(version: int, space: str = "s1") -> dict[str, Any]:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.conftest import Served, start_townhall
+from tests.waiting import until
 from tests.web.chromium import chromium, needs_chromium
 from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.bus.embedded import free_port
@@ -105,15 +105,6 @@ def context(browser: Browser) -> Iterator[Callable[..., BrowserContext]]:
     yield make
     for ctx in made:
         ctx.close()  # open sockets would hold up the server's stop
-
-
-def until(check: Callable[[], bool], bound_s: float, what: str) -> None:
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {bound_s}s: {what}")
 
 
 def player(page: Page) -> dict[str, Any]:

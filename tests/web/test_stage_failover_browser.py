@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from tests.conftest import start_townhall
+from tests.waiting import until
 from tests.web.chromium import chromium, needs_chromium, tone_wav
 from townhall.procs import stop_process
 
@@ -45,15 +45,6 @@ def stage_gauge(url: str, name: str) -> dict[str, float]:
     text = httpx.get(f"{url}/metrics", timeout=5).text
     return {m[1]: float(m[2]) for m in
             re.finditer(rf'^{name}\{{node="([^"]+)"\}} (\S+)$', text, re.MULTILINE)}
-
-
-def until(check: object, bound_s: float, what: str) -> None:
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"not within {bound_s}s: {what}")
 
 
 def test_the_page_goes_live_again_on_the_stage_that_takes_over(

@@ -1,7 +1,7 @@
 """The api role's HTTP routes: sessions, Spaces, stage actions, reactions, where to listen.
 
-Thin shell: the rules are in townhall.room.rules, counting in townhall.room.tally, state
-in NATS KV through townhall.room.store; this module reads requests and writes responses.
+Thin shell: the rules are in townhall.room.rules, counting in townhall.room.counting, state
+in NATS KV through townhall.api.store; this module reads requests and writes responses.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from townhall.api.clientaddr import ClientAddress, client_address, parse_network
 from townhall.api.models import ActionIn, ReactionIn, SessionIn, SpaceIn
 from townhall.api.ratelimit import TokenBuckets
 from townhall.api.schemas import Accepted, Listen, Me, Session, Snapshot, SpaceList, problems
+from townhall.api.store import SpaceStore
 from townhall.auth import Identity
 from townhall.bus import subjects
 from townhall.bus.bus import CasConflict, Change, Message, Watch
@@ -42,10 +43,9 @@ from townhall.problems import (
 )
 from townhall.room import rules
 from townhall.room.coalescer import Coalescer
+from townhall.room.counting import EdgeRegistry, ReactionTally, fold, rank_edges
 from townhall.room.index import STATES, SpaceIndex, Viewer
 from townhall.room.snapshot import REACTIONS, public_view
-from townhall.room.store import SpaceStore
-from townhall.room.tally import EdgeRegistry, ReactionTally, fold, rank_edges
 from townhall.room.text import check_text
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,8 @@
 """Everything that speaks NATS: the embedded server and the one seam roles use."""
 
-from townhall.bus.bus import Bus, CasConflict, Change, Entry, Subscription, Watch
+from townhall.bus.bus import CasConflict, Change, Entry, Message, NatsBus, Subscription, Watch
 from townhall.bus.credentials import NatsAuth
+from townhall.bus.seam import Bus
 
-__all__ = ["Bus", "CasConflict", "Change", "Entry", "NatsAuth", "Subscription", "Watch"]
+__all__ = ["Bus", "CasConflict", "Change", "Entry", "Message", "NatsAuth", "NatsBus",
+           "Subscription", "Watch"]

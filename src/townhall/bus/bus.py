@@ -156,8 +156,9 @@ class PullConsumer:
             await self._sub.unsubscribe()
 
 
-class Bus:
-    """A connection to the NATS cluster with townhall's streams and buckets ready."""
+class NatsBus:
+    """The Bus (townhall.bus.seam) over nats-py: a connection to the NATS cluster with
+    townhall's streams and buckets ready."""
 
     def __init__(self, nc: Client, js: JetStreamContext) -> None:
         self._nc = nc
@@ -168,7 +169,7 @@ class Bus:
     @classmethod
     async def connect(cls, urls: list[str], *, name: str = "townhall",
                       replicas: int = 1, setup: bool = True,
-                      auth: NatsAuth | None = None, tls: NatsTls | None = None) -> Bus:
+                      auth: NatsAuth | None = None, tls: NatsTls | None = None) -> NatsBus:
         """Connect (reconnecting forever on loss) and ensure the topology exists.
 
         ``auth`` is the only way credentials reach nats-py (bus/credentials.py); ``tls``

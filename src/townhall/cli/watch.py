@@ -15,7 +15,7 @@ from urllib.parse import quote
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-CLOSE_ENDED = 4410
+from townhall.closecode import CloseCode
 
 
 def describe(snap: dict[str, Any]) -> str:
@@ -53,7 +53,7 @@ async def watch(url: str, space: str, token: str | None, seconds: float | None) 
                 code = closed.rcvd.code if closed.rcvd else None
                 print(f"closed ({code}: {closed.rcvd.reason if closed.rcvd else ''}); "
                       f"{chunks} audio chunks heard", flush=True)
-                return 0 if code == CLOSE_ENDED else 1
+                return 0 if code == CloseCode.ENDED else 1
             if isinstance(frame, bytes):
                 chunks += 1
                 continue

@@ -24,12 +24,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from townhall.client.failover import EdgeChooser
+from townhall.closecode import CloseCode
 from townhall.media.chunk import Chunk
-
-ENDED = 4410
-UNKNOWN = 4404
-FULL = 4503
-SLOW = 4408
 
 
 class ListenError(Exception):
@@ -155,18 +151,18 @@ class ResilientListener:
             except ConnectionClosed as closed:
                 code = closed.rcvd.code if closed.rcvd else 1006
                 reason = closed.rcvd.reason if closed.rcvd else ""
-                if code == ENDED:
+                if code == CloseCode.ENDED:
                     self.stats.ended = True
                     return self.stats
-                if code == UNKNOWN:
+                if code == CloseCode.NOT_FOUND:
                     raise ListenError(f"no Space {self.space}") from closed
                 detail: dict[str, Any] = {}
                 with contextlib.suppress(ValueError):
                     detail = json.loads(reason or "{}")
-                if code == FULL:
+                if code == CloseCode.FULL:
                     self.stats.refusals += 1
                     retry_after = float(detail.get("retry_after", 1.0))
-                elif code == SLOW and "resume_from" in detail:
+                elif code == CloseCode.TOO_SLOW and "resume_from" in detail:
                     self.stats.last_seq = int(detail["resume_from"]) - 1
             except InvalidStatus as refused:
                 status = refused.response.status_code

@@ -139,14 +139,14 @@ def up(root: Path, *, nats_nodes: int = 3, apis: int = 2, edges: int = 3,
 def _wait_jetstream(plan: ClusterPlan, timeout: float) -> None:
     import asyncio
 
-    from townhall.bus import Bus
+    from townhall.bus import NatsBus
 
     async def probe() -> None:
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                bus = await Bus.connect(plan.nats_urls, name="townhall-cluster-up",
+                bus = await NatsBus.connect(plan.nats_urls, name="townhall-cluster-up",
                                         replicas=plan.replicas,
                                         auth=admin_auth(users_file(plan)))
                 await bus.close()

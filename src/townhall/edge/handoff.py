@@ -1,12 +1,13 @@
 """Hands listener connections from uvicorn's HTTP protocol to the edge's raw protocols.
 
-uvicorn (pinned) takes a protocol class as ``Config(http=...)``. This subclass of its
-``HttpToolsProtocol`` looks at each request once its headers are parsed: a WebSocket
-upgrade of ``GET /ws/<space>`` and a plain ``GET /listen/<space>.opus`` leave ASGI — the
-transport is given to a ``WsListener`` / ``OggListener`` (``transport.set_protocol``) —
-and everything else goes on to the ASGI app exactly as before. The listener protocols join
-uvicorn's connection set, so a graceful shutdown calls their ``shutdown()`` too (1001 /
-the end of the Ogg stream) and waits for them.
+uvicorn (pinned to 0.54.x in pyproject.toml) takes a protocol class as
+``Config(http=...)``. This subclass of its ``HttpToolsProtocol`` looks at each request
+once its headers are parsed: a WebSocket upgrade of ``GET /ws/<space>`` and a plain
+``GET /listen/<space>.opus`` leave ASGI — the transport is given to a ``WsListener`` /
+``OggListener`` (``transport.set_protocol``) — and everything else goes on to the ASGI app
+exactly as before. The listener protocols join uvicorn's connection set, so a graceful
+shutdown calls their ``shutdown()`` too (1001 / the end of the Ogg stream) and waits for
+them.
 
 Every HTTP process (edge or not) also guards its front door here (``GuardedHttpProtocol``):
 a connection must deliver its request head within a bound or is dropped; connections that

@@ -6,8 +6,8 @@ No ASGI task, no per-connection reader/writer tasks and no queues: a listener is
 protocol object and one Subscriber, written to by the feed's fan-out loop. Flow control is
 the transport's own: a high-water mark of 0 makes ``pause_writing`` take the listener out
 of the fast set as soon as the transport holds a byte, and ``resume_writing`` brings it
-back once it holds none (hub.Subscriber). While it is fast, the fan-out sends to the
-listener's socket directly (hub.FastSet): a socket object on the transport's own
+back once it holds none (edge/subscriber.py). While it is fast, the fan-out sends to the
+listener's socket directly (edge/fanout.py): a socket object on the transport's own
 descriptor, detached in ``connection_lost`` — which the event loop calls before it closes
 the descriptor — so the descriptor is never sent to once it could be another's. The WebSocket
 handshake and client frames are handled by ``websockets``' Sans-I/O ``ServerProtocol``;
@@ -31,12 +31,11 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from townhall.closecode import CloseCode
 from townhall.edge.admission import TokenBucket
+from townhall.edge.feed import Joined
 from townhall.edge.guard import counted
-from townhall.edge.hub import Joined, Subscriber
 from townhall.edge.node import (
-    CLOSE_FULL,
-    CLOSE_TOO_MANY,
     EdgeNode,
     Refusal,
     may_listen_as,
@@ -44,14 +43,13 @@ from townhall.edge.node import (
     parse_from,
     verified,
 )
+from townhall.edge.subscriber import Subscriber
 from townhall.edge.wire import CHUNKED_END, http_chunk, http_head, problem_response, ws_text_frame
 from townhall.problems import (
+    BY_STATUS,
     BadInput,
-    Forbidden,
-    NotFound,
     Problem,
     TooMany,
-    Unauthorized,
     Unavailable,
 )
 from townhall.room.snapshot import REACTIONS
@@ -64,7 +62,7 @@ ws_log.setLevel(logging.WARNING)
 # Bytes waiting in our transport buffer above which a listener leaves the fast set, and at
 # or below which it returns: 0, so a fast listener's transport holds nothing and the
 # fan-out may send to its socket directly. What a slow reader is owed waits in its bounded
-# backlog (hub.Subscriber), on top of what the kernel buffers.
+# backlog (edge/subscriber.py), on top of what the kernel buffers.
 HIGH_WATER = 0
 LOW_WATER = 0
 MAX_CLIENT_TEXT = 1024       # bytes; anything larger closes that listener (1009)
@@ -77,14 +75,28 @@ CLOSE_TIMEOUT_S = 2.0        # for the client's side of the close (or the last b
 SHUTDOWN = (1001, "edge shutting down")
 
 
-class Gone(Problem):
-    """The Space has ended."""
-
-    status = 410
-
-
-_BY_STATUS: dict[int, type[Problem]] = {401: Unauthorized, 403: Forbidden, 404: NotFound,
-                                        410: Gone}
+def direct_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
+    """A socket object on the transport's descriptor (not a copy: a second descriptor
+    per listener would halve how many fit under the open-files limit), for the
+    fan-out's direct sends; None where the transport has no socket, and None on a TLS
+    transport: bytes sent there would bypass the encryption (plaintext on an encrypted
+    connection), so such a listener is written through ``transport.write`` only."""
+    if transport.get_extra_info("sslcontext") is not None or \
+            transport.get_extra_info("ssl_object") is not None:
+        return None
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        return None
+    try:
+        sock = socket.socket(fileno=raw.fileno())
+    except OSError:
+        return None
+    try:
+        sock.setblocking(False)
+    except OSError:
+        sock.detach()  # dropped undetached, it would close the transport's descriptor
+        return None
+    return sock
 
 
 @dataclass(frozen=True)
@@ -170,22 +182,7 @@ class ListenerConnection(asyncio.Protocol):
             self._on_end()
 
     def _socket(self) -> socket.socket | None:
-        """A socket object on the transport's descriptor (not a copy: a second descriptor
-        per listener would halve how many fit under the open-files limit), for the
-        fan-out's direct sends; None where the transport has no socket."""
-        raw = self.transport.get_extra_info("socket")
-        if raw is None:
-            return None
-        try:
-            sock = socket.socket(fileno=raw.fileno())
-        except OSError:
-            return None
-        try:
-            sock.setblocking(False)
-        except OSError:
-            sock.detach()  # dropped undetached, it would close the transport's descriptor
-            return None
-        return sock
+        return direct_socket(self.transport)
 
     def _joined(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -311,12 +308,12 @@ class WsListener(ListenerConnection):
         self.finish(refusal.code, refusal.detail)
 
     def full(self, retry_after: int) -> None:
-        self.finish(CLOSE_FULL, json.dumps({"retry_after": retry_after}))
+        self.finish(CloseCode.FULL, json.dumps({"retry_after": retry_after}))
 
     def too_many(self, retry_after: int) -> None:
         log.info("listener refused: %s holds %d listener connections", self.request.client,
                  self.edge.per_address.limit)
-        self.finish(CLOSE_TOO_MANY, json.dumps({"retry_after": retry_after}))
+        self.finish(CloseCode.TOO_MANY, json.dumps({"retry_after": retry_after}))
 
     def finish(self, code: int, reason: str) -> None:
         if self.closing:
@@ -445,7 +442,7 @@ class OggListener(ListenerConnection):
         self.transport.close()
 
     def refuse(self, refusal: Refusal) -> None:
-        self._answer(_BY_STATUS[refusal.status](refusal.detail, slug=refusal.slug))
+        self._answer(BY_STATUS[refusal.status](refusal.detail, slug=refusal.slug))
 
     def full(self, retry_after: int) -> None:
         self._answer(Unavailable("this edge is full; retry later", slug="edge-full",

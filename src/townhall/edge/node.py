@@ -9,27 +9,20 @@ from typing import Any
 
 from townhall import grants
 from townhall.auth import Identity, TokenIssuer
+from townhall.closecode import CloseCode
 from townhall.edge import metrics
 from townhall.edge.admission import Admission, Decision
 from townhall.edge.guard import PER_ADDRESS_RETRY_S, PerAddress, per_address_from_env
 from townhall.edge.hub import Hub
 from townhall.problems import Problem
 
-# Measured (bench/fanout, docs/capacity.md, 2026-12-02, direct sends): 5,000 listeners
-# at the 100 ms delivery interval take 36-39 % of one core, leaving room for joins,
-# state/levels frames and a noisy machine; 10,000 were served with 0 stalls at 200 ms (the
-# pacer coarsens delivery, i.e. adds delay, rather than stall anyone).
+# The default cap is where delivery stays at 100 ms with room left on the core for joins,
+# state/levels frames and a noisy machine; the figures behind it are in docs/capacity.md
+# ("The default cap, 5,000"), measured with bench/fanout (bench/README.md).
 DEFAULT_CAPACITY = 5_000
 DEFAULT_JOIN_RATE = 1_000.0
 DEFAULT_INTERVAL_MS = 100
 
-CLOSE_UNKNOWN = 4404
-CLOSE_ENDED = 4410
-CLOSE_TOKEN_NEEDED = 4401
-CLOSE_TOKEN_REFUSED = 4403
-CLOSE_FULL = 4503
-CLOSE_BAD_INPUT = 4400
-CLOSE_TOO_MANY = 4429   # this address holds as many listener connections as it may
 
 
 def capacity_from_env() -> int:
@@ -92,7 +85,7 @@ class Refusal:
     detail: str
 
 
-_CLOSE_BY_STATUS = {401: CLOSE_TOKEN_NEEDED, 403: CLOSE_TOKEN_REFUSED, 404: CLOSE_UNKNOWN}
+_CLOSE_BY_STATUS = {401: CloseCode.TOKEN_NEEDED, 403: CloseCode.FORBIDDEN, 404: CloseCode.NOT_FOUND}
 
 
 def may_listen(snap: dict[str, Any] | None, space: str, token: str | None,
@@ -106,14 +99,14 @@ def may_listen_as(snap: dict[str, Any] | None, space: str,
     """Whether ``who`` (a verified token, or None) may hear this Space now: townhall.grants
     decides, as for every route; a private Space it may not see is no Space (4404)."""
     if snap is None or snap.get("id") != space:
-        return Refusal(CLOSE_UNKNOWN, 404, "space-not-found", f"no Space {space}")
+        return Refusal(CloseCode.NOT_FOUND, 404, "space-not-found", f"no Space {space}")
     try:
         grants.authorize(who, "listen", snap)
     except Problem as refused:
-        return Refusal(_CLOSE_BY_STATUS.get(refused.status, CLOSE_TOKEN_REFUSED),
+        return Refusal(_CLOSE_BY_STATUS.get(refused.status, CloseCode.FORBIDDEN),
                        refused.status, refused.instance_slug, refused.detail)
     if snap.get("state") == "ended":
-        return Refusal(CLOSE_ENDED, 410, "space-ended", "this Space has ended")
+        return Refusal(CloseCode.ENDED, 410, "space-ended", "this Space has ended")
     return None
 
 

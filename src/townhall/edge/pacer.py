@@ -19,12 +19,10 @@ lag both), so it does not flap between two steps.
 
 The prediction splits the edge's CPU into a part paid per write (one per listener per
 flush: it grows as the interval shrinks) and a part that does not change with the interval
-(bytes copied, chunks received, the process's own upkeep). bench/fanout measured the split:
-at 10,000 listeners the edge used 47 % of a core at 300 ms, and 5,000 listeners at 100 ms
-cost 38-41 %, i.e. ~80 % for 10,000; so at 100 ms about 40 % of the cost is the fixed part.
-Assuming every bit of it scales with the write count overstated the finer step (141 %
-instead of ~80 % at 100 ms, 70 % instead of ~55 % at 200 ms) and kept 10,000 listeners at
-300 ms with the core half idle.
+(bytes copied, chunks received, the process's own upkeep). Assuming every bit of it scales
+with the write count overstated the finer step and kept the edge at a coarse interval with
+the core half idle; how the split was measured is in docs/capacity.md ("How the pacer
+predicts a finer step").
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from townhall.api.schemas import problems
-from townhall.bus import subjects
-from townhall.bus.bus import Bus, Message, Subscription
+from townhall.bus import Bus, subjects
+from townhall.bus.bus import Message, Subscription
 from townhall.context import Context
 from townhall.media.chunk import Chunk
 from townhall.media.fmp4 import init_segment, media_segment

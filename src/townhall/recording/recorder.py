@@ -23,8 +23,9 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from townhall.bus import subjects
-from townhall.bus.bus import Bus, CasConflict, Message, PullConsumer
+from townhall.api.store import SpaceStore
+from townhall.bus import Bus, subjects
+from townhall.bus.bus import CasConflict, Message, PullConsumer
 from townhall.media.chunk import Chunk
 from townhall.media.fmp4 import mp4_file
 from townhall.media.recording import (
@@ -36,7 +37,6 @@ from townhall.media.recording import (
     timeline,
 )
 from townhall.problems import BadInput, NotFound
-from townhall.room.store import SpaceStore
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from aiortc.rtcrtpreceiver import StreamStatistics
 from townhall.ice import IceConfig, announce
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.playout import Playout
-from townhall.stage.negotiation import new_session_id
+from townhall.sessionid import new_session_id
 from townhall.stage.rtc import bind_in_range, rtc_configuration
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""How much WHIP negotiation a stage takes on at once, and the session ids it mints; no I/O.
+"""How much WHIP negotiation a stage takes on at once; no I/O.
 
 Each negotiation (parse the offer, build the peer connection, gather ICE, answer) runs on the
 loop that also runs every Space's mixer clock. The stage does not trust the api's budgets
@@ -9,25 +9,12 @@ once (503 + Retry-After) rather than queueing work it would do late.
 
 from __future__ import annotations
 
-import re
-import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 
-SESSION_ID = re.compile(r"[0-9a-f]{16}")
 NEGOTIATION_TIMEOUT_S = 8.0   # the api waits 15 s for the stage's answer
 MAX_IN_FLIGHT = 4
 MAX_IN_FLIGHT_PER_SPACE = 2
-
-
-def new_session_id() -> str:
-    """A WHIP session id as this stage mints them: 16 lowercase hex digits."""
-    return secrets.token_hex(8)
-
-
-def is_session_id(value: str) -> bool:
-    """Whether ``value`` has the form of a session id (safe in a NATS subject or a URL)."""
-    return SESSION_ID.fullmatch(value) is not None
 
 
 @dataclass

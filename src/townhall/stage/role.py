@@ -10,7 +10,7 @@ and continues the sequence numbers from the last chunk JetStream kept.
 
 Once a second the stage publishes its heartbeat on ``townhall.stages.<node>`` (Spaces,
 speakers, ticks, late frames, FEC/PLC/loss counters); the api processes export it on their
-/metrics (townhall.stage.observe), since the stage process serves no HTTP.
+/metrics (townhall.api.stageboard), since the stage process serves no HTTP.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from townhall.media.mixer import mix
 from townhall.media.opus import OpusEncoder
 from townhall.media.packager import Packager
 from townhall.problems import Problem
+from townhall.sdp import check_sdp
+from townhall.stage.counters import ClockWatch, Tally, stage_report
 from townhall.stage.ingest import SpeakerSession
 from townhall.stage.negotiation import NEGOTIATION_TIMEOUT_S, NegotiationGate
-from townhall.stage.sdpcheck import check_sdp
-from townhall.stage.tally import ClockWatch, Tally, stage_report
 
 log = logging.getLogger(__name__)
 FRAME_S = 0.020

@@ -1,7 +1,7 @@
 """WHIP (RFC 9725) endpoints on the api's HTTP server, forwarded to the owning stage.
 
 The api checks what it can without media (token, Space live, caller on stage, an SDP that
-offers Opus audio within the bounds of townhall.stage.sdpcheck), takes the offer from the
+offers Opus audio within the bounds of townhall.sdp), takes the offer from the
 caller's and the Space's budgets, and hands it over NATS to whichever stage holds the
 Space's lease; that stage answers with the SDP answer and a session id.
 """
@@ -18,30 +18,25 @@ from fastapi import FastAPI, Request, Response
 from townhall import grants
 from townhall.api.ratelimit import TokenBuckets
 from townhall.api.schemas import problems
+from townhall.api.store import SpaceStore
 from townhall.bus import subjects
 from townhall.context import Context
 from townhall.ice import link_headers
 from townhall.problems import (
-    BadInput,
+    BY_STATUS,
     Conflict,
-    Forbidden,
     NotAllowed,
     NotFound,
     Problem,
-    TooLarge,
     TooMany,
     Unavailable,
-    Unprocessable,
 )
 from townhall.room.rules import is_space_id
-from townhall.room.store import SpaceStore
-from townhall.stage.negotiation import is_session_id
-from townhall.stage.sdpcheck import check_sdp
+from townhall.sdp import check_sdp
+from townhall.sessionid import is_session_id
 
 log = logging.getLogger(__name__)
 
-STATUS: dict[int, type[Problem]] = {400: BadInput, 403: Forbidden, 404: NotFound,
-                                    409: Conflict, 413: TooLarge, 422: Unprocessable}
 
 # Offers that reach a stage, per identity and per Space. A speaker sends one per connection
 # (a reconnect after a network change or a stage takeover sends another); a Space's whole
@@ -68,7 +63,7 @@ WHIP_WHY = {
 
 
 def check_offer(body: bytes) -> str:
-    """The offer as text, or a precise refusal (see townhall.stage.sdpcheck)."""
+    """The offer as text, or a precise refusal (see townhall.sdp)."""
     return check_sdp(body)
 
 
@@ -104,8 +99,8 @@ def stage_refusal(reply: dict[str, object]) -> Problem | None:
     if status == 503:
         return Unavailable(detail, retry_after=float(str(reply.get("retry_after", 1))),
                            slug=slug)
-    if status in STATUS:
-        return STATUS[status](detail, slug=slug)
+    if status in BY_STATUS:
+        return BY_STATUS[status](detail, slug=slug)
     log.error("stage answered a WHIP request with %s: %s", status, detail)
     return Problem("an internal error occurred; nothing was changed")
 

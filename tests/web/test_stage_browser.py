@@ -13,7 +13,7 @@ from tests.conftest import Served, start_townhall
 from tests.integration.test_stage_program import guest
 from tests.integration.test_stage_takeover import stage_child, tone_db
 from tests.web.chromium import CHROMIUM, needs_chromium, tone_wav
-from townhall.bus import Bus, subjects
+from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message
 from townhall.media.chunk import Chunk
 
@@ -56,7 +56,7 @@ async def test_chromium_speaker_reaches_the_program(tmp_path: Path) -> None:
         async def on_media(msg: Message) -> None:
             chunks.append(Chunk.decode(msg.data))
 
-        bus = await Bus.connect([nats], setup=False, auth=served.nats_auth())
+        bus = await NatsBus.connect([nats], setup=False, auth=served.nats_auth())
         try:
             await bus.subscribe(subjects.media(space), on_media)
             async with async_playwright() as pw:

@@ -6,9 +6,9 @@ import time
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from townhall.api.stageboard import StageBoard, StageCollector, families
 from townhall.media.playout import Playout
-from townhall.stage.observe import StageBoard, StageCollector, families
-from townhall.stage.tally import ClockWatch, Tally, stage_report
+from townhall.stage.counters import ClockWatch, Tally, stage_report
 
 
 def test_clock_watch_counts_late_ticks_and_keeps_the_worst_per_window() -> None:
