@@ -1,7 +1,7 @@
 """Network namespaces as test "hosts": the one helper every multi-host, NAT and impairment
 test shares.
 
-A ``Lab`` builds namespaces named ``th<lab>-<name>`` (so a crashed run's leftovers are
+A ``Lab`` builds namespaces named ``thl<lab>-<name>`` (so a crashed run's leftovers are
 recognisable and swept by the next one), joins them to a bridge that lives in a namespace of
 its own (the machine's own network is never touched), and undoes everything it made when
 it closes, even after a failure: processes started in its hosts, nft rules, veths and
@@ -33,9 +33,10 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
-PREFIX = "th"
+PREFIX = "thl"  # not "th": runs with the older sweep (any th<hex>-) kill live labs
 NFT_TABLE = "thlab"
 _CMD_TIMEOUT_S = 10.0
 
@@ -79,12 +80,37 @@ def namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+OWNERS = "/run/thlab"     # <lab id> -> pid of the process that built it
+_ORPHAN_AGE_S = 900.0    # a namespace with no owner file is left alone this long
+
+
+def _owned_by_a_live_lab(ns: str, prefix: str) -> bool:
+    """Another test run's lab is still in use: its builder lives (or, for a lab built
+    without an owner file, it is recent). Sweeping it would kill that run's processes."""
+    lab_id = ns[len(prefix):].split("-", 1)[0]
+    try:
+        pid = int(Path(OWNERS, lab_id).read_text())
+    except (OSError, ValueError):
+        try:
+            return time.time() - os.stat(f"/run/netns/{ns}").st_mtime < _ORPHAN_AGE_S
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sweep(prefix: str = PREFIX) -> list[str]:
-    """Delete namespaces a crashed lab left behind (names ``th<hex>-...``); returns them."""
+    """Delete namespaces a crashed lab left behind (names ``th<hex>-...``); returns them.
+    Labs of runs still going (several test runs share a machine) are left alone."""
     pattern = re.compile(rf"^{re.escape(prefix)}[0-9a-f]{{4}}-")
     gone = []
     for ns in namespaces():
-        if pattern.match(ns):
+        if pattern.match(ns) and not _owned_by_a_live_lab(ns, prefix):
             _kill_all_in(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
                            timeout=_CMD_TIMEOUT_S)
@@ -177,6 +203,9 @@ class Lab:
             raise LabUnavailable(reason)
         sweep()
         self.id = secrets.token_hex(2)
+        with contextlib.suppress(OSError):
+            os.makedirs(OWNERS, exist_ok=True)
+            Path(OWNERS, self.id).write_text(str(os.getpid()))
         # 10.231.<n>.0/24: a subnet per lab so two labs at once never share addresses.
         self.octet = subnet_octet if subnet_octet is not None else int(self.id, 16) % 250 + 1
         self.bridge_ns = f"{PREFIX}{self.id}-br"
@@ -294,6 +323,8 @@ class Lab:
             for proc in host.procs:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(2)
+        with contextlib.suppress(OSError):
+            Path(OWNERS, self.id).unlink()
 
 
 @contextlib.contextmanager

@@ -40,6 +40,10 @@ class NatsNode:
         routes = [f"nats://{ROUTE_USER}:{route_password}@{p.host}:{p.cluster_port}"
                   for p in peers if p is not self]
         return {"authorization": authorization(users),
+                # A peer cut off by a partition sends no RST: without these its route (and
+                # every client of it) looks alive for minutes while requests routed through
+                # it are lost; with them it is dropped within ~3 s.
+                "ping_interval": "1s", "ping_max": 3, "write_deadline": "2s",
                 "cluster": {"name": "townhall", "listen": f"{self.host}:{self.cluster_port}",
                             "authorization": {"user": ROUTE_USER,
                                               "password": route_password},

@@ -425,21 +425,27 @@ class Stage:
     async def acquire(self, space: str, snap: dict[str, Any]) -> bool:
         if space in self.runs:
             return True
-        try:
-            rev = await self.bus.kv_create(subjects.LEASES_BUCKET, space, self.node.encode())
+        try:  # bounded: a request lost in a cluster's re-election must not hold up tending
+            rev = await asyncio.wait_for(self.bus.kv_create(
+                subjects.LEASES_BUCKET, space, self.node.encode()), RENEW_TIMEOUT_S)
         except CasConflict:
             return False
         self._taking.add(space)
         try:
-            last_msg = await self.bus.last_message(subjects.MEDIA_STREAM,
-                                                   subjects.media(space))
+            last_msg = await asyncio.wait_for(self.bus.last_message(
+                subjects.MEDIA_STREAM, subjects.media(space)), RENEW_TIMEOUT_S)
+        except Exception:
+            with contextlib.suppress(Exception):  # hand the lease back rather than sit on it
+                await asyncio.wait_for(self.bus.kv_delete(
+                    subjects.LEASES_BUCKET, space, revision=rev), RENEW_TIMEOUT_S)
+            raise
         finally:
             self._taking.discard(space)
         last = Chunk.decode(last_msg.data) if last_msg else None
         self.leases[space] = rev
         self.renewed[space] = time.monotonic()
-        # Fenced on the chunk read here: were it not the newest (the old owner still
-        # storing), our first publish is refused and the Space is given up and retaken.
+        # The first chunk is numbered again from the newest stored one when it is sent
+        # (send_chunks): an old owner may still be storing.
         run = SpaceRun(self.bus, space, snap, Packager.after(last),
                        stored_seq=last_msg.seq if last_msg else 0, on_fenced=self._fenced)
         run.task = asyncio.ensure_future(run.run())
@@ -479,7 +485,11 @@ class Stage:
                     await self.lose(space, "could not renew the lease in time")
         for key, snap in list(self.live.items()):
             if key not in self.runs and key not in self._taking:
-                await self.acquire(key, snap)
+                try:
+                    await self.acquire(key, snap)
+                except Exception:  # no answer in time: the next round tries again
+                    log.warning("could not take a Space", exc_info=True,
+                                extra={"space": key})
 
     def _fenced(self, space: str) -> None:
         """A chunk of ours was refused: another stage stored one since; give it up now."""
