@@ -1,7 +1,7 @@
 """Network namespaces as test "hosts": the one helper every multi-host, NAT and impairment
 test shares.
 
-A ``Lab`` builds namespaces named ``thl<lab>-<name>`` (so a crashed run's leftovers are
+A ``Lab`` builds namespaces named ``th<lab>-<name>`` (so a crashed run's leftovers are
 recognisable and swept by the next one), joins them to a bridge that lives in a namespace of
 its own (the machine's own network is never touched), and undoes everything it made when
 it closes, even after a failure: processes started in its hosts, nft rules, veths and
@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-PREFIX = "thl"  # not "th": runs with the older sweep (any th<hex>-) kill live labs
+PREFIX = "th"
+OWNERS = Path("/run/townhall-netlab")  # <lab id> -> pid of the process that made it
 NFT_TABLE = "thlab"
 _CMD_TIMEOUT_S = 10.0
 
@@ -80,37 +81,24 @@ def namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-OWNERS = "/run/thlab"     # <lab id> -> pid of the process that built it
-_ORPHAN_AGE_S = 900.0    # a namespace with no owner file is left alone this long
-
-
-def _owned_by_a_live_lab(ns: str, prefix: str) -> bool:
-    """Another test run's lab is still in use: its builder lives (or, for a lab built
-    without an owner file, it is recent). Sweeping it would kill that run's processes."""
-    lab_id = ns[len(prefix):].split("-", 1)[0]
+def _owner_alive(lab_id: str) -> bool:
+    """Whether the process that made lab ``lab_id`` still runs (its labs are in use)."""
     try:
-        pid = int(Path(OWNERS, lab_id).read_text())
-    except (OSError, ValueError):
-        try:
-            return time.time() - os.stat(f"/run/netns/{ns}").st_mtime < _ORPHAN_AGE_S
-        except OSError:
-            return False
-    try:
+        pid = int((OWNERS / lab_id).read_text())
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (OSError, ValueError):
         return False
-    except PermissionError:
-        return True
     return True
 
 
 def sweep(prefix: str = PREFIX) -> list[str]:
-    """Delete namespaces a crashed lab left behind (names ``th<hex>-...``); returns them.
-    Labs of runs still going (several test runs share a machine) are left alone."""
-    pattern = re.compile(rf"^{re.escape(prefix)}[0-9a-f]{{4}}-")
+    """Delete namespaces a crashed lab left behind (names ``th<hex>-...`` whose owning
+    process is gone; labs of other live test runs are left alone); returns them."""
+    pattern = re.compile(rf"^{re.escape(prefix)}([0-9a-f]{{4}})-")
     gone = []
     for ns in namespaces():
-        if pattern.match(ns) and not _owned_by_a_live_lab(ns, prefix):
+        found = pattern.match(ns)
+        if found and not _owner_alive(found.group(1)):
             _kill_all_in(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
                            timeout=_CMD_TIMEOUT_S)
@@ -202,10 +190,10 @@ class Lab:
         if reason:
             raise LabUnavailable(reason)
         sweep()
-        self.id = secrets.token_hex(2)
-        with contextlib.suppress(OSError):
-            os.makedirs(OWNERS, exist_ok=True)
-            Path(OWNERS, self.id).write_text(str(os.getpid()))
+        taken = {ns[len(PREFIX):len(PREFIX) + 4] for ns in namespaces()}
+        self.id = next(i for i in iter(lambda: secrets.token_hex(2), None) if i not in taken)
+        OWNERS.mkdir(parents=True, exist_ok=True)
+        (OWNERS / self.id).write_text(str(os.getpid()))
         # 10.231.<n>.0/24: a subnet per lab so two labs at once never share addresses.
         self.octet = subnet_octet if subnet_octet is not None else int(self.id, 16) % 250 + 1
         self.bridge_ns = f"{PREFIX}{self.id}-br"
@@ -319,12 +307,12 @@ class Lab:
             _kill_all_in(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
                            timeout=_CMD_TIMEOUT_S)
+        with contextlib.suppress(OSError):
+            (OWNERS / self.id).unlink()
         for host in self.hosts.values():
             for proc in host.procs:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(2)
-        with contextlib.suppress(OSError):
-            Path(OWNERS, self.id).unlink()
 
 
 @contextlib.contextmanager

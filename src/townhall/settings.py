@@ -53,6 +53,12 @@ class Settings:
     nats_creds: Path | None = field(default_factory=lambda: _env_path("TOWNHALL_NATS_CREDS"))
     nats_auth_file: Path | None = field(
         default_factory=lambda: _env_path("TOWNHALL_NATS_AUTH_FILE"))
+    # TLS to an external NATS (docs/operations.md "Three hosts"): the CA of its servers'
+    # certificates, and this process's certificate where the servers require one.
+    nats_tls_ca: Path | None = field(default_factory=lambda: _env_path("TOWNHALL_NATS_TLS_CA"))
+    nats_tls_cert: Path | None = field(
+        default_factory=lambda: _env_path("TOWNHALL_NATS_TLS_CERT"))
+    nats_tls_key: Path | None = field(default_factory=lambda: _env_path("TOWNHALL_NATS_TLS_KEY"))
     roles: tuple[str, ...] = ALL_ROLES
     closed: bool = False
     public_url: str = ""
@@ -81,6 +87,9 @@ class Settings:
                                turn_secret_file=self.turn_secret_file,
                                public_ip=self.public_ip, rtc_ports=self.rtc_ports,
                                turn_ttl_s=self.turn_ttl)
+
+    # Webhooks (docs/api.md "Webhooks"): the endpoints file, read by api processes.
+    webhooks: Path | None = field(default_factory=lambda: _env_path("TOWNHALL_WEBHOOKS"))
 
     @property
     def open_mode(self) -> bool:

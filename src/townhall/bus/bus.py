@@ -29,6 +29,7 @@ from nats.js.kv import KeyValue
 
 from townhall.bus import subjects
 from townhall.bus.credentials import NatsAuth
+from townhall.bus.tls import NatsTls
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,43 @@ class Message:
     seq: int = 0  # the stream sequence, for a message read from a stream
 
 
+@dataclass(frozen=True)
+class Pulled:
+    """A message from a durable consumer, to settle with ``ack`` (done), ``nak`` (deliver
+    it again now) or keep with ``working`` (restarts the ack timer)."""
+
+    message: Message
+    delivered: int      # how many times the server has handed it out, this one included
+    stored_at: float    # unix seconds when the stream stored it
+    ack: Callable[[], Awaitable[None]]
+    nak: Callable[[], Awaitable[None]]
+    working: Callable[[], Awaitable[None]]
+
+
+class Consumer:
+    """A bound durable pull consumer; ``next()`` waits for one message."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    async def next(self, timeout: float) -> Pulled | None:
+        try:
+            msgs = await self._sub.fetch(1, timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return None
+        if not msgs:
+            return None
+        m = msgs[0]
+        meta = m.metadata
+        return Pulled(message=_message(m), delivered=int(meta.num_delivered or 1),
+                      stored_at=meta.timestamp.timestamp(), ack=m.ack, nak=m.nak,
+                      working=m.in_progress)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+
+
 class Subscription:
     """A live subscription; ``await unsubscribe()`` ends it."""
 
@@ -116,16 +154,18 @@ class Bus:
     @classmethod
     async def connect(cls, urls: list[str], *, name: str = "townhall",
                       replicas: int = 1, setup: bool = True,
-                      auth: NatsAuth | None = None) -> Bus:
+                      auth: NatsAuth | None = None, tls: NatsTls | None = None) -> Bus:
         """Connect (reconnecting forever on loss) and ensure the topology exists.
 
-        ``auth`` is the only way credentials reach nats-py (bus/credentials.py)."""
+        ``auth`` is the only way credentials reach nats-py (bus/credentials.py); ``tls``
+        verifies the servers against an operator's CA (bus/tls.py)."""
         nc = await nats.connect(
             servers=urls, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
             # A server on a partitioned host sends no FIN: only unanswered pings tell, so
             # they are frequent (≈3 s to move to another node; 5 s x 3 took up to 20 s).
             connect_timeout=5, allow_reconnect=True, ping_interval=1, max_outstanding_pings=3,
             **(auth.options() if auth is not None else {}),
+            **(tls.options() if tls is not None else {}),
         )
         bus = cls(nc, nc.jetstream(timeout=10))
         if setup:
@@ -144,6 +184,10 @@ class Bus:
                          num_replicas=replicas),
             StreamConfig(name=subjects.STATS_STREAM, subjects=["townhall.*.stats.*"],
                          retention=RetentionPolicy.WORK_QUEUE, max_age=30.0,
+                         storage=StorageType.FILE, num_replicas=replicas),
+            StreamConfig(name=subjects.WEBHOOKS_STREAM, subjects=[subjects.hooks("*")],
+                         max_age=subjects.WEBHOOKS_MAX_AGE_S,
+                         duplicate_window=subjects.WEBHOOKS_DEDUP_S,
                          storage=StorageType.FILE, num_replicas=replicas),
         ]
         for cfg in streams:
@@ -365,6 +409,17 @@ class Bus:
         except (TimeoutError, nats.errors.TimeoutError):
             return []
         return [(_message(m), m.ack) for m in msgs]
+
+    async def durable_consumer(self, stream: str, durable: str, subject: str, *,
+                               max_ack_pending: int, ack_wait_s: float) -> Consumer:
+        """Bind (creating it the first time, from new messages on) a durable pull consumer
+        that processes share: each message goes to one of them, and back to the stream
+        if not acked within ``ack_wait_s`` (its process died)."""
+        cfg = ConsumerConfig(durable_name=durable, deliver_policy=DeliverPolicy.NEW,
+                             ack_wait=ack_wait_s, max_ack_pending=max_ack_pending,
+                             filter_subject=subject)
+        return Consumer(await self._js.pull_subscribe(subject, durable=durable,
+                                                      stream=stream, config=cfg))
 
     async def close(self) -> None:
         # Flush what we published, then close: drain() can wait ~30 s on subscriptions

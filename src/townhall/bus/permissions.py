@@ -28,6 +28,7 @@ _JS_READ = (
     "$JS.API.STREAM.INFO.*",
     f"$JS.API.STREAM.CREATE.{subjects.MEDIA_STREAM}",
     f"$JS.API.STREAM.CREATE.{subjects.STATS_STREAM}",
+    f"$JS.API.STREAM.CREATE.{subjects.WEBHOOKS_STREAM}",
     "$JS.API.STREAM.MSG.GET.*",
     "$JS.API.DIRECT.GET.>",
     "$JS.API.CONSUMER.CREATE.>",
@@ -68,9 +69,10 @@ def _merge(a: Iterable[str], b: Iterable[str]) -> tuple[str, ...]:
 
 ROLE_PERMISSIONS: dict[str, Permissions] = {
     # The control plane: owns the topology and the buckets (with all of $JS.API it could
-    # rewrite any of them anyway); never speaks for the stage.
+    # rewrite any of them anyway); never speaks for the stage. It derives webhook events.
     "api": Permissions(
         publish=("townhall.*.state", "townhall.*.control", subjects.whip("*"),
+                 subjects.hooks("*"),
                  "$KV.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>"),
         subscribe=_SUBSCRIBE),
     # The media origin: chunks, levels, its heartbeat, its leases, and WHIP answers (only
