@@ -5,8 +5,8 @@ and h4, each preferring its own host's edge.
 
 Then the owning stage's host is cut off for 20 s and healed, and the next owner's host is
 killed outright: audio comes back each time (bound below), no listener hears a chunk
-number twice, and the cut-off stage stops mixing once it learns it lost the Space. Figures are printed
-(`pytest -s`) and kept in bench/README.md. About a minute."""
+number twice, and the cut-off stage stops mixing once it learns it lost the Space.
+Figures are printed (`pytest -s`) and kept in bench/README.md. About a minute."""
 
 from __future__ import annotations
 
