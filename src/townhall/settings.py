@@ -65,6 +65,8 @@ class Settings:
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     replicas: int = 1
     log_level: str = os.environ.get("TOWNHALL_LOG_LEVEL", "info")
+    # How long a finished recording (and its clips) is kept; then it answers 410.
+    recording_days: float = float(os.environ.get("TOWNHALL_RECORDING_DAYS", "30"))
     # Whose X-Forwarded-For / Forwarded is believed (CIDRs); the rest are clients.
     trusted_proxies: tuple[str, ...] = LOOPBACK_PROXIES
     # Ended (and never-started scheduled) Spaces are deleted this long after; 0 = never.

@@ -12,6 +12,14 @@ STATS_CONSUMER = "api-stats"
 WEBHOOKS_STREAM = "WEBHOOKS"      # subjects townhall-hooks.*, events for webhook endpoints
 WEBHOOKS_MAX_AGE_S = 7 * 24 * 3600.0  # longer than any endpoint's retries may last
 WEBHOOKS_DEDUP_S = 600.0          # the same event derived by several apis is stored once
+RECORDINGS_BUCKET = "recordings"  # object store: <space>/index, <space>/seg/<n>, ...
+RECORDERS_BUCKET = "recorders"    # key: <space id>, value: recording node id; short TTL
+RECORDER_TTL_S = 10.0
+
+
+def recorder_durable(space: str) -> str:
+    """The durable MEDIA consumer that records one Space (survives recorder restarts)."""
+    return f"rec-{space}"
 
 
 def kv_key(bucket: str, key: str) -> str:

@@ -26,6 +26,7 @@ SUBCOMMANDS: list[str] = [
     "townhall.cli.cluster",
     "townhall.cli.speak",
     "townhall.cli.listen",
+    "townhall.cli.replay",
     "townhall.cli.storm",
     "townhall.cli.watch",
     "townhall.cli.deploy",
@@ -79,7 +80,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                         trusted_proxies=proxies,
                         ended_retention=parse_duration(args.ended_retention),
                         space_budget=parse_budget(args.space_budget),
-                        space_budget_address=parse_budget(args.space_budget_per_address))
+                        space_budget_address=parse_budget(args.space_budget_per_address),
+                        recording_days=args.recording_days)
     if args.nats_creds or args.nats_auth_file:
         # Flags beat the environment as a pair: a stage child handed the embedded users
         # file must not pick up a TOWNHALL_NATS_CREDS it inherited.
@@ -212,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JetStream replicas for streams and buckets (3 in a cluster)")
     serve.add_argument("--node-id", default="", help="stable name of this process")
     serve.add_argument("--log-level", default=Settings.log_level)
+    serve.add_argument("--recording-days", type=float, default=Settings.recording_days,
+                       help="days a finished recording is kept, then 410 (default 30)")
     env = os.environ.get
     serve.add_argument("--trusted-proxies", metavar="CIDR[,CIDR]",
                        default=env("TOWNHALL_TRUSTED_PROXIES", ",".join(LOOPBACK_PROXIES)),
