@@ -138,7 +138,10 @@ async def _serve_background(settings: Settings, roles: list[str]) -> None:
 def _child_argv(settings: Settings, roles: list[str]) -> list[str]:
     argv = [sys.executable, "-m", "townhall", "serve", "--roles", ",".join(roles),
             "--nats", ",".join(settings.nats_urls), "--data", str(settings.data_dir),
-            "--log-level", settings.log_level, "--replicas", str(settings.replicas)]
+            "--log-level", settings.log_level, "--replicas", str(settings.replicas),
+            # Its own stable name: leases, heartbeats and metrics then say which machine's
+            # stage this is, not a hostname with a random suffix.
+            "--node-id", f"{settings.node_id}-{'-'.join(roles)}"]
     if settings.public_url:
         argv += ["--public-url", settings.public_url]
     # Paths only: the child reads the secrets itself (argv is world-readable in /proc).

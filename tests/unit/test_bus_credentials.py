@@ -103,3 +103,10 @@ def test_the_stage_child_gets_paths_not_secrets(tmp_path: Path) -> None:
     child = serve_settings(build_parser().parse_args(argv[3:]))
     child.nats_creds = None
     assert nats_auth(child, ["stage"]) == NatsAuth(user="stage", password=users["stage"])
+
+
+def test_the_stage_child_is_named_after_its_parent(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, nats_urls=["nats://10.9.0.2:4222"], node_id="h2")
+    argv = _child_argv(settings, ["stage"])
+    child = serve_settings(build_parser().parse_args(argv[3:]))
+    assert child.node_id == "h2-stage"

@@ -43,6 +43,14 @@ class CasConflict(Exception):
     """A key-value compare-and-set lost: someone else wrote first."""
 
 
+class Fenced(Exception):
+    """A fenced publish was refused: the subject's last stored message is not the one the
+    publisher expected, i.e. someone else has written it since."""
+
+
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+
+
 @dataclass(frozen=True)
 class Entry:
     """One key-value entry with the revision to compare against."""
@@ -69,6 +77,7 @@ class Message:
     data: bytes
     headers: dict[str, str]
     reply: str = ""
+    seq: int = 0  # the stream sequence, for a message read from a stream
 
 
 @dataclass(frozen=True)
@@ -176,7 +185,9 @@ class NatsBus:
         verifies the servers against an operator's CA (bus/tls.py)."""
         nc = await nats.connect(
             servers=urls, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-            connect_timeout=5, allow_reconnect=True, ping_interval=5, max_outstanding_pings=3,
+            # A server on a partitioned host sends no FIN: only unanswered pings tell, so
+            # they are frequent (≈3 s to move to another node; 5 s x 3 took up to 20 s).
+            connect_timeout=5, allow_reconnect=True, ping_interval=1, max_outstanding_pings=3,
             **(auth.options() if auth is not None else {}),
             **(tls.options() if tls is not None else {}),
         )
@@ -250,6 +261,24 @@ class NatsBus:
                               headers: dict[str, str] | None = None) -> int:
         """Publish into a stream and wait for its ack; returns the stream sequence."""
         ack = await self._js.publish(subject, data, headers=headers)
+        return int(ack.seq)
+
+    async def publish_fenced(self, subject: str, data: bytes, last_seq: int, *,
+                             timeout: float = 1.0) -> int:
+        """Publish into a stream only if ``last_seq`` is still the stream sequence of the
+        subject's newest stored message (0: none); returns the new one. Raises Fenced when
+        someone else wrote the subject since, TimeoutError when the stream did not answer
+        (then the message may or may not be stored). Plain subscribers get the message
+        either way: the fence keeps the stream, and so the publisher, honest."""
+        try:
+            ack = await self._js.publish(subject, data, timeout=timeout,
+                                         headers={EXPECTED_LAST_SUBJECT_SEQ: str(last_seq)})
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise TimeoutError(f"no ack on {subject}") from exc
+        except nats.js.errors.APIError as exc:
+            if getattr(exc, "err_code", None) == 10071:  # wrong last sequence
+                raise Fenced(subject) from exc
+            raise
         return int(ack.seq)
 
     async def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> Subscription:
@@ -381,7 +410,7 @@ class NatsBus:
         except nats.js.errors.NotFoundError:
             return None
         return Message(subject=raw.subject or subject, data=raw.data or b"",
-                       headers=dict(raw.headers or {}))
+                       headers=dict(raw.headers or {}), seq=int(raw.seq or 0))
 
     async def replay(self, stream: str, subject: str, *, since_s: float,
                      limit: int = 1000, timeout: float = 2.0) -> list[Message]:

@@ -20,11 +20,12 @@ class NatsNode:
     port: int
     cluster_port: int
     store: str
+    host: str = "127.0.0.1"  # the address it listens on and its peers route to
 
     def argv(self, binary: str) -> list[str]:
         """Flags without secrets; users and routes (with their password) are in the
         node's config file, see ``config``."""
-        return [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store,
+        return [binary, "-a", self.host, "-p", str(self.port), "-js", "-sd", self.store,
                 "--server_name", self.name, "-c", self.config_path]
 
     @property
@@ -36,17 +37,21 @@ class NatsNode:
         """The node's config: townhall's users, and routes to its peers that only nodes
         knowing ``route_password`` may open (else any local process could join the
         cluster and receive everything)."""
-        routes = [f"nats://{ROUTE_USER}:{route_password}@127.0.0.1:{p.cluster_port}"
+        routes = [f"nats://{ROUTE_USER}:{route_password}@{p.host}:{p.cluster_port}"
                   for p in peers if p is not self]
         return {"authorization": authorization(users),
-                "cluster": {"name": "townhall", "listen": f"127.0.0.1:{self.cluster_port}",
+                # A peer cut off by a partition sends no RST: without these its route (and
+                # every client of it) looks alive for minutes while requests routed through
+                # it are lost; with them it is dropped within ~3 s.
+                "ping_interval": "1s", "ping_max": 3, "write_deadline": "2s",
+                "cluster": {"name": "townhall", "listen": f"{self.host}:{self.cluster_port}",
                             "authorization": {"user": ROUTE_USER,
                                               "password": route_password},
                             "routes": routes}}
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self.host}:{self.port}"
 
 
 @dataclass

@@ -8,6 +8,12 @@ encodes the program once, and every 5 frames publishes a chunk on
 nobody talks. A stage that finds a live Space without a lease (its owner died) takes it
 and continues the sequence numbers from the last chunk JetStream kept.
 
+Two stages never both publish a Space's chunks for long: chunks go through JetStream
+fenced on the subject's last stored sequence (``Bus.publish_fenced``), so once a new owner
+has stored a chunk every publish of the deposed one is refused and it stops that Space at
+once; and a stage stops a Space the moment a renewal finds the lease taken, or when it
+could not renew for as long as the lease lives (docs/stage.md, "Takeover").
+
 Once a second the stage publishes its heartbeat on ``townhall.stages.<node>`` (Spaces,
 speakers, ticks, late frames, FEC/PLC/loss counters); the api processes export it on their
 /metrics (townhall.api.stageboard), since the stage process serves no HTTP.
@@ -20,10 +26,12 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from townhall.bus import Bus, CasConflict, subjects
-from townhall.bus.bus import Change, Message, Watch
+from townhall.bus.bus import Change, Fenced, Message, Watch
 from townhall.context import Context
 from townhall.media.chunk import Chunk
 from townhall.media.levels import LevelMeter
@@ -40,15 +48,29 @@ log = logging.getLogger(__name__)
 FRAME_S = 0.020
 RENEW_S = 1.0
 REPORT_S = 1.0
+ACK_TIMEOUT_S = 1.0     # a chunk's store ack; the next chunk is due 0.1 s after it
+RENEW_TIMEOUT_S = 1.0   # one lease renewal; tending must not hang on a cut-off node
+QUEUED_CHUNKS = 50      # 5 s of chunks waiting for acks; older ones are dropped
+CLAIM_TRIES = 5         # a takeover's first chunk racing the old owner's last ones
 
 
 class SpaceRun:
     """One owned Space: its speakers, its clock, its encoder and packager."""
 
     def __init__(self, bus: Bus, space: str, snap: dict[str, Any], packager: Packager,
-                 bitrate: int = 32_000) -> None:
+                 bitrate: int = 32_000, *, stored_seq: int = 0,
+                 on_fenced: Callable[[str], None] | None = None) -> None:
         self.bus = bus
         self.space = space
+        # The stream sequence of the Space's newest stored chunk: every chunk is published
+        # only on top of it, so a second stage's chunks cannot both be stored.
+        self.stored_seq = stored_seq
+        self.chunks: asyncio.Queue[bytes] = asyncio.Queue(QUEUED_CHUNKS)
+        self.on_fenced = on_fenced
+        self.fenced = False
+        self.unacked = 0  # chunks sent without a store ack (the stream did not answer)
+        self.claimed = False  # a chunk of ours is stored: later refusals mean deposed
+        self.shift = (0, 0)   # (seq, pts) added to the packager's numbers after a claim
         self.sessions: dict[str, SpeakerSession] = {}
         self.packager = packager
         self.encoder = OpusEncoder(bitrate)
@@ -82,9 +104,16 @@ class SpaceRun:
         return [s for s in self.sessions.values() if s.identity not in self.stage_ids]
 
     async def run(self) -> None:
+        sender = asyncio.ensure_future(self.send_chunks())
+        try:
+            await self._clock()
+        finally:
+            sender.cancel()
+
+    async def _clock(self) -> None:
         start = time.monotonic()
         tick = 0
-        while True:
+        while not self.fenced:
             tick += 1
             due = start + tick * FRAME_S
             if due > time.monotonic():
@@ -94,7 +123,94 @@ class SpaceRun:
             if late > 1.0:  # the loop stalled for a second: re-anchor, don't burst
                 start, tick = time.monotonic(), 0
             for subject, data in self.step(time.monotonic(), time.time()):
-                await self.bus.publish(subject, data)
+                if subject == subjects.media(self.space):
+                    if self.chunks.full():  # acks stalled: the oldest chunk is stale anyway
+                        self.chunks.get_nowait()
+                    self.chunks.put_nowait(data)
+                else:
+                    await self.bus.publish(subject, data)
+
+    async def send_chunks(self) -> None:
+        """Publish queued chunks one at a time, each fenced on the one stored before it.
+
+        The first chunk claims the Space: numbered after the newest stored chunk (read just
+        before, not when the lease was taken: an old owner may still be storing) and sent
+        fenced on it, again if the old owner got one more in; from then on the old owner's
+        publishes are the refused ones. Any later refusal means another stage claimed it
+        from us: stop at once (the lease check would notice only later). No ack: the chunk
+        may or may not be stored; ask the stream which chunk is its newest before sending
+        the next."""
+        subject = subjects.media(self.space)
+        while not self.fenced:
+            chunk = Chunk.decode(await self.chunks.get())
+            if self.shift != (0, 0):
+                chunk = replace(chunk, seq=chunk.seq + self.shift[0],
+                                pts=chunk.pts + self.shift[1])
+            if not self.claimed:  # read the newest stored chunk just before, not at lease
+                if not await self._claim(subject, chunk):
+                    self._fence()
+                    return
+                continue
+            data = chunk.encode()
+            try:
+                self.stored_seq = await self.bus.publish_fenced(
+                    subject, data, self.stored_seq, timeout=ACK_TIMEOUT_S)
+                self.claimed = True
+                continue
+            except Fenced:
+                self._fence()
+                return
+            except Exception:  # no ack: the stream is electing a leader, or we are cut off
+                self.unacked += 1
+            await self._resync(subject, data)
+
+    async def _claim(self, subject: str, chunk: Chunk) -> bool:
+        """Number our first chunk after the newest stored one and store it; a few tries."""
+        for _ in range(CLAIM_TRIES):
+            try:
+                last = await asyncio.wait_for(
+                    self.bus.last_message(subjects.MEDIA_STREAM, subject), ACK_TIMEOUT_S)
+                moved = chunk
+                if last is not None:
+                    prev = Chunk.decode(last.data)
+                    moved = replace(chunk, seq=prev.seq + 1,
+                                    pts=prev.pts + prev.duration_samples)
+                self.stored_seq = await self.bus.publish_fenced(
+                    subject, moved.encode(), last.seq if last else 0, timeout=ACK_TIMEOUT_S)
+            except Fenced:
+                continue
+            except Exception:
+                return False
+            self.shift = (self.shift[0] + moved.seq - chunk.seq,
+                          self.shift[1] + moved.pts - chunk.pts)
+            self.claimed = True
+            return True
+        return False
+
+    async def _resync(self, subject: str, sent: bytes) -> None:
+        """After a missing ack: learn the newest stored chunk, or give the Space up."""
+        while not self.fenced:
+            try:
+                last = await asyncio.wait_for(
+                    self.bus.last_message(subjects.MEDIA_STREAM, subject), ACK_TIMEOUT_S)
+            except Exception:
+                while not self.chunks.empty():  # silence beats stale audio
+                    self.chunks.get_nowait()
+                await asyncio.sleep(FRAME_S * 5)
+                continue
+            newest = last.seq if last is not None else 0
+            if last is not None and last.data == sent:
+                self.stored_seq = newest  # it was stored after all
+            elif newest != self.stored_seq:
+                self._fence()  # not ours and not the one before: another stage wrote
+            return
+
+    def _fence(self) -> None:
+        self.fenced = True
+        if self.task is not None:
+            self.task.cancel()
+        if self.on_fenced is not None:
+            self.on_fenced(self.space)
 
     def step(self, now: float, wall: float) -> list[tuple[str, bytes]]:
         """One 20 ms frame at monotonic ``now``: mix, feed returns, encode; what to publish."""
@@ -130,6 +246,8 @@ class Stage:
         self.node = ctx.settings.node_id
         self.runs: dict[str, SpaceRun] = {}
         self.leases: dict[str, int] = {}
+        self.renewed: dict[str, float] = {}  # monotonic time of each lease's last write
+        self.lost = 0  # Spaces given up because another stage took them
         self._reapers: set[asyncio.Future[None]] = set()
         self._whips: set[asyncio.Future[None]] = set()
         self._taking: set[str] = set()  # leased, clock not started yet
@@ -307,19 +425,29 @@ class Stage:
     async def acquire(self, space: str, snap: dict[str, Any]) -> bool:
         if space in self.runs:
             return True
-        try:
-            rev = await self.bus.kv_create(subjects.LEASES_BUCKET, space, self.node.encode())
+        try:  # bounded: a request lost in a cluster's re-election must not hold up tending
+            rev = await asyncio.wait_for(self.bus.kv_create(
+                subjects.LEASES_BUCKET, space, self.node.encode()), RENEW_TIMEOUT_S)
         except CasConflict:
             return False
         self._taking.add(space)
         try:
-            last_msg = await self.bus.last_message(subjects.MEDIA_STREAM,
-                                                   subjects.media(space))
+            last_msg = await asyncio.wait_for(self.bus.last_message(
+                subjects.MEDIA_STREAM, subjects.media(space)), RENEW_TIMEOUT_S)
+        except Exception:
+            with contextlib.suppress(Exception):  # hand the lease back rather than sit on it
+                await asyncio.wait_for(self.bus.kv_delete(
+                    subjects.LEASES_BUCKET, space, revision=rev), RENEW_TIMEOUT_S)
+            raise
         finally:
             self._taking.discard(space)
         last = Chunk.decode(last_msg.data) if last_msg else None
         self.leases[space] = rev
-        run = SpaceRun(self.bus, space, snap, Packager.after(last))
+        self.renewed[space] = time.monotonic()
+        # The first chunk is numbered again from the newest stored one when it is sent
+        # (send_chunks): an old owner may still be storing.
+        run = SpaceRun(self.bus, space, snap, Packager.after(last),
+                       stored_seq=last_msg.seq if last_msg else 0, on_fenced=self._fenced)
         run.task = asyncio.ensure_future(run.run())
         self.runs[space] = run
         log.info("stage owns space", extra={"space": space,
@@ -329,6 +457,7 @@ class Stage:
     async def release(self, space: str) -> None:
         run = self.runs.pop(space, None)
         self.leases.pop(space, None)
+        self.renewed.pop(space, None)
         if run is None:
             return
         if run.task:
@@ -342,20 +471,53 @@ class Stage:
         """Once a second: renew our leases, and take live Spaces nobody holds."""
         for space, rev in list(self.leases.items()):
             try:
-                self.leases[space] = await self.bus.kv_update(
-                    subjects.LEASES_BUCKET, space, self.node.encode(), rev)
+                self.leases[space] = await asyncio.wait_for(self.bus.kv_update(
+                    subjects.LEASES_BUCKET, space, self.node.encode(), rev), RENEW_TIMEOUT_S)
+                self.renewed[space] = time.monotonic()
             except CasConflict:
-                log.warning("lost the lease", extra={"space": space})
-                run = self.runs.pop(space, None)
-                self.leases.pop(space, None)
-                if run is not None and run.task:
-                    run.task.cancel()
-                    await run.close_all()
-                if run is not None:
-                    self._retire(run)
+                self.leases.pop(space, None)  # someone else's now: not ours to delete
+                await self.lose(space, "another stage holds the lease")
+            except Exception:
+                # No answer (our NATS node is cut off, or the bucket is electing a leader):
+                # we still own it until the lease could have expired, counted from before
+                # our last write reached the server, so this errs early.
+                if time.monotonic() - self.renewed.get(space, 0.0) >= subjects.LEASE_TTL_S:
+                    await self.lose(space, "could not renew the lease in time")
         for key, snap in list(self.live.items()):
-            if key not in self.runs:
-                await self.acquire(key, snap)
+            if key not in self.runs and key not in self._taking:
+                try:
+                    await self.acquire(key, snap)
+                except Exception:  # no answer in time: the next round tries again
+                    log.warning("could not take a Space", exc_info=True,
+                                extra={"space": key})
+
+    def _fenced(self, space: str) -> None:
+        """A chunk of ours was refused: another stage stored one since; give it up now."""
+        task = asyncio.ensure_future(self.lose(space, "another stage publishes its chunks"))
+        self._reapers.add(task)
+        task.add_done_callback(self._reapers.discard)
+
+    async def lose(self, space: str, why: str) -> None:
+        """Stop mixing a Space we no longer own: its clock, its speakers' sessions (they
+        reconnect through the api to the new owner). If the lease is still at our revision
+        (we were fenced right after taking it over) it is deleted, so that the Space is
+        retaken at once rather than after the TTL; someone else's lease stays."""
+        run = self.runs.pop(space, None)
+        rev = self.leases.pop(space, None)
+        self.renewed.pop(space, None)
+        if run is not None:
+            self.lost += 1
+            log.warning("lost the Space", extra={"space": space, "reason": why})
+            run.fenced = True
+            if run.task:
+                run.task.cancel()
+        if rev is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.bus.kv_delete(
+                    subjects.LEASES_BUCKET, space, revision=rev), RENEW_TIMEOUT_S)
+        if run is not None:
+            await run.close_all()
+            self._retire(run)
 
     async def stop(self) -> None:
         for task in list(self._whips):
