@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from townhall.bus import CasConflict, Change, Entry, Message, Subscription, Watch
-from townhall.bus.bus import Consumer, Handler, PullConsumer
+from townhall.bus.bus import Consumer, Fenced, Handler, PullConsumer
 
 
 def matches(pattern: str, subject: str) -> bool:
@@ -69,6 +69,13 @@ class FakeBus:
         self.stored.append((asyncio.get_running_loop().time(), msg))
         await self._deliver(msg)
         return len(self.stored)
+
+    async def publish_fenced(self, subject: str, data: bytes, last_seq: int, *,
+                             timeout: float = 1.0) -> int:
+        mine = [i + 1 for i, (_, m) in enumerate(self.stored) if m.subject == subject]
+        if (mine[-1] if mine else 0) != last_seq:
+            raise Fenced(subject)
+        return await self.publish_durable(subject, data)
 
     async def _deliver(self, msg: Message) -> None:
         self.published.append(msg)

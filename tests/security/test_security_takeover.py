@@ -17,7 +17,7 @@ import pytest
 
 from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.bus import Bus, subjects
-from townhall.bus.bus import Message
+from townhall.bus.bus import Message, NatsBus
 from townhall.context import Context
 from townhall.media.chunk import Chunk
 from townhall.settings import Settings
@@ -36,7 +36,7 @@ async def until(check: object, bound_s: float, what: str) -> None:
 
 @pytest.fixture
 async def stages(nats_url: str, tmp_path: Path) -> AsyncIterator[tuple[Stage, Stage, Bus]]:
-    buses = [await Bus.connect([nats_url]) for _ in range(3)]
+    buses: list[Bus] = [await NatsBus.connect([nats_url]) for _ in range(3)]
     made = []
     for node, bus in zip(("stage-a", "stage-b"), buses, strict=False):
         settings = Settings(data_dir=tmp_path / node, roles=("stage",), nats_urls=[nats_url],

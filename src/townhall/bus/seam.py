@@ -42,6 +42,13 @@ class Bus(Protocol):
         """Publish into a stream and wait for its ack; returns the stream sequence."""
         ...
 
+    async def publish_fenced(self, subject: str, data: bytes, last_seq: int, *,
+                             timeout: float = 1.0) -> int:
+        """Publish into a stream only if ``last_seq`` is still the stream sequence of the
+        subject's newest stored message (0: none); returns the new one. Raises Fenced when
+        someone else wrote the subject since, TimeoutError when the stream did not answer."""
+        ...
+
     async def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> Subscription:
         """Call ``handler`` with every message on ``subject`` until unsubscribed."""
         ...
