@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 PREFIX = "th"
+# Labs run at once (several test runs on one machine): each marks its id with its pid here,
+# and a sweep deletes only namespaces whose lab has no live owner.
+OWNERS = "/run/townhall-netlab"
 NFT_TABLE = "thlab"
 _CMD_TIMEOUT_S = 10.0
 
@@ -81,15 +84,26 @@ def namespaces() -> list[str]:
 
 def sweep(prefix: str = PREFIX) -> list[str]:
     """Delete namespaces a crashed lab left behind (names ``th<hex>-...``); returns them."""
-    pattern = re.compile(rf"^{re.escape(prefix)}[0-9a-f]{{4}}-")
+    pattern = re.compile(rf"^{re.escape(prefix)}([0-9a-f]{{4}})-")
     gone = []
     for ns in namespaces():
-        if pattern.match(ns):
+        m = pattern.match(ns)
+        if m and not _owner_alive(m.group(1)):
             _kill_all_in(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
                            timeout=_CMD_TIMEOUT_S)
             gone.append(ns)
     return gone
+
+
+def _owner_alive(lab_id: str) -> bool:
+    """Whether the process that made lab ``lab_id`` is still running (it is not stale)."""
+    try:
+        with open(os.path.join(OWNERS, lab_id)) as f:
+            os.kill(int(f.read().strip()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _kill_all_in(ns: str) -> None:
@@ -171,21 +185,27 @@ class Host:
 class Lab:
     """A bridge and hosts on it, all in namespaces of their own; a context manager."""
 
-    def __init__(self, subnet_octet: int | None = None) -> None:
+    def __init__(self, subnet_octet: int | None = None, prefix: str = PREFIX) -> None:
         reason = why_unavailable()
         if reason:
             raise LabUnavailable(reason)
-        sweep()
+        self.prefix = prefix
+        sweep(prefix)
         self.id = secrets.token_hex(2)
+        while _owner_alive(self.id):
+            self.id = secrets.token_hex(2)
+        os.makedirs(OWNERS, exist_ok=True)
+        with open(os.path.join(OWNERS, self.id), "w") as f:
+            f.write(str(os.getpid()))
         # 10.231.<n>.0/24: a subnet per lab so two labs at once never share addresses.
         self.octet = subnet_octet if subnet_octet is not None else int(self.id, 16) % 250 + 1
-        self.bridge_ns = f"{PREFIX}{self.id}-br"
+        self.bridge_ns = f"{prefix}{self.id}-br"
         self.hosts: dict[str, Host] = {}
         self._made: list[str] = []
         self._closed = False
 
     def _ns(self, name: str) -> str:
-        ns = f"{PREFIX}{self.id}-{name}"
+        ns = f"{self.prefix}{self.id}-{name}"
         sh("ip", "netns", "add", ns)
         self._made.append(ns)
         sh("ip", "link", "set", "lo", "up", ns=ns)
@@ -294,6 +314,8 @@ class Lab:
             for proc in host.procs:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(2)
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(OWNERS, self.id))
 
 
 @contextlib.contextmanager

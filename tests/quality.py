@@ -20,6 +20,7 @@ Everything it starts (namespaces, nft rules, relay, servers, clients) ends with 
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import shutil
@@ -327,18 +328,22 @@ def _finish(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, str]:
 
 
 def run_condition(cond: Condition, speech: Path, seconds: float, workdir: Path,
-                  seed: int = 7) -> Run:
+                  seed: int = 7, src: Path | None = None) -> Run:
     """``townhall speak --file speech`` for ``seconds`` through ``cond``; what a listener
-    next to the stage recorded. Bounded: every wait has a timeout."""
+    next to the stage recorded. Bounded: every wait has a timeout. With ``src`` (a source
+    tree's ``src`` directory) townhall's processes run that version instead of this one."""
     workdir.mkdir(parents=True, exist_ok=True)
-    with Lab() as lab:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    # A prefix of its own: long runs are not swept by labs that predate owner marks.
+    with Lab(prefix="tq") as lab:
         stage, nat, speaker = lab.host("s"), lab.host("n"), lab.host("p")
-        return _run_in(lab, stage, nat, speaker, cond, speech, seconds, workdir, seed)
+        return _run_in(stage, nat, speaker, cond, speech, seconds, workdir, seed, env)
 
 
-def _run_in(lab: Lab, stage: Host, nat: Host, speaker: Host, cond: Condition, speech: Path,
-            seconds: float, workdir: Path, seed: int) -> Run:
-    del lab
+def _run_in(stage: Host, nat: Host, speaker: Host, cond: Condition, speech: Path,
+            seconds: float, workdir: Path, seed: int, env: dict[str, str]) -> Run:
     # Media between the speaker and the stage only through the relay, either way.
     stage.nft("add table inet thq\n"
               "add chain inet thq in { type filter hook input priority 0; }\n"
@@ -358,7 +363,7 @@ def _run_in(lab: Lab, stage: Host, nat: Host, speaker: Host, cond: Condition, sp
             [sys.executable, "-m", "townhall", "serve", "--host", stage.addr, "--port", "8080",
              "--open", "--data", str(workdir / "data"), "--public-ip", nat.addr,
              "--rtc-ports", RTC_PORTS], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            cwd=ROOT))
+            cwd=ROOT, env=env))
         code, out = _finish(speaker.popen([sys.executable, "-c", SETUP, url], cwd=ROOT,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
                             90)
@@ -368,12 +373,13 @@ def _run_in(lab: Lab, stage: Host, nat: Host, speaker: Host, cond: Condition, sp
         listen = stage.popen([sys.executable, "-m", "townhall", "listen", "--url", url,
                               "--space", space["space"], "--seconds", str(seconds + 8),
                               "--out", str(rec)], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
+                             stderr=subprocess.STDOUT, env=env)
         procs.append(listen)
         speak = speaker.popen([sys.executable, "-m", "townhall", "speak", "--url", url,
                                "--space", space["space"], "--token", space["token"],
                                "--file", str(speech), "--seconds", str(seconds)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=env)
         procs.append(speak)
         # The stage's counters while the speaker is still on (the jitter target is a gauge).
         deadline = time.monotonic() + seconds + 30
