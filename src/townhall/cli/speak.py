@@ -30,7 +30,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import is_rtcp
 
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
-from townhall.media.linkquality import grade
+from townhall.media.linkquality import LinkGauge, grade
 from townhall.stage.ingest import to_mono
 from townhall.stage.rtc import rtc_configuration
 
@@ -214,12 +214,13 @@ async def watch_return(recorder: ReturnRecorder, dropped: asyncio.Event) -> None
             dropped.set()
 
 
-def link_line(stats: Any) -> tuple[str, str]:
-    """The grade and a line about our uplink from one of the stage's receiver reports
-    (aiortc's remote-inbound-rtp: fractionLost is RTCP's 8-bit fraction, jitter in 48 kHz
-    timestamp units)."""
-    loss = float(stats.fractionLost) / 256
+def link_line(stats: Any, gauge: LinkGauge, now: float) -> tuple[str, str]:
+    """The grade and a line about our uplink from the stage's receiver reports (aiortc's
+    remote-inbound-rtp: cumulative packets lost, jitter in 48 kHz timestamp units), loss
+    taken over the gauge's window as the stage does for the host's view."""
     jitter_s = float(stats.jitter) / SAMPLE_RATE
+    lost = max(0, int(stats.packetsLost))
+    loss = gauge.sample(max(0, int(stats.packetsReceived)), lost, now)
     quality = grade(loss, jitter_s)
     rtt = getattr(stats, "roundTripTime", None)
     rtt_text = f", rtt {rtt * 1000:.0f} ms" if rtt else ""
@@ -230,6 +231,7 @@ def link_line(stats: Any) -> tuple[str, str]:
 async def report_link(pc: RTCPeerConnection, every_s: float = 2.0) -> None:
     """Print our link quality when the stage's reports first come and whenever it changes."""
     said = ""
+    gauge = LinkGauge()
     while True:
         await asyncio.sleep(every_s)
         for transceiver in pc.getTransceivers():
@@ -237,7 +239,7 @@ async def report_link(pc: RTCPeerConnection, every_s: float = 2.0) -> None:
             for stats in report.values():
                 if getattr(stats, "type", "") != "remote-inbound-rtp":
                     continue
-                quality, line = link_line(stats)
+                quality, line = link_line(stats, gauge, time.monotonic())
                 if quality != said:
                     print(line, file=sys.stderr, flush=True)
                     said = quality

@@ -32,7 +32,8 @@ class JitterBuffer:
     waiting (the decoder conceals it with Opus PLC), and adapts its target depth to the
     measured interarrival jitter (RFC 3550 estimator) between ``min_frames`` and
     ``max_frames``: up at once (and one frame more for every packet that came too late to
-    play), down one frame per ``calm_packets`` only. Holding at most ``max_frames`` packets bounds a flooding sender.
+    play), down one frame per ``calm_packets`` only. Holding at most ``max_frames``
+    packets bounds a flooding sender.
     When the sender's clock runs faster than the mixer's (drift) or a burst leaves the
     buffer deeper than ``target + 2``, one slot per tick is skipped until it is back.
     A buffer that runs empty while playing first bridges up to ``bridge_frames`` slots
