@@ -33,12 +33,11 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 PREFIX = "th"
-# Labs run at once (several test runs on one machine): each marks its id with its pid here,
-# and a sweep deletes only namespaces whose lab has no live owner.
-OWNERS = "/run/townhall-netlab"
+OWNERS = Path("/run/townhall-netlab")  # <lab id> -> pid of the process that made it
 NFT_TABLE = "thlab"
 _CMD_TIMEOUT_S = 10.0
 
@@ -82,28 +81,29 @@ def namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+def _owner_alive(lab_id: str) -> bool:
+    """Whether the process that made lab ``lab_id`` still runs (its labs are in use)."""
+    try:
+        pid = int((OWNERS / lab_id).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def sweep(prefix: str = PREFIX) -> list[str]:
-    """Delete namespaces a crashed lab left behind (names ``th<hex>-...``); returns them."""
+    """Delete namespaces a crashed lab left behind (names ``th<hex>-...`` whose owning
+    process is gone; labs of other live test runs are left alone); returns them."""
     pattern = re.compile(rf"^{re.escape(prefix)}([0-9a-f]{{4}})-")
     gone = []
     for ns in namespaces():
-        m = pattern.match(ns)
-        if m and not _owner_alive(m.group(1)):
+        found = pattern.match(ns)
+        if found and not _owner_alive(found.group(1)):
             _kill_all_in(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
                            timeout=_CMD_TIMEOUT_S)
             gone.append(ns)
     return gone
-
-
-def _owner_alive(lab_id: str) -> bool:
-    """Whether the process that made lab ``lab_id`` is still running (it is not stale)."""
-    try:
-        with open(os.path.join(OWNERS, lab_id)) as f:
-            os.kill(int(f.read().strip()), 0)
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def _kill_all_in(ns: str) -> None:
@@ -185,27 +185,24 @@ class Host:
 class Lab:
     """A bridge and hosts on it, all in namespaces of their own; a context manager."""
 
-    def __init__(self, subnet_octet: int | None = None, prefix: str = PREFIX) -> None:
+    def __init__(self, subnet_octet: int | None = None) -> None:
         reason = why_unavailable()
         if reason:
             raise LabUnavailable(reason)
-        self.prefix = prefix
-        sweep(prefix)
-        self.id = secrets.token_hex(2)
-        while _owner_alive(self.id):
-            self.id = secrets.token_hex(2)
-        os.makedirs(OWNERS, exist_ok=True)
-        with open(os.path.join(OWNERS, self.id), "w") as f:
-            f.write(str(os.getpid()))
+        sweep()
+        taken = {ns[len(PREFIX):len(PREFIX) + 4] for ns in namespaces()}
+        self.id = next(i for i in iter(lambda: secrets.token_hex(2), None) if i not in taken)
+        OWNERS.mkdir(parents=True, exist_ok=True)
+        (OWNERS / self.id).write_text(str(os.getpid()))
         # 10.231.<n>.0/24: a subnet per lab so two labs at once never share addresses.
         self.octet = subnet_octet if subnet_octet is not None else int(self.id, 16) % 250 + 1
-        self.bridge_ns = f"{prefix}{self.id}-br"
+        self.bridge_ns = f"{PREFIX}{self.id}-br"
         self.hosts: dict[str, Host] = {}
         self._made: list[str] = []
         self._closed = False
 
     def _ns(self, name: str) -> str:
-        ns = f"{self.prefix}{self.id}-{name}"
+        ns = f"{PREFIX}{self.id}-{name}"
         sh("ip", "netns", "add", ns)
         self._made.append(ns)
         sh("ip", "link", "set", "lo", "up", ns=ns)
@@ -310,12 +307,12 @@ class Lab:
             _kill_all_in(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False,
                            timeout=_CMD_TIMEOUT_S)
+        with contextlib.suppress(OSError):
+            (OWNERS / self.id).unlink()
         for host in self.hosts.values():
             for proc in host.procs:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(2)
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(OWNERS, self.id))
 
 
 @contextlib.contextmanager

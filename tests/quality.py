@@ -336,8 +336,7 @@ def run_condition(cond: Condition, speech: Path, seconds: float, workdir: Path,
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = str(src)
-    # A prefix of its own: long runs are not swept by labs that predate owner marks.
-    with Lab(prefix="tq") as lab:
+    with Lab() as lab:
         stage, nat, speaker = lab.host("s"), lab.host("n"), lab.host("p")
         return _run_in(stage, nat, speaker, cond, speech, seconds, workdir, seed, env)
 

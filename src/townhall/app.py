@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 # Which plug-in modules each HTTP role brings. A role's module exposes install(app, ctx).
 HTTP_PLUGINS: dict[str, list[str]] = {
-    "api": ["townhall.api.plugin", "townhall.stage.whip", "townhall.web.plugin",
-            "townhall.stage.observe", "townhall.api.ice"],
+    "api": ["townhall.api.plugin", "townhall.recording.plugin", "townhall.recording.hls",
+            "townhall.stage.whip", "townhall.web.plugin", "townhall.stage.observe",
+            "townhall.api.ice", "townhall.api.webhooks"],
     "edge": ["townhall.edge.plugin"],
 }
 MAX_BODY = 64 * 1024

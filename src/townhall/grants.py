@@ -38,6 +38,7 @@ NEEDS: dict[str, str] = {
     "publish": "speaker",     # WHIP POST
     "unpublish": "listener",  # WHIP DELETE (one's own session)
     "create": "host",         # POST /spaces
+    "clip": "speaker",        # POST clips: on stage while live, the host after the end
 }
 ACTIONS = tuple(NEEDS)
 # What needs no token at all (on a public Space that is not signed-in only).
@@ -55,6 +56,7 @@ _BY_RULE = {
     "allow": "moderate", "disallow": "moderate",
     "add_cohost": "host", "remove_cohost": "host",
     "signed_in_only_on": "host", "signed_in_only_off": "host",
+    "record_on": "host", "record_off": "host",
 }
 
 
@@ -163,5 +165,7 @@ def _roster(snap: Snapshot, grant: Identity, action: str) -> None:
         raise Forbidden("only the host or a co-host may do this", slug="not-moderator")
     if action == "host" and not is_host:
         raise Forbidden("only the host may do this", slug="not-host")
+    if action == "clip" and not (is_host or person):
+        raise Forbidden("only the host and people on stage may clip", slug="not-on-stage")
     if action == "publish" and person is None:
         raise Forbidden("only people on this Space's stage may publish", slug="not-on-stage")

@@ -108,6 +108,12 @@ class Conflict(Problem):
     title = "Conflict with the current state"
 
 
+class Gone(Problem):
+    status = 410
+    slug = "gone"
+    title = "No longer available"
+
+
 class TooLarge(Problem):
     status = 413
     slug = "too-large"

@@ -27,6 +27,7 @@ from townhall.bus.credentials import (
     load_or_create_users,
 )
 from townhall.bus.embedded import EmbeddedNats, die_with_parent
+from townhall.bus.tls import NatsTls
 from townhall.context import Context
 from townhall.edge.guard import idle_timeout_from_env
 from townhall.edge.handoff import http_protocol
@@ -55,12 +56,21 @@ def nats_auth(settings: Settings, roles: Iterable[str]) -> NatsAuth | None:
     return None
 
 
+def nats_tls(settings: Settings) -> NatsTls | None:
+    """Client TLS to NATS when the operator gave a CA (never for the embedded server)."""
+    if settings.nats_tls_ca is None:
+        return None
+    return NatsTls(ca=settings.nats_tls_ca, cert=settings.nats_tls_cert,
+                   key=settings.nats_tls_key)
+
+
 async def make_context(settings: Settings, roles: Iterable[str] | None = None) -> Context:
     """Connect as the NATS user for the roles that run in this process (default: all of
     settings.roles); ``townhall serve`` runs its stage elsewhere, so not as that one."""
     here = list(roles) if roles is not None else list(settings.roles)
     bus = await Bus.connect(settings.nats_urls, name=f"townhall-{'+'.join(here)}",
-                            replicas=settings.replicas, auth=nats_auth(settings, here))
+                            replicas=settings.replicas, auth=nats_auth(settings, here),
+                            tls=nats_tls(settings))
     issuer = TokenIssuer(load_or_create_secret(settings.data_dir))
     return Context(settings=settings, bus=bus, issuer=issuer)
 
@@ -136,6 +146,11 @@ def _child_argv(settings: Settings, roles: list[str]) -> list[str]:
         argv += ["--nats-creds", str(settings.nats_creds)]
     if settings.nats_auth_file is not None:
         argv += ["--nats-auth-file", str(settings.nats_auth_file)]
+    for flag, path in (("--nats-tls-ca", settings.nats_tls_ca),
+                       ("--nats-tls-cert", settings.nats_tls_cert),
+                       ("--nats-tls-key", settings.nats_tls_key)):
+        if path is not None:
+            argv += [flag, str(path)]
     argv += ice_argv(settings)
     return argv
 
@@ -162,6 +177,9 @@ def _start_embedded_nats(settings: Settings) -> EmbeddedNats:
                         users=users)
     settings.nats_urls = [nats.start()]
     settings.nats_creds = None
+    # The embedded server is plain TCP on loopback: a TLS setting meant for a cluster
+    # (say, inherited from the environment) must not stop it working.
+    settings.nats_tls_ca = settings.nats_tls_cert = settings.nats_tls_key = None
     settings.nats_auth_file = settings.data_dir / USERS_FILE
     admin = admin_auth(settings.nats_auth_file)
 

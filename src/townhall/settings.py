@@ -53,12 +53,20 @@ class Settings:
     nats_creds: Path | None = field(default_factory=lambda: _env_path("TOWNHALL_NATS_CREDS"))
     nats_auth_file: Path | None = field(
         default_factory=lambda: _env_path("TOWNHALL_NATS_AUTH_FILE"))
+    # TLS to an external NATS (docs/operations.md "Three hosts"): the CA of its servers'
+    # certificates, and this process's certificate where the servers require one.
+    nats_tls_ca: Path | None = field(default_factory=lambda: _env_path("TOWNHALL_NATS_TLS_CA"))
+    nats_tls_cert: Path | None = field(
+        default_factory=lambda: _env_path("TOWNHALL_NATS_TLS_CERT"))
+    nats_tls_key: Path | None = field(default_factory=lambda: _env_path("TOWNHALL_NATS_TLS_KEY"))
     roles: tuple[str, ...] = ALL_ROLES
     closed: bool = False
     public_url: str = ""
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     replicas: int = 1
     log_level: str = os.environ.get("TOWNHALL_LOG_LEVEL", "info")
+    # How long a finished recording (and its clips) is kept; then it answers 410.
+    recording_days: float = float(os.environ.get("TOWNHALL_RECORDING_DAYS", "30"))
     # Whose X-Forwarded-For / Forwarded is believed (CIDRs); the rest are clients.
     trusted_proxies: tuple[str, ...] = LOOPBACK_PROXIES
     # Ended (and never-started scheduled) Spaces are deleted this long after; 0 = never.
@@ -81,6 +89,9 @@ class Settings:
                                turn_secret_file=self.turn_secret_file,
                                public_ip=self.public_ip, rtc_ports=self.rtc_ports,
                                turn_ttl_s=self.turn_ttl)
+
+    # Webhooks (docs/api.md "Webhooks"): the endpoints file, read by api processes.
+    webhooks: Path | None = field(default_factory=lambda: _env_path("TOWNHALL_WEBHOOKS"))
 
     @property
     def open_mode(self) -> bool:

@@ -111,3 +111,57 @@ def test_unreachable_url_exits_nonzero() -> None:
     out = _storm("--url", f"http://127.0.0.1:{free_port()}", "--space", "x", "--listeners", "1")
     assert out.returncode == 2
     assert "cannot reach" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def open_space(townhall_shared: Served) -> tuple[Served, str]:
+    """A live Space on a server with the default edge capacity (nobody is refused)."""
+    host = townhall_shared.client(townhall_shared.session("host"))
+    space = host.post("/api/v1/spaces", json={"title": "viral page"}).json()["id"]
+    assert host.post(f"/api/v1/spaces/{space}/start").status_code == 200
+    return townhall_shared, space
+
+
+def _browser_storm(served: Served, space: str, report: Path,
+                   *extra: str) -> dict[str, Any]:
+    out = _storm("--url", served.url, "--space", space, "--listeners", "20", "--ramp", "2",
+                 "--hold", "8", "--workers", "2", "--protocol", "browser",
+                 "--report", str(report), *extra)
+    s = _summary(out, report)
+    assert s["connected"] == 20 and s["failed"] == 0, s["reasons"]
+    assert s["viewers_counted"] == 20  # every viewer reported its requests
+    return s
+
+
+def test_browser_viewers_count_every_request(open_space: tuple[Served, str],
+                                             tmp_path: Path) -> None:
+    served, space = open_space
+    s = _browser_storm(served, space, tmp_path, "--reactions", "4")
+    per = s["requests_per_viewer"]
+    assert per["page"] == {"mean": 1.0, "max": 1}  # each viewer opened the link once
+    # whatever the page references was fetched, and no viewer fetched more than the page
+    # names (immutable assets come from the worker's shared cache after the first viewers)
+    assert s["requests"]["asset"] >= 1 and 1 <= per["asset"]["max"] <= 8
+    # the page load costs at most the snapshot and the edge list; nothing polls after it
+    assert per["api"]["max"] <= 2
+    assert s["requests"]["list"] == 0
+    assert s["api_requests_per_viewer_minute"] is not None
+    assert s["api_requests_per_viewer_minute"] < 1
+    assert s["viewer_minutes_after_ramp"] > 0
+    assert s["page_to_first_audio_p50_ms"] is not None
+    assert s["page_to_first_audio_p99_ms"] >= s["page_to_first_audio_p50_ms"]
+    assert s["api_cpu_ms_per_viewer_minute"] is not None  # the server's process was found
+    assert s["socket_reactions"] > 0 and "reaction 202" not in s["actors"]
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert any(r["api_rps"] > 0 for r in rep["series"])  # the page loads show in the plot
+    assert (tmp_path / "api.png").stat().st_size > 0
+
+
+def test_page_poll_reference_costs_thirty_api_requests_per_viewer_minute(
+        open_space: tuple[Served, str], tmp_path: Path) -> None:
+    served, space = open_space
+    s = _browser_storm(served, space, tmp_path, "--page-poll", "2")
+    # one snapshot GET every 2 s per open page: 30 per viewer-minute
+    assert 20 <= s["api_requests_per_viewer_minute"] <= 40
+    assert s["requests_per_viewer"]["snapshot"]["mean"] >= 4
+    assert s["page_poll_s"] == 2

@@ -150,3 +150,21 @@ for _ in range(25):  # the server may not be bound yet
 def _ask(host: Host, addr: str, port: int) -> str | None:
     out = host.run(sys.executable, "-c", ASK, addr, str(port)).strip()
     return out or None
+
+
+def test_sweep_takes_leftovers_of_dead_runs_only() -> None:
+    from tests.netlab import OWNERS, sh, sweep
+
+    dead = "0dea"
+    sh("ip", "netns", "add", f"{PREFIX}{dead}-x")          # a crashed run's leftover
+    OWNERS.mkdir(parents=True, exist_ok=True)
+    (OWNERS / dead).write_text("999999999")                 # no such process
+    try:
+        with Lab() as live:
+            live.host("a")
+            assert f"{PREFIX}{dead}-x" not in namespaces()  # swept when the lab started
+            sweep()                                         # another run sweeping now...
+            mine = [ns for ns in namespaces() if ns.startswith(f"{PREFIX}{live.id}-")]
+            assert len(mine) == 2                           # ...leaves a live lab alone
+    finally:
+        subprocess.run(["ip", "netns", "del", f"{PREFIX}{dead}-x"], capture_output=True)

@@ -24,7 +24,7 @@ VARIANTS = {"Public Space": "public", "Private Space": "private",
             "Signed-in only (public)": "signed-in"}
 # What ✓ answers, per probe (publish: the grant let it through to the offer check).
 ALLOWED = {"read": 200, "listen": 200, "react": 202, "request": 200, "speak": 200,
-           "moderate": 200, "host": 200, "publish": 422, "create": 201}
+           "moderate": 200, "host": 200, "publish": 422, "create": 201, "clip": 422}
 NET = {"public": "198.51.100.1", "private": "198.51.100.2", "signed-in": "198.51.100.3"}
 
 
@@ -159,6 +159,9 @@ def probe(s: Served, setup: Setup, variant: str, token: str | None,
             return http.post(f"/api/v1/spaces/{space}/reactions", json={"emoji": "👏"})
         if action == "create":
             return http.post("/api/v1/spaces", json={"title": "probe"})
+        if action == "clip":  # a day in: never there, so ✓ is the rules' 422 clip-outside
+            return http.post(f"/api/v1/spaces/{space}/clips",
+                             json={"start": 86_400, "duration": 1})
         if action == "publish":
             return http.post(f"/whip/{space}", content=b"v=0\r\n",
                              headers={"Content-Type": "application/sdp"})

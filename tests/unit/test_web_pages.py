@@ -34,6 +34,9 @@ def test_state_lines() -> None:
         == "Scheduled for Sat 05 Dec 2026, 20:00 UTC"
     assert state_line(snap(state="scheduled")) == "Scheduled"
     assert state_line(snap(state="ended")) == "Ended"
+    assert state_line(snap(recording=True)) == "Live now · 12,345 listening · recording"
+    assert state_line(snap(state="ended", recording={"url": "/replay/x.opus"})) \
+        == "Ended · replay available"
 
 
 def test_json_block_cannot_close_its_script_element() -> None:

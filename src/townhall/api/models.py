@@ -24,6 +24,8 @@ class SpaceIn(Strict):
     private: bool = False
     signed_in_only: bool = Field(default=False,
                                  description="no anonymous or guest listeners")
+    record: bool = Field(default=False, description="keep a recording of the Space "
+                                                    "(replay, clips, HLS after the end)")
 
 
 class ActionIn(Strict):

@@ -14,6 +14,7 @@ import math
 import secrets
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -70,6 +71,8 @@ class Api:
         self.store = SpaceStore(ctx.bus, on_change=self._changed, on_write=self._wrote)
         # Lists are answered from this index, kept by watching the bucket (never a scan).
         self.index = SpaceIndex()
+        # Run before an expired Space's document is deleted (``await hook(space_id)``).
+        self.before_expire: list[Callable[[str], Awaitable[None]]] = []
         self._watch: Watch | None = None
         self.trusted = parse_networks(ctx.settings.trusted_proxies)
         self.coalescer = Coalescer()
@@ -224,6 +227,8 @@ class Api:
         done = 0
         for space, revision in self.index.expired(before, limit=EXPIRE_BATCH):
             try:
+                for hook in self.before_expire:  # e.g. delete the Space's recording files
+                    await hook(space)
                 await self.ctx.bus.kv_delete(subjects.SPACES_BUCKET, space, revision)
             except CasConflict:
                 continue
@@ -375,7 +380,8 @@ def install(app: FastAPI, ctx: Context) -> None:
         snap = rules.create(rules.new_space_id(), api.actor(ident),
                             title=body.title, description=body.description,
                             scheduled_start=start, private=body.private,
-                            signed_in_only=body.signed_in_only, now=time.time())
+                            signed_in_only=body.signed_in_only, record=body.record,
+                            now=time.time())
         await api.store.create(snap)
         return public_view(snap)
 

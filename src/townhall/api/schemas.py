@@ -34,6 +34,19 @@ class Waiting(Person):
     at: float = Field(description="unix seconds")
 
 
+class Recording(Open):
+    """A finished recording (townhall.recording)."""
+
+    state: str = Field(description='"ready" (webhooks: recording.ready)')
+    url: str = Field(description="the replay file, /replay/<id>.opus")
+    duration: float = Field(description="seconds of audio")
+    bytes: int
+    m4a: str = Field(description="the same audio as Opus in MP4, /replay/<id>.m4a")
+    m4a_bytes: int
+    ready_at: float
+    expires_at: float = Field(description="after this (unix seconds) it answers 410")
+
+
 class Snapshot(Open):
     """A Space as everyone may see it (see townhall.room.snapshot)."""
 
@@ -55,6 +68,9 @@ class Snapshot(Open):
     invites: list[Waiting]
     listeners: int = Field(ge=0, description="summed from the edges' reports")
     reactions: dict[str, int] = Field(description="running totals per emoji")
+    recording: bool | Recording = Field(
+        default=False, description="true while recorded (or until the recording is ready "
+        "after the end); the finished recording's details once it is ready; false if none")
 
 
 class SpaceList(Open):
@@ -104,6 +120,7 @@ WHY = {
     404: "no such Space (or a private one you may not see)",
     405: "this resource does not take this method; Allow lists those it does",
     409: "not possible in the Space's current state",
+    410: "it was kept for a while and is gone now",
     413: "request body over the cap",
     422: "the body does not match the schema",
     429: "too many requests from you; see Retry-After",

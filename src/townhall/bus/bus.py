@@ -18,17 +18,21 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
+    AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from townhall.bus import subjects
 from townhall.bus.credentials import NatsAuth
+from townhall.bus.tls import NatsTls
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,43 @@ class Message:
     reply: str = ""
 
 
+@dataclass(frozen=True)
+class Pulled:
+    """A message from a durable consumer, to settle with ``ack`` (done), ``nak`` (deliver
+    it again now) or keep with ``working`` (restarts the ack timer)."""
+
+    message: Message
+    delivered: int      # how many times the server has handed it out, this one included
+    stored_at: float    # unix seconds when the stream stored it
+    ack: Callable[[], Awaitable[None]]
+    nak: Callable[[], Awaitable[None]]
+    working: Callable[[], Awaitable[None]]
+
+
+class Consumer:
+    """A bound durable pull consumer; ``next()`` waits for one message."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    async def next(self, timeout: float) -> Pulled | None:
+        try:
+            msgs = await self._sub.fetch(1, timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return None
+        if not msgs:
+            return None
+        m = msgs[0]
+        meta = m.metadata
+        return Pulled(message=_message(m), delivered=int(meta.num_delivered or 1),
+                      stored_at=meta.timestamp.timestamp(), ack=m.ack, nak=m.nak,
+                      working=m.in_progress)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+
+
 class Subscription:
     """A live subscription; ``await unsubscribe()`` ends it."""
 
@@ -96,6 +137,25 @@ def _message(msg: Msg) -> Message:
                    headers=dict(msg.headers or {}), reply=msg.reply or "")
 
 
+class PullConsumer:
+    """One durable pull consumer; ``fetch`` takes messages, each with its ack."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    async def fetch(self, batch: int = 100, timeout: float = 1.0
+                    ) -> list[tuple[Message, Callable[[], Awaitable[None]]]]:
+        try:
+            msgs = await self._sub.fetch(batch, timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        return [(_message(m), m.ack) for m in msgs]
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+
+
 class Bus:
     """A connection to the NATS cluster with townhall's streams and buckets ready."""
 
@@ -103,18 +163,21 @@ class Bus:
         self._nc = nc
         self._js = js
         self._kv: dict[str, KeyValue] = {}
+        self._obs: dict[str, ObjectStore] = {}
 
     @classmethod
     async def connect(cls, urls: list[str], *, name: str = "townhall",
                       replicas: int = 1, setup: bool = True,
-                      auth: NatsAuth | None = None) -> Bus:
+                      auth: NatsAuth | None = None, tls: NatsTls | None = None) -> Bus:
         """Connect (reconnecting forever on loss) and ensure the topology exists.
 
-        ``auth`` is the only way credentials reach nats-py (bus/credentials.py)."""
+        ``auth`` is the only way credentials reach nats-py (bus/credentials.py); ``tls``
+        verifies the servers against an operator's CA (bus/tls.py)."""
         nc = await nats.connect(
             servers=urls, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
             connect_timeout=5, allow_reconnect=True, ping_interval=5, max_outstanding_pings=3,
             **(auth.options() if auth is not None else {}),
+            **(tls.options() if tls is not None else {}),
         )
         bus = cls(nc, nc.jetstream(timeout=10))
         if setup:
@@ -134,6 +197,10 @@ class Bus:
             StreamConfig(name=subjects.STATS_STREAM, subjects=["townhall.*.stats.*"],
                          retention=RetentionPolicy.WORK_QUEUE, max_age=30.0,
                          storage=StorageType.FILE, num_replicas=replicas),
+            StreamConfig(name=subjects.WEBHOOKS_STREAM, subjects=[subjects.hooks("*")],
+                         max_age=subjects.WEBHOOKS_MAX_AGE_S,
+                         duplicate_window=subjects.WEBHOOKS_DEDUP_S,
+                         storage=StorageType.FILE, num_replicas=replicas),
         ]
         for cfg in streams:
             try:
@@ -145,12 +212,26 @@ class Bus:
                            storage=StorageType.FILE),
             KeyValueConfig(bucket=subjects.LEASES_BUCKET, history=1, ttl=subjects.LEASE_TTL_S,
                            replicas=replicas, storage=StorageType.FILE),
+            KeyValueConfig(bucket=subjects.RECORDERS_BUCKET, history=1,
+                           ttl=subjects.RECORDER_TTL_S, replicas=replicas,
+                           storage=StorageType.FILE),
         ]
         for kv in buckets:
             try:
                 self._kv[kv.bucket] = await self._js.key_value(kv.bucket)
             except nats.js.errors.BucketNotFoundError:
                 self._kv[kv.bucket] = await self._js.create_key_value(kv)
+        name = subjects.RECORDINGS_BUCKET
+        try:
+            self._obs[name] = await self._js.object_store(name)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                self._obs[name] = await self._js.create_object_store(
+                    name, ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas))
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                # Only the api uses recordings (and may create them); a stage or edge
+                # that starts first on a fresh cluster goes on without.
+                log.warning("recordings store not there yet: %s", exc)
 
     async def _bucket(self, bucket: str) -> KeyValue:
         if bucket not in self._kv:
@@ -336,6 +417,63 @@ class Bus:
         except (TimeoutError, nats.errors.TimeoutError):
             return []
         return [(_message(m), m.ack) for m in msgs]
+
+    async def durable_consumer(self, stream: str, durable: str, subject: str, *,
+                               max_ack_pending: int, ack_wait_s: float) -> Consumer:
+        """Bind (creating it the first time, from new messages on) a durable pull consumer
+        that processes share: each message goes to one of them, and back to the stream
+        if not acked within ``ack_wait_s`` (its process died)."""
+        cfg = ConsumerConfig(durable_name=durable, deliver_policy=DeliverPolicy.NEW,
+                             ack_wait=ack_wait_s, max_ack_pending=max_ack_pending,
+                             filter_subject=subject)
+        return Consumer(await self._js.pull_subscribe(subject, durable=durable,
+                                                      stream=stream, config=cfg))
+
+    async def durable_pull(self, stream: str, durable: str, subject: str, *,
+                           since: dt.datetime) -> PullConsumer:
+        """A durable pull consumer of ``subject`` from ``since`` (or wherever it stopped,
+        if it exists): messages stay unacknowledged (and come again) until acked."""
+        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since,
+                             ack_policy=AckPolicy.EXPLICIT, ack_wait=120.0,
+                             max_ack_pending=5000, inactive_threshold=3600.0)
+        sub = await self._js.pull_subscribe(subject, durable=durable, stream=stream,
+                                            config=cfg)
+        return PullConsumer(sub)
+
+    async def delete_consumer(self, stream: str, durable: str) -> None:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self._js.delete_consumer(stream, durable)
+
+    # --- object store --------------------------------------------------------------------
+
+    async def _objects(self, bucket: str) -> ObjectStore:
+        if bucket not in self._obs:
+            self._obs[bucket] = await self._js.object_store(bucket)
+        return self._obs[bucket]
+
+    async def obj_put(self, bucket: str, name: str, data: bytes) -> None:
+        await (await self._objects(bucket)).put(name, data)
+
+    async def obj_get(self, bucket: str, name: str) -> bytes | None:
+        """An object's bytes, or None if there is none (or it was deleted)."""
+        try:
+            return bytes((await (await self._objects(bucket)).get(name)).data or b"")
+        except nats.js.errors.ObjectNotFoundError:
+            return None
+
+    async def obj_get_into(self, bucket: str, name: str, out: Any) -> bool:
+        """Stream an object into a binary file object; False if there is none."""
+        try:
+            await (await self._objects(bucket)).get(name, writeinto=out)
+        except nats.js.errors.ObjectNotFoundError:
+            return False
+        return True
+
+    async def obj_delete(self, bucket: str, name: str) -> None:
+        """Delete an object (its chunks are purged from the stream on every node)."""
+        with contextlib.suppress(nats.js.errors.ObjectNotFoundError,
+                                 nats.js.errors.ObjectDeletedError):
+            await (await self._objects(bucket)).delete(name)
 
     async def close(self) -> None:
         # Flush what we published, then close: drain() can wait ~30 s on subscriptions

@@ -28,6 +28,7 @@ _JS_READ = (
     "$JS.API.STREAM.INFO.*",
     f"$JS.API.STREAM.CREATE.{subjects.MEDIA_STREAM}",
     f"$JS.API.STREAM.CREATE.{subjects.STATS_STREAM}",
+    f"$JS.API.STREAM.CREATE.{subjects.WEBHOOKS_STREAM}",
     "$JS.API.STREAM.MSG.GET.*",
     "$JS.API.DIRECT.GET.>",
     "$JS.API.CONSUMER.CREATE.>",
@@ -68,10 +69,13 @@ def _merge(a: Iterable[str], b: Iterable[str]) -> tuple[str, ...]:
 
 ROLE_PERMISSIONS: dict[str, Permissions] = {
     # The control plane: owns the topology and the buckets (with all of $JS.API it could
-    # rewrite any of them anyway); never speaks for the stage.
+    # rewrite any of them anyway); never speaks for the stage. It derives webhook events,
+    # and records Spaces: objects of the recordings store are publishes to $O.<bucket>.
     "api": Permissions(
         publish=("townhall.*.state", "townhall.*.control", subjects.whip("*"),
-                 "$KV.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>"),
+                 subjects.hooks("*"),
+                 "$KV.>", f"$O.{subjects.RECORDINGS_BUCKET}.>", "$JS.API.>", "$JS.ACK.>",
+                 "$JS.FC.>"),
         subscribe=_SUBSCRIBE),
     # The media origin: chunks, levels, its heartbeat, its leases, and WHIP answers (only
     # to requests it received: allow_responses). It never writes a Space.

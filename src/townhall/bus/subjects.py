@@ -9,6 +9,17 @@ MEDIA_STREAM = "MEDIA"            # subjects townhall.*.media, ~60 s kept
 MEDIA_MAX_AGE_S = 60.0
 STATS_STREAM = "STATS"            # subjects townhall.*.stats.*, work queue for the api
 STATS_CONSUMER = "api-stats"
+WEBHOOKS_STREAM = "WEBHOOKS"      # subjects townhall-hooks.*, events for webhook endpoints
+WEBHOOKS_MAX_AGE_S = 7 * 24 * 3600.0  # longer than any endpoint's retries may last
+WEBHOOKS_DEDUP_S = 600.0          # the same event derived by several apis is stored once
+RECORDINGS_BUCKET = "recordings"  # object store: <space>/index, <space>/seg/<n>, ...
+RECORDERS_BUCKET = "recorders"    # key: <space id>, value: recording node id; short TTL
+RECORDER_TTL_S = 10.0
+
+
+def recorder_durable(space: str) -> str:
+    """The durable MEDIA consumer that records one Space (survives recorder restarts)."""
+    return f"rec-{space}"
 
 
 def kv_key(bucket: str, key: str) -> str:
@@ -46,6 +57,13 @@ def whip(space: str) -> str:
     """WHIP offers and leaves for one Space, api -> stages (request/reply). Every stage
     subscribes to all of them; only the one holding the Space's lease answers."""
     return f"townhall.stage.whip.{space}"
+
+
+def hooks(space: str) -> str:
+    """Webhook events of one Space (see townhall.hooks.events), one consumer per endpoint.
+    Not under ``townhall.``: a stream's subjects must not overlap MEDIA's ``townhall.*.media``
+    (a Space named "media"...), and only the api needs to reach these."""
+    return f"townhall-hooks.{space}"
 
 
 EDGES = "townhall.edges.*"

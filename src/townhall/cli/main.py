@@ -26,8 +26,10 @@ SUBCOMMANDS: list[str] = [
     "townhall.cli.cluster",
     "townhall.cli.speak",
     "townhall.cli.listen",
+    "townhall.cli.replay",
     "townhall.cli.storm",
     "townhall.cli.watch",
+    "townhall.cli.deploy",
 ]
 
 
@@ -78,7 +80,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                         trusted_proxies=proxies,
                         ended_retention=parse_duration(args.ended_retention),
                         space_budget=parse_budget(args.space_budget),
-                        space_budget_address=parse_budget(args.space_budget_per_address))
+                        space_budget_address=parse_budget(args.space_budget_per_address),
+                        recording_days=args.recording_days)
     if args.nats_creds or args.nats_auth_file:
         # Flags beat the environment as a pair: a stage child handed the embedded users
         # file must not pick up a TOWNHALL_NATS_CREDS it inherited.
@@ -87,7 +90,27 @@ def serve_settings(args: argparse.Namespace) -> Settings:
     if args.node_id:
         settings.node_id = args.node_id
     ice_settings(settings, args)
+    _webhook_settings(settings, args)
+    _tls_settings(settings, args)
     return settings
+
+
+def _tls_settings(settings: Settings, args: argparse.Namespace) -> None:
+    for name in ("nats_tls_ca", "nats_tls_cert", "nats_tls_key"):
+        if getattr(args, name):
+            setattr(settings, name, Path(getattr(args, name)))
+    if (settings.nats_tls_cert is None) != (settings.nats_tls_key is None):
+        raise ValueError("--nats-tls-cert and --nats-tls-key go together")
+    if settings.nats_tls_cert is not None and settings.nats_tls_ca is None:
+        raise ValueError("--nats-tls-cert needs --nats-tls-ca")
+
+
+def _webhook_settings(settings: Settings, args: argparse.Namespace) -> None:
+    if args.webhooks:
+        settings.webhooks = Path(args.webhooks)
+    if settings.webhooks is not None and "api" in settings.roles \
+            and not settings.webhooks.is_file():
+        raise ValueError(f"--webhooks: no file {settings.webhooks}")
 
 
 def _env_list(name: str) -> list[str]:
@@ -191,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JetStream replicas for streams and buckets (3 in a cluster)")
     serve.add_argument("--node-id", default="", help="stable name of this process")
     serve.add_argument("--log-level", default=Settings.log_level)
+    serve.add_argument("--recording-days", type=float, default=Settings.recording_days,
+                       help="days a finished recording is kept, then 410 (default 30)")
     env = os.environ.get
     serve.add_argument("--trusted-proxies", metavar="CIDR[,CIDR]",
                        default=env("TOWNHALL_TRUSTED_PROXIES", ",".join(LOOPBACK_PROXIES)),
@@ -208,6 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
                        default=env("TOWNHALL_SPACE_BUDGET_PER_ADDRESS", "30/10"),
                        help="the same per client address (default 30/10)")
     add_ice_flags(serve)
+    tls = serve.add_argument_group("TLS to NATS (an external cluster across hosts)")
+    tls.add_argument("--nats-tls-ca", default="",
+                     help="CA certificate of the NATS servers; connect with TLS "
+                          "(or TOWNHALL_NATS_TLS_CA)")
+    tls.add_argument("--nats-tls-cert", default="",
+                     help="client certificate, where the servers verify clients "
+                          "(or TOWNHALL_NATS_TLS_CERT)")
+    tls.add_argument("--nats-tls-key", default="",
+                     help="its private key (or TOWNHALL_NATS_TLS_KEY)")
+    hooks = serve.add_argument_group("webhooks")
+    hooks.add_argument("--webhooks", default="",
+                       help="a JSON file of webhook endpoints (or TOWNHALL_WEBHOOKS); "
+                            "see docs/api.md")
     serve.set_defaults(func=_serve)
 
     token = sub.add_parser("token", help="mint an access token for your own app to hand out")

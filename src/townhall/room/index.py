@@ -83,7 +83,15 @@ def _expires_from(snap: dict[str, Any]) -> float | None:
     """Ended: from the end. Scheduled and never started: from the later of creation and
     the announced start. Live: never."""
     if snap.get("state") == "ended":
-        return float(snap.get("ended_at") or snap.get("created_at") or 0)
+        # A recorded Space stays while its recording does: the recorder has yet to fold it
+        # in (true), or it is kept until it expires (townhall.recording).
+        recording = snap.get("recording")
+        if recording is True:
+            return None
+        ended = float(snap.get("ended_at") or snap.get("created_at") or 0)
+        if isinstance(recording, dict):
+            return max(ended, float(recording.get("expires_at") or 0))
+        return ended
     if snap.get("state") == "scheduled":
         start = _ts(snap.get("scheduled_start")) or 0.0
         return max(float(snap.get("created_at") or 0), start)

@@ -30,11 +30,13 @@ from townhall.room.text import check_text
 Snapshot = dict[str, Any]
 ACTIONS = ("request", "withdraw", "approve", "decline", "invite", "accept", "to_audience",
            "mute", "unmute", "add_cohost", "remove_cohost", "remove", "allow", "disallow",
-           "signed_in_only_on", "signed_in_only_off")
+           "signed_in_only_on", "signed_in_only_off", "record_on", "record_off")
 # Settings and who may come in: also while the Space is scheduled.
-SETTINGS = ("allow", "disallow", "signed_in_only_on", "signed_in_only_off")
+SETTINGS = ("allow", "disallow", "signed_in_only_on", "signed_in_only_off", "record_on",
+            "record_off")
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 SPACE_ID = re.compile(r"[a-z0-9]{10}")
+RECORD_SPANS_LIMIT = 100
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def is_space_id(value: str) -> bool:
 
 def create(space_id: str, host: Actor, *, title: str, description: str = "",
            scheduled_start: str | None = None, private: bool = False,
-           signed_in_only: bool = False, now: float) -> Snapshot:
+           signed_in_only: bool = False, record: bool = False, now: float) -> Snapshot:
     """A new scheduled Space; its creator is the host and stands on its stage."""
     if not title.strip():
         raise Unprocessable("a Space needs a title", slug="title-required")
@@ -72,7 +74,8 @@ def create(space_id: str, host: Actor, *, title: str, description: str = "",
         "host": {"id": host.id, "name": host.name}, "scheduled_start": scheduled_start,
         "created_at": now, "started_at": None, "ended_at": None,
         "stage": [_person(host, "host")], "requests": [], "invites": [],
-        "listeners": 0, "reactions": {},
+        "listeners": 0, "reactions": {}, "recording": record,
+        "_record_spans": [],
         "_blocked": [], "_edges": {}, "_allowed": [], "_blocked_nets": [], "_nets": {},
     }
 
@@ -105,6 +108,8 @@ def start(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
     out = copy.deepcopy(snap)
     out["state"] = "live"
     out["started_at"] = now
+    if out.get("recording") is True:
+        _record(out, True, now)
     return out
 
 
@@ -115,6 +120,9 @@ def end(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
     out = copy.deepcopy(snap)
     out["state"] = "ended"
     out["ended_at"] = now
+    _record(out, False, now)
+    # Recorded at any time (true until the recorder has the file ready), or never: no replay.
+    out["recording"] = bool(out.get("_record_spans"))
     out["stage"] = []
     out["requests"] = []
     out["invites"] = []
@@ -182,7 +190,7 @@ def apply(snap: Snapshot, actor: Actor, action: str, *, target: str | None = Non
     if action not in ACTIONS:
         raise BadInput(f"unknown action {action!r}", slug="unknown-action")
     if action in SETTINGS:
-        return _setting(snap, actor, action, target)
+        return _setting(snap, actor, action, target, now)
     _require_live(snap)
     out = copy.deepcopy(snap)
     self_target = target in (None, actor.id)
@@ -305,11 +313,33 @@ def _block(snap: Snapshot, who: str) -> None:
         del nets[:-BLOCKED_NETS_LIMIT]  # the oldest go first; identities stay blocked
 
 
-def _setting(snap: Snapshot, actor: Actor, action: str, target: str | None) -> Snapshot:
+def _record(snap: Snapshot, on: bool, now: float) -> None:
+    """Open or close a span of recorded time (``_record_spans``: [[from, to|None], ...]);
+    the recorder keeps the chunks stamped inside a span."""
+    spans = snap.setdefault("_record_spans", [])
+    is_open = bool(spans) and spans[-1][1] is None
+    if on and not is_open:
+        if len(spans) >= RECORD_SPANS_LIMIT:
+            raise Conflict("recording was switched on and off too often",
+                           slug="record-toggles")
+        spans.append([now, None])
+    elif not on and is_open:
+        spans[-1][1] = now
+
+
+def _setting(snap: Snapshot, actor: Actor, action: str, target: str | None,
+             now: float) -> Snapshot:
     """Who may come in (private Spaces) and who may listen (signed-in only)."""
     if snap["state"] == "ended":
         raise Conflict("the Space has ended", slug="space-ended")
     out = copy.deepcopy(snap)
+    if action in ("record_on", "record_off"):
+        _require_host(snap, actor)
+        on = action == "record_on"
+        out["recording"] = on
+        if snap["state"] == "live":
+            _record(out, on, now)
+        return out
     if action in ("signed_in_only_on", "signed_in_only_off"):
         _require_host(snap, actor)
         out["signed_in_only"] = action == "signed_in_only_on"

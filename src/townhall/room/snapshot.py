@@ -18,13 +18,21 @@ public part is what ``GET /api/v1/spaces/<id>``, ``townhall.<id>.state`` and ``/
       "requests": [{"id": "bob", "name": "Bob", "at": 1795576043.1}],
       "invites": [{"id": "cy", "name": "Cy", "at": ...}],
       "listeners": 0,                     # summed from the edges' reports, never a list
-      "reactions": {"👏": 12, ...}         # running totals, summed per interval
+      "reactions": {"👏": 12, ...},        # running totals, summed per interval
+      "recording": false | true | {"state": "ready", "url": "/replay/<id>.opus",
+                   "duration": 3600.2,
+                   "bytes": ..., "m4a": "/replay/<id>.m4a", "m4a_bytes": ...,
+                   "ready_at": ..., "expires_at": ...}
     }
+
+``recording`` is true while the Space is recorded and, after the end, until the recording
+is ready; then the object with ``state: "ready"`` (the webhook ``recording.ready``).
 
 Keys starting with ``_`` are internal: they stay in the bucket and never leave the api
 and the edges. ``public_view`` strips them. ``_blocked`` (identities), ``_blocked_nets``
 and ``_nets`` (keyed hashes of guests' networks: see townhall.auth), ``_allowed``
-(identities let into a private Space), ``_edges`` (edge reports).
+(identities let into a private Space), ``_edges`` (edge reports), ``_record_spans``
+(``[[from, to|null], ...]``: when recording was on, unix seconds).
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ def render(row: dict[str, Any], target: int) -> Table:
     t.add_row("delay behind live p50 / p99", f"{_ms(row['delay_p50'])} / {_ms(row['delay_p99'])}")
     t.add_row("gaps / skips / reconnects",
               f"{row['gaps_total']} / {row['skips_total']} / {row['restarts_total']}")
+    if row.get("viewers") or row.get("api_requests"):
+        t.add_row("pages open / api req/s (page, asset req/s)",
+                  f"{row['viewers']} / {row['api_rps']} "
+                  f"({row['req_page'] / row['dt']:.0f}, {row['req_asset'] / row['dt']:.0f})")
     cpu = row.get("server_cpu")
     mem = row.get("server_rss_mb")
     t.add_row("server CPU / memory",
@@ -41,4 +45,6 @@ def line(row: dict[str, Any], target: int) -> str:
             f"failed {row['failed_total']} left {row.get('left_total', 0)} "
             f"in-after-refusal {row.get('admitted_after_refusal', 0)} joins/s {row['joins']} "
             f"ttfa p99 {_ms(row['ttfa_p99'])} delay p99 {_ms(row['delay_p99'])} "
-            f"gaps {row['gaps_total']} skips {row['skips_total']}")
+            f"gaps {row['gaps_total']} skips {row['skips_total']}"
+            + (f" pages {row['viewers']} api req/s {row['api_rps']}" if row.get("viewers")
+               else ""))

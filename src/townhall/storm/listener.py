@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from townhall.media.chunk import Chunk
@@ -40,13 +40,20 @@ class Events:
     chunks: int = 0
     bytes: int = 0
     live: int = 0  # listeners receiving audio right now
+    # --protocol browser: HTTP requests by kind, each viewer's totals when it closes the
+    # page, and how many pages are open right now.
+    requests: dict[str, int] = field(default_factory=dict)
+    viewer_requests: list[dict[str, int]] = field(default_factory=list)
+    viewers: int = 0
+    loading: int = 0  # pages still loading (page, assets, snapshot, where to listen)
+    socket_reactions: int = 0  # reactions sent over viewers' sockets
 
     def drain(self) -> dict[str, object]:
-        """A picklable report of the events so far, and start afresh (live is kept)."""
+        """A picklable report of the events so far, and start afresh (gauges are kept)."""
         out = {k: v for k, v in self.__dict__.items()}
-        live = self.live
+        live, viewers, loading = self.live, self.viewers, self.loading
         self.__init__()  # type: ignore[misc]
-        self.live = live
+        self.live, self.viewers, self.loading = live, viewers, loading
         return out
 
 
@@ -101,14 +108,19 @@ class Visit:
 
 
 async def ws_listener(idx: int, base: str, space: str, until: float, ev: Events,
-                      backoff: Backoff, stay_s: float | None = None) -> None:
+                      backoff: Backoff, stay_s: float | None = None, *,
+                      url: str | None = None, visit: Visit | None = None,
+                      sockets: dict[int, ClientConnection] | None = None) -> None:
     """One WebSocket listener until the monotonic deadline `until`; reconnects with from=.
 
     With ``stay_s`` it leaves that long after its first audio (and does not come back).
+    A browser viewer passes the socket ``url`` its page chose and its ``visit`` (started
+    at the page load, so first audio is timed from there); while connected the socket is
+    in ``sockets`` (keyed by idx) for reactions to be sent on.
     """
-    url = base.replace("http", "ws", 1).rstrip("/") + f"/ws/{space}"
+    url = url or base.replace("http", "ws", 1).rstrip("/") + f"/ws/{space}"
     cont = Continuity()
-    visit = Visit(idx, until, stay_s)
+    visit = visit or Visit(idx, until, stay_s)
     while not visit.over(ev):
         resume = cont.resume_from()
         target = url if resume is None else f"{url}?from={resume}"
@@ -116,6 +128,8 @@ async def ws_listener(idx: int, base: str, space: str, until: float, ev: Events,
         live = False
         try:
             async with connect(target, open_timeout=10, max_size=2**20) as ws:
+                if sockets is not None:
+                    sockets[idx] = ws
                 async for msg in ws:
                     if isinstance(msg, bytes):
                         chunk = Chunk.decode(msg)
@@ -165,6 +179,8 @@ async def ws_listener(idx: int, base: str, space: str, until: float, ev: Events,
         finally:
             if live:
                 ev.live -= 1
+            if sockets is not None:
+                sockets.pop(idx, None)
         if visit.over(ev):
             return
         await visit.pause(backoff, retry_after)

@@ -46,6 +46,15 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds of pid alone (not its children); None if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def sample(pid: int) -> tuple[float, int] | None:
     """(CPU seconds, RSS bytes) of pid and its children (stage, nats-server); None if gone."""
     cpu, rss = 0.0, 0

@@ -7,6 +7,7 @@ from typing import Any
 
 from townhall.storm.accounting import Ledger
 from townhall.storm.percentiles import percentile
+from townhall.storm.requestkinds import API_KINDS, KINDS, per_viewer
 
 
 @dataclass
@@ -27,6 +28,12 @@ class StormTally:
     _ttfa: list[float] = field(default_factory=list)
     _delay: list[float] = field(default_factory=list)
     _cpu_prev: float = 0.0
+    viewers: dict[int, int] = field(default_factory=dict)  # browser pages open, per worker
+    loading: dict[int, int] = field(default_factory=dict)  # of which still loading
+    requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    viewer_requests: list[dict[str, int]] = field(default_factory=list)
+    socket_reactions: int = 0
+    _requests: dict[str, int] = field(default_factory=dict)  # this interval's, by kind
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.target)
@@ -52,6 +59,13 @@ class StormTally:
         self._ttfa += ev["ttfa_ms"]
         self._delay += ev["delays_ms"]
         self.live[worker] = int(ev["live"])
+        self.viewers[worker] = int(ev.get("viewers", 0))
+        self.loading[worker] = int(ev.get("loading", 0))
+        for k, n in ev.get("requests", {}).items():
+            self.requests[k] = self.requests.get(k, 0) + n
+            self._requests[k] = self._requests.get(k, 0) + n
+        self.viewer_requests += ev.get("viewer_requests", [])
+        self.socket_reactions += int(ev.get("socket_reactions", 0))
 
     def row(self, dt: float) -> dict[str, Any]:
         """The figures of the last interval of dt seconds, then start a new interval."""
@@ -68,7 +82,13 @@ class StormTally:
             "delay_p50": percentile(self._delay, 50), "delay_p99": percentile(self._delay, 99),
             **{f"{k}_total": v for k, v in self.totals.items()},
             "storm_cpu_ms_per_listener_s": (cpu - self._cpu_prev) * 1000 / dt / max(1, live),
+            "dt": round(dt, 3), "viewers": sum(self.viewers.values()),
+            "loading": sum(self.loading.values()),
+            **{f"req_{k}": self._requests.get(k, 0) for k in KINDS},
+            "api_requests": sum(self._requests.get(k, 0) for k in API_KINDS),
+            "api_rps": round(sum(self._requests.get(k, 0) for k in API_KINDS) / dt, 1),
         }
+        self._requests = {}
         self.ttfa_all += self._ttfa
         self.delay_all += self._delay
         self._joins = self._refusals = 0
@@ -92,4 +112,8 @@ class StormTally:
             "delay_p50_ms": percentile(self.delay_all, 50),
             "delay_p99_ms": percentile(self.delay_all, 99),
             **self.totals, "storm_cpu_s": round(sum(self.cpu.values()), 2),
+            "requests": dict(self.requests),
+            "requests_per_viewer": per_viewer(self.viewer_requests),
+            "viewers_counted": len(self.viewer_requests),
+            "socket_reactions": self.socket_reactions,
         }

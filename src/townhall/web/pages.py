@@ -40,7 +40,8 @@ def state_line(snap: dict[str, Any]) -> str:
     """ "Live now · 12,345 listening", "Scheduled for …", or "Ended"."""
     state = snap.get("state")
     if state == "live":
-        return f"Live now · {int(snap.get('listeners') or 0):,} listening"
+        line = f"Live now · {int(snap.get('listeners') or 0):,} listening"
+        return line + " · recording" if snap.get("recording") is True else line
     if state == "scheduled":
         start = snap.get("scheduled_start")
         if not start:
@@ -50,7 +51,7 @@ def state_line(snap: dict[str, Any]) -> str:
         except ValueError:
             return "Scheduled"
         return f"Scheduled for {when:%a %d %b %Y, %H:%M} UTC"
-    return "Ended"
+    return "Ended · replay available" if isinstance(snap.get("recording"), dict) else "Ended"
 
 
 @dataclass(frozen=True)

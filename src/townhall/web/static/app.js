@@ -353,12 +353,13 @@ async function spacePage(id, embed, first) {
   const $reacts = h("div", { class: "reactions", role: "group", "aria-label": "Reactions" },
     REACTIONS.map((e) => h("button", { type: "button", "aria-label": `React ${e}`, onclick: () => react(e) }, e)));
   const $endnote = h("p", { class: "ended-note", id: "ended", hidden: true }, "This Space has ended.");
+  const $replay = h("section", { class: "card", id: "replay", "aria-label": "Replay", hidden: true });
   if (embed) {
     $main.replaceChildren($title, $hostline,
       h("div", { class: "embed-line" }, $count, h("a", { href: `${siteOrigin()}/s/${id}`, target: "_blank", rel: "noopener" }, "Open in townhall ↗")),
       $endnote, $actions, $reacts, $totals);
   } else {
-    $main.replaceChildren($title, $hostline, $endnote, $count, h("section", { class: "card" }, h("h2", {}, "Stage"), $stage),
+    $main.replaceChildren($title, $hostline, $endnote, $replay, $count, h("section", { class: "card" }, h("h2", {}, "Stage"), $stage),
       h("section", { class: "card" }, $actions), $host, h("section", { class: "card" }, $reacts, $totals), shareMenu(id, snap.title));
     focusMain();
   }
@@ -499,12 +500,44 @@ async function spacePage(id, embed, first) {
       ctl.length ? h("div", { class: "controls" }, ctl) : null);
   }
 
+  // An ended, recorded Space becomes its replay: the file is seekable (Range), so the
+  // browser's own <audio> gives play/pause and the scrubber; speed and "next speaker" here.
+  function paintReplay(s) {
+    const rec = s.recording;
+    $replay.hidden = !(s.state === "ended" && rec && typeof rec === "object");
+    if ($replay.hidden || $replay.dataset.url === rec.url) return;
+    $replay.dataset.url = rec.url;
+    const audio = h("audio", { id: "replay-audio", controls: true, preload: "metadata", src: rec.url });
+    const speeds = h("div", { class: "row", role: "group", "aria-label": "Speed" }, [1, 1.5, 2].map((r) =>
+      h("button", { type: "button", class: "secondary", "data-rate": r, "aria-pressed": r === 1 ? "true" : "false",
+        onclick: (ev) => {
+          audio.playbackRate = r;
+          speeds.querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", b === ev.currentTarget ? "true" : "false"));
+        } }, `${r}×`)));
+    const spans = h("ol", { class: "timeline", id: "timeline", "aria-label": "Who spoke when" });
+    let timeline = [];
+    const clock = (t) => `${Math.floor(t / 60)}:${String(Math.floor(t % 60)).padStart(2, "0")}`;
+    const next = h("button", { type: "button", id: "next-speaker", onclick: () => {
+      const later = timeline.find((x) => x.from > audio.currentTime + 0.5);
+      if (later) audio.currentTime = later.from;
+    } }, "⏭ Next speaker");
+    $replay.replaceChildren(h("h2", {}, "Replay"), audio, speeds, next, spans);
+    fetch(`/replay/${id}/timeline.json`).then((r) => (r.ok ? r.json() : null)).then((t) => {
+      if (!t) return;
+      timeline = t.speakers || [];
+      const names = { [s.host.id]: s.host.name };
+      spans.replaceChildren(...timeline.map((x) => h("li", {}, h("button", { type: "button", class: "link",
+        onclick: () => { audio.currentTime = x.from; } }, `${clock(x.from)}–${clock(x.to)} ${names[x.id] || x.id}`))));
+    }, () => {});
+  }
+
   function render() {
     const s = view.snap;
     $title.textContent = s.title;
     $title.append(h("span", { class: `pill ${s.state}`, id: "state" }, s.state === "live" ? "LIVE" : s.state));
     $hostline.textContent = `Hosted by ${s.host.name}${s.description ? ` · ${s.description}` : ""}`;
-    $count.textContent = `${s.listeners} listening`;
+    $count.textContent = `${s.listeners} listening${s.recording === true && s.state === "live" ? " · ● recording" : ""}`;
+    paintReplay(s);
     $stage.replaceChildren(...(s.stage || []).map((p) => person(p, s)));
     $totals.textContent = Object.entries(s.reactions || {}).filter(([, n]) => n > 0).map(([e, n]) => `${e} ${n}`).join("  ");
     $endnote.hidden = s.state !== "ended";

@@ -1,0 +1,1 @@
+"""Recording, replay and clips: the shells around townhall.media.recording (api role)."""

@@ -1,0 +1,72 @@
+"""A private Space's recording, clips and HLS follow the Space's grants, and no shared cache
+may keep them: strangers get the same 404 as for a Space that does not exist."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Served, start_townhall
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def wait_for(cond: Callable[[], Any], bound_s: float, what: str) -> Any:
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"not within {bound_s}s: {what}")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    s = start_townhall(tmp_path_factory.mktemp("sec-replay") / "data")
+    yield s
+    s.stop()
+
+
+def guest(served: Served, name: str) -> str:
+    return str(httpx.post(f"{served.url}/api/v1/sessions", json={"name": name},
+                          timeout=10).json()["token"])
+
+
+def test_private_recording_is_for_its_people_only(served: Served, tmp_path: Path) -> None:
+    host, stranger = guest(served, "Ada"), guest(served, "Mallory")
+    auth = {"Authorization": f"Bearer {host}"}
+    with served.client(host) as c:
+        space = c.post("/api/v1/spaces", json={"title": "Board", "private": True,
+                                               "record": True}).json()["id"]
+        c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
+        # Live HLS for the host proves program chunks exist (the stage took the Space).
+        wait_for(lambda: c.get(f"/hls/{space}/index.m3u8").status_code == 200, 60,
+                 "live segments")
+        live = c.get(f"/hls/{space}/index.m3u8")
+        assert live.headers["cache-control"].startswith("private")
+        clip = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0, "duration": 1})
+        assert clip.status_code == 201, clip.text
+        c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
+        wait_for(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
+                                    dict), 60, "the recording is ready")
+    urls = [f"/replay/{space}.opus", clip.json()["url"], f"/hls/{space}/index.m3u8",
+            f"/hls/{space}/init.mp4", f"/hls/{space}/0.m4s"]
+    for url in urls:
+        mine = httpx.get(served.url + url, headers=auth, timeout=10)
+        assert mine.status_code == 200, (url, mine.text)
+        assert mine.headers["cache-control"].startswith("private"), url  # never a CDN's
+        for who in ({}, {"Authorization": f"Bearer {stranger}"}):
+            r = httpx.get(served.url + url, headers=who, timeout=10)
+            assert r.status_code == 404, (url, who, r.status_code)
+            assert r.json()["type"] == "/problems/space-not-found"
+    with httpx.Client(base_url=served.url, timeout=10,
+                      headers={"Authorization": f"Bearer {stranger}"}) as c:
+        r = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0, "duration": 1})
+        assert r.status_code == 404
+        assert c.delete(f"/api/v1/spaces/{space}/recording").status_code == 404

@@ -1,0 +1,128 @@
+"""fMP4 boxes and HLS playlists: parsed box by box, and read by ffprobe/ffmpeg."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from tests.tone import ToneChunks
+from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
+from townhall.media.fmp4 import init_segment, media_segment, mp4_file
+from townhall.media.hls import (
+    SEGMENT_SAMPLES,
+    live_playlist,
+    segment_packets,
+    vod_playlist,
+)
+from townhall.media.ogg import PRE_SKIP
+
+
+def boxes(data: bytes) -> list[tuple[bytes, bytes]]:
+    out = []
+    off = 0
+    while off < len(data):
+        size, kind = struct.unpack_from(">I4s", data, off)
+        assert size >= 8
+        out.append((kind, data[off + 8:off + size]))
+        off += size
+    assert off == len(data)
+    return out
+
+
+def test_media_segment_boxes_point_at_the_packets() -> None:
+    packets = [bytes([i]) * (10 + i) for i in range(7)]
+    seg = media_segment(packets, sequence=5, decode_time=3 * SEGMENT_SAMPLES)
+    kinds = [k for k, _ in boxes(seg)]
+    assert kinds == [b"styp", b"moof", b"mdat"]
+    moof = dict(boxes(seg))[b"moof"]
+    parts = dict(boxes(moof))
+    assert struct.unpack_from(">I", parts[b"mfhd"], 4)[0] == 5
+    traf = dict(boxes(parts[b"traf"]))
+    assert struct.unpack_from(">Q", traf[b"tfdt"], 4)[0] == 3 * SEGMENT_SAMPLES
+    count, offset = struct.unpack_from(">Ii", traf[b"trun"], 4)
+    sizes = struct.unpack_from(f">{count}I", traf[b"trun"], 12)
+    assert count == 7 and list(sizes) == [len(p) for p in packets]
+    moof_start = seg.index(b"moof") - 4
+    assert seg[moof_start + offset:] == b"".join(packets)  # data offset from the moof
+
+
+def test_init_segment_declares_opus_at_48k(tmp_path: Path) -> None:
+    init = init_segment()
+    assert [k for k, _ in boxes(init)] == [b"ftyp", b"moov"]
+    dops = init[init.index(b"dOps") + 4:]
+    _, channels, pre_skip, rate = struct.unpack_from(">BBHI", dops)
+    assert (channels, pre_skip, rate) == (1, PRE_SKIP, SAMPLE_RATE)
+
+
+def test_ffmpeg_decodes_fragments_to_the_tone_without_reencoding(tmp_path: Path) -> None:
+    chunks = list(islice(ToneChunks(440), 40))  # 4 s: two segments
+    data = init_segment() + b"".join(
+        media_segment(segment_packets(chunks, k), sequence=k + 1,
+                      decode_time=k * SEGMENT_SAMPLES) for k in range(2))
+    path = tmp_path / "t.mp4"
+    path.write_bytes(data)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                            "stream=codec_name,sample_rate,channels", "-of", "csv=p=0",
+                            str(path)], capture_output=True, text=True, check=True).stdout
+    assert probe.strip() == "opus,48000,1"
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1",
+                          "-ar", "48000", "-"], capture_output=True, check=True).stdout
+    pcm = np.frombuffer(raw, dtype=np.int16).astype(np.float64)
+    assert abs(len(pcm) - (4 * SAMPLE_RATE - PRE_SKIP)) <= FRAME_SAMPLES
+    peak = np.argmax(np.abs(np.fft.rfft(pcm))) * SAMPLE_RATE / len(pcm)
+    assert abs(peak - 440) < 5
+
+
+def test_segments_are_cut_by_time_on_the_spaces_clock() -> None:
+    a = Chunk(seq=0, pts=SEGMENT_SAMPLES - 2 * FRAME_SAMPLES, sent_us=0,
+              packets=tuple(bytes([i]) for i in range(5)))
+    assert segment_packets([a], 0) == [b"\x00", b"\x01"]
+    assert segment_packets([a], 1) == [b"\x02", b"\x03", b"\x04"]
+    assert segment_packets([a], 2) == []
+
+
+def test_live_playlist_lists_complete_held_segments_only() -> None:
+    assert live_playlist(SEGMENT_SAMPLES - 1, 0) is None  # the first is still being filled
+    first = live_playlist(SEGMENT_SAMPLES, 0)
+    assert first is not None and (first.first, first.last) == (0, 0)
+    p = live_playlist(10 * SEGMENT_SAMPLES + 5, 0)
+    assert p is not None and (p.first, p.last) == (4, 9)
+    p = live_playlist(10 * SEGMENT_SAMPLES + 5, 7 * SEGMENT_SAMPLES + 1)
+    assert p is not None and (p.first, p.last) == (8, 9)
+    text = p.render()
+    assert "#EXT-X-MEDIA-SEQUENCE:8" in text and "#EXT-X-ENDLIST" not in text
+    assert text.splitlines()[-1] == "9.m4s"
+    assert '#EXT-X-MAP:URI="init.mp4"' in text
+
+
+def test_vod_playlist_ends_and_times_the_last_segment() -> None:
+    p = vod_playlist(0, 3 * SEGMENT_SAMPLES + 10 * FRAME_SAMPLES)
+    assert p is not None
+    text = p.render()
+    assert text.endswith("#EXT-X-ENDLIST\n") and "#EXT-X-PLAYLIST-TYPE:VOD" in text
+    assert [ln for ln in text.splitlines() if ln.startswith("#EXTINF")] == [
+        "#EXTINF:2.000,"] * 3 + ["#EXTINF:0.200,"]
+    assert vod_playlist(5, 5) is None
+
+
+def test_mp4_file_has_its_index_first_and_decodes_to_the_tone(tmp_path: Path) -> None:
+    packets = [p for c in islice(ToneChunks(440), 30) for p in c.packets]
+    data = mp4_file(packets)
+    assert [k for k, _ in boxes(data)] == [b"ftyp", b"moov", b"mdat"]
+    assert data.endswith(b"".join(packets))  # the very packets, nothing re-encoded
+    path = tmp_path / "t.m4a"
+    path.write_bytes(data)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                            "stream=codec_name,channels:format=duration", "-of", "csv=p=0",
+                            str(path)], capture_output=True, text=True, check=True).stdout
+    assert probe.split() == ["opus,1", "3.000000"]
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1",
+                          "-ar", "48000", "-"], capture_output=True, check=True).stdout
+    pcm = np.frombuffer(raw, dtype=np.int16).astype(np.float64)
+    assert len(pcm) == 150 * FRAME_SAMPLES - PRE_SKIP
+    peak = np.argmax(np.abs(np.fft.rfft(pcm))) * SAMPLE_RATE / len(pcm)
+    assert abs(peak - 440) < 5
