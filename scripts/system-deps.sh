@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the end-to-end tests use: ffmpeg (a real player) and chromium (a real
 # browser), an emoji font for the browser's screenshots, nftables for the network-namespace
-# tests, coturn for the TURN tests and nginx for the TLS proxy test. Installed through apt-get when run as root and
+# tests, coturn for the TURN tests, nginx for the TLS proxy test and espeak-ng for test speech. Installed through apt-get when run as root and
 # missing; otherwise explained.
 set -euo pipefail
 need=()
@@ -19,6 +19,8 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 # The TLS reverse-proxy test runs docs/deploy/nginx.conf under nginx (never as a service).
 [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+# Test speech for the listening-quality harness (tests/quality.py, bench/quality).
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${need[*]} with apt-get"

@@ -89,6 +89,9 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
         recent = [at for at, _ in levels if at > levels[-1][0] - 3]
         assert len(recent) <= 3 * 4 + 1  # at most 4 level messages a second
         assert all(lv["space"] == space for _, lv in levels)
+        # Each speaker's uplink, graded by the stage (loopback: nothing lost).
+        link = levels[-1][1]["links"][me]  # type: ignore[index]
+        assert link["quality"] == "good" and link["loss_pct"] == 0.0, link
 
         with served.client(host) as c:
             c.post(f"/api/v1/spaces/{space}/end").raise_for_status()

@@ -176,3 +176,45 @@ def test_delay_comes_back_down_after_a_jittery_start() -> None:
     stuck, _, _ = depth_after(10**9)
     assert target == 2 and drained == target - 1 and jb.lost == 0 and jb.skipped == 2
     assert stuck == target + 1  # without draining, the start's excess delay stays
+
+
+def test_a_loss_burst_longer_than_the_bridge_resumes_in_time_not_rewound() -> None:
+    jb = JitterBuffer(target=1, bridge_frames=3)
+    jb.push(1, b"1", now=0.0)
+    assert jb.pop() == Slot(1, b"1")
+    # Packets 2..7 are lost: three slots bridged, then an underrun.
+    assert drain(jb, 6) == [Slot(2, None), Slot(3, None), Slot(4, None), None, None, None]
+    jb.push(8, b"8", now=0.16)
+    # Packet 8 plays on its own tick; 2..4 are not concealed a second time (which would
+    # leave the speaker three frames later than before the burst).
+    assert jb.pop() == Slot(8, b"8")
+    assert jb.lost == 6
+
+
+def test_target_goes_up_at_once_and_down_slowly() -> None:
+    jb = JitterBuffer(min_frames=1)
+    for i in range(100):  # 2 s of bursts: five packets together every 100 ms
+        jb.push(i, b"b", now=(i // 5) * 0.100)
+        if i % 5 == 4:
+            drain(jb, 5)
+    peak = jb.target
+    assert peak >= 4
+    for i in range(100, 150):  # a steady second: the jitter estimate falls, the target stays
+        jb.push(i, b"s", now=2.0 + (i - 100) * 0.020)
+        jb.pop()
+    assert jb.jitter_s < 0.01 and jb.target == peak
+    for i in range(150, 150 + 150 * peak):  # steady for long: back down, a frame at a time
+        jb.push(i, b"s", now=2.0 + (i - 100) * 0.020)
+        jb.pop()
+    assert jb.target == 1
+
+
+def test_a_packet_too_late_to_play_deepens_the_buffer_at_once() -> None:
+    jb = JitterBuffer(target=1)
+    jb.push(1, b"1", now=0.0)
+    jb.push(2, b"2", now=0.02)
+    assert [s.seq for s in drain(jb, 2) if s] == [1, 2]
+    jb.push(3, b"3", now=0.04)
+    jb.pop()
+    jb.push(2, b"2", now=0.06)  # slot 2 played already: late
+    assert jb.late == 1 and jb.target == 2

@@ -90,6 +90,9 @@ def test_host_goes_live(browser: Browser, story: Story, townhall_shared: Served,
     expect(host.get_by_role("listitem", name="Ada Lovelace, host")).to_be_visible()
     host.get_by_role("button", name="🎙️ Go live").click()
     expect(host.locator("#on-air")).to_be_visible()
+    # The host sees each speaker's uplink as the stage grades it (here: their own, loopback).
+    expect(host.get_by_role("listitem", name="Ada Lovelace, host").locator(".pill.link")
+           ).to_have_text("link good", timeout=20_000)
     snap = townhall_shared.client().get(f"/api/v1/spaces/{story.space}").json()
     assert snap["state"] == "live" and snap["host"]["name"] == "Ada Lovelace"
 

@@ -30,6 +30,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import is_rtcp
 
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
+from townhall.media.linkquality import LinkGauge, grade
 from townhall.stage.ingest import to_mono
 from townhall.stage.rtc import rtc_configuration
 
@@ -213,6 +214,37 @@ async def watch_return(recorder: ReturnRecorder, dropped: asyncio.Event) -> None
             dropped.set()
 
 
+def link_line(stats: Any, gauge: LinkGauge, now: float) -> tuple[str, str]:
+    """The grade and a line about our uplink from the stage's receiver reports (aiortc's
+    remote-inbound-rtp: cumulative packets lost, jitter in 48 kHz timestamp units), loss
+    taken over the gauge's window as the stage does for the host's view."""
+    jitter_s = float(stats.jitter) / SAMPLE_RATE
+    lost = max(0, int(stats.packetsLost))
+    loss = gauge.sample(max(0, int(stats.packetsReceived)), lost, now)
+    quality = grade(loss, jitter_s)
+    rtt = getattr(stats, "roundTripTime", None)
+    rtt_text = f", rtt {rtt * 1000:.0f} ms" if rtt else ""
+    return quality, (f"speak: link {quality} (loss {100 * loss:.1f} %, jitter "
+                     f"{jitter_s * 1000:.0f} ms{rtt_text}, as the stage reports it)")
+
+
+async def report_link(pc: RTCPeerConnection, every_s: float = 2.0) -> None:
+    """Print our link quality when the stage's reports first come and whenever it changes."""
+    said = ""
+    gauge = LinkGauge()
+    while True:
+        await asyncio.sleep(every_s)
+        for transceiver in pc.getTransceivers():
+            report = await transceiver.sender.getStats()
+            for stats in report.values():
+                if getattr(stats, "type", "") != "remote-inbound-rtp":
+                    continue
+                quality, line = link_line(stats, gauge, time.monotonic())
+                if quality != said:
+                    print(line, file=sys.stderr, flush=True)
+                    said = quality
+
+
 async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
                        recorder: ReturnRecorder, stop: asyncio.Event,
                        expected_loss: int = 10, loss: LossPattern | None = None, *,
@@ -276,10 +308,11 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
             print(f"speak: live on {space} ({location})", file=sys.stderr, flush=True)
             recorder.last_at = time.monotonic() + CONNECT_GRACE_S
             watchdog = asyncio.ensure_future(watch_return(recorder, dropped))
+            reporter = asyncio.ensure_future(report_link(pc))
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(dropped.wait()),
                        watchdog]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
+            for w in [*waiters, reporter]:
                 w.cancel()
             if stop.is_set():
                 with contextlib.suppress(httpx.HTTPError):

@@ -31,7 +31,9 @@ class JitterBuffer:
     slot already played (counted as late), marks a gap as lost once a later packet is
     waiting (the decoder conceals it with Opus PLC), and adapts its target depth to the
     measured interarrival jitter (RFC 3550 estimator) between ``min_frames`` and
-    ``max_frames``. Holding at most ``max_frames`` packets bounds a flooding sender.
+    ``max_frames``: up at once (and one frame more for every packet that came too late to
+    play), down one frame per ``calm_packets`` only. Holding at most ``max_frames``
+    packets bounds a flooding sender.
     When the sender's clock runs faster than the mixer's (drift) or a burst leaves the
     buffer deeper than ``target + 2``, one slot per tick is skipped until it is back.
     A buffer that runs empty while playing first bridges up to ``bridge_frames`` slots
@@ -49,6 +51,7 @@ class JitterBuffer:
     max_frames: int = 10
     drain_window: int = 50            # ticks (1 s at 20 ms)
     bridge_frames: int = 5            # concealed slots on an empty buffer before a pause
+    calm_packets: int = 150           # packets (3 s) without a reason to stay deep, per step down
     target: int = 2
     jitter_s: float = 0.0
     late: int = 0
@@ -68,6 +71,7 @@ class JitterBuffer:
     _min_depth: int | None = None     # shallowest depth seen in it
     _hole: int = 0                    # slots bridged on an empty buffer, not yet resolved
     _hole_start: int = 0              # the first of them
+    _calm: int = 0                    # packets since the target last moved
 
     def _unwrap(self, seq16: int) -> int:
         if self._highest is None:
@@ -91,6 +95,10 @@ class JitterBuffer:
         if self._next is not None and seq < self._next:
             if self._started:
                 self.late += 1
+                # A packet too late to play: the cushion is too thin, whatever the average
+                # jitter says. One frame deeper at once.
+                self.target = min(self.max_frames // 2, self.target + 1)
+                self._calm = 0
                 return
             self._next = seq  # reordered before the first slot played: start earlier
         if seq in self._packets:
@@ -111,8 +119,15 @@ class JitterBuffer:
             del self._packets[oldest]
             self.overflows += 1
             self._next = max(self._next, oldest + 1)
-        wanted = 1 + int(3 * self.jitter_s / self.frame_s + 0.999)
-        self.target = max(self.min_frames, min(self.max_frames // 2, wanted))
+        wanted = max(self.min_frames, min(self.max_frames // 2,
+                                          1 + int(3 * self.jitter_s / self.frame_s + 0.999)))
+        # Up at once (jitter hurts now), down one frame per ``calm_packets`` (a quiet
+        # second between two jittery ones would otherwise drop the cushion that is needed).
+        self._calm += 1
+        if wanted > self.target:
+            self.target, self._calm = wanted, 0
+        elif wanted < self.target and self._calm >= self.calm_packets:
+            self.target, self._calm = self.target - 1, 0
 
     def pop(self) -> Slot | None:
         """The slot for this tick, or None while (re)buffering or when the sender is quiet."""
@@ -132,6 +147,12 @@ class JitterBuffer:
                 if self._hole:    # nothing came: a pause, not a loss; start there again
                     self._next, self._hole = self._hole_start, 0
             return None
+        if not self._playing and self._started and min(self._packets) > self._next:
+            # Restarting after an underrun and the packets from where we stopped never
+            # came (a loss burst longer than the bridge): start from the first that did.
+            # Rewinding would conceal the gap a second time and push the speaker late.
+            self.lost += min(self._packets) - self._next
+            self._next = min(self._packets)
         depth = max(self._packets) - self._next + 1
         if not self._playing:
             if depth < self.target:

@@ -25,6 +25,7 @@ from aiortc.rtcrtpreceiver import StreamStatistics
 
 from townhall.ice import IceConfig, announce
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
+from townhall.media.linkquality import LinkGauge
 from townhall.media.playout import Playout
 from townhall.sessionid import new_session_id
 from townhall.stage.rtc import bind_in_range, rtc_configuration
@@ -115,6 +116,7 @@ class SpeakerSession:
         self.pc = RTCPeerConnection(rtc_configuration(
             self.ice.servers(f"stage-{self.id}", time.time())))
         self.packets_in = 0
+        self.gauge = LinkGauge()
         self._opus_types: set[int] = set()
         self._rtcp_stats: dict[int, Any] | None = None
         self.closed = asyncio.Event()
@@ -161,6 +163,11 @@ class SpeakerSession:
                 stats.add(packet)
             self.packets_in += 1
             self.playout.push(packet.sequence_number, packet.payload, arrival_time_ms / 1000)
+
+    def link(self, now: float) -> dict[str, object]:
+        """This speaker's uplink quality (loss and jitter over the last seconds)."""
+        jb = self.playout.jitter
+        return self.gauge.report(self.playout.packets, jb.lost + jb.late, jb.jitter_s, now)
 
     def pull(self) -> np.ndarray | None:
         """This mixer tick's frame from the speaker, or None when there is nothing."""

@@ -228,6 +228,7 @@ class SpaceRun:
             out.append((subjects.media(self.space), chunk.encode()))
         report = self.meter.report(self.space, {s.identity for s in sessions}, now, wall)
         if report is not None:
+            report["links"] = {s.identity: s.link(now) for s in sessions}
             out.append((subjects.levels(self.space), json.dumps(report).encode()))
         return out
 

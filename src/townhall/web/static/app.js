@@ -334,10 +334,10 @@ async function spacePage(id, embed, first) {
     try { snap = await api("GET", `/spaces/${id}`); } catch { snap = null; }
   }
   if (!snap) { notFound(); return; }
-  const view = { snap: null, levels: {}, speaking: new Set(), publisher: null, listening: false, going: false };
+  const view = { snap: null, levels: {}, links: {}, speaking: new Set(), publisher: null, listening: false, going: false };
   const player = new Player(id, {
     onState: (s) => update(s),
-    onLevels: (m) => { view.speaking = new Set(m.speaking || []); view.levels = m.levels || {}; paintSpeaking(); },
+    onLevels: (m) => { view.speaking = new Set(m.speaking || []); view.levels = m.levels || {}; view.links = m.links || {}; paintSpeaking(); },
     onStatus: (kind, text) => banner(kind, text),
     // The socket closed with "ended": one fetch for the final snapshot, then nothing.
     onEnded: () => { api("GET", `/spaces/${id}`).then(update, () => {}); },
@@ -465,7 +465,17 @@ async function spacePage(id, embed, first) {
       const on = view.speaking.has(li.dataset.id);
       li.classList.toggle("speaking", on);
       li.querySelector(".speaking-label").textContent = on ? "speaking" : "";
+      const link = li.querySelector(".link-label");
+      if (link) link.replaceChildren(...linkBadge(li.dataset.id));
     }
+  }
+
+  // The host (and co-hosts) see each speaker's uplink as the stage grades it (levels message).
+  function linkBadge(id) {
+    const q = view.links[id];
+    if (!view.snap || !isMod(view.snap) || !q) return [];
+    const detail = `${q.loss_pct} % loss, ${q.jitter_ms} ms jitter`;
+    return [h("span", { class: `pill link ${q.quality}`, title: detail, "aria-label": `connection ${q.quality}: ${detail}` }, `link ${q.quality}`)];
   }
 
   function person(p, s) {
@@ -486,6 +496,7 @@ async function spacePage(id, embed, first) {
       h("span", { class: "pill role" }, role),
       h("div", { class: "muted" }, p.muted ? "🔇 muted" : ""),
       h("div", { class: "meta speaking-label" }, view.speaking.has(p.id) ? "speaking" : ""),
+      h("div", { class: "meta link-label" }, ...linkBadge(p.id)),
       ctl.length ? h("div", { class: "controls" }, ctl) : null);
   }
 
