@@ -11,6 +11,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
@@ -108,6 +109,7 @@ async def _serve_http(settings: Settings, background: list[str]) -> None:
                             # codec anyway; a zlib context per socket only costs memory and CPU.
                             ws_per_message_deflate=False)
     server = uvicorn.Server(config)
+    _serving.set()  # uvicorn's own signal handlers take over from here
     try:
         await server.serve()
     finally:
@@ -120,6 +122,7 @@ async def _serve_background(settings: Settings, roles: list[str]) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    _serving.set()
     tasks: list[asyncio.Task[None]] = [
         asyncio.create_task(_runner(role)(ctx), name=f"role-{role}") for role in roles]
     waiter = asyncio.create_task(stop.wait())
@@ -201,6 +204,11 @@ def _start_embedded_nats(settings: Settings) -> EmbeddedNats:
     return nats
 
 
+# Set once the running roles handle SIGINT/SIGTERM themselves (uvicorn, or the background
+# roles' loop); until then run()'s handler stops the process at once.
+_serving = threading.Event()
+
+
 def run(settings: Settings) -> int:
     """Run the roles named in settings until signalled; returns the exit status."""
     setup_logging(settings.log_level, role="+".join(settings.roles))
@@ -209,9 +217,17 @@ def run(settings: Settings) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     # uvicorn re-raises the signal it caught once it has shut down; note it instead of
     # dying there, so the finally below still stops the stage and nats-server.
+    # Before that (e.g. while NATS refuses or does not answer the first connect) a signal
+    # must still stop the process: it would otherwise wait for NATS forever, deaf to SIGTERM.
     received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not _serving.is_set():
+            raise KeyboardInterrupt
+        received.append(signum)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _frame: received.append(signum))
+        signal.signal(sig, on_signal)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     nats: EmbeddedNats | None = None
     children: list[subprocess.Popen[bytes]] = []

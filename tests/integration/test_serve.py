@@ -70,3 +70,30 @@ def _stage_child(pid: int) -> int:
     out = subprocess.run(["pgrep", "-P", str(pid), "-f", "roles stage"],
                          capture_output=True, text=True, check=False).stdout
     return int(out.split()[0])
+
+
+def test_sigterm_stops_a_stage_that_nats_refuses(tmp_path: Path) -> None:
+    """A process still waiting for NATS (here: refused, no credentials) is not deaf to
+    SIGTERM: before the fix it ignored it forever, and test runs leaked such stages."""
+    import sys
+
+    from townhall.bus.embedded import EmbeddedNats
+    from townhall.procs import stop_process
+
+    server = EmbeddedNats(tmp_path / "nats", users={"admin": "x" * 24})
+    url = server.start()
+    proc = subprocess.Popen([sys.executable, "-m", "townhall", "serve", "--roles", "stage",
+                             "--nats", url, "--data", str(tmp_path / "data")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    try:
+        log = tmp_path / "nats" / "nats-server.log"
+        deadline = time.monotonic() + 30   # it has tried (and been refused) at least once
+        while b"authentication error" not in (log.read_bytes() if log.exists() else b""):
+            assert time.monotonic() < deadline, "the stage never reached NATS"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        stop_process(proc, 2, signal.SIGKILL)
+        server.stop()
