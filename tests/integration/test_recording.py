@@ -332,8 +332,11 @@ def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
         pcm = ffmpeg_pcm(playlist, "-live_start_index", "-2", seconds=4)
         assert len(pcm) >= 3 * RATE  # two listed segments, then one more as it came
         assert abs(peak_hz(pcm[-RATE:]) - 880) < 15
-        # A clip of a live Space: its last seconds, from JetStream and the recording.
-        edge_s = (int(newest.split(".")[0]) + 1) * 2
+        # A clip of a live Space: its last seconds, from JetStream and the recording. The
+        # playlist is read again: the one above may have listed only the first segment.
+        latest = httpx.get(playlist, timeout=10).text.strip().splitlines()[-1]
+        edge_s = (int(latest.split(".")[0]) + 1) * 2
+        assert edge_s >= 4, latest  # ffmpeg has just read 4 s of it
         with served.client(host) as c:
             made = c.post(f"/api/v1/spaces/{space}/clips",
                           json={"start": edge_s - 3, "duration": 2})
