@@ -37,15 +37,16 @@ GAP_S = 0.5  # chunks come every 0.1 s: a longer pause is the failover's silence
 PROBE = """
 import asyncio, sys, time
 from pathlib import Path
-from townhall.bus import Bus, subjects
+from townhall.bus import subjects
+from townhall.bus.bus import NatsBus
 from townhall.bus.credentials import admin_auth
 urls, users, what = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
 async def main():
     deadline = time.monotonic() + 40
     while True:
         try:
-            bus = await asyncio.wait_for(Bus.connect(urls, auth=admin_auth(Path(users)),
-                                                     replicas=3, name="probe"), 15)
+            bus = await asyncio.wait_for(NatsBus.connect(urls, auth=admin_auth(Path(users)),
+                                                        replicas=3, name="probe"), 15)
             break
         except Exception as exc:
             if time.monotonic() > deadline:

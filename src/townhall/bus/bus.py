@@ -403,6 +403,12 @@ class NatsBus:
 
     # --- streams -------------------------------------------------------------------------
 
+    async def stream_leader(self, stream: str) -> str | None:
+        """The server name leading ``stream``'s replicas (None when not clustered), for
+        operators' tools and tests that must hit the node that matters."""
+        info = await self._js.stream_info(stream)
+        return info.cluster.leader if info.cluster is not None else None
+
     async def last_message(self, stream: str, subject: str) -> Message | None:
         """The newest stored message on ``subject`` (e.g. the last chunk a stage sent)."""
         try:

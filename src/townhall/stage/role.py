@@ -22,6 +22,7 @@ speakers, ticks, late frames, FEC/PLC/loss counters); the api processes export i
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -51,6 +52,7 @@ REPORT_S = 1.0
 ACK_TIMEOUT_S = 1.0     # a chunk's store ack; the next chunk is due 0.1 s after it
 RENEW_TIMEOUT_S = 1.0   # one lease renewal; tending must not hang on a cut-off node
 QUEUED_CHUNKS = 50      # 5 s of chunks waiting for acks; older ones are dropped
+UNFENCED_KEPT = 600     # 60 s of chunks sent unfenced while the stream was away
 CLAIM_TRIES = 5         # a takeover's first chunk racing the old owner's last ones
 
 
@@ -71,6 +73,9 @@ class SpaceRun:
         self.unacked = 0  # chunks sent without a store ack (the stream did not answer)
         self.claimed = False  # a chunk of ours is stored: later refusals mean deposed
         self.shift = (0, 0)   # (seq, pts) added to the packager's numbers after a claim
+        # Chunks sent unfenced while the stream did not answer (see _resync), to recognise
+        # them as ours if the stream stored them meanwhile.
+        self.unfenced: collections.deque[bytes] = collections.deque(maxlen=UNFENCED_KEPT)
         self.sessions: dict[str, SpeakerSession] = {}
         self.packager = packager
         self.encoder = OpusEncoder(bitrate)
@@ -142,10 +147,7 @@ class SpaceRun:
         the next."""
         subject = subjects.media(self.space)
         while not self.fenced:
-            chunk = Chunk.decode(await self.chunks.get())
-            if self.shift != (0, 0):
-                chunk = replace(chunk, seq=chunk.seq + self.shift[0],
-                                pts=chunk.pts + self.shift[1])
+            chunk = self._shifted(await self.chunks.get())
             if not self.claimed:  # read the newest stored chunk just before, not at lease
                 if not await self._claim(subject, chunk):
                     self._fence()
@@ -163,6 +165,12 @@ class SpaceRun:
             except Exception:  # no ack: the stream is electing a leader, or we are cut off
                 self.unacked += 1
             await self._resync(subject, data)
+
+    def _shifted(self, raw: bytes) -> Chunk:
+        chunk = Chunk.decode(raw)
+        if self.shift != (0, 0):
+            chunk = replace(chunk, seq=chunk.seq + self.shift[0], pts=chunk.pts + self.shift[1])
+        return chunk
 
     async def _claim(self, subject: str, chunk: Chunk) -> bool:
         """Number our first chunk after the newest stored one and store it; a few tries."""
@@ -194,13 +202,21 @@ class SpaceRun:
                 last = await asyncio.wait_for(
                     self.bus.last_message(subjects.MEDIA_STREAM, subject), ACK_TIMEOUT_S)
             except Exception:
-                while not self.chunks.empty():  # silence beats stale audio
-                    self.chunks.get_nowait()
+                # The stream is electing a leader (a NATS node died) or unreachable: keep the
+                # listeners fed on the plain subject meanwhile, as before chunks were fenced
+                # (a node's loss must lose no audio). A stage cut off from NATS reaches no
+                # one this way, and one that lost its lease stops at the next lease check.
+                while not self.chunks.empty():
+                    data = self._shifted(self.chunks.get_nowait()).encode()
+                    self.unfenced.append(data)
+                    with contextlib.suppress(Exception):
+                        await self.bus.publish(subject, data)
                 await asyncio.sleep(FRAME_S * 5)
                 continue
             newest = last.seq if last is not None else 0
-            if last is not None and last.data == sent:
-                self.stored_seq = newest  # it was stored after all
+            if last is not None and (last.data == sent or last.data in self.unfenced):
+                self.stored_seq = newest  # ours after all (the stream took it meanwhile)
+                self.unfenced.clear()
             elif newest != self.stored_seq:
                 self._fence()  # not ours and not the one before: another stage wrote
             return
