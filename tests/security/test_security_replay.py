@@ -50,13 +50,28 @@ def test_private_recording_is_for_its_people_only(served: Served, tmp_path: Path
                  "live segments")
         live = c.get(f"/hls/{space}/index.m3u8")
         assert live.headers["cache-control"].startswith("private")
+        # Live segments and LL-HLS parts too: a shared cache must not keep them.
+        wait_for(lambda: c.get(f"/hls/{space}/opus.m3u8").status_code == 200, 60,
+                 "live segments")
+        media = c.get(f"/hls/{space}/opus.m3u8").text
+        part = media.split('#EXT-X-PART:')[1].split('URI="')[1].split('"')[0]
+        newest = [ln for ln in media.splitlines() if ln.endswith(".m4s")
+                  and not ln.startswith("#")][-1]
+        for url in (f"/hls/{space}/opus.m3u8", f"/hls/{space}/{part}",
+                    f"/hls/{space}/{newest}", f"/hls/{space}/aac-init.mp4"):
+            got = c.get(url)
+            assert got.status_code == 200, (url, got.text)
+            assert got.headers["cache-control"].startswith("private"), url
+            assert "public" not in got.headers["cache-control"], url
+            assert httpx.get(served.url + url, timeout=10).status_code == 404, url
         clip = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0, "duration": 1})
         assert clip.status_code == 201, clip.text
         c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
         wait_for(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
                                     dict), 60, "the recording is ready")
     urls = [f"/replay/{space}.opus", clip.json()["url"], f"/hls/{space}/index.m3u8",
-            f"/hls/{space}/init.mp4", f"/hls/{space}/0.m4s"]
+            f"/hls/{space}/opus.m3u8", f"/hls/{space}/init.mp4", f"/hls/{space}/0.m4s",
+            f"/hls/{space}/aac-init.mp4"]
     for url in urls:
         mine = httpx.get(served.url + url, headers=auth, timeout=10)
         assert mine.status_code == 200, (url, mine.text)
