@@ -38,7 +38,7 @@ import websockets
 from rich.progress import Progress
 
 from bench._local import live_space, start_server, stop
-from townhall.media.chunk import SAMPLE_RATE, Chunk
+from townhall.media.chunk import Chunk
 from townhall.media.hls import PART_SAMPLES, SEGMENT_SAMPLES
 
 AAC_DELAY = 1024  # the AAC frame stamped t plays input from t - 1024 (townhall.media.aac)

@@ -9,8 +9,8 @@ and the AAC rendition (Opus decode + AAC-LC encode + fMP4), measured on 10 minut
 scaled to the hour (it is linear: one encoder, fed in order).
 
 HLS origin: a `townhall serve` with a recorded Space (some seconds of program audio, then
-the end); the VOD playlist (`opus.m3u8`) and its segments are fetched once and written to a directory
-that nginx (1 worker) serves. A small keep-alive HTTP/1.1 load generator (asyncio, 16
+the end); the VOD playlist (`opus.m3u8`) and its segments are fetched once and written to
+a directory that nginx (1 worker) serves. A small keep-alive HTTP/1.1 load generator (asyncio, 16
 connections) then asks each server for segments, then for the playlist, for a few seconds
 each; the server's CPU time comes from /proc, so the figure is requests per CPU-second
 of the server (per core), not limited by the load generator.

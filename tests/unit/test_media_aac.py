@@ -94,7 +94,8 @@ def test_ffmpeg_plays_the_aac_segments_as_the_tone(tmp_path: Path) -> None:
     tx = AacTranscoder()
     frames = [f for c in chunks for f in tx.push(c)] + tx.finish()
     segments = vod_segments(frames)
-    assert sorted(segments) == [0, 1, 2]
+    # Three segments, and the encoder's tail (priming shifts it past 6 s) in a fourth.
+    assert sorted(segments) == [0, 1, 2, 3] and len(segments[3][1]) <= 2
     assert all(segment_of(segments[k][0]) == k for k in segments)
     data = aac_init_segment() + b"".join(
         media_segment(packed, sequence=k + 1, decode_time=stamp,

@@ -133,8 +133,8 @@ class AacTranscoder:
     def push_packet(self, pts: int, packet: bytes) -> list[tuple[int, bytes]]:
         """Encode one 20 ms Opus packet of Space time ``pts``."""
         out: list[tuple[int, bytes]] = []
-        if self.next_in is None or self.next_out is None:
-            self._restart(pts)
+        if self._enc is None:  # the first packet, or a takeover's: start where wanted
+            self._restart(pts if self.next_in is None else self.next_in)
         assert self.next_in is not None
         if pts < self.next_in:
             return out
