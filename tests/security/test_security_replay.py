@@ -85,3 +85,39 @@ def test_private_recording_is_for_its_people_only(served: Served, tmp_path: Path
         r = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0, "duration": 1})
         assert r.status_code == 404
         assert c.delete(f"/api/v1/spaces/{space}/recording").status_code == 404
+
+
+def fast_answers(served: Served) -> float:
+    for line in httpx.get(f"{served.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("townhall_hls_fast_answers_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_a_revoked_grant_stops_cached_hls_within_the_ttl(served: Served) -> None:
+    """Segments answered before are repeated without routing (the fast path), but only
+    while the Space's grants allow it: once the host makes the Space signed-in only, the
+    same anonymous request is refused within the access cache's 2 s."""
+    host = guest(served, "Hal")
+    with served.client(host) as c:
+        space = c.post("/api/v1/spaces", json={"title": "Open"}).json()["id"]
+        c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
+    url = f"{served.url}/hls/{space}/opus.m3u8"
+    text = wait_for(lambda: (r := httpx.get(url, timeout=10)).status_code == 200 and r.text,
+                    60, "live segments")
+    segment = f"{served.url}/hls/{space}/" + [
+        ln for ln in text.splitlines() if ln.endswith(".m4s") and not ln.startswith("#")][-1]
+    first = httpx.get(segment, timeout=10)
+    assert first.status_code == 200 and first.headers["cache-control"].startswith("public")
+    before = fast_answers(served)
+    again = httpx.get(segment, timeout=10)
+    assert again.content == first.content and fast_answers(served) > before
+    with served.client(host) as c:
+        c.post(f"/api/v1/spaces/{space}/actions",
+               json={"action": "signed_in_only_on"}).raise_for_status()
+    wait_for(lambda: httpx.get(segment, timeout=10).status_code == 401, 10,
+             "the anonymous listener refused")
+    mine = httpx.get(segment, headers={"Authorization": f"Bearer {host}"}, timeout=10)
+    assert mine.status_code == 200 and mine.headers["cache-control"].startswith("private")
+    with served.client(host) as c:
+        c.post(f"/api/v1/spaces/{space}/end").raise_for_status()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
+from prometheus_client import Counter
 
 from townhall import grants
 from townhall.api.schemas import problems
@@ -64,7 +65,7 @@ from townhall.recording.packager import (
     load_aac_index,
     recording_tag,
 )
-from townhall.recording.plugin import cache_control
+from townhall.recording.plugin import cache_control, restricted
 from townhall.recording.recorder import BUCKET, load_chunks, load_index
 from townhall.room.rules import is_space_id
 
@@ -80,6 +81,8 @@ FIRST_WAIT_S = 4.0    # a first AAC playlist waits this long for the packager's 
 NOT_READY_S = 5.0     # "the AAC VOD is not made yet" is believed this long
 KEPT = 1024           # segments and parts kept built (about 15 KB each)
 INITS = {OPUS.name: init_segment(), AAC.name: aac_init_segment()}
+FAST = Counter("townhall_hls_fast_answers_total",
+               "HLS answers repeated to anonymous callers without routing (FastPath)")
 
 
 class Feed:
@@ -231,8 +234,56 @@ class AccessCache:
             raise NotFound(f"no Space {space}", slug="space-not-found")
         return held[1]
 
+    def fresh(self, space: str) -> dict[str, Any] | None:
+        """The document if it is held and young enough to decide by (no I/O)."""
+        held = self._held.get(space)
+        if held is None or time.monotonic() - held[0] > self.ttl:
+            return None
+        return held[1]
+
     def forget(self, space: str) -> None:
         self._held.pop(space, None)
+
+
+def kind_of(snap: dict[str, Any]) -> str | None:
+    """Where a Space's HLS comes from: ``vod``, ``live``, or None (a refusal)."""
+    if isinstance(snap.get("recording"), dict):
+        return "vod"
+    return "live" if snap.get("state") == "live" else None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole response the fast path may repeat to anonymous callers."""
+
+    space: str
+    kind: str
+    expires_at: float
+    start: dict[str, Any]
+    body: dict[str, Any]
+
+
+class FastPath:
+    """Repeats answers already given to anonymous callers of public Spaces (segments,
+    parts, init segments, VOD playlists), before routing: the same grants decision as the
+    route's (anonymous, public, the Space's document at most ACCESS_TTL_S old, the same
+    source), at the cost of a dictionary look-up. Anything else goes to the routes."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" \
+                and scope["path"].startswith("/hls/") and not scope["query_string"]:
+            origin: HlsOrigin | None = getattr(scope["app"].state, "hls", None) \
+                if "app" in scope else None
+            answer = origin.repeat(scope) if origin is not None else None
+            if answer is not None:
+                FAST.inc()
+                await send(answer.start)
+                await send(answer.body)
+                return
+        await self.app(scope, receive, send)
 
 
 @dataclass(frozen=True)
@@ -264,8 +315,37 @@ class HlsOrigin:
         self.aac_indexes: dict[str, tuple[str, float, AacIndex | None]] = {}
         self.built: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
         self.playlists: dict[tuple[str, str], tuple[Any, str]] = {}
+        self.answers: OrderedDict[str, Answer] = OrderedDict()
+        self.route: Any = None  # the route the fast path's answers count under
         self._tasks: list[asyncio.Task[None]] = []
         self._sub: Subscription | None = None
+
+    def remember(self, request: Request, src: Source, response: Response) -> None:
+        """Keep an answer to an anonymous caller of a public Space for the fast path."""
+        if request.url.query or restricted(src.snap) \
+                or "authorization" in request.headers:
+            return
+        self.answers[request.url.path] = Answer(
+            src.space, src.kind, float(src.rec.get("expires_at", 0)) if src.rec else 0.0,
+            {"type": "http.response.start", "status": 200,
+             "headers": list(response.raw_headers)},
+            {"type": "http.response.body", "body": response.body})
+        while len(self.answers) > KEPT * 2:
+            self.answers.popitem(last=False)
+
+    def repeat(self, scope: Any) -> Answer | None:
+        """The answer to repeat to this request, if the grants still allow it."""
+        answer = self.answers.get(scope["path"])
+        if answer is None or any(k == b"authorization" for k, _ in scope["headers"]):
+            return None
+        snap = self.access.fresh(answer.space)
+        if snap is None or restricted(snap) or kind_of(snap) != answer.kind:
+            return None
+        if answer.kind == "vod" and time.time() >= answer.expires_at:
+            return None
+        if self.route is not None:
+            scope["route"] = self.route  # for the request metrics' label
+        return answer
 
     async def start(self) -> None:
         self._sub = await self.bus.subscribe("townhall.*.state", self._on_state)
@@ -524,11 +604,17 @@ async def hls_resource(
     src = await hls.source(space, request)
     if res.kind == "playlist":
         text, cache = await hls.playlist(src, res.rendition, wanted)
-        return _answer(text, M3U8, cache_control(cache, src.snap))
+        response = _answer(text, M3U8, cache_control(cache, src.snap))
+        if src.kind == "vod":
+            hls.remember(request, src, response)
+        return response
     immutable = cache_control(IMMUTABLE, src.snap)
     if res.kind == "init":
-        return _answer(INITS[res.rendition.name], MP4, immutable)
-    return _answer(await hls.media(src, res), MP4, immutable)
+        response = _answer(INITS[res.rendition.name], MP4, immutable)
+    else:
+        response = _answer(await hls.media(src, res), MP4, immutable)
+    hls.remember(request, src, response)
+    return response
 
 
 def install(app: FastAPI, ctx: Context) -> None:
@@ -539,3 +625,6 @@ def install(app: FastAPI, ctx: Context) -> None:
     ctx.on_start.append(origin.start)
     ctx.on_stop.append(origin.stop)
     app.include_router(router)
+    origin.route = next((r for r in app.router.routes
+                         if getattr(r, "path", "") == "/hls/{space}/{name}"), None)
+    app.add_middleware(FastPath)
