@@ -85,6 +85,14 @@ FAST = Counter("townhall_hls_fast_answers_total",
                "HLS answers repeated to anonymous callers without routing (FastPath)")
 
 
+def keep(held: OrderedDict[Any, Any], key: Any, value: Any, size: int = KEPT) -> None:
+    """Put ``key`` in a bounded cache, dropping the least recently put."""
+    held[key] = value
+    held.move_to_end(key)
+    while len(held) > size:
+        held.popitem(last=False)
+
+
 class Feed:
     """One rendition of a live Space as this node holds it, from NATS."""
 
@@ -280,7 +288,8 @@ class FastPath:
             answer = origin.repeat(scope) if origin is not None else None
             if answer is not None:
                 FAST.inc()
-                await send(answer.start)
+                # A copy: outer middleware may add headers to the message it is given.
+                await send({**answer.start, "headers": list(answer.start["headers"])})
                 await send(answer.body)
                 return
         await self.app(scope, receive, send)
@@ -311,10 +320,11 @@ class HlsOrigin:
         self.packager = Packager(ctx.bus, api.store, ctx.settings.node_id)
         self.feeds: dict[tuple[str, str], OpusFeed | AacFeed] = {}
         self._opening: dict[tuple[str, str], asyncio.Lock] = {}
-        self.indexes: dict[str, tuple[str, RecordingIndex]] = {}
-        self.aac_indexes: dict[str, tuple[str, float, AacIndex | None]] = {}
+        self.indexes: OrderedDict[str, tuple[str, RecordingIndex]] = OrderedDict()
+        self.aac_indexes: OrderedDict[str, tuple[str, float, AacIndex | None]] = \
+            OrderedDict()
         self.built: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
-        self.playlists: dict[tuple[str, str], tuple[Any, str]] = {}
+        self.playlists: OrderedDict[tuple[str, str], tuple[Any, str]] = OrderedDict()
         self.answers: OrderedDict[str, Answer] = OrderedDict()
         self.route: Any = None  # the route the fast path's answers count under
         self._tasks: list[asyncio.Task[None]] = []
@@ -429,7 +439,8 @@ class HlsOrigin:
             index = await load_index(self.bus, src.space)
             if index is None:
                 raise NotFound("this Space has no recording", slug="no-recording")
-            held = self.indexes[src.space] = (src.tag, index)
+            held = (src.tag, index)
+            keep(self.indexes, src.space, held)
         return held[1]
 
     async def aac_index(self, src: Source) -> AacIndex | None:
@@ -441,7 +452,8 @@ class HlsOrigin:
             made = await load_aac_index(self.bus, src.space)
             if made is not None and made.tag != src.tag:
                 made = None
-            held = self.aac_indexes[src.space] = (src.tag, now, made)
+            held = (src.tag, now, made)
+            keep(self.aac_indexes, src.space, held)
             if made is None:
                 self.packager.want_vod(src.space)
         return held[2]
@@ -475,7 +487,7 @@ class HlsOrigin:
             plan = live_playlist(feed.newest_end, feed.oldest, rendition, feed.samples)
             if plan is not None:
                 text = plan.render()
-                self.playlists[(src.space, rendition.name)] = (state, text)
+                keep(self.playlists, (src.space, rendition.name), (state, text))
                 return text, LIVE_PLAYLIST
             if time.monotonic() >= deadline:
                 raise NotFound("no audio yet; try again in a moment", slug="no-segments")
@@ -498,7 +510,7 @@ class HlsOrigin:
         if plan is None:
             raise NotFound("no audio in this recording", slug="no-segments")
         text = plan.render()
-        self.playlists[(src.space, rendition.name)] = (src.tag, text)
+        keep(self.playlists, (src.space, rendition.name), (src.tag, text))
         return text
 
     # --- segments and parts -------------------------------------------------------------
