@@ -150,7 +150,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         # One place for every route that reads or writes NATS: a cut-off bus is a
         # "retry later", never a 500 (nothing was changed that a retry would repeat
         # wrongly: a KV write is a compare-and-set).
-        log.warning("NATS did not answer %s %s: %r", request.method, request.url.path, exc)
+        log.warning("NATS did not answer in time (%s): %r", request.url.path, exc)
         return problem_response(Unavailable("the message bus did not answer in time; "
                                             "retry shortly", retry_after=BUS_RETRY_S,
                                             slug="bus-unavailable"))

@@ -168,11 +168,13 @@ class Deployed:
             if key == "LoadCredential":
                 cred, _, source = value.partition(":")
                 shutil.copy(source, creds / cred)
-            elif key == "EnvironmentFile":
-                env.update(kv.split("=", 1) for kv in Path(value).read_text().splitlines()
-                           if "=" in kv)
-            elif key == "Environment":
-                env.update(kv.split("=", 1) for kv in shlex.split(value))
+            elif key in ("EnvironmentFile", "Environment"):
+                pairs = Path(value).read_text().splitlines() if key == "EnvironmentFile" \
+                    else shlex.split(value)
+                for pair in pairs:
+                    var, eq, setting = pair.partition("=")
+                    if eq:
+                        env[var] = setting
             elif key == "ExecStart":
                 argv = shlex.split(value)
         out = self.tmp / f"{host}-{log or name}.log"
