@@ -301,9 +301,11 @@ def test_expired_recording_is_swept_and_answers_410(tmp_path: Path) -> None:
         speak(s, space, host, 440, 1)  # returns once a stage has taken a second of tone
         with s.client(host) as c:
             c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
-        wait_for(lambda: (httpx.get(f"{s.url}/api/v1/spaces/{space}", timeout=5)
-                          .json().get("recording") or {}).get("state") == "expired", 60,
-                 "the sweep marked the recording expired")
+        def swept() -> bool:
+            rec = httpx.get(f"{s.url}/api/v1/spaces/{space}", timeout=5).json()["recording"]
+            return isinstance(rec, dict) and rec["state"] == "expired"
+
+        wait_for(swept, 60, "the sweep marked the recording expired")
         problem(httpx.get(f"{s.url}/replay/{space}.opus", timeout=10), 410,
                 "recording-expired")
         problem(httpx.get(f"{s.url}/replay/{space}/timeline.json", timeout=10), 410,
