@@ -19,7 +19,13 @@ import pytest
 
 from tests.conftest import Served, start_townhall
 from townhall.bus import NatsBus
-from townhall.recording.recorder import BUCKET, index_name, replay_name, segment_name
+from townhall.recording.recorder import (
+    BUCKET,
+    clip_name,
+    index_name,
+    replay_name,
+    segment_name,
+)
 
 pytestmark = pytest.mark.timeout(300)
 RATE = 48_000
@@ -300,7 +306,11 @@ def test_expired_recording_is_swept_and_answers_410(tmp_path: Path) -> None:
             c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
         speak(s, space, host, 440, 1)  # returns once a stage has taken a second of tone
         with s.client(host) as c:
+            clip = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0, "duration": 0.5})
+            assert clip.status_code == 201, clip.text
+            clip = clip.json()
             c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
+
         def swept() -> bool:
             rec = httpx.get(f"{s.url}/api/v1/spaces/{space}", timeout=5).json()["recording"]
             return isinstance(rec, dict) and rec["state"] == "expired"
@@ -310,12 +320,14 @@ def test_expired_recording_is_swept_and_answers_410(tmp_path: Path) -> None:
                 "recording-expired")
         problem(httpx.get(f"{s.url}/replay/{space}/timeline.json", timeout=10), 410,
                 "recording-expired")
-        assert asyncio.run(stored(s, space)) == []
+        problem(httpx.get(f"{s.url}{clip['url']}", timeout=10), 410, "recording-expired")
+        assert httpx.get(f"{s.url}/c/{clip['id']}", timeout=10).status_code == 404
+        assert asyncio.run(stored(s, space, clip["id"])) == []
     finally:
         s.stop()
 
 
-async def stored(s: Served, space: str) -> list[str]:
+async def stored(s: Served, space: str, clip: str) -> list[str]:
     """Which of a recording's objects the object store still holds."""
     from tests.integration.test_stage_takeover import stage_child
 
@@ -323,7 +335,8 @@ async def stored(s: Served, space: str) -> list[str]:
     bus = await NatsBus.connect([nats], setup=False, auth=s.nats_auth())
     try:
         names = [index_name(space), segment_name(space, 0), replay_name(space),
-                 replay_name(space, "m4a")]
+                 replay_name(space, "m4a"), clip_name(space, clip),
+                 clip_name(space, clip, "m4a")]
         return [n for n in names if await bus.obj_get(BUCKET, n) is not None]
     finally:
         await bus.close()

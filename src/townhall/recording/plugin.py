@@ -333,8 +333,8 @@ class Recordings:
         def mark(s: dict[str, Any]) -> dict[str, Any]:
             if not is_due(s, now):
                 return s
-            return s | {"recording": s["recording"] | {"state": EXPIRED, "expired_at": now},
-                        "_clips": []}
+            # The clips' ids stay: asked for, they answer 410 like the recording.
+            return s | {"recording": s["recording"] | {"state": EXPIRED, "expired_at": now}}
 
         with contextlib.suppress(NotFound):
             await self.api.store.mutate(space, mark)

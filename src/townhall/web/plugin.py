@@ -121,7 +121,9 @@ def install(app: FastAPI, ctx: Context) -> None:
             doc: dict[str, Any] = await api.store.get(space) if api is not None else {}
         except NotFound:
             return False
-        return clip in doc.get("_clips", [])
+        rec = doc.get("recording")
+        expired = isinstance(rec, dict) and rec.get("state") == "expired"
+        return clip in doc.get("_clips", []) and not expired
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> Response:
