@@ -76,6 +76,10 @@ def test_signed_links_play_expire_and_stay_with_their_space(served: Served) -> N
     refused(anyone.post(f"/api/v1/spaces/{space}/recording/ticket"), 401, "token-missing")
     with served.client(stranger) as c:
         refused(c.post(f"/api/v1/spaces/{space}/recording/ticket"), 404, "space-not-found")
+    # A private Space's clip page is the unknown-Space page, not a preview of it.
+    page = anyone.get(f"/c/{clip.json()['id']}")
+    assert page.status_code == 404 and "Board" not in page.text
+    assert page.text == anyone.get("/c/zzzzzzzzzz-0123456789").text
 
     # Useless for another Space, and the answer is the same whether that Space exists.
     for elsewhere in (other, "zzzzzzzzzz"):
