@@ -404,7 +404,8 @@ def test_openapi_describes_answers_and_problems(served: Served) -> None:
         snapshot["required"])
     ops = {(path, method): op for path, item in doc["paths"].items()
            for method, op in item.items() if path.startswith("/api/v1")}
-    assert len(ops) == 13  # 10 + GET /api/v1/ice + DELETE recording + POST clips
+    # 10 + GET /api/v1/ice + DELETE recording + POST clips + POST recording/ticket
+    assert len(ops) == 14
     for (path, method), op in ops.items():
         ok = [s for s in op["responses"] if s.startswith("2")]
         assert ok and op["responses"][ok[0]]["content"]["application/json"]["schema"], path
