@@ -11,7 +11,7 @@ delivered, one listener each: each chunk crosses once per machine, not once per 
 Listeners there hear continuous audio; a listener resuming on an edge that holds none of
 the Space's chunks (as after its edge died) is served from JetStream through the leaf; an
 edge's login is still refused media through the leaf, and the cluster refuses a client
-without the CA. About 45 s; it replaces the loopback run of the generated cluster that
+without the CA. 25-40 s; it replaces the loopback run of the generated cluster that
 tests/integration/test_deploy_configs.py did."""
 
 from __future__ import annotations
