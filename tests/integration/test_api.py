@@ -420,6 +420,10 @@ def test_openapi_describes_answers_and_problems(served: Served) -> None:
     assert list(publish["201"]["content"]) == ["application/sdp"]
     assert {"400", "401", "403", "404", "409", "422", "503"} <= set(publish)
     assert "Retry-After" in publish["503"]["headers"]
+    # Every route that needs NATS may answer 503 bus-unavailable (app.py's one handler).
+    assert "bus-unavailable" in publish["503"]["description"]
+    for (path, method), op in ops.items():
+        assert "Retry-After" in op["responses"]["503"]["headers"], (method, path)
     assert all(list(publish[s]["content"]) == [PROBLEM] for s in publish if s != "201")
     assert "404" in doc["paths"]["/whip/{space}/{session}"]["delete"]["responses"]
 
