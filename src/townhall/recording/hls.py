@@ -67,6 +67,7 @@ from townhall.recording.packager import (
 )
 from townhall.recording.plugin import cache_control, restricted
 from townhall.recording.recorder import BUCKET, load_chunks, load_index
+from townhall.recording.retention import EXPIRED
 from townhall.room.rules import is_space_id
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -390,7 +391,8 @@ class HlsOrigin:
                 held = self.aac_indexes.get(space)
                 if held is None or held[2] is None or held[0] != recording_tag(rec):
                     self.packager.want_vod(space)
-            elif snap.get("state") == "ended" and rec is False:
+            elif (snap.get("state") == "ended" and rec is False) or (
+                    isinstance(rec, dict) and rec.get("state") == EXPIRED):
                 self.aac_indexes.pop(space, None)
                 self.packager.want_drop(space)
 
@@ -404,7 +406,7 @@ class HlsOrigin:
         grants.authorize(self.api.maybe_who(request), "listen", snap)
         rec = snap.get("recording")
         if isinstance(rec, dict):
-            if time.time() >= float(rec.get("expires_at", 0)):
+            if rec.get("state") == EXPIRED or time.time() >= float(rec.get("expires_at", 0)):
                 raise Gone("this recording was kept for its time and is gone",
                            slug="recording-expired")
             return Source(space, "vod", snap, rec)

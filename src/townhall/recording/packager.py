@@ -12,6 +12,8 @@ Runs in every api process; one of them packages each Space: the holder of the ke
 - **VOD**: once a recorded Space's recording is ready, the key's holder encodes the
   recording's packets (the very timeline of the Opus VOD) and stores each 2 s segment,
   then an index, in the ``recordings`` object store: ``<id>/aac/<k>``, ``<id>/aac/index``.
+  They go when the recording is deleted or expires (the state says so) or the Space's
+  document expires.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from townhall.media.hls import SEGMENT_SAMPLES, segment_of
 from townhall.media.recording import timeline
 from townhall.problems import BadInput, NotFound
 from townhall.recording.recorder import BUCKET, load_chunks, load_index
+from townhall.recording.retention import EXPIRED
 
 log = logging.getLogger(__name__)
 
@@ -299,8 +302,8 @@ class Packager:
         log.info("AAC rendition ready", extra={"space": space})
 
     async def _drop(self, space: str, lease: Lease) -> None:
-        doc = await self.store.get(space)
-        if not isinstance(doc.get("recording"), dict):
+        rec = (await self.store.get(space)).get("recording")
+        if not isinstance(rec, dict) or rec.get("state") == EXPIRED:
             await self.drop(space)
 
     async def drop(self, space: str) -> None:
