@@ -23,6 +23,7 @@ import json
 import time
 from bisect import bisect_left, insort
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -221,14 +222,16 @@ class AccessCache:
     """Spaces' documents (or their absence) for a short while: who may listen is then
     decided without a NATS round trip. A state message about a Space drops its entry."""
 
-    def __init__(self, fetch: Any, ttl: float = ACCESS_TTL_S, size: int = 10_000) -> None:
+    def __init__(self, fetch: Any, ttl: float = ACCESS_TTL_S, size: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._fetch = fetch
         self.ttl = ttl
         self.size = size
+        self.clock = clock
         self._held: OrderedDict[str, tuple[float, dict[str, Any] | None]] = OrderedDict()
 
     async def get(self, space: str) -> dict[str, Any]:
-        now = time.monotonic()
+        now = self.clock()
         held = self._held.get(space)
         if held is None or now - held[0] > self.ttl:
             try:
@@ -246,7 +249,7 @@ class AccessCache:
     def fresh(self, space: str) -> dict[str, Any] | None:
         """The document if it is held and young enough to decide by (no I/O)."""
         held = self._held.get(space)
-        if held is None or time.monotonic() - held[0] > self.ttl:
+        if held is None or self.clock() - held[0] > self.ttl:
             return None
         return held[1]
 
