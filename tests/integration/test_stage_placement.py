@@ -1,0 +1,181 @@
+"""Stages share the live Spaces by load, respect their budget, and hand every Space over at
+once when stopped: real stages (two in this process, one `townhall serve --roles stage`
+process for the SIGTERM) on a nats-server of this module's own, Spaces put straight into
+KV (no speakers: placement does not care who talks)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.waiting import until_async
+from townhall.auth import TokenIssuer, load_or_create_secret
+from townhall.bus import NatsBus, subjects
+from townhall.bus.bus import Change, Message
+from townhall.bus.embedded import EmbeddedNats
+from townhall.context import Context
+from townhall.procs import stop_process
+from townhall.settings import Settings
+from townhall.stage.role import Stage
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A nats-server of this module's own: the Spaces made live here must not be taken by
+    stages of other tests."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats-placement"))
+    yield server.start()
+    server.stop()
+
+
+@asynccontextmanager
+async def stages(nats: str, tmp: Path, *budgets: int) -> AsyncIterator[list[Stage]]:
+    """Running stages (start, heartbeat, tending), one bus each; stopped on the way out."""
+    made: list[Stage] = []
+    tasks: list[asyncio.Task[None]] = []
+    for budget in budgets:
+        node = f"st-{uuid.uuid4().hex[:6]}"
+        settings = Settings(data_dir=tmp / node, roles=("stage",), nats_urls=[nats],
+                            node_id=node, stage_max_spaces=budget)
+        settings.data_dir.mkdir(parents=True)
+        bus = await NatsBus.connect([nats], name=node)
+        made.append(Stage(Context(settings=settings, bus=bus,
+                                  issuer=TokenIssuer(load_or_create_secret(settings.data_dir)))))
+        tasks.append(asyncio.create_task(made[-1].run()))
+    try:
+        yield made
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for stage in made:
+            await stage.bus.close()
+
+
+async def hearing(group: list[Stage], nodes: set[str]) -> None:
+    """Until every stage of ``group`` has heard the heartbeat of every node in ``nodes``."""
+    await until_async(lambda: all(nodes <= set(s.placement.peers) for s in group), 15,
+                      "the stages' heartbeats")
+
+
+async def make_live(bus: NatsBus, prefix: str, count: int) -> list[str]:
+    ids = [f"{prefix}{n:04d}" for n in range(count)]
+    await asyncio.gather(*(bus.kv_put(subjects.SPACES_BUCKET, space, json.dumps(
+        {"id": space, "state": "live", "stage": []}).encode()) for space in ids))
+    return ids
+
+
+async def forget(bus: NatsBus, spaces: list[str]) -> None:
+    """Delete the Spaces (so that stopping stages hand them to nobody)."""
+    await asyncio.gather(*(bus.kv_delete(subjects.SPACES_BUCKET, s) for s in spaces))
+
+
+def owners(group: list[Stage]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for s in group:
+        for space in s.runs:
+            found.setdefault(space, []).append(s.node)
+    return found
+
+
+async def test_sixty_spaces_spread_over_three_stages_within_one_of_even(
+        nats: str, tmp_path: Path) -> None:
+    admin = await NatsBus.connect([nats])
+    spaces: list[str] = []
+    try:
+        async with stages(nats, tmp_path, 100, 100, 100) as group:
+            await hearing(group, {s.node for s in group})
+            t0 = time.monotonic()
+            spaces = await make_live(admin, "bal", 60)
+            await until_async(lambda: set(owners(group)) == set(spaces), 30,
+                              "every Space owned")
+            took = time.monotonic() - t0
+            counts = sorted(len(s.runs) for s in group)
+            print(f"\n60 Spaces placed on 3 stages in {took:.2f} s: {counts}")
+            assert all(len(nodes) == 1 for nodes in owners(group).values())
+            assert counts[-1] - counts[0] <= 1, counts
+            await forget(admin, spaces)
+    finally:
+        await admin.close()
+
+
+async def test_a_stage_at_its_budget_takes_no_more(nats: str, tmp_path: Path) -> None:
+    admin = await NatsBus.connect([nats])
+    try:
+        async with stages(nats, tmp_path, 3) as (small,):
+            await hearing([small], {small.node})
+            spaces = await make_live(admin, "bud", 5)
+            await until_async(lambda: len(small.runs) == 3, 15, "the small stage full")
+            # Taking a Space takes it milliseconds; a second stage takes seconds to start:
+            # a stage that ignored its budget would hold all five long before that.
+            async with stages(nats, tmp_path, 100) as (big,):
+                await until_async(lambda: len(big.runs) == 2, 15, "the rest on the other")
+                assert len(small.runs) == 3
+                assert set(small.runs) | set(big.runs) == set(spaces)
+                await forget(admin, spaces)
+    finally:
+        await admin.close()
+
+
+async def test_sigterm_hands_fifty_spaces_to_the_other_stages_at_once(
+        nats: str, tmp_path: Path) -> None:
+    admin = await NatsBus.connect([nats])
+    holders: dict[str, str] = {}
+    arrivals: dict[str, list[float]] = {}
+
+    def on_lease(change: Change) -> None:
+        if change.value is None:
+            holders.pop(change.key, None)
+        else:
+            holders[change.key] = change.value.decode()
+
+    async def on_media(msg: Message) -> None:
+        arrivals.setdefault(msg.subject.split(".")[1], []).append(time.monotonic())
+
+    watch = await admin.kv_watch(subjects.LEASES_BUCKET, on_lease)
+    await admin.subscribe("townhall.*.media", on_media)
+    log = tmp_path / "leaving.log"
+    leaving = subprocess.Popen(
+        [sys.executable, "-m", "townhall", "serve", "--roles", "stage", "--nats", nats,
+         "--data", str(tmp_path / "leaving"), "--node-id", "leaving", "--stages", "1"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    spaces: list[str] = []
+    try:
+        spaces = await make_live(admin, "off", 50)
+        await until_async(lambda: all(holders.get(s) == "leaving" for s in spaces), 60,
+                          "the stage process owning all 50")
+        async with stages(nats, tmp_path, 100, 100) as group:
+            await hearing(group, {"leaving", *(s.node for s in group)})
+            assert not any(s.runs for s in group)
+            t0 = time.monotonic()
+            leaving.terminate()
+            await until_async(lambda: all(holders.get(s) in {g.node for g in group}
+                                          for s in spaces), 10, "all 50 owned elsewhere")
+            took = time.monotonic() - t0
+            await until_async(lambda: all(a[-1] > t0 + 0.5 for s, a in arrivals.items()
+                                          if s in spaces), 10, "chunks from the new owners")
+            gaps = [max(b - a for a, b in zip(times, times[1:], strict=False)
+                        if b > t0 - 0.2) for s, times in arrivals.items() if s in spaces]
+            print(f"\nSIGTERM to a stage with 50 Spaces: all owned elsewhere after "
+                  f"{took:.2f} s; longest silence per Space: median "
+                  f"{statistics.median(gaps):.2f} s, worst {max(gaps):.2f} s; split "
+                  f"{sorted(len(s.runs) for s in group)}")
+            assert took <= 2.0, took
+            assert leaving.wait(15) == 0
+            await forget(admin, spaces)
+    finally:
+        stop_process(leaving, 5)
+        await watch.stop()
+        await admin.close()
