@@ -176,8 +176,10 @@ def simulate(stages: list[SimStage], live: set[str], holders: dict[str, str],
                 s.view.lease(space, holder, t)
         if all(space in holders for space in live) and not deliveries:
             return t
-        for s in stages:
-            s.view.heard(Capacity(s.name, s.view.max_spaces, draining=s.draining), t)
+        for s in stages:  # heartbeats: every stage hears every one
+            for other in stages:
+                s.view.heard(Capacity(other.name, other.view.max_spaces,
+                                      draining=other.draining), t)
         for s in stages:
             if s.draining or t < s.busy_until:
                 continue

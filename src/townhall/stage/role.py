@@ -600,10 +600,19 @@ class Stage:
                                             "from_seq": run.packager.next_seq})
 
     async def _hand_back(self, space: str, rev: int | None) -> None:
-        """Delete our lease (only while it is still at our revision: never a successor's)."""
+        """Delete our lease, never a successor's: only at our revision, or, if that moved
+        (a renewal cancelled after it reached the server), while it still names us."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.bus.kv_delete(
-                subjects.LEASES_BUCKET, space, revision=rev), RENEW_TIMEOUT_S)
+            try:
+                await asyncio.wait_for(self.bus.kv_delete(
+                    subjects.LEASES_BUCKET, space, revision=rev), RENEW_TIMEOUT_S)
+            except CasConflict:
+                entry = await asyncio.wait_for(
+                    self.bus.kv_get(subjects.LEASES_BUCKET, space), RENEW_TIMEOUT_S)
+                if entry is not None and entry.value == self.node.encode():
+                    await asyncio.wait_for(self.bus.kv_delete(
+                        subjects.LEASES_BUCKET, space, revision=entry.revision),
+                        RENEW_TIMEOUT_S)
 
     async def release(self, space: str) -> None:
         """Stop a Space that is no longer live and delete its lease. (Should the lease's
