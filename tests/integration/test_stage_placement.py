@@ -1,14 +1,18 @@
 """Stages share the live Spaces by load, respect their budget, and hand every Space over at
-once when stopped: real stages (two in this process, one `townhall serve --roles stage`
+once when stopped: real stages (in this process, and one `townhall serve --roles stage`
 process for the SIGTERM) on a nats-server of this module's own, Spaces put straight into
-KV (no speakers: placement does not care who talks)."""
+KV (no speakers: placement does not care who talks).
+
+The stages in this process run idle clocks (``SpaceRun.run`` waits): what is tested is who
+owns what, and mixing silence for 60 Spaces (~1 % of a core each before the silence fast
+path) beside the rest of the suite on two shared cores starved the loop until leases
+lapsed, which measured the machine, not the placement. The stage process stopped by
+SIGTERM mixes its Spaces for real."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -28,7 +32,7 @@ from townhall.context import Context
 from townhall.procs import stop_process
 from townhall.settings import Settings
 from townhall.stage import placement
-from townhall.stage.role import Stage
+from townhall.stage.role import SpaceRun, Stage
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,6 +52,15 @@ def one_process_is_not_hot(monkeypatch: pytest.MonkeyPatch) -> None:
     moments: one could read just over the threshold and yield to the others. Apart,
     each stage's figure is its own."""
     monkeypatch.setattr(placement, "HOT_CPU", float("inf"))
+
+
+@pytest.fixture(autouse=True)
+def idle_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Owned Spaces in this process do not mix (see the module's docstring)."""
+    async def idle(self: SpaceRun) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(SpaceRun, "run", idle)
 
 
 @asynccontextmanager
@@ -148,46 +161,89 @@ def stage_process(nats: str, tmp: Path, node: str) -> subprocess.Popen[bytes]:
         stdin=subprocess.DEVNULL)
 
 
-async def test_sigterm_hands_fifty_spaces_to_the_other_stages_at_once(
-        nats: str, tmp_path: Path) -> None:
-    admin = await NatsBus.connect([nats])
-    holders: dict[str, str] = {}
-    arrivals: dict[str, list[float]] = {}
+class Leases:
+    """The lease bucket as a watch shows it, and when each Space went to a new holder."""
 
-    def on_lease(change: Change) -> None:
+    def __init__(self) -> None:
+        self.holders: dict[str, str] = {}
+        self.moved: dict[str, float] = {}
+
+    def __call__(self, change: Change) -> None:
         if change.value is None:
-            holders.pop(change.key, None)
-        else:
-            holders[change.key] = change.value.decode()
+            self.holders.pop(change.key, None)
+            return
+        holder = change.value.decode()
+        if self.holders.get(change.key, holder) != holder:
+            self.moved[change.key] = time.monotonic()
+        self.holders[change.key] = holder
+
+
+async def test_a_stopped_stage_hands_fifty_spaces_to_the_others_at_once(
+        nats: str, tmp_path: Path) -> None:
+    """What SIGTERM does to `townhall serve --roles stage`: its role task is cancelled and
+    ``Stage.run`` hands over on the way out (the next test sends the signal itself)."""
+    admin = await NatsBus.connect([nats])
+    leases = Leases()
+    watch = await admin.kv_watch(subjects.LEASES_BUCKET, leases)
+    try:
+        async with stages(nats, tmp_path, 100) as (leaving,):
+            spaces = await make_live(admin, "off", 50)
+            await until_async(lambda: len(leaving.runs) == 50, 30, "one stage owning all 50")
+            await until_async(lambda: all(leases.holders.get(s) == leaving.node
+                                          for s in spaces), 10, "their leases seen")
+            async with stages(nats, tmp_path, 100, 100) as group:
+                await hearing(group, {leaving.node, *(s.node for s in group)})
+                assert not any(s.runs for s in group)
+                new_owners = {g.node for g in group}
+                t0 = time.monotonic()
+                await leaving.stop()  # as the cancelled Stage.run does
+                await until_async(lambda: all(leases.holders.get(s) in new_owners
+                                              for s in spaces), 10, "all 50 owned elsewhere")
+                took = time.monotonic() - t0
+                print(f"\nA stopping stage with 50 Spaces: all owned elsewhere after "
+                      f"{took:.2f} s, split {sorted(len(s.runs) for s in group)}")
+                assert took <= 2.0, took
+                assert abs(len(group[0].runs) - len(group[1].runs)) <= 1
+                await forget(admin, spaces)
+    finally:
+        await watch.stop()
+        await admin.close()
+
+
+async def test_sigterm_to_a_stage_process_hands_its_spaces_over(
+        nats: str, tmp_path: Path) -> None:
+    """The signal itself, on a stage process mixing for real (a few Spaces: it shares two
+    cores with the suite)."""
+    admin = await NatsBus.connect([nats])
+    leases = Leases()
+    last_chunk: dict[str, float] = {}
 
     async def on_media(msg: Message) -> None:
-        arrivals.setdefault(msg.subject.split(".")[1], []).append(time.monotonic())
+        space = msg.subject.split(".")[1]
+        if leases.holders.get(space) == "leaving":
+            last_chunk[space] = time.monotonic()
 
-    watch = await admin.kv_watch(subjects.LEASES_BUCKET, on_lease)
+    watch = await admin.kv_watch(subjects.LEASES_BUCKET, leases)
     await admin.subscribe("townhall.*.media", on_media)
     leaving = stage_process(nats, tmp_path, "leaving")
-    spaces: list[str] = []
     try:
-        spaces = await make_live(admin, "off", 50)
-        await until_async(lambda: all(holders.get(s) == "leaving" for s in spaces), 60,
-                          "the stage process owning all 50")
+        spaces = await make_live(admin, "sig", 5)
+        await until_async(lambda: all(s in last_chunk for s in spaces), 60,
+                          "the stage process mixing all 5")
         async with stages(nats, tmp_path, 100, 100) as group:
             await hearing(group, {"leaving", *(s.node for s in group)})
             assert not any(s.runs for s in group)
+            new_owners = {g.node for g in group}
             t0 = time.monotonic()
             leaving.terminate()
-            await until_async(lambda: all(holders.get(s) in {g.node for g in group}
-                                          for s in spaces), 10, "all 50 owned elsewhere")
+            await until_async(lambda: all(leases.holders.get(s) in new_owners
+                                          for s in spaces), 10, "all 5 owned elsewhere")
             took = time.monotonic() - t0
-            await until_async(lambda: all(a[-1] > t0 + 0.5 for s, a in arrivals.items()
-                                          if s in spaces), 10, "chunks from the new owners")
-            gaps = [max((b - a for a, b in itertools.pairwise(times) if b > t0 - 0.2),
-                        default=0.0)
-                    for s, times in arrivals.items() if s in spaces]
-            print(f"\nSIGTERM to a stage with 50 Spaces: all owned elsewhere after "
-                  f"{took:.2f} s; longest silence per Space: median "
-                  f"{statistics.median(gaps):.2f} s, worst {max(gaps):.2f} s; split "
-                  f"{sorted(len(s.runs) for s in group)}")
+            # Silence per Space: its last chunk from the leaving stage to its new owner's
+            # lease (the new owner's first chunk follows ~0.1 s later: 5 frames).
+            quiet = [leases.moved.get(s, t0) - last_chunk[s] for s in spaces]
+            print(f"\nSIGTERM to a stage process: its Spaces owned elsewhere after "
+                  f"{took:.2f} s; last chunk to new lease: worst {max(quiet):.2f} s")
             assert took <= 2.0, took
             assert leaving.wait(15) == 0
             await forget(admin, spaces)

@@ -692,6 +692,8 @@ class Stage:
         """Hand every Space over at once: say we are stopping (so no rival waits for us),
         stop every clock, then delete every lease in parallel; the others' watches see
         the deletes and take the Spaces within a moment rather than a TTL."""
+        if self.draining:
+            return  # stopped already
         self.draining = True
         for task in list(self._whips):
             task.cancel()
