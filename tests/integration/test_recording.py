@@ -378,7 +378,7 @@ def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
 
         live = wait_for(tone_listed, 60, "a live playlist with the tone")
         assert "#EXT-X-ENDLIST" not in live
-        master = httpx.get(f"{base}/index.m3u8", timeout=10)
+        master = httpx.get(f"{base}/master.m3u8", timeout=10)
         assert master.headers["content-type"].startswith("application/vnd.apple.mpegurl")
         assert 'CODECS="opus"' in master.text and 'CODECS="mp4a.40.2"' in master.text
         r = httpx.get(playlist, timeout=10)
@@ -426,9 +426,13 @@ def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
     assert again.status_code == 200 and again.content == seg.content
     pcm = ffmpeg_pcm(playlist)
     assert abs(len(pcm) / RATE - rec["duration"]) < 0.5, (len(pcm) / RATE, rec)
+    # The contract's URL is the same VOD: index.m3u8 ends with #EXT-X-ENDLIST too.
+    index = httpx.get(f"{base}/index.m3u8", timeout=10)
+    assert index.status_code == 200 and index.text == httpx.get(playlist, timeout=10).text
+    assert index.text.endswith("#EXT-X-ENDLIST\n")
     assert abs(peak_hz(pcm[len(pcm) // 2:len(pcm) // 2 + RATE]) - 880) < 15
     # The AAC VOD is made once the recording is: then the master lists it.
-    wait_for(lambda: "mp4a.40.2" in httpx.get(f"{base}/index.m3u8", timeout=10).text, 60,
+    wait_for(lambda: "mp4a.40.2" in httpx.get(f"{base}/master.m3u8", timeout=10).text, 60,
              "the AAC rendition of the recording")
     aac_vod = httpx.get(f"{base}/aac.m3u8", timeout=10)
     assert aac_vod.text.endswith("#EXT-X-ENDLIST\n")

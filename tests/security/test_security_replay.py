@@ -70,6 +70,7 @@ def test_private_recording_is_for_its_people_only(served: Served, tmp_path: Path
         wait_for(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
                                     dict), 60, "the recording is ready")
     urls = [f"/replay/{space}.opus", clip.json()["url"], f"/hls/{space}/index.m3u8",
+            f"/hls/{space}/master.m3u8",
             f"/hls/{space}/opus.m3u8", f"/hls/{space}/init.mp4", f"/hls/{space}/0.m4s",
             f"/hls/{space}/aac-init.mp4"]
     for url in urls:

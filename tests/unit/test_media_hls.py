@@ -169,6 +169,10 @@ def test_aac_parts_are_whole_frames() -> None:
 def test_names_of_resources() -> None:
     got = parse_name("opus.m3u8")
     assert got is not None and (got.rendition, got.kind) == (OPUS, "playlist")
+    # The contract's URL: the Opus media playlist (the multivariant one is master.m3u8).
+    got = parse_name("index.m3u8")
+    assert got is not None and (got.rendition, got.kind) == (OPUS, "playlist")
+    assert parse_name("master.m3u8") is None  # routed apart, never a media playlist
     got = parse_name("aac-12.3.m4s")
     assert got is not None and (got.rendition, got.kind, got.k, got.j) == (AAC, "part", 12, 3)
     got = parse_name("7.m4s")

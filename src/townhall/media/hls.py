@@ -81,8 +81,14 @@ def _number(text: str) -> int | None:
 
 
 def parse_name(name: str) -> Resource | None:
-    """``opus.m3u8``, ``aac.m3u8``; ``init.mp4``, ``<k>.m4s``, ``<k>.<j>.m4s`` (Opus);
-    the same with ``aac-`` in front (AAC). None for anything else."""
+    """``index.m3u8`` (= ``opus.m3u8``), ``aac.m3u8``; ``init.mp4``, ``<k>.m4s``,
+    ``<k>.<j>.m4s`` (Opus); the same with ``aac-`` in front (AAC). None for anything else.
+
+    ``index.m3u8`` is the Opus media playlist, the contract's URL since before there
+    was an AAC rendition (live, then VOD ending ``#EXT-X-ENDLIST``); ``master.m3u8`` is
+    the multivariant playlist and is routed apart."""
+    if name == "index.m3u8":
+        return Resource(OPUS, "playlist")
     if name.endswith(".m3u8"):
         r = RENDITIONS.get(name.removesuffix(".m3u8"))
         return Resource(r, "playlist") if r is not None else None
@@ -228,7 +234,7 @@ def vod_playlist(first_pts: int, end_pts: int) -> Playlist | None:
 
 
 def master_playlist(renditions: Sequence[Rendition]) -> str:
-    """The multivariant playlist (``index.m3u8``): one variant per rendition."""
+    """The multivariant playlist (``master.m3u8``): one variant per rendition."""
     lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS"]
     for r in renditions:
         lines += [f'#EXT-X-STREAM-INF:BANDWIDTH={r.bandwidth},CODECS="{r.codecs}"',

@@ -1,5 +1,6 @@
-"""The HLS origin: ``/hls/<id>/index.m3u8`` (the multivariant playlist), the media
-playlists ``opus.m3u8`` and ``aac.m3u8``, their init segments, segments and parts.
+"""The HLS origin: ``/hls/<id>/index.m3u8`` (the Opus media playlist, as ``opus.m3u8``),
+``master.m3u8`` (the multivariant playlist: Opus and AAC), ``aac.m3u8``, their init
+segments, segments and parts.
 
 While a Space is live, any api node answers from NATS: on the first request it follows the
 Space's chunks (Opus, the last minute from JetStream, then live) or its AAC batches (made
@@ -587,9 +588,9 @@ def _origin(request: Request) -> HlsOrigin:
     return origin
 
 
-@router.get("/hls/{space}/index.m3u8", response_class=Response, responses=_ok(
+@router.get("/hls/{space}/master.m3u8", response_class=Response, responses=_ok(
     (M3U8,), "the multivariant playlist: Opus, and AAC-LC (mp4a.40.2)"))
-async def index_playlist(space: str, request: Request) -> Response:
+async def master_playlist_route(space: str, request: Request) -> Response:
     """The multivariant playlist: one variant per rendition (Opus; AAC-LC for players
     without Opus, live at once, after the end once it is made)."""
     hls = _origin(request)
@@ -600,7 +601,8 @@ async def index_playlist(space: str, request: Request) -> Response:
 
 
 @router.get("/hls/{space}/{name}", response_class=Response, responses=_ok(
-    (M3U8, MP4), "a media playlist (opus.m3u8, aac.m3u8), an init segment (init.mp4, "
+    (M3U8, MP4), "a media playlist (index.m3u8 = opus.m3u8: Opus, live then VOD ending "
+    "#EXT-X-ENDLIST; aac.m3u8), an init segment (init.mp4, "
     "aac-init.mp4), a 2 s segment (<k>.m4s, aac-<k>.m4s) or a 0.5 s part (<k>.<j>.m4s)",
     400, 503))
 async def hls_resource(
