@@ -8,9 +8,12 @@ Space's lease; that stage answers with the SDP answer and a session id.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request, Response
@@ -19,7 +22,8 @@ from townhall import grants
 from townhall.api.ratelimit import TokenBuckets
 from townhall.api.schemas import problems
 from townhall.api.store import SpaceStore
-from townhall.bus import subjects
+from townhall.bus import Bus, subjects
+from townhall.bus.bus import UNREACHABLE, Message
 from townhall.context import Context
 from townhall.ice import link_headers
 from townhall.problems import (
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 # nothing, so they are not counted.
 IDENTITY_RATE, IDENTITY_BURST = 0.5, 10.0
 SPACE_RATE, SPACE_BURST = 1.0, 20.0
+LEASE_CHECK_S = 1.0  # how often a pending offer checks its stage still holds the lease
 
 # What each problem means on the WHIP routes (OpenAPI descriptions).
 WHIP_WHY = {
@@ -105,17 +110,40 @@ def stage_refusal(reply: dict[str, object]) -> Problem | None:
     return Problem("an internal error occurred; nothing was changed")
 
 
+async def while_held(bus: Bus, space: str, holder: bytes,
+                     ask: Awaitable[Message]) -> Message:
+    """The stage's reply, unless the lease stops naming ``holder`` first: a stage cut
+    off or dead answers nothing, and the offer would wait out the whole 15 s while
+    another stage takes the Space over (the speaker then came back that much later)."""
+    reply = asyncio.ensure_future(ask)
+    try:
+        while True:
+            done, _ = await asyncio.wait([reply], timeout=LEASE_CHECK_S)
+            if done:
+                return reply.result()
+            with contextlib.suppress(*UNREACHABLE):  # no answer: keep waiting
+                lease = await asyncio.wait_for(
+                    bus.kv_get(subjects.LEASES_BUCKET, space), LEASE_CHECK_S)
+                if lease is None or lease.value != holder:
+                    raise Unavailable("the stage holding this Space changed; retry",
+                                      retry_after=1, slug="no-stage")
+    finally:
+        reply.cancel()
+
+
 def install(app: FastAPI, ctx: Context) -> None:
     """Mount POST /whip/{space} and DELETE /whip/{space}/{session}."""
     store = SpaceStore(ctx.bus)
     budget = OfferBudget()
     ice = ctx.settings.ice()
 
-    async def ask_stage(space: str, payload: dict[str, object]) -> dict[str, object]:
+    async def ask_stage(space: str, payload: dict[str, object],
+                        holder: bytes | None = None) -> dict[str, object]:
         leaving = payload.get("op") == "leave"
+        ask = ctx.bus.request(subjects.whip(space), json.dumps(payload).encode(),
+                              timeout=3 if leaving else 15)
         try:
-            msg = await ctx.bus.request(subjects.whip(space), json.dumps(payload).encode(),
-                                        timeout=3 if leaving else 15)
+            msg = await (ask if holder is None else while_held(ctx.bus, space, holder, ask))
         except TimeoutError as exc:
             if leaving:  # no stage runs the Space any more: the session is gone already
                 raise NotFound("no such WHIP session", slug="no-session") from exc
@@ -141,14 +169,16 @@ def install(app: FastAPI, ctx: Context) -> None:
         sdp = check_offer(await request.body())
         if snap["state"] != "live":
             raise Conflict("the Space is not live", slug="not-live")
-        if await ctx.bus.kv_get(subjects.LEASES_BUCKET, space) is None:
+        lease = await ctx.bus.kv_get(subjects.LEASES_BUCKET, space)
+        if lease is None:
             # No stage holds the Space (none running, or the owner died and its lease ran
             # out): say so at once rather than after the request's timeout, so a speaker's
             # client retries while another stage takes the Space over.
             raise Unavailable("no stage holds this Space right now; retry shortly",
                               retry_after=1, slug="no-stage")
         budget.take(ident.id, space, time.monotonic())
-        reply = await ask_stage(space, {"identity": ident.id, "name": ident.name, "sdp": sdp})
+        reply = await ask_stage(space, {"identity": ident.id, "name": ident.name, "sdp": sdp},
+                                holder=lease.value)
         location = f"/whip/{space}/{reply['session']}"
         response = Response(str(reply["sdp"]), status_code=201, media_type="application/sdp",
                             headers={"Location": location})

@@ -354,7 +354,7 @@ class Stage:
             # yet: say so now rather than leave the api waiting out its timeout.
             await self.bus.respond(msg.reply, json.dumps(
                 {"status": 503, "detail": "the stage is taking this Space over; retry",
-                 "slug": "stage-busy", "retry_after": 1}).encode())
+                 "slug": "no-stage", "retry_after": 1}).encode())
             return
         if run is None or not msg.reply:
             return  # not ours: the owner answers
