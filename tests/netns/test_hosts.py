@@ -124,7 +124,8 @@ log = open(out, "a", buffering=1)
 def write(*row):
     log.write(json.dumps([time.time(), *row]) + "\\n")
 async def main():
-    bus = await NatsBus.connect([url], auth=admin_auth(Path(users)), name="timeline")
+    bus = await NatsBus.connect([url], auth=admin_auth(Path(users)), setup=False,
+                                name="timeline")
     def lease(change):
         if change.key == space:
             write("lease", (change.value or b"").decode())
