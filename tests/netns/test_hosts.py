@@ -223,24 +223,23 @@ def heard(path: Path) -> list[tuple[float, int, int, bool]]:
 
 
 def tone_back(path: Path, since: float, bound_s: float) -> float:
-    """Seconds from ``since`` to the first toned chunk heard after the gap that followed it
-    (chunks already on their way at ``since`` do not count); bounded."""
+    """Seconds from ``since`` to the first of three toned chunks in a row heard after the
+    gap that followed it (chunks already on their way at ``since`` do not count); bounded."""
     deadline = time.monotonic() + bound_s
     while time.monotonic() < deadline:
         rows = heard(path)
         before = [t for t, _, _, _ in rows if t <= since]
         last = before[-1] if before else since
         gap_over = False
-        toned = []
-        for t, _, _, tone in rows:
+        toned: list[float] = []  # the current run of toned chunks: one alone may be the
+        for t, _, _, tone in rows:  # decoder's tail of the old owner's audio, not the speaker
             if t <= since:
                 continue
             gap_over = gap_over or t - last > GAP_S
             last = t
-            if gap_over and tone:
-                toned.append(t)
-        if len(toned) >= 3:
-            return toned[0] - since
+            toned = [*toned, t] if gap_over and tone else []
+            if len(toned) >= 3:
+                return toned[0] - since
         time.sleep(0.1)
     raise AssertionError(f"no tone in {path.name} within {bound_s} s")
 

@@ -38,9 +38,15 @@ def test_no_stage_polling_is_bounded_then_retry_after_is_honoured() -> None:
     assert 1.0 <= p.refused(503, "no-stage", 1.0) < 2.0
 
 
+def test_a_bus_electing_its_leader_is_polled_like_a_takeover() -> None:
+    p = pacer()
+    delays = [next_delay(p, refusal(503, "bus-unavailable", 2)) for _ in range(10)]
+    assert all(0.25 <= d <= 0.5 for d in delays), delays
+
+
 def test_other_refusals_wait_their_retry_after_jittered() -> None:
     p = pacer()
-    delays = [next_delay(p, refusal(503, "bus-unavailable", 2)) for _ in range(20)]
+    delays = [next_delay(p, refusal(503, "stage-busy", 2)) for _ in range(20)]
     assert all(2.0 <= d < 4.0 for d in delays), delays
     assert len(set(delays)) > 1  # jittered: a stage's speakers do not come back together
 

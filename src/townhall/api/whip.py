@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 IDENTITY_RATE, IDENTITY_BURST = 0.5, 10.0
 SPACE_RATE, SPACE_BURST = 1.0, 20.0
 LEASE_CHECK_S = 1.0  # how often a pending offer checks its stage still holds the lease
+WHIP_READ_S = 2.0    # an offer's reads of the Space and its lease (503 bus-unavailable after)
 
 # What each problem means on the WHIP routes (OpenAPI descriptions).
 WHIP_WHY = {
@@ -164,12 +165,15 @@ def install(app: FastAPI, ctx: Context) -> None:
         """Go live: an SDP offer in (application/sdp), the SDP answer out."""
         ident = ctx.issuer.from_header(request.headers.get("authorization"))
         # Who may publish is settled before a byte of the offer is looked at.
-        snap = await store.get(space)
+        # Bounded well below --nats-timeout: in a failover these reads can go unanswered
+        # while raft elects (10 s a time, seen), and the speaker is better off asking again.
+        snap = await asyncio.wait_for(store.get(space), WHIP_READ_S)
         grants.authorize(ident, "publish", snap)
         sdp = check_offer(await request.body())
         if snap["state"] != "live":
             raise Conflict("the Space is not live", slug="not-live")
-        lease = await ctx.bus.kv_get(subjects.LEASES_BUCKET, space)
+        lease = await asyncio.wait_for(ctx.bus.kv_get(subjects.LEASES_BUCKET, space),
+                                       WHIP_READ_S)
         if lease is None:
             # No stage holds the Space (none running, or the owner died and its lease ran
             # out): say so at once rather than after the request's timeout, so a speaker's

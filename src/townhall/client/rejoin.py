@@ -4,9 +4,10 @@ A speaker is one of at most 13 per Space, never a crowd, and while it waits the 
 hears nothing of it: so it comes back as soon as it may. A session that was live and
 dropped (its stage died or was cut off) is offered again at once. ``503 no-stage`` means a
 takeover is under way (the old owner's lease has lapsed, the next stage has not taken it
-yet, which is a matter of a second or two): the client asks again every quarter to half
-second, for a bounded number of tries, rather than back off exponentially, since a backoff
-grown over a few refusals outlasts the takeover (it added 2-4 s to a failover). Any other
+yet), ``503 bus-unavailable`` that NATS is electing a leader: both clear within seconds, so
+the client asks again every quarter to half second, for a bounded number of tries, rather
+than back off exponentially, since a backoff grown over a few refusals outlasts the
+takeover (it added 2-4 s to a failover). Any other
 refusal with a ``Retry-After`` is honoured, jittered; other failures (unreachable, ICE)
 back off with full jitter. Past failures are forgotten once a session is live.
 """
@@ -16,7 +17,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-NO_STAGE = "no-stage"
+# Refusals that mean "the cluster is failing over": no stage holds the Space yet, or NATS
+# did not answer the api in time (a raft election under way).
+FAILING_OVER = frozenset({"no-stage", "bus-unavailable"})
 
 
 @dataclass
@@ -43,7 +46,7 @@ class RejoinPacer:
 
     def refused(self, status: int, slug: str, retry_after: float | None) -> float:
         """The server refused the offer with ``status`` and problem type ``slug``."""
-        if status == 503 and slug == NO_STAGE and self._polls < self.poll_tries:
+        if status == 503 and slug in FAILING_OVER and self._polls < self.poll_tries:
             self._polls += 1
             return self.rng.uniform(*self.poll_s)
         if retry_after is not None and status in (429, 503):
