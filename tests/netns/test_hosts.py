@@ -290,8 +290,8 @@ def timeline(c: Cluster, since: float, old: str, logs: dict[str, Path]) -> dict[
     if renewed:
         out["old lease expires"] = renewed[-1] + LEASE_TTL_S - since
     taken = [t for t, v in leases if t > since and v not in ("", old)]
-    if taken:
-        out["lease taken"] = taken[0] - since
+    if taken:  # as h1's watch saw it: late while the bucket elects a leader
+        out["lease seen taken"] = taken[0] - since
     owns = [json.loads(line)["ts"] for log in (c.tmp / "h2-stage.log", c.tmp / "h3-api.log")
             for line in log.read_text(errors="replace").splitlines()
             if '"stage owns space"' in line]
@@ -308,7 +308,7 @@ def timeline(c: Cluster, since: float, old: str, logs: dict[str, Path]) -> dict[
     retries = [(t, text) for t, text in said if "reconnecting" in text and t < back]
     if retries:
         out["speaker noticed"] = retries[0][0] - since
-        out["speaker refusals"] = sum(1 for _, text in retries if "refused" in text)
+        out["speaker refusals (a count)"] = sum(1 for _, text in retries if "refused" in text)
     if live:
         out["speaker live again"] = back - since
     for at, path in logs.items():
@@ -398,8 +398,8 @@ def test_partition_and_host_loss(cluster: Cluster) -> None:
         print(f"timeline {event}: at {since:.2f}, {old} owned the Space")
         for step, value in sorted(timeline(c, since, old, logs).items(), key=lambda x: x[1]):
             print(f"timeline {event}: {step}: {value:.2f}")
-    # How fast audio comes back is a figure for bench/README.md, not an assertion here (a
-    # shared 2-core machine decides it as much as the code): the waits above only bound the
-    # test. The goal is 5 s, as on loopback; across hosts the lease TTL (3 s), NATS's raft
-    # election when the leases bucket's leader was on the lost host (4-9 s) and the
-    # speaker's reconnect backoff add up: measured 2.6-7.6 s, once over 20 s.
+    # How fast audio comes back is a figure for bench/README.md, not an assertion here: the
+    # 5 s goal holds only when the lost host led neither the leases bucket nor MEDIA (their
+    # raft elections take 4-9 s), and a takeover after the heal can number below what the
+    # listeners heard; tone back 6.2-9.4 s in the last two runs (bench/README.md has the
+    # timelines). The waits above only bound the test.
