@@ -226,7 +226,8 @@ def without(items: list[dict[str, Any]], who: str) -> list[dict[str, Any]]:
 
 
 def person(snap: dict[str, Any], who: str) -> dict[str, Any]:
-    found = on_stage(snap, who)
+    """``who``'s entry in ``snap``'s stage itself (to be changed in place)."""
+    found = next((p for p in snap["stage"] if p["id"] == who), None)
     assert found is not None
     return found
 
@@ -314,7 +315,8 @@ def test_every_problem_type_has_one_status() -> None:
 
 
 # The same matrix for what people do to themselves. None = allowed (then exactly the
-# change expected_snapshot describes must show); otherwise the refusal's slug. The listener has asked to speak and been invited.
+# change expected_snapshot describes must show); otherwise the refusal's slug. The
+# listener has asked to speak and been invited.
 ON_STAGE = {"host": None, "cohost": None, "speaker": None, "listener": "not-on-stage",
             "removed": "not-on-stage", "blocked": "not-on-stage"}
 SELF_MATRIX: dict[str, dict[str, str | None]] = {
