@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 
 # Which plug-in modules each HTTP role brings. A role's module exposes install(app, ctx).
 HTTP_PLUGINS: dict[str, list[str]] = {
-    "api": ["townhall.api.plugin", "townhall.recording.plugin", "townhall.recording.hls",
-            "townhall.api.whip", "townhall.web.plugin", "townhall.api.stageboard",
+    "api": ["townhall.api.routes", "townhall.recording.plugin", "townhall.recording.hls",
+            "townhall.api.whip", "townhall.web.routes", "townhall.api.stageboard",
             "townhall.api.ice", "townhall.api.webhooks"],
-    "edge": ["townhall.edge.plugin"],
+    "edge": ["townhall.edge.role"],
 }
 MAX_BODY = 64 * 1024
 STAGE_QUIET_S = 5.0     # no stage heartbeat for this long: the stage role is down

@@ -7,6 +7,7 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest
 
 from townhall.api.stageboard import StageBoard, StageCollector, families
+from townhall.bus.messages import StageHeartbeat, decode_heartbeat
 from townhall.media.playout import Playout
 from townhall.stage.counters import ClockWatch, Tally, stage_report
 
@@ -38,22 +39,21 @@ def test_tally_folds_playouts_and_adds() -> None:
 
 def test_board_keeps_latest_per_node_and_drops_silent_ones() -> None:
     board = StageBoard(stale_s=10)
-    board.update({"node": "a", "ticks": 50}, now=100.0)
-    board.update({"node": "b", "ticks": 7}, now=101.0)
-    board.update({"node": "a", "ticks": 100}, now=101.0)
-    board.update({"ticks": 1}, now=101.0)  # no node: ignored
-    assert [(r["ticks"], age) for r, age in board.current(102.0)] == [(100, 1.0), (7, 1.0)]
-    board.update({"node": "a", "ticks": 150}, now=108.0)
-    assert [r["node"] for r, _ in board.current(111.5)] == ["a"]  # b silent 10.5 s
+    board.update(StageHeartbeat("a", ticks=50), now=100.0)
+    board.update(StageHeartbeat("b", ticks=7), now=101.0)
+    board.update(StageHeartbeat("a", ticks=100), now=101.0)
+    assert [(r.ticks, age) for r, age in board.current(102.0)] == [(100, 1.0), (7, 1.0)]
+    board.update(StageHeartbeat("a", ticks=150), now=108.0)
+    assert [r.node for r, _ in board.current(111.5)] == ["a"]  # b silent 10.5 s
     assert board.current(200.0) == []
 
 
 def test_exported_names_and_labels() -> None:
     board = StageBoard()
-    board.update({"node": "st-1", "spaces": ["x"], "speakers": 2, "ticks": 500,
-                  "late_frames": 3, "max_late_ms": 12.5, "fec_recovered": 4,
-                  "plc_frames": 5, "lost_packets": 9, "at": 1.0, "jitter_target_ms": 60.0},
-                 now=time.monotonic())
+    board.update(decode_heartbeat(
+        b'{"node": "st-1", "spaces": ["x"], "speakers": 2, "ticks": 500, "late_frames": 3,'
+        b' "max_late_ms": 12.5, "fec_recovered": 4, "plc_frames": 5, "lost_packets": 9,'
+        b' "at": 1.0, "jitter_target_ms": 60}'), now=time.monotonic())
     registry = CollectorRegistry()
     registry.register(StageCollector(board))
     text = generate_latest(registry).decode()

@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from townhall.room.rules import ACTIONS
+from townhall.room.snapshot import REACTIONS
 
 
 class Strict(BaseModel):
@@ -37,4 +38,7 @@ class ActionIn(Strict):
 
 
 class ReactionIn(Strict):
-    emoji: str = Field(min_length=1, max_length=8)
+    # The enum documents the one list (townhall.room.snapshot); the route refuses others
+    # itself, with its own problem type (unknown-reaction).
+    emoji: str = Field(min_length=1, max_length=8,
+                       json_schema_extra={"enum": list(REACTIONS)})

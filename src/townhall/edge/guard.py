@@ -6,7 +6,7 @@
   flight per Space.
 
 The limits come from the environment (documented in docs/operations.md); the shells
-(edge/handoff.py, edge/listeners.py, edge/hub.py) count and ask.
+(edge/handoff.py, edge/connection.py, edge/hub.py) count and ask.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from fastapi import FastAPI
 
 from townhall.context import Context
 from townhall.edge import stats
-from townhall.edge.hub import Hub
 from townhall.edge.gate import EdgeNode, interval_floor_from_env
+from townhall.edge.hub import Hub
 
 
 def install(app: FastAPI, ctx: Context) -> None:

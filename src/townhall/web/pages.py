@@ -17,6 +17,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from townhall.room.snapshot import REACTIONS
+
 BRAND = "townhall"
 
 
@@ -73,7 +75,8 @@ class Renderer:
     def _render(self, *, title: str, meta: list[tuple[str, str, str]], main: str,
                 view: str, snapshot: dict[str, Any] | None = None) -> str:
         config = {"open": self.page.open_mode, "view": view, "static": self.page.static,
-                  "public_url": self.page.public_url.rstrip("/")}
+                  "public_url": self.page.public_url.rstrip("/"),
+                  "reactions": list(REACTIONS)}  # the one list (townhall.room.snapshot)
         tags = "\n".join(f'<meta {kind}="{escape(key)}" content="{escape(value)}">'
                          for kind, key, value in meta)
         block = "" if snapshot is None else \
