@@ -7,7 +7,7 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest
 
 from townhall.api.stageboard import StageBoard, StageCollector, families
-from townhall.bus.messages import StageHeartbeat, decode_heartbeat
+from townhall.bus.messages import StageHeartbeat, decode_heartbeat, encode
 from townhall.media.playout import Playout
 from townhall.stage.counters import ClockWatch, Tally, stage_report
 
@@ -31,10 +31,10 @@ def test_tally_folds_playouts_and_adds() -> None:
     b.add(a)
     assert b == Tally(ticks=15, late_frames=1, fec_recovered=3, plc_frames=4, lost_packets=7)
     report = stage_report("n1", ["s2", "s1"], 2, b, -0.001, 123.0)
-    assert report == {"node": "n1", "spaces": ["s1", "s2"], "speakers": 2, "ticks": 15,
-                      "jitter_target_ms": 0.0,
-                      "late_frames": 1, "max_late_ms": 0.0, "fec_recovered": 3,
-                      "plc_frames": 4, "lost_packets": 7, "at": 123.0}
+    assert report == StageHeartbeat("n1", ["s1", "s2"], speakers=2, ticks=15,
+                                    jitter_target_ms=0.0, late_frames=1, max_late_ms=0.0,
+                                    fec_recovered=3, plc_frames=4, lost_packets=7, at=123.0)
+    assert decode_heartbeat(encode(report)) == report
 
 
 def test_board_keeps_latest_per_node_and_drops_silent_ones() -> None:
