@@ -55,10 +55,12 @@ class ProblemResponse(JSONResponse):
     media_type = PROBLEM_CONTENT_TYPE
 
     def render(self, content: Any) -> bytes:
+        """The body as compact ASCII JSON."""
         return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
 def problem_response(problem: Problem) -> JSONResponse:
+    """A typed refusal as its problem+json response."""
     return ProblemResponse(problem.to_dict(), status_code=problem.status,
                            headers=problem.headers())
 
@@ -71,6 +73,7 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, or answer 413 once its body passes the limit."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -126,6 +129,7 @@ def _validation_problem(exc: RequestValidationError) -> Problem:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
+    """Answer every error as problem+json: refusals, validation, HTTP errors, crashes."""
     async def on_problem(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
         return problem_response(exc)

@@ -85,13 +85,16 @@ class Api:
     # --- identity and limits ---------------------------------------------------------
 
     def who(self, request: Request) -> Identity:
+        """The caller's verified token, or 401."""
         return self.ctx.issuer.from_header(request.headers.get("authorization"))
 
     def maybe_who(self, request: Request) -> Identity | None:
+        """The caller's verified token; None without one (a bad one is still 401)."""
         header = request.headers.get("authorization")
         return self.ctx.issuer.from_header(header) if header else None
 
     def limit(self, ident: Identity, buckets: TokenBuckets | None = None) -> None:
+        """One more change by ``ident`` (from ``buckets``, else the write budget), or 429."""
         self._throttle(self.writes if buckets is None else buckets, ident.id,
                        "slow down: too many changes from you")
 
@@ -132,6 +135,7 @@ class Api:
 
     @staticmethod
     def may_see(snap: dict[str, Any], ident: Identity | None) -> bool:
+        """Whether ``ident`` may read this Space (townhall.grants)."""
         return grants.allows(ident, "read", snap)
 
     async def authorized(self, space: str, ident: Identity | None,
@@ -282,6 +286,7 @@ class Api:
             self.registry.update(json.loads(msg.data), time.time())
 
     async def start(self) -> None:
+        """Build the index from the bucket, then start the publishing, tally and expiry loops."""
         # The watch's initial values build the index: one pass at startup, none after.
         self._watch = await self.ctx.bus.kv_watch(subjects.SPACES_BUCKET, self._on_bucket)
         with contextlib.suppress(TimeoutError):
@@ -292,6 +297,7 @@ class Api:
                         asyncio.ensure_future(self._expire_loop())]
 
     async def stop(self) -> None:
+        """Publish what is still queued, then stop the loops and the watch."""
         while not self._outbox.empty():
             await self._publish(self._outbox.get_nowait())
         for snap in self.coalescer.due(float("inf")):

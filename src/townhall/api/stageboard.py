@@ -99,9 +99,11 @@ class StageCollector(Collector):
         self.board = board
 
     def collect(self) -> Iterator[Metric]:
+        """The stages' latest reports, at scrape time."""
         yield from families(self.board.current(time.monotonic()))
 
     def describe(self) -> Iterator[Metric]:
+        """The families this collector exports, without samples."""
         yield from families([])
 
 

@@ -133,6 +133,7 @@ class ListenerConnection(asyncio.Protocol):
             self.transport.abort()
 
     def stream_kind(self) -> str:
+        """The wire form this listener's Subscriber takes (townhall.edge.frame.KINDS)."""
         return self.kind
 
     def start_stream(self, joined: Joined) -> bytes:
@@ -140,9 +141,11 @@ class ListenerConnection(asyncio.Protocol):
         raise NotImplementedError
 
     def refuse(self, refusal: Refusal) -> None:
+        """Refuse the join: it may not listen to this Space."""
         raise NotImplementedError
 
     def full(self, retry_after: int) -> None:
+        """Refuse the join: this edge is full, retry after ``retry_after`` s."""
         raise NotImplementedError
 
     def too_many(self, retry_after: int) -> None:
@@ -165,19 +168,23 @@ class ListenerConnection(asyncio.Protocol):
 
     # asyncio.Protocol
     def pause_writing(self) -> None:
+        """The transport holds bytes: out of the fast set (asyncio.Protocol)."""
         self.paused = True
         if self.sub is not None:
             self.sub.pause()
 
     def resume_writing(self) -> None:
+        """The transport drained: the backlog out, back into the fast set."""
         self.paused = False
         if self.sub is not None and self.sub.feed is not None and not self.closing:
             self.sub.feed.resume(self.sub)
 
     def eof_received(self) -> bool | None:
+        """The listener went away: close our side too."""
         return None  # the listener went away: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Leave the feed, free the address's slot and the descriptor."""
         self.connections.discard(self)
         self.closing = True
         if self.address is not None:

@@ -149,6 +149,7 @@ class EdgeNode:
         return False
 
     def let_go(self, address: str) -> None:
+        """A connection from ``address`` ended: one slot back (see ``hold``)."""
         self.per_address.release(address)
         metrics.PER_ADDRESS.set(len(self.per_address))
 

@@ -17,10 +17,12 @@ class OggListener(ListenerConnection):
     kind = "ogg"
 
     def stream_kind(self) -> str:
+        """Chunked pages on HTTP/1.1; bare pages (delimited by the close) on HTTP/1.0."""
         # HTTP/1.0 has no chunked encoding: the pages go as they are, the close ends it.
         return "ogg" if self.request.http_version == "1.1" else "ogg_raw"
 
     def start_stream(self, joined: Joined) -> bytes:
+        """The 200 response head and the Ogg header pages."""
         chunked = self.stream_kind() == "ogg"
         headers = {"content-type": "audio/ogg", "cache-control": "no-store",
                    "x-content-type-options": "nosniff"}
@@ -38,18 +40,22 @@ class OggListener(ListenerConnection):
         self.transport.close()
 
     def refuse(self, refusal: Refusal) -> None:
+        """Answer the refusal's status as problem+json and close."""
         self._answer(BY_STATUS[refusal.status](refusal.detail, slug=refusal.slug))
 
     def full(self, retry_after: int) -> None:
+        """503 edge-full with Retry-After, and close."""
         self._answer(Unavailable("this edge is full; retry later", slug="edge-full",
                                  retry_after=retry_after))
 
     def too_many(self, retry_after: int) -> None:
+        """429 too-many-listeners with Retry-After, and close."""
         self._answer(TooMany("this address holds as many listener connections as an "
                              "edge allows; retry later", slug="too-many-listeners",
                              retry_after=retry_after))
 
     def finish(self, code: int, reason: str) -> None:
+        """End the stream (the chunked body's last piece) and close."""
         if self.closing:
             return
         self.closing = True
@@ -61,4 +67,5 @@ class OggListener(ListenerConnection):
         self._close_later()
 
     def data_received(self, data: bytes) -> None:
+        """Nothing more is expected from an Ogg listener: ignored."""
         pass  # nothing more is expected from a listener on this connection

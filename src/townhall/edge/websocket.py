@@ -56,6 +56,7 @@ class WsListener(ListenerConnection):
         self.owed = 0   # protocol bytes written since the transport last drained
 
     def opened(self) -> bool:
+        """Check ``from`` and run the WebSocket handshake; the 101 waits to go out with hello."""
         try:
             parse_from(self.request.query.get("from"))
         except ValueError as exc:
@@ -83,23 +84,28 @@ class WsListener(ListenerConnection):
         return True
 
     def start_stream(self, joined: Joined) -> bytes:
+        """The held 101 and the hello frame, as one piece."""
         head, self.head = self.head, b""
         return head + ws_text_frame(json.dumps({
             "type": "hello", "space": self.request.space, "live_seq": joined.live_seq,
             "from": joined.start, "resumed": joined.resumed}))
 
     def refuse(self, refusal: Refusal) -> None:
+        """Close with the refusal's 44xx code."""
         self.finish(refusal.code, refusal.detail)
 
     def full(self, retry_after: int) -> None:
+        """Close 4503 with the retry delay."""
         self.finish(CloseCode.FULL, json.dumps({"retry_after": retry_after}))
 
     def too_many(self, retry_after: int) -> None:
+        """Close 4429: this address holds as many listener connections as it may."""
         log.info("listener refused: %s holds %d listener connections", self.request.client,
                  self.edge.per_address.limit)
         self.finish(CloseCode.TOO_MANY, json.dumps({"retry_after": retry_after}))
 
     def finish(self, code: int, reason: str) -> None:
+        """Send what text is queued, then the close frame; bound the wait for the peer."""
         if self.closing:
             return
         self.closing = True
@@ -127,6 +133,7 @@ class WsListener(ListenerConnection):
             self.transport.close()
 
     def resume_writing(self) -> None:
+        """The transport drained: nothing owed any more, the backlog out."""
         self.owed = 0
         super().resume_writing()
 
@@ -138,6 +145,7 @@ class WsListener(ListenerConnection):
         return self.bucket.take(now)
 
     def data_received(self, data: bytes) -> None:
+        """Client frames: react and ping (metered), pings, the close; anything else closes."""
         self.ws.receive_data(data)
         for event in self.ws.events_received():
             if not isinstance(event, WsFrame):

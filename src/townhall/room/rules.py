@@ -86,6 +86,7 @@ def role_of(snap: Snapshot, identity: str) -> str | None:
 
 
 def is_moderator(snap: Snapshot, identity: str) -> bool:
+    """The host or a co-host."""
     return role_of(snap, identity) in ("host", "cohost") or snap["host"]["id"] == identity
 
 
@@ -96,6 +97,7 @@ def is_blocked(snap: Snapshot, identity: str, net: str | None = None) -> bool:
 
 
 def start(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
+    """Go live (host only); a recorded Space opens its first recorded span."""
     _require_host(snap, actor)
     if snap["state"] != "scheduled":
         raise Conflict(f"the Space is {snap['state']}, it cannot start",
@@ -109,6 +111,7 @@ def start(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
 
 
 def end(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
+    """End the Space for everyone (host only): the stage, requests and invitations empty."""
     _require_host(snap, actor)
     if snap["state"] == "ended":
         raise Conflict("the Space has already ended", slug="space-ended")

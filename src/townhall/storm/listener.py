@@ -74,6 +74,7 @@ class Visit:
         self.first_refused: float | None = None
 
     def refused(self, ev: Events, reason: str) -> None:
+        """Count a refused join (at most once per visit)."""
         ev.refused.append((self.idx, reason))
         if self.first_refused is None:
             self.first_refused = time.monotonic()
