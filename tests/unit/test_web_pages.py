@@ -114,3 +114,19 @@ def test_the_reactions_list_is_one_python_list_handed_to_the_app() -> None:
     assert ReactionIn.model_json_schema()["properties"]["emoji"]["enum"] == list(REACTIONS)
     app = (STATIC / "app.js").read_text(encoding="utf-8")
     assert not [e for e in REACTIONS if e in app]  # no second copy in the app
+
+
+def test_clip_page_carries_its_own_previews_escaped() -> None:
+    html = renderer("https://live.example.org").clip(
+        snap(title=HOSTILE, state="ended", host={"id": "x", "name": "Ada"}),
+        "k3v9x2m4qa-0123456789")
+    assert html.count("<script") == 3 and "alert(1)</script>" not in html
+    og = dict(re.findall(r'<meta (?:property|name)="([^"]+)" content="([^"]*)">', html))
+    assert og["og:title"].startswith("A clip from Evil &lt;/script&gt;")
+    assert og["og:url"] == "https://live.example.org/c/k3v9x2m4qa-0123456789"
+    assert og["og:audio"] == "https://live.example.org/clips/k3v9x2m4qa-0123456789.m4a"
+    assert og["twitter:card"] == "summary"
+    assert '<audio controls preload="metadata" src="/clips/k3v9x2m4qa-0123456789.opus">' in html
+    config = re.search(r'<script type="application/json" id="config">(.*?)</script>', html)
+    assert config is not None and json.loads(config.group(1))["clip"] == "k3v9x2m4qa-0123456789"
+    assert state_line(snap(state="ended", recording={"state": "expired"})) == "Ended"
