@@ -81,6 +81,12 @@ def families(current: list[tuple[StageHeartbeat, float]]) -> list[Metric]:
         ("townhall_stage_jitter_target_ms",
          "Deepest speaker jitter buffer target on the stage right now",
          lambda r, _: r.jitter_target_ms),
+        ("townhall_stage_max_spaces", "Live Spaces the stage takes at most (0: no limit)",
+         lambda r, _: float(r.max_spaces)),
+        ("townhall_stage_cpu", "Share of one core the stage process used lately",
+         lambda r, _: r.cpu),
+        ("townhall_stage_draining", "1 while the stage is stopping and hands its Spaces over",
+         lambda r, _: float(r.draining)),
         ("townhall_stage_report_age_seconds", "Seconds since this stage's last heartbeat",
          lambda _, age: float(age)),
     )

@@ -75,6 +75,9 @@ class StageHeartbeat:
     plc_frames: int = 0
     lost_packets: int = 0
     at: float = 0.0
+    max_spaces: int = 0        # its budget of live Spaces (0: none)
+    cpu: float = 0.0           # share of one core its process used lately
+    draining: bool = False     # stopping: hands its Spaces over, takes none
 
 
 BusMessage = WhipOffer | WhipLeave | WhipReply | StageHeartbeat
