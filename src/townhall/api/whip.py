@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable
@@ -24,6 +23,15 @@ from townhall.api.schemas import problems
 from townhall.api.store import SpaceStore
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import UNREACHABLE, Message
+from townhall.bus.messages import (
+    MessageError,
+    WhipLeave,
+    WhipOffer,
+    WhipReply,
+    WhipRequest,
+    decode_whip_reply,
+    encode,
+)
 from townhall.context import Context
 from townhall.ice import link_headers
 from townhall.problems import (
@@ -94,20 +102,17 @@ class OfferBudget:
                           retry_after=wait, slug="rate-limited")
 
 
-def stage_refusal(reply: dict[str, object]) -> Problem | None:
+def stage_refusal(reply: WhipReply) -> Problem | None:
     """The problem a stage's reply stands for, or None when it succeeded. Only statuses
     and texts the stage chose reach the client; anything else is a generic 500."""
-    status = int(str(reply.get("status", 500)))
-    if status in (200, 201):
+    if reply.ok:
         return None
-    detail = str(reply.get("detail", ""))
-    slug = str(reply.get("slug", "stage-refused"))
-    if status == 503:
-        return Unavailable(detail, retry_after=float(str(reply.get("retry_after", 1))),
-                           slug=slug)
-    if status in BY_STATUS:
-        return BY_STATUS[status](detail, slug=slug)
-    log.error("stage answered a WHIP request with %s: %s", status, detail)
+    slug = reply.slug or "stage-refused"
+    if reply.status == 503:
+        return Unavailable(reply.detail, retry_after=reply.retry_after or 1.0, slug=slug)
+    if reply.status in BY_STATUS:
+        return BY_STATUS[reply.status](reply.detail, slug=slug)
+    log.error("stage answered a WHIP request with %s: %s", reply.status, reply.detail)
     return Problem("an internal error occurred; nothing was changed")
 
 
@@ -138,10 +143,10 @@ def install(app: FastAPI, ctx: Context) -> None:
     budget = OfferBudget()
     ice = ctx.settings.ice()
 
-    async def ask_stage(space: str, payload: dict[str, object],
-                        holder: bytes | None = None) -> dict[str, object]:
-        leaving = payload.get("op") == "leave"
-        ask = ctx.bus.request(subjects.whip(space), json.dumps(payload).encode(),
+    async def ask_stage(space: str, request: WhipRequest,
+                        holder: bytes | None = None) -> WhipReply:
+        leaving = isinstance(request, WhipLeave)
+        ask = ctx.bus.request(subjects.whip(space), encode(request),
                               timeout=3 if leaving else 15)
         try:
             msg = await (ask if holder is None else while_held(ctx.bus, space, holder, ask))
@@ -150,7 +155,11 @@ def install(app: FastAPI, ctx: Context) -> None:
                 raise NotFound("no such WHIP session", slug="no-session") from exc
             raise Unavailable("no stage holds this Space right now; retry shortly",
                               retry_after=2, slug="no-stage") from exc
-        reply: dict[str, object] = json.loads(msg.data)
+        try:
+            reply = decode_whip_reply(msg.data)
+        except MessageError:
+            log.error("unreadable WHIP reply from the stage", extra={"space": space})
+            raise Problem("an internal error occurred; nothing was changed") from None
         refusal = stage_refusal(reply)
         if refusal is not None:
             raise refusal
@@ -181,10 +190,9 @@ def install(app: FastAPI, ctx: Context) -> None:
             raise Unavailable("no stage holds this Space right now; retry shortly",
                               retry_after=1, slug="no-stage")
         budget.take(ident.id, space, time.monotonic())
-        reply = await ask_stage(space, {"identity": ident.id, "name": ident.name, "sdp": sdp},
-                                holder=lease.value)
-        location = f"/whip/{space}/{reply['session']}"
-        response = Response(str(reply["sdp"]), status_code=201, media_type="application/sdp",
+        reply = await ask_stage(space, WhipOffer(ident.id, ident.name, sdp), holder=lease.value)
+        location = f"/whip/{space}/{reply.session}"
+        response = Response(reply.sdp or "", status_code=201, media_type="application/sdp",
                             headers={"Location": location})
         for link in link_headers(ice.servers(ident.id, time.time())):  # RFC 9725 §4.6
             response.headers.append("Link", link)
@@ -201,7 +209,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         if not is_session_id(session):
             raise NotFound("no such WHIP session", slug="no-session")
         grants.authorize(ident, "unpublish", await store.get(space))
-        await ask_stage(space, {"op": "leave", "identity": ident.id, "session": session})
+        await ask_stage(space, WhipLeave(ident.id, session))
         return Response(status_code=200)
 
     @app.patch("/whip/{space}/{session}", tags=["whip"], response_class=Response,
