@@ -401,5 +401,5 @@ def test_partition_and_host_loss(cluster: Cluster) -> None:
     # How fast audio comes back is a figure for bench/README.md, not an assertion here: the
     # 5 s goal holds only when the lost host led neither the leases bucket nor MEDIA (their
     # raft elections take 4-9 s), and a takeover after the heal can number below what the
-    # listeners heard; tone back 6.2-9.4 s in the last two runs (bench/README.md has the
+    # listeners heard; tone back 3.6-9.4 s in the last three runs (bench/README.md has the
     # timelines). The waits above only bound the test.
