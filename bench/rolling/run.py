@@ -80,7 +80,7 @@ class Heard:
         self.last_seq = to - 1
 
     def reset(self) -> None:
-        """Forget the warm-up: only the restarts count."""
+        """Start a new window: what came before it does not count."""
         self.longest_gap_s, self.repeats, self.skipped, self.gaps = 0.0, 0, 0, []
 
 
@@ -201,6 +201,14 @@ async def rolling(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             await until(lambda: all(n in set(leases.holders.values()) for n in pids), 10,
                         "every stage owning Spaces")
         split0 = sorted(leases.owned_by(n) for n in pids)
+        # The reference, same run: the same listeners while nothing is restarted.
+        for h in heard.values():
+            h.reset()
+        with console.status(f"steady reference, {args.steady:.0f} s"):
+            await asyncio.sleep(args.steady)
+        steady = [h.longest_gap_s for h in heard.values()]
+        steady_bad = (sum(h.repeats for h in heard.values()),
+                      sum(h.skipped for h in heard.values()))
         for h in heard.values():
             h.reset()
         rows_restart: list[dict[str, Any]] = []
@@ -250,7 +258,8 @@ async def rolling(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     worst = sorted(((h.longest_gap_s, s, h.gaps) for s, h in heard.items()), reverse=True)
     return {"gaps": gaps, "repeats": sum(h.repeats for h in heard.values()),
             "skipped": sum(h.skipped for h in heard.values()), "restarts": rows_restart,
-            "load": load, "split0": split0, "split1": split1, "worst": worst[:3]}
+            "steady": steady, "steady_bad": steady_bad, "load": load, "split0": split0,
+            "split1": split1, "worst": worst[:3]}
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -258,7 +267,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="bench rolling")
     ap.add_argument("--spaces", type=int, default=30)
     ap.add_argument("--stages", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=1, help="times every stage is restarted")
+    ap.add_argument("--rounds", type=int, default=2, help="times every stage is restarted")
+    ap.add_argument("--steady", type=float, default=15.0,
+                    help="seconds of the no-restart reference before the restarts")
     args = ap.parse_args(argv)
     console = Console(stderr=True)
     r = asyncio.run(rolling(args, console))
@@ -272,18 +283,24 @@ def main(argv: list[str]) -> dict[str, Any]:
     gaps = r["gaps"]
     moved = [s["moved"] for s in r["restarts"]]
     handed = [s["handed_s"] for s in r["restarts"]]
-    rows = [[f"{len(gaps)}", f"{args.stages} × {args.rounds}",
+    steady = r["steady"]
+    rows = [[f"rolling restart ({args.stages} stages × {args.rounds})", f"{len(gaps)}",
              f"{max(gaps):.2f} s", f"{pct(gaps, 0.99):.2f} s",
              f"{statistics.median(gaps):.2f} s",
              " / ".join(str(m) for m in moved), f"{max(handed):.2f} s",
              str(r["repeats"]), str(r["skipped"]),
              f"{' '.join(map(str, r['split0']))} → {' '.join(map(str, r['split1']))}",
-             f"{r['load']:.1f}"]]
+             f"{r['load']:.1f}"],
+            [f"reference: no restart, {args.steady:.0f} s", f"{len(steady)}",
+             f"{max(steady):.2f} s", f"{pct(steady, 0.99):.2f} s",
+             f"{statistics.median(steady):.2f} s", "—", "—", str(r["steady_bad"][0]),
+             str(r["steady_bad"][1]),
+             "—", "—"]]
     return {
         "title": "Rolling restart: every stage process stopped in turn",
         "command": f"python -m bench rolling --spaces {args.spaces} --stages {args.stages}"
-                   f" --rounds {args.rounds}",
-        "columns": ["Spaces", "stages × rounds", "max silence per Space",
+                   f" --rounds {args.rounds} --steady {args.steady:.0f}",
+        "columns": ["window", "Spaces", "max silence per Space",
                     "p99", "median", "Spaces moved per restart",
                     "slowest hand-over (SIGTERM → none owned)", "repeated seqs",
                     "skipped seqs", "Spaces per stage before → after", "load average"],
