@@ -115,11 +115,16 @@ class Leases:
         self.last: dict[str, str] = {}  # the latest holder, released or not
         self.moved_from: dict[str, int] = {}
 
+        self.events: dict[str, list[tuple[float, str | None]]] = {}  # (seen at, holder)
+
     def __call__(self, change: Change) -> None:
         if change.value is None:  # released: the move counts when the next holder writes
             self.holders.pop(change.key, None)
+            self.events.setdefault(change.key, []).append((time.monotonic(), None))
             return
         holder = change.value.decode()
+        if self.holders.get(change.key) != holder:
+            self.events.setdefault(change.key, []).append((time.monotonic(), holder))
         old = self.last.get(change.key)
         if old is not None and old != holder:
             self.moved_from[old] = self.moved_from.get(old, 0) + 1
@@ -161,6 +166,22 @@ async def until(cond: Any, timeout: float, what: str) -> float:
             raise TimeoutError(f"waited {timeout:.0f} s for {what}")
         await asyncio.sleep(0.05)
     return time.monotonic() - t0
+
+
+def breakdown(gaps: list[tuple[float, float]], events: list[tuple[float, str | None]]
+              ) -> list[tuple[float, float, float, float]]:
+    """Where each long gap went, from the lease watch: (gap, last chunk → lease released,
+    released → taken by another stage, taken → first chunk heard)."""
+    out = []
+    for at, gap in gaps:
+        start = at - gap
+        released = next((t for t, h in events if h is None and start - 1 < t < at), None)
+        if released is None:
+            continue
+        taken = next((t for t, h in events if h is not None and released <= t < at), None)
+        if taken is not None:
+            out.append((gap, released - start, taken - released, at - taken))
+    return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -254,12 +275,14 @@ async def rolling(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         if bus is not None:
             await bus.close()
         stop_process(proc)
+    parts = [b for s, h in heard.items()
+             for b in breakdown(h.gaps, leases.events.get(s, []))]
     gaps = [h.longest_gap_s for h in heard.values()]
     worst = sorted(((h.longest_gap_s, s, h.gaps) for s, h in heard.items()), reverse=True)
     return {"gaps": gaps, "repeats": sum(h.repeats for h in heard.values()),
             "skipped": sum(h.skipped for h in heard.values()), "restarts": rows_restart,
             "steady": steady, "steady_bad": steady_bad, "load": load, "split0": split0,
-            "split1": split1, "worst": worst[:3]}
+            "split1": split1, "worst": worst[:3], "parts": parts}
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -280,6 +303,10 @@ def main(argv: list[str]) -> dict[str, Any]:
     for gap, space, big in r["worst"]:
         console.print(f"worst {space}: {gap:.2f} s; gaps > 0.3 s at "
                       f"{[round(g, 2) for _, g in big]}")
+    parts = sorted(r["parts"], reverse=True)
+    for gap, stop, take, first in parts[:5]:
+        console.print(f"gap {gap:.2f} s: last chunk → released {stop:+.2f} s, released → "
+                      f"taken {take:.2f} s, taken → first chunk heard {first:.2f} s")
     gaps = r["gaps"]
     moved = [s["moved"] for s in r["restarts"]]
     handed = [s["handed_s"] for s in r["restarts"]]
@@ -296,6 +323,14 @@ def main(argv: list[str]) -> dict[str, Any]:
              f"{statistics.median(steady):.2f} s", "—", "—", str(r["steady_bad"][0]),
              str(r["steady_bad"][1]),
              "—", "—"]]
+    where = ""
+    if parts:
+        med = [statistics.median(p[i] for p in parts) for i in (1, 2, 3)]
+        g, a, b, c = parts[0]
+        where = (f" Where the {len(parts)} waits over 0.3 s went (lease watch in the bench): "
+                 f"median last chunk → lease released {med[0]:+.2f} s, released → taken by "
+                 f"another stage {med[1]:.2f} s, taken → its first chunk heard "
+                 f"{med[2]:.2f} s; the longest ({g:.2f} s): {a:+.2f} / {b:.2f} / {c:.2f} s.")
     return {
         "title": "Rolling restart: every stage process stopped in turn",
         "command": f"python -m bench rolling --spaces {args.spaces} --stages {args.stages}"
@@ -310,7 +345,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                  "a steady Space waits ~0.10 s). Nobody speaks: the stages mix and publish "
                  "every Space's program regardless. One `townhall serve --stages N` (api + "
                  "edge + embedded NATS in the parent), the listeners in the bench process: "
-                 "all on one machine, shared with other engineers' work while it ran.",
+                 "all on one machine, shared with other engineers' work while it ran."
+                 + where,
     }
 
 
