@@ -21,7 +21,7 @@ from townhall.deploy.render import Secrets, host_files
 pytestmark = pytest.mark.timeout(120)
 
 # Loopback addresses of their own, so that three "hosts" use the standard ports at once.
-HOSTS = {"hosts": [
+HOSTS: dict[str, list[dict[str, object]]] = {"hosts": [
     {"name": "h1", "address": "127.0.0.11", "roles": ["nats", "api", "edge"]},
     {"name": "h2", "address": "127.0.0.12", "roles": ["nats", "stage", "edge"]},
     {"name": "h3", "address": "127.0.0.13", "roles": ["nats", "stage"], "stages": 2},

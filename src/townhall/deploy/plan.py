@@ -9,9 +9,10 @@
                {"name": "e1", "address": "10.0.0.4", "roles": ["edge"]}]}
 
 ``stages`` is how many stage processes a ``stage`` host runs (default 1; one per core
-its other roles leave), each a unit of its own (systemd.py). ``nats`` makes a host a node of the NATS cluster (JetStream, routes to the other nodes).
-A host with edges and no ``nats`` runs a NATS leaf node: its edges connect to it on
-loopback, so each chunk crosses the network once per machine.
+its other roles leave), each a unit of its own (systemd.py). ``nats`` makes a host a
+node of the NATS cluster (JetStream, routes to the other nodes). A host with edges and
+no ``nats`` runs a NATS leaf node: its edges connect to it on loopback, so each chunk
+crosses the network once per machine.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """systemd units: one per role of a host (the stage a template, an instance per stage
-process, started together by ``townhall-stage.target``), and one for its nats-server. Each runs as its
-own user in a read-only system (``ProtectSystem=strict``) with only its state directory
-writable; secrets reach it as files through ``LoadCredential=`` (readable by that service
-alone) or an ``EnvironmentFile=``, never on the command line."""
+process, started together by ``townhall-stage.target``), and one for its nats-server.
+Each runs as its own user in a read-only system (``ProtectSystem=strict``) with only its
+state directory writable; secrets reach it as files through ``LoadCredential=``
+(readable by that service alone) or an ``EnvironmentFile=``, never on the command
+line."""
 
 from __future__ import annotations
 
