@@ -33,7 +33,7 @@ def test_tally_folds_playouts_and_adds() -> None:
     assert report == {"node": "n1", "spaces": ["s1", "s2"], "speakers": 2, "ticks": 15,
                       "jitter_target_ms": 0.0,
                       "late_frames": 1, "max_late_ms": 0.0, "fec_recovered": 3,
-                      "plc_frames": 4, "lost_packets": 7, "at": 123.0}
+                      "plc_frames": 4, "lost_packets": 7, "silent_ticks": 0, "at": 123.0}
 
 
 def test_board_keeps_latest_per_node_and_drops_silent_ones() -> None:
