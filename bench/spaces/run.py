@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,10 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def pin(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
+    """Run on ``cpu`` only, ahead of other processes there (nice −10 when allowed: the
+    machine may be shared, and a server under test should see most of its core)."""
+    nice = ["nice", "-n", "-10"] if os.geteuid() == 0 else []
+    return [*nice, "taskset", "-c", str(cpu)] if shutil.which("taskset") else nice
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -124,11 +126,12 @@ class PacketTrack(MediaStreamTrack):
         return packet
 
 
-@dataclass
 class Heartbeat:
-    """The stage's latest report."""
+    """The stage's latest report (a plain class: `python -m bench` loads this file
+    without registering it as a module, which dataclasses need)."""
 
-    latest: dict[str, Any] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.latest: dict[str, Any] = {}
 
     async def on_report(self, msg: Message) -> None:
         with contextlib.suppress(ValueError):
@@ -159,6 +162,8 @@ class TownhallStage:
 
     async def start(self) -> None:
         url = await asyncio.to_thread(self.nats.start)  # on core 1, as this process
+        if os.geteuid() == 0 and self.nats.proc is not None:  # the stage's bus: not starved
+            os.setpriority(os.PRIO_PROCESS, self.nats.proc.pid, -10)
         self.bus = await NatsBus.connect([url], name="bench-spaces")
         await self.bus.subscribe(subjects.STAGES, self.beat.on_report)
         self.proc = self._spawn(url)
@@ -244,7 +249,13 @@ async def ramp(label: str, src: str, speakers: int, steps: list[int], args: argp
     try:
         await stage.start()
         for n in steps:
-            await stage.add_spaces(n - len(stage.spaces), speakers)
+            try:
+                await stage.add_spaces(n - len(stage.spaces), speakers)
+            except (TimeoutError, RuntimeError) as exc:  # the stage cannot take more
+                console.log(f"{label} {speakers} speakers × {n} Spaces: {exc}")
+                rows.append({"version": label, "speakers": speakers, "spaces": n,
+                             "failed": str(exc)})
+                break
             await asyncio.sleep(args.settle)
             before = dict(stage.beat.latest)
             cpu0, t0 = stage.cpu_s(), time.monotonic()
@@ -270,14 +281,18 @@ async def ramp(label: str, src: str, speakers: int, steps: list[int], args: argp
 def capacity(rows: list[dict[str, Any]]) -> tuple[str, str, str]:
     """(CPU per Space, Spaces per core from the CPU, most Spaces measured with late
     ticks < 0.1 %) of one ramp."""
+    failed = [r for r in rows if "failed" in r]
+    rows = [r for r in rows if "failed" not in r]
     ok = [r for r in rows if r["spaces"] and r["ticks"] and r["late"] / r["ticks"] < LATE_OK]
     base = next((r["cpu"] for r in rows if r["spaces"] == 0), 0.0)
     per = [(r["cpu"] - base) / r["spaces"] for r in rows if r["spaces"]]
     if not per:
         return "—", "—", "—"
     each = statistics.median(per)
-    most = max((r["spaces"] for r in ok), default=0)
-    return (f"{each:.2%}", f"{(1 - base) / each:.0f}" if each > 0 else "∞", str(most))
+    most = str(max((r["spaces"] for r in ok), default=0))
+    if failed:
+        most += f" (could not take {failed[0]['spaces']})"
+    return (f"{each:.2%}", f"{(1 - base) / each:.0f}" if each > 0 else "∞", most)
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -285,7 +300,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--before-src", default="",
                     help="a directory holding another version's src/ (the 'before' rows; "
                          "e.g. `git archive <commit> src | tar -x -C DIR`)")
-    ap.add_argument("--spaces0", default="0,25,50,100,200,400")
+    ap.add_argument("--spaces0", default="0,50,100,200,400")
     ap.add_argument("--spaces1", default="0,5,10,20,40")
     ap.add_argument("--spaces3", default="0,3,6,12,24")
     ap.add_argument("--settle", type=float, default=3.0)
@@ -294,6 +309,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     args = ap.parse_args(argv)
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {REST_CPU})
+        if os.geteuid() == 0:  # the speakers' pacing: the machine may be shared
+            os.setpriority(os.PRIO_PROCESS, 0, -5)
     for k in range(3):
         PACKETS[200 + 110 * k] = tone_packets(200 + 110 * k)
     versions = [("after", "")]
@@ -318,7 +335,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         for label, _src in versions:
             ramp_rows = [r for r in rows if r["version"] == label and r["speakers"] == speakers]
             each, per_core, most = capacity(ramp_rows)
-            top = max(ramp_rows, key=lambda r: r["spaces"]) if ramp_rows else None
+            measured = [r for r in ramp_rows if "failed" not in r]
+            top = max(measured, key=lambda r: r["spaces"]) if measured else None
             late = (f"{top['late']}/{top['ticks']}" if top else "—")
             cpu = f"{top['cpu']:.1%} at {top['spaces']}" if top else "—"
             table.append([str(speakers), label, each, per_core, most, cpu, late])
@@ -326,8 +344,9 @@ def main(argv: list[str]) -> dict[str, Any]:
             table.append([str(speakers), "Janus AudioBridge", r["each"], r["per_core"],
                           r["most"], r["cpu"], "—"])
     steps_text = "; ".join(
-        f"{r['version']} {r['speakers']}sp×{r['spaces']}: {r['cpu']:.1%} "
-        f"({r['late']}/{r['ticks']} late)" for r in rows)
+        f"{r['version']} {r['speakers']}sp×{r['spaces']}: " + (
+            f"{r['cpu']:.1%} ({r['late']}/{r['ticks']} late)" if "failed" not in r
+            else "not all taken") for r in rows)
     result = {
         "title": "Live Spaces per stage core (silence fast path, one ticker)",
         "command": "python -m bench spaces -- " + " ".join(argv),
