@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import os
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from bench.spaces.run import PacketTrack, console, pin, tree_cpu_s
+from bench.spaces.run import FULL, PacketTrack, console, pin, tree_cpu_s
 from townhall.bus.embedded import free_port
 from townhall.procs import stop_process
 
@@ -204,7 +203,7 @@ async def janus_ramp(speakers: int, steps: list[int], settle: float, window: flo
             cpu = (janus.cpu_s() - cpu0) / (time.monotonic() - t0)
             rows.append({"spaces": n, "cpu": cpu})
             console.log(f"janus {speakers} speakers × {n} rooms: CPU {cpu:.1%}")
-            if cpu > 0.95:
+            if cpu > FULL:
                 break
     finally:
         await janus.stop()
@@ -219,12 +218,10 @@ def janus_ramps(plans: list[tuple[int, list[int]]], args: Any,
     try:
         for speakers, steps in plans:
             rows = asyncio.run(janus_ramp(speakers, steps, args.settle, args.window, packets))
-            base = next((r["cpu"] for r in rows if r["spaces"] == 0), 0.0)
-            per = [(r["cpu"] - base) / r["spaces"] for r in rows if r["spaces"]]
-            each = statistics.median(per) if per else 0.0
-            top = rows[-1]
+            top = max(rows, key=lambda r: r["spaces"])
+            each = top["cpu"] / top["spaces"] if top["spaces"] else 0.0
             out.append({"speakers": speakers, "each": f"{each:.2%}",
-                        "per_core": f"{(1 - base) / each:.0f}" if each > 0 else "∞",
+                        "per_core": f"{1 / each:.0f}" if each > 0 else "∞",
                         "most": str(top["spaces"]),
                         "cpu": f"{top['cpu']:.1%} at {top['spaces']}"})
             steps_text += [f"janus {speakers}sp×{r['spaces']}: {r['cpu']:.1%}" for r in rows]
