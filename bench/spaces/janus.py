@@ -3,7 +3,7 @@ senders, alone on core 0, its CPU per room.
 
 AudioBridge mixes each room in a thread of its own and sends every participant their own
 mix-minus, encoded per participant: the same work as the stage's returns, with no program
-encoded once for an audience (a room with nobody in it is not mixed). Participants join
+encoded once for an audience (a room with nobody in it still wakes every 20 ms). Participants join
 through Janus's HTTP API (one session, a handle per participant, events by long poll).
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from bench.spaces.run import FULL, PacketTrack, console, pin, tree_cpu_s
+from bench.spaces.run import FULL, PacketTrack, console, deaf, pin, tree_cpu_s
 from townhall.bus.embedded import free_port
 from townhall.procs import stop_process
 
@@ -171,6 +171,7 @@ admin: {{ admin_http = false }}
                     break
             await pc.setRemoteDescription(RTCSessionDescription(
                 sdp=ev["jsep"]["sdp"], type=ev["jsep"]["type"]))
+            deaf(pc)
             self.peers.append(pc)
 
     def cpu_s(self) -> float:
@@ -228,6 +229,6 @@ def janus_ramps(plans: list[tuple[int, list[int]]], args: Any,
     except Exception as exc:  # say why in the table's notes rather than lose the run
         return out, f"Janus AudioBridge: could not be run here ({exc!r})."
     return out, ("Janus AudioBridge (Debian's janus, HTTP transport, one session, a handle "
-                 "per participant; rooms at 48 kHz) on core 0 with the same senders; it has "
-                 "no late-tick counter, and an empty room is not mixed. Janus steps: "
-                 + "; ".join(steps_text) + ".")
+                 "per participant; rooms at 48 kHz) on core 0 at the same priority with the "
+                 "same senders; it has no late-tick counter; an empty room's mixer still "
+                 "wakes every 20 ms. Janus steps: " + "; ".join(steps_text) + ".")
