@@ -184,6 +184,7 @@ class TownhallStage:
 
     def _spawn(self, url: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONPATH": self.src} if self.src else dict(os.environ)
+        env["TOWNHALL_STAGE_MAX_SPACES"] = "0"  # no budget: the ramp finds the limit
         log = (self.work / "stage.log").open("wb")  # kept open for the child
         return subprocess.Popen(
             [*pin(STAGE_CPU), sys.executable, "-m", "townhall", "serve", "--roles", "stage",
