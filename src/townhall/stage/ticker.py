@@ -22,9 +22,13 @@ STALL_S = 1.0  # a loop stalled this long re-anchors the clock rather than burst
 class Clocked(Protocol):
     """What the ticker steps: one frame, told how late it runs; messages to publish after."""
 
-    def tick(self, late_s: float) -> list[tuple[str, bytes]]: ...
+    def tick(self, late_s: float) -> list[tuple[str, bytes]]:
+        """Run one frame ``late_s`` after it was due; the messages to publish after."""
+        ...
 
-    async def publish(self, subject: str, data: bytes) -> None: ...
+    async def publish(self, subject: str, data: bytes) -> None:
+        """Publish one message a tick returned."""
+        ...
 
 
 class Ticker:
