@@ -81,8 +81,9 @@ class JitterBuffer:
         cands = (base + seq16 - 0x10000, base + seq16, base + seq16 + 0x10000)
         return min(cands, key=lambda s: abs(s - high))
 
-    def push(self, seq16: int, payload: bytes, now: float) -> None:
-        """A packet arrived at ``now`` (seconds, any monotonic origin)."""
+    def push(self, seq16: int, payload: bytes, now: float) -> bool:
+        """A packet arrived at ``now`` (seconds, any monotonic origin); True when it was
+        kept to play (not late, not a duplicate)."""
         seq = self._unwrap(seq16 & 0xFFFF)
         if self._hole and self._next is not None and seq >= self._hole_start:
             if seq < self._next:  # a bridged slot's packet after all: resume from it
@@ -94,16 +95,17 @@ class JitterBuffer:
             self._hole = 0
         if self._next is not None and seq < self._next:
             if self._started:
+                # (A resend after a NACK, too: then the deeper buffer lets the next one play.)
                 self.late += 1
                 # A packet too late to play: the cushion is too thin, whatever the average
                 # jitter says. One frame deeper at once.
                 self.target = min(self.max_frames // 2, self.target + 1)
                 self._calm = 0
-                return
+                return False
             self._next = seq  # reordered before the first slot played: start earlier
         if seq in self._packets:
             self.duplicates += 1
-            return
+            return False
         if self._ref is not None:
             # RFC 3550 §6.4.1: how much the arrival spacing differs from the send spacing.
             ref_seq, ref_at = self._ref
@@ -128,6 +130,7 @@ class JitterBuffer:
             self.target, self._calm = wanted, 0
         elif wanted < self.target and self._calm >= self.calm_packets:
             self.target, self._calm = self.target - 1, 0
+        return True
 
     def pop(self) -> Slot | None:
         """The slot for this tick, or None while (re)buffering or when the sender is quiet."""
