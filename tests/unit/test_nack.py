@@ -35,7 +35,7 @@ def test_a_resend_is_told_apart_from_a_new_packet() -> None:
 
 
 def test_old_gaps_and_huge_jumps_stay_within_the_horizon() -> None:
-    nl = NackList(horizon=10)
+    nl = NackList(horizon=10, burst=20)
     nl.arrived(0)
     nl.arrived(1000)                      # a jump: only what could still play is asked
     assert nl.due(0.0) == list(range(991, 1000))

@@ -37,8 +37,7 @@ from townhall.media.linkquality import LinkGauge, grade
 from townhall.stage.ingest import to_mono, with_nack
 from townhall.stage.rtc import rtc_configuration
 
-
-SPEAKER_BITRATE = 32_000
+SPEAKER_BITRATE = 64_000
 
 
 class SpeakerEncoder:
