@@ -26,6 +26,7 @@ from rich.progress import Progress
 
 from tests import quality
 from tests.netlab import why_unavailable
+from townhall.cli.speak import SPEAKER_BITRATE
 
 CONDITIONS = {
     "clean": quality.condition("clean"),
@@ -130,11 +131,14 @@ def main(argv: list[str]) -> dict[str, Any]:
                     "concealed", "jitter target ms", "late ticks", "target"],
         "rows": rows,
         "notes": (f"Median over runs × {args.windows} windows of 8 s (espeak-ng speech, 4 "
-                  "voices/rates, looped by `townhall speak --file` at 32 kbit/s with FEC for "
-                  "10 % loss), after 4 s of warm-up, aligned by cross-correlation; PESQ-WB "
-                  "and STOI at 16 kHz. Relay conditions are uplink only (speaker → stage), "
-                  f"seeded ({SEED}). Opus alone / ×2: the same speech, the same loss process "
-                  "and seed, no network, decoded with libopus FEC/PLC (×2: then through the "
+                  "voices/rates, looped by `townhall speak --file` with FEC for 10 % loss, "
+                  f"at {SPEAKER_BITRATE // 1000} kbit/s; a \"before\" tree's speaker at its "
+                  "own default), after 4 s of warm-up, aligned by cross-correlation; "
+                  "PESQ-WB and STOI at 16 kHz. Relay conditions are uplink only (speaker → "
+                  f"stage), seeded ({SEED}); the random-loss rows have no added delay, so "
+                  "resends on NACK come back within a frame. Opus alone / ×2: the same "
+                  "speech through this tree's speaker encoder, the same loss process and "
+                  "seed, no network, decoded with libopus FEC/PLC (×2: then through the "
                   "program's 32 kbit/s encoder as well), same run. Stage counters: totals "
                   f"over the run from /metrics. Plot: {args.plot}."),
     }
