@@ -39,8 +39,8 @@ CONDITIONS = {
     "24 kbit/s cap": quality.condition("24 kbit/s cap", rate=24),
     # Not in the default set: random loss with a round trip (the rows above have ~0 ms
     # uplink delay, where resends on NACK always arrive in time).
-    "5% random, 60 ms": quality.condition("5% random, 60 ms", loss=5, delay=60),
-    "15% random, 60 ms": quality.condition("15% random, 60 ms", loss=15, delay=60),
+    "5% random + 60 ms": quality.condition("5% random + 60 ms", loss=5, delay=60),
+    "15% random + 60 ms": quality.condition("15% random + 60 ms", loss=15, delay=60),
 }
 DEFAULT = ("clean", "5% random", "15% random", "5% bursty", "jitter 40±20 ms",
            "300 ms spikes", "24 kbit/s cap")

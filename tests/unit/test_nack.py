@@ -96,3 +96,13 @@ def test_nothing_is_asked_while_the_round_trip_is_too_long() -> None:
     nl.arrived(5)
     assert nl.due(0.1, rtt_s=0.03) == [4]  # 2 was dropped, not asked for late
     assert nl.asked == 1
+
+
+def test_a_new_gap_is_asked_for_before_old_ones_are_retried() -> None:
+    nl = NackList(share=0.0, burst=2)     # budget for two asks, never refilled
+    nl.arrived(1)
+    nl.arrived(3)
+    assert nl.due(0.0) == [2]
+    nl.arrived(5)
+    assert nl.due(0.05) == [4]            # 2's retry waits: 4 was never asked for
+    assert nl.due(0.1) == []

@@ -69,14 +69,14 @@ class NackList:
         return False
 
     def due(self, now: float, rtt_s: float | None = None) -> list[int]:
-        """The 16-bit sequence numbers to ask for now (oldest first), counted as asked;
-        ``rtt_s`` is the round trip to the sender when known."""
+        """The 16-bit sequence numbers to ask for now (in sequence order), counted as asked;
+        ``rtt_s`` is the round trip to the sender when known. First asks go before
+        retries when the budget is short: a retry may only be waiting on a slow resend."""
         if rtt_s is not None and rtt_s > self.max_rtt_s:
             self._missing.clear()
             return []
         out: list[int] = []
-        for seq in sorted(self._missing):
-            tries, at = self._missing[seq]
+        for seq, (tries, at) in sorted(self._missing.items(), key=lambda m: (m[1][0], m[0])):
             if now - at < self.retry_s:
                 continue
             if tries >= self.tries:
@@ -86,6 +86,6 @@ class NackList:
                 break
             self._budget -= 1
             self._missing[seq] = (tries + 1, now)
-            out.append(seq & 0xFFFF)
+            out.append(seq)
         self.asked += len(out)
-        return out
+        return [seq & 0xFFFF for seq in sorted(out)]
