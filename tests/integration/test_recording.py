@@ -4,6 +4,7 @@ those tones for as long as the Space was live; Range, clips, deletion and refusa
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -17,6 +18,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import Served, start_townhall
+from townhall.bus import NatsBus
+from townhall.recording.recorder import (
+    BUCKET,
+    clip_name,
+    index_name,
+    replay_name,
+    segment_name,
+)
 
 pytestmark = pytest.mark.timeout(300)
 RATE = 48_000
@@ -184,6 +193,7 @@ def test_clip_of_five_seconds_is_the_right_tone(served: Served, recorded: dict[s
     assert made.status_code == 201, made.text
     body = made.json()
     assert body["url"] == f"/clips/{body['id']}.opus"
+    assert body["m4a"] == f"/clips/{body['id']}.m4a" and body["page"] == f"/c/{body['id']}"
     clip = decode(httpx.get(f"{served.url}{body['url']}", timeout=30).content, tmp_path)
     assert abs(len(clip) - 5 * RATE) <= 960
     assert abs(peak_hz(clip[:RATE * 2]) - 440) < 15
@@ -192,6 +202,16 @@ def test_clip_of_five_seconds_is_the_right_tone(served: Served, recorded: dict[s
     ref = pcm[at + RATE:at + 2 * RATE]
     corr = np.corrcoef(ref, clip[RATE:2 * RATE])[0, 1]
     assert corr > 0.9, corr
+    # The same clip as Opus in MP4, index first, with Range.
+    url = f"{served.url}{body['m4a']}"
+    m4a = httpx.get(url, timeout=30)
+    assert m4a.status_code == 200 and m4a.headers["content-type"] == "audio/mp4"
+    assert m4a.content.index(b"moov") < m4a.content.index(b"mdat")
+    part = httpx.get(url, headers={"Range": "bytes=10-109"}, timeout=30)
+    assert part.status_code == 206 and part.content == m4a.content[10:110]
+    same = decode(m4a.content, tmp_path, ".m4a")
+    assert abs(len(same) - 5 * RATE) <= 960
+    assert np.array_equal(same[:len(clip)], clip[:len(same)])
 
 
 def test_who_may_clip_and_what(served: Served, recorded: dict[str, Any]) -> None:
@@ -269,12 +289,14 @@ def test_deleted_recording_is_gone(served: Served, recorded: dict[str, Any]) -> 
         problem(c.delete(f"/api/v1/spaces/{space}/recording"), 404, "no-recording")
     problem(httpx.get(f"{served.url}/replay/{space}.opus", timeout=10), 404, "no-recording")
     problem(httpx.get(f"{served.url}{clip['url']}", timeout=10), 404, "no-clip")
+    problem(httpx.get(f"{served.url}{clip['m4a']}", timeout=10), 404, "no-clip")
     snap = httpx.get(f"{served.url}/api/v1/spaces/{space}", timeout=10).json()
     assert snap["recording"] is False
 
 
-def test_expired_recording_answers_410(tmp_path: Path) -> None:
-    # Kept ~0.9 s: it is ready only after the end's 2 s settling, so already expired.
+def test_expired_recording_is_swept_and_answers_410(tmp_path: Path) -> None:
+    # Kept ~0.9 s: it is ready only after the end's 2 s settling, so already expired; the
+    # sweep (every 0.5 s at this retention) deletes its files and marks it expired.
     s = start_townhall(tmp_path / "data", "--recording-days", "0.00001")
     try:
         host, _ = guest(s, "Gu")
@@ -284,13 +306,40 @@ def test_expired_recording_answers_410(tmp_path: Path) -> None:
             c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
         speak(s, space, host, 440, 1)  # returns once a stage has taken a second of tone
         with s.client(host) as c:
+            clip = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0, "duration": 0.5})
+            assert clip.status_code == 201, clip.text
+            clip = clip.json()
             c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
-        wait_for(lambda: isinstance(httpx.get(f"{s.url}/api/v1/spaces/{space}", timeout=5)
-                                    .json().get("recording"), dict), 60, "ready")
+
+        def swept() -> bool:
+            rec = httpx.get(f"{s.url}/api/v1/spaces/{space}", timeout=5).json()["recording"]
+            return isinstance(rec, dict) and rec["state"] == "expired"
+
+        wait_for(swept, 60, "the sweep marked the recording expired")
         problem(httpx.get(f"{s.url}/replay/{space}.opus", timeout=10), 410,
                 "recording-expired")
+        problem(httpx.get(f"{s.url}/replay/{space}/timeline.json", timeout=10), 410,
+                "recording-expired")
+        problem(httpx.get(f"{s.url}{clip['url']}", timeout=10), 410, "recording-expired")
+        assert httpx.get(f"{s.url}/c/{clip['id']}", timeout=10).status_code == 404
+        assert asyncio.run(stored(s, space, clip["id"])) == []
     finally:
         s.stop()
+
+
+async def stored(s: Served, space: str, clip: str) -> list[str]:
+    """Which of a recording's objects the object store still holds."""
+    from tests.integration.test_stage_takeover import stage_child
+
+    _, nats = stage_child(s.proc.pid)
+    bus = await NatsBus.connect([nats], setup=False, auth=s.nats_auth())
+    try:
+        names = [index_name(space), segment_name(space, 0), replay_name(space),
+                 replay_name(space, "m4a"), clip_name(space, clip),
+                 clip_name(space, clip, "m4a")]
+        return [n for n in names if await bus.obj_get(BUCKET, n) is not None]
+    finally:
+        await bus.close()
 
 
 def ffmpeg_pcm(url: str, *extra: str, seconds: float | None = None) -> np.ndarray:
@@ -302,6 +351,11 @@ def ffmpeg_pcm(url: str, *extra: str, seconds: float | None = None) -> np.ndarra
     return np.frombuffer(raw, dtype=np.int16).astype(np.float64)
 
 
+def listed(text: str) -> list[str]:
+    """The whole segments a media playlist lists, in order."""
+    return [ln for ln in text.splitlines() if ln.endswith(".m4s") and not ln.startswith("#")]
+
+
 def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
     host, _ = guest(served, "Hal")
     with served.client(host) as c:
@@ -311,7 +365,8 @@ def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
         [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
          "--token", host, "--tone", "880", "--seconds", "60"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    playlist = f"{served.url}/hls/{space}/index.m3u8"
+    base = f"{served.url}/hls/{space}"
+    playlist = f"{base}/opus.m3u8"
     try:
         def tone_listed() -> str | None:
             r = httpx.get(playlist, timeout=10)
@@ -323,18 +378,27 @@ def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
 
         live = wait_for(tone_listed, 60, "a live playlist with the tone")
         assert "#EXT-X-ENDLIST" not in live
+        master = httpx.get(f"{base}/master.m3u8", timeout=10)
+        assert master.headers["content-type"].startswith("application/vnd.apple.mpegurl")
+        assert 'CODECS="opus"' in master.text and 'CODECS="mp4a.40.2"' in master.text
         r = httpx.get(playlist, timeout=10)
         assert r.headers["content-type"].startswith("application/vnd.apple.mpegurl")
         assert r.headers["cache-control"] == "public, max-age=1"
-        newest = r.text.strip().splitlines()[-1]
-        seg = httpx.get(f"{served.url}/hls/{space}/{newest}", timeout=10)
+        assert "CAN-BLOCK-RELOAD=YES" in r.text
+        newest = listed(r.text)[-1]
+        seg = httpx.get(f"{base}/{newest}", timeout=10)
         assert seg.status_code == 200 and "immutable" in seg.headers["cache-control"]
         pcm = ffmpeg_pcm(playlist, "-live_start_index", "-2", seconds=4)
         assert len(pcm) >= 3 * RATE  # two listed segments, then one more as it came
         assert abs(peak_hz(pcm[-RATE:]) - 880) < 15
+        # The AAC rendition (encoded once, by whichever api took the Space's key).
+        aac = ffmpeg_pcm(f"{base}/aac.m3u8", "-live_start_index", "-2", seconds=3)
+        assert len(aac) >= 2 * RATE
+        assert abs(peak_hz(aac[-RATE:]) - 880) < 15
+        blocking_reload(base)
         # A clip of a live Space: its last seconds, from JetStream and the recording. The
         # playlist is read again: the one above may have listed only the first segment.
-        latest = httpx.get(playlist, timeout=10).text.strip().splitlines()[-1]
+        latest = listed(httpx.get(playlist, timeout=10).text)[-1]
         edge_s = (int(latest.split(".")[0]) + 1) * 2
         assert edge_s >= 4, latest  # ffmpeg has just read 4 s of it
         with served.client(host) as c:
@@ -358,8 +422,42 @@ def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
     vod = httpx.get(playlist, timeout=10)
     assert vod.text.endswith("#EXT-X-ENDLIST\n")
     # The very live segment is still served, byte for byte, from the recording.
-    again = httpx.get(f"{served.url}/hls/{space}/{newest}", timeout=10)
+    again = httpx.get(f"{base}/{newest}", timeout=10)
     assert again.status_code == 200 and again.content == seg.content
     pcm = ffmpeg_pcm(playlist)
     assert abs(len(pcm) / RATE - rec["duration"]) < 0.5, (len(pcm) / RATE, rec)
+    # The contract's URL is the same VOD: index.m3u8 ends with #EXT-X-ENDLIST too.
+    index = httpx.get(f"{base}/index.m3u8", timeout=10)
+    assert index.status_code == 200 and index.text == httpx.get(playlist, timeout=10).text
+    assert index.text.endswith("#EXT-X-ENDLIST\n")
     assert abs(peak_hz(pcm[len(pcm) // 2:len(pcm) // 2 + RATE]) - 880) < 15
+    # The AAC VOD is made once the recording is: then the master lists it.
+    wait_for(lambda: "mp4a.40.2" in httpx.get(f"{base}/master.m3u8", timeout=10).text, 60,
+             "the AAC rendition of the recording")
+    aac_vod = httpx.get(f"{base}/aac.m3u8", timeout=10)
+    assert aac_vod.text.endswith("#EXT-X-ENDLIST\n")
+    aac = ffmpeg_pcm(f"{base}/aac.m3u8")
+    assert abs(len(aac) / RATE - rec["duration"]) < 0.5, (len(aac) / RATE, rec)
+    assert abs(peak_hz(aac[len(aac) // 2:len(aac) // 2 + RATE]) - 880) < 15
+
+
+def blocking_reload(base: str) -> None:
+    """LL-HLS: a request for the next part returns once it exists, listing it; nonsense
+    and requests too far ahead answer 400 at once."""
+    text = httpx.get(f"{base}/opus.m3u8", timeout=10).text
+    hint = text.split('#EXT-X-PRELOAD-HINT:TYPE=PART,URI="')[1].split('"')[0]
+    msn, part = hint.removesuffix(".m4s").split(".")
+    assert hint not in text.split("#EXT-X-PRELOAD-HINT")[0]  # not there yet
+    got = httpx.get(f"{base}/opus.m3u8", params={"_HLS_msn": msn, "_HLS_part": part},
+                    timeout=15)
+    assert got.status_code == 200, got.text
+    assert f'URI="{hint}"' in got.text.split("#EXT-X-PRELOAD-HINT")[0] \
+        or f"{msn}.m4s" in listed(got.text)
+    part_bytes = httpx.get(f"{base}/{hint}", timeout=10)
+    assert part_bytes.status_code == 200 and part_bytes.content[4:8] == b"styp"
+    whole = httpx.get(f"{base}/opus.m3u8", params={"_HLS_msn": int(msn) + 1}, timeout=15)
+    assert whole.status_code == 200 and f"{int(msn) + 1}.m4s" in listed(whole.text)
+    for params in ({"_HLS_msn": int(msn) + 50}, {"_HLS_part": "1"},
+                   {"_HLS_msn": "x"}, {"_HLS_msn": msn, "_HLS_part": "9"}):
+        problem(httpx.get(f"{base}/opus.m3u8", params=params, timeout=10), 400,
+                "bad-hls-directive")

@@ -54,7 +54,7 @@ def test_exported_names_and_labels() -> None:
     board.update({"node": "st-1", "spaces": ["x"], "speakers": 2, "ticks": 500,
                   "late_frames": 3, "max_late_ms": 12.5, "fec_recovered": 4,
                   "plc_frames": 5, "lost_packets": 9, "resent_packets": 6, "at": 1.0,
-                  "jitter_target_ms": 60.0},
+                  "jitter_target_ms": 60.0, "max_spaces": 100, "cpu": 0.25, "draining": True},
                  now=time.monotonic())
     registry = CollectorRegistry()
     registry.register(StageCollector(board))
@@ -67,7 +67,10 @@ def test_exported_names_and_labels() -> None:
                  'townhall_stage_resent_packets_total{node="st-1"} 6.0',
                  'townhall_stage_speakers{node="st-1"} 2.0',
                  'townhall_stage_max_late_ms{node="st-1"} 12.5',
-                 'townhall_stage_jitter_target_ms{node="st-1"} 60.0'):
+                 'townhall_stage_jitter_target_ms{node="st-1"} 60.0',
+                 'townhall_stage_max_spaces{node="st-1"} 100.0',
+                 'townhall_stage_cpu{node="st-1"} 0.25',
+                 'townhall_stage_draining{node="st-1"} 1.0'):
         assert line in text, line
     assert "townhall_stage_report_age_seconds{node=\"st-1\"}" in text
     assert all(not f.samples for f in families([]))

@@ -83,6 +83,12 @@ def families(current: list[tuple[dict[str, Any], float]]) -> list[Metric]:
         ("townhall_stage_jitter_target_ms",
          "Deepest speaker jitter buffer target on the stage right now",
          lambda r, _: float(r.get("jitter_target_ms", 0.0))),
+        ("townhall_stage_max_spaces", "Live Spaces the stage takes at most (0: no limit)",
+         lambda r, _: float(r.get("max_spaces", 0))),
+        ("townhall_stage_cpu", "Share of one core the stage process used lately",
+         lambda r, _: float(r.get("cpu", 0.0))),
+        ("townhall_stage_draining", "1 while the stage is stopping and hands its Spaces over",
+         lambda r, _: float(bool(r.get("draining", False)))),
         ("townhall_stage_report_age_seconds", "Seconds since this stage's last heartbeat",
          lambda _, age: float(age)),
     )

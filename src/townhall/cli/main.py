@@ -16,6 +16,7 @@ from townhall.ice import IceSettingError
 from townhall.settings import (
     ALL_ROLES,
     LOOPBACK_PROXIES,
+    STAGE_MAX_SPACES,
     Settings,
     parse_budget,
     parse_duration,
@@ -81,7 +82,9 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                         ended_retention=parse_duration(args.ended_retention),
                         space_budget=parse_budget(args.space_budget),
                         space_budget_address=parse_budget(args.space_budget_per_address),
-                        recording_days=args.recording_days)
+                        recording_days=args.recording_days, nats_timeout=args.nats_timeout)
+    if not 0 < settings.nats_timeout <= 300:
+        raise ValueError("--nats-timeout: seconds, more than 0 and at most 300")
     if args.nats_creds or args.nats_auth_file:
         # Flags beat the environment as a pair: a stage child handed the embedded users
         # file must not pick up a TOWNHALL_NATS_CREDS it inherited.
@@ -89,10 +92,22 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         settings.nats_auth_file = Path(args.nats_auth_file) if args.nats_auth_file else None
     if args.node_id:
         settings.node_id = args.node_id
+    settings.stages = _whole(args.stages, "--stages", least=1) if args.stages else None
+    settings.stage_max_spaces = _whole(args.stage_max_spaces, "--stage-max-spaces", least=0)
     ice_settings(settings, args)
     _webhook_settings(settings, args)
     _tls_settings(settings, args)
     return settings
+
+
+def _whole(text: str, flag: str, *, least: int) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = least - 1
+    if n < least:
+        raise ValueError(f"{flag}: expected a whole number >= {least}, got {text!r}")
+    return n
 
 
 def _tls_settings(settings: Settings, args: argparse.Namespace) -> None:
@@ -200,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--nats-auth-file", default="",
                        help='a JSON file {"user", "password"} or {"token"} for --nats '
                             "(or TOWNHALL_NATS_AUTH_FILE); secrets never go on argv")
+    serve.add_argument("--nats-timeout", type=float, default=Settings.nats_timeout,
+                       metavar="SECONDS",
+                       help="how long a NATS request may go unanswered before the api "
+                            "answers 503 + Retry-After (or TOWNHALL_NATS_TIMEOUT; default 10)")
     serve.add_argument("--roles", default=",".join(ALL_ROLES),
                        help=f"comma-separated roles to run (default {','.join(ALL_ROLES)})")
     guests = serve.add_mutually_exclusive_group()
@@ -232,6 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--space-budget-per-address", metavar="BURST/SECONDS",
                        default=env("TOWNHALL_SPACE_BUDGET_PER_ADDRESS", "30/10"),
                        help="the same per client address (default 30/10)")
+    stages = serve.add_argument_group("stages (mixing)")
+    stages.add_argument("--stages", metavar="N", default=env("TOWNHALL_STAGES", ""),
+                        help="stage processes to run beside the HTTP roles, each a core "
+                             "(default: the cores this process may use minus one, at "
+                             "least 1; with --roles stage alone: 1, in this process)")
+    stages.add_argument("--stage-max-spaces", metavar="N",
+                        default=env("TOWNHALL_STAGE_MAX_SPACES", str(STAGE_MAX_SPACES)),
+                        help="live Spaces one stage takes at most; a Space no stage has "
+                             f"room for waits for one (default {STAGE_MAX_SPACES}; 0: "
+                             "no limit)")
     add_ice_flags(serve)
     tls = serve.add_argument_group("TLS to NATS (an external cluster across hosts)")
     tls.add_argument("--nats-tls-ca", default="",
