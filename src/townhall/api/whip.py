@@ -8,7 +8,6 @@ Space's lease; that stage answers with the SDP answer and a session id.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,15 @@ from townhall.api.ratelimit import TokenBuckets
 from townhall.api.schemas import problems
 from townhall.api.store import SpaceStore
 from townhall.bus import subjects
+from townhall.bus.messages import (
+    MessageError,
+    WhipLeave,
+    WhipOffer,
+    WhipReply,
+    WhipRequest,
+    decode_whip_reply,
+    encode,
+)
 from townhall.context import Context
 from townhall.ice import link_headers
 from townhall.problems import (
@@ -88,20 +96,17 @@ class OfferBudget:
                           retry_after=wait, slug="rate-limited")
 
 
-def stage_refusal(reply: dict[str, object]) -> Problem | None:
+def stage_refusal(reply: WhipReply) -> Problem | None:
     """The problem a stage's reply stands for, or None when it succeeded. Only statuses
     and texts the stage chose reach the client; anything else is a generic 500."""
-    status = int(str(reply.get("status", 500)))
-    if status in (200, 201):
+    if reply.ok:
         return None
-    detail = str(reply.get("detail", ""))
-    slug = str(reply.get("slug", "stage-refused"))
-    if status == 503:
-        return Unavailable(detail, retry_after=float(str(reply.get("retry_after", 1))),
-                           slug=slug)
-    if status in BY_STATUS:
-        return BY_STATUS[status](detail, slug=slug)
-    log.error("stage answered a WHIP request with %s: %s", status, detail)
+    slug = reply.slug or "stage-refused"
+    if reply.status == 503:
+        return Unavailable(reply.detail, retry_after=reply.retry_after or 1.0, slug=slug)
+    if reply.status in BY_STATUS:
+        return BY_STATUS[reply.status](reply.detail, slug=slug)
+    log.error("stage answered a WHIP request with %s: %s", reply.status, reply.detail)
     return Problem("an internal error occurred; nothing was changed")
 
 
@@ -111,17 +116,21 @@ def install(app: FastAPI, ctx: Context) -> None:
     budget = OfferBudget()
     ice = ctx.settings.ice()
 
-    async def ask_stage(space: str, payload: dict[str, object]) -> dict[str, object]:
-        leaving = payload.get("op") == "leave"
+    async def ask_stage(space: str, request: WhipRequest) -> WhipReply:
+        leaving = isinstance(request, WhipLeave)
         try:
-            msg = await ctx.bus.request(subjects.whip(space), json.dumps(payload).encode(),
+            msg = await ctx.bus.request(subjects.whip(space), encode(request),
                                         timeout=3 if leaving else 15)
         except TimeoutError as exc:
             if leaving:  # no stage runs the Space any more: the session is gone already
                 raise NotFound("no such WHIP session", slug="no-session") from exc
             raise Unavailable("no stage holds this Space right now; retry shortly",
                               retry_after=2, slug="no-stage") from exc
-        reply: dict[str, object] = json.loads(msg.data)
+        try:
+            reply = decode_whip_reply(msg.data)
+        except MessageError:
+            log.error("unreadable WHIP reply from the stage", extra={"space": space})
+            raise Problem("an internal error occurred; nothing was changed") from None
         refusal = stage_refusal(reply)
         if refusal is not None:
             raise refusal
@@ -148,9 +157,9 @@ def install(app: FastAPI, ctx: Context) -> None:
             raise Unavailable("no stage holds this Space right now; retry shortly",
                               retry_after=1, slug="no-stage")
         budget.take(ident.id, space, time.monotonic())
-        reply = await ask_stage(space, {"identity": ident.id, "name": ident.name, "sdp": sdp})
-        location = f"/whip/{space}/{reply['session']}"
-        response = Response(str(reply["sdp"]), status_code=201, media_type="application/sdp",
+        reply = await ask_stage(space, WhipOffer(ident.id, ident.name, sdp))
+        location = f"/whip/{space}/{reply.session}"
+        response = Response(reply.sdp or "", status_code=201, media_type="application/sdp",
                             headers={"Location": location})
         for link in link_headers(ice.servers(ident.id, time.time())):  # RFC 9725 §4.6
             response.headers.append("Link", link)
@@ -167,7 +176,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         if not is_session_id(session):
             raise NotFound("no such WHIP session", slug="no-session")
         grants.authorize(ident, "unpublish", await store.get(space))
-        await ask_stage(space, {"op": "leave", "identity": ident.id, "session": session})
+        await ask_stage(space, WhipLeave(ident.id, session))
         return Response(status_code=200)
 
     @app.patch("/whip/{space}/{session}", tags=["whip"], response_class=Response,

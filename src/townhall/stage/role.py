@@ -34,11 +34,21 @@ import logging
 import random
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from townhall.bus import Bus, CasConflict, subjects
 from townhall.bus.bus import Change, Fenced, Message, Subscription, Watch
+from townhall.bus.messages import (
+    MessageError,
+    StageHeartbeat,
+    WhipLeave,
+    WhipReply,
+    WhipRequest,
+    decode_heartbeat,
+    decode_whip_request,
+    encode,
+)
 from townhall.context import Context
 from townhall.media.chunk import Chunk
 from townhall.media.levels import LevelMeter
@@ -297,7 +307,7 @@ class Stage:
         self._lease_watch: Watch | None = None
         self._subs: list[Subscription] = []
 
-    def report(self, wall: float) -> dict[str, object]:
+    def report(self, wall: float) -> StageHeartbeat:
         """The heartbeat: what this stage runs, its budget and load, and its counters."""
         total = Tally()
         total.add(self.retired)
@@ -308,11 +318,10 @@ class Stage:
         target = max((sess.playout.jitter.target * sess.playout.jitter.frame_s
                       for r in self.runs.values() for sess in r.sessions.values()),
                      default=0.0)
-        out = stage_report(self.node, list(self.runs), self._speakers(), total, worst, wall,
-                           target)
-        out.update(max_spaces=self.max_spaces, cpu=round(self.cpu.share, 3),
-                   draining=self.draining)
-        return out
+        return replace(stage_report(self.node, list(self.runs), self._speakers(), total,
+                                    worst, wall, target),
+                       max_spaces=self.max_spaces, cpu=round(self.cpu.share, 3),
+                       draining=self.draining)
 
     def _speakers(self) -> int:
         return sum(len(r.sessions) for r in self.runs.values())
@@ -362,8 +371,8 @@ class Stage:
             self.pending.pop(change.key, None)
 
     async def _on_stage_report(self, msg: Message) -> None:
-        with contextlib.suppress(ValueError, AttributeError):
-            cap = Capacity.from_report(json.loads(msg.data))
+        with contextlib.suppress(MessageError):  # not a heartbeat: not heard
+            cap = Capacity.from_report(asdict(decode_heartbeat(msg.data)))
             if cap is not None:
                 self.placement.heard(cap, time.monotonic())
 
@@ -415,17 +424,15 @@ class Stage:
         if run is None and space in self._taking and msg.reply:
             # Our lease is already in KV (so the api asked) but the clock is not running
             # yet: say so now rather than leave the api waiting out its timeout.
-            await self.bus.respond(msg.reply, json.dumps(
-                {"status": 503, "detail": "the stage is taking this Space over; retry",
-                 "slug": "stage-busy", "retry_after": 1}).encode())
+            await self.bus.respond(msg.reply, encode(WhipReply(
+                503, "the stage is taking this Space over; retry", slug="stage-busy",
+                retry_after=1)))
             return
         if run is None or not msg.reply:
             return  # not ours: the owner answers
         try:
-            req = json.loads(msg.data)
-        except ValueError:
-            return
-        if not isinstance(req, dict):
+            req = decode_whip_request(msg.data)
+        except MessageError:
             return
         # Answered in a task of its own: the subscription hands over messages one at a time,
         # so one slow negotiation would otherwise queue every other offer (and leave) behind
@@ -434,67 +441,64 @@ class Stage:
         self._whips.add(task)
         task.add_done_callback(self._whips.discard)
 
-    async def _answer_whip(self, space: str, run: SpaceRun, req: dict[str, Any],
+    async def _answer_whip(self, space: str, run: SpaceRun, req: WhipRequest,
                            reply_to: str) -> None:
         try:
             reply = await self._whip_reply(space, run, req)
         except Exception:
             log.exception("WHIP request failed", extra={"space": space})
-            reply = {"status": 500, "detail": "the stage could not handle this request"}
-        await self.bus.respond(reply_to, json.dumps(reply).encode())
+            reply = WhipReply(500, "the stage could not handle this request")
+        await self.bus.respond(reply_to, encode(reply))
 
-    async def _whip_reply(self, space: str, run: SpaceRun,
-                          req: dict[str, Any]) -> dict[str, object]:
+    async def _whip_reply(self, space: str, run: SpaceRun, req: WhipRequest) -> WhipReply:
         """The reply to one WHIP offer or leave: a status, a detail safe to show the client,
         and for a 201 the session id and SDP answer."""
-        if req.get("op") == "leave":
-            found = run.sessions.get(str(req.get("session")))
-            if found is None or found.identity != req.get("identity"):
-                return {"status": 404, "detail": "no such WHIP session", "slug": "no-session"}
+        if isinstance(req, WhipLeave):
+            found = run.sessions.get(req.session)
+            if found is None or found.identity != req.identity:
+                return WhipReply(404, "no such WHIP session", slug="no-session")
             await self._drop(space, found)
-            return {"status": 200}
-        identity = str(req.get("identity"))
+            return WhipReply(200)
+        identity = req.identity
         if identity not in run.stage_ids:
-            return {"status": 403, "detail": "not on this Space's stage"}
+            return WhipReply(403, "not on this Space's stage")
         try:  # the api checked too; the stage does not count on it
-            sdp = check_sdp(str(req.get("sdp", "")).encode())
+            sdp = check_sdp(req.sdp.encode())
         except Problem as refusal:
-            return {"status": refusal.status, "detail": refusal.detail,
-                    "slug": refusal.instance_slug}
+            return WhipReply(refusal.status, refusal.detail, slug=refusal.instance_slug)
         if not self.gate.enter(space):
-            return {"status": 503, "detail": "the stage is busy; retry shortly",
-                    "slug": "stage-busy", "retry_after": 1}
+            return WhipReply(503, "the stage is busy; retry shortly", slug="stage-busy",
+                             retry_after=1)
         try:
-            session = SpeakerSession(identity, str(req.get("name", identity)), self.ice)
+            session = SpeakerSession(identity, req.name or identity, self.ice)
             try:
                 answer = await asyncio.wait_for(session.answer(sdp), NEGOTIATION_TIMEOUT_S)
             except TimeoutError:
                 await session.close()
-                return {"status": 503, "detail": "the stage could not answer in time; retry",
-                        "slug": "stage-busy", "retry_after": 2}
+                return WhipReply(503, "the stage could not answer in time; retry",
+                                 slug="stage-busy", retry_after=2)
             except Exception:
                 # aiortc's messages are internals ('NoneType' object has no attribute...):
                 # they go to the log, the speaker gets a plain refusal.
                 log.warning("cannot use a WHIP offer", exc_info=True,
                             extra={"space": space, "identity": identity})
                 await session.close()
-                return {"status": 422, "detail": "the stage cannot use this offer",
-                        "slug": "offer-refused"}
+                return WhipReply(422, "the stage cannot use this offer", slug="offer-refused")
         finally:
             self.gate.leave(space)
         if self.runs.get(space) is not run:  # released while negotiating
             await session.close()
-            return {"status": 404, "detail": "the Space is no longer on this stage"}
+            return WhipReply(404, "the Space is no longer on this stage")
         if identity not in run.stage_ids:  # moved off the stage while negotiating
             await session.close()
-            return {"status": 403, "detail": "not on this Space's stage"}
+            return WhipReply(403, "not on this Space's stage")
         for old in [s for s in run.sessions.values() if s.identity == identity]:
             await self._drop(space, old)  # a reconnect replaces the old session
         run.sessions[session.id] = session
         reaper = asyncio.ensure_future(self._reap(space, session))
         self._reapers.add(reaper)
         reaper.add_done_callback(self._reapers.discard)
-        return {"status": 201, "session": session.id, "sdp": answer}
+        return WhipReply(201, session=session.id, sdp=answer)
 
     async def _reap(self, space: str, session: SpeakerSession) -> None:
         await session.closed.wait()
@@ -745,7 +749,7 @@ class Stage:
         ``heartbeat``."""
         try:
             await self.bus.publish(subjects.stage_report(self.node),
-                                   json.dumps(self.report(time.time())).encode())
+                                   encode(self.report(time.time())))
             await self.bus.flush(timeout=RENEW_TIMEOUT_S)
         except Exception:
             log.warning("stage heartbeat failed", exc_info=True)
