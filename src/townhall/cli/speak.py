@@ -4,8 +4,10 @@ records its mix-minus return feed, and reconnects on its own when the stage chan
 The source track encodes its own Opus (libopus through PyAV, mono, in-band FEC on) and
 hands aiortc ready-made ``av.Packet``s, which aiortc's RTP sender sends as they are (the
 pass-through it uses for ``MediaPlayer(decode=False)``): aiortc creates its own encoder
-privately, with no way to ask for FEC. ``--simulate-loss`` drops outgoing RTP packets
-after aiortc numbered them, to test the stage's FEC and PLC on a lossy uplink.
+privately, with no way to ask for FEC. The offer asks for generic NACK on Opus: the stage
+then asks for lost packets, and aiortc's sender resends them from its history.
+``--simulate-loss`` drops outgoing RTP packets after aiortc numbered them (resends
+included), to test the stage's FEC and PLC on a lossy uplink.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import argparse
 import asyncio
 import contextlib
 import fractions
+import json
 import random
+import re
 import signal
 import sys
 import time
@@ -29,16 +33,19 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import is_rtcp
 
+from townhall.client.rejoin import RejoinPacer
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.linkquality import LinkGauge, grade
-from townhall.stage.ingest import to_mono
+from townhall.stage.ingest import to_mono, with_nack
 from townhall.stage.rtc import rtc_configuration
+
+SPEAKER_BITRATE = 64_000
 
 
 class SpeakerEncoder:
     """Opus for the uplink: 48 kHz mono, 20 ms, in-band FEC sized for ``expected_loss`` %."""
 
-    def __init__(self, bitrate: int = 32_000, expected_loss: int = 10) -> None:
+    def __init__(self, bitrate: int = SPEAKER_BITRATE, expected_loss: int = 10) -> None:
         self._ctx: Any = cast(Any, av.CodecContext.create("libopus", "w"))
         self._ctx.sample_rate = SAMPLE_RATE
         self._ctx.layout = "mono"
@@ -63,13 +70,14 @@ class SourceTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, pcm: np.ndarray, expected_loss: int = 10) -> None:
+    def __init__(self, pcm: np.ndarray, expected_loss: int = 10,
+                 bitrate: int = SPEAKER_BITRATE) -> None:
         super().__init__()
         self.pcm = pcm
         self._pos = 0
         self._pts = 0
         self._start: float | None = None
-        self._encoder = SpeakerEncoder(expected_loss=expected_loss)
+        self._encoder = SpeakerEncoder(bitrate, expected_loss)
         self._packets: list[av.Packet] = []
         self._sent = 0
 
@@ -214,6 +222,13 @@ async def watch_return(recorder: ReturnRecorder, dropped: asyncio.Event) -> None
             dropped.set()
 
 
+def offer_nack(sdp: str) -> str:
+    """Our offer with ``a=rtcp-fb:<pt> nack`` on Opus: aiortc resends audio on NACK but
+    does not offer it, and the stage only asks senders that do."""
+    return with_nack(sdp, {int(pt) for pt in
+                           re.findall(r"a=rtpmap:(\d+) opus/48000", sdp, re.I)})
+
+
 def link_line(stats: Any, gauge: LinkGauge, now: float) -> tuple[str, str]:
     """The grade and a line about our uplink from the stage's receiver reports (aiortc's
     remote-inbound-rtp: cumulative packets lost, jitter in 48 kHz timestamp units), loss
@@ -249,7 +264,8 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
                        recorder: ReturnRecorder, stop: asyncio.Event,
                        expected_loss: int = 10, loss: LossPattern | None = None, *,
                        servers: list[dict[str, Any]] | None = None,
-                       relay_only: bool = False) -> str:
+                       relay_only: bool = False, nack: bool = True,
+                       bitrate: int = SPEAKER_BITRATE) -> str:
     """One WHIP session until it drops or we stop; returns why it ended. ICE servers are
     fetched from the server unless ``servers`` is given."""
     auth = {"Authorization": f"Bearer {token}"}
@@ -264,7 +280,7 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
     if relay_only and not any(u.startswith("turn") for s in servers for u in s["urls"]):
         return f"{ICE_FAILED}: --relay-only, but the server hands out no TURN server"
     pc = RTCPeerConnection(rtc_configuration(servers, relay_only=relay_only))
-    source = SourceTrack(pcm, expected_loss)
+    source = SourceTrack(pcm, expected_loss, bitrate)
     pc.addTransceiver(source, direction="sendrecv")
     dropped = asyncio.Event()
     readers: list[asyncio.Task[None]] = []
@@ -287,8 +303,9 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
         await pc.setLocalDescription(await pc.createOffer())
         if relay_only and " typ relay" not in pc.localDescription.sdp:
             return f"{ICE_FAILED}: no relay candidate (TURN refused or unreachable)"
+        offer = pc.localDescription.sdp
         async with httpx.AsyncClient(base_url=url, timeout=20) as http:
-            r = await http.post(f"/whip/{space}", content=pc.localDescription.sdp,
+            r = await http.post(f"/whip/{space}", content=offer_nack(offer) if nack else offer,
                                 headers={**auth, "Content-Type": "application/sdp"})
             if r.status_code != 201:
                 return f"refused {r.status_code}: {r.text}"
@@ -339,6 +356,24 @@ async def wait_connected(connected: asyncio.Event, dropped: asyncio.Event,
     return connected.is_set() and not stop.is_set()
 
 
+def next_delay(pacer: RejoinPacer, why: str) -> float:
+    """Seconds before the next offer, from why the last session ended (publish_once)."""
+    if why == "connection dropped":  # it was live: its stage died or was cut off
+        return pacer.dropped()
+    if not why.startswith("refused "):
+        return pacer.failed()
+    head, _, body = why.partition(": ")
+    try:
+        problem = json.loads(body)
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        return pacer.failed()
+    retry_after = problem.get("retry_after")
+    return pacer.refused(int(head.split()[1]), str(problem.get("type", "")).rsplit("/", 1)[-1],
+                         float(retry_after) if isinstance(retry_after, int | float) else None)
+
+
 async def speak(args: argparse.Namespace) -> int:
     pcm = tone(args.tone) if args.tone else read_wav(Path(args.file))
     recorder = ReturnRecorder()
@@ -350,11 +385,13 @@ async def speak(args: argparse.Namespace) -> int:
         loop.call_later(args.seconds, stop.set)
     loss = (LossPattern(args.simulate_loss / 100, args.loss_seed, args.simulate_burst)
             if args.simulate_loss or args.simulate_burst else None)
-    attempt = ice_failures = 0
+    pacer = RejoinPacer()
+    ice_failures = 0
     try:
         while not stop.is_set():
             why = await publish_once(args.url, args.space, args.token, pcm, recorder, stop,
-                                     args.expected_loss, loss, relay_only=args.relay_only)
+                                     args.expected_loss, loss, relay_only=args.relay_only,
+                                     nack=not args.no_nack, bitrate=args.bitrate * 1000)
             if why == "stopped":
                 break
             if why.startswith(("refused 401", "refused 403", "refused 404")):
@@ -366,8 +403,7 @@ async def speak(args: argparse.Namespace) -> int:
             if ice_failures >= ICE_ATTEMPTS:
                 print(f"speak: {why}: {ICE_HELP}", file=sys.stderr, flush=True)
                 return 3
-            attempt += 1
-            delay = random.uniform(0, min(5.0, 0.25 * 2 ** attempt))  # full jitter
+            delay = next_delay(pacer, why)
             print(f"speak: {why}; reconnecting in {delay:.1f}s", file=sys.stderr, flush=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -392,6 +428,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--return-out", default="", help="save the return feed to this WAV")
     p.add_argument("--expected-loss", type=int, default=10, metavar="PCT",
                    help="uplink loss to protect against with Opus in-band FEC (0 = no FEC)")
+    p.add_argument("--bitrate", type=int, default=SPEAKER_BITRATE // 1000, metavar="KBPS",
+                   help="Opus bitrate of the uplink in kbit/s (default %(default)s)")
+    p.add_argument("--no-nack", action="store_true",
+                   help="do not offer to resend lost packets (leaves repair to FEC and PLC)")
     p.add_argument("--simulate-loss", type=float, default=0, metavar="PCT",
                    help="testing: drop this share of outgoing RTP packets at random")
     p.add_argument("--simulate-burst", type=int, default=0, metavar="N",

@@ -456,7 +456,7 @@ class Stage:
             # Our lease is already in KV (so the api asked) but the clock is not running
             # yet: say so now rather than leave the api waiting out its timeout.
             await self.bus.respond(msg.reply, encode(WhipReply(
-                503, "the stage is taking this Space over; retry", slug="stage-busy",
+                503, "the stage is taking this Space over; retry", slug="no-stage",
                 retry_after=1)))
             return
         if run is None or not msg.reply:
