@@ -59,6 +59,22 @@ class Served:
         path = self.data / USERS_FILE
         return load_auth_file(path, roles) if roles else admin_auth(path)
 
+    def wait_healthy(self, wait: float = 30.0) -> Served:
+        """Wait (bounded) for /healthz to say ok; a server that exits or never does is
+        stopped and its log tail raised."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"townhall serve exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop(signal.SIGKILL)
+        raise TimeoutError(f"townhall serve not healthy after {wait}s:\n{self.tail()}")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         stop_process(self.proc, timeout, sig)
         return int(self.proc.returncode)
@@ -70,10 +86,22 @@ class Served:
             return ""
 
 
-def start_townhall(data: Path, *extra: str, wait: float = 30.0,
-                   env: dict[str, str] | None = None) -> Served:
-    """Start `townhall serve` on a free port and wait for /healthz to say ok."""
-    port = free_port()
+_HANDED_OUT: set[int] = set()  # ports given to servers that may not have bound them yet
+
+
+def fresh_port() -> int:
+    """A free loopback port never handed out before in this run: servers started side by
+    side cannot be given the same one before either has bound it."""
+    port = free_port(avoid=frozenset(_HANDED_OUT))
+    _HANDED_OUT.add(port)
+    return port
+
+
+def spawn_townhall(data: Path, *extra: str, env: dict[str, str] | None = None,
+                   port: int | None = None) -> Served:
+    """Start `townhall serve` on a free port without waiting for it (``Served.wait_healthy``):
+    several servers a test needs then boot side by side."""
+    port = port or fresh_port()
     data.mkdir(parents=True, exist_ok=True)
     log = data / f"serve-{port}.log"
     argv = [sys.executable, "-m", "townhall", "serve", "--port", str(port),
@@ -81,19 +109,13 @@ def start_townhall(data: Path, *extra: str, wait: float = 30.0,
     proc = subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
                             start_new_session=True)
-    served = Served(url=f"http://127.0.0.1:{port}", data=data, proc=proc, log=log, argv=argv)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"townhall serve exited {proc.returncode}:\n{served.tail()}")
-        try:
-            if httpx.get(f"{served.url}/healthz", timeout=1).status_code == 200:
-                return served
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    served.stop(signal.SIGKILL)
-    raise TimeoutError(f"townhall serve not healthy after {wait}s:\n{served.tail()}")
+    return Served(url=f"http://127.0.0.1:{port}", data=data, proc=proc, log=log, argv=argv)
+
+
+def start_townhall(data: Path, *extra: str, wait: float = 30.0,
+                   env: dict[str, str] | None = None) -> Served:
+    """Start `townhall serve` on a free port and wait for /healthz to say ok."""
+    return spawn_townhall(data, *extra, env=env).wait_healthy(wait)
 
 
 @contextmanager

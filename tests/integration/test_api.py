@@ -20,7 +20,7 @@ import pytest
 import schemathesis
 from nats.aio.msg import Msg
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served, running, start_townhall
 from townhall.auth import TokenIssuer, load_or_create_secret
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -270,25 +270,19 @@ def test_a_restart_finds_every_space_as_it_was(tmp_path: Path, sig: int) -> None
         before = httpx.get(f"{first.url}/api/v1/spaces/{space}").json()
     finally:
         assert first.stop(sig) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
-    second = start_townhall(tmp_path / "data")
-    try:
+    with running(tmp_path / "data") as second:
         after = httpx.get(f"{second.url}/api/v1/spaces/{space}").json()
         assert after == before
         with second.client(host[0]) as c:  # the same secret: old tokens still work
             r = c.post(f"/api/v1/spaces/{space}/actions",
                        json={"action": "approve", "identity": bob[1]})
             assert r.status_code == 200 and r.json()["version"] == before["version"] + 1
-    finally:
-        second.stop()
 
 
 def test_closed_mode_refuses_guests(tmp_path: Path) -> None:
-    s = start_townhall(tmp_path / "data", "--closed")
-    try:
+    with running(tmp_path / "data", "--closed") as s:
         r = httpx.post(f"{s.url}/api/v1/sessions", json={"name": "x"})
         assert r.status_code == 403 and r.json()["type"] == "/problems/closed"
-    finally:
-        s.stop()
 
 
 def issuer(s: Served) -> TokenIssuer:

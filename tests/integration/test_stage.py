@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import Served, start_townhall
+from tests.stages import live_space_with
 from townhall.client.listener import ResilientListener
 from townhall.media.chunk import Chunk
 from townhall.media.opus import OpusDecoder
@@ -39,24 +40,6 @@ def band_db(pcm: np.ndarray, hz: float) -> float:
 def read_wav(path: Path) -> np.ndarray:
     with wave.open(str(path)) as w:
         return np.frombuffer(w.readframes(w.getnframes()), np.int16)
-
-
-def live_space_with(served: Served, *names: str) -> tuple[str, list[tuple[str, str]]]:
-    people = []
-    for name in names:
-        r = httpx.post(f"{served.url}/api/v1/sessions", json={"name": name}, timeout=10)
-        people.append((r.json()["token"], r.json()["identity"]))
-    host = people[0][0]
-    with served.client(host) as c:
-        space = c.post("/api/v1/spaces", json={"title": "Stage"}).json()["id"]
-        c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
-        for token, ident in people[1:]:
-            httpx.post(f"{served.url}/api/v1/spaces/{space}/actions",
-                       json={"action": "request"}, timeout=10,
-                       headers={"Authorization": f"Bearer {token}"}).raise_for_status()
-            c.post(f"/api/v1/spaces/{space}/actions",
-                   json={"action": "approve", "identity": ident}).raise_for_status()
-    return space, people
 
 
 def speak(served: Served, space: str, token: str, hz: int, seconds: float,

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served
 from tests.integration.test_stage_program import guest, spawn_speaker
-from tests.integration.test_stage_takeover import stage_child, tone_db
+from tests.stages import stage_child, tone_db
 from tests.waiting import until_async
 from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message
@@ -50,8 +50,9 @@ class FloodTrack(MediaStreamTrack):
         return frame
 
 
-async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(tmp_path: Path) -> None:
-    served: Served = start_townhall(tmp_path / "data")
+async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(
+        tmp_path: Path, townhall: Served) -> None:
+    served = townhall
     speaker = None
     pc = RTCPeerConnection()
     flood = FloodTrack()
@@ -109,4 +110,3 @@ async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(tmp_path: Pat
             await pc.close()
         if speaker is not None:
             stop_process(speaker, 15)
-        served.stop()

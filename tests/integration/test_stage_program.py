@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import Served, start_townhall
-from tests.integration.test_stage_takeover import stage_child
+from tests.stages import stage_child
 from tests.waiting import until_async
 from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message

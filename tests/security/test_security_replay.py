@@ -3,27 +3,16 @@ may keep them: strangers get the same 404 as for a Space that does not exist."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import Served, start_townhall
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def wait_for(cond: Callable[[], Any], bound_s: float, what: str) -> Any:
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"not within {bound_s}s: {what}")
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +35,14 @@ def test_private_recording_is_for_its_people_only(served: Served, tmp_path: Path
                                                "record": True}).json()["id"]
         c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
         # Live HLS for the host proves program chunks exist (the stage took the Space).
-        wait_for(lambda: c.get(f"/hls/{space}/index.m3u8").status_code == 200, 60,
+        until(lambda: c.get(f"/hls/{space}/index.m3u8").status_code == 200, 60,
                  "live segments")
         live = c.get(f"/hls/{space}/index.m3u8")
         assert live.headers["cache-control"].startswith("private")
         clip = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0, "duration": 1})
         assert clip.status_code == 201, clip.text
         c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
-        wait_for(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
+        until(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
                                     dict), 60, "the recording is ready")
     urls = [f"/replay/{space}.opus", clip.json()["url"], f"/hls/{space}/index.m3u8",
             f"/hls/{space}/init.mp4", f"/hls/{space}/0.m4s"]

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from tests.conftest import Served, start_townhall
-from tests.integration.test_stage_takeover import stage_child
 from tests.security.offers import CHROMIUM_AV, PLAIN, bomb
+from tests.stages import stage_child
 from townhall import sdp as sdpbounds
 from townhall.api.whip import IDENTITY_BURST, SPACE_BURST, OfferBudget, stage_refusal
 from townhall.auth import TokenIssuer

@@ -116,8 +116,30 @@ def api_calls(requests: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(m, u) for m, u in requests if urlsplit(u).path.startswith("/api/")]
 
 
-def listen_anonymously(make: Callable[..., BrowserContext], hall: Hall) -> Page:
-    """Open the share link in a fresh browser, press Listen, watch LISTEN_S seconds."""
+@dataclass
+class Listening:
+    """A fresh browser listening to a share link, and every request its page made."""
+
+    hall: Hall
+    page: Page
+    requests: list[tuple[str, str]]
+    seen: int = 0
+    frames: int = 0
+
+    def watch(self) -> None:
+        """Start an observation window: nothing may happen in it but audio."""
+        self.seen, self.frames = len(self.requests), player(self.page)["framesDecoded"]
+
+    def assert_quiet(self) -> None:
+        assert api_calls(self.requests[self.seen:]) == [], \
+            "a listening page polled the control plane"
+        assert player(self.page)["framesDecoded"] > self.frames + 500, \
+            "the decoder stopped being fed"
+
+
+def listen_anonymously(make: Callable[..., BrowserContext], hall: Hall) -> Listening:
+    """Open the share link in a fresh browser and press Listen: it plays, signed in as
+    nobody, counted once, having asked the api for at most the edge list."""
     page = make(hall.served).new_page()
     page.set_default_timeout(WAIT_MS)
     requests: list[tuple[str, str]] = []
@@ -142,26 +164,24 @@ def listen_anonymously(make: Callable[..., BrowserContext], hall: Hall) -> Page:
     loaded = api_calls(requests)
     assert len(loaded) <= 1 and all(u.endswith(f"/spaces/{hall.space}/listen")
                                     for _, u in loaded), loaded
-
-    # An observation window, not a wait for a condition: nothing may happen in it.
-    seen, frames = len(requests), player(page)["framesDecoded"]
-    page.wait_for_timeout(LISTEN_S * 1000)
-    assert api_calls(requests[seen:]) == [], "a listening page polled the control plane"
-    assert player(page)["framesDecoded"] > frames + 500, "the decoder stopped being fed"
-    return page
+    return Listening(hall, page, requests)
 
 
-def test_share_link_plays_without_sign_in(context: Callable[..., BrowserContext],
-                                          hall: Hall) -> None:
-    listen_anonymously(context, hall)
-
-
-def test_share_link_plays_without_sign_in_in_closed_mode(
-        context: Callable[..., BrowserContext], tmp_path: Path) -> None:
+def test_share_link_plays_without_sign_in_in_open_and_closed_mode(
+        context: Callable[..., BrowserContext], hall: Hall, tmp_path: Path) -> None:
     closed = open_hall(tmp_path / "data", "--closed")
     try:
-        page = listen_anonymously(context, closed)
-        # An action that needs an identity explains where sign-in comes from here.
+        both = [listen_anonymously(context, hall), listen_anonymously(context, closed)]
+        # One observation window for both modes (the pages listen side by side), not a
+        # wait for a condition: nothing but audio may happen in it.
+        for listening in both:
+            listening.watch()
+        both[0].page.wait_for_timeout(LISTEN_S * 1000)
+        for listening in both:
+            listening.assert_quiet()
+        both[0].page.context.close()
+        # Closed mode: an action that needs an identity explains where sign-in comes from.
+        page = both[1].page
         page.get_by_role("button", name="React 🔥").click()
         dialog = page.get_by_role("dialog", name="Sign in")
         expect(dialog).to_contain_text("the app that sent you here")
