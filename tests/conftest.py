@@ -3,6 +3,8 @@ each on free loopback ports with bounded waits."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from townhall.bus import NatsAuth
+from townhall.auth import TokenIssuer, load_or_create_secret
+from townhall.bus import NatsAuth, NatsBus, subjects
 from townhall.bus.credentials import USERS_FILE, admin_auth, load_auth_file
 from townhall.bus.embedded import EmbeddedNats, free_port
 from townhall.procs import stop_process
@@ -58,6 +61,45 @@ class Served:
         a process running ``roles`` connects as."""
         path = self.data / USERS_FILE
         return load_auth_file(path, roles) if roles else admin_auth(path)
+
+    def nats_url(self) -> str:
+        """Its embedded NATS server's URL (from the nats-server child's argv)."""
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes().decode().split("\0")
+            except (OSError, ValueError):
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid \
+                    and argv[0].endswith("nats-server"):
+                return f"nats://{argv[argv.index('-a') + 1]}:{argv[argv.index('-p') + 1]}"
+        raise AssertionError("townhall serve has no nats-server child")
+
+    def end_live_spaces(self) -> int:
+        """End every live Space, each as its host; how many. A server that outlives a
+        test module must not go on mixing the Spaces the module left live."""
+
+        async def live() -> list[dict[str, dict[str, str]]]:
+            bus = await NatsBus.connect([self.nats_url()], auth=self.nats_auth())
+            try:
+                snaps = []
+                for key in await bus.kv_keys(subjects.SPACES_BUCKET):
+                    entry = await bus.kv_get(subjects.SPACES_BUCKET, key)
+                    snap = json.loads(entry.value) if entry and entry.value else {}
+                    if snap.get("state") == "live":
+                        snaps.append(snap)
+                return snaps
+            finally:
+                await bus.close()
+
+        issuer = TokenIssuer(load_or_create_secret(self.data))
+        snaps = asyncio.run(live())
+        for snap in snaps:
+            host = snap["host"]
+            token = issuer.mint(host["id"], host["name"])
+            httpx.post(f"{self.url}/api/v1/spaces/{snap['id']}/end", timeout=10,
+                       headers={"Authorization": f"Bearer {token}"}).raise_for_status()
+        return len(snaps)
 
     def wait_healthy(self, wait: float = 30.0) -> Served:
         """Wait (bounded) for /healthz to say ok; a server that exits or never does is
@@ -136,11 +178,20 @@ def townhall(tmp_path: Path) -> Iterator[Served]:
         yield served
 
 
-@pytest.fixture(scope="module")
-def townhall_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One `townhall serve` shared by a module's tests (cheaper; tests use fresh Spaces)."""
+@pytest.fixture(scope="session")
+def _townhall_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     with running(tmp_path_factory.mktemp("townhall") / "data") as served:
         yield served
+
+
+@pytest.fixture(scope="module")
+def townhall_shared(_townhall_session: Served) -> Iterator[Served]:
+    """One default `townhall serve` (all roles, embedded NATS) shared by every module that
+    asks, for tests that only add Spaces of their own, never change the server or its
+    settings, and never count what other tests made: each start costs seconds. The live
+    Spaces a module leaves are ended after it."""
+    yield _townhall_session
+    _townhall_session.end_live_spaces()
 
 
 @pytest.fixture(scope="session")

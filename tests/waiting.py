@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 
@@ -24,8 +24,18 @@ def until(check: Callable[[], T], bound_s: float, what: str, every_s: float = 0.
         time.sleep(every_s)
 
 
-async def until_async(check: Callable[[], T | Awaitable[T]], bound_s: float, what: str,
-                      every_s: float = 0.05) -> T:
+@overload
+async def until_async(check: Callable[[], Awaitable[T]], bound_s: float, what: str,
+                      every_s: float = 0.05) -> T: ...
+
+
+@overload
+async def until_async(check: Callable[[], T], bound_s: float, what: str,
+                      every_s: float = 0.05) -> T: ...
+
+
+async def until_async(check: Callable[[], object], bound_s: float, what: str,
+                      every_s: float = 0.05) -> object:
     """As ``until``, on the event loop; ``check`` may be a plain or an async function."""
     deadline = time.monotonic() + bound_s
     while True:
@@ -33,7 +43,7 @@ async def until_async(check: Callable[[], T | Awaitable[T]], bound_s: float, wha
         if inspect.isawaitable(got):
             got = await got
         if got:
-            return got  # type: ignore[return-value]
+            return got
         if time.monotonic() >= deadline:
             raise AssertionError(f"not within {bound_s}s: {what}")
         await asyncio.sleep(every_s)

@@ -86,9 +86,9 @@ async def test_recording_survives_a_killed_stage(tmp_path: Path, townhall: Serve
             stop.set()
             await asyncio.wait_for(task, 15)
 
-            async def recording() -> dict[str, str] | None:
+            async def recording() -> dict[str, str]:
                 rec = (await http.get(f"/api/v1/spaces/{space}")).json()["recording"]
-                return rec if isinstance(rec, dict) else None
+                return rec if isinstance(rec, dict) else {}
 
             rec = await until_async(recording, 60, "the recording is ready", every_s=0.1)
             data = (await http.get(rec["url"])).content

@@ -41,9 +41,9 @@ Scrape = dict[str, dict[str, float]]
 def scraped(served: Served, cond: Callable[[Scrape], bool], bound_s: float,
             what: str) -> Scrape:
     """The first scrape for which ``cond`` holds (tests/waiting.py's bounded wait)."""
-    def check() -> Scrape | None:
+    def check() -> Scrape:
         m = scrape(served)
-        return m if cond(m) else None
+        return m if cond(m) else {}
 
     return until(check, bound_s, what, every_s=0.25)
 

@@ -12,7 +12,7 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +58,8 @@ def passwords(served: Served) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start_townhall(tmp_path_factory.mktemp("natsauth") / "data")
-    yield s
-    s.stop()
+def served(townhall_shared: Served) -> Served:
+    return townhall_shared
 
 
 async def connect(url: str, auth: NatsAuth | None = None,

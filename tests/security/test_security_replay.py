@@ -3,23 +3,20 @@ may keep them: strangers get the same 404 as for a Space that does not exist."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start_townhall(tmp_path_factory.mktemp("sec-replay") / "data")
-    yield s
-    s.stop()
+def served(townhall_shared: Served) -> Served:
+    return townhall_shared
 
 
 def guest(served: Served, name: str) -> str:

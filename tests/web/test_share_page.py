@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served, running
 from tests.waiting import until
 from tests.web.chromium import chromium, needs_chromium
 from townhall.auth import TokenIssuer, load_or_create_secret
@@ -54,30 +55,32 @@ class Hall:
         return snap
 
 
-def open_hall(data: Path, *flags: str, title: str = TITLE) -> Hall:
-    served = start_townhall(data, *flags)
-    try:
-        if "--closed" in flags:  # no guest sessions: the operator's app mints tokens
-            token = TokenIssuer(load_or_create_secret(served.data)).mint(
-                "host-tone", "Host Tone", role="host")
-        else:
-            token = served.session("Host Tone")
-        with served.client(token) as c:
-            space = c.post("/api/v1/spaces", json={"title": title}).json()["id"]
-            assert c.post(f"/api/v1/spaces/{space}/start").status_code == 200
-        speaker = subprocess.Popen(
-            [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
-             "--token", token, "--tone", "440", "--seconds", "400"],
-            stdout=(data.parent / "speak.log").open("wb"), stderr=subprocess.STDOUT)
-    except BaseException:
-        served.stop(timeout=5)
-        raise
+def hall_on(served: Served, where: Path, *, closed: bool = False) -> Hall:
+    """A live Space titled TITLE on ``served`` with a tone on its stage."""
+    if closed:  # no guest sessions: the operator's app mints tokens
+        token = TokenIssuer(load_or_create_secret(served.data)).mint(
+            "host-tone", "Host Tone", role="host")
+    else:
+        token = served.session("Host Tone")
+    with served.client(token) as c:
+        space = c.post("/api/v1/spaces", json={"title": TITLE}).json()["id"]
+        assert c.post(f"/api/v1/spaces/{space}/start").status_code == 200
+    speaker = subprocess.Popen(
+        [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
+         "--token", token, "--tone", "440", "--seconds", "400"],
+        stdout=(where / "speak.log").open("wb"), stderr=subprocess.STDOUT)
     return Hall(served, space, token, speaker)
 
 
-def close_hall(hall: Hall) -> None:
-    stop_process(hall.speaker, sig=signal.SIGINT)
-    hall.served.stop(timeout=5)
+@contextmanager
+def closed_hall(where: Path) -> Iterator[Hall]:
+    """A hall on a server of its own in closed mode."""
+    with running(where / "data", "--closed") as served:
+        hall = hall_on(served, where, closed=True)
+        try:
+            yield hall
+        finally:
+            stop_process(hall.speaker, sig=signal.SIGINT)
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +90,10 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def hall(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hall]:
-    h = open_hall(tmp_path_factory.mktemp("hall") / "data")
+def hall(townhall_shared: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hall]:
+    h = hall_on(townhall_shared, tmp_path_factory.mktemp("hall"))
     yield h
-    close_hall(h)
+    stop_process(h.speaker, sig=signal.SIGINT)
 
 
 @pytest.fixture
@@ -169,8 +172,7 @@ def listen_anonymously(make: Callable[..., BrowserContext], hall: Hall) -> Liste
 
 def test_share_link_plays_without_sign_in_in_open_and_closed_mode(
         context: Callable[..., BrowserContext], hall: Hall, tmp_path: Path) -> None:
-    closed = open_hall(tmp_path / "data", "--closed")
-    try:
+    with closed_hall(tmp_path) as closed:
         both = [listen_anonymously(context, hall), listen_anonymously(context, closed)]
         # One observation window for both modes (the pages listen side by side), not a
         # wait for a condition: nothing but audio may happen in it.
@@ -189,8 +191,6 @@ def test_share_link_plays_without_sign_in_in_open_and_closed_mode(
         dialog.get_by_role("button", name="OK").click()
         expect(dialog).to_have_count(0)
         page.context.close()
-    finally:
-        close_hall(closed)
 
 
 def test_reacting_asks_for_sign_in_then_counts(context: Callable[..., BrowserContext],
