@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,9 @@ class Served:
                 await bus.close()
 
         issuer = TokenIssuer(load_or_create_secret(self.data))
-        snaps = asyncio.run(live())
+        # In a thread of its own: a module may hold an event loop in this one (Playwright's).
+        with ThreadPoolExecutor(1) as pool:
+            snaps = pool.submit(lambda: asyncio.run(live())).result(timeout=60)
         for snap in snaps:
             host = snap["host"]
             token = issuer.mint(host["id"], host["name"])
