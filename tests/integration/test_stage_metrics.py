@@ -41,11 +41,11 @@ Scrape = dict[str, dict[str, float]]
 def scraped(served: Served, cond: Callable[[Scrape], bool], bound_s: float,
             what: str) -> Scrape:
     """The first scrape for which ``cond`` holds (tests/waiting.py's bounded wait)."""
-    def check() -> Scrape:
+    def check() -> tuple[Scrape, ...]:  # (m,): truthy even when m is empty (no stage left)
         m = scrape(served)
-        return m if cond(m) else {}
+        return (m,) if cond(m) else ()
 
-    return until(check, bound_s, what, every_s=0.25)
+    return until(check, bound_s, what, every_s=0.25)[0]
 
 
 def test_stage_metrics_on_the_api(tmp_path: Path, townhall: Served) -> None:
