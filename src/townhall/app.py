@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from townhall import __version__
+from townhall.bus import UNREACHABLE
 from townhall.context import Context
 from townhall.observability import MetricsMiddleware, healthz_endpoint, metrics
 from townhall.problems import (
@@ -30,6 +31,7 @@ from townhall.problems import (
     BadInput,
     Problem,
     TooLarge,
+    Unavailable,
     Unprocessable,
 )
 from townhall.web.headers import SecurityHeaders
@@ -44,6 +46,9 @@ HTTP_PLUGINS: dict[str, list[str]] = {
     "edge": ["townhall.edge.plugin"],
 }
 MAX_BODY = 64 * 1024
+BUS_RETRY_S = 2  # NATS unanswered: a node re-elected or a route back takes seconds
+BUS_WHY = "NATS did not answer in time (bus-unavailable: a partition, a node restarting); " \
+          "see Retry-After"
 STAGE_QUIET_S = 5.0     # no stage heartbeat for this long: the stage role is down
 STAGE_STARTUP_S = 30.0  # ...after its first report, or once it has had this long to start
 
@@ -141,6 +146,15 @@ def install_problem_handlers(app: FastAPI) -> None:
         body = problem.to_dict() | {"status": exc.status_code, "title": str(exc.detail)}
         return ProblemResponse(body, status_code=exc.status_code, headers=exc.headers)
 
+    async def on_unreachable(request: Request, exc: Exception) -> JSONResponse:
+        # One place for every route that reads or writes NATS: a cut-off bus is a
+        # "retry later", never a 500 (nothing was changed that a retry would repeat
+        # wrongly: a KV write is a compare-and-set).
+        log.warning("NATS did not answer in time (%s): %r", request.url.path, exc)
+        return problem_response(Unavailable("the message bus did not answer in time; "
+                                            "retry shortly", retry_after=BUS_RETRY_S,
+                                            slug="bus-unavailable"))
+
     async def on_crash(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return problem_response(Problem("an internal error occurred; nothing was changed"))
@@ -148,6 +162,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    for kind in UNREACHABLE:
+        app.add_exception_handler(kind, on_unreachable)
     app.add_exception_handler(Exception, on_crash)
 
 
@@ -166,6 +182,7 @@ def describe_problems(app: FastAPI) -> None:
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
                 responses = operation.get("responses", {})
+                _bus_unavailable(responses)
                 content = responses.get("422", {}).get("content", {})
                 if content.get("application/json", {}).get("schema", {}).get("$ref") \
                         != default_422:
@@ -185,6 +202,23 @@ def describe_problems(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _bus_unavailable(responses: dict[str, Any]) -> None:
+    """Every route that refuses anything may also say 503 bus-unavailable (the handler in
+    install_problem_handlers): describe it beside the route's own reasons for a 503."""
+    if not any(str(s).startswith(("4", "5")) for s in responses):
+        return
+    if "503" in responses:
+        ours = dict(responses["503"])  # (never mutate a dict other routes may share)
+        ours["description"] = f"{ours.get('description', '')}; or {BUS_WHY}"
+        responses["503"] = ours
+        return
+    responses["503"] = {
+        "description": BUS_WHY,
+        "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        "headers": {"Retry-After": {"description": "seconds to wait",
+                                    "schema": {"type": "integer"}}}}
 
 
 def _mentions(tree: Any, ref: str) -> bool:

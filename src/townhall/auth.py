@@ -88,6 +88,12 @@ class TokenIssuer:
             return None
         return hmac.new(self._secret, b"townhall-net\0" + net, hashlib.sha256).hexdigest()[:20]
 
+    def derive_key(self, purpose: str) -> bytes:
+        """A key for another signature (e.g. replay tickets), derived from the secret so
+        that no signature of one kind passes for another."""
+        return hmac.new(self._secret, b"townhall-key\0" + purpose.encode(),
+                        hashlib.sha256).digest()
+
     def mint(self, identity: str, name: str, *, space: str | None = None,
              role: str = "host", ttl: int = DEFAULT_TTL, now: float | None = None,
              guest: bool = False, net: str | None = None) -> str:

@@ -71,7 +71,7 @@ async def make_context(settings: Settings, roles: Iterable[str] | None = None) -
     here = list(roles) if roles is not None else list(settings.roles)
     bus = await NatsBus.connect(settings.nats_urls, name=f"townhall-{'+'.join(here)}",
                                 replicas=settings.replicas, auth=nats_auth(settings, here),
-                                tls=nats_tls(settings))
+                                tls=nats_tls(settings), timeout=settings.nats_timeout)
     issuer = TokenIssuer(load_or_create_secret(settings.data_dir))
     return Context(settings=settings, bus=bus, issuer=issuer)
 
@@ -142,6 +142,7 @@ def _child_argv(settings: Settings, roles: list[str]) -> list[str]:
     argv = [sys.executable, "-m", "townhall", "serve", "--roles", ",".join(roles),
             "--nats", ",".join(settings.nats_urls), "--data", str(settings.data_dir),
             "--log-level", settings.log_level, "--replicas", str(settings.replicas),
+            "--nats-timeout", str(settings.nats_timeout),
             # Its own stable name: leases, heartbeats and metrics then say which machine's
             # stage this is, not a hostname with a random suffix.
             "--node-id", f"{settings.node_id}-{'-'.join(roles)}"]

@@ -59,6 +59,9 @@ class Settings:
     nats_tls_cert: Path | None = field(
         default_factory=lambda: _env_path("TOWNHALL_NATS_TLS_CERT"))
     nats_tls_key: Path | None = field(default_factory=lambda: _env_path("TOWNHALL_NATS_TLS_KEY"))
+    # How long a request to NATS may go unanswered (a node cut off, JetStream electing a
+    # leader) before the api answers 503 + Retry-After rather than keep its client waiting.
+    nats_timeout: float = float(os.environ.get("TOWNHALL_NATS_TIMEOUT", "10"))
     roles: tuple[str, ...] = ALL_ROLES
     closed: bool = False
     public_url: str = ""

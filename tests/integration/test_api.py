@@ -398,7 +398,8 @@ def test_openapi_describes_answers_and_problems(served: Served) -> None:
         snapshot["required"])
     ops = {(path, method): op for path, item in doc["paths"].items()
            for method, op in item.items() if path.startswith("/api/v1")}
-    assert len(ops) == 13  # 10 + GET /api/v1/ice + DELETE recording + POST clips
+    # 10 + GET /api/v1/ice + DELETE recording + POST clips + POST recording/ticket
+    assert len(ops) == 14
     for (path, method), op in ops.items():
         ok = [s for s in op["responses"] if s.startswith("2")]
         assert ok and op["responses"][ok[0]]["content"]["application/json"]["schema"], path
@@ -413,6 +414,10 @@ def test_openapi_describes_answers_and_problems(served: Served) -> None:
     assert list(publish["201"]["content"]) == ["application/sdp"]
     assert {"400", "401", "403", "404", "409", "422", "503"} <= set(publish)
     assert "Retry-After" in publish["503"]["headers"]
+    # Every route that needs NATS may answer 503 bus-unavailable (app.py's one handler).
+    assert "bus-unavailable" in publish["503"]["description"]
+    for (path, method), op in ops.items():
+        assert "Retry-After" in op["responses"]["503"]["headers"], (method, path)
     assert all(list(publish[s]["content"]) == [PROBLEM] for s in publish if s != "201")
     assert "404" in doc["paths"]["/whip/{space}/{session}"]["delete"]["responses"]
 

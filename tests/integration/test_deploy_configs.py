@@ -1,27 +1,22 @@
 """`townhall deploy`'s files are what nats-server and systemd accept (`nats-server -t`,
-`systemd-analyze verify`), and the generated cluster runs: three nodes on loopback
-addresses routed over TLS, an edge machine's leaf node, each role held to its subjects."""
+`systemd-analyze verify`). That the generated cluster runs (three nodes routed over TLS,
+an edge machine's leaf node with its edges, each role held to its subjects) is shown
+across network namespaces by tests/netns/test_leaf.py, from the same files and units."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import nats
 import pytest
 
 from tests.certs import ThrowawayCA
-from townhall.bus import NatsAuth, NatsBus, subjects
-from townhall.bus.embedded import nats_server_binary, wait_for_port
-from townhall.bus.tls import NatsTls
+from townhall.bus.embedded import nats_server_binary
 from townhall.deploy.plan import Layout, Plan, parse_plan
 from townhall.deploy.render import Secrets, host_files
-from townhall.procs import stop_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -88,85 +83,3 @@ def test_systemd_accepts_every_generated_unit(
         r = subprocess.run(["systemd-analyze", "verify", *names], cwd=units,
                            capture_output=True, text=True, timeout=60, check=False)
         assert r.returncode == 0 and not r.stderr.strip(), (units, r.stdout, r.stderr)
-
-
-@pytest.fixture(scope="module")
-def cluster(deployed: tuple[Path, dict[str, Path], Secrets]) -> Iterator[None]:
-    """The four nats-servers from the generated configs (monitor ports moved apart:
-    on one machine they would all want 127.0.0.1:8222)."""
-    _, confs, _ = deployed
-    procs = []
-    try:
-        for i, (name, conf) in enumerate(confs.items()):
-            conf.write_text(conf.read_text().replace("127.0.0.1:8222", f"127.0.0.1:{18222 + i}"))
-            procs.append(subprocess.Popen([nats_server_binary(), "-c", str(conf)],
-                                          stdout=subprocess.DEVNULL,
-                                          stderr=(conf.parent / "log").open("wb")))
-            addr = next(h["address"] for h in HOSTS["hosts"] if h["name"] == name)
-            wait_for_port("127.0.0.1" if name == "e1" else str(addr), 4222, 15, procs[-1])
-        yield
-    finally:
-        for p in procs:
-            stop_process(p, 10)
-
-
-async def test_the_generated_cluster_runs_with_tls_leaf_and_permissions(
-        cluster: None, deployed: tuple[Path, dict[str, Path], Secrets]) -> None:
-    root, _, sec = deployed
-    ca = NatsTls(ca=root / "h1" / "etc" / "tls" / "ca.pem")
-    api_auth = NatsAuth(user="api", password=sec.passwords["api"])
-    urls = [f"tls://127.0.0.1{i}:4222" for i in (1, 2, 3)]
-    # The api creates the streams and buckets, replicated on the three nodes (which needs
-    # the routes up: retried until JetStream has its quorum).
-    api = None
-    for _ in range(100):
-        try:
-            api = await NatsBus.connect(urls, auth=api_auth, tls=ca, replicas=3)
-            break
-        except Exception:
-            await asyncio.sleep(0.2)
-    assert api is not None, "the api never set up the replicated topology"
-    try:
-        await api.kv_create(subjects.SPACES_BUCKET, "abcdefghij", b'{"title": "Deployed"}')
-        # An edge on the edge machine reads through its leaf node, as the edge user.
-        edge = await NatsBus.connect(["nats://127.0.0.1:4222"], setup=False,
-                                 auth=NatsAuth(user="edge", password=sec.passwords["edge"]))
-        try:
-            entry = None
-            for _ in range(100):
-                try:
-                    entry = await edge.kv_get(subjects.SPACES_BUCKET, "abcdefghij")
-                    break
-                except Exception:
-                    await asyncio.sleep(0.1)  # the leaf is still connecting to the hub
-            assert entry is not None and json.loads(entry.value)["title"] == "Deployed"
-        finally:
-            await edge.close()
-        # Still an edge there: it may not publish media.
-        errors: list[Exception] = []
-
-        async def collect(exc: Exception) -> None:
-            errors.append(exc)
-
-        nc = await nats.connect("nats://127.0.0.1:4222", user="edge",
-                                password=sec.passwords["edge"], error_cb=collect,
-                                allow_reconnect=False)
-        try:
-            await nc.publish(subjects.media("abcdefghij"), b"forged")
-            await nc.flush()
-            for _ in range(100):
-                if errors:
-                    break
-                await asyncio.sleep(0.05)
-            assert any("permissions violation" in str(e).lower() for e in errors), errors
-        finally:
-            await nc.close()
-        # Without the CA, a cluster node's client port refuses.
-        with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
-            await asyncio.wait_for(nats.connect(urls[0], allow_reconnect=False,
-                                                user="api", password=sec.passwords["api"]),
-                                   10)
-    finally:
-        await api.close()
-
-

@@ -4,6 +4,7 @@ those tones for as long as the Space was live; Range, clips, deletion and refusa
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -17,6 +18,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import Served, start_townhall
+from townhall.bus import NatsBus
+from townhall.recording.recorder import (
+    BUCKET,
+    clip_name,
+    index_name,
+    replay_name,
+    segment_name,
+)
 
 pytestmark = pytest.mark.timeout(300)
 RATE = 48_000
@@ -184,6 +193,7 @@ def test_clip_of_five_seconds_is_the_right_tone(served: Served, recorded: dict[s
     assert made.status_code == 201, made.text
     body = made.json()
     assert body["url"] == f"/clips/{body['id']}.opus"
+    assert body["m4a"] == f"/clips/{body['id']}.m4a" and body["page"] == f"/c/{body['id']}"
     clip = decode(httpx.get(f"{served.url}{body['url']}", timeout=30).content, tmp_path)
     assert abs(len(clip) - 5 * RATE) <= 960
     assert abs(peak_hz(clip[:RATE * 2]) - 440) < 15
@@ -192,6 +202,16 @@ def test_clip_of_five_seconds_is_the_right_tone(served: Served, recorded: dict[s
     ref = pcm[at + RATE:at + 2 * RATE]
     corr = np.corrcoef(ref, clip[RATE:2 * RATE])[0, 1]
     assert corr > 0.9, corr
+    # The same clip as Opus in MP4, index first, with Range.
+    url = f"{served.url}{body['m4a']}"
+    m4a = httpx.get(url, timeout=30)
+    assert m4a.status_code == 200 and m4a.headers["content-type"] == "audio/mp4"
+    assert m4a.content.index(b"moov") < m4a.content.index(b"mdat")
+    part = httpx.get(url, headers={"Range": "bytes=10-109"}, timeout=30)
+    assert part.status_code == 206 and part.content == m4a.content[10:110]
+    same = decode(m4a.content, tmp_path, ".m4a")
+    assert abs(len(same) - 5 * RATE) <= 960
+    assert np.array_equal(same[:len(clip)], clip[:len(same)])
 
 
 def test_who_may_clip_and_what(served: Served, recorded: dict[str, Any]) -> None:
@@ -269,12 +289,14 @@ def test_deleted_recording_is_gone(served: Served, recorded: dict[str, Any]) -> 
         problem(c.delete(f"/api/v1/spaces/{space}/recording"), 404, "no-recording")
     problem(httpx.get(f"{served.url}/replay/{space}.opus", timeout=10), 404, "no-recording")
     problem(httpx.get(f"{served.url}{clip['url']}", timeout=10), 404, "no-clip")
+    problem(httpx.get(f"{served.url}{clip['m4a']}", timeout=10), 404, "no-clip")
     snap = httpx.get(f"{served.url}/api/v1/spaces/{space}", timeout=10).json()
     assert snap["recording"] is False
 
 
-def test_expired_recording_answers_410(tmp_path: Path) -> None:
-    # Kept ~0.9 s: it is ready only after the end's 2 s settling, so already expired.
+def test_expired_recording_is_swept_and_answers_410(tmp_path: Path) -> None:
+    # Kept ~0.9 s: it is ready only after the end's 2 s settling, so already expired; the
+    # sweep (every 0.5 s at this retention) deletes its files and marks it expired.
     s = start_townhall(tmp_path / "data", "--recording-days", "0.00001")
     try:
         host, _ = guest(s, "Gu")
@@ -284,13 +306,40 @@ def test_expired_recording_answers_410(tmp_path: Path) -> None:
             c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
         speak(s, space, host, 440, 1)  # returns once a stage has taken a second of tone
         with s.client(host) as c:
+            clip = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0, "duration": 0.5})
+            assert clip.status_code == 201, clip.text
+            clip = clip.json()
             c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
-        wait_for(lambda: isinstance(httpx.get(f"{s.url}/api/v1/spaces/{space}", timeout=5)
-                                    .json().get("recording"), dict), 60, "ready")
+
+        def swept() -> bool:
+            rec = httpx.get(f"{s.url}/api/v1/spaces/{space}", timeout=5).json()["recording"]
+            return isinstance(rec, dict) and rec["state"] == "expired"
+
+        wait_for(swept, 60, "the sweep marked the recording expired")
         problem(httpx.get(f"{s.url}/replay/{space}.opus", timeout=10), 410,
                 "recording-expired")
+        problem(httpx.get(f"{s.url}/replay/{space}/timeline.json", timeout=10), 410,
+                "recording-expired")
+        problem(httpx.get(f"{s.url}{clip['url']}", timeout=10), 410, "recording-expired")
+        assert httpx.get(f"{s.url}/c/{clip['id']}", timeout=10).status_code == 404
+        assert asyncio.run(stored(s, space, clip["id"])) == []
     finally:
         s.stop()
+
+
+async def stored(s: Served, space: str, clip: str) -> list[str]:
+    """Which of a recording's objects the object store still holds."""
+    from tests.integration.test_stage_takeover import stage_child
+
+    _, nats = stage_child(s.proc.pid)
+    bus = await NatsBus.connect([nats], setup=False, auth=s.nats_auth())
+    try:
+        names = [index_name(space), segment_name(space, 0), replay_name(space),
+                 replay_name(space, "m4a"), clip_name(space, clip),
+                 clip_name(space, clip, "m4a")]
+        return [n for n in names if await bus.obj_get(BUCKET, n) is not None]
+    finally:
+        await bus.close()
 
 
 def ffmpeg_pcm(url: str, *extra: str, seconds: float | None = None) -> np.ndarray:

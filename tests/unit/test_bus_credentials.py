@@ -110,3 +110,11 @@ def test_the_stage_child_is_named_after_its_parent(tmp_path: Path) -> None:
     argv = _child_argv(settings, ["stage"])
     child = serve_settings(build_parser().parse_args(argv[3:]))
     assert child.node_id == "h2-stage"
+
+
+def test_the_stage_child_waits_for_nats_as_long_as_its_parent(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, nats_urls=["nats://10.9.0.2:4222"], nats_timeout=2.5)
+    child = serve_settings(build_parser().parse_args(_child_argv(settings, ["stage"])[3:]))
+    assert child.nats_timeout == 2.5
+    with pytest.raises(ValueError, match="nats-timeout"):
+        serve_settings(build_parser().parse_args(["serve", "--nats-timeout", "0"]))

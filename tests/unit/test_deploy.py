@@ -118,3 +118,12 @@ def test_secrets_survive_a_regeneration() -> None:
 def test_bad_plans_are_refused(hosts: list[object], says: str) -> None:
     with pytest.raises(ValueError, match=says):
         parse_plan(json.dumps({"hosts": hosts}))
+
+
+def test_nodes_and_leaves_drop_a_cut_off_peer_within_seconds() -> None:
+    # A partitioned host sends no FIN: only pings tell, and the default (2 min) left an
+    # edge machine's leaf on a dead node, its listeners in silence, for minutes.
+    for name in ("h1", "e1"):
+        text = natsconf.server_config(PLAN, PLAN.host(name))
+        for line in ('ping_interval: "1s"', "ping_max: 3", 'write_deadline: "2s"'):
+            assert line in text, (name, line)

@@ -165,3 +165,52 @@ def test_speaker_spans_map_levels_onto_the_replay() -> None:
     assert speaker_spans(index, reports) == [
         {"id": "ada", "from": 1.0, "to": 1.75}, {"id": "ada", "from": 4.0, "to": 4.25},
         {"id": "bob", "from": 11.0, "to": 11.75}]
+
+
+def test_clip_m4a_holds_the_same_packets_with_the_pre_roll_as_pre_skip(tmp_path: Path) -> None:
+    from townhall.media.recording import clip_m4a, cut_clip
+
+    chunks = list(islice(ToneChunks(440), 40))
+    cut = cut_clip(chunks, 17_000, SAMPLE_RATE)
+    data = clip_m4a(cut)
+    assert data[4:8] == b"ftyp" and data.index(b"moov") < data.index(b"mdat")
+    at = data.index(b"dOps") + 6
+    assert struct.unpack_from(">H", data, at)[0] == cut.pre_skip
+    assert all(p in data for p in cut.packets)  # the very bytes
+    path = tmp_path / "c.m4a"
+    path.write_bytes(data)
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1",
+                          "-ar", "48000", "-"], capture_output=True, check=True).stdout
+    pcm = np.frombuffer(raw, dtype=np.int16).astype(np.float64)
+    assert abs(len(pcm) - SAMPLE_RATE) <= FRAME_SAMPLES  # the end is not trimmed in MP4
+    assert abs(peak_hz(pcm) - 440) < 10
+    ogg = decode(clip_file(chunks, 17_000, SAMPLE_RATE).data, tmp_path)
+    n = min(len(ogg), len(pcm))
+    assert np.corrcoef(ogg[:n], pcm[:n])[0, 1] > 0.99  # the same audio, sample-aligned
+
+
+def test_reaction_peaks_are_where_the_totals_rose_most() -> None:
+    from townhall.media.recording import SegmentInfo, reaction_curve, reaction_peaks
+
+    second = SAMPLE_RATE
+    index = RecordingIndex(space="abcdefghij", segments=[
+        SegmentInfo(0, 0, 599, 0, 60 * second, 1, first_sent_us=1_000_000_000)])
+    reports: list[dict[str, object]] = [
+        {"at": 999.0, "reactions": {"👏": 40}},            # before the recording: baseline
+        {"at": 1002.0, "reactions": {"👏": 41}},
+        {"at": 1021.0, "reactions": {"👏": 45, "🔥": 3}},   # 21 s: +4 👏, +3 🔥
+        {"at": 1022.0, "reactions": {"👏": 46, "🔥": 9}},   # +1, +6 in the same bucket
+        {"at": 1023.0, "speaking": ["ada"]},                # levels are not reactions
+        {"at": 1041.0, "reactions": {"👏": 53, "🔥": 9}},   # 41 s: +7
+        {"at": 1047.0, "reactions": {"👏": 54, "🔥": 9}},
+        {"at": 1100.0, "reactions": {"👏": 99, "🔥": 9}}]   # after the recording: not in it
+    curve = reaction_curve(index, reports)
+    assert len(curve) == 12
+    assert [sum(b.values()) for b in curve] == [1, 0, 0, 0, 14, 0, 0, 0, 7, 1, 0, 0]
+    assert reaction_peaks(curve) == [{"at": 20.0, "count": 14, "emoji": "🔥"},
+                                     {"at": 40.0, "count": 7, "emoji": "👏"}]
+    assert reaction_peaks(curve, most=1) == [{"at": 20.0, "count": 14, "emoji": "🔥"}]
+    assert reaction_peaks(reaction_curve(index, [])) == []
+    # Adjacent busy buckets are one peak, at the busier one.
+    flat = [{"👏": 5}, {"👏": 6}, {}, {"👏": 5}]
+    assert [p["at"] for p in reaction_peaks(flat)] == [5.0, 15.0]

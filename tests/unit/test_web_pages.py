@@ -101,3 +101,19 @@ def test_relative_location_never_echoes_the_host() -> None:
         == "/other.example/x"
     assert relative_location("/already/relative", "evil.example") is None
     assert relative_location("https://elsewhere.example/", "evil.example") is None
+
+
+def test_clip_page_carries_its_own_previews_escaped() -> None:
+    html = renderer("https://live.example.org").clip(
+        snap(title=HOSTILE, state="ended", host={"id": "x", "name": "Ada"}),
+        "k3v9x2m4qa-0123456789")
+    assert html.count("<script") == 3 and "alert(1)</script>" not in html
+    og = dict(re.findall(r'<meta (?:property|name)="([^"]+)" content="([^"]*)">', html))
+    assert og["og:title"].startswith("A clip from Evil &lt;/script&gt;")
+    assert og["og:url"] == "https://live.example.org/c/k3v9x2m4qa-0123456789"
+    assert og["og:audio"] == "https://live.example.org/clips/k3v9x2m4qa-0123456789.m4a"
+    assert og["twitter:card"] == "summary"
+    assert '<audio controls preload="metadata" src="/clips/k3v9x2m4qa-0123456789.opus">' in html
+    config = re.search(r'<script type="application/json" id="config">(.*?)</script>', html)
+    assert config is not None and json.loads(config.group(1))["clip"] == "k3v9x2m4qa-0123456789"
+    assert state_line(snap(state="ended", recording={"state": "expired"})) == "Ended"

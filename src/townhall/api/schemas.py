@@ -37,7 +37,8 @@ class Waiting(Person):
 class Recording(Open):
     """A finished recording (townhall.recording)."""
 
-    state: str = Field(description='"ready" (webhooks: recording.ready)')
+    state: str = Field(description='"ready" (webhooks: recording.ready); "expired" once '
+                       "the sweep deleted its files after --recording-days")
     url: str = Field(description="the replay file, /replay/<id>.opus")
     duration: float = Field(description="seconds of audio")
     bytes: int

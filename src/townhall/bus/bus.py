@@ -50,6 +50,21 @@ class Fenced(Exception):
 
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
+# What NatsBus raises when NATS does not answer: a server cut off by a partition (no FIN,
+# requests just wait), one restarting, JetStream with no leader or no responder for a
+# while. Callers answer these "retry later" (the HTTP shells: 503 + Retry-After).
+UNREACHABLE: tuple[type[Exception], ...] = (
+    TimeoutError,  # nats.errors.TimeoutError is one; NatsBus.request raises the builtin
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)
+JS_TIMEOUT_S = 10.0  # a JetStream request (KV read or write, stream lookup) waits this long
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -178,11 +193,13 @@ class NatsBus:
     @classmethod
     async def connect(cls, urls: list[str], *, name: str = "townhall",
                       replicas: int = 1, setup: bool = True,
-                      auth: NatsAuth | None = None, tls: NatsTls | None = None) -> NatsBus:
+                      auth: NatsAuth | None = None, tls: NatsTls | None = None,
+                      timeout: float = JS_TIMEOUT_S) -> NatsBus:
         """Connect (reconnecting forever on loss) and ensure the topology exists.
 
         ``auth`` is the only way credentials reach nats-py (bus/credentials.py); ``tls``
-        verifies the servers against an operator's CA (bus/tls.py)."""
+        verifies the servers against an operator's CA (bus/tls.py). A JetStream request
+        unanswered after ``timeout`` seconds raises one of ``UNREACHABLE``."""
         nc = await nats.connect(
             servers=urls, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
             # A server on a partitioned host sends no FIN: only unanswered pings tell, so
@@ -191,7 +208,7 @@ class NatsBus:
             **(auth.options() if auth is not None else {}),
             **(tls.options() if tls is not None else {}),
         )
-        bus = cls(nc, nc.jetstream(timeout=10))
+        bus = cls(nc, nc.jetstream(timeout=timeout))
         if setup:
             await bus.ensure_topology(replicas)
         return bus

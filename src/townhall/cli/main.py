@@ -81,7 +81,9 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                         ended_retention=parse_duration(args.ended_retention),
                         space_budget=parse_budget(args.space_budget),
                         space_budget_address=parse_budget(args.space_budget_per_address),
-                        recording_days=args.recording_days)
+                        recording_days=args.recording_days, nats_timeout=args.nats_timeout)
+    if not 0 < settings.nats_timeout <= 300:
+        raise ValueError("--nats-timeout: seconds, more than 0 and at most 300")
     if args.nats_creds or args.nats_auth_file:
         # Flags beat the environment as a pair: a stage child handed the embedded users
         # file must not pick up a TOWNHALL_NATS_CREDS it inherited.
@@ -203,6 +205,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     serve.add_argument("--nats-auth-file", default="",
                        help='a JSON file {"user", "password"} or {"token"} for --nats '
                             "(or TOWNHALL_NATS_AUTH_FILE); secrets never go on argv")
+    serve.add_argument("--nats-timeout", type=float, default=Settings.nats_timeout,
+                       metavar="SECONDS",
+                       help="how long a NATS request may go unanswered before the api "
+                            "answers 503 + Retry-After (or TOWNHALL_NATS_TIMEOUT; default 10)")
     serve.add_argument("--roles", default=",".join(ALL_ROLES),
                        help=f"comma-separated roles to run (default {','.join(ALL_ROLES)})")
     guests = serve.add_mutually_exclusive_group()

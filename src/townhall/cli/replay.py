@@ -1,5 +1,6 @@
 """``townhall replay``: download a Space's recording (or a clip), with a progress bar, and
-save it as WAV (decoded) or as the Ogg/Opus file itself (``--out F.opus``)."""
+save it as WAV (decoded) or as the file itself: Ogg/Opus (``--out F.opus``) or Opus in MP4
+(``--out F.m4a``)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ class ReplayError(Exception):
     """The server refused, or the file could not be read."""
 
 
-def source_url(base: str, space: str | None, clip: str | None) -> str:
-    """Where the file is: the Space's replay, or one clip."""
+def source_url(base: str, space: str | None, clip: str | None, ext: str = "opus") -> str:
+    """Where the file is: the Space's replay, or one clip (``ext``: opus or m4a)."""
     if clip:
-        return f"{base.rstrip('/')}/clips/{clip}.opus"
-    return f"{base.rstrip('/')}/replay/{space}.opus"
+        return f"{base.rstrip('/')}/clips/{clip}.{ext}"
+    return f"{base.rstrip('/')}/replay/{space}.{ext}"
 
 
 def download(url: str, out: Path, token: str | None, quiet: bool = False) -> int:
@@ -82,9 +83,11 @@ def _run(args: argparse.Namespace) -> int:
         print("replay: give --space or --clip", file=sys.stderr)
         return 2
     out = Path(args.out)
-    url = source_url(args.url, args.space, args.clip)
+    as_served = out.suffix.lower() in (".opus", ".ogg", ".m4a")
+    url = source_url(args.url, args.space, args.clip,
+                     "m4a" if out.suffix.lower() == ".m4a" else "opus")
     try:
-        if out.suffix.lower() in (".opus", ".ogg"):
+        if as_served:
             size = download(url, out, args.token, args.quiet)
             print(f"replay: saved {size} bytes to {out}", file=sys.stderr)
             return 0
@@ -105,7 +108,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--url", required=True, help="base URL of townhall (the api)")
     p.add_argument("--space", default=None, help="Space id: its recording")
     p.add_argument("--clip", default=None, help="clip id (instead of --space)")
-    p.add_argument("--out", required=True, help="F.wav (decoded) or F.opus (as served)")
+    p.add_argument("--out", required=True,
+                   help="F.wav (decoded), or F.opus / F.m4a (the file as served)")
     p.add_argument("--token", default=None, help="token for a private Space")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
+from townhall.media.fmp4 import mp4_file
 from townhall.media.ogg import FLAG_BOS, FLAG_EOS, PRE_SKIP, opus_head, opus_tags, page
 from townhall.problems import BadInput
 
@@ -226,10 +227,23 @@ def replay_file(chunks: Iterable[Chunk]) -> OggFile:
     return ogg_file([packet for _, packet in timeline(chunks)])
 
 
-def clip_file(chunks: Iterable[Chunk], start_pts: int, samples: int) -> OggFile:
+@dataclass(frozen=True)
+class ClipCut:
+    """Where a clip sits in the recording's packets: what both clip files are made of."""
+
+    packets: list[bytes]
+    pre_skip: int   # samples decoded and thrown away first (pre-roll + decoder delay)
+    end_trim: int   # samples of the last packet past the clip's end
+
+    @property
+    def samples(self) -> int:
+        return len(self.packets) * FRAME_SAMPLES - self.pre_skip - self.end_trim
+
+
+def cut_clip(chunks: Iterable[Chunk], start_pts: int, samples: int) -> ClipCut:
     """``samples`` of audio from ``start_pts`` (the Space's 48 kHz timeline), cut at packet
-    boundaries with PRE_ROLL_PACKETS of pre-roll kept and marked as pre-skip, and the end
-    trimmed by the last page's granule. BadInput when the chunks do not cover it."""
+    boundaries with PRE_ROLL_PACKETS of pre-roll kept as pre-skip, the end's excess said
+    as a trim. BadInput when the chunks do not cover it."""
     # A decoder's output lags the encoder's input by PRE_SKIP: input sample s comes out of
     # the packet whose pts covers s + PRE_SKIP.
     want = start_pts + PRE_SKIP
@@ -244,8 +258,24 @@ def clip_file(chunks: Iterable[Chunk], start_pts: int, samples: int) -> OggFile:
     count = -(-needed // FRAME_SAMPLES)
     if begin + count > len(packets):
         raise BadInput("the recording does not cover the clip's end", slug="clip-outside")
-    chosen = [packet for _, packet in packets[begin:begin + count]]
-    return ogg_file(chosen, pre_skip=pre_skip, end_trim=count * FRAME_SAMPLES - needed)
+    return ClipCut([packet for _, packet in packets[begin:begin + count]], pre_skip,
+                   count * FRAME_SAMPLES - needed)
+
+
+def clip_file(chunks: Iterable[Chunk], start_pts: int, samples: int) -> OggFile:
+    """The clip (see cut_clip) as Ogg/Opus: pre-skip in OpusHead, the end trimmed by the
+    last page's granule."""
+    cut = cut_clip(chunks, start_pts, samples)
+    return ogg_file(cut.packets, pre_skip=cut.pre_skip, end_trim=cut.end_trim)
+
+
+def clip_m4a(cut: ClipCut) -> bytes:
+    """The clip as Opus in MP4 (index first): the same packets, the pre-roll as the
+    ``dOps`` pre-skip. MP4 has no granule to trim the end with short of an edit list,
+    so the file runs to the end of its last packet (under 20 ms more than the Ogg clip)."""
+    data = mp4_file(cut.packets)
+    at = data.index(b"dOps") + 4 + 2  # box type, then version (u8) and channels (u8)
+    return data[:at] + struct.pack(">H", cut.pre_skip) + data[at + 2:]
 
 
 def replay_time(index: RecordingIndex, at: float) -> float | None:
@@ -282,3 +312,50 @@ def speaker_spans(index: RecordingIndex, reports: Iterable[dict[str, Any]],
     done += [{"id": who, "from": a, "to": b} for who, (a, b) in open_spans.items()]
     return sorted(({"id": d["id"], "from": round(d["from"], 2), "to": round(d["to"] + 0.25, 2)}
                    for d in done), key=lambda d: (d["from"], d["id"]))
+
+
+PEAK_BUCKET_S = 5.0     # reactions are counted per 5 s of the replay
+PEAKS_MAX = 5
+PEAK_MIN = 3            # fewer reactions than this in a bucket is no peak
+
+
+def reaction_curve(index: RecordingIndex, reports: Iterable[dict[str, Any]],
+                   bucket_s: float = PEAK_BUCKET_S) -> list[dict[str, int]]:
+    """Reactions per ``bucket_s`` of the replay, per emoji, from the running totals the
+    recorder kept (``{"at", "reactions": {emoji: total}}``, wall time): each rise of a
+    total counts where it happened. Totals from before the recording are the baseline."""
+    buckets: list[dict[str, int]] = [
+        {} for _ in range(max(1, int(-(-index.duration_s() // bucket_s))))]
+    last: dict[str, int] = {}
+    seen = False
+    samples = [r for r in reports if isinstance(r.get("reactions"), dict)]
+    for report in sorted(samples, key=lambda r: float(r.get("at") or 0)):
+        totals = {str(k): int(v) for k, v in report["reactions"].items()
+                  if isinstance(v, int | float)}
+        t = replay_time(index, float(report.get("at") or 0))
+        for emoji, total in totals.items():
+            rise = total - last.get(emoji, total if not seen else 0)
+            if rise > 0 and t is not None:
+                slot = buckets[min(int(t // bucket_s), len(buckets) - 1)]
+                slot[emoji] = slot.get(emoji, 0) + rise
+            last[emoji] = max(total, last.get(emoji, 0))
+        seen = True
+    return buckets
+
+
+def reaction_peaks(curve: list[dict[str, int]], bucket_s: float = PEAK_BUCKET_S,
+                   most: int = PEAKS_MAX) -> list[dict[str, Any]]:
+    """Where the reactions peaked: up to ``most`` buckets that hold at least PEAK_MIN and
+    at least half of the busiest one, no two adjacent, in replay order:
+    ``[{"at": seconds, "count", "emoji": the commonest}]``."""
+    counts = [sum(b.values()) for b in curve]
+    floor = max(PEAK_MIN, (max(counts, default=0) + 1) // 2)
+    chosen: list[int] = []
+    for i in sorted(range(len(counts)), key=lambda i: (-counts[i], i)):
+        if counts[i] < floor or len(chosen) >= most:
+            break
+        if all(abs(i - j) > 1 for j in chosen):
+            chosen.append(i)
+    return [{"at": round(i * bucket_s, 2), "count": counts[i],
+             "emoji": max(sorted(curve[i]), key=lambda e: curve[i][e])}
+            for i in sorted(chosen)]

@@ -5,7 +5,8 @@ Runs in every api process. One of them records each Space, the holder of its lea
 (``rec-<space>``), so whoever records next (after a restart or a lost lease) resumes at the
 first chunk not yet acknowledged. A chunk is acknowledged only once the segment holding it
 is stored, and a redelivered chunk is dropped by its sequence number: each chunk is kept
-once. Levels (who spoke when) are kept per segment beside it. When the Space has ended and
+once. Levels (who spoke when) and the reaction totals over time (from the state messages)
+are kept per segment beside it. When the Space has ended and
 its last chunk is stored, the recorder builds the replay file once, stores it, and folds
 ``recording: {url, duration, ...}`` into the snapshot.
 """
@@ -65,8 +66,8 @@ def replay_name(space: str, ext: str = "opus") -> str:
     return f"{space}/replay.{ext}"
 
 
-def clip_name(space: str, clip: str) -> str:
-    return f"{space}/clips/{clip}.opus"
+def clip_name(space: str, clip: str, ext: str = "opus") -> str:
+    return f"{space}/clips/{clip}.{ext}"
 
 
 def in_spans(spans: list[list[float | None]], at: float) -> bool:
@@ -103,6 +104,7 @@ async def delete_recording(bus: Bus, space: str, clips: list[str]) -> None:
             await bus.obj_delete(BUCKET, levels_name(space, n))
     for clip in clips:
         await bus.obj_delete(BUCKET, clip_name(space, clip))
+        await bus.obj_delete(BUCKET, clip_name(space, clip, "m4a"))
     await bus.obj_delete(BUCKET, replay_name(space))
     await bus.obj_delete(BUCKET, replay_name(space, "m4a"))
     await bus.obj_delete(BUCKET, index_name(space))
@@ -116,7 +118,8 @@ class SpaceRecording:
         self.bus = recorder.bus
         self.space = space
         self.lease = lease
-        self.levels: list[dict[str, Any]] = []
+        self.levels: list[dict[str, Any]] = []  # levels and reaction totals, wall time
+        self.reactions: dict[str, int] | None = None
         self.unacked: list[Callable[[], Awaitable[None]]] = []
 
     async def run(self) -> None:
@@ -128,6 +131,7 @@ class SpaceRecording:
                 await self._ready(doc, index)
             return
         writer = SegmentWriter.resume(index)
+        self._note_reactions(doc.get("reactions"))  # the baseline: only rises count
         spans: list[list[float | None]] = doc.get("_record_spans") or []
         first = min((s[0] for s in spans if s[0] is not None), default=time.time())
         since = dt.datetime.fromtimestamp(first - 1.0, dt.UTC)
@@ -135,6 +139,7 @@ class SpaceRecording:
             subjects.MEDIA_STREAM, subjects.recorder_durable(space), subjects.media(space),
             since=since)
         sub = await self.bus.subscribe(subjects.levels(space), self._on_levels)
+        state_sub = await self.bus.subscribe(subjects.state(space), self._on_state)
         renewed = time.monotonic()
         try:
             while True:
@@ -155,6 +160,7 @@ class SpaceRecording:
             raise
         finally:
             await sub.unsubscribe()
+            await state_sub.unsubscribe()
             await consumer.close()
         await self._store(writer.flush(), index)
         index.done = True
@@ -207,6 +213,17 @@ class SpaceRecording:
             if isinstance(got, dict) and len(self.levels) < 10_000:
                 self.levels.append({"at": got.get("at"), "levels": got.get("levels"),
                                     "speaking": got.get("speaking")})
+
+    async def _on_state(self, msg: Message) -> None:
+        """Keep the reaction totals whenever they change (at most 4 snapshots a second):
+        the replay's reaction peaks come from them."""
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            self._note_reactions(json.loads(msg.data).get("reactions"))
+
+    def _note_reactions(self, got: Any) -> None:
+        if isinstance(got, dict) and got != self.reactions and len(self.levels) < 10_000:
+            self.reactions = got
+            self.levels.append({"at": time.time(), "reactions": got})
 
     async def _renew(self) -> None:
         self.lease = await self.bus.kv_update(subjects.RECORDERS_BUCKET, self.space,

@@ -26,7 +26,8 @@ public part is what ``GET /api/v1/spaces/<id>``, ``townhall.<id>.state`` and ``/
     }
 
 ``recording`` is true while the Space is recorded and, after the end, until the recording
-is ready; then the object with ``state: "ready"`` (the webhook ``recording.ready``).
+is ready; then the object with ``state: "ready"`` (the webhook ``recording.ready``), and
+``state: "expired"`` (plus ``expired_at``) once the sweep deleted its files.
 
 Keys starting with ``_`` are internal: they stay in the bucket and never leave the api
 and the edges. ``public_view`` strips them. ``_blocked`` (identities), ``_blocked_nets``

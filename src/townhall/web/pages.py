@@ -51,7 +51,10 @@ def state_line(snap: dict[str, Any]) -> str:
         except ValueError:
             return "Scheduled"
         return f"Scheduled for {when:%a %d %b %Y, %H:%M} UTC"
-    return "Ended · replay available" if isinstance(snap.get("recording"), dict) else "Ended"
+    rec = snap.get("recording")
+    if isinstance(rec, dict) and rec.get("state") != "expired":
+        return "Ended · replay available"
+    return "Ended"
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,13 @@ class Renderer:
         self.page = page
 
     def _render(self, *, title: str, meta: list[tuple[str, str, str]], main: str,
-                view: str, snapshot: dict[str, Any] | None = None) -> str:
-        config = {"open": self.page.open_mode, "view": view, "static": self.page.static,
-                  "public_url": self.page.public_url.rstrip("/")}
+                view: str, snapshot: dict[str, Any] | None = None,
+                clip: str | None = None) -> str:
+        config: dict[str, Any] = {"open": self.page.open_mode, "view": view,
+                                  "static": self.page.static,
+                                  "public_url": self.page.public_url.rstrip("/")}
+        if clip is not None:
+            config["clip"] = clip
         tags = "\n".join(f'<meta {kind}="{escape(key)}" content="{escape(value)}">'
                          for kind, key, value in meta)
         block = "" if snapshot is None else \
@@ -121,3 +128,25 @@ class Renderer:
                 + (f'<ul class="stage-plain">{speakers}</ul>' if speakers else ""))
         return self._render(title=f"{title} · {BRAND}", meta=meta, main=main,
                             view="embed" if embed else "space", snapshot=snap)
+
+    def clip(self, snap: dict[str, Any], clip: str) -> str:
+        """A clip's share page: previews of the clip (``og:audio`` with --public-url) and
+        a player that works before the app's script has run."""
+        title = str(snap.get("title") or "A Space")
+        host = str((snap.get("host") or {}).get("name") or "")
+        heading = f"A clip from {title}"
+        description = f"Hosted by {host} on {BRAND}" if host else f"On {BRAND}"
+        meta = [("property", "og:title", heading), ("property", "og:description", description),
+                ("property", "og:type", "website"), ("property", "og:site_name", BRAND),
+                ("name", "twitter:card", "summary"), ("name", "twitter:title", heading),
+                ("name", "twitter:description", description),
+                ("name", "description", description)]
+        if self.page.public_url:
+            base = self.page.public_url.rstrip("/")
+            meta += [("property", "og:url", f"{base}/c/{clip}"),
+                     ("property", "og:audio", f"{base}/clips/{clip}.m4a"),
+                     ("property", "og:audio:type", "audio/mp4")]
+        main = (f"<h1>{escape(heading)}</h1><p class=\"meta\">Hosted by {escape(host)}</p>"
+                f'<audio controls preload="metadata" src="/clips/{escape(clip)}.opus"></audio>')
+        return self._render(title=f"{heading} · {BRAND}", meta=meta, main=main, view="clip",
+                            snapshot=snap, clip=clip)

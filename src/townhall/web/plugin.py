@@ -1,5 +1,6 @@
 """Serves the web app: the home page, a Space's share page ``/s/{id}``, its embeddable player
-``/embed/{id}``, the API reference ``/docs``, and the assets under ``/static/{build}/``.
+``/embed/{id}``, a clip's share page ``/c/{clip}``, the API reference ``/docs``, and the
+assets under ``/static/{build}/``.
 
 Pages are rendered here from the snapshot (townhall.web.pages) and are cacheable by a CDN
 or reverse proxy for a few seconds; assets are immutable under their build's URL.
@@ -21,6 +22,7 @@ from starlette.types import Scope
 from townhall import grants
 from townhall.context import Context
 from townhall.problems import NotFound
+from townhall.room.rules import is_space_id
 from townhall.room.snapshot import public_view
 from townhall.web.pages import Page, Renderer, build_hash
 
@@ -103,6 +105,25 @@ def install(app: FastAPI, ctx: Context) -> None:
     @app.api_route("/embed/{space}", methods=["GET", "HEAD"], include_in_schema=False)
     async def embed_page(space: str, request: Request) -> Response:
         return await space_or_404(request, space, embed=True)
+
+    @app.api_route("/c/{clip}", methods=["GET", "HEAD"], include_in_schema=False)
+    async def clip_page(clip: str, request: Request) -> Response:
+        """A clip's share page: a public Space's clip that exists; else the 404 page."""
+        space, _, _ = clip.partition("-")
+        snap = await public_snapshot(space) if is_space_id(space) else None
+        if snap is None or not await clip_exists(space, clip):
+            return _html(request, renderer.not_found("clip"), status=404, cache=NO_STORE)
+        return _html(request, renderer.clip(snap, clip))
+
+    async def clip_exists(space: str, clip: str) -> bool:
+        api = getattr(app.state, "api", None)
+        try:
+            doc: dict[str, Any] = await api.store.get(space) if api is not None else {}
+        except NotFound:
+            return False
+        rec = doc.get("recording")
+        expired = isinstance(rec, dict) and rec.get("state") == "expired"
+        return clip in doc.get("_clips", []) and not expired
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> Response:

@@ -145,6 +145,8 @@ async function route() {
   const first = routed++ === 0;
   const m = location.pathname.match(/^\/(s|embed)\/([a-z0-9]+)\/?$/);
   if (m) return spacePage(m[2], m[1] === "embed", first);
+  const c = location.pathname.match(/^\/c\/([a-z0-9]+-[0-9a-f]+)\/?$/);
+  if (c) return clipPage(c[1], first);
   if (location.pathname === "/docs") return (await import("./apidocs.js")).render($main);
   return home();
 }
@@ -309,12 +311,54 @@ function notFound() {
   focusMain();
 }
 
+const clock = (t) => `${Math.floor(t / 60)}:${String(Math.floor(t % 60)).padStart(2, "0")}`;
+const CLIP_MAX_S = 60;
+const PEAK_LEAD_S = 5;
+
+async function copyText(text, what) {
+  try { await navigator.clipboard.writeText(text); announce(`${what} copied`); banner("info", `${what} copied`); setTimeout(() => banner(null), 2000); } catch { showError(new Error("Copy did not work: select the text and copy it.")); }
+}
+
+/** Links to a Space's recording and clips: plain for a public Space; for one that needs a
+ * token, with a short-lived signed ticket (?t=) minted by the api for the signed-in person. */
+function signedLinks(space, snap) {
+  const signed = !!(snap.private || snap.signed_in_only) && !!me.token;
+  let held = null;
+  return {
+    signed,
+    drop() { held = null; },
+    async query() {
+      if (!signed) return "";
+      if (!held || held.expires_at * 1000 - Date.now() < 30000) held = await api("POST", `/spaces/${space}/recording/ticket`);
+      return `?t=${encodeURIComponent(held.ticket)}`;
+    },
+  };
+}
+
+// ---------- a clip's share page ----------
+async function clipPage(clip, first) {
+  const space = clip.split("-")[0];
+  let snap = embedded && embedded.id === space ? embedded : null;
+  embedded = null;
+  if (!snap && (!first || me.token)) {
+    try { snap = await api("GET", `/spaces/${space}`); } catch { snap = null; }
+  }
+  if (!snap) { notFound(); return; }
+  const audio = h("audio", { id: "clip-audio", controls: true, preload: "metadata" });
+  const url = `${siteOrigin()}/c/${clip}`;
+  $main.replaceChildren(h("h1", {}, `A clip from ${snap.title}`), h("p", { class: "meta" }, `Hosted by ${snap.host.name}`),
+    h("section", { class: "card" }, audio),
+    h("p", {}, h("a", { href: `/s/${space}`, "data-link": true }, snap.state === "ended" ? "The whole Space" : "Go to the Space")),
+    h("div", { class: "row" }, h("input", { id: "clip-share", readonly: true, value: url, "aria-label": "Link to this clip" }),
+      h("button", { type: "button", class: "secondary", onclick: () => copyText(url, "Link") }, "Copy link")));
+  focusMain();
+  try { audio.src = `/clips/${clip}.opus${await signedLinks(space, snap).query()}`; } catch (err) { showError(err); }
+}
+
 function shareMenu(id, title) {
   const url = `${siteOrigin()}/s/${id}`;
   const snippet = `<iframe src="${siteOrigin()}/embed/${id}" title="${escAttr(title)} on townhall" width="100%" height="230" style="border:0;max-width:480px" allow="autoplay"></iframe>`;
-  const copy = (text, what) => async () => {
-    try { await navigator.clipboard.writeText(text); announce(`${what} copied`); banner("info", `${what} copied`); setTimeout(() => banner(null), 2000); } catch { showError(new Error("Copy did not work: select the text and copy it.")); }
-  };
+  const copy = (text, what) => () => copyText(text, what);
   return h("details", { class: "card share", id: "share-menu" },
     h("summary", {}, "Share"),
     h("label", { for: "share-link" }, "Link"),
@@ -501,13 +545,36 @@ async function spacePage(id, embed, first) {
   }
 
   // An ended, recorded Space becomes its replay: the file is seekable (Range), so the
-  // browser's own <audio> gives play/pause and the scrubber; speed and "next speaker" here.
+  // browser's own <audio> gives play/pause and the scrubber; speed, "next speaker", the
+  // reaction peaks and clips are here. A private (or signed-in only) Space's files need a
+  // token that <audio src> cannot send: the page asks for a short-lived signed link (?t=).
   function paintReplay(s) {
     const rec = s.recording;
-    $replay.hidden = !(s.state === "ended" && rec && typeof rec === "object");
-    if ($replay.hidden || $replay.dataset.url === rec.url) return;
-    $replay.dataset.url = rec.url;
-    const audio = h("audio", { id: "replay-audio", controls: true, preload: "metadata", src: rec.url });
+    const has = s.state === "ended" && rec && typeof rec === "object";
+    $replay.hidden = !has;
+    if (!has || $replay.dataset.url === `${rec.url} ${rec.state}`) return;
+    $replay.dataset.url = `${rec.url} ${rec.state}`;
+    if (rec.state === "expired") {
+      $replay.replaceChildren(h("h2", {}, "Replay"), h("p", { class: "meta", id: "replay-gone" }, "This recording was kept for its time and is gone."));
+      return;
+    }
+    const link = signedLinks(id, s);
+    const audio = h("audio", { id: "replay-audio", controls: true, preload: "metadata" });
+    // A signed link expires: when a later Range request fails, fetch a fresh one and go on
+    // from where the replay was (at most once every 10 s, so a real failure does not loop).
+    let at = 0, renewed = 0;
+    audio.addEventListener("timeupdate", () => { at = audio.currentTime; });
+    const load = async (from, play) => {
+      audio.src = rec.url + await link.query();
+      if (from) audio.currentTime = from;
+      if (play) audio.play().catch(() => {});
+    };
+    audio.addEventListener("error", () => {
+      if (!link.signed || performance.now() - renewed < 10000) return;
+      renewed = performance.now(); link.drop();
+      load(at, !audio.paused).catch(showError);
+    });
+    load(0, false).catch(showError);
     const speeds = h("div", { class: "row", role: "group", "aria-label": "Speed" }, [1, 1.5, 2].map((r) =>
       h("button", { type: "button", class: "secondary", "data-rate": r, "aria-pressed": r === 1 ? "true" : "false",
         onclick: (ev) => {
@@ -515,20 +582,63 @@ async function spacePage(id, embed, first) {
           speeds.querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", b === ev.currentTarget ? "true" : "false"));
         } }, `${r}×`)));
     const spans = h("ol", { class: "timeline", id: "timeline", "aria-label": "Who spoke when" });
-    let timeline = [];
-    const clock = (t) => `${Math.floor(t / 60)}:${String(Math.floor(t % 60)).padStart(2, "0")}`;
+    const peaks = h("ol", { class: "peaks", id: "peaks", "aria-label": "Where the reactions peaked" });
+    const curve = h("div", { class: "curve", id: "curve", "aria-hidden": "true" });
+    let timeline = [], offset = 0;
     const next = h("button", { type: "button", id: "next-speaker", onclick: () => {
       const later = timeline.find((x) => x.from > audio.currentTime + 0.5);
       if (later) audio.currentTime = later.from;
     } }, "⏭ Next speaker");
-    $replay.replaceChildren(h("h2", {}, "Replay"), audio, speeds, next, spans);
-    fetch(`/replay/${id}/timeline.json`).then((r) => (r.ok ? r.json() : null)).then((t) => {
+    const seek = (t) => { audio.currentTime = Math.max(0, t); };
+    const mayClip = me.id && (s.host.id === me.id || (s.stage || []).some((p) => p.id === me.id));
+    $replay.replaceChildren(h("h2", {}, "Replay"), audio, speeds, next,
+      h("h3", {}, "Reactions"), curve, peaks, h("h3", {}, "Who spoke when"), spans,
+      mayClip ? clipper(audio, () => offset) : null);
+    link.query().then((q) => fetch(`/replay/${id}/timeline.json${q}`)).then((r) => (r.ok ? r.json() : null)).then((t) => {
       if (!t) return;
       timeline = t.speakers || [];
-      const names = { [s.host.id]: s.host.name };
+      offset = t.offset || 0;
+      const names = { [s.host.id]: s.host.name, ...(t.names || {}) };
       spans.replaceChildren(...timeline.map((x) => h("li", {}, h("button", { type: "button", class: "link",
-        onclick: () => { audio.currentTime = x.from; } }, `${clock(x.from)}–${clock(x.to)} ${names[x.id] || x.id}`))));
+        onclick: () => seek(x.from) }, `${clock(x.from)}–${clock(x.to)} ${names[x.id] || x.id}`))));
+      // Reactions come a moment after what caused them: a peak plays from a little before.
+      peaks.replaceChildren(...(t.peaks || []).map((p) => h("li", {}, h("button", { type: "button", class: "link",
+        "data-at": p.at, onclick: () => seek(p.at - PEAK_LEAD_S) }, `${p.emoji} ${p.count} at ${clock(p.at)}`))));
+      if (!(t.peaks || []).length) peaks.replaceChildren(h("li", { class: "meta" }, "No reactions to speak of."));
+      const most = Math.max(1, ...(t.curve || []));
+      curve.replaceChildren(...(t.curve || []).map((n, i) => {
+        const bar = h("span", { title: `${n} reactions at ${clock(i * t.bucket)}` });
+        bar.style.height = `${Math.round((100 * n) / most)}%`;  // CSSOM: the CSP allows it
+        bar.addEventListener("click", () => seek(i * t.bucket));
+        return bar;
+      }));
     }, () => {});
+  }
+
+  // The clip button (for who may clip): the 30 s before where the replay is, or a range.
+  function clipper(audio, offset) {
+    const from = h("input", { id: "clip-from", type: "number", min: "0", step: "0.1", "aria-label": "Clip from (seconds)" });
+    const to = h("input", { id: "clip-to", type: "number", min: "0", step: "0.1", "aria-label": "Clip to (seconds)" });
+    const out = h("div", { id: "clip-result", class: "row" });
+    const make = async (a, b) => {
+      const duration = Math.min(CLIP_MAX_S, b - a);
+      if (!(duration > 0)) { showError(new Error("Pick a range: the end after the start.")); return; }
+      try {
+        const c = await api("POST", `/spaces/${id}/clips`, { start: offset() + a, duration });
+        const url = `${siteOrigin()}${c.page}`;
+        out.replaceChildren(h("a", { id: "clip-link", href: c.page }, url),
+          h("button", { type: "button", class: "secondary", onclick: () => copyText(url, "Clip link") }, "Copy link"));
+        announce(`Clip of ${Math.round(c.duration)} s made`);
+      } catch (err) { showError(err); }
+    };
+    const fill = () => { to.value = audio.currentTime.toFixed(1); from.value = Math.max(0, audio.currentTime - 30).toFixed(1); };
+    return h("section", { id: "clipper", "aria-label": "Make a clip" }, h("h3", {}, "Clip"),
+      h("div", { class: "row" },
+        h("button", { type: "button", id: "clip-last", onclick: () => make(Math.max(0, audio.currentTime - 30), audio.currentTime) }, "✂ Clip the last 30 s"),
+        h("button", { type: "button", class: "secondary", onclick: fill }, "Range from here")),
+      h("div", { class: "row" }, from, to,
+        h("button", { type: "button", id: "clip-range", class: "secondary", onclick: () => make(Number(from.value), Number(to.value)) }, "Clip this range")),
+      out);
   }
 
   function render() {
