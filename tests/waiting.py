@@ -11,7 +11,8 @@ from typing import TypeVar, overload
 T = TypeVar("T")
 
 
-def until(check: Callable[[], T], bound_s: float, what: str, every_s: float = 0.1) -> T:
+def until(check: Callable[[], T | None], bound_s: float, what: str,
+          every_s: float = 0.1) -> T:
     """Return ``check()``'s first truthy value; fail after ``bound_s`` saying ``what`` was
     awaited."""
     deadline = time.monotonic() + bound_s
@@ -25,12 +26,12 @@ def until(check: Callable[[], T], bound_s: float, what: str, every_s: float = 0.
 
 
 @overload
-async def until_async(check: Callable[[], Awaitable[T]], bound_s: float, what: str,
+async def until_async(check: Callable[[], Awaitable[T | None]], bound_s: float, what: str,
                       every_s: float = 0.05) -> T: ...
 
 
 @overload
-async def until_async(check: Callable[[], T], bound_s: float, what: str,
+async def until_async(check: Callable[[], T | None], bound_s: float, what: str,
                       every_s: float = 0.05) -> T: ...
 
 

@@ -5,13 +5,13 @@ expire, and are useless for another Space or after the recording changed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served
 from tests.integration.test_recording import speak
 from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.recording.tickets import Tickets
@@ -30,10 +30,8 @@ def wait_for(cond: Callable[[], Any], bound_s: float, what: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start_townhall(tmp_path_factory.mktemp("sec-replay-urls") / "data")
-    yield s
-    s.stop()
+def served(townhall_shared: Served) -> Served:
+    return townhall_shared
 
 
 def refused(r: httpx.Response, status: int, slug: str) -> None:
