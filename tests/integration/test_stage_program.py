@@ -9,14 +9,13 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served
 from tests.stages import stage_child
 from tests.waiting import until_async
 from townhall.bus import NatsBus, subjects
@@ -29,10 +28,8 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    s = start_townhall(tmp_path / "data")
-    yield s
-    s.stop()
+def served(townhall_shared: Served) -> Served:
+    return townhall_shared
 
 
 def spawn_speaker(served: Served, space: str, token: str, log: Path) -> subprocess.Popen[bytes]:
