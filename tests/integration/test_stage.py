@@ -58,7 +58,7 @@ async def test_two_speakers_mixed_once_each_hears_only_the_other(served: Served,
     listener = ResilientListener(served.url, space, on_chunk=heard.append)
     stop = asyncio.Event()
     task = asyncio.create_task(listener.run(stop))
-    await asyncio.sleep(10)
+    await until_async(lambda: len(heard) >= 100, 30, "10 s of program")
     stop.set()
     await asyncio.wait_for(task, 10)
     assert a.wait(30) == 0 and b.wait(30) == 0
