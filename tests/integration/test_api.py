@@ -155,10 +155,11 @@ def test_guest_sessions_are_limited_per_client_address(served: Served) -> None:
     # exactly how many got in before it.
     statuses: list[int] = []
     while len(statuses) < 100 and 429 not in statuses:
-        statuses.append(session("203.0.113.9").status_code)
+        limited = session("203.0.113.9")
+        statuses.append(limited.status_code)
     assert statuses.count(201) >= 29 and statuses[-1] == 429 and set(statuses) == {201, 429}
-    limited = session("203.0.113.9")
-    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    # The refusal itself (asking again could find a token refilled on a slow machine).
+    assert int(limited.headers["Retry-After"]) >= 1
     assert limited.headers["content-type"].startswith(PROBLEM)
     assert limited.json()["type"] == "/problems/rate-limited"
     # Someone else, and this machine itself, still get in; tokens already given still work.

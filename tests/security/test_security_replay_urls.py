@@ -5,28 +5,17 @@ expire, and are useless for another Space or after the recording changed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import Served
 from tests.integration.test_recording import speak
+from tests.waiting import until
 from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.recording.tickets import Tickets
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def wait_for(cond: Callable[[], Any], bound_s: float, what: str) -> Any:
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"not within {bound_s}s: {what}")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +41,7 @@ def test_signed_links_play_expire_and_stay_with_their_space(served: Served) -> N
         clip = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0.5, "duration": 1})
         assert clip.status_code == 201, clip.text
         c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
-        wait_for(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
+        until(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
                                     dict), 60, "the recording is ready")
         got = c.post(f"/api/v1/spaces/{space}/recording/ticket")
     assert got.status_code == 200, got.text
