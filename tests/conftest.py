@@ -151,8 +151,11 @@ def spawn_townhall(data: Path, *extra: str, env: dict[str, str] | None = None,
     log = data / f"serve-{port}.log"
     argv = [sys.executable, "-m", "townhall", "serve", "--port", str(port),
             "--data", str(data), *extra]
+    # One stage process unless a test asks for more, whatever the machine's cores (the
+    # default, cores - 1, would make every test's server heavier on a big machine).
     proc = subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                            stdin=subprocess.DEVNULL,
+                            env={"TOWNHALL_STAGES": "1", **os.environ, **(env or {})},
                             start_new_session=True)
     return Served(url=f"http://127.0.0.1:{port}", data=data, proc=proc, log=log, argv=argv)
 

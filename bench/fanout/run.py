@@ -10,7 +10,8 @@ count: Icecast (HTTP Ogg), townhall's /listen/<id>.opus (the same HTTP Ogg clien
 townhall's /ws/<id> WebSocket; with ``--before-src DIR`` also both townhall rows run from
 another source tree (``-before``: e.g. ``git archive <commit> src | tar -x -C DIR``), to
 compare two versions of the edge in the same run. CPU = server process user+system time
-during the window.
+during the window; nats-server's, which townhall's edge needs and Icecast does not, is
+measured over the same window and reported beside it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import tempfile
@@ -55,8 +57,10 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_url: str,
-                  work: Path, interval_ms: int = 100) -> dict[str, Any]:
-    """One run: a fresh server, N listeners, CPU and RSS over the window."""
+                  work: Path, interval_ms: int = 100, nats_pid: int | None = None
+                  ) -> dict[str, Any]:
+    """One run: a fresh server, N listeners, CPU and RSS over the window (and the CPU
+    nats-server spent in the same window: townhall's edge needs it, Icecast does not)."""
     source = Source(bus, SPACE, args.page_ms)
     server: Icecast | TownhallEdge
     if kind == "icecast":
@@ -85,8 +89,10 @@ async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_ur
         bound = n / args.join_rate + args.seconds + 120
         _, t0 = await asyncio.to_thread(window.get, True, bound)
         cpu0, rss1 = proc_cpu_s(pid), proc_rss_kib(pid)
+        nats0 = proc_cpu_s(nats_pid) if nats_pid is not None else None
         _, t1 = await asyncio.to_thread(window.get, True, args.seconds + 60)
         cpu1 = proc_cpu_s(pid)
+        nats1 = proc_cpu_s(nats_pid) if nats_pid is not None else None
         paths = (await asyncio.to_thread(server.deliveries)
                  if isinstance(server, TownhallEdge) else None)
         interval = (await asyncio.to_thread(server.interval)
@@ -106,6 +112,10 @@ async def measure(kind: str, n: int, args: argparse.Namespace, bus: Bus, nats_ur
             "interval_ms": None if interval is None else interval * 1000,
             "cpu_ms_per_listener_min": (cpu1 - cpu0) * 1000 / (connected * minutes),
             "cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
+            "nats_ms_per_listener_min": None if nats0 is None or nats1 is None
+            else (nats1 - nats0) * 1000 / (connected * minutes),
+            "nats_cpu_pct": None if nats0 is None or nats1 is None
+            else (nats1 - nats0) / (t1 - t0) * 100,
             "kib_per_conn": (rss1 - rss0) / connected,
             "kbps": result["bytes"] * 8 / 1000 / (connected * (t1 - t0))}
 
@@ -136,6 +146,7 @@ async def run_all(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
         work = Path(tmp)
         nats = EmbeddedNats(work / "nats")
         nats_url = nats.start()
+        nats_pid = nats.proc.pid if nats.proc is not None else None
         bus = await NatsBus.connect([nats_url])
         await live_space(bus, SPACE)
         try:
@@ -147,7 +158,8 @@ async def run_all(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
                         for label, kind, ms in plan:  # interleaved: same machine load each
                             progress.update(task, description=f"{label} × {n}")
                             try:
-                                r = await measure(kind, n, args, bus, nats_url, work, ms)
+                                r = await measure(kind, n, args, bus, nats_url, work, ms,
+                                                  nats_pid)
                             except Exception as exc:  # one bad run must not lose the rest
                                 r = {"failed": f"{type(exc).__name__}: {exc}"}
                                 console.print(f"[red]{label} × {n} failed: {r['failed']}")
@@ -163,23 +175,44 @@ async def run_all(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str
     return results
 
 
-def tabulate(results: dict[int, dict[str, list[dict[str, Any]]]]) -> tuple[list[str],
-                                                                           list[list[str]]]:
-    """Medians per (listeners, server), with the CPU ratio to Icecast of the same size."""
-    columns = ["listeners", "server", "runs ok", "connected", "CPU ms / listener-min", "vs Icecast",
-               "server CPU %", "KiB / conn", "stalls", "closed early", "kbit/s per listener",
-               "p99 delay (WS)", "direct writes", "delivery interval"]
+def _ratio(cpu: float | None, ice: float | None, interval: float | None,
+           page_ms: int) -> str:
+    """``cpu`` over Icecast's, naming the two delivery intervals compared (townhall's
+    interval at the end of the window vs Icecast's page interval): like for like only
+    where they are equal."""
+    if cpu is None or not ice:
+        return "—"
+    ours = "—" if interval is None else f"{interval:.0f}"
+    return f"{cpu / ice:.2f}× ({ours} vs {page_ms} ms)"
+
+
+def tabulate(results: dict[int, dict[str, list[dict[str, Any]]]], page_ms: int = 100
+             ) -> tuple[list[str], list[list[str]]]:
+    """Medians per (listeners, server), with the CPU ratio to Icecast of the same size,
+    the edge alone and with the nats-server CPU it needs."""
+    columns = ["listeners", "server", "runs ok", "connected", "CPU ms / listener-min",
+               "vs Icecast (intervals compared)", "NATS CPU ms / listener-min",
+               "vs Icecast, edge + NATS", "server CPU %", "NATS CPU %", "KiB / conn",
+               "stalls", "closed early", "kbit/s per listener", "p99 delay (WS)",
+               "direct writes", "delivery interval"]
     rows = []
     for n, by_kind in results.items():
         ice = _median(by_kind.get("icecast", []), "cpu_ms_per_listener_min")
         for kind, runs in by_kind.items():
             cpu = _median(runs, "cpu_ms_per_listener_min")
-            ratio = f"{cpu / ice:.2f}×" if cpu is not None and ice else "—"
+            nats = _median(runs, "nats_ms_per_listener_min")
+            townhall = kind != "icecast"
+            interval = _median(runs, "interval_ms") if townhall else float(page_ms)
+            both = cpu + nats if townhall and cpu is not None and nats is not None else None
             p99 = _median(runs, "p99_ms")
             ok = sum(1 for r in runs if "failed" not in r)
             rows.append([str(n), kind, f"{ok}/{len(runs)}",
                          _fmt(_median(runs, "connected"), ".0f"),
-                         _fmt(cpu, ".1f"), ratio, _fmt(_median(runs, "cpu_pct"), ".0f"),
+                         _fmt(cpu, ".1f"), _ratio(cpu, ice, interval, page_ms),
+                         _fmt(nats, ".1f") if townhall else "—",
+                         _ratio(both, ice, interval, page_ms) if townhall else "—",
+                         _fmt(_median(runs, "cpu_pct"), ".0f"),
+                         _fmt(_median(runs, "nats_cpu_pct"), ".1f") if townhall else "—",
                          _fmt(_median(runs, "kib_per_conn"), ".1f"),
                          _fmt(_median(runs, "stalls"), ".0f"),
                          _fmt(_median(runs, "closed_early"), ".0f"),
@@ -214,15 +247,50 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--before-src", default="",
                         help="a directory holding another version's src/ (the -before rows; "
                              "none without it)")
+    parser.add_argument("--quiet-machine", action="store_true",
+                        help="say in the notes that nothing else ran on the machine")
     return parser.parse_args(argv)
+
+
+def notes(args: argparse.Namespace, load: float, cpus: int | None) -> str:
+    """What the table's rows mean, said from the arguments this run used."""
+    intervals = [int(x) for x in args.intervals.split(",")]
+    parts = [
+        f"Server pinned to core {SERVER_CPU}, load generator (raw asyncio protocols on "
+        f"uvloop, one process) to core {LOADGEN_CPU}; nats-server unpinned, its CPU "
+        "measured over the same window (\"NATS CPU\"; townhall's edge needs it, Icecast "
+        "does not: \"edge + NATS\" is the like-for-like total). One source writes the same "
+        f"32 kbps Opus tone as one Ogg page per {args.page_ms} ms to Icecast and one chunk "
+        "per 100 ms to NATS.",
+        f"{args.runs} run(s) of {args.seconds:g} s per row after a {args.settle:g} s settle, "
+        f"joins offered at {args.join_rate:g}/s; medians over the runs that completed "
+        "(runs ok).",
+        f"Icecast sends each page as it comes ({args.page_ms} ms); townhall delivers at its "
+        "floor" + (" (@N ms = TOWNHALL_EDGE_INTERVAL_MS)" if intervals != [100] else
+                   " (the default 100 ms)")
+        + " unless its pacer coarsens delivery under load; each ratio names the two "
+        "intervals it compares (townhall's delivery interval at the end of the window vs "
+        "Icecast's page interval): like for like only where they are equal.",
+    ]
+    if args.before_src:
+        parts.append("-before = the same edge from the source tree given by --before-src "
+                     f"({args.before_src}).")
+    parts.append("stalls = a listener silent > 1 s in the window; kbit/s per listener = "
+                 "body bytes received per listener per second; direct writes = share of live "
+                 "chunks written by the fast path (the fast set).")
+    machine = ("a quiet machine" if args.quiet_machine
+               else "a machine shared with other work while it ran")
+    parts.append(f"Load average {load:.1f} at start on {cpus or '?'} CPUs: {machine}.")
+    return " ".join(parts)
 
 
 def main(argv: list[str]) -> dict[str, Any]:
     """`python -m bench fanout` entry point."""
     args = parse(argv)
+    load, cpus = os.getloadavg()[0], os.cpu_count()
     started = time.monotonic()
     results = asyncio.run(run_all(args))
-    columns, rows = tabulate(results)
+    columns, rows = tabulate(results, args.page_ms)
     table = Table(title=f"edge fan-out vs Icecast, median of {args.runs} run(s)")
     for c in columns:
         table.add_column(c)
@@ -232,24 +300,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     console.print(f"done in {time.monotonic() - started:.0f} s")
     return {"title": "Edge vs Icecast: listener fan-out on one core",
             "command": "python bench/fanout/run.py " + " ".join(argv),
-            "columns": columns, "rows": rows,
-            "notes": ("Server pinned to core 0, load generator (raw asyncio protocols on "
-                      "uvloop, one process) to core 1; one source writes the same 32 kbps "
-                      f"Opus tone as one Ogg page per {args.page_ms} ms to Icecast and one "
-                      "chunk per 100 ms to NATS. Icecast sends each page as it comes "
-                      f"({args.page_ms} ms); townhall delivers at its floor (@N ms = "
-                      "TOWNHALL_EDGE_INTERVAL_MS; no suffix = the default 100 ms) unless its "
-                      "pacer coarsens delivery under load (\"delivery interval\" = the "
-                      "edge's interval at the end of the window; a ratio is like for like "
-                      "only where it equals Icecast's page interval). "
-                      "-before = the same edge from the source tree given by "
-                      "--before-src (the version before this one). "
-                      "stalls = a listener silent > 1 s in the window; "
-                      "kbit/s per listener = body bytes received per listener per second; "
-                      "direct writes = share of live chunks written by the fast path (the fast "
-                      "set; before: direct writes past ASGI). "
-                      "Medians over the runs that completed (runs ok). Machine shared with "
-                      "other engineers' test runs.")}
+            "columns": columns, "rows": rows, "notes": notes(args, load, cpus)}
 
 
 if __name__ == "__main__":

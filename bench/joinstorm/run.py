@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import tempfile
@@ -203,7 +204,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                  "the last first audio, so it includes waiting for the next 100 ms chunk; "
                  "joins per CPU-second = admitted / server CPU time over the burst. Storm "
                  "rows: the whole server (api, edge, stage, nats) with townhall storm's "
-                 "websockets clients on the same 2 cores; there joins/s is bounded by the "
-                 "offered rate. -before = the same edge from --before-src (the version "
-                 "before this one). The machine is shared with other engineers' runs.",
+                 f"websockets clients on the same {os.cpu_count()} CPUs; there joins/s is "
+                 "bounded by the offered rate. -before = the same edge from --before-src "
+                 "(the version before this one). The machine is shared with other "
+                 "engineers' runs.",
     }

@@ -224,18 +224,18 @@ def main(argv: list[str]) -> dict[str, Any]:
         "columns": ["what", "p50", "p95", "max"],
         "rows": rows,
         "notes": (
-            f"Target (DESIGN.md): p95 ≤ 400 ms. Medians over {args.runs} runs of each run's "
-            f"percentile over {args.bursts} bursts (1 kHz, 100 ms, one every 1.02 s so "
-            "onsets fall on every place in a chunk; the first 3 of each run skipped while "
-            "the jitter buffer settles). One aiortc speaker with `townhall speak`'s encoder "
-            "(Opus 32 kbit/s, in-band FEC); stage, edge, api and listener on one machine, "
-            "2 vCPU shared with other engineers' test runs (load average "
-            f"{load:.1f} at start): CPU contention is in the figures. Mouth = the frame "
-            "handed to aiortc (a microphone's capture buffer comes on top); ear = chunk "
-            "arrival + the onset's place in the chunk (a player's own buffer comes on "
-            "top). Chunking costs a constant ~one chunk (100 ms): an onset early in a "
-            "chunk waits longer for the publish, one late in it plays later after "
-            "arrival. The rest of the stage's part: jitter buffer, the 20 ms tick, two "
+            "Target (docs/architecture.md, Targets): p95 ≤ 400 ms. Medians over "
+            f"{args.runs} runs of each run's percentile over {args.bursts} bursts (1 kHz, "
+            "100 ms, one every 1.02 s so onsets fall on every place in a chunk; the first "
+            "3 of each run skipped while the jitter buffer settles). One aiortc speaker "
+            "with `townhall speak`'s encoder (Opus 32 kbit/s, in-band FEC); stage, edge, "
+            f"api and listener on one machine, {os.cpu_count()} CPUs shared with other "
+            f"work (load average {load:.1f} at start): CPU contention is in the figures. "
+            "Mouth = the frame handed to aiortc (a microphone's capture buffer comes on "
+            "top); ear = chunk arrival + the onset's place in the chunk (a player's own "
+            "buffer comes on top). Chunking costs a constant ~one chunk (100 ms): an onset "
+            "early in a chunk waits longer for the publish, one late in it plays later "
+            "after arrival. The rest of the stage's part: jitter buffer, the 20 ms tick, two "
             "Opus lookaheads (speaker's and program's encoder)."),
     }
     console.print(json.dumps(result, indent=1, ensure_ascii=False))

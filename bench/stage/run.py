@@ -196,6 +196,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--warm", type=float, default=6.0, help="seconds before measuring")
     ap.add_argument("--window", type=float, default=10.0, help="seconds measured per run")
     args = ap.parse_args(argv)
+    load = os.getloadavg()[0]
     console = Console()
     shares: list[float] = []
     refs: list[float] = []
@@ -225,13 +226,15 @@ def main(argv: list[str]) -> dict[str, Any]:
         "columns": ["what", "CPU, share of one core", "vs reference", "packet→chunk median",
                     "packet→chunk p95", "bursts measured"],
         "rows": rows,
-        "notes": ("Medians over the runs. Speakers: 12 `townhall speak` processes (tones) + one "
-                  "aiortc probe sending a 3 kHz burst each second, all on the same machine, "
-                  "so they compete with the stage for the 2 cores. Delay = stage publish time "
+        "notes": (f"Medians over {args.runs} run(s), {args.window:g} s each after "
+                  f"{args.warm:g} s. Speakers: {args.speakers - 1} `townhall speak` processes "
+                  "(tones) + one aiortc probe sending a 3 kHz burst each second, all on the "
+                  f"same machine, so they compete with the stage for its {os.cpu_count()} "
+                  f"CPUs (load average {load:.1f} at start). Delay = stage publish time "
                   "of the chunk holding the burst's first frame − the probe's send time: "
                   "loopback network, jitter buffer (≥ 40 ms), mixer tick and the wait for "
-                  "the chunk's 5 frames (0-80 ms). Reference = 13 Opus decodes + 14 encodes "
-                  "per 20 ms in a tight loop (PyAV), same run."),
+                  f"the chunk's 5 frames (0-80 ms). Reference = {args.speakers} Opus decodes "
+                  f"+ {args.speakers + 1} encodes per 20 ms in a tight loop (PyAV), same run."),
     }
     console.print(json.dumps(result, indent=1, ensure_ascii=False))
     return result

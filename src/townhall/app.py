@@ -40,10 +40,10 @@ log = logging.getLogger(__name__)
 
 # Which plug-in modules each HTTP role brings. A role's module exposes install(app, ctx).
 HTTP_PLUGINS: dict[str, list[str]] = {
-    "api": ["townhall.api.plugin", "townhall.recording.plugin", "townhall.recording.hls",
-            "townhall.api.whip", "townhall.web.plugin", "townhall.api.stageboard",
+    "api": ["townhall.api.routes", "townhall.recording.plugin", "townhall.recording.hls",
+            "townhall.api.whip", "townhall.web.routes", "townhall.api.stageboard",
             "townhall.api.ice", "townhall.api.webhooks"],
-    "edge": ["townhall.edge.plugin"],
+    "edge": ["townhall.edge.role"],
 }
 MAX_BODY = 64 * 1024
 BUS_RETRY_S = 2  # NATS unanswered: a node re-elected or a route back takes seconds
@@ -60,10 +60,12 @@ class ProblemResponse(JSONResponse):
     media_type = PROBLEM_CONTENT_TYPE
 
     def render(self, content: Any) -> bytes:
+        """The body as compact ASCII JSON."""
         return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
 def problem_response(problem: Problem) -> JSONResponse:
+    """A typed refusal as its problem+json response."""
     return ProblemResponse(problem.to_dict(), status_code=problem.status,
                            headers=problem.headers())
 
@@ -76,6 +78,7 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, or answer 413 once its body passes the limit."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -131,6 +134,7 @@ def _validation_problem(exc: RequestValidationError) -> Problem:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
+    """Answer every error as problem+json: refusals, validation, HTTP errors, crashes."""
     async def on_problem(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
         return problem_response(exc)

@@ -21,3 +21,12 @@ class CloseCode(IntEnum):
     ENDED = 4410           # the Space ended
     TOO_MANY = 4429        # this address holds as many listener connections as it may
     FULL = 4503            # this edge is full; the reason carries retry_after
+
+    @classmethod
+    def for_status(cls, status: int) -> CloseCode:
+        """The code mirroring a refusal's HTTP status (4000 + status); FORBIDDEN for a
+        status no code mirrors."""
+        try:
+            return cls(4000 + status)
+        except ValueError:
+            return cls.FORBIDDEN

@@ -1,5 +1,6 @@
-"""``townhall serve``: the embedded NATS, the HTTP roles in this process, the stage
-in a process of its own. Stops cleanly on SIGINT/SIGTERM, orphaning nothing."""
+"""``townhall serve``: the embedded NATS, the HTTP roles in this process, the stage in
+processes of their own (``--stages N``, one per core the HTTP roles leave, started again
+if one dies). Stops cleanly on SIGINT/SIGTERM, orphaning nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import faulthandler
 import importlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -33,7 +35,7 @@ from townhall.context import Context
 from townhall.edge.guard import idle_timeout_from_env
 from townhall.edge.handoff import http_protocol
 from townhall.observability import setup_logging
-from townhall.procs import stop_processes
+from townhall.procs import Supervisor
 from townhall.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -138,14 +140,30 @@ async def _serve_background(settings: Settings, roles: list[str]) -> None:
             raise task.exception()  # type: ignore[misc]
 
 
-def _child_argv(settings: Settings, roles: list[str]) -> list[str]:
+def default_stages(cpus: int, with_http: bool) -> int:
+    """Stage processes by default: a core each, but one core is left to the HTTP roles
+    (api + edge share one event loop); a stage-only process runs its one stage itself."""
+    return max(1, cpus - 1) if with_http else 1
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on (its affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _child_argv(settings: Settings, roles: list[str], node_id: str = "") -> list[str]:
     argv = [sys.executable, "-m", "townhall", "serve", "--roles", ",".join(roles),
             "--nats", ",".join(settings.nats_urls), "--data", str(settings.data_dir),
             "--log-level", settings.log_level, "--replicas", str(settings.replicas),
             "--nats-timeout", str(settings.nats_timeout),
             # Its own stable name: leases, heartbeats and metrics then say which machine's
-            # stage this is, not a hostname with a random suffix.
-            "--node-id", f"{settings.node_id}-{'-'.join(roles)}"]
+            # stage this is, not a hostname with a random suffix; a restart keeps it.
+            "--node-id", node_id or f"{settings.node_id}-{'-'.join(roles)}",
+            # Explicit, so that a TOWNHALL_STAGES inherited from us is not obeyed again.
+            "--stages", "1", "--stage-max-spaces", str(settings.stage_max_spaces)]
     if settings.public_url:
         argv += ["--public-url", settings.public_url]
     # Paths only: the child reads the secrets itself (argv is world-readable in /proc).
@@ -231,18 +249,21 @@ def run(settings: Settings) -> int:
         signal.signal(sig, on_signal)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     nats: EmbeddedNats | None = None
-    children: list[subprocess.Popen[bytes]] = []
+    children = Supervisor()
     try:
         if not settings.nats_urls:
             nats = _start_embedded_nats(settings)
         http_roles = [r for r in settings.roles if r in HTTP_PLUGINS]
         background = [r for r in settings.roles if r in BACKGROUND_ROLES]
-        if http_roles and "stage" in background:
-            # The speaker path never shares an event loop with listener fan-out.
+        stages = settings.stages or default_stages(usable_cpus(), bool(http_roles))
+        if "stage" in background and (http_roles or stages > 1):
+            # The speaker path never shares an event loop with listener fan-out, and each
+            # stage has a core of its own.
             background.remove("stage")
-            children.append(subprocess.Popen(_child_argv(settings, ["stage"]),
-                                             stdin=subprocess.DEVNULL,
-                                             preexec_fn=die_with_parent))
+            for i in range(1, stages + 1):
+                node = f"{settings.node_id}-stage-{i}"
+                children.keep(node, _child_argv(settings, ["stage"], node),
+                              stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         if http_roles:
             # uvloop: every listener's transport (joins, slow listeners' backlogs, text
             # frames; the fast set's sends go to the socket directly) is C where asyncio's
@@ -251,6 +272,9 @@ def run(settings: Settings) -> int:
             uvloop.run(_serve_http(settings, background))
         elif background:
             asyncio.run(_serve_background(settings, background))
+        elif children.procs:  # `--roles stage --stages N`: only the children work
+            while True:
+                signal.pause()  # until SIGINT/SIGTERM (KeyboardInterrupt, below)
         else:
             log.error("no runnable role in %s", settings.roles)
             return 2
@@ -258,6 +282,6 @@ def run(settings: Settings) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        stop_processes(children)
+        children.stop()
         if nats is not None:
             nats.stop()

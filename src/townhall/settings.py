@@ -13,6 +13,7 @@ from townhall.ice import IceConfig
 ALL_ROLES = ("api", "stage", "edge")
 LOOPBACK_PROXIES = ("127.0.0.0/8", "::1")
 DAY_S = 24 * 3600.0
+STAGE_MAX_SPACES = 100
 
 
 def parse_duration(text: str) -> float:
@@ -77,6 +78,12 @@ class Settings:
     # Space creation: (burst, refill per second) per identity and per client address.
     space_budget: tuple[float, float] = (5.0, 1 / 60)
     space_budget_address: tuple[float, float] = (30.0, 1 / 10)
+    # Stage processes `townhall serve` runs beside its HTTP roles (None: the machine's
+    # cores minus one for HTTP, at least 1), and the live Spaces one stage takes at most
+    # (0: no budget). 100 silent Spaces took ~73 % of a core before issue 18's silence
+    # fast path; speakers cost more, so this is a floor to raise after measuring.
+    stages: int | None = None
+    stage_max_spaces: int = STAGE_MAX_SPACES
 
     # ICE (where speakers' WebRTC finds the stage), raw; townhall.ice validates them.
     stun_urls: list[str] = field(default_factory=list)

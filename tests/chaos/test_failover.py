@@ -3,8 +3,8 @@
 A local cluster (3 NATS nodes, one api, two edges, two stages) carries a live Space with a
 `townhall speak` tone on stage and listeners on both edges. Then, one after another:
 ``kill -9`` an edge, the stage that owns the Space, and a NATS node. After each, the
-listeners must be hearing the same Space again within the bound DESIGN.md sets, with no
-chunk lost, and the room state must be as it was.
+listeners must be hearing the same Space again within the bound docs/architecture.md
+(Targets) sets, with no chunk lost, and the room state must be as it was.
 """
 
 from __future__ import annotations

@@ -340,6 +340,11 @@ def ffmpeg_pcm(url: str, *extra: str, seconds: float | None = None) -> np.ndarra
     return np.frombuffer(raw, dtype=np.int16).astype(np.float64)
 
 
+def listed(text: str) -> list[str]:
+    """The whole segments a media playlist lists, in order."""
+    return [ln for ln in text.splitlines() if ln.endswith(".m4s") and not ln.startswith("#")]
+
+
 def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
     host, _ = guest(served, "Hal")
     with served.client(host) as c:
@@ -349,7 +354,8 @@ def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
         [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
          "--token", host, "--tone", "880", "--seconds", "60"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    playlist = f"{served.url}/hls/{space}/index.m3u8"
+    base = f"{served.url}/hls/{space}"
+    playlist = f"{base}/opus.m3u8"
     try:
         def tone_listed() -> str | None:
             r = httpx.get(playlist, timeout=10)
@@ -361,18 +367,27 @@ def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
 
         live = until(tone_listed, 60, "a live playlist with the tone")
         assert "#EXT-X-ENDLIST" not in live
+        master = httpx.get(f"{base}/master.m3u8", timeout=10)
+        assert master.headers["content-type"].startswith("application/vnd.apple.mpegurl")
+        assert 'CODECS="opus"' in master.text and 'CODECS="mp4a.40.2"' in master.text
         r = httpx.get(playlist, timeout=10)
         assert r.headers["content-type"].startswith("application/vnd.apple.mpegurl")
         assert r.headers["cache-control"] == "public, max-age=1"
-        newest = r.text.strip().splitlines()[-1]
-        seg = httpx.get(f"{served.url}/hls/{space}/{newest}", timeout=10)
+        assert "CAN-BLOCK-RELOAD=YES" in r.text
+        newest = listed(r.text)[-1]
+        seg = httpx.get(f"{base}/{newest}", timeout=10)
         assert seg.status_code == 200 and "immutable" in seg.headers["cache-control"]
         pcm = ffmpeg_pcm(playlist, "-live_start_index", "-2", seconds=4)
         assert len(pcm) >= 3 * RATE  # two listed segments, then one more as it came
         assert abs(peak_hz(pcm[-RATE:]) - 880) < 15
+        # The AAC rendition (encoded once, by whichever api took the Space's key).
+        aac = ffmpeg_pcm(f"{base}/aac.m3u8", "-live_start_index", "-2", seconds=3)
+        assert len(aac) >= 2 * RATE
+        assert abs(peak_hz(aac[-RATE:]) - 880) < 15
+        blocking_reload(base)
         # A clip of a live Space: its last seconds, from JetStream and the recording. The
         # playlist is read again: the one above may have listed only the first segment.
-        latest = httpx.get(playlist, timeout=10).text.strip().splitlines()[-1]
+        latest = listed(httpx.get(playlist, timeout=10).text)[-1]
         edge_s = (int(latest.split(".")[0]) + 1) * 2
         assert edge_s >= 4, latest  # ffmpeg has just read 4 s of it
         with served.client(host) as c:
@@ -396,8 +411,42 @@ def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
     vod = httpx.get(playlist, timeout=10)
     assert vod.text.endswith("#EXT-X-ENDLIST\n")
     # The very live segment is still served, byte for byte, from the recording.
-    again = httpx.get(f"{served.url}/hls/{space}/{newest}", timeout=10)
+    again = httpx.get(f"{base}/{newest}", timeout=10)
     assert again.status_code == 200 and again.content == seg.content
     pcm = ffmpeg_pcm(playlist)
     assert abs(len(pcm) / RATE - rec["duration"]) < 0.5, (len(pcm) / RATE, rec)
+    # The contract's URL is the same VOD: index.m3u8 ends with #EXT-X-ENDLIST too.
+    index = httpx.get(f"{base}/index.m3u8", timeout=10)
+    assert index.status_code == 200 and index.text == httpx.get(playlist, timeout=10).text
+    assert index.text.endswith("#EXT-X-ENDLIST\n")
     assert abs(peak_hz(pcm[len(pcm) // 2:len(pcm) // 2 + RATE]) - 880) < 15
+    # The AAC VOD is made once the recording is: then the master lists it.
+    until(lambda: "mp4a.40.2" in httpx.get(f"{base}/master.m3u8", timeout=10).text, 60,
+             "the AAC rendition of the recording")
+    aac_vod = httpx.get(f"{base}/aac.m3u8", timeout=10)
+    assert aac_vod.text.endswith("#EXT-X-ENDLIST\n")
+    aac = ffmpeg_pcm(f"{base}/aac.m3u8")
+    assert abs(len(aac) / RATE - rec["duration"]) < 0.5, (len(aac) / RATE, rec)
+    assert abs(peak_hz(aac[len(aac) // 2:len(aac) // 2 + RATE]) - 880) < 15
+
+
+def blocking_reload(base: str) -> None:
+    """LL-HLS: a request for the next part returns once it exists, listing it; nonsense
+    and requests too far ahead answer 400 at once."""
+    text = httpx.get(f"{base}/opus.m3u8", timeout=10).text
+    hint = text.split('#EXT-X-PRELOAD-HINT:TYPE=PART,URI="')[1].split('"')[0]
+    msn, part = hint.removesuffix(".m4s").split(".")
+    assert hint not in text.split("#EXT-X-PRELOAD-HINT")[0]  # not there yet
+    got = httpx.get(f"{base}/opus.m3u8", params={"_HLS_msn": msn, "_HLS_part": part},
+                    timeout=15)
+    assert got.status_code == 200, got.text
+    assert f'URI="{hint}"' in got.text.split("#EXT-X-PRELOAD-HINT")[0] \
+        or f"{msn}.m4s" in listed(got.text)
+    part_bytes = httpx.get(f"{base}/{hint}", timeout=10)
+    assert part_bytes.status_code == 200 and part_bytes.content[4:8] == b"styp"
+    whole = httpx.get(f"{base}/opus.m3u8", params={"_HLS_msn": int(msn) + 1}, timeout=15)
+    assert whole.status_code == 200 and f"{int(msn) + 1}.m4s" in listed(whole.text)
+    for params in ({"_HLS_msn": int(msn) + 50}, {"_HLS_part": "1"},
+                   {"_HLS_msn": "x"}, {"_HLS_msn": msn, "_HLS_part": "9"}):
+        problem(httpx.get(f"{base}/opus.m3u8", params=params, timeout=10), 400,
+                "bad-hls-directive")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import Served, start_townhall
+from tests.waiting import until
 
 
 def _nats_children(pid: int) -> list[int]:
@@ -19,9 +21,9 @@ def _nats_children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def test_serve_is_healthy_exports_metrics_and_says_when_its_stage_is_gone(
+def test_serve_runs_its_stages_says_when_they_are_gone_and_restarts_them(
         tmp_path: Path) -> None:
-    served = start_townhall(tmp_path / "data")
+    served = start_townhall(tmp_path / "data", "--stages", "2")
     try:
         health = httpx.get(f"{served.url}/healthz", timeout=5).json()
         assert health["ok"] is True
@@ -29,24 +31,39 @@ def test_serve_is_healthy_exports_metrics_and_says_when_its_stage_is_gone(
         metrics = httpx.get(f"{served.url}/metrics", timeout=5)
         assert "townhall_http_requests_total" in metrics.text
         assert (tmp_path / "data" / "token-secret").stat().st_mode & 0o777 == 0o600
-        # The stage child reports (its heartbeat is on /metrics); once it is killed,
-        # /healthz says so (503).
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "townhall_stage_report_age_seconds{" not in \
-                httpx.get(f"{served.url}/metrics", timeout=5).text:
-            time.sleep(0.5)
+        # Both stage children report, each under its own name (on /metrics).
+        until(lambda: len(_reporting(served)) == 2, 30, "two stage heartbeats")
+        assert sorted(n.rpartition("-stage-")[2] for n in _reporting(served)) == ["1", "2"]
         health = httpx.get(f"{served.url}/healthz", timeout=5).json()
         assert health["ok"] is True and health["checks"]["stage"] is True, health
-        os.kill(_stage_child(served.proc.pid), signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        r = httpx.get(f"{served.url}/healthz", timeout=5)
-        while time.monotonic() < deadline and r.status_code == 200:
-            time.sleep(0.5)
+        # Once no stage reports (here: frozen, so that none is started again at once),
+        # /healthz says so (503).
+        frozen = _stage_children(served.proc.pid)
+        assert len(frozen) == 2
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            until(lambda: httpx.get(f"{served.url}/healthz", timeout=5).status_code == 503,
+                  30, "/healthz to say the stages are gone")
             r = httpx.get(f"{served.url}/healthz", timeout=5)
-        assert r.status_code == 503, r.text
-        assert r.json()["checks"] == {"nats": True, "stage": False}
+            assert r.json()["checks"] == {"nats": True, "stage": False}, r.text
+        finally:
+            # Stages that die are started again (same names), and /healthz is 200 again
+            # only once a new one reports.
+            for pid in frozen:
+                os.kill(pid, signal.SIGKILL)
+        until(lambda: len(set(_stage_children(served.proc.pid)) - set(frozen)) == 2, 30,
+              "both stage children started again")
+        until(lambda: httpx.get(f"{served.url}/healthz", timeout=5).status_code == 200,
+              30, "the new stages' heartbeats")
     finally:
         assert served.stop(signal.SIGTERM) == 0
+
+
+def _reporting(served: Served) -> set[str]:
+    """The stage nodes whose heartbeats the api exports."""
+    text = httpx.get(f"{served.url}/metrics", timeout=5).text
+    return set(re.findall(r'^townhall_stage_spaces\{node="([^"]+)"\}', text, re.M))
 
 
 def test_sigterm_stops_the_embedded_nats(tmp_path: Path) -> None:
@@ -66,10 +83,14 @@ def test_unknown_route_is_problem_json(townhall: Served) -> None:
     assert r.json()["type"] == "/problems/not-found"
 
 
-def _stage_child(pid: int) -> int:
+def _stage_children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid), "-f", "roles stage"],
                          capture_output=True, text=True, check=False).stdout
-    return int(out.split()[0])
+    return [int(p) for p in out.split()]
+
+
+def _stage_child(pid: int) -> int:
+    return _stage_children(pid)[0]
 
 
 def test_sigterm_stops_a_stage_that_nats_refuses(tmp_path: Path) -> None:

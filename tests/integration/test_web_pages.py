@@ -80,4 +80,4 @@ def test_assets_are_versioned_and_immutable(townhall_shared: Served) -> None:
     # An older build's URL (a page cached before a deploy) gets today's file, not cached.
     stale = c.get("/static/000000000000/app.js")
     assert stale.status_code == 200 and stale.headers["cache-control"] == "no-cache"
-    assert c.get(f"/static/{version}/../plugin.py").status_code == 404
+    assert c.get(f"/static/{version}/../routes.py").status_code == 404

@@ -3,7 +3,8 @@
 The stage that owned the Space is frozen (SIGSTOP): its NATS subscription stays (the server
 has not noticed yet) but it no longer renews its lease, as when a stage hangs or its
 machine dies. A speaker's client must learn at once that no stage holds the Space, so it
-retries while another stage takes over, instead of waiting out the api's 15 s request.
+retries while another stage takes over, instead of waiting out the api's 15 s request;
+and an offer sent while the frozen stage's lease still stands is answered so once it lapses.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ async def test_whip_while_no_stage_holds_the_space_is_refused_at_once(
             assert c.post(f"/api/v1/spaces/{space}/start").status_code == 200
         await lease(bus, space, held=True, bound_s=60)
         os.kill(stage.pid, signal.SIGSTOP)
+        with served.client(token) as c:
+            # Sent while the frozen stage's lease still stands: the api asks that stage,
+            # which never answers. It must give up once the lease lapses (≤ 3 s, checked
+            # every second), not wait out its 15 s: a speaker coming back early in a
+            # failover was held that long. 8 s is the bound here.
+            r = c.post(f"/whip/{space}", content=OFFER, timeout=8,
+                       headers={"Content-Type": "application/sdp"})
+        assert r.status_code == 503, r.text
+        assert r.json()["type"].endswith("/problems/no-stage")
         await lease(bus, space, held=False, bound_s=30)
         with served.client(token) as c:
             before = c.get(f"/api/v1/spaces/{space}").json()

@@ -14,6 +14,7 @@ import json
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import pytest
 from tests.netlab import Host, Lab, live_space, why_unavailable
 from townhall.bus.credentials import USERS_FILE, load_or_create_users, write_private
 from townhall.bus.embedded import nats_server_binary
+from townhall.bus.subjects import LEASE_TTL_S
 from townhall.cluster.plan import NatsNode
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(420),
@@ -81,6 +83,36 @@ def on_chunk(c):
     tone = band_db(pcm, 440) - band_db(pcm, 2500) > 20
     log.write(json.dumps([time.time(), c.seq, c.pts, tone]) + "\\n")
 asyncio.run(ResilientListener(base, space, edges=edges, on_chunk=on_chunk).run(asyncio.Event()))
+"""
+
+
+# What the bus shows of a failover, seen from h1's NATS node only (never cut off nor killed:
+# a client of a cut-off node would see nothing until it moved): one line per stored lease
+# change (the owner's node, "" once deleted; refused writes are not stored, so a watch,
+# not a subscription) and per chunk (its seq, whether stored or not).
+TIMELINE = """
+import asyncio, json, sys, time
+from pathlib import Path
+from townhall.bus import subjects
+from townhall.bus.bus import NatsBus
+from townhall.bus.credentials import admin_auth
+from townhall.media.chunk import Chunk
+url, users, space, out = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+log = open(out, "a", buffering=1)
+def write(*row):
+    log.write(json.dumps([time.time(), *row]) + "\\n")
+async def main():
+    bus = await NatsBus.connect([url], auth=admin_auth(Path(users)), setup=False,
+                                name="timeline")
+    def lease(change):
+        if change.key == space:
+            write("lease", (change.value or b"").decode())
+    async def chunk(msg):
+        write("chunk", Chunk.decode(msg.data).seq)
+    await bus.kv_watch(subjects.LEASES_BUCKET, lease)
+    await bus.subscribe(subjects.media(space), chunk)
+    await asyncio.Event().wait()
+asyncio.run(main())
 """
 
 
@@ -169,24 +201,23 @@ def heard(path: Path) -> list[tuple[float, int, int, bool]]:
 
 
 def tone_back(path: Path, since: float, bound_s: float) -> float:
-    """Seconds from ``since`` to the first toned chunk heard after the gap that followed it
-    (chunks already on their way at ``since`` do not count); bounded."""
+    """Seconds from ``since`` to the first of three toned chunks in a row heard after the
+    gap that followed it (chunks already on their way at ``since`` do not count); bounded."""
     deadline = time.monotonic() + bound_s
     while time.monotonic() < deadline:
         rows = heard(path)
         before = [t for t, _, _, _ in rows if t <= since]
         last = before[-1] if before else since
         gap_over = False
-        toned = []
-        for t, _, _, tone in rows:
+        toned: list[float] = []  # the current run of toned chunks: one alone may be the
+        for t, _, _, tone in rows:  # decoder's tail of the old owner's audio, not the speaker
             if t <= since:
                 continue
             gap_over = gap_over or t - last > GAP_S
             last = t
-            if gap_over and tone:
-                toned.append(t)
-        if len(toned) >= 3:
-            return toned[0] - since
+            toned = [*toned, t] if gap_over and tone else []
+            if len(toned) >= 3:
+                return toned[0] - since
         time.sleep(0.1)
     raise AssertionError(f"no tone in {path.name} within {bound_s} s")
 
@@ -199,6 +230,70 @@ def owner(c: Cluster, space: str, bound_s: float = 20) -> str:
             return node
         time.sleep(0.5)
     raise AssertionError("no stage owns the Space")
+
+
+def stamp_lines(proc: subprocess.Popen[bytes], out: Path) -> None:
+    """Copy a process's output to ``out``, each line prefixed with the wall time it came."""
+    def copy() -> None:
+        assert proc.stdout is not None
+        with out.open("w", buffering=1) as f:
+            for line in proc.stdout:
+                f.write(f"{time.time():.3f} {line.decode(errors='replace')}")
+    threading.Thread(target=copy, daemon=True).start()
+
+
+def first_after_gap(times: list[float], since: float) -> float | None:
+    """The first time after ``since`` that ends a pause longer than GAP_S (the failover's
+    silence), counted from the last one at or before ``since``."""
+    before = [t for t in times if t <= since]
+    last = before[-1] if before else since
+    for t in times:
+        if t > since:
+            if t - last > GAP_S:
+                return t
+            last = t
+    return None
+
+
+def timeline(c: Cluster, since: float, old: str, logs: dict[str, Path]) -> dict[str, float]:
+    """Where a failover's seconds went, each from ``since`` (the cut or the kill): the old
+    owner's lease expiring (its last renewal + TTL), another stage taking it, the first
+    chunk on the bus after the silence, the speaker noticing and coming back, and each
+    listener's first chunk and first toned chunk."""
+    rows = [json.loads(line) for line in (c.tmp / "timeline.jsonl").read_text().splitlines()
+            if line.endswith("]")]
+    leases = [(t, v) for t, kind, v in rows if kind == "lease"]
+    out: dict[str, float] = {}
+    renewed = [t for t, v in leases if t <= since and v == old]
+    if renewed:
+        out["old lease expires"] = renewed[-1] + LEASE_TTL_S - since
+    taken = [t for t, v in leases if t > since and v not in ("", old)]
+    if taken:  # as h1's watch saw it: late while the bucket elects a leader
+        out["lease seen taken"] = taken[0] - since
+    owns = [json.loads(line)["ts"] for log in (c.tmp / "h2-stage.log", c.tmp / "h3-api.log")
+            for line in log.read_text(errors="replace").splitlines()
+            if '"stage owns space"' in line]
+    owns = sorted(t for t in owns if t > since)
+    if owns:
+        out["new owner's clock starts"] = owns[0] - since
+    bus = first_after_gap([t for t, kind, _ in rows if kind == "chunk"], since)
+    if bus is not None:
+        out["first chunk on the bus"] = bus - since
+    speak = [line.split(" ", 1) for line in (c.tmp / "speak.log").read_text().splitlines()]
+    said = [(float(t), text) for t, text in speak if float(t) > since]
+    live = [t for t, text in said if "live on" in text]
+    back = live[0] if live else float("inf")
+    retries = [(t, text) for t, text in said if "reconnecting" in text and t < back]
+    if retries:
+        out["speaker noticed"] = retries[0][0] - since
+        out["speaker refusals (a count)"] = sum(1 for _, text in retries if "refused" in text)
+    if live:
+        out["speaker live again"] = back - since
+    for at, path in logs.items():
+        heard_at = first_after_gap([t for t, *_ in heard(path)], since)
+        if heard_at is not None:
+            out[f"first chunk on {at}"] = heard_at - since
+    return out
 
 
 def no_repeats(path: Path) -> None:
@@ -219,10 +314,14 @@ def test_partition_and_host_loss(cluster: Cluster) -> None:
     c.serve("h3", "api,stage", "h3-api", near("h3"))
     c.serve("h4", "edge", "h4-edge", near("h1"))
     space = live_space(h["h1"], c.url("h1"), "Hosts", bound_s=90)
-    h["h1"].popen([sys.executable, "-m", "townhall", "speak", "--url", c.url("h1"),
-                   "--space", space["space"], "--token", space["token"], "--tone", "440",
-                   "--seconds", "300"], stdout=(c.tmp / "speak.log").open("wb"),
-                  stderr=subprocess.STDOUT, cwd=ROOT)
+    h["h1"].popen([sys.executable, "-c", TIMELINE, c.nats_urls[0], str(c.users),
+                   space["space"], str(c.tmp / "timeline.jsonl")], cwd=ROOT,
+                  stdout=(c.tmp / "timeline.log").open("wb"), stderr=subprocess.STDOUT)
+    speaker = h["h1"].popen([sys.executable, "-m", "townhall", "speak", "--url", c.url("h1"),
+                             "--space", space["space"], "--token", space["token"],
+                             "--tone", "440", "--seconds", "300"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    stamp_lines(speaker, c.tmp / "speak.log")
     edges = {at: f"ws://{h[at].addr}:{HTTP_PORT}/ws/{space['space']}" for at in ("h1", "h4")}
     logs = {}
     for at, other in (("h1", "h4"), ("h4", "h1")):
@@ -244,6 +343,7 @@ def test_partition_and_host_loss(cluster: Cluster) -> None:
     t0 = time.time()
     for at in logs:
         figures[f"partition: tone back on {at}"] = tone_back(logs[at], t0, 60)
+    steps = {"partition": (t0, first)}
     second = owner(c, space["space"])
     assert second != first
     time.sleep(max(0.0, t0 + 20 - time.time()))  # the partition lasts 20 s
@@ -264,14 +364,19 @@ def test_partition_and_host_loss(cluster: Cluster) -> None:
     t1 = time.time()
     for at in logs:
         figures[f"host loss: tone back on {at}"] = tone_back(logs[at], t1, 60)
+    steps["host loss"] = (t1, current)
     assert owner(c, space["space"]) != current
     for at in logs:
         no_repeats(logs[at])
 
     for name, value in figures.items():
         print(f"{name}: {value:.2f} s")
-    # How fast audio comes back is a figure for bench/README.md, not an assertion here (a
-    # shared 2-core machine decides it as much as the code): the waits above only bound the
-    # test. The goal is 5 s, as on loopback; across hosts the lease TTL (3 s), NATS's raft
-    # election when the leases bucket's leader was on the lost host (4-9 s) and the
-    # speaker's reconnect backoff add up: measured 2.6-7.6 s, once over 20 s.
+    for event, (since, old) in steps.items():  # where the seconds went (docs/operations.md)
+        print(f"timeline {event}: at {since:.2f}, {old} owned the Space")
+        for step, value in sorted(timeline(c, since, old, logs).items(), key=lambda x: x[1]):
+            print(f"timeline {event}: {step}: {value:.2f}")
+    # How fast audio comes back is a figure for bench/README.md, not an assertion here: the
+    # 5 s goal holds only when the lost host led neither the leases bucket nor MEDIA (their
+    # raft elections take 4-9 s), and a takeover after the heal can number below what the
+    # listeners heard; tone back 3.6-9.4 s in the last three runs (bench/README.md has the
+    # timelines). The waits above only bound the test.

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from tests.certs import make_ca
-from townhall.edge.listeners import direct_socket
+from townhall.edge.fanout import direct_socket
 
 
 class Keep(asyncio.Protocol):

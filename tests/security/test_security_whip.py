@@ -23,6 +23,7 @@ from townhall.api.whip import IDENTITY_BURST, SPACE_BURST, OfferBudget, stage_re
 from townhall.auth import TokenIssuer
 from townhall.bus import Bus, NatsBus, subjects
 from townhall.bus.bus import Message
+from townhall.bus.messages import WhipOffer, WhipReply, decode_whip_reply, encode
 from townhall.problems import BadInput, Problem, TooLarge, TooMany, Unavailable, Unprocessable
 from townhall.sdp import check_sdp
 from townhall.sessionid import is_session_id, new_session_id
@@ -113,12 +114,11 @@ def test_session_ids_have_one_shape() -> None:
 
 
 def test_stage_replies_become_problems_without_foreign_text() -> None:
-    assert stage_refusal({"status": 201, "session": "x", "sdp": "v=0"}) is None
-    busy = stage_refusal({"status": 503, "detail": "busy", "slug": "stage-busy",
-                          "retry_after": 2})
+    assert stage_refusal(WhipReply(201, session="x", sdp="v=0")) is None
+    busy = stage_refusal(WhipReply(503, "busy", slug="stage-busy", retry_after=2))
     assert isinstance(busy, Unavailable) and busy.retry_after == 2
     assert busy.type == "/problems/stage-busy"
-    odd = stage_refusal({"status": 500, "detail": "'NoneType' object has no attribute"})
+    odd = stage_refusal(WhipReply(500, "'NoneType' object has no attribute"))
     assert odd is not None and odd.status == 500 and "NoneType" not in odd.detail
 
 
@@ -300,11 +300,11 @@ async def test_the_stage_checks_offers_itself(served: Served, watch: Watch) -> N
     await watch.leased(space)
     for sdp, status, slug in ((bomb(213), 422, "too-many-media"),
                                   (bomb(213, 64_000), 413, "sdp-too-large")):
-        payload = json.dumps({"identity": identity, "name": "Host", "sdp": sdp}).encode()
+        payload = encode(WhipOffer(identity, "Host", sdp))
         for _ in range(20):  # 503 while the stage starts the Space's clock after its lease
-            reply = json.loads((await watch.bus.request(subjects.whip(space), payload,
-                                                        timeout=15)).data)
-            if reply["status"] != 503:
+            reply = decode_whip_reply((await watch.bus.request(subjects.whip(space), payload,
+                                                               timeout=15)).data)
+            if reply.status != 503:
                 break
             await asyncio.sleep(0.5)
-        assert (reply["status"], reply.get("slug")) == (status, slug), reply
+        assert (reply.status, reply.slug) == (status, slug), reply

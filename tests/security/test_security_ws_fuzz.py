@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_edge_handoff import LIVE, SPACE, connect, edge, settle, upgrade
-from townhall.edge.listeners import WsListener
+from townhall.edge.websocket import WsListener
 
 # What one connection may get back for anything it sends: at most the client message
 # budget's pongs (20 x 127 bytes), a few JSON texts and a close frame.

@@ -7,6 +7,7 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest
 
 from townhall.api.stageboard import StageBoard, StageCollector, families
+from townhall.bus.messages import StageHeartbeat, decode_heartbeat, encode
 from townhall.media.playout import Playout
 from townhall.stage.counters import ClockWatch, Tally, stage_report
 
@@ -30,30 +31,30 @@ def test_tally_folds_playouts_and_adds() -> None:
     b.add(a)
     assert b == Tally(ticks=15, late_frames=1, fec_recovered=3, plc_frames=4, lost_packets=7)
     report = stage_report("n1", ["s2", "s1"], 2, b, -0.001, 123.0)
-    assert report == {"node": "n1", "spaces": ["s1", "s2"], "speakers": 2, "ticks": 15,
-                      "jitter_target_ms": 0.0,
-                      "late_frames": 1, "max_late_ms": 0.0, "fec_recovered": 3,
-                      "plc_frames": 4, "lost_packets": 7, "at": 123.0}
+    assert report == StageHeartbeat("n1", ["s1", "s2"], speakers=2, ticks=15,
+                                    jitter_target_ms=0.0, late_frames=1, max_late_ms=0.0,
+                                    fec_recovered=3, plc_frames=4, lost_packets=7, at=123.0)
+    assert decode_heartbeat(encode(report)) == report
 
 
 def test_board_keeps_latest_per_node_and_drops_silent_ones() -> None:
     board = StageBoard(stale_s=10)
-    board.update({"node": "a", "ticks": 50}, now=100.0)
-    board.update({"node": "b", "ticks": 7}, now=101.0)
-    board.update({"node": "a", "ticks": 100}, now=101.0)
-    board.update({"ticks": 1}, now=101.0)  # no node: ignored
-    assert [(r["ticks"], age) for r, age in board.current(102.0)] == [(100, 1.0), (7, 1.0)]
-    board.update({"node": "a", "ticks": 150}, now=108.0)
-    assert [r["node"] for r, _ in board.current(111.5)] == ["a"]  # b silent 10.5 s
+    board.update(StageHeartbeat("a", ticks=50), now=100.0)
+    board.update(StageHeartbeat("b", ticks=7), now=101.0)
+    board.update(StageHeartbeat("a", ticks=100), now=101.0)
+    assert [(r.ticks, age) for r, age in board.current(102.0)] == [(100, 1.0), (7, 1.0)]
+    board.update(StageHeartbeat("a", ticks=150), now=108.0)
+    assert [r.node for r, _ in board.current(111.5)] == ["a"]  # b silent 10.5 s
     assert board.current(200.0) == []
 
 
 def test_exported_names_and_labels() -> None:
     board = StageBoard()
-    board.update({"node": "st-1", "spaces": ["x"], "speakers": 2, "ticks": 500,
-                  "late_frames": 3, "max_late_ms": 12.5, "fec_recovered": 4,
-                  "plc_frames": 5, "lost_packets": 9, "at": 1.0, "jitter_target_ms": 60.0},
-                 now=time.monotonic())
+    board.update(decode_heartbeat(
+        b'{"node": "st-1", "spaces": ["x"], "speakers": 2, "ticks": 500, "late_frames": 3,'
+        b' "max_late_ms": 12.5, "fec_recovered": 4, "plc_frames": 5, "lost_packets": 9,'
+        b' "at": 1.0, "jitter_target_ms": 60, "max_spaces": 100, "cpu": 0.25,'
+        b' "draining": true}'), now=time.monotonic())
     registry = CollectorRegistry()
     registry.register(StageCollector(board))
     text = generate_latest(registry).decode()
@@ -64,7 +65,10 @@ def test_exported_names_and_labels() -> None:
                  'townhall_stage_lost_packets_total{node="st-1"} 9.0',
                  'townhall_stage_speakers{node="st-1"} 2.0',
                  'townhall_stage_max_late_ms{node="st-1"} 12.5',
-                 'townhall_stage_jitter_target_ms{node="st-1"} 60.0'):
+                 'townhall_stage_jitter_target_ms{node="st-1"} 60.0',
+                 'townhall_stage_max_spaces{node="st-1"} 100.0',
+                 'townhall_stage_cpu{node="st-1"} 0.25',
+                 'townhall_stage_draining{node="st-1"} 1.0'):
         assert line in text, line
     assert "townhall_stage_report_age_seconds{node=\"st-1\"}" in text
     assert all(not f.samples for f in families([]))

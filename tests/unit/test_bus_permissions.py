@@ -115,3 +115,12 @@ def test_the_config_is_json_with_every_user_and_its_permissions() -> None:
     assert by_name["edge"]["permissions"]["publish"]["allow"] == list(
         permissions_of("edge").publish)
     assert by_name["stage"]["permissions"]["allow_responses"] is True
+
+
+def test_only_the_api_publishes_the_aac_rendition() -> None:
+    aac = subjects.aac(SPACE)
+    assert may_publish("api", aac)
+    assert not may_publish("edge", aac) and not may_publish("stage", aac)
+    assert not matches("townhall.*.media", aac)  # the stream HLSAAC never overlaps MEDIA
+    for role in ("edge", "stage"):  # every process's ensure_topology creates HLSAAC too
+        assert may_publish(role, f"$JS.API.STREAM.CREATE.{subjects.AAC_STREAM}")

@@ -13,6 +13,7 @@ from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 from websockets.streams import StreamReader
 
+from townhall.edge.fanout import Outlet
 from townhall.edge.feed import Feed
 from townhall.edge.frame import Frame
 from townhall.edge.subscriber import Subscriber
@@ -38,8 +39,10 @@ class Socket:
             self.sub.pause()
 
     def drained(self) -> None:
+        """resume_writing: the connection asks the feed to send the backlog."""
         self.buffered = 0
-        self.sub.resume()
+        assert self.sub.feed is not None
+        self.sub.feed.resume(self.sub)
 
 
 def parse_ws(data: bytes) -> list[WsFrame]:
@@ -74,7 +77,7 @@ def streaming(feed: Feed, kind: str = "ws", high: int | None = None
     sub = Subscriber(kind)
     sock = Socket(sub, high)
     feed.attach(sub)
-    sub.streaming(sock.write)
+    feed.open(sub, Outlet(sock.write))
     return sub, sock
 
 
@@ -133,7 +136,7 @@ def test_not_streaming_yet_means_queued_then_written_in_order_when_it_starts() -
     feed.on_media(chunk(2))
     assert sub in feed.slow and len(sub.backlog) == 2
     sock = Socket(sub)
-    sub.streaming(sock.write)
+    feed.open(sub, Outlet(sock.write))
     frames = parse_ws(b"".join(sock.written))
     assert [f.opcode for f in frames] == [Opcode.TEXT, Opcode.BINARY, Opcode.BINARY]
     assert sub in feed.fast["ws"]
@@ -168,7 +171,7 @@ def test_a_stalled_listener_is_skipped_then_closed_4408_alone() -> None:
     sub.on_end = lambda: ended.append(sub.close)
     sock = Socket(sub, high=0)
     feed.attach(sub)
-    sub.streaming(sock.write)
+    feed.open(sub, Outlet(sock.write))
     _other, other_sock = streaming(feed)
     for seq in range(1, 40):
         feed.on_media(chunk(seq))
@@ -183,7 +186,7 @@ def test_a_skip_is_announced_with_a_jump_frame_before_the_next_chunk() -> None:
     sub = Subscriber("ws", backlog_limit=3)
     sock = Socket(sub, high=0)
     feed.attach(sub)
-    sub.streaming(sock.write)         # the first write pauses it
+    feed.open(sub, Outlet(sock.write))   # the first write pauses it
     for seq in range(1, 10):
         feed.on_media(chunk(seq))
     sock.high = None
@@ -197,10 +200,10 @@ def test_a_skip_is_announced_with_a_jump_frame_before_the_next_chunk() -> None:
 def test_own_text_leaves_the_fast_set_only_while_it_is_queued() -> None:
     feed = Feed("s", OggOpusStream())
     sub, sock = streaming(feed)
-    sub.push_text('{"type": "pong"}')   # written at once: still keeping up
+    feed.text(sub, '{"type": "pong"}')   # written at once: still keeping up
     assert sub in feed.fast["ws"] and not sub.texts
     sub.pause()
-    sub.push_text('{"type": "pong"}')
+    feed.text(sub, '{"type": "pong"}')
     feed.on_levels('{"type": "levels", "levels": {}}')
     assert len(sub.texts) == 2 and sub in feed.slow
     sock.drained()
@@ -218,7 +221,7 @@ def test_coalesced_flush_is_one_write_per_fast_listener_and_no_duplicate_after_r
     late.preload(feed.ring.since(3))
     feed.attach(late)
     late_sock = Socket(late)
-    late.streaming(late_sock.write)
+    feed.open(late, Outlet(late_sock.write))
     assert late in feed.slow            # it already has held chunks: not fast yet
     feed.flush()
     assert len(sock.written) == 1 and seqs(sock.written) == [1, 2, 3, 4, 5]
@@ -260,7 +263,7 @@ def test_a_transport_that_raises_leaves_the_fast_set_without_stopping_the_others
     def closed(data: bytes) -> None:
         raise RuntimeError("unable to perform operation on a closed transport")
 
-    broken.streaming(closed)
+    feed.open(broken, Outlet(closed))
     _other, sock = streaming(feed)
     feed.on_media(chunk(1))
     assert broken not in feed.fast["ws"] and seqs(sock.written) == [1]
@@ -281,7 +284,7 @@ def test_frame_wire_by_kind() -> None:
         b"ws", b"chunked", b"page")
 
 
-# Direct sends: listeners that bring their socket (edge/listeners.py) are sent to with
+# Direct sends: listeners that bring their socket (edge/connection.py) are sent to with
 # socket.send through map(); a short or refused send hands the rest to the transport.
 # Real kernel sockets (a socketpair per listener), no event loop: still deterministic.
 
@@ -296,7 +299,7 @@ def socket_listener(feed: Feed, sndbuf: int | None = None
     sub = Subscriber("ws")
     transport = Socket(sub, high=0)   # high-water 0: holding any byte pauses it
     feed.attach(sub)
-    sub.streaming(transport.write, sock=ours)
+    feed.open(sub, Outlet(transport.write, ours))
     return sub, transport, ours, theirs
 
 
@@ -376,3 +379,29 @@ def test_a_closed_socket_leaves_the_fast_set_and_the_ones_after_it_still_get_the
     assert first in feed.fast["ws"] and last in feed.fast["ws"]
     feed.on_media(chunk(2))
     assert seqs([read_all(theirs1)]) == [1, 2] == seqs([read_all(theirs3)])
+
+
+def test_a_subscriber_returns_the_bytes_to_send_and_holds_no_socket() -> None:
+    sub = Subscriber("ws")
+    assert {"sock", "write"}.isdisjoint(Subscriber.__slots__)
+    assert sub.push_text('{"type": "state"}') == b""    # not streaming yet: queued
+    first = sub.start(b"HEAD")
+    assert first == b"HEAD" + ws_text_frame('{"type": "state"}')
+    assert sub.push_text("x") == ws_text_frame("x")       # nothing queued: at once
+    sub.pause()
+    assert sub.push_text("y") == b"" and sub.resume() == ws_text_frame("y")
+
+
+def test_only_the_fan_out_touches_sockets() -> None:
+    """One module of the edge sends to sockets: no other imports ``socket``."""
+    import ast
+    from pathlib import Path
+
+    import townhall.edge
+    edge = Path(townhall.edge.__file__).parent
+    importers = sorted(
+        path.name for path in edge.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (isinstance(node, ast.Import) and any(a.name == "socket" for a in node.names))
+        or (isinstance(node, ast.ImportFrom) and node.module == "socket"))
+    assert importers == ["fanout.py"]

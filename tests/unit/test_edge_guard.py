@@ -27,12 +27,12 @@ from townhall.bus import Message
 from townhall.closecode import CloseCode
 from townhall.edge import guard
 from townhall.edge.feed import Feed
+from townhall.edge.gate import EdgeNode
 from townhall.edge.guard import ConnectionCap, PerAddress, ReplayBudget, ReplayChoice
 from townhall.edge.handoff import client_address, http_protocol
 from townhall.edge.hub import Hub
-from townhall.edge.listeners import CLIENT_BURST, MAX_OWED, WsListener
-from townhall.edge.node import EdgeNode
 from townhall.edge.subscriber import Subscriber
+from townhall.edge.websocket import CLIENT_BURST, MAX_OWED, WsListener
 from townhall.media.chunk import Chunk
 
 PEER = "198.51.100.1"

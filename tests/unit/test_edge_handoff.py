@@ -22,10 +22,11 @@ from tests.unit.test_edge_fastset import parse_ws
 from townhall.auth import TokenIssuer
 from townhall.bus import Entry
 from townhall.edge.feed import Feed
+from townhall.edge.gate import EdgeNode
 from townhall.edge.handoff import http_protocol, listen_request
 from townhall.edge.hub import Hub
-from townhall.edge.listeners import OggListener, WsListener
-from townhall.edge.node import EdgeNode
+from townhall.edge.ogghttp import OggListener
+from townhall.edge.websocket import WsListener
 from townhall.media.chunk import Chunk
 
 SPACE = "spaceone01"

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from townhall.edge.node import interval_floor_from_env
+from townhall.edge.gate import interval_floor_from_env
 from townhall.edge.pacer import STEPS_S, Pacer, steps_from
 
 TICK_S = STEPS_S[0]

@@ -8,17 +8,28 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.tone import ToneChunks
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.media.fmp4 import init_segment, media_segment, mp4_file
 from townhall.media.hls import (
+    AAC,
+    ADVANCE_PARTS,
+    OPUS,
+    PART_SAMPLES,
     SEGMENT_SAMPLES,
+    Directive,
+    directive,
     live_playlist,
+    master_playlist,
+    packets_between,
+    parse_name,
     segment_packets,
     vod_playlist,
 )
 from townhall.media.ogg import PRE_SKIP
+from townhall.problems import BadInput
 
 
 def boxes(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -95,7 +106,7 @@ def test_live_playlist_lists_complete_held_segments_only() -> None:
     assert p is not None and (p.first, p.last) == (8, 9)
     text = p.render()
     assert "#EXT-X-MEDIA-SEQUENCE:8" in text and "#EXT-X-ENDLIST" not in text
-    assert text.splitlines()[-1] == "9.m4s"
+    assert [ln for ln in text.splitlines() if ln.endswith(".m4s")][-1] == "9.m4s"
     assert '#EXT-X-MAP:URI="init.mp4"' in text
 
 
@@ -126,3 +137,80 @@ def test_mp4_file_has_its_index_first_and_decodes_to_the_tone(tmp_path: Path) ->
     assert len(pcm) == 150 * FRAME_SAMPLES - PRE_SKIP
     peak = np.argmax(np.abs(np.fft.rfft(pcm))) * SAMPLE_RATE / len(pcm)
     assert abs(peak - 440) < 5
+
+
+def test_live_playlist_lists_parts_and_hints_the_next() -> None:
+    # 10 segments and 2 parts (1 s) of the 11th.
+    p = live_playlist(10 * SEGMENT_SAMPLES + 2 * PART_SAMPLES, 0)
+    assert p is not None
+    lines = p.render().splitlines()
+    assert "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.500" in lines
+    assert "#EXT-X-PART-INF:PART-TARGET=0.500" in lines
+    parts = [ln for ln in lines if ln.startswith("#EXT-X-PART:")]
+    # The last complete segment's four parts come before it; then the two of the next.
+    assert [ln.split('URI="')[1].split('"')[0] for ln in parts] == [
+        "9.0.m4s", "9.1.m4s", "9.2.m4s", "9.3.m4s", "10.0.m4s", "10.1.m4s"]
+    assert all("DURATION=0.500," in ln and "INDEPENDENT=YES" in ln for ln in parts)
+    assert lines.index(parts[3]) < lines.index("9.m4s") < lines.index(parts[4])
+    assert lines[-1] == '#EXT-X-PRELOAD-HINT:TYPE=PART,URI="10.2.m4s"'
+
+
+def test_aac_parts_are_whole_frames() -> None:
+    assert AAC.part_target == 24 * 1024 / 48_000  # frames cut by start: up to 24 of them
+    p = live_playlist(3 * SEGMENT_SAMPLES, 0, AAC, lambda lo, hi: 1024 * (
+        -(-hi // 1024) - -(-lo // 1024)))
+    assert p is not None
+    text = p.render()
+    assert '#EXT-X-MAP:URI="aac-init.mp4"' in text and "aac-2.m4s" in text
+    assert "#EXT-X-PART-INF:PART-TARGET=0.512" in text
+    assert "#EXTINF:1.984," in text or "#EXTINF:2.005," in text
+
+
+def test_names_of_resources() -> None:
+    got = parse_name("opus.m3u8")
+    assert got is not None and (got.rendition, got.kind) == (OPUS, "playlist")
+    # The contract's URL: the Opus media playlist (the multivariant one is master.m3u8).
+    got = parse_name("index.m3u8")
+    assert got is not None and (got.rendition, got.kind) == (OPUS, "playlist")
+    assert parse_name("master.m3u8") is None  # routed apart, never a media playlist
+    got = parse_name("aac-12.3.m4s")
+    assert got is not None and (got.rendition, got.kind, got.k, got.j) == (AAC, "part", 12, 3)
+    got = parse_name("7.m4s")
+    assert got is not None and (got.rendition, got.kind, got.k) == (OPUS, "segment", 7)
+    assert parse_name("aac-init.mp4") is not None and parse_name("init.mp4") is not None
+    for bad in ("index2.m3u8", "x.m4s", "1.4.m4s", "1.2.3.m4s", "-1.m4s", "1234567890.m4s",
+                "aac-.m4s", "\u0661.m4s", "init.mp3", "1.m4a"):
+        assert parse_name(bad) is None, bad
+
+
+def test_master_lists_both_renditions_with_their_codecs() -> None:
+    text = master_playlist([OPUS, AAC])
+    assert text.splitlines() == [
+        "#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS",
+        '#EXT-X-STREAM-INF:BANDWIDTH=64000,CODECS="opus"', "opus.m3u8",
+        '#EXT-X-STREAM-INF:BANDWIDTH=80000,CODECS="mp4a.40.2"', "aac.m3u8"]
+
+
+def test_blocking_directives() -> None:
+    assert directive(None, None) is None
+    assert directive("12", None) == Directive(12)
+    assert directive("12", "3") == Directive(12, 3)
+    for msn, part in ((None, "1"), ("x", None), ("-1", None), ("1", "4"), ("1", "a"),
+                      ("1.5", None), ("9999999999", None)):
+        with pytest.raises(BadInput):
+            directive(msn, part)
+    now = 10 * SEGMENT_SAMPLES + PART_SAMPLES  # segments 0-9, part 10.0
+    assert Directive(10).needed_end() == 11 * SEGMENT_SAMPLES
+    assert Directive(10, 1).needed_end() == 10 * SEGMENT_SAMPLES + 2 * PART_SAMPLES
+    assert not Directive(11).too_far(now)
+    assert Directive(12).too_far(now)                 # more than two segments ahead
+    assert not Directive(10, 1 + 0).too_far(now)
+    last_part = now // PART_SAMPLES - 1
+    far = last_part + ADVANCE_PARTS + 1
+    assert Directive(far // 4, far % 4).too_far(now)
+
+
+def test_parts_are_cut_by_time() -> None:
+    a = Chunk(seq=0, pts=0, sent_us=0, packets=tuple(bytes([i]) for i in range(30)))
+    assert packets_between([a], PART_SAMPLES, 2 * PART_SAMPLES) == [bytes([i])
+                                                                    for i in range(25, 30)]

@@ -9,7 +9,7 @@ from pathlib import Path
 from townhall.settings import Settings
 from townhall.web.headers import content_security_policy, edge_sources, relative_location
 from townhall.web.pages import Page, Renderer, build_hash, json_block, state_line
-from townhall.web.plugin import STATIC, TEMPLATE
+from townhall.web.routes import STATIC, TEMPLATE
 
 HOSTILE = 'Evil </script><script>alert(1)</script> "quoted" & <!--'
 
@@ -101,6 +101,19 @@ def test_relative_location_never_echoes_the_host() -> None:
         == "/other.example/x"
     assert relative_location("/already/relative", "evil.example") is None
     assert relative_location("https://elsewhere.example/", "evil.example") is None
+
+
+def test_the_reactions_list_is_one_python_list_handed_to_the_app() -> None:
+    from townhall.api.models import ReactionIn
+    from townhall.room.snapshot import REACTIONS
+
+    found = re.search(r'id="config">(.*?)</script>', renderer().home(), re.S)
+    assert found is not None
+    config = json.loads(found.group(1))
+    assert config["reactions"] == list(REACTIONS)
+    assert ReactionIn.model_json_schema()["properties"]["emoji"]["enum"] == list(REACTIONS)
+    app = (STATIC / "app.js").read_text(encoding="utf-8")
+    assert not [e for e in REACTIONS if e in app]  # no second copy in the app
 
 
 def test_clip_page_carries_its_own_previews_escaped() -> None:

@@ -44,7 +44,7 @@ def test_replay_page_plays_changes_speed_lists_speakers_peaks_and_clips(
         try:
             with served.client(host) as c:
                 # The program is on air (its live playlist lists a segment): applaud.
-                until(lambda: c.get(f"/hls/{space}/index.m3u8").status_code == 200, 60,
+                until(lambda: c.get(f"/hls/{space}/opus.m3u8").status_code == 200, 60,
                          "the Space is on air")
                 for _ in range(12):
                     assert c.post(f"/api/v1/spaces/{space}/reactions",

@@ -7,17 +7,21 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from townhall.room.rules import ACTIONS
+from townhall.room.snapshot import REACTIONS
 
 
 class Strict(BaseModel):
+    """A request body that refuses fields it does not know."""
     model_config = ConfigDict(extra="forbid")
 
 
 class SessionIn(Strict):
+    """POST /api/v1/sessions: a guest's display name."""
     name: str = Field(min_length=1, max_length=64, description="display name")
 
 
 class SpaceIn(Strict):
+    """POST /api/v1/spaces: a new Space."""
     title: str = Field(min_length=1, max_length=120)
     description: str = Field(default="", max_length=1000)
     scheduled_start: datetime | None = Field(default=None, description="ISO 8601; omit for now")
@@ -29,6 +33,7 @@ class SpaceIn(Strict):
 
 
 class ActionIn(Strict):
+    """POST /api/v1/spaces/{id}/actions: one stage or moderation action."""
     action: str = Field(description=f"one of {', '.join(ACTIONS)}", pattern="^[a-z_]{1,20}$")
     identity: str | None = Field(default=None, max_length=64,
                                  description="whom the action is about (default: yourself)")
@@ -37,4 +42,8 @@ class ActionIn(Strict):
 
 
 class ReactionIn(Strict):
-    emoji: str = Field(min_length=1, max_length=8)
+    """POST /api/v1/spaces/{id}/reactions: one reaction."""
+    # The enum documents the one list (townhall.room.snapshot); the route refuses others
+    # itself, with its own problem type (unknown-reaction).
+    emoji: str = Field(min_length=1, max_length=8,
+                       json_schema_extra={"enum": list(REACTIONS)})

@@ -9,12 +9,10 @@ heard from for ``STALE_S`` is dropped.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
@@ -23,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from townhall.bus import subjects
 from townhall.bus.bus import Message
+from townhall.bus.messages import MessageError, StageHeartbeat, decode_heartbeat
 from townhall.context import Context
 
 log = logging.getLogger(__name__)
@@ -47,47 +46,54 @@ class StageBoard:
     """The latest report of every stage, with no I/O: time is passed in."""
 
     stale_s: float = STALE_S
-    reports: dict[str, tuple[dict[str, Any], float]] = field(default_factory=dict)
+    reports: dict[str, tuple[StageHeartbeat, float]] = field(default_factory=dict)
 
-    def update(self, report: dict[str, Any], now: float) -> None:
-        """A heartbeat received at monotonic ``now``; malformed ones are ignored."""
-        node = report.get("node")
-        if isinstance(node, str) and node:
-            self.reports[node] = (report, now)
+    def update(self, report: StageHeartbeat, now: float) -> None:
+        """A heartbeat received at monotonic ``now``."""
+        self.reports[report.node] = (report, now)
 
-    def current(self, now: float) -> list[tuple[dict[str, Any], float]]:
+    def current(self, now: float) -> list[tuple[StageHeartbeat, float]]:
         """(report, age in seconds) of every stage heard from within ``stale_s``."""
         for node in [n for n, (_, at) in self.reports.items() if now - at > self.stale_s]:
             del self.reports[node]
         return [(r, now - at) for r, at in sorted(self.reports.values(),
-                                                  key=lambda x: str(x[0]["node"]))]
+                                                  key=lambda x: x[0].node)]
 
 
-def families(current: list[tuple[dict[str, Any], float]]) -> list[Metric]:
+Reading = Callable[[StageHeartbeat, float], float]
+
+
+def families(current: list[tuple[StageHeartbeat, float]]) -> list[Metric]:
     """Prometheus metric families for the stages' latest reports."""
     out: list[Metric] = []
     for key, name, doc in COUNTERS:
         counter = CounterMetricFamily(name, doc, labels=["node"])
         for report, _ in current:
-            counter.add_metric([str(report["node"])], float(report.get(key, 0)))
+            counter.add_metric([report.node], float(getattr(report, key)))
         out.append(counter)
-    gauges = (
+    gauges: tuple[tuple[str, str, Reading], ...] = (
         ("townhall_stage_speakers", "Speakers connected to the stage",
-         lambda r, _: float(r.get("speakers", 0))),
+         lambda r, _: float(r.speakers)),
         ("townhall_stage_spaces", "Live Spaces the stage owns",
-         lambda r, _: float(len(r.get("spaces", [])))),
+         lambda r, _: float(len(r.spaces))),
         ("townhall_stage_max_late_ms", "Worst mixer tick lateness in the stage's last second",
-         lambda r, _: float(r.get("max_late_ms", 0.0))),
+         lambda r, _: r.max_late_ms),
         ("townhall_stage_jitter_target_ms",
          "Deepest speaker jitter buffer target on the stage right now",
-         lambda r, _: float(r.get("jitter_target_ms", 0.0))),
+         lambda r, _: r.jitter_target_ms),
+        ("townhall_stage_max_spaces", "Live Spaces the stage takes at most (0: no limit)",
+         lambda r, _: float(r.max_spaces)),
+        ("townhall_stage_cpu", "Share of one core the stage process used lately",
+         lambda r, _: r.cpu),
+        ("townhall_stage_draining", "1 while the stage is stopping and hands its Spaces over",
+         lambda r, _: float(r.draining)),
         ("townhall_stage_report_age_seconds", "Seconds since this stage's last heartbeat",
          lambda _, age: float(age)),
     )
     for name, doc, value in gauges:
         gauge = GaugeMetricFamily(name, doc, labels=["node"])
         for report, age in current:
-            gauge.add_metric([str(report["node"])], value(report, age))
+            gauge.add_metric([report.node], value(report, age))
         out.append(gauge)
     return out
 
@@ -99,9 +105,11 @@ class StageCollector(Collector):
         self.board = board
 
     def collect(self) -> Iterator[Metric]:
+        """The stages' latest reports, at scrape time."""
         yield from families(self.board.current(time.monotonic()))
 
     def describe(self) -> Iterator[Metric]:
+        """The families this collector exports, without samples."""
         yield from families([])
 
 
@@ -118,8 +126,8 @@ def install(app: FastAPI, ctx: Context) -> None:
         _registered = True
 
     async def on_report(msg: Message) -> None:
-        with contextlib.suppress(ValueError, AttributeError):
-            BOARD.update(json.loads(msg.data), time.monotonic())
+        with contextlib.suppress(MessageError):  # not a heartbeat: not counted
+            BOARD.update(decode_heartbeat(msg.data), time.monotonic())
 
     async def start() -> None:
         await ctx.bus.subscribe(subjects.STAGES, on_report)

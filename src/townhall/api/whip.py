@@ -8,9 +8,11 @@ Space's lease; that stage answers with the SDP answer and a session id.
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request, Response
@@ -19,7 +21,17 @@ from townhall import grants
 from townhall.api.ratelimit import TokenBuckets
 from townhall.api.schemas import problems
 from townhall.api.store import SpaceStore
-from townhall.bus import subjects
+from townhall.bus import Bus, subjects
+from townhall.bus.bus import UNREACHABLE, Message
+from townhall.bus.messages import (
+    MessageError,
+    WhipLeave,
+    WhipOffer,
+    WhipReply,
+    WhipRequest,
+    decode_whip_reply,
+    encode,
+)
 from townhall.context import Context
 from townhall.ice import link_headers
 from townhall.problems import (
@@ -44,6 +56,8 @@ log = logging.getLogger(__name__)
 # nothing, so they are not counted.
 IDENTITY_RATE, IDENTITY_BURST = 0.5, 10.0
 SPACE_RATE, SPACE_BURST = 1.0, 20.0
+LEASE_CHECK_S = 1.0  # how often a pending offer checks its stage still holds the lease
+WHIP_READ_S = 2.0    # an offer's reads of the Space and its lease (503 bus-unavailable after)
 
 # What each problem means on the WHIP routes (OpenAPI descriptions).
 WHIP_WHY = {
@@ -88,21 +102,39 @@ class OfferBudget:
                           retry_after=wait, slug="rate-limited")
 
 
-def stage_refusal(reply: dict[str, object]) -> Problem | None:
+def stage_refusal(reply: WhipReply) -> Problem | None:
     """The problem a stage's reply stands for, or None when it succeeded. Only statuses
     and texts the stage chose reach the client; anything else is a generic 500."""
-    status = int(str(reply.get("status", 500)))
-    if status in (200, 201):
+    if reply.ok:
         return None
-    detail = str(reply.get("detail", ""))
-    slug = str(reply.get("slug", "stage-refused"))
-    if status == 503:
-        return Unavailable(detail, retry_after=float(str(reply.get("retry_after", 1))),
-                           slug=slug)
-    if status in BY_STATUS:
-        return BY_STATUS[status](detail, slug=slug)
-    log.error("stage answered a WHIP request with %s: %s", status, detail)
+    slug = reply.slug or "stage-refused"
+    if reply.status == 503:
+        return Unavailable(reply.detail, retry_after=reply.retry_after or 1.0, slug=slug)
+    if reply.status in BY_STATUS:
+        return BY_STATUS[reply.status](reply.detail, slug=slug)
+    log.error("stage answered a WHIP request with %s: %s", reply.status, reply.detail)
     return Problem("an internal error occurred; nothing was changed")
+
+
+async def while_held(bus: Bus, space: str, holder: bytes,
+                     ask: Awaitable[Message]) -> Message:
+    """The stage's reply, unless the lease stops naming ``holder`` first: a stage cut
+    off or dead answers nothing, and the offer would wait out the whole 15 s while
+    another stage takes the Space over (the speaker then came back that much later)."""
+    reply = asyncio.ensure_future(ask)
+    try:
+        while True:
+            done, _ = await asyncio.wait([reply], timeout=LEASE_CHECK_S)
+            if done:
+                return reply.result()
+            with contextlib.suppress(*UNREACHABLE):  # no answer: keep waiting
+                lease = await asyncio.wait_for(
+                    bus.kv_get(subjects.LEASES_BUCKET, space), LEASE_CHECK_S)
+                if lease is None or lease.value != holder:
+                    raise Unavailable("the stage holding this Space changed; retry",
+                                      retry_after=1, slug="no-stage")
+    finally:
+        reply.cancel()
 
 
 def install(app: FastAPI, ctx: Context) -> None:
@@ -111,17 +143,23 @@ def install(app: FastAPI, ctx: Context) -> None:
     budget = OfferBudget()
     ice = ctx.settings.ice()
 
-    async def ask_stage(space: str, payload: dict[str, object]) -> dict[str, object]:
-        leaving = payload.get("op") == "leave"
+    async def ask_stage(space: str, request: WhipRequest,
+                        holder: bytes | None = None) -> WhipReply:
+        leaving = isinstance(request, WhipLeave)
+        ask = ctx.bus.request(subjects.whip(space), encode(request),
+                              timeout=3 if leaving else 15)
         try:
-            msg = await ctx.bus.request(subjects.whip(space), json.dumps(payload).encode(),
-                                        timeout=3 if leaving else 15)
+            msg = await (ask if holder is None else while_held(ctx.bus, space, holder, ask))
         except TimeoutError as exc:
             if leaving:  # no stage runs the Space any more: the session is gone already
                 raise NotFound("no such WHIP session", slug="no-session") from exc
             raise Unavailable("no stage holds this Space right now; retry shortly",
                               retry_after=2, slug="no-stage") from exc
-        reply: dict[str, object] = json.loads(msg.data)
+        try:
+            reply = decode_whip_reply(msg.data)
+        except MessageError:
+            log.error("unreadable WHIP reply from the stage", extra={"space": space})
+            raise Problem("an internal error occurred; nothing was changed") from None
         refusal = stage_refusal(reply)
         if refusal is not None:
             raise refusal
@@ -136,21 +174,25 @@ def install(app: FastAPI, ctx: Context) -> None:
         """Go live: an SDP offer in (application/sdp), the SDP answer out."""
         ident = ctx.issuer.from_header(request.headers.get("authorization"))
         # Who may publish is settled before a byte of the offer is looked at.
-        snap = await store.get(space)
+        # Bounded well below --nats-timeout: in a failover these reads can go unanswered
+        # while raft elects (10 s a time, seen), and the speaker is better off asking again.
+        snap = await asyncio.wait_for(store.get(space), WHIP_READ_S)
         grants.authorize(ident, "publish", snap)
         sdp = check_offer(await request.body())
         if snap["state"] != "live":
             raise Conflict("the Space is not live", slug="not-live")
-        if await ctx.bus.kv_get(subjects.LEASES_BUCKET, space) is None:
+        lease = await asyncio.wait_for(ctx.bus.kv_get(subjects.LEASES_BUCKET, space),
+                                       WHIP_READ_S)
+        if lease is None:
             # No stage holds the Space (none running, or the owner died and its lease ran
             # out): say so at once rather than after the request's timeout, so a speaker's
             # client retries while another stage takes the Space over.
             raise Unavailable("no stage holds this Space right now; retry shortly",
                               retry_after=1, slug="no-stage")
         budget.take(ident.id, space, time.monotonic())
-        reply = await ask_stage(space, {"identity": ident.id, "name": ident.name, "sdp": sdp})
-        location = f"/whip/{space}/{reply['session']}"
-        response = Response(str(reply["sdp"]), status_code=201, media_type="application/sdp",
+        reply = await ask_stage(space, WhipOffer(ident.id, ident.name, sdp), holder=lease.value)
+        location = f"/whip/{space}/{reply.session}"
+        response = Response(reply.sdp or "", status_code=201, media_type="application/sdp",
                             headers={"Location": location})
         for link in link_headers(ice.servers(ident.id, time.time())):  # RFC 9725 §4.6
             response.headers.append("Link", link)
@@ -167,7 +209,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         if not is_session_id(session):
             raise NotFound("no such WHIP session", slug="no-session")
         grants.authorize(ident, "unpublish", await store.get(space))
-        await ask_stage(space, {"op": "leave", "identity": ident.id, "session": session})
+        await ask_stage(space, WhipLeave(ident.id, session))
         return Response(status_code=200)
 
     @app.patch("/whip/{space}/{session}", tags=["whip"], response_class=Response,

@@ -223,6 +223,9 @@ class NatsBus:
             StreamConfig(name=subjects.MEDIA_STREAM, subjects=["townhall.*.media"],
                          max_age=subjects.MEDIA_MAX_AGE_S, storage=StorageType.FILE,
                          num_replicas=replicas),
+            StreamConfig(name=subjects.AAC_STREAM, subjects=[subjects.aac("*")],
+                         max_age=subjects.AAC_MAX_AGE_S, storage=StorageType.FILE,
+                         num_replicas=replicas),
             StreamConfig(name=subjects.STATS_STREAM, subjects=["townhall.*.stats.*"],
                          retention=RetentionPolicy.WORK_QUEUE, max_age=30.0,
                          storage=StorageType.FILE, num_replicas=replicas),
@@ -236,20 +239,26 @@ class NatsBus:
                 await self._js.add_stream(cfg)
             except nats.js.errors.BadRequestError:
                 await self._js.update_stream(cfg)
+        # direct=True: any replica answers a read ($JS.API.DIRECT.GET), not only the
+        # bucket's raft leader, so reads go on while a lost host's leader is re-elected
+        # (4-9 s in nats-server, during which a leader-only read timed out: a speaker's
+        # WHIP offer waited 10 s on it in a failover). Writes still go to the leader.
         buckets = [
             KeyValueConfig(bucket=subjects.SPACES_BUCKET, history=5, replicas=replicas,
-                           storage=StorageType.FILE),
+                           storage=StorageType.FILE, direct=True),
             KeyValueConfig(bucket=subjects.LEASES_BUCKET, history=1, ttl=subjects.LEASE_TTL_S,
-                           replicas=replicas, storage=StorageType.FILE),
+                           replicas=replicas, storage=StorageType.FILE, direct=True),
             KeyValueConfig(bucket=subjects.RECORDERS_BUCKET, history=1,
                            ttl=subjects.RECORDER_TTL_S, replicas=replicas,
-                           storage=StorageType.FILE),
+                           storage=StorageType.FILE, direct=True),
         ]
         for kv in buckets:
             try:
                 self._kv[kv.bucket] = await self._js.key_value(kv.bucket)
             except nats.js.errors.BucketNotFoundError:
                 self._kv[kv.bucket] = await self._js.create_key_value(kv)
+                continue
+            await self._read_direct(kv.bucket)
         name = subjects.RECORDINGS_BUCKET
         try:
             self._obs[name] = await self._js.object_store(name)
@@ -261,6 +270,21 @@ class NatsBus:
                 # Only the api uses recordings (and may create them); a stage or edge
                 # that starts first on a fresh cluster goes on without.
                 log.warning("recordings store not there yet: %s", exc)
+
+    async def _read_direct(self, bucket: str) -> None:
+        """Turn direct reads on for a bucket made before they were (an upgrade); only a
+        user allowed to update streams can (the api), the others read as the bucket says."""
+        name = f"KV_{bucket}"
+        try:
+            info = await self._js.stream_info(name)
+            if info.config.allow_direct:
+                return
+            info.config.allow_direct = True
+            # Bounded: a refused publish is never answered, the request would wait it out.
+            await asyncio.wait_for(self._js.update_stream(info.config), 2.0)
+            self._kv[bucket] = await self._js.key_value(bucket)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            log.info("bucket %s keeps leader-only reads: %s", bucket, exc)
 
     async def _bucket(self, bucket: str) -> KeyValue:
         if bucket not in self._kv:

@@ -29,6 +29,7 @@ _JS_READ = (
     f"$JS.API.STREAM.CREATE.{subjects.MEDIA_STREAM}",
     f"$JS.API.STREAM.CREATE.{subjects.STATS_STREAM}",
     f"$JS.API.STREAM.CREATE.{subjects.WEBHOOKS_STREAM}",
+    f"$JS.API.STREAM.CREATE.{subjects.AAC_STREAM}",
     "$JS.API.STREAM.MSG.GET.*",
     "$JS.API.DIRECT.GET.>",
     "$JS.API.CONSUMER.CREATE.>",
@@ -70,10 +71,11 @@ def _merge(a: Iterable[str], b: Iterable[str]) -> tuple[str, ...]:
 ROLE_PERMISSIONS: dict[str, Permissions] = {
     # The control plane: owns the topology and the buckets (with all of $JS.API it could
     # rewrite any of them anyway); never speaks for the stage. It derives webhook events,
-    # and records Spaces: objects of the recordings store are publishes to $O.<bucket>.
+    # records Spaces (objects of the recordings store are publishes to $O.<bucket>) and
+    # encodes their AAC rendition for HLS.
     "api": Permissions(
         publish=("townhall.*.state", "townhall.*.control", subjects.whip("*"),
-                 subjects.hooks("*"),
+                 subjects.hooks("*"), subjects.aac("*"),
                  "$KV.>", f"$O.{subjects.RECORDINGS_BUCKET}.>", "$JS.API.>", "$JS.ACK.>",
                  "$JS.FC.>"),
         subscribe=_SUBSCRIBE),

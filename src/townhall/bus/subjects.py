@@ -12,9 +12,16 @@ STATS_CONSUMER = "api-stats"
 WEBHOOKS_STREAM = "WEBHOOKS"      # subjects townhall-hooks.*, events for webhook endpoints
 WEBHOOKS_MAX_AGE_S = 7 * 24 * 3600.0  # longer than any endpoint's retries may last
 WEBHOOKS_DEDUP_S = 600.0          # the same event derived by several apis is stored once
+AAC_STREAM = "HLSAAC"             # subjects townhall.*.aac, the AAC rendition, ~60 s kept
+AAC_MAX_AGE_S = 60.0
 RECORDINGS_BUCKET = "recordings"  # object store: <space>/index, <space>/seg/<n>, ...
 RECORDERS_BUCKET = "recorders"    # key: <space id>, value: recording node id; short TTL
-RECORDER_TTL_S = 10.0
+RECORDER_TTL_S = 10.0            # also holds ``aac.<space id>``: who encodes its AAC
+
+
+def packager_key(space: str) -> str:
+    """The key in RECORDERS_BUCKET of whoever encodes a Space's AAC rendition."""
+    return f"aac.{space}"
 
 
 def recorder_durable(space: str) -> str:
@@ -31,6 +38,12 @@ def kv_key(bucket: str, key: str) -> str:
 def media(space: str) -> str:
     """Sequence-numbered program chunks of one Space (see townhall.media.chunk)."""
     return f"townhall.{space}.media"
+
+
+def aac(space: str) -> str:
+    """The AAC rendition of a Space's program (townhall.media.aac), encoded once by the api
+    holding its packager key; every api serving HLS follows it."""
+    return f"townhall.{space}.aac"
 
 
 def state(space: str) -> str:

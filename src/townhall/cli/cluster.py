@@ -32,7 +32,8 @@ def _run(args: argparse.Namespace) -> int:
                             f"{args.edges} edge, {args.stages} stage processes..."):
             try:
                 plan = local.up(root, nats_nodes=args.nats_nodes, apis=args.apis,
-                                edges=args.edges, stages=args.stages)
+                                edges=args.edges, stages=args.stages,
+                                stage_max_spaces=args.stage_max_spaces)
             except (RuntimeError, TimeoutError) as exc:
                 print(f"townhall cluster: {exc}", file=sys.stderr)
                 return 1
@@ -69,5 +70,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--nats-nodes", type=_count, default=3)
     p.add_argument("--apis", type=_count, default=2)
     p.add_argument("--edges", type=_count, default=3)
-    p.add_argument("--stages", type=_count, default=2)
+    p.add_argument("--stages", type=_count, default=2,
+                   help="stage processes (each mixes its share of the live Spaces)")
+    p.add_argument("--stage-max-spaces", type=int, default=None, metavar="N",
+                   help="live Spaces one stage takes at most (default: serve's; 0: no limit)")
     p.set_defaults(func=_run)

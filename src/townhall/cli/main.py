@@ -16,6 +16,7 @@ from townhall.ice import IceSettingError
 from townhall.settings import (
     ALL_ROLES,
     LOOPBACK_PROXIES,
+    STAGE_MAX_SPACES,
     Settings,
     parse_budget,
     parse_duration,
@@ -91,10 +92,22 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         settings.nats_auth_file = Path(args.nats_auth_file) if args.nats_auth_file else None
     if args.node_id:
         settings.node_id = args.node_id
+    settings.stages = _whole(args.stages, "--stages", least=1) if args.stages else None
+    settings.stage_max_spaces = _whole(args.stage_max_spaces, "--stage-max-spaces", least=0)
     ice_settings(settings, args)
     _webhook_settings(settings, args)
     _tls_settings(settings, args)
     return settings
+
+
+def _whole(text: str, flag: str, *, least: int) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = least - 1
+    if n < least:
+        raise ValueError(f"{flag}: expected a whole number >= {least}, got {text!r}")
+    return n
 
 
 def _tls_settings(settings: Settings, args: argparse.Namespace) -> None:
@@ -241,6 +254,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     serve.add_argument("--space-budget-per-address", metavar="BURST/SECONDS",
                        default=env("TOWNHALL_SPACE_BUDGET_PER_ADDRESS", "30/10"),
                        help="the same per client address (default 30/10)")
+    stages = serve.add_argument_group("stages (mixing)")
+    stages.add_argument("--stages", metavar="N", default=env("TOWNHALL_STAGES", ""),
+                        help="stage processes to run beside the HTTP roles, each a core "
+                             "(default: the cores this process may use minus one, at "
+                             "least 1; with --roles stage alone: 1, in this process)")
+    stages.add_argument("--stage-max-spaces", metavar="N",
+                        default=env("TOWNHALL_STAGE_MAX_SPACES", str(STAGE_MAX_SPACES)),
+                        help="live Spaces one stage takes at most; a Space no stage has "
+                             f"room for waits for one (default {STAGE_MAX_SPACES}; 0: "
+                             "no limit)")
     add_ice_flags(serve)
     tls = serve.add_argument_group("TLS to NATS (an external cluster across hosts)")
     tls.add_argument("--nats-tls-ca", default="",

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import fractions
+import json
 import random
 import signal
 import sys
@@ -29,6 +30,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import is_rtcp
 
+from townhall.client.rejoin import RejoinPacer
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.linkquality import LinkGauge, grade
 from townhall.stage.ingest import to_mono
@@ -340,6 +342,24 @@ async def wait_connected(connected: asyncio.Event, dropped: asyncio.Event,
     return connected.is_set() and not stop.is_set()
 
 
+def next_delay(pacer: RejoinPacer, why: str) -> float:
+    """Seconds before the next offer, from why the last session ended (publish_once)."""
+    if why == "connection dropped":  # it was live: its stage died or was cut off
+        return pacer.dropped()
+    if not why.startswith("refused "):
+        return pacer.failed()
+    head, _, body = why.partition(": ")
+    try:
+        problem = json.loads(body)
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        return pacer.failed()
+    retry_after = problem.get("retry_after")
+    return pacer.refused(int(head.split()[1]), str(problem.get("type", "")).rsplit("/", 1)[-1],
+                         float(retry_after) if isinstance(retry_after, int | float) else None)
+
+
 async def speak(args: argparse.Namespace) -> int:
     pcm = tone(args.tone) if args.tone else read_wav(Path(args.file))
     recorder = ReturnRecorder()
@@ -351,7 +371,8 @@ async def speak(args: argparse.Namespace) -> int:
         loop.call_later(args.seconds, stop.set)
     loss = (LossPattern(args.simulate_loss / 100, args.loss_seed, args.simulate_burst)
             if args.simulate_loss or args.simulate_burst else None)
-    attempt = ice_failures = 0
+    pacer = RejoinPacer()
+    ice_failures = 0
     try:
         while not stop.is_set():
             why = await publish_once(args.url, args.space, args.token, pcm, recorder, stop,
@@ -368,8 +389,7 @@ async def speak(args: argparse.Namespace) -> int:
             if ice_failures >= ICE_ATTEMPTS:
                 print(f"speak: {why}: {ICE_HELP}", file=sys.stderr, flush=True)
                 return 3
-            attempt += 1
-            delay = random.uniform(0, min(5.0, 0.25 * 2 ** attempt))  # full jitter
+            delay = next_delay(pacer, why)
             print(f"speak: {why}; reconnecting in {delay:.1f}s", file=sys.stderr, flush=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)

@@ -99,7 +99,8 @@ def wait_healthy(plan: ClusterPlan, timeout: float = 60.0) -> None:
 
 
 def up(root: Path, *, nats_nodes: int = 3, apis: int = 2, edges: int = 3,
-       stages: int = 2, timeout: float = 90.0) -> ClusterPlan:
+       stages: int = 2, timeout: float = 90.0,
+       stage_max_spaces: int | None = None) -> ClusterPlan:
     """Start a cluster under ``root`` and wait until it is healthy."""
     existing = load(root)
     if existing and any(alive(pid) for pid in existing.pids.values()):
@@ -115,7 +116,7 @@ def up(root: Path, *, nats_nodes: int = 3, apis: int = 2, edges: int = 3,
         return port
 
     plan = make_plan(root, nats_nodes=nats_nodes, apis=apis, edges=edges, stages=stages,
-                     port_for=distinct_port)
+                     port_for=distinct_port, stage_max_spaces=stage_max_spaces)
     save(plan)
     try:
         write_nats_configs(plan)

@@ -61,6 +61,7 @@ class Proc:
     name: str
     roles: str
     port: int
+    extra: list[str] = field(default_factory=list)  # more flags, e.g. a stage's budget
 
     def argv(self, python: str, data: str, nats_urls: list[str], replicas: int,
              auth_file: str = "") -> list[str]:
@@ -68,6 +69,9 @@ class Proc:
         argv = [python, "-m", "townhall", "serve", "--roles", self.roles, "--port",
                 str(self.port), "--nats", ",".join(nats_urls), "--data", data,
                 "--public-url", url, "--replicas", str(replicas), "--node-id", self.name]
+        if "stage" in self.roles.split(","):
+            argv += ["--stages", "1"]  # one stage per process here: the plan counts them
+        argv += self.extra
         if auth_file:  # a path: the process reads its role's password from it
             argv += ["--nats-auth-file", auth_file]
         return argv
@@ -100,15 +104,19 @@ class ClusterPlan:
 
 
 def make_plan(root: Path, *, nats_nodes: int, apis: int, edges: int, stages: int,
-              port_for: Callable[[], int]) -> ClusterPlan:
-    """Lay out a cluster; ``port_for`` hands out free ports."""
+              port_for: Callable[[], int], stage_max_spaces: int | None = None
+              ) -> ClusterPlan:
+    """Lay out a cluster; ``port_for`` hands out free ports. Each stage is a process of
+    its own, taking at most ``stage_max_spaces`` live Spaces (None: the default)."""
     if nats_nodes < 1 or apis < 1 or edges < 1 or stages < 1:
         raise ValueError("a cluster needs at least one of each: nats node, api, edge, stage")
     plan = ClusterPlan(root=str(root))
     for i in range(1, nats_nodes + 1):
         plan.nats.append(NatsNode(name=f"nats-{i}", port=port_for(), cluster_port=port_for(),
                                   store=str(root / f"nats-{i}")))
+    budget = [] if stage_max_spaces is None else ["--stage-max-spaces", str(stage_max_spaces)]
     for role, count in (("api", apis), ("edge", edges), ("stage", stages)):
         for i in range(1, count + 1):
-            plan.procs.append(Proc(name=f"{role}-{i}", roles=role, port=port_for()))
+            plan.procs.append(Proc(name=f"{role}-{i}", roles=role, port=port_for(),
+                                   extra=list(budget) if role == "stage" else []))
     return plan

@@ -1,7 +1,10 @@
 """One Space on one edge: its ring of recent chunks, its latest state, its listeners.
 
-No I/O: chunks, state, levels and control messages come in as calls; a hole in the live
-sequence comes back from ``on_media`` as a ``Gap`` for the hub to refill from JetStream.
+No bus I/O: chunks, state, levels and control messages come in as calls; a hole in the
+live sequence comes back from ``on_media`` as a ``Gap`` for the hub to refill from
+JetStream. What its listeners are sent goes out through the fan-out (townhall.edge.fanout):
+the fast sets for the shared bytes, each listener's ``Outlet`` for what its Subscriber
+returns.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from typing import Any
 from townhall.bus.bus import Subscription
 from townhall.closecode import CloseCode
 from townhall.edge import metrics
-from townhall.edge.fanout import FastSet, count_deliveries
+from townhall.edge.fanout import FastSet, Outlet, count_deliveries
 from townhall.edge.frame import KINDS, Frame, wires
 from townhall.edge.ring import Ring
-from townhall.edge.subscriber import DUPLICATE, Subscriber, Write
+from townhall.edge.subscriber import Subscriber
 from townhall.edge.wire import http_chunk, ws_binary_frame, ws_text_frame
 from townhall.media.chunk import Chunk
 from townhall.media.ogg import OggOpusStream
@@ -57,8 +60,10 @@ class Feed:
         self.ogg = ogg
         self.ring: Ring[Frame] = Ring()
         self.subscribers: set[Subscriber] = set()
-        # subscribers = the fast sets (by kind: listener -> its write; see fast_set) + slow
-        self.fast: dict[str, dict[Subscriber, Write]] = {kind: {} for kind in KINDS}
+        # subscribers = the fast sets (by kind: listener -> its outlet; see fast_set) + slow
+        self.fast: dict[str, dict[Subscriber, Outlet]] = {kind: {} for kind in KINDS}
+        # Where each listener whose connection is streaming is sent to (townhall.edge.fanout).
+        self.outlets: dict[Subscriber, Outlet] = {}
         # Each fast set as lists, rebuilt only when the set changes: the per-chunk loop
         # then allocates nothing per listener (list(items()) per chunk showed in profiles).
         self._sets: dict[str, FastSet] = {}
@@ -98,9 +103,33 @@ class Feed:
         """A listener leaves this feed."""
         self.subscribers.discard(sub)
         self.slow.discard(sub)
+        self.outlets.pop(sub, None)
         if self.fast[sub.kind].pop(sub, None) is not None:
             self._sets.pop(sub.kind, None)
         sub.feed = None
+
+    def open(self, sub: Subscriber, outlet: Outlet, first: bytes = b"") -> None:
+        """An attached listener's connection is ready for the stream: ``first`` (its
+        response head, hello) and what is queued go out through ``outlet`` as one write,
+        then it may go fast."""
+        if sub in self.subscribers:
+            self.outlets[sub] = outlet
+        outlet.send(sub, sub.start(first))
+
+    def resume(self, sub: Subscriber) -> None:
+        """Its transport drained: its backlog out, and back into the fast set."""
+        self.send(sub, sub.resume())
+
+    def text(self, sub: Subscriber, text: str) -> None:
+        """A text frame of one listener's own (e.g. a pong)."""
+        self.send(sub, sub.push_text(text))
+
+    def send(self, sub: Subscriber, data: bytes) -> None:
+        """What ``sub`` returned, through its outlet (none yet: it was only queued)."""
+        if data:
+            outlet = self.outlets.get(sub)
+            if outlet is not None:
+                outlet.send(sub, data)
 
     def fast_set(self, kind: str) -> FastSet:
         """The fast set of ``kind`` as lists (not to be changed: a new one replaces it
@@ -108,12 +137,8 @@ class Feed:
         fast = self._sets.get(kind)
         if fast is None:
             fast = self._sets[kind] = FastSet()
-            for sub, write in self.fast[kind].items():
-                if sub.sock is not None:
-                    fast.socks.append(sub.sock)
-                    fast.senders.append(sub)
-                else:
-                    fast.writers.append((sub, write))
+            for sub, outlet in self.fast[kind].items():
+                fast.add(sub, outlet)
         return fast
 
     def place(self, sub: Subscriber) -> None:
@@ -123,11 +148,12 @@ class Feed:
         fast = self.fast[sub.kind]
         # A listener that already has (some of) the held chunks takes the next flush
         # through push_frames, which drops what it has.
-        if (sub.keeping_up() and sub.write is not None
+        outlet = self.outlets.get(sub)
+        if (outlet is not None and sub.keeping_up()
                 and (not self.pending or sub.last_seq < self.pending[0].seq)):
             if sub not in fast:
                 self.slow.discard(sub)
-                fast[sub] = sub.write
+                fast[sub] = outlet
                 self._sets.pop(sub.kind, None)
                 sub.fast_since = self.chunks
         elif sub in fast or sub not in self.slow:
@@ -231,11 +257,15 @@ class Feed:
             single = len(frames) == 1
             for sub in slow:
                 if single:
-                    if sub.push_frame(frames[0]) != DUPLICATE:
-                        tally[sub.kind] += 1
+                    out = sub.push_frame(frames[0])
+                    if out is None:  # it had this one already
+                        continue
+                    tally[sub.kind] += 1
                 else:
-                    sub.push_frames(frames)
+                    out = sub.push_frames(frames)
                     tally[sub.kind] += len(frames)
+                if out:
+                    self.send(sub, out)
             for kind, n in tally.items():
                 count_deliveries(kind, 0, n)
 
@@ -249,7 +279,7 @@ class Feed:
         queued = 0
         for sub in list(self.slow):
             if sub.kind == "ws":
-                sub.push_text(text)
+                self.send(sub, sub.push_text(text))
                 queued += 1
         if queued:
             metrics.TEXT_DELIVERIES.labels("queued").inc(queued)

@@ -6,7 +6,7 @@
   flight per Space.
 
 The limits come from the environment (documented in docs/operations.md); the shells
-(edge/handoff.py, edge/listeners.py, edge/hub.py) count and ask.
+(edge/handoff.py, edge/connection.py, edge/hub.py) count and ask.
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ class PerAddress:
             self._held.pop(address, None)
 
     def held(self, address: str) -> int:
+        """How many listener connections ``address`` holds now."""
         return self._held.get(address, 0)
 
     def __len__(self) -> int:
@@ -145,6 +146,7 @@ class ConnectionCap:
         return True
 
     def release(self) -> None:
+        """This connection is over: stop counting it."""
         self.open = max(0, self.open - 1)
 
 

@@ -38,6 +38,8 @@ from uvicorn.middleware.proxy_headers import _TrustedHosts
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from townhall.edge import metrics
+from townhall.edge.connection import ListenerConnection, ListenRequest
+from townhall.edge.gate import EdgeNode
 from townhall.edge.guard import (
     CONNECTIONS_RETRY_S,
     LINGER_BYTES,
@@ -46,8 +48,8 @@ from townhall.edge.guard import (
     header_timeout_from_env,
     max_connections_from_env,
 )
-from townhall.edge.listeners import ListenerConnection, ListenRequest, OggListener, WsListener
-from townhall.edge.node import EdgeNode
+from townhall.edge.ogghttp import OggListener
+from townhall.edge.websocket import WsListener
 from townhall.edge.wire import problem_response
 from townhall.problems import Unavailable
 

@@ -7,14 +7,14 @@ high-water mark), a text frame of its own is queued, it must be told about a ski
 closing — and is then served through its bounded backlog until it has drained
 (``resume_writing``), when it rejoins the fast set.
 
-The loop itself: a listener that brought its socket (edge/listeners.py: a socket object on
-the transport's file descriptor, with the transport's high-water mark at 0 so that it is
-paused whenever the transport holds a byte) is sent to with ``socket.send`` called by
+The loop itself: a listener whose outlet has a socket (edge/fanout.py's ``Outlet``: a socket
+object on the transport's file descriptor, with the transport's high-water mark at 0 so that
+it is paused whenever the transport holds a byte) is sent to with ``socket.send`` called by
 ``map`` — one ``send(2)`` per listener and no Python bytecode per listener (docs/edge.md:
 about half the user time and a cheaper system call than ``transport.write``). A short or
 refused send hands the rest to the transport, which buffers it and pauses the listener;
 byte order holds because a fast listener's transport holds nothing. Listeners without a
-socket (unit tests' fake transports) get ``write(data)`` in a plain loop.
+socket (TLS, unit tests' fake transports) get ``write(data)`` in a plain loop.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from townhall.bus import subjects
-from townhall.edge.node import EdgeNode
+from townhall.edge.gate import EdgeNode
 
 log = logging.getLogger(__name__)
 

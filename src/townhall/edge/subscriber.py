@@ -1,14 +1,14 @@
 """One listener as the edge sees it: what it has been sent, what waits for it, why it closes.
 
-It is written to through the fan-out (townhall.edge.fanout) while it keeps up, and through
-its bounded backlog (skip, then close with a resume hint) while its socket is paused or
-text of its own is queued.
+Sans-I/O: it holds no socket and writes nothing. Its methods return the bytes to send now
+(b"" for none); the fan-out (townhall.edge.fanout) alone sends them, and sends the shared
+chunks to it directly while it keeps up. While its socket is paused or text of its own is
+queued it is served through its bounded backlog (skip, then close with a resume hint).
 """
 
 from __future__ import annotations
 
 import json
-import socket
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,18 +24,17 @@ if TYPE_CHECKING:
 
 BEHIND = 3              # queued chunks from which a listener counts as "behind"
 MAX_TEXTS = 32          # queued text frames per listener; older levels are dropped first
-DUPLICATE, QUEUED, WRITTEN = -1, 0, 1   # what push_frame did with a chunk
 
 Write = Callable[[bytes], Any]
 
 
 class Subscriber:
-    """One listener: written to directly while it keeps up, through a bounded backlog
-    (skip, then close with a resume hint) while its socket is paused or text is queued.
+    """One listener: in its feed's fast set while it keeps up, else served through a
+    bounded backlog (skip, then close with a resume hint).
 
-    Sans-I/O: the connection hands it ``write`` (its transport's) once the stream may
-    start, calls ``pause``/``resume`` from the transport's flow control, and acts on
-    ``close`` through ``on_end``."""
+    Sans-I/O: every method that may produce bytes returns them for the fan-out to send;
+    the connection reports its transport's flow control through ``pause``/``resume`` and
+    acts on ``close`` through ``on_end``."""
 
     __slots__ = (
         "backlog",
@@ -46,10 +45,9 @@ class Subscriber:
         "kind",
         "last_seq",
         "on_end",
+        "open",
         "paused",
-        "sock",
         "texts",
-        "write",
     )
 
     def __init__(self, kind: str, backlog_limit: int = 20, identity: str | None = None,
@@ -59,12 +57,8 @@ class Subscriber:
         self.backlog: Backlog[Frame] = Backlog(limit=backlog_limit)
         self.texts: deque[str] = deque()
         self.close: tuple[int, str] | None = None
-        self.last_seq = -1              # newest chunk queued or written for this listener
-        self.write: Write | None = None  # set once the connection is streaming
-        # Its socket, for the fast set's direct sends (None: write() only). Whoever hands
-        # it over keeps the transport's high-water mark at 0 and takes it back (``sock =
-        # None`` after leaving the feed) before the transport closes the descriptor.
-        self.sock: socket.socket | None = None
+        self.last_seq = -1              # newest chunk queued or sent to this listener
+        self.open = False               # its connection is ready for the stream
         self.paused = False             # its transport is above its high-water mark
         self.feed: Feed | None = None
         self.on_end: Callable[[], None] | None = None
@@ -72,7 +66,7 @@ class Subscriber:
 
     def keeping_up(self) -> bool:
         """Nothing queued, nothing to announce, socket accepting: the fast set's rule."""
-        return (self.write is not None and not self.paused and not self.texts
+        return (self.open and not self.paused and not self.texts
                 and not len(self.backlog) and self.backlog.pending_skip is None
                 and self.close is None)
 
@@ -91,35 +85,33 @@ class Subscriber:
         """Chunks queue up for this listener, or its socket stopped accepting writes."""
         return self.paused or len(self.backlog) >= BEHIND
 
-    def streaming(self, write: Write, first: bytes = b"",
-                  sock: socket.socket | None = None) -> None:
-        """The connection is ready for the stream: write ``first`` (e.g. the response head
-        and hello) and what is queued, as one write, then go fast (sent to through
-        ``sock`` if given, see the module's docstring)."""
-        self.write = write
-        self.sock = sock
-        self.drain(first)
+    def start(self, first: bytes = b"") -> bytes:
+        """The connection is ready for the stream: ``first`` (e.g. the response head and
+        hello) and what is queued, as one piece to send; from then on it may go fast."""
+        self.open = True
+        return self.drain(first)
 
     def pause(self) -> None:
         """Its transport passed the high-water mark: queue from now on."""
         self.paused = True
         self.sync()
 
-    def resume(self) -> None:
-        """Its transport drained below the low-water mark: write the backlog out."""
+    def resume(self) -> bytes:
+        """Its transport drained below the low-water mark: the backlog, to send."""
         self.paused = False
-        self.drain()
+        return self.drain()
 
-    def push_frame(self, frame: Frame) -> int:
-        """One live chunk while not in the fast set: WRITTEN, QUEUED or DUPLICATE."""
+    def push_frame(self, frame: Frame) -> bytes | None:
+        """One live chunk while not in the fast set: the bytes to send now (b"" when it
+        is queued), or None when it already had the chunk."""
         if frame.seq <= self.last_seq:
-            return DUPLICATE  # already queued as catch-up (a join while chunks were held)
+            return None  # already queued as catch-up (a join while chunks were held)
         self.last_seq = frame.seq
         self._queue(frame)
         return self.drain()
 
-    def push_frames(self, frames: list[Frame]) -> int:
-        """Several live chunks at once (a coalesced flush): how many were written now."""
+    def push_frames(self, frames: list[Frame]) -> bytes:
+        """Several live chunks at once (a coalesced flush): the bytes to send now."""
         self.backlog.allow(len(frames))  # the edge held them, not the reader
         for frame in frames:
             if frame.seq > self.last_seq:
@@ -135,32 +127,33 @@ class Subscriber:
             metrics.SLOW_CLOSES.inc()
             self.end(CloseCode.TOO_SLOW, json.dumps({"resume_from": self.backlog.resume_from}))
 
-    def push_text(self, text: str) -> bool:
-        """Queue a text frame of this listener's own (and write it now if it can)."""
+    def push_text(self, text: str) -> bytes:
+        """Queue a text frame of this listener's own: the bytes to send now."""
         if self.kind != "ws":
-            return False  # state and levels do not travel in Ogg
+            return b""  # state and levels do not travel in Ogg
         if len(self.texts) >= MAX_TEXTS:
             self.texts.popleft()
         self.texts.append(text)
-        return bool(self.drain())
+        return self.drain()
 
-    def drain(self, first: bytes = b"") -> int:
-        """Unless its socket is paused, write everything queued (oldest first, after
-        ``first``) as one write — the backlog is bounded, and the write itself pauses the
-        listener if it fills the buffer. Returns WRITTEN if the listener is back in the
-        fast set, else QUEUED."""
-        write = self.write
-        if write is not None and self.close is None:
-            try:
-                out = [first] if first else []
-                if not self.paused:
-                    self._take_all(out)
-                if out:
-                    write(b"".join(out))
-            except Exception:  # its transport is already closed: it is on its way out
-                self.paused = True
+    def drain(self, first: bytes = b"") -> bytes:
+        """Unless its socket is paused, everything queued (oldest first, after ``first``)
+        as one piece to send — the backlog is bounded, and sending it pauses the listener
+        if it fills the buffer. Back into the fast set if that leaves nothing queued."""
+        out: list[bytes] = []
+        if self.open and self.close is None:
+            if first:
+                out.append(first)
+            if not self.paused:
+                self._take_all(out)
         self.sync()
-        return WRITTEN if self.keeping_up() else QUEUED
+        return b"".join(out) if len(out) != 1 else out[0]
+
+    def take_texts(self) -> bytes:
+        """The queued text frames, taken (e.g. the final "ended" state, ahead of a close)."""
+        data = b"".join(ws_text_frame(t) for t in self.texts)
+        self.texts.clear()
+        return data
 
     def _take_all(self, out: list[bytes]) -> None:
         kind = self.kind

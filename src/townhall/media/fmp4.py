@@ -1,10 +1,12 @@
-"""Fragmented MP4 (CMAF) boxes for Opus, written by hand, with no I/O (ISO/IEC 14496-12,
-and "Encapsulation of Opus in ISO Base Media File Format" for ``Opus``/``dOps``).
+"""Fragmented MP4 (CMAF) boxes for Opus and AAC, written by hand, with no I/O (ISO/IEC
+14496-12; "Encapsulation of Opus in ISO Base Media File Format" for ``Opus``/``dOps``;
+ISO/IEC 14496-14 for ``mp4a``/``esds``).
 
 An init segment (``ftyp`` + ``moov`` with one audio track at 48 kHz) and media segments
-(``styp`` + ``moof`` + ``mdat``) holding the very Opus packets of the chunks: nothing is
-re-encoded. Each 20 ms packet is one sample of 960 ticks; a segment's ``tfdt`` is the
-48 kHz time of its first packet, so any node builds the same bytes for the same packets.
+(``styp`` + ``moof`` + ``mdat``) holding the very packets given: the Opus packets of the
+chunks are never re-encoded. Each 20 ms Opus packet is one sample of 960 ticks (an AAC
+frame: 1024); a segment's ``tfdt`` is the 48 kHz time of its first packet, so any node
+builds the same bytes for the same packets.
 """
 
 from __future__ import annotations
@@ -34,16 +36,48 @@ def dops(channels: int = 1, pre_skip: int = PRE_SKIP) -> bytes:
     return box(b"dOps", struct.pack(">BBHIhB", 0, channels, pre_skip, SAMPLE_RATE, 0, 0))
 
 
-def _opus_entry(channels: int) -> bytes:
-    return box(b"Opus", b"\0" * 6, struct.pack(">H", 1),  # data_reference_index
+# AudioSpecificConfig of AAC-LC (object type 2), 48 kHz (frequency index 3), mono: what
+# every node's encoder (townhall.media.aac) produces, so the init segment is a constant.
+AAC_LC_CONFIG = bytes([0x11, 0x88])
+AAC_FRAME_SAMPLES = 1024
+
+
+def _audio_entry(kind: bytes, channels: int, specific: bytes) -> bytes:
+    return box(kind, b"\0" * 6, struct.pack(">H", 1),  # data_reference_index
                b"\0" * 8, struct.pack(">HHHHI", channels, 16, 0, 0, SAMPLE_RATE << 16),
-               dops(channels))
+               specific)
+
+
+def _opus_entry(channels: int) -> bytes:
+    return _audio_entry(b"Opus", channels, dops(channels))
+
+
+def _descriptor(tag: int, *payload: bytes) -> bytes:
+    body = b"".join(payload)
+    return struct.pack(">BB", tag, len(body)) + body  # every body here is < 128 bytes
+
+
+def esds(config: bytes = AAC_LC_CONFIG, bitrate: int = 64_000) -> bytes:
+    """The MPEG-4 elementary stream descriptor: ES, DecoderConfig (AAC audio), the
+    AudioSpecificConfig, SLConfig."""
+    decoder = _descriptor(4, struct.pack(">BB", 0x40, 0x15),  # MPEG-4 audio, audio stream
+                          (6144).to_bytes(3, "big"), struct.pack(">II", bitrate, bitrate),
+                          _descriptor(5, config))
+    return full_box(b"esds", 0, 0, _descriptor(3, struct.pack(">HB", 0, 0), decoder,
+                                               _descriptor(6, b"\x02")))
 
 
 def init_segment(channels: int = 1) -> bytes:
     """``ftyp`` + ``moov``: one Opus track, timescale 48 kHz, fragments to follow."""
     ftyp = box(b"ftyp", b"iso6", struct.pack(">I", 0), b"iso6cmfcdashmsix")
     return ftyp + _moov(channels)
+
+
+def aac_init_segment(config: bytes = AAC_LC_CONFIG, channels: int = 1) -> bytes:
+    """``ftyp`` + ``moov``: one AAC-LC track (``mp4a.40.2``), timescale 48 kHz."""
+    ftyp = box(b"ftyp", b"iso6", struct.pack(">I", 0), b"iso6cmfcdashmsix")
+    return ftyp + _moov(channels, entry=_audio_entry(b"mp4a", channels, esds(config)),
+                        frame=AAC_FRAME_SAMPLES)
 
 
 def mp4_file(packets: Sequence[bytes], channels: int = 1) -> bytes:
@@ -67,7 +101,8 @@ def mp4_file(packets: Sequence[bytes], channels: int = 1) -> bytes:
 
 
 def _moov(channels: int, duration: int = 0, tables: tuple[bytes, ...] | None = None,
-          fragmented: bool = True) -> bytes:
+          fragmented: bool = True, entry: bytes | None = None,
+          frame: int = FRAME_SAMPLES) -> bytes:
     mvhd = full_box(b"mvhd", 0, 0, struct.pack(">IIII", 0, 0, SAMPLE_RATE, duration),
                     struct.pack(">IH", 0x10000, 0x100), b"\0" * 10, _MATRIX, b"\0" * 24,
                     struct.pack(">I", TRACK_ID + 1))
@@ -86,23 +121,26 @@ def _moov(channels: int, duration: int = 0, tables: tuple[bytes, ...] | None = N
                   full_box(b"stsz", 0, 0, struct.pack(">II", 0, 0)),
                   full_box(b"stco", 0, 0, struct.pack(">I", 0)))
     stbl = box(b"stbl",
-               full_box(b"stsd", 0, 0, struct.pack(">I", 1), _opus_entry(channels)), *tables)
+               full_box(b"stsd", 0, 0, struct.pack(">I", 1),
+                        entry if entry is not None else _opus_entry(channels)), *tables)
     minf = box(b"minf", full_box(b"smhd", 0, 0, struct.pack(">HH", 0, 0)), dinf, stbl)
     trak = box(b"trak", tkhd, box(b"mdia", mdhd, hdlr, minf))
     if not fragmented:
         return box(b"moov", mvhd, trak)
     mvex = box(b"mvex", full_box(b"trex", 0, 0, struct.pack(">IIIII", TRACK_ID, 1,
-                                                            FRAME_SAMPLES, 0, 0)))
+                                                            frame, 0, 0)))
     return box(b"moov", mvhd, trak, mvex)
 
 
-def media_segment(packets: Sequence[bytes], *, sequence: int, decode_time: int) -> bytes:
-    """``styp`` + ``moof`` + ``mdat`` with ``packets`` (20 ms each) from ``decode_time``
-    (48 kHz ticks); ``sequence`` is the fragment's number (mfhd), 1 and up."""
+def media_segment(packets: Sequence[bytes], *, sequence: int, decode_time: int,
+                  sample_duration: int = FRAME_SAMPLES) -> bytes:
+    """``styp`` + ``moof`` + ``mdat`` with ``packets`` (``sample_duration`` ticks each: 20 ms
+    of Opus by default) from ``decode_time`` (48 kHz ticks); ``sequence`` is the fragment's
+    number (mfhd), 1 and up."""
     styp = box(b"styp", b"msdh", struct.pack(">I", 0), b"msdhmsixcmfs")
     mfhd = full_box(b"mfhd", 0, 0, struct.pack(">I", sequence))
     # default-base-is-moof (0x020000) + default-sample-duration (0x000008)
-    tfhd = full_box(b"tfhd", 0, 0x020008, struct.pack(">II", TRACK_ID, FRAME_SAMPLES))
+    tfhd = full_box(b"tfhd", 0, 0x020008, struct.pack(">II", TRACK_ID, sample_duration))
     tfdt = full_box(b"tfdt", 1, 0, struct.pack(">Q", decode_time))
     sizes = b"".join(struct.pack(">I", len(p)) for p in packets)
 

@@ -1,38 +1,75 @@
-"""HLS routes: ``/hls/<id>/index.m3u8``, ``init.mp4`` and ``<k>.m4s`` (fMP4/CMAF Opus).
+"""The HLS origin: ``/hls/<id>/index.m3u8`` (the Opus media playlist, as ``opus.m3u8``),
+``master.m3u8`` (the multivariant playlist: Opus and AAC), ``aac.m3u8``, their init
+segments, segments and parts.
 
 While a Space is live, any api node answers from NATS: on the first request it follows the
-Space's chunks (the last minute from JetStream, then live) and builds 2 s segments from
-them. After a recorded Space's recording is ready, the same URLs serve the whole recording
-(VOD, ``#EXT-X-ENDLIST``) from the object store. Segments never change once listed:
-``immutable``; playlists are short-lived.
+Space's chunks (Opus, the last minute from JetStream, then live) or its AAC batches (made
+once per Space by townhall.recording.packager) and cuts 2 s segments and 0.5 s parts from
+them; a playlist request may block until a part exists (LL-HLS). After a recorded Space's
+recording is ready, the same URLs serve the whole recording (VOD, ``#EXT-X-ENDLIST``) from
+the object store. Segments never change once listed: ``immutable``; playlists are
+short-lived.
+
+What may be cached is: the Space's document (who may listen) for ACCESS_TTL_S, and
+forgotten as soon as its state changes; segments, parts and VOD playlists once built. So a
+CDN pulling segments costs a dictionary look-up, never a NATS round trip. The grants
+themselves are decided on every request, from that document.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+from bisect import bisect_left, insort
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from prometheus_client import Counter
 
+from townhall import grants
 from townhall.api.schemas import problems
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message, Subscription
 from townhall.context import Context
+from townhall.media.aac import AacBatch
 from townhall.media.chunk import Chunk
-from townhall.media.fmp4 import init_segment, media_segment
+from townhall.media.fmp4 import AAC_FRAME_SAMPLES, aac_init_segment, init_segment, media_segment
 from townhall.media.hls import (
+    AAC,
+    BLOCK_S,
+    OPUS,
+    PARTS,
     SEGMENT_SAMPLES,
+    Directive,
+    Playlist,
+    Rendition,
+    Resource,
+    directive,
     live_playlist,
-    segment_packets,
+    master_playlist,
+    packets_between,
+    parse_name,
+    part_bounds,
+    segment_bounds,
     vod_playlist,
 )
 from townhall.media.recording import RecordingIndex
-from townhall.problems import BadInput, Conflict, Gone, NotFound
-from townhall.recording.plugin import cache_control
-from townhall.recording.recorder import load_chunks, load_index
+from townhall.problems import BadInput, Conflict, Gone, NotFound, Unavailable
+from townhall.recording.packager import (
+    AacIndex,
+    Packager,
+    aac_segment_name,
+    load_aac_index,
+    recording_tag,
+)
+from townhall.recording.plugin import cache_control, restricted
+from townhall.recording.recorder import BUCKET, load_chunks, load_index
+from townhall.recording.retention import EXPIRED
 from townhall.room.rules import is_space_id
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -40,20 +77,70 @@ LIVE_PLAYLIST = "public, max-age=1"
 VOD_PLAYLIST = "public, max-age=30"
 M3U8 = "application/vnd.apple.mpegurl"
 MP4 = "video/mp4"  # CMAF segments; audio-only players take it alike
-HOLD_S = 60.0      # of a live Space: chunks kept per node (what MEDIA holds)
-IDLE_S = 60.0      # a live feed nobody asked for this long is closed
-INIT = init_segment()
+HOLD_S = 60.0         # of a live Space: frames kept per node (what the streams hold)
+IDLE_S = 60.0         # a live feed nobody asked for this long is closed
+ACCESS_TTL_S = 2.0    # a Space's document (its grants) is reused this long at most
+FIRST_WAIT_S = 4.0    # a first AAC playlist waits this long for the packager's segment
+NOT_READY_S = 5.0     # "the AAC VOD is not made yet" is believed this long
+KEPT = 1024           # segments and parts kept built (about 15 KB each)
+INITS = {OPUS.name: init_segment(), AAC.name: aac_init_segment()}
+FAST = Counter("townhall_hls_fast_answers_total",
+               "HLS answers repeated to anonymous callers without routing (FastPath)")
 
 
-class LiveFeed:
-    """One Space's recent chunks on this node, from NATS."""
+def keep(held: OrderedDict[Any, Any], key: Any, value: Any, size: int = KEPT) -> None:
+    """Put ``key`` in a bounded cache, dropping the least recently put."""
+    held[key] = value
+    held.move_to_end(key)
+    while len(held) > size:
+        held.popitem(last=False)
+
+
+class Feed:
+    """One rendition of a live Space as this node holds it, from NATS."""
 
     def __init__(self, bus: Bus, space: str) -> None:
         self.bus = bus
         self.space = space
-        self.chunks: dict[int, Chunk] = {}
         self.used = time.monotonic()
+        self.newest_end = 0
+        self.oldest = 0
+        self._changed = asyncio.Event()
         self._sub: Subscription | None = None
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def until(self, end: int, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the newest frame ends at ``end`` or later."""
+        deadline = time.monotonic() + timeout
+        while self.newest_end < end:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+        return True
+
+    async def wait_change(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def samples(self, lo: int, hi: int) -> int:
+        return hi - lo
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+
+class OpusFeed(Feed):
+    """A live Space's program chunks: the Opus rendition is cut from them as they are."""
+
+    def __init__(self, bus: Bus, space: str) -> None:
+        super().__init__(bus, space)
+        self.chunks: dict[int, Chunk] = {}
 
     async def open(self) -> None:
         self._sub = await self.bus.subscribe(subjects.media(self.space), self._on_chunk)
@@ -67,176 +154,496 @@ class LiveFeed:
     def _add(self, msg: Message) -> None:
         with contextlib.suppress(BadInput):
             chunk = Chunk.decode(msg.data)
+            if chunk.seq in self.chunks:
+                return
             self.chunks[chunk.seq] = chunk
-            newest = self.newest_end_pts
-            limit = newest - int(HOLD_S * 48_000)
+            self.newest_end = max(self.newest_end, chunk.pts + chunk.duration_samples)
+            limit = self.newest_end - int(HOLD_S * 48_000)
             for seq in [s for s, c in self.chunks.items() if c.pts < limit]:
                 del self.chunks[seq]
+            self.oldest = min((c.pts for c in self.chunks.values()), default=0)
+            self._notify()
+
+    def media(self, k: int, j: int | None) -> bytes:
+        lo, hi = segment_bounds(k) if j is None else part_bounds(k, j)
+        packets = packets_between([self.chunks[s] for s in sorted(self.chunks)], lo, hi)
+        if not packets:
+            raise NotFound("this segment is no longer held", slug="no-segment")
+        return media_segment(packets, sequence=k + 1 if j is None else k * PARTS + j + 1,
+                             decode_time=lo)
+
+
+class AacFeed(Feed):
+    """A live Space's AAC frames, by stamp, as its packager publishes them."""
+
+    def __init__(self, bus: Bus, space: str) -> None:
+        super().__init__(bus, space)
+        self.stamps: list[int] = []
+        self.frames: dict[int, bytes] = {}
+
+    async def open(self) -> None:
+        self._sub = await self.bus.subscribe(subjects.aac(self.space), self._on_batch)
+        for msg in await self.bus.replay(subjects.AAC_STREAM, subjects.aac(self.space),
+                                         since_s=HOLD_S, limit=1000):
+            self._add(msg)
+
+    async def _on_batch(self, msg: Message) -> None:
+        self._add(msg)
+
+    def _add(self, msg: Message) -> None:
+        with contextlib.suppress(BadInput):
+            batch = AacBatch.decode(msg.data)
+            for stamp, frame in batch.stamped():
+                if stamp not in self.frames:
+                    insort(self.stamps, stamp)
+                    self.frames[stamp] = frame
+            self.newest_end = max(self.newest_end, batch.end_pts)
+            limit = self.newest_end - int(HOLD_S * 48_000)
+            cut = bisect_left(self.stamps, limit)
+            for stamp in self.stamps[:cut]:
+                del self.frames[stamp]
+            del self.stamps[:cut]
+            self.oldest = self.stamps[0] if self.stamps else 0
+            self._notify()
+
+    def samples(self, lo: int, hi: int) -> int:
+        return (bisect_left(self.stamps, hi) - bisect_left(self.stamps, lo)) * AAC_FRAME_SAMPLES
+
+    def media(self, k: int, j: int | None) -> bytes:
+        lo, hi = segment_bounds(k) if j is None else part_bounds(k, j)
+        stamps = self.stamps[bisect_left(self.stamps, lo):bisect_left(self.stamps, hi)]
+        if not stamps:
+            raise NotFound("this segment is no longer held", slug="no-segment")
+        return media_segment([self.frames[t] for t in stamps],
+                             sequence=k + 1 if j is None else k * PARTS + j + 1,
+                             decode_time=stamps[0], sample_duration=AAC_FRAME_SAMPLES)
+
+
+class AccessCache:
+    """Spaces' documents (or their absence) for a short while: who may listen is then
+    decided without a NATS round trip. A state message about a Space drops its entry."""
+
+    def __init__(self, fetch: Any, ttl: float = ACCESS_TTL_S, size: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._fetch = fetch
+        self.ttl = ttl
+        self.size = size
+        self.clock = clock
+        self._held: OrderedDict[str, tuple[float, dict[str, Any] | None]] = OrderedDict()
+
+    async def get(self, space: str) -> dict[str, Any]:
+        now = self.clock()
+        held = self._held.get(space)
+        if held is None or now - held[0] > self.ttl:
+            try:
+                snap: dict[str, Any] | None = await self._fetch(space)
+            except NotFound:
+                snap = None
+            held = self._held[space] = (now, snap)
+            self._held.move_to_end(space)
+            while len(self._held) > self.size:
+                self._held.popitem(last=False)
+        if held[1] is None:
+            raise NotFound(f"no Space {space}", slug="space-not-found")
+        return held[1]
+
+    def fresh(self, space: str) -> dict[str, Any] | None:
+        """The document if it is held and young enough to decide by (no I/O)."""
+        held = self._held.get(space)
+        if held is None or self.clock() - held[0] > self.ttl:
+            return None
+        return held[1]
+
+    def forget(self, space: str) -> None:
+        self._held.pop(space, None)
+
+
+def kind_of(snap: dict[str, Any]) -> str | None:
+    """Where a Space's HLS comes from: ``vod``, ``live``, or None (a refusal)."""
+    if isinstance(snap.get("recording"), dict):
+        return "vod"
+    return "live" if snap.get("state") == "live" else None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole response the fast path may repeat to anonymous callers."""
+
+    space: str
+    kind: str
+    expires_at: float
+    start: dict[str, Any]
+    body: dict[str, Any]
+
+
+class FastPath:
+    """Repeats answers already given to anonymous callers of public Spaces (segments,
+    parts, init segments, VOD playlists), before routing: the same grants decision as the
+    route's (anonymous, public, the Space's document at most ACCESS_TTL_S old, the same
+    source), at the cost of a dictionary look-up. Anything else goes to the routes."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" \
+                and scope["path"].startswith("/hls/") and not scope["query_string"]:
+            origin: HlsOrigin | None = getattr(scope["app"].state, "hls", None) \
+                if "app" in scope else None
+            answer = origin.repeat(scope) if origin is not None else None
+            if answer is not None:
+                FAST.inc()
+                # A copy: outer middleware may add headers to the message it is given.
+                await send({**answer.start, "headers": list(answer.start["headers"])})
+                await send(answer.body)
+                return
+        await self.app(scope, receive, send)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a Space's HLS comes from for this request: ``live`` or ``vod``."""
+
+    space: str
+    kind: str
+    snap: dict[str, Any]
+    rec: dict[str, Any]
 
     @property
-    def newest_end_pts(self) -> int:
-        return max((c.pts + c.duration_samples for c in self.chunks.values()), default=0)
+    def tag(self) -> str:
+        return recording_tag(self.rec) if self.kind == "vod" else "live"
 
-    @property
-    def oldest_pts(self) -> int:
-        return min((c.pts for c in self.chunks.values()), default=0)
 
-    def ordered(self) -> list[Chunk]:
-        return [self.chunks[s] for s in sorted(self.chunks)]
+class HlsOrigin:
+    """This node's HLS: its live feeds, the Spaces' grants and what it has built."""
 
-    async def close(self) -> None:
+    def __init__(self, ctx: Context, api: Any) -> None:
+        self.ctx = ctx
+        self.api = api
+        self.bus = ctx.bus
+        self.access = AccessCache(api.store.get)
+        self.packager = Packager(ctx.bus, api.store, ctx.settings.node_id)
+        self.feeds: dict[tuple[str, str], OpusFeed | AacFeed] = {}
+        self._opening: dict[tuple[str, str], asyncio.Lock] = {}
+        self.indexes: OrderedDict[str, tuple[str, RecordingIndex]] = OrderedDict()
+        self.aac_indexes: OrderedDict[str, tuple[str, float, AacIndex | None]] = \
+            OrderedDict()
+        self.built: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self.playlists: OrderedDict[tuple[str, str], tuple[Any, str]] = OrderedDict()
+        self.answers: OrderedDict[str, Answer] = OrderedDict()
+        self.route: Any = None  # the route the fast path's answers count under
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sub: Subscription | None = None
+
+    def remember(self, request: Request, src: Source, response: Response) -> None:
+        """Keep an answer to an anonymous caller of a public Space for the fast path."""
+        if request.url.query or restricted(src.snap) \
+                or "authorization" in request.headers:
+            return
+        self.answers[request.url.path] = Answer(
+            src.space, src.kind, float(src.rec.get("expires_at", 0)) if src.rec else 0.0,
+            {"type": "http.response.start", "status": 200,
+             "headers": list(response.raw_headers)},
+            {"type": "http.response.body", "body": response.body})
+        while len(self.answers) > KEPT * 2:
+            self.answers.popitem(last=False)
+
+    def repeat(self, scope: Any) -> Answer | None:
+        """The answer to repeat to this request, if the grants still allow it."""
+        answer = self.answers.get(scope["path"])
+        if answer is None or any(k == b"authorization" for k, _ in scope["headers"]):
+            return None
+        snap = self.access.fresh(answer.space)
+        if snap is None or restricted(snap) or kind_of(snap) != answer.kind:
+            return None
+        if answer.kind == "vod" and time.time() >= answer.expires_at:
+            return None
+        if self.route is not None:
+            scope["route"] = self.route  # for the request metrics' label
+        return answer
+
+    async def start(self) -> None:
+        self._sub = await self.bus.subscribe("townhall.*.state", self._on_state)
+        self._tasks.append(asyncio.ensure_future(self._reap()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         if self._sub is not None:
             await self._sub.unsubscribe()
+        await self.packager.stop()
+        for feed in list(self.feeds.values()):
+            await feed.close()
 
-
-def install(app: FastAPI, ctx: Context) -> None:
-    """Mount /hls on ``app``."""
-    api = app.state.api
-    feeds: dict[str, LiveFeed] = {}
-    opening: dict[str, asyncio.Lock] = {}
-    indexes: dict[str, tuple[str, RecordingIndex]] = {}
-    segments: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
-    router = APIRouter(tags=["recordings"])
-    reaper: list[asyncio.Task[None]] = []
-
-    async def reap() -> None:
+    async def _reap(self) -> None:
         while True:
             await asyncio.sleep(10)
             now = time.monotonic()
-            for space, feed in list(feeds.items()):
+            for key, feed in list(self.feeds.items()):
                 if now - feed.used > IDLE_S:
-                    feeds.pop(space, None)
+                    self.feeds.pop(key, None)
+                    self.playlists.pop(key, None)
                     await feed.close()
 
-    async def start() -> None:
-        reaper.append(asyncio.ensure_future(reap()))
+    async def _on_state(self, msg: Message) -> None:
+        space = msg.subject.split(".")[1]
+        self.access.forget(space)
+        with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
+            snap = json.loads(msg.data)
+            rec = snap.get("recording")
+            if isinstance(rec, dict) and rec.get("state") == "ready":
+                held = self.aac_indexes.get(space)
+                if held is None or held[2] is None or held[0] != recording_tag(rec):
+                    self.packager.want_vod(space)
+            elif (snap.get("state") == "ended" and rec is False) or (
+                    isinstance(rec, dict) and rec.get("state") == EXPIRED):
+                self.aac_indexes.pop(space, None)
+                self.packager.want_drop(space)
 
-    async def stop() -> None:
-        for task in reaper:
-            task.cancel()
-        for feed in list(feeds.values()):
-            await feed.close()
+    # --- who may listen, and from where ----------------------------------------------
 
-    ctx.on_start.append(start)
-    ctx.on_stop.append(stop)
-
-    async def feed_of(space: str) -> LiveFeed:
-        feed = feeds.get(space)
-        if feed is None:
-            async with opening.setdefault(space, asyncio.Lock()):
-                feed = feeds.get(space)
-                if feed is None:
-                    feed = LiveFeed(ctx.bus, space)
-                    await feed.open()
-                    feeds[space] = feed
-            opening.pop(space, None)
-        feed.used = time.monotonic()
-        return feed
-
-    async def source(space: str, request: Request
-                     ) -> tuple[str, dict[str, Any], dict[str, Any]]:
-        """("vod", recording, snapshot) or ("live", {}, snapshot) for a Space this caller
-        may listen to."""
+    async def source(self, space: str, request: Request) -> Source:
+        """The Space's HLS source, if this caller may listen to it."""
         if not is_space_id(space):
             raise NotFound(f"no Space {space}", slug="space-not-found")
-        snap = await api.authorized(space, api.maybe_who(request), "listen")
+        snap = await self.access.get(space)
+        grants.authorize(self.api.maybe_who(request), "listen", snap)
         rec = snap.get("recording")
         if isinstance(rec, dict):
-            if time.time() >= float(rec.get("expires_at", 0)):
+            if rec.get("state") == EXPIRED or time.time() >= float(rec.get("expires_at", 0)):
                 raise Gone("this recording was kept for its time and is gone",
                            slug="recording-expired")
-            return "vod", rec, snap
+            return Source(space, "vod", snap, rec)
         if snap["state"] == "live":
-            return "live", {}, snap
+            return Source(space, "live", snap, {})
         if snap["state"] == "scheduled":
             raise Conflict("the Space is not live yet", slug="not-live")
         if rec is True:
             raise NotFound("the recording is not ready yet", slug="recording-not-ready")
         raise NotFound("this Space has ended and has no recording", slug="no-recording")
 
-    async def index_of(space: str, rec: dict[str, Any]) -> tuple[str, RecordingIndex]:
-        tag = f"{int(float(rec['ready_at']) * 1000)}"
-        held = indexes.get(space)
-        if held is None or held[0] != tag:
-            index = await load_index(ctx.bus, space)
+    async def feed(self, space: str, rendition: Rendition) -> OpusFeed | AacFeed:
+        key = (space, rendition.name)
+        feed = self.feeds.get(key)
+        if feed is None:
+            async with self._opening.setdefault(key, asyncio.Lock()):
+                feed = self.feeds.get(key)
+                if feed is None:
+                    feed = OpusFeed(self.bus, space) if rendition is OPUS \
+                        else AacFeed(self.bus, space)
+                    await feed.open()
+                    self.feeds[key] = feed
+            self._opening.pop(key, None)
+        if rendition is AAC:
+            self.packager.want_live(space)
+        feed.used = time.monotonic()
+        return feed
+
+    async def index(self, src: Source) -> RecordingIndex:
+        held = self.indexes.get(src.space)
+        if held is None or held[0] != src.tag:
+            index = await load_index(self.bus, src.space)
             if index is None:
                 raise NotFound("this Space has no recording", slug="no-recording")
-            held = indexes[space] = (tag, index)
-        return held
+            held = (src.tag, index)
+            keep(self.indexes, src.space, held)
+        return held[1]
 
-    def ok(media_type: str, what: str) -> dict[int | str, dict[str, Any]]:
-        return {200: {"content": {media_type: {}}, "description": what}} | problems(
-            401, 403, 404, 409, 410)
+    async def aac_index(self, src: Source) -> AacIndex | None:
+        """The AAC VOD of this recording, once made (asking for it to be made if not)."""
+        held = self.aac_indexes.get(src.space)
+        now = time.monotonic()
+        if held is None or held[0] != src.tag or (held[2] is None
+                                                  and now - held[1] > NOT_READY_S):
+            made = await load_aac_index(self.bus, src.space)
+            if made is not None and made.tag != src.tag:
+                made = None
+            held = (src.tag, now, made)
+            keep(self.aac_indexes, src.space, held)
+            if made is None:
+                self.packager.want_vod(src.space)
+        return held[2]
 
-    def answer(body: bytes | str, media_type: str, cache: str) -> Response:
-        return Response(body, media_type=media_type,
-                        headers={"Cache-Control": cache, "Access-Control-Allow-Origin": "*",
-                                 "Vary": "Authorization"})
+    async def renditions(self, src: Source) -> list[Rendition]:
+        if src.kind == "live" or await self.aac_index(src) is not None:
+            return [OPUS, AAC]
+        return [OPUS]
 
-    @router.get("/hls/{space}/index.m3u8", response_class=Response, responses=ok(
-        M3U8, "live, or VOD after a recorded end"))
-    async def playlist(space: str, request: Request) -> Response:
-        """The HLS media playlist: live (a sliding window), or the recording (VOD)."""
-        kind, rec, snap = await source(space, request)
-        if kind == "vod":
-            _, index = await index_of(space, rec)
-            plan = vod_playlist(index.first_pts, index.end_pts)
-            cache = VOD_PLAYLIST
+    # --- playlists ----------------------------------------------------------------------
+
+    async def playlist(self, src: Source, rendition: Rendition, wanted: Directive | None
+                       ) -> tuple[str, str]:
+        """(the media playlist, its Cache-Control)."""
+        if src.kind == "vod":
+            return await self._vod_playlist(src, rendition), VOD_PLAYLIST
+        feed = await self.feed(src.space, rendition)
+        if wanted is not None:
+            if wanted.too_far(feed.newest_end):
+                raise BadInput("_HLS_msn/_HLS_part are further ahead than the spec allows "
+                               "asking for", slug="bad-hls-directive")
+            if not await feed.until(wanted.needed_end(), BLOCK_S):
+                raise Unavailable("that part did not appear in time", retry_after=1,
+                                  slug="hls-not-ready")
+        deadline = time.monotonic() + (FIRST_WAIT_S if rendition is AAC else 0)
+        while True:
+            state = (feed.newest_end, feed.oldest)
+            held = self.playlists.get((src.space, rendition.name))
+            if held is not None and held[0] == state:
+                return held[1], LIVE_PLAYLIST
+            plan = live_playlist(feed.newest_end, feed.oldest, rendition, feed.samples)
+            if plan is not None:
+                text = plan.render()
+                keep(self.playlists, (src.space, rendition.name), (state, text))
+                return text, LIVE_PLAYLIST
+            if time.monotonic() >= deadline:
+                raise NotFound("no audio yet; try again in a moment", slug="no-segments")
+            await feed.wait_change(deadline - time.monotonic())
+
+    async def _vod_playlist(self, src: Source, rendition: Rendition) -> str:
+        held = self.playlists.get((src.space, rendition.name))
+        if held is not None and held[0] == src.tag:
+            return held[1]
+        plan: Playlist | None
+        if rendition is AAC:
+            made = await self.aac_index(src)
+            if made is None:
+                raise NotFound("the AAC rendition is being made; try again in a moment",
+                               slug="no-segments")
+            plan = Playlist(AAC, made.first, tuple(made.lengths), ended=True)
         else:
-            feed = await feed_of(space)
-            plan = live_playlist(feed.newest_end_pts, feed.oldest_pts)
-            cache = LIVE_PLAYLIST
+            index = await self.index(src)
+            plan = vod_playlist(index.first_pts, index.end_pts)
         if plan is None:
-            raise NotFound("no audio yet; try again in a moment", slug="no-segments")
-        return answer(plan.render(), M3U8, cache_control(cache, snap))
+            raise NotFound("no audio in this recording", slug="no-segments")
+        text = plan.render()
+        keep(self.playlists, (src.space, rendition.name), (src.tag, text))
+        return text
 
-    @router.get("/hls/{space}/init.mp4", response_class=Response, responses=ok(
-        MP4, "the fMP4 init segment"))
-    async def init(space: str, request: Request) -> Response:
-        """The init segment (the same for every Space)."""
-        _, _, snap = await source(space, request)
-        return answer(INIT, MP4, cache_control(IMMUTABLE, snap))
+    # --- segments and parts -------------------------------------------------------------
 
-    @router.get("/hls/{space}/{name}", response_class=Response, responses=ok(
-        MP4, "2 s of Opus in fMP4"))
-    async def segment(space: str, name: str, request: Request) -> Response:
-        """Media segment ``k`` (``<k>.m4s``): the packets of 2 s, never re-encoded."""
-        number = name.removesuffix(".m4s")
-        if not name.endswith(".m4s") or not number.isdigit() or len(number) > 9:
-            raise NotFound("no such segment", slug="no-segment")
-        k = int(number)
-        kind, rec, snap = await source(space, request)
-        immutable = cache_control(IMMUTABLE, snap)
-        if kind == "vod":
-            tag, index = await index_of(space, rec)
-            key = (space, tag, k)
-            data = segments.get(key)
-            if data is None:
-                lo = k * SEGMENT_SAMPLES
-                chunks = await load_chunks(ctx.bus, space,
-                                           index.covering(lo - 4800, lo + SEGMENT_SAMPLES))
-                packets = segment_packets(chunks, k)
-                if not packets:
-                    raise NotFound("no such segment", slug="no-segment")
-                data = media_segment(packets, sequence=k + 1,
-                                     decode_time=k * SEGMENT_SAMPLES)
-                segments[key] = data
-                while len(segments) > 256:
-                    segments.popitem(last=False)
-            return answer(data, MP4, immutable)
-        key = (space, "live", k)
-        data = segments.get(key)
-        if data is None:
-            feed = await feed_of(space)
-            if feed.newest_end_pts < (k + 1) * SEGMENT_SAMPLES:
+    async def media(self, src: Source, res: Resource) -> bytes:
+        """Segment ``k`` (or its part ``j``) of a rendition, built once per node."""
+        j = res.j if res.kind == "part" else None
+        key = (src.space, src.tag, res.rendition.name, res.k, j)
+        data = self.built.get(key)
+        if data is not None:
+            self.built.move_to_end(key)
+            return data
+        if src.kind == "vod":
+            data = await self._vod_media(src, res.rendition, res.k, j)
+        else:
+            feed = await self.feed(src.space, res.rendition)
+            lo, hi = segment_bounds(res.k) if j is None else part_bounds(res.k, j)
+            if feed.newest_end < hi:
                 raise NotFound("this segment is not complete yet", slug="no-segment")
-            packets = segment_packets(feed.ordered(), k)
-            if not packets or k * SEGMENT_SAMPLES < feed.oldest_pts:
+            if lo < feed.oldest:
                 raise NotFound("this segment is no longer held", slug="no-segment")
-            data = segments[key] = media_segment(packets, sequence=k + 1,
-                                                 decode_time=k * SEGMENT_SAMPLES)
-            while len(segments) > 256:
-                segments.popitem(last=False)
-        return answer(data, MP4, immutable)
+            data = feed.media(res.k, j)
+        self.built[key] = data
+        while len(self.built) > KEPT:
+            self.built.popitem(last=False)
+        return data
 
+    async def _vod_media(self, src: Source, rendition: Rendition, k: int,
+                         j: int | None) -> bytes:
+        if j is not None:
+            raise NotFound("a recording has whole segments only", slug="no-segment")
+        if rendition is AAC:
+            made = await self.aac_index(src)
+            if made is None or not made.first <= k < made.first + len(made.lengths):
+                raise NotFound("no such segment", slug="no-segment")
+            data = await self.bus.obj_get(BUCKET, aac_segment_name(src.space, k))
+            if data is None:
+                raise NotFound("no such segment", slug="no-segment")
+            return data
+        index = await self.index(src)
+        lo = k * SEGMENT_SAMPLES
+        chunks = await load_chunks(self.bus, src.space,
+                                   index.covering(lo - 4800, lo + SEGMENT_SAMPLES))
+        packets = packets_between(chunks, *segment_bounds(k))
+        if not packets:
+            raise NotFound("no such segment", slug="no-segment")
+        return media_segment(packets, sequence=k + 1, decode_time=lo)
+
+
+# --- routes ---------------------------------------------------------------------------
+
+router = APIRouter(tags=["recordings"])
+
+
+def _ok(media_types: tuple[str, ...], what: str, *more: int
+        ) -> dict[int | str, dict[str, Any]]:
+    return {200: {"content": {t: {} for t in media_types}, "description": what}} | problems(
+        401, 403, 404, 409, 410, *more)
+
+
+def _answer(body: bytes | str, media_type: str, cache: str) -> Response:
+    return Response(body, media_type=media_type,
+                    headers={"Cache-Control": cache, "Access-Control-Allow-Origin": "*",
+                             "Vary": "Authorization"})
+
+
+def _origin(request: Request) -> HlsOrigin:
+    origin: HlsOrigin = request.app.state.hls
+    return origin
+
+
+@router.get("/hls/{space}/master.m3u8", response_class=Response, responses=_ok(
+    (M3U8,), "the multivariant playlist: Opus, and AAC-LC (mp4a.40.2)"))
+async def master_playlist_route(space: str, request: Request) -> Response:
+    """The multivariant playlist: one variant per rendition (Opus; AAC-LC for players
+    without Opus, live at once, after the end once it is made)."""
+    hls = _origin(request)
+    src = await hls.source(space, request)
+    text = master_playlist(await hls.renditions(src))
+    cache = VOD_PLAYLIST if src.kind == "vod" else LIVE_PLAYLIST
+    return _answer(text, M3U8, cache_control(cache, src.snap))
+
+
+@router.get("/hls/{space}/{name}", response_class=Response, responses=_ok(
+    (M3U8, MP4), "a media playlist (index.m3u8 = opus.m3u8: Opus, live then VOD ending "
+    "#EXT-X-ENDLIST; aac.m3u8), an init segment (init.mp4, "
+    "aac-init.mp4), a 2 s segment (<k>.m4s, aac-<k>.m4s) or a 0.5 s part (<k>.<j>.m4s)",
+    400, 503))
+async def hls_resource(
+        space: str, name: str, request: Request,
+        msn: Annotated[str | None, Query(
+            alias="_HLS_msn", description="media playlists: block until this segment is "
+            "listed (LL-HLS)")] = None,
+        part: Annotated[str | None, Query(
+            alias="_HLS_part", description="...or until this part (0-3) of it is")] = None,
+) -> Response:
+    """A media playlist (``_HLS_msn``/``_HLS_part`` block until that part exists, up to
+    6 s), an init segment, a segment or a part: fMP4, never re-encoded for Opus."""
+    hls = _origin(request)
+    res = parse_name(name)
+    if res is None:
+        raise NotFound("no such segment", slug="no-segment")
+    wanted = directive(msn, part) if res.kind == "playlist" else None
+    src = await hls.source(space, request)
+    if res.kind == "playlist":
+        text, cache = await hls.playlist(src, res.rendition, wanted)
+        response = _answer(text, M3U8, cache_control(cache, src.snap))
+        if src.kind == "vod":
+            hls.remember(request, src, response)
+        return response
+    immutable = cache_control(IMMUTABLE, src.snap)
+    if res.kind == "init":
+        response = _answer(INITS[res.rendition.name], MP4, immutable)
+    else:
+        response = _answer(await hls.media(src, res), MP4, immutable)
+    hls.remember(request, src, response)
+    return response
+
+
+def install(app: FastAPI, ctx: Context) -> None:
+    """Mount /hls on ``app``."""
+    origin = HlsOrigin(ctx, app.state.api)
+    app.state.hls = origin
+    app.state.api.before_expire.append(origin.packager.drop)
+    ctx.on_start.append(origin.start)
+    ctx.on_stop.append(origin.stop)
     app.include_router(router)
+    origin.route = next((r for r in app.router.routes
+                         if getattr(r, "path", "") == "/hls/{space}/{name}"), None)
+    app.add_middleware(FastPath)

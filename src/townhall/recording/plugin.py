@@ -31,7 +31,7 @@ from pydantic import Field
 
 from townhall import grants
 from townhall.api.models import Strict
-from townhall.api.plugin import Api
+from townhall.api.role import Api
 from townhall.api.schemas import Open, Snapshot, problems
 from townhall.bus import subjects
 from townhall.bus.bus import CasConflict

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +29,6 @@ from townhall.room.snapshot import (
 from townhall.room.text import check_text
 
 Snapshot = dict[str, Any]
-ACTIONS = ("request", "withdraw", "approve", "decline", "invite", "accept", "to_audience",
-           "mute", "unmute", "add_cohost", "remove_cohost", "remove", "allow", "disallow",
-           "signed_in_only_on", "signed_in_only_off", "record_on", "record_off")
-# Settings and who may come in: also while the Space is scheduled.
-SETTINGS = ("allow", "disallow", "signed_in_only_on", "signed_in_only_off", "record_on",
-            "record_off")
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 SPACE_ID = re.compile(r"[a-z0-9]{10}")
 RECORD_SPANS_LIMIT = 100
@@ -91,6 +86,7 @@ def role_of(snap: Snapshot, identity: str) -> str | None:
 
 
 def is_moderator(snap: Snapshot, identity: str) -> bool:
+    """The host or a co-host."""
     return role_of(snap, identity) in ("host", "cohost") or snap["host"]["id"] == identity
 
 
@@ -101,6 +97,7 @@ def is_blocked(snap: Snapshot, identity: str, net: str | None = None) -> bool:
 
 
 def start(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
+    """Go live (host only); a recorded Space opens its first recorded span."""
     _require_host(snap, actor)
     if snap["state"] != "scheduled":
         raise Conflict(f"the Space is {snap['state']}, it cannot start",
@@ -114,6 +111,7 @@ def start(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
 
 
 def end(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
+    """End the Space for everyone (host only): the stage, requests and invitations empty."""
     _require_host(snap, actor)
     if snap["state"] == "ended":
         raise Conflict("the Space has already ended", slug="space-ended")
@@ -184,121 +182,184 @@ def _put_on_stage(snap: Snapshot, who: Actor) -> None:
     snap["invites"] = _drop(snap["invites"], who.id)
 
 
+@dataclass(frozen=True)
+class Call:
+    """What an action was asked with, besides who asks: its target, the display name an
+    invitation carries, whether a removal blocks, and the time."""
+
+    target: str | None = None
+    name: str | None = None
+    block: bool = False
+    now: float = 0.0
+
+    def is_self(self, actor: Actor) -> bool:
+        """Aimed at the actor themselves (no target, or their own identity)."""
+        return self.target in (None, actor.id)
+
+    def who(self, actor: Actor) -> str:
+        """The person an action that defaults to oneself is aimed at."""
+        return actor.id if self.target is None else self.target
+
+
+# An action's rule: reads the snapshot as it was (``snap``), changes its copy (``out``)
+# in place or raises a refusal.
+Rule = Callable[[Snapshot, Snapshot, Actor, Call], None]
+
+
 def apply(snap: Snapshot, actor: Actor, action: str, *, target: str | None = None,
           name: str | None = None, block: bool = False, now: float) -> Snapshot:
     """Apply one stage or moderation action; returns the new snapshot."""
-    if action not in ACTIONS:
+    rule = RULES.get(action)
+    if rule is None:
         raise BadInput(f"unknown action {action!r}", slug="unknown-action")
     if action in SETTINGS:
-        return _setting(snap, actor, action, target, now)
-    _require_live(snap)
+        if snap["state"] == "ended":
+            raise Conflict("the Space has ended", slug="space-ended")
+    else:
+        _require_live(snap)
     out = copy.deepcopy(snap)
-    self_target = target in (None, actor.id)
-
-    if action == "request":
-        if is_blocked(snap, actor.id, actor.net):
-            raise Forbidden("you are blocked from this Space", slug="blocked")
-        if on_stage(snap, actor.id):
-            raise Conflict("you are already on stage", slug="already-on-stage")
-        if _find(snap["requests"], actor.id):
-            raise Conflict("you already asked to speak", slug="already-requested")
-        if len(snap["requests"]) >= REQUEST_QUEUE_LIMIT:
-            raise Conflict("too many people are waiting to speak; try again later",
-                           slug="request-queue-full")
-        out["requests"].append({"id": actor.id, "name": actor.name, "at": now})
-        _remember_net(out, actor)
-    elif action == "withdraw":
-        if not _find(snap["requests"], actor.id):
-            # Same type, same status as approving a request that is not there.
-            raise NotFound("you have no request to withdraw", slug="no-request")
-        out["requests"] = _drop(out["requests"], actor.id)
-    elif action in ("approve", "decline"):
-        _require_moderator(snap, actor)
-        who = _target(target)
-        request = _find(snap["requests"], who)
-        if request is None:
-            raise NotFound(f"{who} has not asked to speak", slug="no-request")
-        if action == "approve":
-            _put_on_stage(out, Actor(who, str(request["name"])))
-        else:
-            out["requests"] = _drop(out["requests"], who)
-    elif action == "invite":
-        _require_moderator(snap, actor)
-        who = _target(target)
-        if is_blocked(snap, who):
-            raise Forbidden(f"{who} is blocked from this Space", slug="blocked")
-        if on_stage(snap, who):
-            raise Conflict(f"{who} is already on stage", slug="already-on-stage")
-        request = _find(snap["requests"], who)
-        display = name or (str(request["name"]) if request else who)
-        check_text(display, "name")
-        if not _find(snap["invites"], who) and len(snap["invites"]) >= INVITE_LIMIT:
-            raise Conflict(f"at most {INVITE_LIMIT} invitations may be open at once",
-                           slug="invite-list-full")
-        out["invites"] = _drop(out["invites"], who)
-        out["invites"].append({"id": who, "name": display[:64], "at": now})
-    elif action == "accept":
-        invite = _find(snap["invites"], actor.id)
-        if invite is None:
-            raise Conflict("you have not been invited to speak", slug="no-invite")
-        _put_on_stage(out, actor)
-        _remember_net(out, actor)
-    elif action == "to_audience":
-        who = actor.id if target is None else target
-        role = role_of(snap, who)
-        if role is None:
-            raise Conflict(f"{who} is not on stage", slug="not-on-stage")
-        if role == "host":
-            raise Conflict("the host stays on stage; end the Space instead", slug="host-stays")
-        if who != actor.id:
-            _require_moderator(snap, actor)
-            if role == "cohost" and role_of(snap, actor.id) != "host":
-                raise Forbidden("only the host may move a co-host", slug="not-host")
-        out["stage"] = _drop(out["stage"], who)
-    elif action in ("mute", "unmute"):
-        who = actor.id if target is None else target
-        if action == "unmute" and not self_target:
-            raise Forbidden("only speakers unmute themselves", slug="unmute-self-only")
-        if not self_target:
-            _require_moderator(snap, actor)
-            if role_of(snap, who) == "host":
-                raise Forbidden("nobody mutes the host", slug="not-host")
-        person = _find(out["stage"], who)
-        if person is None:
-            raise Conflict(f"{who} is not on stage", slug="not-on-stage")
-        person["muted"] = action == "mute"
-        person["muted_by"] = ("self" if self_target else actor.id) if action == "mute" else None
-    elif action in ("add_cohost", "remove_cohost"):
-        _require_host(snap, actor)
-        who = _target(target)
-        person = _find(out["stage"], who)
-        if person is None:
-            raise Conflict(f"{who} is not on stage", slug="not-on-stage")
-        if action == "add_cohost":
-            if person["role"] == "host":
-                raise Conflict("the host is already the host", slug="already-host")
-            cohosts = sum(1 for p in out["stage"] if p["role"] == "cohost")
-            if person["role"] != "cohost" and cohosts >= COHOST_LIMIT:
-                raise Conflict(f"a Space has at most {COHOST_LIMIT} co-hosts",
-                               slug="cohost-limit")
-            person["role"] = "cohost"
-        else:
-            if person["role"] != "cohost":
-                raise Conflict(f"{who} is not a co-host", slug="not-cohost")
-            person["role"] = "speaker"
-    elif action == "remove":
-        _require_moderator(snap, actor)
-        who = _target(target)
-        if who == snap["host"]["id"]:
-            raise Forbidden("the host cannot be removed", slug="not-host")
-        if role_of(snap, who) == "cohost" and role_of(snap, actor.id) != "host":
-            raise Forbidden("only the host may remove a co-host", slug="not-host")
-        out["stage"] = _drop(out["stage"], who)
-        out["requests"] = _drop(out["requests"], who)
-        out["invites"] = _drop(out["invites"], who)
-        if block:
-            _block(out, who)
+    rule(snap, out, actor, Call(target, name, block, now))
     return out
+
+
+def _request(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    if is_blocked(snap, actor.id, actor.net):
+        raise Forbidden("you are blocked from this Space", slug="blocked")
+    if on_stage(snap, actor.id):
+        raise Conflict("you are already on stage", slug="already-on-stage")
+    if _find(snap["requests"], actor.id):
+        raise Conflict("you already asked to speak", slug="already-requested")
+    if len(snap["requests"]) >= REQUEST_QUEUE_LIMIT:
+        raise Conflict("too many people are waiting to speak; try again later",
+                       slug="request-queue-full")
+    out["requests"].append({"id": actor.id, "name": actor.name, "at": call.now})
+    _remember_net(out, actor)
+
+
+def _withdraw(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    if not _find(snap["requests"], actor.id):
+        # Same type, same status as approving a request that is not there.
+        raise NotFound("you have no request to withdraw", slug="no-request")
+    out["requests"] = _drop(out["requests"], actor.id)
+
+
+def _asked(snap: Snapshot, actor: Actor, call: Call) -> tuple[str, dict[str, Any]]:
+    """The target of approve/decline and their request, if a moderator asks."""
+    _require_moderator(snap, actor)
+    who = _target(call.target)
+    request = _find(snap["requests"], who)
+    if request is None:
+        raise NotFound(f"{who} has not asked to speak", slug="no-request")
+    return who, request
+
+
+def _approve(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    who, request = _asked(snap, actor, call)
+    _put_on_stage(out, Actor(who, str(request["name"])))
+
+
+def _decline(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    who, _ = _asked(snap, actor, call)
+    out["requests"] = _drop(out["requests"], who)
+
+
+def _invite(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    _require_moderator(snap, actor)
+    who = _target(call.target)
+    if is_blocked(snap, who):
+        raise Forbidden(f"{who} is blocked from this Space", slug="blocked")
+    if on_stage(snap, who):
+        raise Conflict(f"{who} is already on stage", slug="already-on-stage")
+    request = _find(snap["requests"], who)
+    display = call.name or (str(request["name"]) if request else who)
+    check_text(display, "name")
+    if not _find(snap["invites"], who) and len(snap["invites"]) >= INVITE_LIMIT:
+        raise Conflict(f"at most {INVITE_LIMIT} invitations may be open at once",
+                       slug="invite-list-full")
+    out["invites"] = _drop(out["invites"], who)
+    out["invites"].append({"id": who, "name": display[:64], "at": call.now})
+
+
+def _accept(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    if _find(snap["invites"], actor.id) is None:
+        raise Conflict("you have not been invited to speak", slug="no-invite")
+    _put_on_stage(out, actor)
+    _remember_net(out, actor)
+
+
+def _to_audience(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    who = call.who(actor)
+    role = role_of(snap, who)
+    if role is None:
+        raise Conflict(f"{who} is not on stage", slug="not-on-stage")
+    if role == "host":
+        raise Conflict("the host stays on stage; end the Space instead", slug="host-stays")
+    if who != actor.id:
+        _require_moderator(snap, actor)
+        if role == "cohost" and role_of(snap, actor.id) != "host":
+            raise Forbidden("only the host may move a co-host", slug="not-host")
+    out["stage"] = _drop(out["stage"], who)
+
+
+def _speaker(out: Snapshot, who: str) -> dict[str, Any]:
+    """``who`` as they stand on the copy's stage (to be changed in place)."""
+    person = _find(out["stage"], who)
+    if person is None:
+        raise Conflict(f"{who} is not on stage", slug="not-on-stage")
+    return person
+
+
+def _mute(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    who = call.who(actor)
+    if not call.is_self(actor):
+        _require_moderator(snap, actor)
+        if role_of(snap, who) == "host":
+            raise Forbidden("nobody mutes the host", slug="not-host")
+    person = _speaker(out, who)
+    person["muted"] = True
+    person["muted_by"] = "self" if call.is_self(actor) else actor.id
+
+
+def _unmute(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    if not call.is_self(actor):
+        raise Forbidden("only speakers unmute themselves", slug="unmute-self-only")
+    person = _speaker(out, actor.id)
+    person["muted"] = False
+    person["muted_by"] = None
+
+
+def _add_cohost(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    _require_host(snap, actor)
+    person = _speaker(out, _target(call.target))
+    if person["role"] == "host":
+        raise Conflict("the host is already the host", slug="already-host")
+    cohosts = sum(1 for p in out["stage"] if p["role"] == "cohost")
+    if person["role"] != "cohost" and cohosts >= COHOST_LIMIT:
+        raise Conflict(f"a Space has at most {COHOST_LIMIT} co-hosts", slug="cohost-limit")
+    person["role"] = "cohost"
+
+
+def _remove_cohost(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    _require_host(snap, actor)
+    who = _target(call.target)
+    person = _speaker(out, who)
+    if person["role"] != "cohost":
+        raise Conflict(f"{who} is not a co-host", slug="not-cohost")
+    person["role"] = "speaker"
+
+
+def _remove(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    _require_moderator(snap, actor)
+    who = _target(call.target)
+    if who == snap["host"]["id"]:
+        raise Forbidden("the host cannot be removed", slug="not-host")
+    if role_of(snap, who) == "cohost" and role_of(snap, actor.id) != "host":
+        raise Forbidden("only the host may remove a co-host", slug="not-host")
+    out["stage"] = _drop(out["stage"], who)
+    out["requests"] = _drop(out["requests"], who)
+    out["invites"] = _drop(out["invites"], who)
+    if call.block:
+        _block(out, who)
 
 
 def _block(snap: Snapshot, who: str) -> None:
@@ -327,32 +388,59 @@ def _record(snap: Snapshot, on: bool, now: float) -> None:
         spans[-1][1] = now
 
 
-def _setting(snap: Snapshot, actor: Actor, action: str, target: str | None,
-             now: float) -> Snapshot:
-    """Who may come in (private Spaces) and who may listen (signed-in only)."""
-    if snap["state"] == "ended":
-        raise Conflict("the Space has ended", slug="space-ended")
-    out = copy.deepcopy(snap)
-    if action in ("record_on", "record_off"):
+def _recording(on: bool) -> Rule:
+    """record_on / record_off (host only): a live Space opens or closes a recorded span."""
+
+    def rule(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
         _require_host(snap, actor)
-        on = action == "record_on"
         out["recording"] = on
         if snap["state"] == "live":
-            _record(out, on, now)
-        return out
-    if action in ("signed_in_only_on", "signed_in_only_off"):
+            _record(out, on, call.now)
+
+    return rule
+
+
+def _signed_in_only(on: bool) -> Rule:
+    """Who may listen: anyone, or only those with a token (host only)."""
+
+    def rule(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
         _require_host(snap, actor)
-        out["signed_in_only"] = action == "signed_in_only_on"
-        return out
+        out["signed_in_only"] = on
+
+    return rule
+
+
+def _allow(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    """Let someone into a private Space (moderators)."""
     _require_moderator(snap, actor)
-    who = _target(target)
+    who = _target(call.target)
+    if is_blocked(snap, who):
+        raise Forbidden(f"{who} is blocked from this Space", slug="blocked")
     allowed = [i for i in out.get("_allowed", []) if i != who]
-    if action == "allow":
-        if is_blocked(snap, who):
-            raise Forbidden(f"{who} is blocked from this Space", slug="blocked")
-        if len(allowed) >= ALLOW_LIMIT:
-            raise Conflict(f"at most {ALLOW_LIMIT} identities may be let in",
-                           slug="allow-list-full")
-        allowed.append(who)
-    out["_allowed"] = allowed
-    return out
+    if len(allowed) >= ALLOW_LIMIT:
+        raise Conflict(f"at most {ALLOW_LIMIT} identities may be let in",
+                       slug="allow-list-full")
+    out["_allowed"] = [*allowed, who]
+
+
+def _disallow(snap: Snapshot, out: Snapshot, actor: Actor, call: Call) -> None:
+    """Take someone off a private Space's list (moderators)."""
+    _require_moderator(snap, actor)
+    who = _target(call.target)
+    out["_allowed"] = [i for i in out.get("_allowed", []) if i != who]
+
+
+# Every action a client may ask for, and its rule. Stage actions need a live Space.
+RULES: dict[str, Rule] = {
+    "request": _request, "withdraw": _withdraw, "approve": _approve, "decline": _decline,
+    "invite": _invite, "accept": _accept, "to_audience": _to_audience, "mute": _mute,
+    "unmute": _unmute, "add_cohost": _add_cohost, "remove_cohost": _remove_cohost,
+    "remove": _remove,
+    # Settings and who may come in: also while the Space is scheduled.
+    "allow": _allow, "disallow": _disallow,
+    "signed_in_only_on": _signed_in_only(True), "signed_in_only_off": _signed_in_only(False),
+    "record_on": _recording(True), "record_off": _recording(False),
+}
+ACTIONS = tuple(RULES)
+SETTINGS = ("allow", "disallow", "signed_in_only_on", "signed_in_only_off", "record_on",
+            "record_off")

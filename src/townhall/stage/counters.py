@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from townhall.bus.messages import StageHeartbeat
 from townhall.media.playout import Playout
 
 LATE_S = 0.020  # a tick more than one frame late is a late frame
@@ -56,11 +57,11 @@ class ClockWatch:
 
 def stage_report(node: str, spaces: list[str], speakers: int, total: Tally,
                  max_late_s: float, wall: float,
-                 jitter_target_s: float = 0.0) -> dict[str, object]:
+                 jitter_target_s: float = 0.0) -> StageHeartbeat:
     """The heartbeat a stage publishes on ``townhall.stages.<node>`` once a second."""
-    return {"node": node, "spaces": sorted(spaces), "speakers": speakers,
-            "jitter_target_ms": round(jitter_target_s * 1000, 1),
-            "ticks": total.ticks, "late_frames": total.late_frames,
-            "max_late_ms": round(max(0.0, max_late_s) * 1000, 3),
-            "fec_recovered": total.fec_recovered, "plc_frames": total.plc_frames,
-            "lost_packets": total.lost_packets, "at": wall}
+    return StageHeartbeat(node=node, spaces=sorted(spaces), speakers=speakers,
+                          jitter_target_ms=round(jitter_target_s * 1000, 1),
+                          ticks=total.ticks, late_frames=total.late_frames,
+                          max_late_ms=round(max(0.0, max_late_s) * 1000, 3),
+                          fec_recovered=total.fec_recovered, plc_frames=total.plc_frames,
+                          lost_packets=total.lost_packets, at=wall)

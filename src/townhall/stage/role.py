@@ -5,8 +5,11 @@ Every live Space is owned by exactly one stage through a lease in KV ``stage_lea
 20 ms it pulls one frame from each speaker's buffer, mixes (program + mix-minus),
 encodes the program once, and every 5 frames publishes a chunk on
 ``townhall.<id>.media`` — silence included, so listeners' streams never stop while
-nobody talks. A stage that finds a live Space without a lease (its owner died) takes it
-and continues the sequence numbers from the last chunk JetStream kept.
+nobody talks. A stage that finds a live Space without a lease (new, handed back, or its
+owner died) takes it after a wait that grows with its load relative to the other stages
+(townhall.stage.placement), and continues the sequence numbers from the last chunk
+JetStream kept. Stages learn which Spaces are live from a watch of ``spaces`` and who holds
+which from a watch of ``stage_leases``: nothing reads the buckets key by key.
 
 Two stages never both publish a Space's chunks for long: chunks go through JetStream
 fenced on the subject's last stored sequence (``Bus.publish_fenced``), so once a new owner
@@ -15,8 +18,10 @@ once; and a stage stops a Space the moment a renewal finds the lease taken, or w
 could not renew for as long as the lease lives (docs/stage.md, "Takeover").
 
 Once a second the stage publishes its heartbeat on ``townhall.stages.<node>`` (Spaces,
-speakers, ticks, late frames, FEC/PLC/loss counters); the api processes export it on their
-/metrics (townhall.api.stageboard), since the stage process serves no HTTP.
+speakers, budget, CPU, ticks, late frames, FEC/PLC/loss counters); the api processes export
+it on their /metrics (townhall.api.stageboard), since the stage process serves no HTTP,
+and the other stages read its budget and load from it. On SIGTERM it hands every Space
+over at once (``Stage.stop``).
 """
 
 from __future__ import annotations
@@ -26,13 +31,24 @@ import collections
 import contextlib
 import json
 import logging
+import random
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, replace
 from typing import Any
 
 from townhall.bus import Bus, CasConflict, subjects
-from townhall.bus.bus import Change, Fenced, Message, Watch
+from townhall.bus.bus import Change, Fenced, Message, Subscription, Watch
+from townhall.bus.messages import (
+    MessageError,
+    StageHeartbeat,
+    WhipLeave,
+    WhipReply,
+    WhipRequest,
+    decode_heartbeat,
+    decode_whip_request,
+    encode,
+)
 from townhall.context import Context
 from townhall.media.chunk import Chunk
 from townhall.media.levels import LevelMeter
@@ -44,6 +60,7 @@ from townhall.sdp import check_sdp
 from townhall.stage.counters import ClockWatch, Tally, stage_report
 from townhall.stage.ingest import SpeakerSession
 from townhall.stage.negotiation import NEGOTIATION_TIMEOUT_S, NegotiationGate
+from townhall.stage.placement import Capacity, CpuMeter, Placement
 
 log = logging.getLogger(__name__)
 FRAME_S = 0.020
@@ -54,6 +71,8 @@ RENEW_TIMEOUT_S = 1.0   # one lease renewal; tending must not hang on a cut-off 
 QUEUED_CHUNKS = 50      # 5 s of chunks waiting for acks; older ones are dropped
 UNFENCED_KEPT = 600     # 60 s of chunks sent unfenced while the stream was away
 CLAIM_TRIES = 5         # a takeover's first chunk racing the old owner's last ones
+PARALLEL = 32           # lease writes in flight at once (renewals, the hand-over on stop)
+CLOSE_TIMEOUT_S = 3.0   # closing speakers' sessions when the stage stops
 
 
 class SpaceRun:
@@ -255,12 +274,13 @@ class SpaceRun:
 
 
 class Stage:
-    """All Spaces this process owns."""
+    """All Spaces this process owns, and which unowned ones it takes (stage/placement.py)."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.bus = ctx.bus
         self.node = ctx.settings.node_id
+        self.max_spaces = ctx.settings.stage_max_spaces
         self.runs: dict[str, SpaceRun] = {}
         self.leases: dict[str, int] = {}
         self.renewed: dict[str, float] = {}  # monotonic time of each lease's last write
@@ -268,16 +288,27 @@ class Stage:
         self._reapers: set[asyncio.Future[None]] = set()
         self._whips: set[asyncio.Future[None]] = set()
         self._taking: set[str] = set()  # leased, clock not started yet
+        self._begins: set[asyncio.Future[None]] = set()
         self.gate = NegotiationGate()
         self.retired = Tally()  # counters of Spaces this stage no longer runs
         self.ice = ctx.settings.ice()
         # Live Spaces as the bucket's watch reports them: tending reads this, never the
         # bucket (ended Spaces pile up there until they expire).
         self.live: dict[str, dict[str, Any]] = {}
+        # Who holds which lease (a watch of the leases bucket) and the rivals' heartbeats.
+        self.placement = Placement(self.node, self.max_spaces, subjects.LEASE_TTL_S)
+        # Live Spaces nobody holds, with their snapshot: the claimer takes them one by one.
+        self.pending: dict[str, dict[str, Any]] = {}
+        self._nudge = asyncio.Event()  # pending or the leases' holders changed
+        self._claimer: asyncio.Task[None] | None = None
+        self.cpu = CpuMeter()
+        self.draining = False  # stopping: hands its Spaces over, takes none
         self._watch: Watch | None = None
+        self._lease_watch: Watch | None = None
+        self._subs: list[Subscription] = []
 
-    def report(self, wall: float) -> dict[str, object]:
-        """The heartbeat: what this stage runs and its counters since it started."""
+    def report(self, wall: float) -> StageHeartbeat:
+        """The heartbeat: what this stage runs, its budget and load, and its counters."""
         total = Tally()
         total.add(self.retired)
         worst = 0.0
@@ -287,8 +318,10 @@ class Stage:
         target = max((sess.playout.jitter.target * sess.playout.jitter.frame_s
                       for r in self.runs.values() for sess in r.sessions.values()),
                      default=0.0)
-        return stage_report(self.node, list(self.runs), self._speakers(), total, worst, wall,
-                            target)
+        return replace(stage_report(self.node, list(self.runs), self._speakers(), total,
+                                    worst, wall, target),
+                       max_spaces=self.max_spaces, cpu=round(self.cpu.share, 3),
+                       draining=self.draining)
 
     def _speakers(self) -> int:
         return sum(len(r.sessions) for r in self.runs.values())
@@ -298,11 +331,19 @@ class Stage:
 
     async def start(self) -> None:
         self._watch = await self.bus.kv_watch(subjects.SPACES_BUCKET, self._on_space)
+        self._lease_watch = await self.bus.kv_watch(subjects.LEASES_BUCKET, self._on_lease)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._watch.ready.wait(), 30)
-        await self.bus.subscribe("townhall.*.state", self._on_state)
-        await self.bus.subscribe("townhall.*.control", self._on_control)
-        await self.bus.subscribe(subjects.whip("*"), self._on_whip)
+            await asyncio.wait_for(asyncio.gather(self._watch.ready.wait(),
+                                                  self._lease_watch.ready.wait()), 30)
+        self._subs = [
+            await self.bus.subscribe("townhall.*.state", self._on_state),
+            await self.bus.subscribe("townhall.*.control", self._on_control),
+            await self.bus.subscribe(subjects.whip("*"), self._on_whip),
+            await self.bus.subscribe(subjects.STAGES, self._on_stage_report),
+        ]
+        for space, snap in list(self.live.items()):
+            self._consider(space, snap)
+        self._claimer = asyncio.ensure_future(self._claim_loop())
 
     def _on_space(self, change: Change) -> None:
         snap = None
@@ -311,8 +352,39 @@ class Stage:
                 snap = json.loads(change.value)
         if isinstance(snap, dict) and snap.get("state") == "live":
             self.live[change.key] = snap
+            self._consider(change.key, snap)
+            return
+        self.live.pop(change.key, None)
+        self._consider(change.key, None)
+        if change.key in self.runs:  # ended: the state message may come later, or never
+            task = asyncio.ensure_future(self.release(change.key))
+            self._reapers.add(task)
+            task.add_done_callback(self._reapers.discard)
+
+    def _on_lease(self, change: Change) -> None:
+        holder = None if change.value is None else change.value.decode(errors="replace")
+        if self.placement.lease(change.key, holder, time.monotonic()):
+            self._nudge.set()  # loads moved: a claimer waiting on them looks again
+        if holder is None:  # handed back (or deleted): take it if it is still live
+            self._consider(change.key, self.live.get(change.key))
         else:
-            self.live.pop(change.key, None)
+            self.pending.pop(change.key, None)
+
+    async def _on_stage_report(self, msg: Message) -> None:
+        with contextlib.suppress(MessageError):  # not a heartbeat: not heard
+            cap = Capacity.from_report(asdict(decode_heartbeat(msg.data)))
+            if cap is not None:
+                self.placement.heard(cap, time.monotonic())
+
+    def _consider(self, space: str, snap: dict[str, Any] | None) -> None:
+        """A Space is live (``snap``) or not (None): queue it for the claimer while nobody
+        holds its lease, forget it otherwise."""
+        if snap is None or space in self.runs or space in self._taking \
+                or self.placement.holder(space) is not None:
+            self.pending.pop(space, None)
+            return
+        self.pending[space] = snap
+        self._nudge.set()
 
     async def _on_state(self, msg: Message) -> None:
         with contextlib.suppress(ValueError):
@@ -324,8 +396,8 @@ class Stage:
                     return
                 for s in self.runs[space].apply(snap):
                     await self._drop(space, s)
-            elif snap.get("state") == "live":
-                await self.acquire(space, snap)
+            else:
+                self._consider(space, snap if snap.get("state") == "live" else None)
 
     async def _on_control(self, msg: Message) -> None:
         space = msg.subject.split(".")[1]
@@ -352,17 +424,15 @@ class Stage:
         if run is None and space in self._taking and msg.reply:
             # Our lease is already in KV (so the api asked) but the clock is not running
             # yet: say so now rather than leave the api waiting out its timeout.
-            await self.bus.respond(msg.reply, json.dumps(
-                {"status": 503, "detail": "the stage is taking this Space over; retry",
-                 "slug": "stage-busy", "retry_after": 1}).encode())
+            await self.bus.respond(msg.reply, encode(WhipReply(
+                503, "the stage is taking this Space over; retry", slug="no-stage",
+                retry_after=1)))
             return
         if run is None or not msg.reply:
             return  # not ours: the owner answers
         try:
-            req = json.loads(msg.data)
-        except ValueError:
-            return
-        if not isinstance(req, dict):
+            req = decode_whip_request(msg.data)
+        except MessageError:
             return
         # Answered in a task of its own: the subscription hands over messages one at a time,
         # so one slow negotiation would otherwise queue every other offer (and leave) behind
@@ -371,67 +441,64 @@ class Stage:
         self._whips.add(task)
         task.add_done_callback(self._whips.discard)
 
-    async def _answer_whip(self, space: str, run: SpaceRun, req: dict[str, Any],
+    async def _answer_whip(self, space: str, run: SpaceRun, req: WhipRequest,
                            reply_to: str) -> None:
         try:
             reply = await self._whip_reply(space, run, req)
         except Exception:
             log.exception("WHIP request failed", extra={"space": space})
-            reply = {"status": 500, "detail": "the stage could not handle this request"}
-        await self.bus.respond(reply_to, json.dumps(reply).encode())
+            reply = WhipReply(500, "the stage could not handle this request")
+        await self.bus.respond(reply_to, encode(reply))
 
-    async def _whip_reply(self, space: str, run: SpaceRun,
-                          req: dict[str, Any]) -> dict[str, object]:
+    async def _whip_reply(self, space: str, run: SpaceRun, req: WhipRequest) -> WhipReply:
         """The reply to one WHIP offer or leave: a status, a detail safe to show the client,
         and for a 201 the session id and SDP answer."""
-        if req.get("op") == "leave":
-            found = run.sessions.get(str(req.get("session")))
-            if found is None or found.identity != req.get("identity"):
-                return {"status": 404, "detail": "no such WHIP session", "slug": "no-session"}
+        if isinstance(req, WhipLeave):
+            found = run.sessions.get(req.session)
+            if found is None or found.identity != req.identity:
+                return WhipReply(404, "no such WHIP session", slug="no-session")
             await self._drop(space, found)
-            return {"status": 200}
-        identity = str(req.get("identity"))
+            return WhipReply(200)
+        identity = req.identity
         if identity not in run.stage_ids:
-            return {"status": 403, "detail": "not on this Space's stage"}
+            return WhipReply(403, "not on this Space's stage")
         try:  # the api checked too; the stage does not count on it
-            sdp = check_sdp(str(req.get("sdp", "")).encode())
+            sdp = check_sdp(req.sdp.encode())
         except Problem as refusal:
-            return {"status": refusal.status, "detail": refusal.detail,
-                    "slug": refusal.instance_slug}
+            return WhipReply(refusal.status, refusal.detail, slug=refusal.instance_slug)
         if not self.gate.enter(space):
-            return {"status": 503, "detail": "the stage is busy; retry shortly",
-                    "slug": "stage-busy", "retry_after": 1}
+            return WhipReply(503, "the stage is busy; retry shortly", slug="stage-busy",
+                             retry_after=1)
         try:
-            session = SpeakerSession(identity, str(req.get("name", identity)), self.ice)
+            session = SpeakerSession(identity, req.name or identity, self.ice)
             try:
                 answer = await asyncio.wait_for(session.answer(sdp), NEGOTIATION_TIMEOUT_S)
             except TimeoutError:
                 await session.close()
-                return {"status": 503, "detail": "the stage could not answer in time; retry",
-                        "slug": "stage-busy", "retry_after": 2}
+                return WhipReply(503, "the stage could not answer in time; retry",
+                                 slug="stage-busy", retry_after=2)
             except Exception:
                 # aiortc's messages are internals ('NoneType' object has no attribute...):
                 # they go to the log, the speaker gets a plain refusal.
                 log.warning("cannot use a WHIP offer", exc_info=True,
                             extra={"space": space, "identity": identity})
                 await session.close()
-                return {"status": 422, "detail": "the stage cannot use this offer",
-                        "slug": "offer-refused"}
+                return WhipReply(422, "the stage cannot use this offer", slug="offer-refused")
         finally:
             self.gate.leave(space)
         if self.runs.get(space) is not run:  # released while negotiating
             await session.close()
-            return {"status": 404, "detail": "the Space is no longer on this stage"}
+            return WhipReply(404, "the Space is no longer on this stage")
         if identity not in run.stage_ids:  # moved off the stage while negotiating
             await session.close()
-            return {"status": 403, "detail": "not on this Space's stage"}
+            return WhipReply(403, "not on this Space's stage")
         for old in [s for s in run.sessions.values() if s.identity == identity]:
             await self._drop(space, old)  # a reconnect replaces the old session
         run.sessions[session.id] = session
         reaper = asyncio.ensure_future(self._reap(space, session))
         self._reapers.add(reaper)
         reaper.add_done_callback(self._reapers.discard)
-        return {"status": 201, "session": session.id, "sdp": answer}
+        return WhipReply(201, session=session.id, sdp=answer)
 
     async def _reap(self, space: str, session: SpeakerSession) -> None:
         await session.closed.wait()
@@ -439,25 +506,91 @@ class Stage:
         if run is not None:
             run.remove(session.id)
 
+    async def _claim_loop(self) -> None:
+        """Take the Spaces nobody holds, one at a time, each after this stage's wait."""
+        while True:
+            await self._nudge.wait()
+            self._nudge.clear()
+            try:
+                await self._place()
+            except Exception:
+                log.exception("placing Spaces failed")
+
+    async def _place(self) -> None:
+        while self.pending and not self.draining:
+            jitter, since = random.random(), time.monotonic()
+            while True:  # the wait shrinks as rivals catch up: look again on each change
+                wait = self.placement.wait(time.monotonic(), spaces=self._count(),
+                                           speakers=self._speakers(), cpu=self.cpu.share,
+                                           jitter=jitter)
+                if wait is None or not self.pending:
+                    return  # at the budget: a release of ours nudges again
+                left = since + wait - time.monotonic()
+                if left <= 0:
+                    break
+                self._nudge.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._nudge.wait(), left)
+            # At random: rivals at the same load then rarely race for the same one.
+            space = random.choice(list(self.pending))
+            await self._claim(space, self.pending.pop(space))
+
+    def _count(self) -> int:
+        return len(self.runs) + len(self._taking)
+
+    async def _claim(self, space: str, snap: dict[str, Any]) -> None:
+        """Race for one Space's lease; if won, start it in the background (the next claim
+        need not wait for this one's stream read)."""
+        try:
+            rev = await self._lease(space)
+        except Exception:  # no answer in time: the next tending looks again
+            log.warning("could not take a Space", exc_info=True, extra={"space": space})
+            return
+        if rev is None:
+            return  # another stage was first; the leases' watch says who
+        task = asyncio.ensure_future(self._begin(space, snap, rev))
+        self._begins.add(task)
+        task.add_done_callback(self._begun)
+
+    def _begun(self, task: asyncio.Future[None]) -> None:
+        self._begins.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not start a Space", exc_info=task.exception())
+
     async def acquire(self, space: str, snap: dict[str, Any]) -> bool:
+        """Take ``space`` now (no placement wait); False if another stage holds it."""
         if space in self.runs:
             return True
+        rev = await self._lease(space)
+        if rev is None:
+            return False
+        await self._begin(space, snap, rev)
+        return space in self.runs
+
+    async def _lease(self, space: str) -> int | None:
+        """Create the Space's lease (create-only: one stage wins); its revision, or None."""
         try:  # bounded: a request lost in a cluster's re-election must not hold up tending
             rev = await asyncio.wait_for(self.bus.kv_create(
                 subjects.LEASES_BUCKET, space, self.node.encode()), RENEW_TIMEOUT_S)
         except CasConflict:
-            return False
+            return None
         self._taking.add(space)
+        self.pending.pop(space, None)
+        return rev
+
+    async def _begin(self, space: str, snap: dict[str, Any], rev: int) -> None:
+        """Start the clock of a Space whose lease we just created."""
         try:
             last_msg = await asyncio.wait_for(self.bus.last_message(
                 subjects.MEDIA_STREAM, subjects.media(space)), RENEW_TIMEOUT_S)
         except Exception:
-            with contextlib.suppress(Exception):  # hand the lease back rather than sit on it
-                await asyncio.wait_for(self.bus.kv_delete(
-                    subjects.LEASES_BUCKET, space, revision=rev), RENEW_TIMEOUT_S)
+            await self._hand_back(space, rev)  # rather than sit on it for a TTL
             raise
         finally:
             self._taking.discard(space)
+        if self.draining:  # stopping meanwhile: another stage takes it
+            await self._hand_back(space, rev)
+            return
         last = Chunk.decode(last_msg.data) if last_msg else None
         self.leases[space] = rev
         self.renewed[space] = time.monotonic()
@@ -469,11 +602,29 @@ class Stage:
         self.runs[space] = run
         log.info("stage owns space", extra={"space": space,
                                             "from_seq": run.packager.next_seq})
-        return True
+
+    async def _hand_back(self, space: str, rev: int | None) -> None:
+        """Delete our lease, never a successor's: only at our revision, or, if that moved
+        (a renewal cancelled after it reached the server), while it still names us."""
+        with contextlib.suppress(Exception):
+            try:
+                await asyncio.wait_for(self.bus.kv_delete(
+                    subjects.LEASES_BUCKET, space, revision=rev), RENEW_TIMEOUT_S)
+            except CasConflict:
+                entry = await asyncio.wait_for(
+                    self.bus.kv_get(subjects.LEASES_BUCKET, space), RENEW_TIMEOUT_S)
+                if entry is not None and entry.value == self.node.encode():
+                    await asyncio.wait_for(self.bus.kv_delete(
+                        subjects.LEASES_BUCKET, space, revision=entry.revision),
+                        RENEW_TIMEOUT_S)
 
     async def release(self, space: str) -> None:
+        """Stop a Space that is no longer live and delete its lease. (Should the lease's
+        delete reach a stage before the Space's end does, that stage takes it and lets it
+        go again once the watch of ``spaces`` says it ended.)"""
+        self.pending.pop(space, None)
         run = self.runs.pop(space, None)
-        self.leases.pop(space, None)
+        rev = self.leases.pop(space, None)
         self.renewed.pop(space, None)
         if run is None:
             return
@@ -481,32 +632,38 @@ class Stage:
             run.task.cancel()
         await run.close_all()
         self._retire(run)
-        with contextlib.suppress(Exception):
-            await self.bus.kv_delete(subjects.LEASES_BUCKET, space)
+        await self._hand_back(space, rev)
+        self._nudge.set()  # room again, if we were at the budget
 
     async def tend(self) -> None:
-        """Once a second: renew our leases, and take live Spaces nobody holds."""
-        for space, rev in list(self.leases.items()):
-            try:
-                self.leases[space] = await asyncio.wait_for(self.bus.kv_update(
-                    subjects.LEASES_BUCKET, space, self.node.encode(), rev), RENEW_TIMEOUT_S)
+        """Once a second: renew our leases (all at once, bounded), and queue live Spaces
+        whose lease lapsed (a dead stage's: a lapse shows no delete in the watch)."""
+        await _bounded([self._renew(space, rev) for space, rev in list(self.leases.items())])
+        ours = self.runs.keys() | self._taking
+        for space in self.placement.unheld([s for s in self.live if s not in ours],
+                                           time.monotonic()):
+            self._consider(space, self.live[space])
+        if self.pending:
+            self._nudge.set()
+
+    async def _renew(self, space: str, rev: int) -> None:
+        try:
+            new = await asyncio.wait_for(self.bus.kv_update(
+                subjects.LEASES_BUCKET, space, self.node.encode(), rev), RENEW_TIMEOUT_S)
+            if space in self.leases:  # not released meanwhile
+                self.leases[space] = new
                 self.renewed[space] = time.monotonic()
-            except CasConflict:
+        except CasConflict:
+            if self.leases.get(space) == rev:
                 self.leases.pop(space, None)  # someone else's now: not ours to delete
                 await self.lose(space, "another stage holds the lease")
-            except Exception:
-                # No answer (our NATS node is cut off, or the bucket is electing a leader):
-                # we still own it until the lease could have expired, counted from before
-                # our last write reached the server, so this errs early.
-                if time.monotonic() - self.renewed.get(space, 0.0) >= subjects.LEASE_TTL_S:
-                    await self.lose(space, "could not renew the lease in time")
-        for key, snap in list(self.live.items()):
-            if key not in self.runs and key not in self._taking:
-                try:
-                    await self.acquire(key, snap)
-                except Exception:  # no answer in time: the next round tries again
-                    log.warning("could not take a Space", exc_info=True,
-                                extra={"space": key})
+        except Exception:
+            # No answer (our NATS node is cut off, or the bucket is electing a leader):
+            # we still own it until the lease could have expired, counted from before
+            # our last write reached the server, so this errs early.
+            if space in self.leases and \
+                    time.monotonic() - self.renewed.get(space, 0.0) >= subjects.LEASE_TTL_S:
+                await self.lose(space, "could not renew the lease in time")
 
     def _fenced(self, space: str) -> None:
         """A chunk of ours was refused: another stage stored one since; give it up now."""
@@ -529,51 +686,97 @@ class Stage:
             if run.task:
                 run.task.cancel()
         if rev is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.bus.kv_delete(
-                    subjects.LEASES_BUCKET, space, revision=rev), RENEW_TIMEOUT_S)
+            await self._hand_back(space, rev)
         if run is not None:
             await run.close_all()
             self._retire(run)
+        self._nudge.set()
 
     async def stop(self) -> None:
+        """Hand every Space over at once: say we are stopping (so no rival waits for us),
+        stop every clock, then delete every lease in parallel; the others' watches see
+        the deletes and take the Spaces within a moment rather than a TTL."""
+        if self.draining:
+            return  # stopped already
+        self.draining = True
         for task in list(self._whips):
             task.cancel()
-        if self._watch is not None:
-            await self._watch.stop()
-        for space in list(self.runs):
-            run = self.runs.pop(space)
+        if self._claimer is not None:
+            self._claimer.cancel()
+        if self._begins:  # each is bounded by RENEW_TIMEOUT_S, and hands back if draining
+            await asyncio.wait(list(self._begins), timeout=2 * RENEW_TIMEOUT_S)
+        await self.announce()
+        runs = list(self.runs.items())
+        self.runs.clear()
+        for _, run in runs:
+            run.fenced = True
             if run.task:
                 run.task.cancel()
-            await run.close_all()
-            # Hand over at once rather than after the TTL.
+        leases = dict(self.leases)
+        self.leases.clear()
+        self.renewed.clear()
+        await _bounded([self._hand_back(space, leases.get(space)) for space, _ in runs])
+        for watch in (self._watch, self._lease_watch):
+            if watch is not None:
+                await watch.stop()
+        for sub in self._subs:
             with contextlib.suppress(Exception):
-                await self.bus.kv_delete(subjects.LEASES_BUCKET, space)
+                await sub.unsubscribe()
+        # Speakers' sessions last: their clients reconnect to the new owners meanwhile.
+        closing = [asyncio.ensure_future(run.close_all()) for _, run in runs]
+        if closing:
+            await asyncio.wait(closing, timeout=CLOSE_TIMEOUT_S)
+        for _, run in runs:
+            self._retire(run)
+
+    async def run(self) -> None:
+        """Start, report and tend once a second until cancelled; then hand over."""
+        await self.start()
+        beat = asyncio.ensure_future(heartbeat(self))
+        try:
+            while True:
+                try:
+                    await self.tend()
+                except Exception:
+                    log.exception("stage upkeep failed")
+                await asyncio.sleep(RENEW_S)
+        finally:
+            beat.cancel()
+            await self.stop()
+
+    async def announce(self) -> None:
+        """Publish the heartbeat now (bounded); the stage's other reports come from
+        ``heartbeat``."""
+        try:
+            await self.bus.publish(subjects.stage_report(self.node),
+                                   encode(self.report(time.time())))
+            await self.bus.flush(timeout=RENEW_TIMEOUT_S)
+        except Exception:
+            log.warning("stage heartbeat failed", exc_info=True)
+
+
+async def _bounded(jobs: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``jobs`` concurrently, at most ``PARALLEL`` at a time."""
+    if not jobs:
+        return
+    gate = asyncio.Semaphore(PARALLEL)
+
+    async def one(job: Coroutine[Any, Any, None]) -> None:
+        async with gate:
+            await job
+
+    await asyncio.gather(*(one(j) for j in jobs))
 
 
 async def heartbeat(stage: Stage) -> None:
-    """Publish the stage's report on ``townhall.stages.<node>`` once a second."""
+    """Publish the stage's report on ``townhall.stages.<node>`` at once, then once a
+    second, with the share of a core the process used."""
     while True:
+        stage.cpu.sample(time.process_time(), time.monotonic())
+        await stage.announce()
         await asyncio.sleep(REPORT_S)
-        try:
-            await stage.bus.publish(subjects.stage_report(stage.node),
-                                    json.dumps(stage.report(time.time())).encode())
-        except Exception:
-            log.exception("stage heartbeat failed")
 
 
 async def run(ctx: Context) -> None:
-    """The stage role: runs until cancelled."""
-    stage = Stage(ctx)
-    await stage.start()
-    beat = asyncio.ensure_future(heartbeat(stage))
-    try:
-        while True:
-            try:
-                await stage.tend()
-            except Exception:
-                log.exception("stage upkeep failed")
-            await asyncio.sleep(RENEW_S)
-    finally:
-        beat.cancel()
-        await stage.stop()
+    """The stage role: runs until cancelled, then hands its Spaces over."""
+    await Stage(ctx).run()

@@ -11,15 +11,15 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from townhall.closecode import CloseCode
 from townhall.media.chunk import Chunk
 from townhall.storm.backoff import Backoff
 from townhall.storm.continuity import Continuity
 
-CLOSE_FULL = 4503
-CLOSE_SLOW = 4408
-CLOSE_ENDED = 4410
-FATAL_CLOSES = {4404: "unknown Space", 4401: "token needed", 4403: "token refused",
-                4410: "Space ended"}
+# Closes that end this listener's visit: the Space is gone or will not have it.
+FATAL_CLOSES: dict[int, str] = {
+    CloseCode.NOT_FOUND: "unknown Space", CloseCode.TOKEN_NEEDED: "token needed",
+    CloseCode.FORBIDDEN: "token refused", CloseCode.ENDED: "Space ended"}
 OGG_MAGIC = b"OggS"
 
 
@@ -74,6 +74,7 @@ class Visit:
         self.first_refused: float | None = None
 
     def refused(self, ev: Events, reason: str) -> None:
+        """Count a refused join (at most once per visit)."""
         ev.refused.append((self.idx, reason))
         if self.first_refused is None:
             self.first_refused = time.monotonic()
@@ -158,7 +159,7 @@ async def ws_listener(idx: int, base: str, space: str, until: float, ev: Events,
             if code in FATAL_CLOSES:
                 ev.failed.append((idx, f"closed {code} {FATAL_CLOSES[code]}"))
                 return
-            if code == CLOSE_FULL:
+            if code == CloseCode.FULL:
                 visit.refused(ev, "4503 edge full")
                 retry_after = float(json.loads(reason or "{}").get("retry_after", 1))
             elif visit.got_audio:

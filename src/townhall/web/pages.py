@@ -17,6 +17,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from townhall.room.snapshot import REACTIONS
+
 BRAND = "townhall"
 
 
@@ -37,7 +39,7 @@ def json_block(value: Any) -> str:
 
 
 def state_line(snap: dict[str, Any]) -> str:
-    """ "Live now · 12,345 listening", "Scheduled for …", or "Ended"."""
+    """The state in words: "Live now · 12,345 listening", "Scheduled for …", or "Ended"."""
     state = snap.get("state")
     if state == "live":
         line = f"Live now · {int(snap.get('listeners') or 0):,} listening"
@@ -78,7 +80,9 @@ class Renderer:
                 clip: str | None = None) -> str:
         config: dict[str, Any] = {"open": self.page.open_mode, "view": view,
                                   "static": self.page.static,
-                                  "public_url": self.page.public_url.rstrip("/")}
+                                  "public_url": self.page.public_url.rstrip("/"),
+                                  # the one list (townhall.room.snapshot)
+                                  "reactions": list(REACTIONS)}
         if clip is not None:
             config["clip"] = clip
         tags = "\n".join(f'<meta {kind}="{escape(key)}" content="{escape(value)}">'
@@ -90,10 +94,12 @@ class Renderer:
             view=escape(view), config=json_block(config), snapshot=block)
 
     def home(self) -> str:
+        """The home page: the list of Spaces is drawn by the app."""
         return self._render(title=BRAND, meta=[("name", "description", "Live audio rooms")],
                             main="<p>Loading…</p>", view="home")
 
     def docs(self) -> str:
+        """The API reference page, drawn by the app from /openapi.json."""
         return self._render(title=f"{BRAND} · API reference", meta=[], view="docs",
                             main="<h1>API reference</h1><p>Loading /openapi.json…</p>")
 

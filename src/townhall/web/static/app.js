@@ -3,7 +3,6 @@
 // only: no polling. Sign-in is asked for when an action needs an identity, never to listen.
 import { Player } from "./player.js";
 
-const REACTIONS = ["👏", "❤️", "😂", "🔥", "💯", "🙌", "😮", "👍"];
 const $main = document.getElementById("main");
 const $announce = document.getElementById("announce");
 const $banner = document.getElementById("banner");
@@ -15,7 +14,9 @@ function readJson(id) {
   if (!el) return null;
   try { return JSON.parse(el.textContent); } catch { return null; }
 }
-const config = readJson("config") || { open: true, view: "home", public_url: "" };
+const config = readJson("config") || { open: true, view: "home", public_url: "", reactions: [] };
+// The reactions the api takes: one list, in Python (townhall.room.snapshot), put in the page.
+const REACTIONS = config.reactions || [];
 let embedded = readJson("snapshot");  // the first page's snapshot, used once
 
 // ---------- session ----------

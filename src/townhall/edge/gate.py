@@ -1,4 +1,6 @@
-"""One edge process: its hub, admission control and who may listen to what."""
+"""The edge's gate: who may listen to what (townhall.grants), how many at once and from
+one address, at what join rate; and ``EdgeNode``, what one edge process shares across its
+listeners (its hub, that admission control)."""
 
 from __future__ import annotations
 
@@ -85,9 +87,6 @@ class Refusal:
     detail: str
 
 
-_CLOSE_BY_STATUS = {401: CloseCode.TOKEN_NEEDED, 403: CloseCode.FORBIDDEN, 404: CloseCode.NOT_FOUND}
-
-
 def may_listen(snap: dict[str, Any] | None, space: str, token: str | None,
                issuer: TokenIssuer) -> Refusal | None:
     """Whether a listener with ``token`` may hear this Space now."""
@@ -103,7 +102,7 @@ def may_listen_as(snap: dict[str, Any] | None, space: str,
     try:
         grants.authorize(who, "listen", snap)
     except Problem as refused:
-        return Refusal(_CLOSE_BY_STATUS.get(refused.status, CloseCode.FORBIDDEN),
+        return Refusal(CloseCode.for_status(refused.status),
                        refused.status, refused.instance_slug, refused.detail)
     if snap.get("state") == "ended":
         return Refusal(CloseCode.ENDED, 410, "space-ended", "this Space has ended")
@@ -150,6 +149,7 @@ class EdgeNode:
         return False
 
     def let_go(self, address: str) -> None:
+        """A connection from ``address`` ended: one slot back (see ``hold``)."""
         self.per_address.release(address)
         metrics.PER_ADDRESS.set(len(self.per_address))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from townhall.auth import TokenIssuer
-from townhall.edge.node import may_listen, parse_from
+from townhall.edge.gate import may_listen, parse_from
 from townhall.edge.stats import edge_report, space_report
 
 ISSUER = TokenIssuer(b"k" * 32)

@@ -1,7 +1,9 @@
-"""The api role's HTTP routes: sessions, Spaces, stage actions, reactions, where to listen.
+"""The api role in one process: its caches, limits and background loops (publishing
+snapshots, folding edge reports, expiring old Spaces). Its HTTP routes are
+townhall.api.routes.
 
 Thin shell: the rules are in townhall.room.rules, counting in townhall.room.counting, state
-in NATS KV through townhall.api.store; this module reads requests and writes responses.
+in NATS KV through townhall.api.store.
 """
 
 from __future__ import annotations
@@ -11,55 +13,38 @@ import contextlib
 import json
 import logging
 import math
-import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import Request
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
 from townhall import grants
 from townhall.api.clientaddr import ClientAddress, client_address, parse_networks
-from townhall.api.models import ActionIn, ReactionIn, SessionIn, SpaceIn
 from townhall.api.ratelimit import TokenBuckets
-from townhall.api.schemas import Accepted, Listen, Me, Session, Snapshot, SpaceList, problems
 from townhall.api.store import SpaceStore
 from townhall.auth import Identity
 from townhall.bus import subjects
 from townhall.bus.bus import CasConflict, Change, Message, Watch
 from townhall.context import Context
-from townhall.problems import (
-    BadInput,
-    Conflict,
-    Forbidden,
-    NotFound,
-    TooMany,
-    Unavailable,
-    Unprocessable,
-)
+from townhall.problems import NotFound, TooMany
 from townhall.room import rules
 from townhall.room.coalescer import Coalescer
-from townhall.room.counting import EdgeRegistry, ReactionTally, fold, rank_edges
-from townhall.room.index import STATES, SpaceIndex, Viewer
-from townhall.room.snapshot import REACTIONS, public_view
-from townhall.room.text import check_text
+from townhall.room.counting import EdgeRegistry, ReactionTally, fold
+from townhall.room.index import STATES, SpaceIndex
+from townhall.room.snapshot import public_view
 
 log = logging.getLogger(__name__)
 
 LIVE_SPACES = Gauge("townhall_live_spaces", "Spaces currently live")
 SNAPSHOTS = PromCounter("townhall_state_snapshots_published_total",
                         "Room state snapshots published on NATS")
-ACTIONS_DONE = PromCounter("townhall_actions_total", "Stage and moderation actions",
-                           ["action", "outcome"])
-REACTIONS_IN = PromCounter("townhall_reactions_received_total", "Reactions taken by the api")
 INDEXED = Gauge("townhall_indexed_spaces", "Spaces in this api's list index", ["state"])
 EXPIRED = PromCounter("townhall_spaces_expired_total",
                       "Ended or never-started Spaces deleted after the retention time")
-LIST_LIMIT, LIST_LIMIT_MAX = 50, 100
 EXPIRE_BATCH = 500
 
 
@@ -100,15 +85,22 @@ class Api:
     # --- identity and limits ---------------------------------------------------------
 
     def who(self, request: Request) -> Identity:
+        """The caller's verified token, or 401."""
         return self.ctx.issuer.from_header(request.headers.get("authorization"))
 
     def maybe_who(self, request: Request) -> Identity | None:
+        """The caller's verified token; None without one (a bad one is still 401)."""
         header = request.headers.get("authorization")
         return self.ctx.issuer.from_header(header) if header else None
 
     def limit(self, ident: Identity, buckets: TokenBuckets | None = None) -> None:
+        """One more change by ``ident`` (from ``buckets``, else the write budget), or 429."""
         self._throttle(self.writes if buckets is None else buckets, ident.id,
                        "slow down: too many changes from you")
+
+    def reaction_limit(self, key: str) -> None:
+        """One more reaction from ``key`` (an identity, or an anonymous caller's address)."""
+        self._throttle(self.reacts, key, "slow down: too many reactions from you")
 
     @staticmethod
     def _throttle(buckets: TokenBuckets, key: str, detail: str) -> None:
@@ -143,6 +135,7 @@ class Api:
 
     @staticmethod
     def may_see(snap: dict[str, Any], ident: Identity | None) -> bool:
+        """Whether ``ident`` may read this Space (townhall.grants)."""
         return grants.allows(ident, "read", snap)
 
     async def authorized(self, space: str, ident: Identity | None,
@@ -293,6 +286,7 @@ class Api:
             self.registry.update(json.loads(msg.data), time.time())
 
     async def start(self) -> None:
+        """Build the index from the bucket, then start the publishing, tally and expiry loops."""
         # The watch's initial values build the index: one pass at startup, none after.
         self._watch = await self.ctx.bus.kv_watch(subjects.SPACES_BUCKET, self._on_bucket)
         with contextlib.suppress(TimeoutError):
@@ -303,6 +297,7 @@ class Api:
                         asyncio.ensure_future(self._expire_loop())]
 
     async def stop(self) -> None:
+        """Publish what is still queued, then stop the loops and the watch."""
         while not self._outbox.empty():
             await self._publish(self._outbox.get_nowait())
         for snap in self.coalescer.due(float("inf")):
@@ -312,204 +307,3 @@ class Api:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._watch is not None:
             await self._watch.stop()
-
-
-# A public Space's snapshot as an anonymous client sees it: a CDN or reverse proxy may keep
-# it briefly and serve it stale while refreshing (viewers' state comes from the socket).
-SHARED_CACHE = "public, max-age=2, s-maxage=2, stale-while-revalidate=10"
-
-
-def _etag_response(request: Request, snap: dict[str, Any], *, shared: bool) -> Response:
-    """The snapshot with ETag = version; ``shared`` when any cache may keep it (a public
-    Space, asked without a token), else ``private, no-store``."""
-    etag = f'"{snap["version"]}"'
-    headers = {"ETag": etag, "Cache-Control": SHARED_CACHE if shared else "private, no-store",
-               "Vary": "Authorization"}
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
-    return JSONResponse(public_view(snap), headers=headers)
-
-
-def install(app: FastAPI, ctx: Context) -> None:
-    """Mount /api/v1 on ``app``."""
-    api = Api(ctx)
-    ctx.on_start.append(api.start)
-    ctx.on_stop.append(api.stop)
-    router = APIRouter(prefix="/api/v1", tags=["spaces"])
-    app.state.api = api
-
-    def ok(status: int, model: type, what: str, *errors: int) -> dict[str, Any]:
-        """Route options that document the answer and every problem it may give."""
-        responses: dict[int | str, dict[str, Any]] = {status: {"model": model,
-                                                               "description": what}}
-        return {"status_code": status, "response_model": None,
-                "responses": responses | problems(*errors)}
-
-    @router.post("/sessions", **ok(201, Session, "a guest token", 400, 403, 413, 422, 429))
-    async def create_session(request: Request, body: SessionIn) -> dict[str, Any]:
-        """A guest token for a display name (open mode only; limited per client address)."""
-        if not ctx.settings.open_mode:
-            raise Forbidden("guest sessions are off on this server; ask for a token",
-                            slug="closed")
-        check_text(body.name, "name")
-        api.guest_limit(request)
-        identity = "g-" + secrets.token_hex(6)
-        # The address a trusted proxy forwarded (X-Forwarded-For or Forwarded), so that a
-        # block sticks to the guest's network, not to the proxy's.
-        net = ctx.issuer.net_tag(api.client(request).address) if request.client else None
-        token = ctx.issuer.mint(identity, body.name.strip() or identity, role="host",
-                                guest=True, net=net)
-        return {"token": token, "identity": identity, "name": body.name.strip()}
-
-    @router.get("/me", **ok(200, Me, "the token's identity and grant", 401))
-    async def me(request: Request) -> dict[str, Any]:
-        """Who the bearer token says you are."""
-        ident = api.who(request)
-        return {"identity": ident.id, "name": ident.name, "space": ident.space,
-                "role": ident.role, "expires": ident.expires, "guest": ident.guest}
-
-    @router.post("/spaces", **ok(201, Snapshot, "the new Space; the caller is its host",
-                                 400, 401, 403, 413, 422, 429))
-    async def create_space(request: Request, body: SpaceIn) -> dict[str, Any]:
-        """Create a Space; the caller is its host."""
-        ident = api.who(request)
-        grants.authorize(ident, "create", None)
-        api.limit(ident)
-        api.creation_limit(ident, request)
-        start = body.scheduled_start.isoformat() if body.scheduled_start else None
-        snap = rules.create(rules.new_space_id(), api.actor(ident),
-                            title=body.title, description=body.description,
-                            scheduled_start=start, private=body.private,
-                            signed_in_only=body.signed_in_only, record=body.record,
-                            now=time.time())
-        await api.store.create(snap)
-        return public_view(snap)
-
-    @router.get("/spaces", **ok(
-        200, SpaceList, "a page of Spaces; `next` is the cursor of the following page",
-        400, 401, 422, 503))
-    async def list_spaces(request: Request, state: str | None = None,
-                          limit: int = LIST_LIMIT, cursor: str | None = None
-                          ) -> dict[str, Any]:
-        """Live Spaces (most listeners first), then scheduled ones (soonest first); one
-        state with ?state=, ended ones newest first. Paged: pass ``next`` as ?cursor=."""
-        if state not in (None, *STATES):
-            raise Unprocessable("state is one of live, scheduled, ended", slug="bad-state")
-        if not 1 <= limit <= LIST_LIMIT_MAX:
-            raise BadInput(f"limit is 1 to {LIST_LIMIT_MAX}", slug="bad-parameters")
-        if cursor is not None and len(cursor) > 512:
-            raise BadInput("cursor is not one this server gave out", slug="bad-parameters")
-        ident = api.maybe_who(request)
-        if not api.listing_ready:
-            raise Unavailable("the Space list is still loading", retry_after=1,
-                              slug="list-loading")
-        viewer = Viewer(ident.id, ident.space) if ident else Viewer()
-        spaces, after = api.index.page(
-            (state,) if state else ("live", "scheduled"), cursor, limit, viewer,
-            admits=lambda item: grants.allows(ident, "read", item.access))
-        return {"spaces": spaces, "next": after}
-
-    get_one = ok(200, Snapshot, "the snapshot; ETag is its version", 401, 404)
-    get_one["responses"][304] = {"description": "unchanged since If-None-Match"}
-
-    @router.get("/spaces/{space}", **get_one)
-    async def get_space(space: str, request: Request) -> Response:
-        """The Space's snapshot; cacheable (ETag = version)."""
-        ident = api.maybe_who(request)
-        snap = await api.authorized(space, ident)
-        return _etag_response(request, snap, shared=ident is None and not snap.get("private"))
-
-    async def host_change(space: str, request: Request, what: str) -> dict[str, Any]:
-        ident = api.who(request)
-        api.limit(ident)
-        actor = api.actor(ident)
-        change = rules.start if what == "start" else rules.end
-
-        def checked(s: dict[str, Any]) -> dict[str, Any]:
-            grants.authorize(ident, "host", s)  # on the very document being changed
-            return change(s, actor, now=time.time())
-
-        snap = await api.store.mutate(space, checked)
-        if what == "end":
-            await ctx.bus.publish(subjects.control(space), b'{"type":"ended"}')
-        return public_view(snap)
-
-    @router.post("/spaces/{space}/start", **ok(200, Snapshot, "the live Space",
-                                               401, 403, 404, 409, 429, 503))
-    async def start_space(space: str, request: Request) -> dict[str, Any]:
-        """Go live (host only)."""
-        return await host_change(space, request, "start")
-
-    @router.post("/spaces/{space}/end", **ok(200, Snapshot, "the ended Space",
-                                             401, 403, 404, 409, 429, 503))
-    async def end_space(space: str, request: Request) -> dict[str, Any]:
-        """End the Space for everyone (host only)."""
-        return await host_change(space, request, "end")
-
-    @router.post("/spaces/{space}/actions", **ok(
-        200, Snapshot, "the Space after the action",
-        400, 401, 403, 404, 409, 413, 422, 429, 503))
-    async def act(space: str, request: Request, body: ActionIn) -> dict[str, Any]:
-        """Requests to speak, invitations, the stage, co-hosts, mutes and removals."""
-        ident = api.who(request)
-        api.limit(ident)
-        actor = api.actor(ident)
-        needs = grants.for_rule(body.action, body.identity, ident.id)
-
-        def checked(s: dict[str, Any]) -> dict[str, Any]:
-            # An unknown action is the rules' 400, but only to those who may see the Space.
-            grants.authorize(ident, needs if body.action in rules.ACTIONS else "read", s)
-            return rules.apply(s, actor, body.action, target=body.identity, name=body.name,
-                               block=body.block, now=time.time())
-
-        try:
-            snap = await api.store.mutate(space, checked)
-        except Exception:
-            ACTIONS_DONE.labels(body.action if body.action in rules.ACTIONS else "unknown",
-                                "refused").inc()
-            raise
-        ACTIONS_DONE.labels(body.action, "done").inc()
-        # Out of a private Space means out of its audio too, not only at the next join.
-        shut_out = (body.action == "disallow" and snap.get("private") and body.identity
-                    and not grants.member(snap, body.identity))
-        if (body.action == "remove" and body.identity) or shut_out:
-            kick = {"type": "kick", "identity": body.identity, "block": body.block}
-            await ctx.bus.publish(subjects.control(space), json.dumps(kick).encode())
-        return public_view(snap)
-
-    @router.post("/spaces/{space}/reactions", **ok(
-        202, Accepted, "counted; the totals appear in the snapshot within a second or two",
-        400, 401, 403, 404, 409, 413, 422, 429))
-    async def react(space: str, request: Request, body: ReactionIn) -> dict[str, Any]:
-        """A reaction (anyone who may listen; limited per identity, else per address);
-        summed with everyone else's and published as totals."""
-        ident = api.maybe_who(request)
-        if body.emoji not in REACTIONS:
-            raise Unprocessable(f"reactions are one of {' '.join(REACTIONS)}",
-                                slug="unknown-reaction")
-        api._throttle(api.reacts, ident.id if ident else api.client_key(request),
-                      "slow down: too many reactions from you")
-        snap = await api.authorized(space, ident, "react")
-        if snap["state"] != "live":
-            raise Conflict("the Space is not live", slug="not-live")
-        api.tally.add(space, body.emoji)
-        REACTIONS_IN.inc()
-        return {"accepted": True}
-
-    @router.get("/spaces/{space}/listen", **ok(200, Listen, "where to listen", 401, 404))
-    async def listen(space: str, request: Request) -> dict[str, Any]:
-        """Where to listen: the edges serving this Space, least loaded first."""
-        snap = await api.authorized(space, api.maybe_who(request))
-        now = time.time()
-        edges = rank_edges(space, snap.get("_edges", {}), api.registry.fresh(now), now)
-        if not edges and "edge" in ctx.settings.roles:
-            edges = rank_edges(space, {}, {ctx.settings.node_id: {
-                "url": ctx.settings.public_url or None, "listeners": 0, "capacity": None}},
-                now)
-        if edges and "edge" not in ctx.settings.roles:
-            # This process serves no /ws: the top-level answer is the best edge, not a
-            # same-origin path that would 404 here.
-            return {"ws": edges[0]["ws"], "ogg": edges[0]["ogg"], "edges": edges}
-        return {"ws": f"/ws/{space}", "ogg": f"/listen/{space}.opus", "edges": edges}
-
-    app.include_router(router)

@@ -45,6 +45,7 @@ class VersionedStatic(StaticFiles):
         self.build = build
 
     async def get_response(self, path: str, scope: Scope) -> Response:
+        """The file, cached for a year under its build's URL, revalidated otherwise."""
         first, _, rest = path.partition("/")
         immutable = first == self.build and bool(rest)
         if _VERSION.fullmatch(first) and rest:

@@ -1,5 +1,6 @@
-"""The edge role's HTTP plug-in: the edge node (its listener connections are raw protocols
-handed over by edge/handoff.py, not ASGI routes) and its once-a-second stats."""
+"""The edge role in one process: its node (townhall.edge.gate), its pacer and its
+once-a-second stats. Its listener connections are raw protocols handed over by
+edge/handoff.py, not ASGI routes, so it adds no route to the app."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from fastapi import FastAPI
 
 from townhall.context import Context
 from townhall.edge import stats
+from townhall.edge.gate import EdgeNode, interval_floor_from_env
 from townhall.edge.hub import Hub
-from townhall.edge.node import EdgeNode, interval_floor_from_env
 
 
 def install(app: FastAPI, ctx: Context) -> None:

@@ -1,0 +1,80 @@
+"""The AAC packager against a real NATS: one encoder per Space however many apis ask, and
+the api that takes the Space's key over continues the frames' stamps with no gap and no
+frame twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from itertools import islice
+
+import pytest
+
+from tests.tone import ToneChunks
+from townhall.api.store import SpaceStore
+from townhall.bus import NatsBus, subjects
+from townhall.bus.bus import Message
+from townhall.media.aac import AacBatch
+from townhall.media.fmp4 import AAC_FRAME_SAMPLES
+from townhall.recording.packager import Packager
+from townhall.room import rules
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def until(cond: Callable[[], bool], bound_s: float, what: str) -> None:
+    deadline = time.monotonic() + bound_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {bound_s}s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_one_encoder_per_space_and_a_takeover_continues_the_stamps(
+        nats_url: str) -> None:
+    bus = await NatsBus.connect([nats_url])
+    store = SpaceStore(bus)
+    space = rules.new_space_id()
+    doc = rules.create(space, rules.Actor("h1", "Host"), title="AAC", now=time.time())
+    await store.create(doc | {"state": "live"})
+    batches: list[AacBatch] = []
+
+    async def on_batch(msg: Message) -> None:
+        batches.append(AacBatch.decode(msg.data))
+
+    sub = await bus.subscribe(subjects.aac(space), on_batch)
+    tone = iter(ToneChunks(440, first_seq=1))
+    first = list(islice(tone, 20))
+    for chunk in first:
+        await bus.publish(subjects.media(space), chunk.encode())
+    a, b = Packager(bus, store, "api-a"), Packager(bus, store, "api-b")
+    try:
+        a.want_live(space)
+        await until(lambda: bool(batches) and batches[-1].src == first[-1].seq, 20,
+                    "api-a encodes the program so far")
+        b.want_live(space)  # api-a holds the key: api-b encodes nothing
+        await until(lambda: space not in b.running, 10, "api-b gives up at once")
+        held_by_a = len(batches)
+        await a.stop()  # hands the key over (deleted at once)
+        second = list(islice(tone, 20))
+        for chunk in second:
+            await bus.publish(subjects.media(space), chunk.encode())
+
+
+        def asked_again() -> bool:  # HLS requests keep coming to api-b
+            b.want_live(space)
+            return batches[-1].src == second[-1].seq
+
+        await until(asked_again, 20, "api-b continues where api-a stopped")
+        assert len(batches) > held_by_a
+        assert batches[held_by_a].pts == batches[held_by_a - 1].end_pts  # no gap, no overlap
+        stamps = [t for batch in batches for t, _ in batch.stamped()]
+        assert stamps == list(range(stamps[0], stamps[-1] + 1, AAC_FRAME_SAMPLES))
+        assert [x.seq for x in batches] == list(range(len(batches)))
+        assert stamps[0] == first[0].pts
+    finally:
+        await a.stop()
+        await b.stop()
+        await sub.unsubscribe()
+        await bus.close()
