@@ -90,8 +90,12 @@ def test_a_revoked_grant_stops_cached_hls_within_the_ttl(served: Served) -> None
         space = c.post("/api/v1/spaces", json={"title": "Open"}).json()["id"]
         c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
     url = f"{served.url}/hls/{space}/opus.m3u8"
-    text = until(lambda: (r := httpx.get(url, timeout=10)).status_code == 200 and r.text,
-                    60, "live segments")
+
+    def listed() -> str:
+        r = httpx.get(url, timeout=10)
+        return r.text if r.status_code == 200 else ""
+
+    text = until(listed, 60, "live segments")
     segment = f"{served.url}/hls/{space}/" + [
         ln for ln in text.splitlines() if ln.endswith(".m4s") and not ln.startswith("#")][-1]
     first = httpx.get(segment, timeout=10)
