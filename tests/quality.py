@@ -174,18 +174,21 @@ def loss_mask(cond: Impairment, seed: int, packets: int, size: int = 90) -> list
 
 
 def opus_alone(ref: np.ndarray, lost: list[bool], bitrate: int = 32_000,
-               expected_loss: int = 10, tandem: bool = False) -> np.ndarray:
-    """``ref`` encoded as the speaker does (``townhall speak``: FEC for ``expected_loss``
-    %), the packets ``lost`` dropped, decoded with libopus (FEC from the next packet when
-    it has it, else PLC); with ``tandem`` encoded and decoded once more at ``bitrate``, as
-    the stage's program is. Same length as ``ref``."""
+               expected_loss: int = 10, tandem: bool = False,
+               speaker_bitrate: int | None = None) -> np.ndarray:
+    """``ref`` encoded as the speaker does (``townhall speak``: its default bitrate unless
+    ``speaker_bitrate``, FEC for ``expected_loss`` %), the packets ``lost`` dropped,
+    decoded with libopus (FEC from the next packet when it has it, else PLC); with
+    ``tandem`` encoded and decoded once more at ``bitrate``, as the stage's program is.
+    Same length as ``ref``."""
     import av
 
-    from townhall.cli.speak import SpeakerEncoder
+    from townhall.cli.speak import SPEAKER_BITRATE, SpeakerEncoder
     from townhall.media.chunk import FRAME_SAMPLES
     from townhall.media.opus import OpusEncoder, OpusPacketDecoder
 
-    enc = SpeakerEncoder(bitrate=bitrate, expected_loss=expected_loss)
+    enc = SpeakerEncoder(bitrate=speaker_bitrate or SPEAKER_BITRATE,
+                         expected_loss=expected_loss)
     packets: list[bytes] = []
     frames = ref.size // FRAME_SAMPLES
     for i in range(frames + 3):
@@ -234,6 +237,7 @@ print(httpx.get(sys.argv[1] + "/metrics", timeout=10).text)
 
 COUNTERS = {"townhall_stage_lost_packets": "lost",
             "townhall_stage_fec_recovered": "fec",
+            "townhall_stage_resent_packets": "resent",
             "townhall_stage_plc_frames": "concealed",
             "townhall_stage_late_frames": "late",
             "townhall_stage_jitter_target_ms": "target_ms",

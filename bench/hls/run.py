@@ -41,8 +41,6 @@ from bench._local import live_space, start_server, stop
 from townhall.media.chunk import Chunk
 from townhall.media.hls import PART_SAMPLES, SEGMENT_SAMPLES
 
-AAC_DELAY = 1024  # the AAC frame stamped t plays input from t - 1024 (townhall.media.aac)
-
 
 class Clock:
     """Publish times of the program, learnt from the WebSocket listener's chunks."""
@@ -114,8 +112,7 @@ async def ogg_listener(url: str, space: str, clock: Clock, delays: list[float],
 
 
 async def plain_hls(url: str, space: str, name: str, clock: Clock,
-                    newest: list[float], oldest: list[float], stop_at: float,
-                    delay: int = 0) -> None:
+                    newest: list[float], oldest: list[float], stop_at: float) -> None:
     seen: set[str] = set()
     async with httpx.AsyncClient(base_url=f"{url}/hls/{space}/", timeout=10) as c:
         while time.monotonic() < stop_at:
@@ -128,13 +125,13 @@ async def plain_hls(url: str, space: str, name: str, clock: Clock,
                         if (await c.get(line)).status_code != 200 or not fresh:
                             continue
                         k = int(line.rsplit("-", 1)[-1].split(".")[0])
-                        _note(clock, k * SEGMENT_SAMPLES - delay,
-                              (k + 1) * SEGMENT_SAMPLES - delay, newest, oldest)
+                        _note(clock, k * SEGMENT_SAMPLES, (k + 1) * SEGMENT_SAMPLES,
+                              newest, oldest)
             await asyncio.sleep(0.25)
 
 
 async def low_latency(url: str, space: str, name: str, clock: Clock, newest: list[float],
-                      oldest: list[float], stop_at: float, delay: int = 0) -> None:
+                      oldest: list[float], stop_at: float) -> None:
     async with httpx.AsyncClient(base_url=f"{url}/hls/{space}/", timeout=15) as c:
         hint: tuple[int, int, str] | None = None
         while time.monotonic() < stop_at:
@@ -148,7 +145,7 @@ async def low_latency(url: str, space: str, name: str, clock: Clock, newest: lis
                 continue
             if hint is not None and (await c.get(hint[2])).status_code == 200:
                 lo = hint[0] * SEGMENT_SAMPLES + hint[1] * PART_SAMPLES
-                _note(clock, lo - delay, lo + PART_SAMPLES - delay, newest, oldest)
+                _note(clock, lo, lo + PART_SAMPLES, newest, oldest)
             uri = r.text.split('#EXT-X-PRELOAD-HINT:TYPE=PART,URI="')[1].split('"')[0]
             k, j = (int(x) for x in uri.rsplit("-", 1)[-1].removesuffix(".m4s").split("."))
             hint = (k, j, uri)
@@ -175,10 +172,10 @@ async def measure(url: str, space: str, seconds: float) -> dict[str, Any]:
         ogg_listener(url, space, clock, got["ogg"], stop_at),
         plain_hls(url, space, "opus.m3u8", clock, got["hls_new"], got["hls_old"], stop_at),
         low_latency(url, space, "opus.m3u8", clock, got["ll_new"], got["ll_old"], stop_at),
-        plain_hls(url, space, "aac.m3u8", clock, got["aac_new"], got["aac_old"], stop_at,
-                  AAC_DELAY),
+        # AAC frames are stamped with the program time they play (townhall.media.aac).
+        plain_hls(url, space, "aac.m3u8", clock, got["aac_new"], got["aac_old"], stop_at),
         low_latency(url, space, "aac.m3u8", clock, got["aacll_new"], got["aacll_old"],
-                    stop_at, AAC_DELAY),
+                    stop_at),
     ]
     with Progress(transient=True) as progress:
         bar = progress.add_task("HLS delay", total=seconds + 3)
@@ -244,7 +241,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                      "PART-HOLD-BACK for LL-HLS; the web app's WebSocket player 80 ms on a "
                      "clean link, adapting up to 600 ms; a browser's <audio> about 1 s on "
                      "the Ogg stream); the last column adds it. The AAC rendition "
-                     "passes one more NATS hop and the encoder (plus its 21 ms priming). "
+                     "passes one more NATS hop and the encoder's look-ahead. "
                      "Machine shared with other engineers' work; load average in the "
                      "header."}
 

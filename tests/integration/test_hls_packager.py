@@ -78,3 +78,62 @@ async def test_one_encoder_per_space_and_a_takeover_continues_the_stamps(
         await b.stop()
         await sub.unsubscribe()
         await bus.close()
+
+
+async def test_live_aac_stops_when_no_api_asks_and_resumes_on_the_spaces_clock(
+        nats_url: str) -> None:
+    bus = await NatsBus.connect([nats_url])
+    store = SpaceStore(bus)
+    space = rules.new_space_id()
+    doc = rules.create(space, rules.Actor("h1", "Host"), title="AAC idle", now=time.time())
+    await store.create(doc | {"state": "live"})
+    batches: list[AacBatch] = []
+
+    async def on_batch(msg: Message) -> None:
+        batches.append(AacBatch.decode(msg.data))
+
+    sub = await bus.subscribe(subjects.aac(space), on_batch)
+    tone = iter(ToneChunks(440, first_seq=1))
+
+    async def say(n: int) -> int:
+        chunks = list(islice(tone, n))
+        for chunk in chunks:
+            await bus.publish(subjects.media(space), chunk.encode())
+        return chunks[-1].seq
+
+    # Short times for the test: the packager stops 1.5 s after the last "wanted".
+    a = Packager(bus, store, "api-a", idle_s=1.5, want_every_s=0.1)
+    b = Packager(bus, store, "api-b", idle_s=1.5, want_every_s=0.1)
+    key = subjects.packager_key(space)
+    try:
+        last = await say(10)
+        a.want_live(space)
+        await until(lambda: bool(batches) and batches[-1].src == last, 20, "api-a encodes")
+        # Requests on api-b alone keep api-a's encoder going past its idle time.
+        asked_until = time.monotonic() + 2.5
+        while time.monotonic() < asked_until:
+            b.want_live(space)
+            await asyncio.sleep(0.1)
+        assert space in a.running, "api-a stopped although api-b was asked"
+        assert (await bus.kv_get(subjects.RECORDERS_BUCKET, key)) is not None
+        # Nobody asks any more: api-a stops and lets go of the key.
+        await until(lambda: space not in a.running, 10, "api-a stops when nobody asks")
+        assert space not in b.running
+        assert (await bus.kv_get(subjects.RECORDERS_BUCKET, key)) is None
+        held = len(batches)
+        last = await say(10)  # the Space goes on meanwhile
+
+        def asked_again() -> bool:
+            b.want_live(space)
+            return batches[-1].src == last
+
+        await until(asked_again, 20, "the next request (on api-b) resumes the AAC")
+        assert len(batches) > held
+        assert batches[held].pts == batches[held - 1].end_pts  # the same timeline
+        stamps = [t for batch in batches for t, _ in batch.stamped()]
+        assert stamps == list(range(stamps[0], stamps[-1] + 1, AAC_FRAME_SAMPLES))
+    finally:
+        await a.stop()
+        await b.stop()
+        await sub.unsubscribe()
+        await bus.close()

@@ -101,8 +101,13 @@ def test_a_revoked_grant_stops_cached_hls_within_the_ttl(served: Served) -> None
     first = httpx.get(segment, timeout=10)
     assert first.status_code == 200 and first.headers["cache-control"].startswith("public")
     before = fast_answers(served)
-    again = httpx.get(segment, timeout=10)
-    assert again.content == first.content and fast_answers(served) > before
+
+    def repeated() -> bool:  # a loaded machine may let the 2 s access entry lapse once
+        again = httpx.get(segment, timeout=10)
+        assert again.content == first.content
+        return fast_answers(served) > before
+
+    until(repeated, 10, "the segment repeated by the fast path")
     with served.client(host) as c:
         c.post(f"/api/v1/spaces/{space}/actions",
                json={"action": "signed_in_only_on"}).raise_for_status()

@@ -8,6 +8,7 @@ import subprocess
 from itertools import islice
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -21,6 +22,7 @@ from townhall.media.fmp4 import (
     media_segment,
 )
 from townhall.media.hls import segment_of
+from townhall.media.opus import OpusEncoder, OpusPacketDecoder
 from townhall.problems import BadInput
 from townhall.recording.packager import runs, vod_segments
 
@@ -55,8 +57,9 @@ def test_frames_are_stamped_on_the_spaces_clock_without_gaps() -> None:
     assert stamps[0] == chunks[0].pts
     assert stamps == list(range(stamps[0], stamps[0] + len(stamps) * AAC_FRAME_SAMPLES,
                                 AAC_FRAME_SAMPLES))
-    # All but the encoder's look-ahead is out: within two frames of the input.
-    assert 3 * SAMPLE_RATE - stamps[-1] <= 3 * AAC_FRAME_SAMPLES
+    # All but the encoder's look-ahead is out: the last frame out (stamped with the time
+    # of the audio it plays) ends within three frames of the input.
+    assert 3 * SAMPLE_RATE - (stamps[-1] + AAC_FRAME_SAMPLES) <= 3 * AAC_FRAME_SAMPLES
     # A redelivered chunk adds nothing; one after a hole is encoded at its own time.
     assert tx.push(chunks[-1]) == []
     later = Chunk(seq=99, pts=chunks[-1].pts + 20 * FRAME_SAMPLES, sent_us=0,
@@ -94,8 +97,9 @@ def test_ffmpeg_plays_the_aac_segments_as_the_tone(tmp_path: Path) -> None:
     tx = AacTranscoder()
     frames = [f for c in chunks for f in tx.push(c)] + tx.finish()
     segments = vod_segments(frames)
-    # Three segments, and the encoder's tail (priming shifts it past 6 s) in a fourth.
-    assert sorted(segments) == [0, 1, 2, 3] and len(segments[3][1]) <= 2
+    # Three segments: frames are stamped with the time they play, the encoder's delay
+    # taken off, so its tail ends with the 6 s of input.
+    assert sorted(segments) == [0, 1, 2]
     assert all(segment_of(segments[k][0]) == k for k in segments)
     data = aac_init_segment() + b"".join(
         media_segment(packed, sequence=k + 1, decode_time=stamp,
@@ -111,3 +115,58 @@ def test_ffmpeg_plays_the_aac_segments_as_the_tone(tmp_path: Path) -> None:
     pcm = decode(path)
     assert abs(len(pcm) - 6 * SAMPLE_RATE) <= 2 * AAC_FRAME_SAMPLES
     assert abs(peak_hz(pcm[SAMPLE_RATE:5 * SAMPLE_RATE]) - 440) < 5
+
+
+def chirp_chunks(seconds: int = 2) -> list[Chunk]:
+    """Silence, then from 0.5 s a rising chirp: no two stretches alike, so lining two
+    renditions up by cross-correlation has one answer."""
+    t = np.arange(seconds * SAMPLE_RATE) / SAMPLE_RATE
+    pcm = np.where(t >= 0.5, np.sin(2 * np.pi * (200 * t + 1000 * (t - 0.5) ** 2)) * 12_000,
+                   0).astype(np.int16)
+    enc = OpusEncoder()
+    packets = [enc.encode(pcm[i:i + FRAME_SAMPLES]) for i in range(0, pcm.size, FRAME_SAMPLES)]
+    return [Chunk(seq=n + 1, pts=n * 5 * FRAME_SAMPLES, sent_us=0,
+                  packets=tuple(packets[n * 5:n * 5 + 5])) for n in range(len(packets) // 5)]
+
+
+def aac_pcm(frames: list[tuple[int, bytes]]) -> np.ndarray:
+    """The frames decoded in order, as a player decodes a segment from its decode time."""
+    ctx = av.CodecContext.create("aac", "r")
+    ctx.extradata = AAC_LC_CONFIG
+    ctx.sample_rate = SAMPLE_RATE
+    ctx.layout = "mono"
+    out = [f.to_ndarray().reshape(-1) for _, data in frames for f in ctx.decode(av.Packet(data))]
+    pcm = np.concatenate(out).astype(np.float64)
+    return pcm * 32767 if np.abs(pcm).max() <= 1.0 else pcm  # float planar, or s16
+
+
+def lag_of(opus: np.ndarray, frames: list[tuple[int, bytes]], lo: int, hi: int) -> int:
+    """How many samples the decoded AAC frames play later than the Opus, both on the
+    Space's clock: Opus from its chunks' pts, AAC from its first stamp (a segment's decode
+    time, tfdt), compared over Space time [lo, hi)."""
+    decoded = aac_pcm(frames)
+    start = frames[0][0]
+    aac = np.zeros(opus.size + 4 * AAC_FRAME_SAMPLES)
+    n = min(decoded.size, aac.size - start)
+    aac[start:start + n] = decoded[:n]
+    window = opus[lo:hi]
+    return max(range(-2 * AAC_FRAME_SAMPLES, 2 * AAC_FRAME_SAMPLES),
+               key=lambda lag: float(np.dot(window, aac[lo + lag:hi + lag])))
+
+
+def test_aac_lines_up_with_opus_sample_for_sample() -> None:
+    chunks = chirp_chunks()
+    dec = OpusPacketDecoder()
+    opus = np.concatenate([dec.decode(p) for c in chunks for p in c.packets]).astype(float)
+    tx = AacTranscoder()
+    frames = [f for c in chunks for f in tx.push(c)] + tx.finish()
+    assert frames[0][0] == 0  # the priming frame, before the Space's start, is dropped
+    lag = lag_of(opus, frames, int(0.6 * SAMPLE_RATE), int(1.6 * SAMPLE_RATE))
+    assert abs(lag) <= 16, lag  # was 1024: the encoder's priming frame, 21 ms late
+    # A takeover's encoder continues the stamps and lines up just the same.
+    later = AacTranscoder(start_pts=frames[40][0])
+    again = [f for c in chunks for f in later.push(c)]
+    assert again[0][0] == frames[40][0]
+    lo = again[0][0] + 3 * AAC_FRAME_SAMPLES  # past its priming frame and fade-in
+    lag = lag_of(opus, again, lo, lo + int(0.8 * SAMPLE_RATE))
+    assert abs(lag) <= 16, lag

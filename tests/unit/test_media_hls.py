@@ -27,6 +27,7 @@ from townhall.media.hls import (
     parse_name,
     segment_packets,
     vod_playlist,
+    with_query,
 )
 from townhall.media.ogg import PRE_SKIP
 from townhall.problems import BadInput
@@ -214,3 +215,21 @@ def test_parts_are_cut_by_time() -> None:
     a = Chunk(seq=0, pts=0, sent_us=0, packets=tuple(bytes([i]) for i in range(30)))
     assert packets_between([a], PART_SAMPLES, 2 * PART_SAMPLES) == [bytes([i])
                                                                     for i in range(25, 30)]
+
+
+def test_a_query_is_carried_to_every_uri_a_playlist_lists() -> None:
+    live = live_playlist(10 * SEGMENT_SAMPLES + 2 * PART_SAMPLES, 0)
+    assert live is not None
+    text = with_query(live.render(), "t=9.live.abc")
+    uris = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    uris += [ln.split('URI="')[1].split('"')[0] for ln in text.splitlines() if 'URI="' in ln]
+    # init (EXT-X-MAP), six segments, six parts and the preload hint: all carry it.
+    assert len(uris) == 1 + 6 + 6 + 1
+    assert all(u.endswith(".m4s?t=9.live.abc") or u == "init.mp4?t=9.live.abc"
+               for u in uris), uris
+    master = with_query(master_playlist([OPUS, AAC]), "t=x")
+    assert [ln for ln in master.splitlines() if not ln.startswith("#")] == [
+        "opus.m3u8?t=x", "aac.m3u8?t=x"]
+    # Nothing else changes, and no query changes nothing.
+    assert with_query(live.render(), "") == live.render()
+    assert text.replace("?t=9.live.abc", "") == live.render()

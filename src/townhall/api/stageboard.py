@@ -38,6 +38,8 @@ COUNTERS = (
      "Speaker frames filled by Opus packet loss concealment"),
     ("lost_packets", "townhall_stage_lost_packets",
      "Speaker RTP packets missing when their slot played"),
+    ("resent_packets", "townhall_stage_resent_packets",
+     "Lost speaker RTP packets resent on NACK in time to play"),
 )
 
 

@@ -74,6 +74,7 @@ class StageHeartbeat:
     fec_recovered: int = 0
     plc_frames: int = 0
     lost_packets: int = 0
+    resent_packets: int = 0    # lost packets a speaker resent on NACK in time to play
     at: float = 0.0
     max_spaces: int = 0        # its budget of live Spaces (0: none)
     cpu: float = 0.0           # share of one core its process used lately

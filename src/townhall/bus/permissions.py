@@ -72,10 +72,10 @@ ROLE_PERMISSIONS: dict[str, Permissions] = {
     # The control plane: owns the topology and the buckets (with all of $JS.API it could
     # rewrite any of them anyway); never speaks for the stage. It derives webhook events,
     # records Spaces (objects of the recordings store are publishes to $O.<bucket>) and
-    # encodes their AAC rendition for HLS.
+    # encodes their AAC rendition for HLS while some api says it is wanted.
     "api": Permissions(
         publish=("townhall.*.state", "townhall.*.control", subjects.whip("*"),
-                 subjects.hooks("*"), subjects.aac("*"),
+                 subjects.hooks("*"), subjects.aac("*"), subjects.aac_wanted("*"),
                  "$KV.>", f"$O.{subjects.RECORDINGS_BUCKET}.>", "$JS.API.>", "$JS.ACK.>",
                  "$JS.FC.>"),
         subscribe=_SUBSCRIBE),

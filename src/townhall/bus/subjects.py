@@ -46,6 +46,12 @@ def aac(space: str) -> str:
     return f"townhall.{space}.aac"
 
 
+def aac_wanted(space: str) -> str:
+    """"Someone asked this node for a live Space's AAC": every api says so at most every
+    10 s while asked; the packager stops encoding after a minute without (not stored)."""
+    return f"townhall.{space}.aacwant"
+
+
 def state(space: str) -> str:
     """Full room snapshots (JSON), published by the api after each change."""
     return f"townhall.{space}.state"

@@ -2,10 +2,14 @@
 
 Apple devices that take no Opus get one AAC-LC rendition, encoded once per Space (by
 whoever holds the Space's packager lease) and shared by every node as ``AacBatch``
-messages. Frames are stamped on the Space's 48 kHz clock: an encoder started at Space time
-``t0`` stamps its n-th frame ``t0 + n * 1024``. Decoded, the frame stamped ``t`` plays the
-input from ``t - 1024`` (AAC's priming frame comes first), so the rendition lags the Opus
-one by 21 ms: far below what a player notices when it switches.
+messages. Frames are stamped on the Space's 48 kHz clock with the time of the audio they
+play once decoded: the encoder's delay (ENCODER_DELAY, its priming frame) is taken off, so
+an encoder started at Space time ``t0`` stamps its n-th frame ``t0 + (n - 1) * 1024`` and
+the frame stamped ``t`` plays the program from ``t``. A segment's decode time is its first
+stamp, so the AAC rendition lines up with the Opus one sample for sample, in every
+player (no edit list to honour). The first encoder's priming frame would be stamped
+before the Space's start: it is dropped (it holds no program; a decoder fades the first
+frame in instead).
 
 Wire form of an ``AacBatch`` (big-endian), the payload on ``townhall.<space>.aac``::
 
@@ -37,6 +41,7 @@ _HEAD = struct.Struct(">4sQQQH")
 _LEN = struct.Struct(">H")
 AAC_BITRATE = 64_000
 MAX_FILL = 60 * SAMPLE_RATE  # a longer hole in the program starts a new encoder
+ENCODER_DELAY = AAC_FRAME_SAMPLES  # FFmpeg's AAC encoder: one priming frame
 
 
 @dataclass(frozen=True)
@@ -112,12 +117,15 @@ class AacEncoder:
 class AacTranscoder:
     """Program chunks in order → stamped AAC frames. Packets already encoded (overlaps,
     redeliveries) are skipped; holes up to a minute are encoded as silence so the stamps
-    keep the Space's time; after a longer hole a new encoder starts at the new time."""
+    keep the Space's time; after a longer hole a new encoder starts at the new time.
+    ``start_pts`` (a takeover's): the stamp of the first frame out."""
 
     def __init__(self, start_pts: int | None = None, bitrate: int = AAC_BITRATE) -> None:
         self.bitrate = bitrate
-        self.next_in = start_pts   # Space time of the next input sample wanted
-        self.next_out = start_pts  # stamp of the next frame out
+        # Space time of the next input sample wanted; the next frame out, its priming
+        # frame, plays the ENCODER_DELAY samples before it (as silence).
+        self.next_in = None if start_pts is None else start_pts + ENCODER_DELAY
+        self.next_out = self.next_in  # where the encoder's delay is counted from
         self.last_src = -1
         self._enc: AacEncoder | None = None
         self._dec: OpusPacketDecoder | None = None
@@ -177,6 +185,8 @@ class AacTranscoder:
 
     def _stamp(self, frames: list[bytes]) -> list[tuple[int, bytes]]:
         assert self.next_out is not None
-        out = [(self.next_out + i * AAC_FRAME_SAMPLES, f) for i, f in enumerate(frames)]
+        first = self.next_out - ENCODER_DELAY
+        out = [(first + i * AAC_FRAME_SAMPLES, f) for i, f in enumerate(frames)
+               if first + i * AAC_FRAME_SAMPLES >= 0]  # not before the Space's start
         self.next_out += AAC_FRAME_SAMPLES * len(frames)
         return out

@@ -13,6 +13,7 @@ the whole segments as before.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -239,6 +240,21 @@ def master_playlist(renditions: Sequence[Rendition]) -> str:
     for r in renditions:
         lines += [f'#EXT-X-STREAM-INF:BANDWIDTH={r.bandwidth},CODECS="{r.codecs}"',
                   f"{r.name}.m3u8"]
+    return "\n".join(lines) + "\n"
+
+
+_URI_ATTR = re.compile(r'URI="([^"?]*)"')
+
+
+def with_query(text: str, query: str) -> str:
+    """``text`` (a playlist) with ``?<query>`` on every URI it lists: segments, variants,
+    and the ``URI=`` of maps, parts and hints. A player asks for a URI as listed, so a
+    signed link's ticket (``t=...``) reaches every resource this way."""
+    if not query:
+        return text
+    lines = [f"{ln}?{query}" if ln and not ln.startswith("#")
+             else _URI_ATTR.sub(lambda m: f'URI="{m.group(1)}?{query}"', ln)
+             for ln in text.splitlines()]
     return "\n".join(lines) + "\n"
 
 

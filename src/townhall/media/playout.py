@@ -3,7 +3,8 @@
 The JitterBuffer orders packets and decides, once per mixer tick, which slot plays; this
 decodes that slot with libopus: a packet normally, a lost one from the next packet's
 in-band FEC when it is already waiting, otherwise by Opus PLC. Packets longer than 20 ms
-are split across ticks.
+are split across ticks. With a NackList (senders that resend on RTCP NACK), ``push`` also
+says which lost packets to ask for again, so most come back before their slot plays.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from townhall.media.chunk import FRAME_SAMPLES
 from townhall.media.jitterbuffer import JitterBuffer
+from townhall.media.nack import NackList
 from townhall.media.opus import OpusPacketDecoder
 
 
@@ -24,17 +26,25 @@ class Playout:
     # 40 ms floor: a packet one slot late or early is the commonest network jitter.
     jitter: JitterBuffer = field(default_factory=lambda: JitterBuffer(min_frames=2))
     decoder: OpusPacketDecoder = field(default_factory=OpusPacketDecoder)
+    nack: NackList | None = None
     packets: int = 0
     recovered: int = 0   # lost frames rebuilt from FEC
     concealed: int = 0   # lost frames filled by PLC
     corrupt: int = 0     # packets libopus refused
+    resent: int = 0      # missing packets that came back after a NACK in time to play
     _carry: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
 
-    def push(self, seq: int, payload: bytes, now: float) -> None:
-        """An RTP packet's sequence number and Opus payload, arriving at ``now``."""
+    def push(self, seq: int, payload: bytes, now: float,
+             rtt_s: float | None = None) -> list[int]:
+        """An RTP packet's sequence number and Opus payload, arriving at ``now``; returns
+        the sequence numbers to ask the sender for again (none without a NackList);
+        ``rtt_s``: the round trip to the sender, when known."""
+        asked_for = self.nack is not None and self.nack.arrived(seq)
         if payload:
             self.packets += 1
-            self.jitter.push(seq, payload, now)
+            if self.jitter.push(seq, payload, now) and asked_for:
+                self.resent += 1
+        return [] if self.nack is None else self.nack.due(now, rtt_s)
 
     def pull(self) -> np.ndarray | None:
         """This tick's frame, or None while buffering or when the speaker sends nothing."""

@@ -14,6 +14,12 @@ What may be cached is: the Space's document (who may listen) for ACCESS_TTL_S, a
 forgotten as soon as its state changes; segments, parts and VOD playlists once built. So a
 CDN pulling segments costs a dictionary look-up, never a NATS round trip. The grants
 themselves are decided on every request, from that document.
+
+``?t=<ticket>`` (a signed link, townhall.recording.tickets) stands in for the bearer token
+on every resource, for players that cannot send one: the playlists then carry it on to
+every URI they list, and every such answer is ``private`` and never repeated by the fast
+path. A ticket minted while the Space is live (its tag ``live``) plays the live HLS; the
+VOD needs one minted once the recording is ready.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import time
+import urllib.parse
 from bisect import bisect_left, insort
 from collections import OrderedDict
 from collections.abc import Callable
@@ -57,9 +64,10 @@ from townhall.media.hls import (
     part_bounds,
     segment_bounds,
     vod_playlist,
+    with_query,
 )
 from townhall.media.recording import RecordingIndex
-from townhall.problems import BadInput, Conflict, Gone, NotFound, Unavailable
+from townhall.problems import BadInput, Conflict, Gone, NotFound, Unauthorized, Unavailable
 from townhall.recording.packager import (
     AacIndex,
     Packager,
@@ -67,9 +75,11 @@ from townhall.recording.packager import (
     load_aac_index,
     recording_tag,
 )
-from townhall.recording.plugin import cache_control, restricted
+from townhall.recording.plugin import Ticket, cache_control, restricted
 from townhall.recording.recorder import BUCKET, load_chunks, load_index
 from townhall.recording.retention import EXPIRED
+from townhall.recording.tickets import Tickets
+from townhall.recording.tickets import recording_tag as ticket_tag
 from townhall.room.rules import is_space_id
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -308,18 +318,32 @@ class Source:
     kind: str
     snap: dict[str, Any]
     rec: dict[str, Any]
+    ticket: str | None = None  # the signed link's, carried on to the URIs listed
 
     @property
     def tag(self) -> str:
         return recording_tag(self.rec) if self.kind == "vod" else "live"
 
+    def cache(self, value: str) -> str:
+        """``value`` for a shared cache, or made ``private``: the Space needs a token to
+        listen, or the answer was to a ticket (a URL that may not be shared)."""
+        return value.replace("public", "private") if self.ticket is not None \
+            else cache_control(value, self.snap)
+
+    def carry(self, playlist: str) -> str:
+        """The playlist with this request's ticket on every URI it lists."""
+        if self.ticket is None:
+            return playlist
+        return with_query(playlist, "t=" + urllib.parse.quote(self.ticket, safe=""))
+
 
 class HlsOrigin:
     """This node's HLS: its live feeds, the Spaces' grants and what it has built."""
 
-    def __init__(self, ctx: Context, api: Any) -> None:
+    def __init__(self, ctx: Context, api: Any, tickets: Tickets) -> None:
         self.ctx = ctx
         self.api = api
+        self.tickets = tickets
         self.bus = ctx.bus
         self.access = AccessCache(api.store.get)
         self.packager = Packager(ctx.bus, api.store, ctx.settings.node_id)
@@ -337,7 +361,7 @@ class HlsOrigin:
 
     def remember(self, request: Request, src: Source, response: Response) -> None:
         """Keep an answer to an anonymous caller of a public Space for the fast path."""
-        if request.url.query or restricted(src.snap) \
+        if request.url.query or src.ticket is not None or restricted(src.snap) \
                 or "authorization" in request.headers:
             return
         self.answers[request.url.path] = Answer(
@@ -402,20 +426,31 @@ class HlsOrigin:
 
     # --- who may listen, and from where ----------------------------------------------
 
-    async def source(self, space: str, request: Request) -> Source:
-        """The Space's HLS source, if this caller may listen to it."""
+    async def source(self, space: str, request: Request, ticket: str | None = None
+                     ) -> Source:
+        """The Space's HLS source, if this caller may listen to it: by a ticket for this
+        Space in its current state (checked before any lookup, as on /replay), else by
+        townhall.grants."""
         if not is_space_id(space):
             raise NotFound(f"no Space {space}", slug="space-not-found")
-        snap = await self.access.get(space)
-        grants.authorize(self.api.maybe_who(request), "listen", snap)
+        if ticket is not None:
+            tag = self.tickets.check(ticket, space, now=time.time())
+            snap = await self.access.get(space)
+            if tag != ticket_tag(snap):
+                raise Unauthorized("this link was made for an earlier state of the Space "
+                                   "(live, or its recording): open the page again",
+                                   slug="ticket-invalid")
+        else:
+            snap = await self.access.get(space)
+            grants.authorize(self.api.maybe_who(request), "listen", snap)
         rec = snap.get("recording")
         if isinstance(rec, dict):
             if rec.get("state") == EXPIRED or time.time() >= float(rec.get("expires_at", 0)):
                 raise Gone("this recording was kept for its time and is gone",
                            slug="recording-expired")
-            return Source(space, "vod", snap, rec)
+            return Source(space, "vod", snap, rec, ticket)
         if snap["state"] == "live":
-            return Source(space, "live", snap, {})
+            return Source(space, "live", snap, {}, ticket)
         if snap["state"] == "scheduled":
             raise Conflict("the Space is not live yet", slug="not-live")
         if rec is True:
@@ -590,14 +625,15 @@ def _origin(request: Request) -> HlsOrigin:
 
 @router.get("/hls/{space}/master.m3u8", response_class=Response, responses=_ok(
     (M3U8,), "the multivariant playlist: Opus, and AAC-LC (mp4a.40.2)"))
-async def master_playlist_route(space: str, request: Request) -> Response:
+async def master_playlist_route(space: str, request: Request, t: Ticket = None
+                                ) -> Response:
     """The multivariant playlist: one variant per rendition (Opus; AAC-LC for players
     without Opus, live at once, after the end once it is made)."""
     hls = _origin(request)
-    src = await hls.source(space, request)
-    text = master_playlist(await hls.renditions(src))
+    src = await hls.source(space, request, t)
+    text = src.carry(master_playlist(await hls.renditions(src)))
     cache = VOD_PLAYLIST if src.kind == "vod" else LIVE_PLAYLIST
-    return _answer(text, M3U8, cache_control(cache, src.snap))
+    return _answer(text, M3U8, src.cache(cache))
 
 
 @router.get("/hls/{space}/{name}", response_class=Response, responses=_ok(
@@ -612,6 +648,7 @@ async def hls_resource(
             "listed (LL-HLS)")] = None,
         part: Annotated[str | None, Query(
             alias="_HLS_part", description="...or until this part (0-3) of it is")] = None,
+        t: Ticket = None,
 ) -> Response:
     """A media playlist (``_HLS_msn``/``_HLS_part`` block until that part exists, up to
     6 s), an init segment, a segment or a part: fMP4, never re-encoded for Opus."""
@@ -620,14 +657,14 @@ async def hls_resource(
     if res is None:
         raise NotFound("no such segment", slug="no-segment")
     wanted = directive(msn, part) if res.kind == "playlist" else None
-    src = await hls.source(space, request)
+    src = await hls.source(space, request, t)
     if res.kind == "playlist":
         text, cache = await hls.playlist(src, res.rendition, wanted)
-        response = _answer(text, M3U8, cache_control(cache, src.snap))
+        response = _answer(src.carry(text), M3U8, src.cache(cache))
         if src.kind == "vod":
             hls.remember(request, src, response)
         return response
-    immutable = cache_control(IMMUTABLE, src.snap)
+    immutable = src.cache(IMMUTABLE)
     if res.kind == "init":
         response = _answer(INITS[res.rendition.name], MP4, immutable)
     else:
@@ -638,7 +675,7 @@ async def hls_resource(
 
 def install(app: FastAPI, ctx: Context) -> None:
     """Mount /hls on ``app``."""
-    origin = HlsOrigin(ctx, app.state.api)
+    origin = HlsOrigin(ctx, app.state.api, app.state.recordings.tickets)
     app.state.hls = origin
     app.state.api.before_expire.append(origin.packager.drop)
     ctx.on_start.append(origin.start)

@@ -6,9 +6,12 @@ Runs in every api process; one of them packages each Space: the holder of the ke
 - **Live**: the first api asked for a live Space's AAC rendition takes the key, decodes
   the program chunks (the last 30 s from JetStream, then live) and publishes AAC batches
   (townhall.media.aac) on ``townhall.<id>.aac``, kept 60 s by the ``HLSAAC`` stream; every
-  api serving HLS follows that subject. It stops when the Space ends. Whoever takes the key
-  over continues the stamps where the stream's newest batch ends, from the chunks
-  JetStream still holds, so a lost packager costs a pause, not a hole.
+  api serving HLS follows that subject. It stops when the Space ends, or when no api has
+  said for AAC_IDLE_S that it was asked for the AAC (each says so on
+  ``townhall.<id>.aacwant`` at most every WANT_EVERY_S while asked; nothing stores it).
+  Whoever takes the key next (after a crash, or on the next request after such a stop)
+  continues the stamps on the Space's clock where the stream's newest batch ends, from the
+  chunks JetStream still holds, so a lost packager costs a pause, not a hole.
 - **VOD**: once a recorded Space's recording is ready, the key's holder encodes the
   recording's packets (the very timeline of the Opus VOD) and stores each 2 s segment,
   then an index, in the ``recordings`` object store: ``<id>/aac/<k>``, ``<id>/aac/index``.
@@ -46,6 +49,8 @@ log = logging.getLogger(__name__)
 RENEW_S = 3.0
 RETRY_S = 2.0       # a node asks for a Space's key at most this often
 BACKFILL_S = 30.0   # of program audio encoded on taking the key (covers a takeover's gap)
+AAC_IDLE_S = 60.0   # live AAC is encoded this long after the last "wanted" from any api
+WANT_EVERY_S = 10.0  # an api says a Space's AAC is wanted at most this often
 
 BATCHES = Counter("townhall_aac_batches_total", "AAC batches published (live HLS)")
 VOD_SEGMENTS = Counter("townhall_aac_vod_segments_total", "AAC VOD segments stored")
@@ -146,18 +151,37 @@ Job = Callable[[str, Lease], Awaitable[None]]
 class Packager:
     """The Spaces whose AAC this process encodes."""
 
-    def __init__(self, bus: Bus, store: SpaceStore, node: str) -> None:
+    def __init__(self, bus: Bus, store: SpaceStore, node: str, *,
+                 idle_s: float = AAC_IDLE_S, want_every_s: float = WANT_EVERY_S) -> None:
         self.bus = bus
         self.store = store
         self.node = node
+        self.idle_s = idle_s
+        self.want_every_s = want_every_s
+        self._said: dict[str, float] = {}  # when this node last said a Space's AAC is wanted
+        self._saying: set[asyncio.Task[None]] = set()
         self.running: dict[str, asyncio.Task[None]] = {}
         self._jobs: dict[str, Job] = {}
         self._next: dict[str, Job] = {}
         self._asked: dict[str, float] = {}
 
     def want_live(self, space: str) -> None:
-        """Someone asked this node for a live Space's AAC: make sure someone encodes it."""
+        """Someone asked this node for a live Space's AAC: make sure someone encodes it,
+        and tell whoever does that it is still wanted."""
+        now = time.monotonic()
+        if now - self._said.get(space, -self.want_every_s) >= self.want_every_s:
+            self._said[space] = now
+            if len(self._said) > 10_000:
+                self._said = {s: t for s, t in self._said.items()
+                              if now - t < self.want_every_s}
+            task = asyncio.ensure_future(self._say_wanted(space))
+            self._saying.add(task)
+            task.add_done_callback(self._saying.discard)
         self._spawn(space, self._live)
+
+    async def _say_wanted(self, space: str) -> None:
+        with contextlib.suppress(Exception):  # the next request says it again
+            await self.bus.publish(subjects.aac_wanted(space), b"")
 
     def want_vod(self, space: str) -> None:
         """A recorded Space's recording is ready: make sure its AAC VOD gets made."""
@@ -230,11 +254,17 @@ class Packager:
                 seq, start, done = prev.seq + 1, prev.end_pts, prev.src
         tx = AacTranscoder(start_pts=start)
         queue: asyncio.Queue[Chunk] = asyncio.Queue()
+        wanted = time.monotonic()  # this job was started by a request
 
         async def on_chunk(msg: Message) -> None:
             with contextlib.suppress(BadInput):
                 queue.put_nowait(Chunk.decode(msg.data))
 
+        async def on_wanted(_: Message) -> None:
+            nonlocal wanted
+            wanted = time.monotonic()
+
+        wants = await self.bus.subscribe(subjects.aac_wanted(space), on_wanted)
         sub = await self.bus.subscribe(subjects.media(space), on_chunk)
         try:
             backlog = []
@@ -245,17 +275,22 @@ class Packager:
             for chunk in sorted(backlog, key=lambda c: c.seq):
                 seq, done = await self._encode(space, tx, chunk, seq, done)
             while True:
+                if time.monotonic() - wanted > self.idle_s:
+                    log.info("live AAC no longer asked for: stopped", extra={"space": space})
+                    return
                 if await lease.keep():  # and, as often, whether the Space is still live
                     doc = await self.store.get(space)
                     if doc.get("state") != "live":
                         return
                 try:
-                    chunk = await asyncio.wait_for(queue.get(), RENEW_S)
+                    chunk = await asyncio.wait_for(queue.get(),
+                                                   min(RENEW_S, self.idle_s / 3))
                 except TimeoutError:
                     continue
                 seq, done = await self._encode(space, tx, chunk, seq, done)
         finally:
             await sub.unsubscribe()
+            await wants.unsubscribe()
 
     async def _encode(self, space: str, tx: AacTranscoder, chunk: Chunk, seq: int,
                       done: int) -> tuple[int, int]:
@@ -316,7 +351,7 @@ class Packager:
             await self.bus.obj_delete(BUCKET, aac_segment_name(space, made.first + i))
 
     async def stop(self) -> None:
-        tasks = list(self.running.values())
+        tasks = [*self.running.values(), *self._saying]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -58,7 +58,7 @@ from townhall.recording.recorder import (
     replay_name,
 )
 from townhall.recording.retention import EXPIRED, due, is_due, keep_copy
-from townhall.recording.tickets import Tickets, recording_tag
+from townhall.recording.tickets import MAX_TTL_S, TTL_S, Tickets, recording_tag
 from townhall.room.rules import is_space_id
 from townhall.room.snapshot import public_view
 
@@ -100,6 +100,9 @@ class TicketOut(Open):
     url: str = Field(description="/replay/<id>.opus?t=<ticket>")
     m4a: str
     timeline: str
+    hls: str = Field(description="/hls/<id>/master.m3u8?t=<ticket>: the playlists carry "
+                     "the ticket on to every URI they list")
+    hls_opus: str = Field(description="/hls/<id>/index.m3u8?t=<ticket>, the Opus playlist")
 
 
 class FileCache:
@@ -402,19 +405,25 @@ async def timeline(space: str, request: Request, t: Ticket = None) -> dict[str, 
 
 @router.post("/api/v1/spaces/{space}/recording/ticket", response_model=TicketOut,
              responses=problems(401, 403, 404, 429))
-async def ticket(space: str, request: Request) -> dict[str, Any]:
-    """A signed link to the recording and its clips for a player that cannot send a
-    token (``<audio src>``): anyone who may listen gets one; it expires in minutes."""
+async def ticket(space: str, request: Request, ttl: Annotated[int, Query(
+        ge=60, le=MAX_TTL_S, description="seconds the link works: a live HLS player "
+        "reloads its playlist with the same link for as long as it listens")] = TTL_S,
+                 ) -> dict[str, Any]:
+    """A signed link to the recording, its clips and its HLS for a player that cannot
+    send a token (``<audio src>``, a player given an HLS URL): anyone who may listen gets
+    one; it expires in ``ttl`` seconds (10 minutes unless asked, an hour at most)."""
     r = _of(request)
     ident = r.api.who(request)
     r.api.limit(ident)
     if not is_space_id(space):
         raise NotFound(f"no Space {space}", slug="space-not-found")
     snap = await r.api.authorized(space, ident, "listen")
-    t, expires = r.tickets.mint(space, recording_tag(snap), now=time.time())
+    t, expires = r.tickets.mint(space, recording_tag(snap), now=time.time(), ttl=ttl)
     return {"ticket": t, "expires_at": expires, "url": f"/replay/{space}.opus?t={t}",
             "m4a": f"/replay/{space}.m4a?t={t}",
-            "timeline": f"/replay/{space}/timeline.json?t={t}"}
+            "timeline": f"/replay/{space}/timeline.json?t={t}",
+            "hls": f"/hls/{space}/master.m3u8?t={t}",
+            "hls_opus": f"/hls/{space}/index.m3u8?t={t}"}
 
 
 _deleted: dict[int | str, dict[str, Any]] = {
