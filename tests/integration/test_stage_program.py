@@ -10,15 +10,14 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Served, start_townhall
-from tests.integration.test_stage_takeover import stage_child
+from tests.conftest import Served
+from tests.stages import stage_child
 from tests.waiting import until_async
 from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message
@@ -30,10 +29,8 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    s = start_townhall(tmp_path / "data")
-    yield s
-    s.stop()
+def served(townhall_shared: Served) -> Served:
+    return townhall_shared
 
 
 def spawn_speaker(served: Served, space: str, token: str, log: Path) -> subprocess.Popen[bytes]:
@@ -91,7 +88,8 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
             return any(me in lv["speaking"] for _, lv in levels)  # type: ignore[operator]
 
         await until_async(speaking, 40, "the host reported as speaking")
-        await asyncio.sleep(3)
+        since = time.monotonic()
+        await until_async(lambda: levels[-1][0] >= since + 3, 20, "3 s more of levels")
         recent = [at for at, _ in levels if at > levels[-1][0] - 3]
         assert len(recent) <= 3 * 4 + 1  # at most 4 level messages a second
         assert all(lv["space"] == space for _, lv in levels)
@@ -118,11 +116,14 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
 
         with served.client(host) as c:
             c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
-        await asyncio.sleep(3)
+
+        async def released() -> bool:
+            return await bus.kv_get(subjects.LEASES_BUCKET, space) is None
+
+        await until_async(released, 10, "the stage releasing the Space")
         n = len(chunks)
-        await asyncio.sleep(2)
+        await asyncio.sleep(2)  # an observation window: nothing may arrive in it
         assert len(chunks) == n, "chunks kept coming after the Space ended"
-        assert await bus.kv_get(subjects.LEASES_BUCKET, space) is None
     finally:
         if speaker is not None:
             stop_process(speaker, 15)
