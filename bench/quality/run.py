@@ -26,6 +26,7 @@ from rich.progress import Progress
 
 from tests import quality
 from tests.netlab import why_unavailable
+from townhall.cli.speak import SPEAKER_BITRATE
 
 CONDITIONS = {
     "clean": quality.condition("clean"),
@@ -36,7 +37,13 @@ CONDITIONS = {
     "jitter 40±20 ms": quality.condition("jitter 40±20 ms", delay=40, jitter=20),
     "300 ms spikes": quality.condition("300 ms spikes", delay=20, spike_every=5, spike=300),
     "24 kbit/s cap": quality.condition("24 kbit/s cap", rate=24),
+    # Not in the default set: random loss with a round trip (the rows above have ~0 ms
+    # uplink delay, where resends on NACK always arrive in time).
+    "5% random + 60 ms": quality.condition("5% random + 60 ms", loss=5, delay=60),
+    "15% random + 60 ms": quality.condition("15% random + 60 ms", loss=15, delay=60),
 }
+DEFAULT = ("clean", "5% random", "15% random", "5% bursty", "jitter 40±20 ms",
+           "300 ms spikes", "24 kbit/s cap")
 TARGETS = {"clean": 3.5, "5% random": 3.3, "15% random": 2.8, "jitter 40±20 ms": 3.3}
 SEED = 7
 
@@ -50,7 +57,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m bench quality")
     p.add_argument("--runs", type=int, default=1, help="runs per condition")
     p.add_argument("--windows", type=int, default=3, help="8 s windows scored per run")
-    p.add_argument("--conditions", default=",".join(CONDITIONS),
+    p.add_argument("--conditions", default=",".join(DEFAULT),
                    help="comma-separated: " + ", ".join(CONDITIONS))
     p.add_argument("--before-src", default="", help="a source tree to compare against")
     p.add_argument("--plot", default="bench/quality/quality.png")
@@ -97,7 +104,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                         f"{s.pesq:.2f}/{s.stoi:.3f}" for s in got) + f" {run.stage}")
 
                 def c(key: str, counters: list[dict[str, float]] = counters) -> str:
-                    return f"{_median([x.get(key, float('nan')) for x in counters]):.0f}"
+                    value = _median([x.get(key, float("nan")) for x in counters])
+                    return "—" if value != value else f"{value:.0f}"  # NaN: not counted
 
                 pesq = _median([s.pesq for s in scores])
                 target = TARGETS.get(name)
@@ -105,7 +113,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                              f"{pesq:.2f}", f"{_median([s.stoi for s in scores]):.3f}",
                              f"{alone.pesq:.2f} / {alone.stoi:.3f}",
                              f"{tandem.pesq:.2f} / {tandem.stoi:.3f}",
-                             f"{_median(relay_loss):.1f} %", c("lost"), c("fec"),
+                             f"{_median(relay_loss):.1f} %", c("lost"), c("resent"), c("fec"),
                              c("concealed"), c("target_ms"), c("late"),
                              "—" if target is None else
                              f"{target} {'met' if pesq >= target else 'not met'}"])
@@ -118,15 +126,19 @@ def main(argv: list[str]) -> dict[str, Any]:
         "command": f"python -m bench quality --runs {args.runs} --windows {args.windows}"
                    + (" --before-src DIR" if args.before_src else ""),
         "columns": ["speaker's uplink", "PESQ-WB", "STOI", "Opus alone (PESQ / STOI)",
-                    "Opus ×2 tandem", "relay lost", "stage lost", "FEC-recovered",
+                    "Opus ×2 tandem", "relay lost", "stage lost", "resent (NACK)",
+                    "FEC-recovered",
                     "concealed", "jitter target ms", "late ticks", "target"],
         "rows": rows,
         "notes": (f"Median over runs × {args.windows} windows of 8 s (espeak-ng speech, 4 "
-                  "voices/rates, looped by `townhall speak --file` at 32 kbit/s with FEC for "
-                  "10 % loss), after 4 s of warm-up, aligned by cross-correlation; PESQ-WB "
-                  "and STOI at 16 kHz. Relay conditions are uplink only (speaker → stage), "
-                  f"seeded ({SEED}). Opus alone / ×2: the same speech, the same loss process "
-                  "and seed, no network, decoded with libopus FEC/PLC (×2: then through the "
+                  "voices/rates, looped by `townhall speak --file` with FEC for 10 % loss, "
+                  f"at {SPEAKER_BITRATE // 1000} kbit/s; a \"before\" tree's speaker at its "
+                  "own default), after 4 s of warm-up, aligned by cross-correlation; "
+                  "PESQ-WB and STOI at 16 kHz. Relay conditions are uplink only (speaker → "
+                  f"stage), seeded ({SEED}); the random-loss rows have no added delay, so "
+                  "resends on NACK come back within a frame. Opus alone / ×2: the same "
+                  "speech through this tree's speaker encoder, the same loss process and "
+                  "seed, no network, decoded with libopus FEC/PLC (×2: then through the "
                   "program's 32 kbit/s encoder as well), same run. Stage counters: totals "
                   f"over the run from /metrics. Plot: {args.plot}."),
     }

@@ -1,7 +1,8 @@
-"""A speaker on a lossy uplink: `townhall speak` (Opus in-band FEC on) drops 10 % of its
-outgoing RTP packets at random (seeded) plus bursts of 3, below aiortc's encoder; the
-stage rebuilds lost frames from FEC or conceals them (PLC), says so on /metrics, and a
-WebSocket listener hears the 440 Hz tone with no dropout and no sequence gap."""
+"""A speaker on a lossy uplink: `townhall speak` (Opus in-band FEC on, no NACK resends, so
+that FEC and PLC do the repair) drops 10 % of its outgoing RTP packets at random (seeded)
+plus bursts of 3, below aiortc's encoder; the stage rebuilds lost frames from FEC or
+conceals them (PLC), says so on /metrics, and a WebSocket listener hears the 440 Hz tone
+with no dropout and no sequence gap."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.media.opus import OpusDecoder
 from townhall.procs import stop_process
@@ -44,11 +45,12 @@ def tone_snr_db(pcm: np.ndarray, hz: float) -> float:
 
 def lossy_speaker(served: Served, space: str, token: str,
                   log: Path) -> subprocess.Popen[bytes]:
-    """`townhall speak` at 440 Hz dropping 10 % of its RTP (seed 7) and 3 in a row every 5 s."""
+    """`townhall speak` at 440 Hz dropping 10 % of its RTP (seed 7) and 3 in a row every 5 s,
+    offering no NACK (resends would leave FEC and PLC little to do)."""
     return subprocess.Popen(
         [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
          "--token", token, "--tone", "440", "--seconds", str(SPEAK_S),
-         "--simulate-loss", "10", "--simulate-burst", "3", "--loss-seed", "7"],
+         "--simulate-loss", "10", "--simulate-burst", "3", "--loss-seed", "7", "--no-nack"],
         stdout=subprocess.DEVNULL, stderr=log.open("wb"), stdin=subprocess.DEVNULL)
 
 
@@ -72,9 +74,9 @@ async def listen(served: Served, space: str, seconds: float) -> list[Chunk]:
     return chunks
 
 
-async def test_fec_and_plc_keep_the_tone_on_a_lossy_uplink(tmp_path: Path,
+async def test_fec_and_plc_keep_the_tone_on_a_lossy_uplink(tmp_path: Path, townhall: Served,
                                                             artifacts: Path) -> None:
-    served = start_townhall(tmp_path / "data")
+    served = townhall
     speaker: subprocess.Popen[bytes] | None = None
     log = tmp_path / "speak.log"
     try:
@@ -90,7 +92,6 @@ async def test_fec_and_plc_keep_the_tone_on_a_lossy_uplink(tmp_path: Path,
     finally:
         if speaker is not None:
             stop_process(speaker, 15)
-        served.stop()
     speak_log = log.read_text()
     dropped = re.search(r"dropped (\d+) of (\d+) RTP packets", speak_log)
     assert dropped, speak_log

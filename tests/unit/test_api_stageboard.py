@@ -24,16 +24,18 @@ def test_clock_watch_counts_late_ticks_and_keeps_the_worst_per_window() -> None:
 
 def test_tally_folds_playouts_and_adds() -> None:
     p = Playout()
-    p.recovered, p.concealed, p.jitter.lost = 3, 4, 7
+    p.recovered, p.concealed, p.jitter.lost, p.resent = 3, 4, 7, 2
     a = Tally(ticks=10, late_frames=1)
     a.add_playout(p)
     b = Tally(ticks=5)
     b.add(a)
-    assert b == Tally(ticks=15, late_frames=1, fec_recovered=3, plc_frames=4, lost_packets=7)
+    assert b == Tally(ticks=15, late_frames=1, fec_recovered=3, plc_frames=4, lost_packets=7,
+                      resent_packets=2)
     report = stage_report("n1", ["s2", "s1"], 2, b, -0.001, 123.0)
     assert report == StageHeartbeat("n1", ["s1", "s2"], speakers=2, ticks=15,
                                     jitter_target_ms=0.0, late_frames=1, max_late_ms=0.0,
-                                    fec_recovered=3, plc_frames=4, lost_packets=7, at=123.0)
+                                    fec_recovered=3, plc_frames=4, lost_packets=7,
+                                    resent_packets=2, at=123.0)
     assert decode_heartbeat(encode(report)) == report
 
 
@@ -53,8 +55,8 @@ def test_exported_names_and_labels() -> None:
     board.update(decode_heartbeat(
         b'{"node": "st-1", "spaces": ["x"], "speakers": 2, "ticks": 500, "late_frames": 3,'
         b' "max_late_ms": 12.5, "fec_recovered": 4, "plc_frames": 5, "lost_packets": 9,'
-        b' "at": 1.0, "jitter_target_ms": 60, "max_spaces": 100, "cpu": 0.25,'
-        b' "draining": true}'), now=time.monotonic())
+        b' "resent_packets": 6, "at": 1.0, "jitter_target_ms": 60, "max_spaces": 100,'
+        b' "cpu": 0.25, "draining": true}'), now=time.monotonic())
     registry = CollectorRegistry()
     registry.register(StageCollector(board))
     text = generate_latest(registry).decode()
@@ -63,6 +65,7 @@ def test_exported_names_and_labels() -> None:
                  'townhall_stage_fec_recovered_total{node="st-1"} 4.0',
                  'townhall_stage_plc_frames_total{node="st-1"} 5.0',
                  'townhall_stage_lost_packets_total{node="st-1"} 9.0',
+                 'townhall_stage_resent_packets_total{node="st-1"} 6.0',
                  'townhall_stage_speakers{node="st-1"} 2.0',
                  'townhall_stage_max_late_ms{node="st-1"} 12.5',
                  'townhall_stage_jitter_target_ms{node="st-1"} 60.0',

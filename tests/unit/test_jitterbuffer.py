@@ -218,3 +218,35 @@ def test_a_packet_too_late_to_play_deepens_the_buffer_at_once() -> None:
     jb.pop()
     jb.push(2, b"2", now=0.06)  # slot 2 played already: late
     assert jb.late == 1 and jb.target == 2
+
+
+def _spiky_path(jb: JitterBuffer, seconds: float = 20.0) -> list[Slot | None]:
+    """A steady sender behind a path that holds everything up for 300 ms every 5 s."""
+    def delivered(i: int) -> float:
+        sent = i * 0.020
+        phase = sent % 5.0
+        return sent - phase + 5.0 if phase >= 4.7 else sent
+
+    slots: list[Slot | None] = []
+    sent = 0
+    for tick in range(int(seconds / 0.020)):
+        while delivered(sent) <= tick * 0.020:
+            jb.push(sent & 0xFFFF, b"p", now=delivered(sent))
+            sent += 1
+        slots.append(jb.pop())
+    return slots
+
+
+def test_a_delay_spike_deepens_the_buffer_so_the_next_ones_are_absorbed() -> None:
+    jb = JitterBuffer(min_frames=2)
+    slots = _spiky_path(jb)
+    assert jb.spikes >= 1 and jb.lost == 0 and jb.overflows == 0
+    assert 10 <= jb.target <= jb.spike_cap
+    after_first = slots[int(5.5 / 0.020):]  # the second, third and fourth spikes
+    concealed = sum(1 for s in after_first if s is not None and s.payload is None)
+    silent = sum(1 for s in after_first if s is None)
+    assert concealed <= 6 and silent == 0, (concealed, silent)
+    # Capped like jitter: every spike is concealed, cut short and skipped through.
+    capped = JitterBuffer(min_frames=2, spike_cap=5)
+    old = _spiky_path(capped)[int(5.5 / 0.020):]
+    assert sum(1 for s in old if s is None or s.payload is None) >= 15

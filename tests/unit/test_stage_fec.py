@@ -67,3 +67,13 @@ def test_speaker_packets_carry_fec_only_when_asked(expected_loss: int) -> None:
         flags += [lib.opus_packet_has_lbrr(bytes(p), p.size) for p in enc.encode(frame)]
     assert len(flags) >= 25
     assert np.mean(flags[2:]) == (1.0 if expected_loss else 0.0)
+
+
+def test_answer_lets_speakers_send_64_kbit_opus() -> None:
+    from townhall.stage.ingest import with_max_bitrate
+    out = with_max_bitrate(with_inband_fec(AIORTC_ANSWER))
+    assert "a=fmtp:96 minptime=10;useinbandfec=1;maxaveragebitrate=64000\r\n" in out
+    assert with_max_bitrate(out) == out
+    assert "a=fmtp:0" not in out  # PCMU untouched
+    mine = CHROMIUM.replace("useinbandfec=1", "useinbandfec=1;maxaveragebitrate=20000")
+    assert with_max_bitrate(mine) == mine

@@ -74,10 +74,12 @@ class StageHeartbeat:
     fec_recovered: int = 0
     plc_frames: int = 0
     lost_packets: int = 0
+    resent_packets: int = 0    # lost packets a speaker resent on NACK in time to play
     at: float = 0.0
     max_spaces: int = 0        # its budget of live Spaces (0: none)
     cpu: float = 0.0           # share of one core its process used lately
     draining: bool = False     # stopping: hands its Spaces over, takes none
+    silent_ticks: int = 0      # ticks that only repeated a silent Space's silence packet
 
 
 BusMessage = WhipOffer | WhipLeave | WhipReply | StageHeartbeat

@@ -4,8 +4,10 @@ records its mix-minus return feed, and reconnects on its own when the stage chan
 The source track encodes its own Opus (libopus through PyAV, mono, in-band FEC on) and
 hands aiortc ready-made ``av.Packet``s, which aiortc's RTP sender sends as they are (the
 pass-through it uses for ``MediaPlayer(decode=False)``): aiortc creates its own encoder
-privately, with no way to ask for FEC. ``--simulate-loss`` drops outgoing RTP packets
-after aiortc numbered them, to test the stage's FEC and PLC on a lossy uplink.
+privately, with no way to ask for FEC. The offer asks for generic NACK on Opus: the stage
+then asks for lost packets, and aiortc's sender resends them from its history.
+``--simulate-loss`` drops outgoing RTP packets after aiortc numbered them (resends
+included), to test the stage's FEC and PLC on a lossy uplink.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import fractions
 import json
 import random
+import re
 import signal
 import sys
 import time
@@ -33,14 +36,16 @@ from aiortc.rtp import is_rtcp
 from townhall.client.rejoin import RejoinPacer
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.linkquality import LinkGauge, grade
-from townhall.stage.ingest import to_mono
+from townhall.stage.ingest import to_mono, with_nack
 from townhall.stage.rtc import rtc_configuration
+
+SPEAKER_BITRATE = 64_000
 
 
 class SpeakerEncoder:
     """Opus for the uplink: 48 kHz mono, 20 ms, in-band FEC sized for ``expected_loss`` %."""
 
-    def __init__(self, bitrate: int = 32_000, expected_loss: int = 10) -> None:
+    def __init__(self, bitrate: int = SPEAKER_BITRATE, expected_loss: int = 10) -> None:
         self._ctx: Any = cast(Any, av.CodecContext.create("libopus", "w"))
         self._ctx.sample_rate = SAMPLE_RATE
         self._ctx.layout = "mono"
@@ -65,13 +70,14 @@ class SourceTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, pcm: np.ndarray, expected_loss: int = 10) -> None:
+    def __init__(self, pcm: np.ndarray, expected_loss: int = 10,
+                 bitrate: int = SPEAKER_BITRATE) -> None:
         super().__init__()
         self.pcm = pcm
         self._pos = 0
         self._pts = 0
         self._start: float | None = None
-        self._encoder = SpeakerEncoder(expected_loss=expected_loss)
+        self._encoder = SpeakerEncoder(bitrate, expected_loss)
         self._packets: list[av.Packet] = []
         self._sent = 0
 
@@ -216,6 +222,13 @@ async def watch_return(recorder: ReturnRecorder, dropped: asyncio.Event) -> None
             dropped.set()
 
 
+def offer_nack(sdp: str) -> str:
+    """Our offer with ``a=rtcp-fb:<pt> nack`` on Opus: aiortc resends audio on NACK but
+    does not offer it, and the stage only asks senders that do."""
+    return with_nack(sdp, {int(pt) for pt in
+                           re.findall(r"a=rtpmap:(\d+) opus/48000", sdp, re.I)})
+
+
 def link_line(stats: Any, gauge: LinkGauge, now: float) -> tuple[str, str]:
     """The grade and a line about our uplink from the stage's receiver reports (aiortc's
     remote-inbound-rtp: cumulative packets lost, jitter in 48 kHz timestamp units), loss
@@ -251,7 +264,9 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
                        recorder: ReturnRecorder, stop: asyncio.Event,
                        expected_loss: int = 10, loss: LossPattern | None = None, *,
                        servers: list[dict[str, Any]] | None = None,
-                       relay_only: bool = False) -> str:
+                       relay_only: bool = False, nack: bool = True,
+                       bitrate: int = SPEAKER_BITRATE,
+                       connect_timeout_s: float = CONNECT_TIMEOUT_S) -> str:
     """One WHIP session until it drops or we stop; returns why it ended. ICE servers are
     fetched from the server unless ``servers`` is given."""
     auth = {"Authorization": f"Bearer {token}"}
@@ -266,7 +281,7 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
     if relay_only and not any(u.startswith("turn") for s in servers for u in s["urls"]):
         return f"{ICE_FAILED}: --relay-only, but the server hands out no TURN server"
     pc = RTCPeerConnection(rtc_configuration(servers, relay_only=relay_only))
-    source = SourceTrack(pcm, expected_loss)
+    source = SourceTrack(pcm, expected_loss, bitrate)
     pc.addTransceiver(source, direction="sendrecv")
     dropped = asyncio.Event()
     readers: list[asyncio.Task[None]] = []
@@ -289,8 +304,9 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
         await pc.setLocalDescription(await pc.createOffer())
         if relay_only and " typ relay" not in pc.localDescription.sdp:
             return f"{ICE_FAILED}: no relay candidate (TURN refused or unreachable)"
+        offer = pc.localDescription.sdp
         async with httpx.AsyncClient(base_url=url, timeout=20) as http:
-            r = await http.post(f"/whip/{space}", content=pc.localDescription.sdp,
+            r = await http.post(f"/whip/{space}", content=offer_nack(offer) if nack else offer,
                                 headers={**auth, "Content-Type": "application/sdp"})
             if r.status_code != 201:
                 return f"refused {r.status_code}: {r.text}"
@@ -298,13 +314,13 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
             await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
             if loss is not None:
                 lossy_uplink(pc, loss)
-            if not await wait_connected(connected, dropped, stop):
+            if not await wait_connected(connected, dropped, stop, connect_timeout_s):
                 with contextlib.suppress(httpx.HTTPError):
                     await http.delete(location, headers=auth)
                 if stop.is_set():
                     return "stopped"
                 state = pc.iceConnectionState
-                return (f"{ICE_FAILED}: no connectivity within {CONNECT_TIMEOUT_S:.0f}s"
+                return (f"{ICE_FAILED}: no connectivity within {connect_timeout_s:g}s"
                         if state not in ("connected", "completed")
                         else "DTLS handshake failed")
             print(f"speak: live on {space} ({location})", file=sys.stderr, flush=True)
@@ -332,10 +348,10 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
 
 
 async def wait_connected(connected: asyncio.Event, dropped: asyncio.Event,
-                         stop: asyncio.Event) -> bool:
-    """Whether the peer connection comes up (bounded by CONNECT_TIMEOUT_S)."""
+                         stop: asyncio.Event, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether the peer connection comes up within ``timeout_s``."""
     waiters = [asyncio.ensure_future(e.wait()) for e in (connected, dropped, stop)]
-    await asyncio.wait(waiters, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     for w in waiters:
         w.cancel()
     return connected.is_set() and not stop.is_set()
@@ -375,7 +391,9 @@ async def speak(args: argparse.Namespace) -> int:
     try:
         while not stop.is_set():
             why = await publish_once(args.url, args.space, args.token, pcm, recorder, stop,
-                                     args.expected_loss, loss, relay_only=args.relay_only)
+                                     args.expected_loss, loss, relay_only=args.relay_only,
+                                     nack=not args.no_nack, bitrate=args.bitrate * 1000,
+                                     connect_timeout_s=args.connect_timeout)
             if why == "stopped":
                 break
             if why.startswith(("refused 401", "refused 403", "refused 404")):
@@ -412,6 +430,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--return-out", default="", help="save the return feed to this WAV")
     p.add_argument("--expected-loss", type=int, default=10, metavar="PCT",
                    help="uplink loss to protect against with Opus in-band FEC (0 = no FEC)")
+    p.add_argument("--bitrate", type=int, default=SPEAKER_BITRATE // 1000, metavar="KBPS",
+                   help="Opus bitrate of the uplink in kbit/s (default %(default)s)")
+    p.add_argument("--no-nack", action="store_true",
+                   help="do not offer to resend lost packets (leaves repair to FEC and PLC)")
     p.add_argument("--simulate-loss", type=float, default=0, metavar="PCT",
                    help="testing: drop this share of outgoing RTP packets at random")
     p.add_argument("--simulate-burst", type=int, default=0, metavar="N",
@@ -420,4 +442,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--relay-only", action="store_true",
                    help="send media only through the server's TURN relay "
                         "(iceTransportPolicy relay): checks a TURN setup")
+    p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S, metavar="S",
+                   help="how long ICE and DTLS may take after the answer before an attempt "
+                        f"counts as failed (default {CONNECT_TIMEOUT_S:g}; two failed "
+                        "attempts in a row end speak with exit status 3)")
     p.set_defaults(func=lambda a: asyncio.run(speak(a)))

@@ -31,9 +31,13 @@ class JitterBuffer:
     slot already played (counted as late), marks a gap as lost once a later packet is
     waiting (the decoder conceals it with Opus PLC), and adapts its target depth to the
     measured interarrival jitter (RFC 3550 estimator) between ``min_frames`` and
-    ``max_frames``: up at once (and one frame more for every packet that came too late to
+    ``jitter_cap``: up at once (and one frame more for every packet that came too late to
     play), down one frame per ``calm_packets`` only. Holding at most ``max_frames``
     packets bounds a flooding sender.
+    A delay spike (the path holds packets up, then delivers them together) shows as a
+    buffer that ran dry and then has far more than its target waiting: they are all
+    played, and that depth (up to ``spike_cap``) becomes the target, so the next spike
+    is absorbed instead of concealed and cut; it comes down a frame per ``calm_packets``.
     When the sender's clock runs faster than the mixer's (drift) or a burst leaves the
     buffer deeper than ``target + 2``, one slot per tick is skipped until it is back.
     A buffer that runs empty while playing first bridges up to ``bridge_frames`` slots
@@ -48,7 +52,9 @@ class JitterBuffer:
 
     frame_s: float = 0.020
     min_frames: int = 1
-    max_frames: int = 10
+    max_frames: int = 25
+    jitter_cap: int = 5               # deepest target for jitter and late packets (100 ms)
+    spike_cap: int = 20               # deepest target after a delay spike (400 ms)
     drain_window: int = 50            # ticks (1 s at 20 ms)
     bridge_frames: int = 5            # concealed slots on an empty buffer before a pause
     calm_packets: int = 150           # packets (3 s) without a reason to stay deep, per step down
@@ -61,6 +67,7 @@ class JitterBuffer:
     underruns: int = 0
     skipped: int = 0
     stretched: int = 0
+    spikes: int = 0
     _packets: dict[int, bytes] = field(default_factory=dict)
     _next: int | None = None          # unwrapped seq of the next slot to play
     _highest: int | None = None       # highest unwrapped seq seen
@@ -72,6 +79,7 @@ class JitterBuffer:
     _hole: int = 0                    # slots bridged on an empty buffer, not yet resolved
     _hole_start: int = 0              # the first of them
     _calm: int = 0                    # packets since the target last moved
+    _dry: bool = False                # ran dry since the last slot that had a packet
 
     def _unwrap(self, seq16: int) -> int:
         if self._highest is None:
@@ -81,8 +89,9 @@ class JitterBuffer:
         cands = (base + seq16 - 0x10000, base + seq16, base + seq16 + 0x10000)
         return min(cands, key=lambda s: abs(s - high))
 
-    def push(self, seq16: int, payload: bytes, now: float) -> None:
-        """A packet arrived at ``now`` (seconds, any monotonic origin)."""
+    def push(self, seq16: int, payload: bytes, now: float) -> bool:
+        """A packet arrived at ``now`` (seconds, any monotonic origin); True when it was
+        kept to play (not late, not a duplicate)."""
         seq = self._unwrap(seq16 & 0xFFFF)
         if self._hole and self._next is not None and seq >= self._hole_start:
             if seq < self._next:  # a bridged slot's packet after all: resume from it
@@ -94,16 +103,17 @@ class JitterBuffer:
             self._hole = 0
         if self._next is not None and seq < self._next:
             if self._started:
+                # (A resend after a NACK, too: then the deeper buffer lets the next one play.)
                 self.late += 1
                 # A packet too late to play: the cushion is too thin, whatever the average
                 # jitter says. One frame deeper at once.
-                self.target = min(self.max_frames // 2, self.target + 1)
+                self.target = max(self.target, min(self.jitter_cap, self.target + 1))
                 self._calm = 0
-                return
+                return False
             self._next = seq  # reordered before the first slot played: start earlier
         if seq in self._packets:
             self.duplicates += 1
-            return
+            return False
         if self._ref is not None:
             # RFC 3550 §6.4.1: how much the arrival spacing differs from the send spacing.
             ref_seq, ref_at = self._ref
@@ -119,7 +129,7 @@ class JitterBuffer:
             del self._packets[oldest]
             self.overflows += 1
             self._next = max(self._next, oldest + 1)
-        wanted = max(self.min_frames, min(self.max_frames // 2,
+        wanted = max(self.min_frames, min(self.jitter_cap,
                                           1 + int(3 * self.jitter_s / self.frame_s + 0.999)))
         # Up at once (jitter hurts now), down one frame per ``calm_packets`` (a quiet
         # second between two jittery ones would otherwise drop the cushion that is needed).
@@ -128,10 +138,12 @@ class JitterBuffer:
             self.target, self._calm = wanted, 0
         elif wanted < self.target and self._calm >= self.calm_packets:
             self.target, self._calm = self.target - 1, 0
+        return True
 
     def pop(self) -> Slot | None:
         """The slot for this tick, or None while (re)buffering or when the sender is quiet."""
         if self._next is None or not self._packets:
+            self._dry = self._dry or self._started
             if self._playing and self._hole < self.bridge_frames:
                 # Lost packets or a pause? Conceal this slot; push() decides later.
                 if not self._hole:
@@ -154,6 +166,13 @@ class JitterBuffer:
             self.lost += min(self._packets) - self._next
             self._next = min(self._packets)
         depth = max(self._packets) - self._next + 1
+        if self._dry:
+            self._dry = False
+            if depth > self.target + 2:
+                # Dry, then many at once: held up on the way (a delay spike), not lost.
+                # Play them all, and keep this much in hand for the next spike.
+                self.target, self._calm = min(self.spike_cap, depth), 0
+                self.spikes += 1
         if not self._playing:
             if depth < self.target:
                 return None
