@@ -1,8 +1,8 @@
 """Rolling restart: every stage process of `townhall serve --stages N` stopped in turn.
 
 One `townhall serve --stages 3` (api + edge in the parent; three supervised stage children
-``<node>-stage-<i>``), M live Spaces with nobody speaking (the stages still mix and publish
-every Space's program), and one WebSocket listener per Space on the edge. Then, for each
+``<node>-stage-<i>``), M live Spaces with nobody speaking (each still publishes a chunk of
+silence every 100 ms), and one WebSocket listener per Space on the edge. Then, for each
 stage in turn: SIGTERM (what systemd or an operator's rolling restart sends), wait until
 the supervisor has started it again and it owns Spaces again (placement gives a returning
 stage the next orphans; with none, it has to wait for the next restart's), and go on.
@@ -342,8 +342,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         "rows": rows,
         "notes": "Silence per Space = the longest wait between two chunks arriving at its "
                  "WebSocket listener over the whole rolling restart (one chunk = 100 ms, so "
-                 "a steady Space waits ~0.10 s). Nobody speaks: the stages mix and publish "
-                 "every Space's program (silence) regardless. One `townhall serve --stages "
+                 "a steady Space waits ~0.10 s). Nobody speaks: each stage's silence gate "
+                 "publishes its settled silence packet on every Space's clock. One `townhall serve --stages "
                  "N` (api + edge + embedded NATS in the parent), the listeners in the bench "
                  "process: "
                  "all on one machine, shared with other engineers' work while it ran."
