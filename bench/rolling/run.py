@@ -343,9 +343,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         "notes": "Silence per Space = the longest wait between two chunks arriving at its "
                  "WebSocket listener over the whole rolling restart (one chunk = 100 ms, so "
                  "a steady Space waits ~0.10 s). Nobody speaks: each stage's silence gate "
-                 "publishes its settled silence packet on every Space's clock. One `townhall serve --stages "
-                 "N` (api + edge + embedded NATS in the parent), the listeners in the bench "
-                 "process: "
+                 "publishes its settled silence packet on every Space's clock. One "
+                 "`townhall serve --stages N` (api + edge + embedded NATS in the parent), the "
+                 "listeners in the bench process: "
                  "all on one machine, shared with other engineers' work while it ran."
                  + where,
     }
