@@ -198,7 +198,11 @@ class Deployed:
         """Start ``name``'s ExecStart on ``host`` with the unit's environment and its
         credentials copied to a directory of its own (systemd's %d), plus ``extra`` flags."""
         lay = self.layouts[host]
-        text = (self.tmp / host / "etc/systemd/system" / name).read_text()
+        # An instance (townhall-stage@1.service) is its template with %i filled in.
+        template, at, instance = name.partition("@")
+        unit = f"{template}@.service" if at else name
+        text = (self.tmp / host / "etc/systemd/system" / unit).read_text()
+        text = text.replace("%i", instance.removesuffix(".service"))
         creds = Path(lay.nats_credentials) if name == "townhall-nats.service" else \
             self.tmp / host / "creds" / (log or name)
         creds.mkdir(parents=True, exist_ok=True)
@@ -321,7 +325,7 @@ def test_an_edge_machine_behind_a_leaf_node(deployed: Deployed) -> None:
         time.sleep(0.2)
 
     d.unit("h1", "townhall-api.service", "--open", log="api")
-    d.unit("h2", "townhall-stage.service", log="stage")
+    d.unit("h2", "townhall-stage@1.service", log="stage")
     edges = []
     for i in range(EDGES):
         port = EDGE_PORT + i
