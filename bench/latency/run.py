@@ -41,7 +41,7 @@ from rich.progress import Progress, TaskID
 
 from bench._local import live_server
 from bench._speakers import chunks_heard, whip_publish
-from townhall.cli.speak import SourceTrack
+from townhall.cli.speak import SPEAKER_BITRATE, SourceTrack
 from townhall.media.chunk import SAMPLE_RATE, Chunk
 from townhall.media.opus import OpusDecoder
 
@@ -228,7 +228,8 @@ def main(argv: list[str]) -> dict[str, Any]:
             f"{args.runs} runs of each run's percentile over {args.bursts} bursts (1 kHz, "
             "100 ms, one every 1.02 s so onsets fall on every place in a chunk; the first "
             "3 of each run skipped while the jitter buffer settles). One aiortc speaker "
-            "with `townhall speak`'s encoder (Opus 32 kbit/s, in-band FEC); stage, edge, "
+            f"with `townhall speak`'s encoder (Opus {SPEAKER_BITRATE // 1000} kbit/s, "
+            "in-band FEC); stage, edge, "
             f"api and listener on one machine, {os.cpu_count()} CPUs shared with other "
             f"work (load average {load:.1f} at start): CPU contention is in the figures. "
             "Mouth = the frame handed to aiortc (a microphone's capture buffer comes on "
