@@ -3,12 +3,14 @@
 A report's fraction lost says how much of our uplink is missing, not why. Loss a bottleneck
 causes falls when we send less; random loss (Wi-Fi, a lossy hop) does not, and there a
 lower bitrate only costs quality (bench/README.md, "quality"). So a step down is a trial:
-after loss stayed high over two reports (1-3 s), step down one rate and compare. A
-bottleneck carries about the same bytes at either rate, so the share of packets that gets
-through rises by about the ratio of packet sizes; random loss keeps that share. A trial
-that shows neither that rise nor a shorter round trip (a drained queue) is undone, and
-the next trial waits longer. After a clean stretch we step back up one rate; a step up that
-brings the loss back is undone at once and the clean stretch needed doubles.
+after loss stayed high over two reports (1-3 s), go down to the highest rate that what got
+through would carry (at least one step), and compare. A bottleneck carries about the same
+bytes at either rate, so the share of packets that gets through rises by about the ratio of
+packet sizes; random loss keeps that share. A trial that shows neither that rise nor a
+shorter round trip (a drained queue) is undone, and the next trial waits longer; one that
+is confirmed while the loss is still high goes on down. After a clean stretch we step back
+up one rate; a step up that brings the loss back is undone at once and the clean stretch
+needed doubles.
 
 Reports arriving at the sender cover the interval since the previous one, so a report is
 counted for a rate only if the previous one came after the switch (plus the time the
@@ -118,26 +120,39 @@ class BitrateAdapter:
             return self._move(self._index + 1, now)
         if self._index + 1 >= len(self._rates) or now < self._holdoff_until:
             return None
+        return self._try_lower(loss, rtt_s, now)
+
+    def _try_lower(self, loss: float, rtt_s: float | None, now: float) -> int:
+        # If a bottleneck is the cause, it carries what got through: aim for a rate that
+        # fits in it, at least one step down.
+        carried = wire_bytes(self.bitrate) * (1 - loss)
+        index = self._index + 1
+        while index + 1 < len(self._rates) and wire_bytes(self._rates[index]) > carried:
+            index += 1
         self._trial = _Trial(self._index, loss, rtt_s)
-        return self._move(self._index + 1, now)
+        return self._move(index, now)
 
     def _judge(self, trial: _Trial, loss: float, rtt_s: float | None,
                now: float) -> int | None:
         trial.losses.append(loss)
         if rtt_s is not None:
             trial.rtts.append(rtt_s)
-        if len(trial.losses) < self.trial_reports:
-            return None
-        self._trial = None
         after = sum(trial.losses) / len(trial.losses)
         size_ratio = wire_bytes(self._rates[trial.up_index]) / wire_bytes(self.bitrate)
         # Delivered share of packets: a bottleneck raises it by ~size_ratio, random loss
-        # by 1; the geometric midpoint decides.
+        # by 1. One report that shows most of the rise settles it; else the geometric
+        # midpoint over ``trial_reports`` decides.
         through = (1 - after) / max(1e-6, 1 - trial.loss)
         drained = (trial.rtt_s is not None and bool(trial.rtts)
                    and trial.rtt_s - min(trial.rtts) >= max(0.03, 0.25 * trial.rtt_s))
-        if through >= math.sqrt(size_ratio) or drained:
+        confirmed = through >= size_ratio ** 0.75 or drained
+        if not confirmed and len(trial.losses) < self.trial_reports:
+            return None
+        self._trial = None
+        if confirmed or through >= math.sqrt(size_ratio):
             self._holdoff = self.holdoff_s
+            if after >= self.down_loss and self._index + 1 < len(self._rates):
+                return self._try_lower(after, rtt_s, now)
             return None
         self._holdoff_until = now + self._holdoff
         self._holdoff = min(self._holdoff * 2, self.holdoff_max_s)
