@@ -145,8 +145,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         "rows": rows,
         "notes": (f"Median over runs × {args.windows} windows of 8 s (espeak-ng speech, 4 "
                   "voices/rates, looped by `townhall speak --file` with FEC for 10 % loss, "
-                  f"at {SPEAKER_BITRATE // 1000} kbit/s; a \"before\" tree's speaker at its "
-                  "own default), after 4 s of warm-up, aligned by cross-correlation; "
+                  f"starting at {SPEAKER_BITRATE // 1000} kbit/s and adapting (speaker kbit/s: "
+                  "the rate it ended at and how many times it changed, per run); a "
+                  "\"before\" tree's speaker at its own default), after 4 s of warm-up, "
+                  "aligned by cross-correlation; "
                   "PESQ-WB and STOI at 16 kHz. Relay conditions are uplink only (speaker → "
                   f"stage), seeded ({SEED}); the random-loss rows have no added delay, so "
                   "resends on NACK come back within a frame. Opus alone / ×2: the same "
