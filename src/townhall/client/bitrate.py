@@ -7,8 +7,9 @@ after loss stayed high over two reports (1-3 s), go down to the highest rate tha
 through would carry (at least one step), and compare. A bottleneck carries about the same
 bytes at either rate, so the share of packets that gets through rises by about the ratio of
 packet sizes; random loss keeps that share. A trial that shows neither that rise nor a
-shorter round trip (a drained queue) is undone, and the next trial waits longer; one that
-is confirmed while the loss is still high goes on down. After a clean stretch we step back
+shorter round trip (a drained queue) is undone, and the next trial waits longer; once one
+is confirmed, a bottleneck is known to be there and any loss past a few % means we still
+exceed it: it goes on down. After a clean stretch we step back
 up one rate; a step up that brings the loss back is undone at once and the clean stretch
 needed doubles.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-STEPS = (64_000, 40_000, 24_000, 16_000, 12_000)
+STEPS = (64_000, 40_000, 24_000, 16_000, 12_000, 8_000)
 # RTP header and extensions, SRTP tag, UDP, IPv4: what each 20 ms packet costs on the wire
 # besides its Opus payload (why a bottleneck's loss falls slower than the bitrate).
 OVERHEAD_BYTES = 58
@@ -53,6 +54,7 @@ class BitrateAdapter:
     max_bitrate: int = STEPS[0]
     steps: tuple[int, ...] = STEPS
     down_loss: float = 0.10       # loss this high in two reports in a row: try a lower rate
+    congested_loss: float = 0.03  # the same, once a trial showed a bottleneck
     up_loss: float = 0.02         # a stretch below this: try the next rate up
     up_after_s: float = 10.0      # the clean stretch before a step up (doubles on failure)
     up_after_max_s: float = 60.0
@@ -72,6 +74,7 @@ class BitrateAdapter:
     _holdoff: float = 0.0
     _up_after: float = 0.0
     _stepped_up_at: float = -math.inf
+    _congested: bool = False
 
     def __post_init__(self) -> None:
         rates = sorted({self.max_bitrate, *(s for s in self.steps if s < self.max_bitrate)},
@@ -93,7 +96,7 @@ class BitrateAdapter:
             return None  # it covers time at the old rate
         if self._trial is not None:
             return self._judge(self._trial, fraction_lost, rtt_s, now)
-        if fraction_lost >= self.down_loss:
+        if fraction_lost >= (self.congested_loss if self._congested else self.down_loss):
             self._clean_since = None
             self._high.append(fraction_lost)
             if len(self._high) < 2:
@@ -151,7 +154,8 @@ class BitrateAdapter:
         self._trial = None
         if confirmed or through >= math.sqrt(size_ratio):
             self._holdoff = self.holdoff_s
-            if after >= self.down_loss and self._index + 1 < len(self._rates):
+            self._congested = True
+            if after >= self.congested_loss and self._index + 1 < len(self._rates):
                 return self._try_lower(after, rtt_s, now)
             return None
         self._holdoff_until = now + self._holdoff
@@ -160,6 +164,7 @@ class BitrateAdapter:
 
     def _move(self, index: int, now: float) -> int:
         self._index = index
+        self._congested = self._congested and index > 0
         self._changed_at = now
         self._high = []
         self._clean_since = None
