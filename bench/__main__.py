@@ -49,6 +49,7 @@ def run_one(name: str, path: Path, argv: list[str]) -> dict[str, Any]:
     spec = importlib.util.spec_from_file_location(f"bench_{name.replace('-', '_')}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     result: dict[str, Any] = module.main(argv)
     return result

@@ -18,12 +18,12 @@ from townhall.bus.embedded import free_port
 from townhall.procs import stop_process
 
 
-def start_server(env: dict[str, str] | None = None,
-                 extra: Sequence[str] = ()) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start `townhall serve` (all roles, ``extra`` flags) and wait until /healthz answers
-    (60 s bound)."""
+def start_server(env: dict[str, str] | None = None, extra: Sequence[str] = (),
+                 data: Path | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start `townhall serve` (all roles, ``extra`` flags, data in ``data`` or a fresh
+    directory) and wait until /healthz answers (60 s bound)."""
     port = free_port()
-    data = Path(tempfile.mkdtemp(prefix="townhall-bench-"))
+    data = data or Path(tempfile.mkdtemp(prefix="townhall-bench-"))
     log = open(data / "serve.log", "wb")  # kept open for the child
     proc = subprocess.Popen([sys.executable, "-m", "townhall", "serve", "--data", str(data),
                              "--port", str(port), *extra], stdout=log, stderr=subprocess.STDOUT,

@@ -78,3 +78,11 @@ class ThrowawayCA:
         out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key, out.key)
         return out
+
+
+def make_ca(where: Path, names: list[str], ips: list[str]) -> tuple[Path, Path, Path]:
+    """A CA and one server certificate it signed for ``names`` and ``ips``:
+    (ca.pem, server.pem, server-key.pem)."""
+    ca = ThrowawayCA(where)
+    server = ca.issue("server", hosts=(*names, *ips), client=False)
+    return ca.path, server.cert, server.key

@@ -24,12 +24,14 @@ Addresses are private ones inside namespaces this lab made; nothing leaves them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ PREFIX = "th"
 OWNERS = Path("/run/townhall-netlab")  # <lab id> -> pid of the process that made it
 NFT_TABLE = "thlab"
 _CMD_TIMEOUT_S = 10.0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class LabUnavailable(RuntimeError):
@@ -320,3 +323,42 @@ def lab() -> Iterator[Lab]:
     """``with lab() as l:`` — a Lab, closed whatever happens."""
     with Lab() as made:
         yield made
+
+
+# Run inside a lab host: wait (bounded) until `townhall serve` at argv[1] is healthy, then
+# open a live Space titled argv[2] as a guest host; prints its id, token and identity.
+LIVE_SPACE = """
+import json, sys, time
+import httpx
+url, title, bound_s = sys.argv[1], sys.argv[2], float(sys.argv[3])
+deadline = time.monotonic() + bound_s
+while True:
+    try:
+        if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+            break
+    except httpx.HTTPError:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit(f"not healthy within {bound_s:g} s")
+    time.sleep(0.2)
+who = httpx.post(url + "/api/v1/sessions", json={"name": "Ada"}, timeout=10).json()
+auth = {"Authorization": "Bearer " + who["token"]}
+space = httpx.post(url + "/api/v1/spaces", json={"title": title}, headers=auth,
+                   timeout=10).json()["id"]
+httpx.post(url + f"/api/v1/spaces/{space}/start", headers=auth, timeout=10).raise_for_status()
+print(json.dumps({"space": space, "token": who["token"], "identity": who["identity"]}))
+"""
+
+
+def live_space(host: Host, url: str, title: str, *, bound_s: float = 60,
+               log: Path | None = None) -> dict[str, str]:
+    """Seen from ``host``: the server at ``url`` healthy (within ``bound_s``) and a live
+    Space on it; {"space", "token", "identity"}. ``log`` (the server's) is shown on failure."""
+    proc = host.popen([sys.executable, "-c", LIVE_SPACE, url, title, str(bound_s)], cwd=ROOT,
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = proc.communicate(timeout=bound_s + 30)
+    text = (out or b"").decode(errors="replace")
+    served = log.read_text(errors="replace")[-3000:] if log is not None else ""
+    assert proc.returncode == 0, text + served
+    found: dict[str, str] = json.loads(text.strip().splitlines()[-1])
+    return found

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from tests.impair import Channel, Impairment
-from tests.netlab import Host, Lab
+from tests.netlab import Host, Lab, live_space
 from townhall.procs import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,28 +230,6 @@ def _shift_to(ref: np.ndarray, pcm: np.ndarray) -> np.ndarray:
 
 # --- the lab -------------------------------------------------------------------------
 
-SETUP = """
-import json, sys, time
-import httpx
-url = sys.argv[1]
-deadline = time.monotonic() + 60
-while True:
-    try:
-        if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-            break
-    except httpx.HTTPError:
-        pass
-    if time.monotonic() > deadline:
-        sys.exit("not healthy within 60 s")
-    time.sleep(0.2)
-who = httpx.post(url + "/api/v1/sessions", json={"name": "Ada"}, timeout=10).json()
-auth = {"Authorization": "Bearer " + who["token"]}
-space = httpx.post(url + "/api/v1/spaces", json={"title": "Quality"}, headers=auth,
-                   timeout=10).json()["id"]
-httpx.post(url + f"/api/v1/spaces/{space}/start", headers=auth, timeout=10).raise_for_status()
-print(json.dumps({"space": space, "token": who["token"]}))
-"""
-
 METRICS = """
 import sys, httpx
 print(httpx.get(sys.argv[1] + "/metrics", timeout=10).text)
@@ -367,11 +345,7 @@ def _run_in(stage: Host, nat: Host, speaker: Host, cond: Condition, speech: Path
              "--open", "--data", str(workdir / "data"), "--public-ip", nat.addr,
              "--rtc-ports", RTC_PORTS], stdout=log.open("wb"), stderr=subprocess.STDOUT,
             cwd=ROOT, env=env))
-        code, out = _finish(speaker.popen([sys.executable, "-c", SETUP, url], cwd=ROOT,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
-                            90)
-        assert code == 0, out + log.read_text(errors="replace")[-3000:]
-        space = json.loads(out.strip().splitlines()[-1])
+        space = live_space(speaker, url, "Quality", bound_s=60, log=log)
         rec = workdir / "heard.wav"
         listen = stage.popen([sys.executable, "-m", "townhall", "listen", "--url", url,
                               "--space", space["space"], "--seconds", str(seconds + 8),
@@ -396,7 +370,7 @@ def _run_in(stage: Host, nat: Host, speaker: Host, cond: Condition, speech: Path
                 counters = now
             time.sleep(1.0)
         _, speak_log = _finish(speak, 30)
-        code, listen_log = _finish(listen, seconds + 60)
+        _, listen_log = _finish(listen, seconds + 60)
         assert rec.exists(), listen_log + log.read_text(errors="replace")[-3000:]
         relay.terminate()
         relay.wait(10)

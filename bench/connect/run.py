@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))  # tests.turn: the same coturn the tests start
 
 from bench._local import live_space, start_server, stop  # noqa: E402
 from bench._speakers import chunks_heard  # noqa: E402
-from tests.tlsca import make_ca  # noqa: E402
+from tests.certs import make_ca  # noqa: E402
 from tests.turn import Coturn, host_ipv4, turn_flags  # noqa: E402
 from townhall.cli.speak import SourceTrack, fetch_ice, tone  # noqa: E402
 from townhall.client import whip  # noqa: E402

@@ -8,16 +8,15 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Served, start_townhall
-from tests.integration.test_stage_takeover import spawn, stage_child, wait_for_tone
-from townhall.bus.credentials import USERS_FILE
+from tests.conftest import Served
+from tests.stages import spare_stage, speak, stage_child, stage_nodes, wait_for_tone
+from tests.waiting import until_async
 from townhall.client.listener import ResilientListener
 from townhall.media.chunk import Chunk
 from townhall.media.opus import OpusDecoder
@@ -54,8 +53,8 @@ def decode(data: bytes, path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.int16).astype(np.float64)
 
 
-async def test_recording_survives_a_killed_stage(tmp_path: Path) -> None:
-    served: Served = start_townhall(tmp_path / "data")
+async def test_recording_survives_a_killed_stage(tmp_path: Path, townhall: Served) -> None:
+    served = townhall
     spare: subprocess.Popen[bytes] | None = None
     speaker: subprocess.Popen[bytes] | None = None
     stop = asyncio.Event()
@@ -66,18 +65,18 @@ async def test_recording_survives_a_killed_stage(tmp_path: Path) -> None:
             space = c.post("/api/v1/spaces", json={"title": "Failover", "record": True}
                            ).json()["id"]
             c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
-        speaker = spawn(
-            [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
-             "--token", host, "--tone", "440", "--seconds", "90"], tmp_path / "speak.log")
+        speaker = speak(served, space, host, tmp_path / "speak.log")
         heard: list[Chunk] = []
         listener = ResilientListener(served.url, space, on_chunk=heard.append)
         task = asyncio.create_task(listener.run(stop))
         await wait_for_tone(heard, -1, 440, 40)
-        spare = spawn(
-            [sys.executable, "-m", "townhall", "serve", "--roles", "stage", "--nats", nats,
-             "--nats-auth-file", str(served.data / USERS_FILE),
-             "--data", str(tmp_path / "spare")], tmp_path / "spare.log")
-        await asyncio.sleep(3)  # the spare is up and finds the lease taken (as the takeover test)
+        spare = spare_stage(served, nats, tmp_path / "spare", tmp_path / "spare.log")
+
+        # the spare is up (its heartbeat reaches the api) and so has found the lease taken
+        async def both_up() -> bool:
+            return await stage_nodes(served) >= 2
+
+        await until_async(both_up, 30, "the spare stage's heartbeat")
         os.kill(first_stage, signal.SIGKILL)
         killed_at = heard[-1].seq
         await wait_for_tone(heard, killed_at + 20, 440, 90)
@@ -86,13 +85,12 @@ async def test_recording_survives_a_killed_stage(tmp_path: Path) -> None:
             (await http.post(f"/api/v1/spaces/{space}/end")).raise_for_status()
             stop.set()
             await asyncio.wait_for(task, 15)
-            rec = None
-            for _ in range(600):
+
+            async def recording() -> dict[str, str]:
                 rec = (await http.get(f"/api/v1/spaces/{space}")).json()["recording"]
-                if isinstance(rec, dict):
-                    break
-                await asyncio.sleep(0.1)
-            assert isinstance(rec, dict), rec
+                return rec if isinstance(rec, dict) else {}
+
+            rec = await until_async(recording, 60, "the recording is ready", every_s=0.1)
             data = (await http.get(rec["url"])).content
         pcm = decode(data, tmp_path / "replay.opus")
         replay_levels = [float(np.sqrt(np.mean(pcm[i:i + BLOCK] ** 2)))
@@ -110,4 +108,3 @@ async def test_recording_survives_a_killed_stage(tmp_path: Path) -> None:
         for proc in (speaker, spare):
             if proc is not None:
                 stop_process(proc, 15)
-        served.stop()

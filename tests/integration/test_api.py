@@ -20,7 +20,7 @@ import pytest
 import schemathesis
 from nats.aio.msg import Msg
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served, running, start_townhall
 from townhall.auth import TokenIssuer, load_or_create_secret
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,10 +155,11 @@ def test_guest_sessions_are_limited_per_client_address(served: Served) -> None:
     # exactly how many got in before it.
     statuses: list[int] = []
     while len(statuses) < 100 and 429 not in statuses:
-        statuses.append(session("203.0.113.9").status_code)
+        limited = session("203.0.113.9")
+        statuses.append(limited.status_code)
     assert statuses.count(201) >= 29 and statuses[-1] == 429 and set(statuses) == {201, 429}
-    limited = session("203.0.113.9")
-    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    # The refusal itself (asking again could find a token refilled on a slow machine).
+    assert int(limited.headers["Retry-After"]) >= 1
     assert limited.headers["content-type"].startswith(PROBLEM)
     assert limited.json()["type"] == "/problems/rate-limited"
     # Someone else, and this machine itself, still get in; tokens already given still work.
@@ -270,25 +271,19 @@ def test_a_restart_finds_every_space_as_it_was(tmp_path: Path, sig: int) -> None
         before = httpx.get(f"{first.url}/api/v1/spaces/{space}").json()
     finally:
         assert first.stop(sig) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
-    second = start_townhall(tmp_path / "data")
-    try:
+    with running(tmp_path / "data") as second:
         after = httpx.get(f"{second.url}/api/v1/spaces/{space}").json()
         assert after == before
         with second.client(host[0]) as c:  # the same secret: old tokens still work
             r = c.post(f"/api/v1/spaces/{space}/actions",
                        json={"action": "approve", "identity": bob[1]})
             assert r.status_code == 200 and r.json()["version"] == before["version"] + 1
-    finally:
-        second.stop()
 
 
 def test_closed_mode_refuses_guests(tmp_path: Path) -> None:
-    s = start_townhall(tmp_path / "data", "--closed")
-    try:
+    with running(tmp_path / "data", "--closed") as s:
         r = httpx.post(f"{s.url}/api/v1/sessions", json={"name": "x"})
         assert r.status_code == 403 and r.json()["type"] == "/problems/closed"
-    finally:
-        s.stop()
 
 
 def issuer(s: Served) -> TokenIssuer:

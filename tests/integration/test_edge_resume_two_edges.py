@@ -17,7 +17,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served, spawn_townhall, start_townhall
 from tests.integration.test_edge import Listener, contiguous, live_space, ws_base
 
 pytestmark = pytest.mark.timeout(180)
@@ -33,12 +33,15 @@ def two_edges(tmp_path_factory: pytest.TempPathFactory,
     """(api + stage, edge A, edge B) on one NATS, sharing one data dir (one token secret)."""
     data = tmp_path_factory.mktemp("two-edges")
     with contextlib.ExitStack() as running:
-        served: list[Served] = []
-        for roles in ("api,stage", "edge", "edge"):
-            s = start_townhall(data, "--nats", nats_url, "--roles", roles)
-            running.callback(s.stop)
-            served.append(s)
-        yield served[0], served[1], served[2]
+        # The api first (it makes the token secret the edges read), then both edges at once.
+        api = start_townhall(data, "--nats", nats_url, "--roles", "api,stage")
+        running.callback(api.stop)
+        edges = [spawn_townhall(data, "--nats", nats_url, "--roles", "edge") for _ in range(2)]
+        for edge in edges:
+            running.callback(edge.stop)
+        for edge in edges:
+            edge.wait_healthy()
+        yield api, edges[0], edges[1]
 
 
 async def test_a_listener_resumes_on_another_edge_with_every_chunk_once_in_order(

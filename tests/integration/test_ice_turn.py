@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
+from tests.certs import make_ca
 from tests.conftest import Served, start_townhall
-from tests.integration.test_stage import live_space_with
-from tests.tlsca import make_ca
+from tests.stages import live_space_with
 from tests.tone import hear_tone
 from tests.turn import Coturn, host_ipv4, turn_flags, why_unavailable
 from townhall.auth import TokenIssuer, load_or_create_secret

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import wave
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import Served, start_townhall
+from tests.waiting import until
 from townhall.bus import NatsBus
 from townhall.recording.recorder import (
     BUCKET,
@@ -29,16 +29,6 @@ from townhall.recording.recorder import (
 
 pytestmark = pytest.mark.timeout(300)
 RATE = 48_000
-
-
-def wait_for(cond: Callable[[], Any], bound_s: float, what: str) -> Any:
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"not within {bound_s}s: {what}")
 
 
 def guest(served: Served, name: str) -> tuple[str, str]:
@@ -88,13 +78,12 @@ def problem(r: httpx.Response, status: int, slug: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start_townhall(tmp_path_factory.mktemp("rec") / "data")
+def served(townhall_shared: Served) -> Served:
+    s = townhall_shared
     # The stage runs as a child: let it report before timing a Space against its program.
-    wait_for(lambda: "townhall_stage_report_age_seconds{" in httpx.get(
+    until(lambda: "townhall_stage_report_age_seconds{" in httpx.get(
         f"{s.url}/metrics", timeout=5).text, 30, "the stage reports")
-    yield s
-    s.stop()
+    return s
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +105,7 @@ def recorded(served: Served) -> dict[str, Any]:
         got = httpx.get(f"{served.url}/api/v1/spaces/{space}", timeout=5).json()
         return got if isinstance(got.get("recording"), dict) else None
 
-    done = wait_for(ready, 60, "the recording is ready")
+    done = until(ready, 60, "the recording is ready")
     return {"space": space, "host": host, "snap": done,
             "live_s": float(ended["ended_at"]) - float(ended["started_at"])}
 
@@ -315,7 +304,7 @@ def test_expired_recording_is_swept_and_answers_410(tmp_path: Path) -> None:
             rec = httpx.get(f"{s.url}/api/v1/spaces/{space}", timeout=5).json()["recording"]
             return isinstance(rec, dict) and rec["state"] == "expired"
 
-        wait_for(swept, 60, "the sweep marked the recording expired")
+        until(swept, 60, "the sweep marked the recording expired")
         problem(httpx.get(f"{s.url}/replay/{space}.opus", timeout=10), 410,
                 "recording-expired")
         problem(httpx.get(f"{s.url}/replay/{space}/timeline.json", timeout=10), 410,
@@ -329,7 +318,7 @@ def test_expired_recording_is_swept_and_answers_410(tmp_path: Path) -> None:
 
 async def stored(s: Served, space: str, clip: str) -> list[str]:
     """Which of a recording's objects the object store still holds."""
-    from tests.integration.test_stage_takeover import stage_child
+    from tests.stages import stage_child
 
     _, nats = stage_child(s.proc.pid)
     bus = await NatsBus.connect([nats], setup=False, auth=s.nats_auth())
@@ -376,7 +365,7 @@ def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
             pcm = ffmpeg_pcm(playlist, "-live_start_index", "-1", seconds=1)
             return r.text if len(pcm) and np.sqrt(np.mean(pcm ** 2)) > 3000 else None
 
-        live = wait_for(tone_listed, 60, "a live playlist with the tone")
+        live = until(tone_listed, 60, "a live playlist with the tone")
         assert "#EXT-X-ENDLIST" not in live
         master = httpx.get(f"{base}/master.m3u8", timeout=10)
         assert master.headers["content-type"].startswith("application/vnd.apple.mpegurl")
@@ -418,7 +407,7 @@ def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
         got = httpx.get(f"{served.url}/api/v1/spaces/{space}", timeout=5).json()["recording"]
         return got if isinstance(got, dict) else None
 
-    rec = wait_for(ready, 60, "the recording is ready")
+    rec = until(ready, 60, "the recording is ready")
     vod = httpx.get(playlist, timeout=10)
     assert vod.text.endswith("#EXT-X-ENDLIST\n")
     # The very live segment is still served, byte for byte, from the recording.
@@ -432,7 +421,7 @@ def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
     assert index.text.endswith("#EXT-X-ENDLIST\n")
     assert abs(peak_hz(pcm[len(pcm) // 2:len(pcm) // 2 + RATE]) - 880) < 15
     # The AAC VOD is made once the recording is: then the master lists it.
-    wait_for(lambda: "mp4a.40.2" in httpx.get(f"{base}/master.m3u8", timeout=10).text, 60,
+    until(lambda: "mp4a.40.2" in httpx.get(f"{base}/master.m3u8", timeout=10).text, 60,
              "the AAC rendition of the recording")
     aac_vod = httpx.get(f"{base}/aac.m3u8", timeout=10)
     assert aac_vod.text.endswith("#EXT-X-ENDLIST\n")

@@ -6,14 +6,15 @@ import asyncio
 import subprocess
 import sys
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served
+from tests.stages import live_space_with
+from tests.waiting import until_async
 from townhall.client.listener import ResilientListener
 from townhall.media.chunk import Chunk
 from townhall.media.opus import OpusDecoder
@@ -23,10 +24,8 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start_townhall(tmp_path_factory.mktemp("stage") / "data")
-    yield s
-    s.stop()
+def served(townhall_shared: Served) -> Served:
+    return townhall_shared
 
 
 def band_db(pcm: np.ndarray, hz: float) -> float:
@@ -39,24 +38,6 @@ def band_db(pcm: np.ndarray, hz: float) -> float:
 def read_wav(path: Path) -> np.ndarray:
     with wave.open(str(path)) as w:
         return np.frombuffer(w.readframes(w.getnframes()), np.int16)
-
-
-def live_space_with(served: Served, *names: str) -> tuple[str, list[tuple[str, str]]]:
-    people = []
-    for name in names:
-        r = httpx.post(f"{served.url}/api/v1/sessions", json={"name": name}, timeout=10)
-        people.append((r.json()["token"], r.json()["identity"]))
-    host = people[0][0]
-    with served.client(host) as c:
-        space = c.post("/api/v1/spaces", json={"title": "Stage"}).json()["id"]
-        c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
-        for token, ident in people[1:]:
-            httpx.post(f"{served.url}/api/v1/spaces/{space}/actions",
-                       json={"action": "request"}, timeout=10,
-                       headers={"Authorization": f"Bearer {token}"}).raise_for_status()
-            c.post(f"/api/v1/spaces/{space}/actions",
-                   json={"action": "approve", "identity": ident}).raise_for_status()
-    return space, people
 
 
 def speak(served: Served, space: str, token: str, hz: int, seconds: float,
@@ -77,7 +58,7 @@ async def test_two_speakers_mixed_once_each_hears_only_the_other(served: Served,
     listener = ResilientListener(served.url, space, on_chunk=heard.append)
     stop = asyncio.Event()
     task = asyncio.create_task(listener.run(stop))
-    await asyncio.sleep(10)
+    await until_async(lambda: len(heard) >= 100, 30, "10 s of program")
     stop.set()
     await asyncio.wait_for(task, 10)
     assert a.wait(30) == 0 and b.wait(30) == 0
@@ -156,7 +137,8 @@ async def test_removed_speaker_is_cut_off_and_cannot_publish_again(served: Serve
                          headers={"Authorization": f"Bearer {host}"})
         assert r.status_code == 200
         n = len(heard)
-        await asyncio.sleep(2.5)
+        # 2.5 s of program after the removal (chunks are 100 ms), however slow the machine
+        await until_async(lambda: len(heard) >= n + 25, 20, "the program after the removal")
         decoder = OpusDecoder()
         after = np.concatenate([decoder.decode(p) for c in heard[n + 10:] for p in c.packets])
         assert after.size and band_db(after, 550) - band_db(after, 2000) < 20

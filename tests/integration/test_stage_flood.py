@@ -14,9 +14,9 @@ import httpx
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served
 from tests.integration.test_stage_program import guest, spawn_speaker
-from tests.integration.test_stage_takeover import stage_child, tone_db
+from tests.stages import stage_child, tone_db
 from tests.waiting import until_async
 from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message
@@ -50,8 +50,9 @@ class FloodTrack(MediaStreamTrack):
         return frame
 
 
-async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(tmp_path: Path) -> None:
-    served: Served = start_townhall(tmp_path / "data")
+async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(
+        tmp_path: Path, townhall: Served) -> None:
+    served = townhall
     speaker = None
     pc = RTCPeerConnection()
     flood = FloodTrack()
@@ -89,7 +90,8 @@ async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(tmp_path: Pat
 
             await until_async(flooding, 30, "Ada's tone in the program while Bob floods")
             n = len(chunks)
-            await asyncio.sleep(5)
+            # 5 s of program during the flood (chunks are 100 ms)
+            await until_async(lambda: len(chunks) >= n + 50, 20, "5 s of program")
             window = chunks[n:]
             sent_flood_s = flood.pts / SAMPLE_RATE
         await bus.close()
@@ -109,4 +111,3 @@ async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(tmp_path: Pat
             await pc.close()
         if speaker is not None:
             stop_process(speaker, 15)
-        served.stop()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.media.opus import OpusDecoder
 from townhall.procs import stop_process
@@ -74,9 +74,9 @@ async def listen(served: Served, space: str, seconds: float) -> list[Chunk]:
     return chunks
 
 
-async def test_fec_and_plc_keep_the_tone_on_a_lossy_uplink(tmp_path: Path,
+async def test_fec_and_plc_keep_the_tone_on_a_lossy_uplink(tmp_path: Path, townhall: Served,
                                                             artifacts: Path) -> None:
-    served = start_townhall(tmp_path / "data")
+    served = townhall
     speaker: subprocess.Popen[bytes] | None = None
     log = tmp_path / "speak.log"
     try:
@@ -92,7 +92,6 @@ async def test_fec_and_plc_keep_the_tone_on_a_lossy_uplink(tmp_path: Path,
     finally:
         if speaker is not None:
             stop_process(speaker, 15)
-        served.stop()
     speak_log = log.read_text()
     dropped = re.search(r"dropped (\d+) of (\d+) RTP packets", speak_log)
     assert dropped, speak_log

@@ -1,6 +1,7 @@
 """What the stage puts on the bus for one Space, read straight from NATS: chunks of
-silence while nobody talks, levels at most 4 a second while someone does, and nothing
-more once the Space ends (its lease released)."""
+silence while nobody talks, levels at most 4 a second while someone does, one unbroken
+stream (sequence and pts) across silence, speech and silence again, and nothing more
+once the Space ends (its lease released)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,14 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Served, start_townhall
-from tests.integration.test_stage_takeover import stage_child
+from tests.conftest import Served
+from tests.stages import stage_child
 from tests.waiting import until_async
 from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message
@@ -29,10 +29,8 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    s = start_townhall(tmp_path / "data")
-    yield s
-    s.stop()
+def served(townhall_shared: Served) -> Served:
+    return townhall_shared
 
 
 def spawn_speaker(served: Served, space: str, token: str, log: Path) -> subprocess.Popen[bytes]:
@@ -54,6 +52,7 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
         space = c.post("/api/v1/spaces", json={"title": "Program"}).json()["id"]
     chunks: list[Chunk] = []
     levels: list[tuple[float, dict[str, object]]] = []
+    beats: list[dict[str, int]] = []
 
     async def on_media(msg: Message) -> None:
         chunks.append(Chunk.decode(msg.data))
@@ -61,11 +60,15 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
     async def on_levels(msg: Message) -> None:
         levels.append((time.monotonic(), json.loads(msg.data)))
 
+    async def on_beat(msg: Message) -> None:
+        beats.append(json.loads(msg.data))
+
     bus = await NatsBus.connect([nats], setup=False, auth=served.nats_auth())
     speaker = None
     try:
         await bus.subscribe(subjects.media(space), on_media)
         await bus.subscribe(subjects.levels(space), on_levels)
+        await bus.subscribe(subjects.STAGES, on_beat)
         await asyncio.sleep(1)
         assert chunks == []  # scheduled Spaces have no program
         with served.client(host) as c:
@@ -85,7 +88,8 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
             return any(me in lv["speaking"] for _, lv in levels)  # type: ignore[operator]
 
         await until_async(speaking, 40, "the host reported as speaking")
-        await asyncio.sleep(3)
+        since = time.monotonic()
+        await until_async(lambda: levels[-1][0] >= since + 3, 20, "3 s more of levels")
         recent = [at for at, _ in levels if at > levels[-1][0] - 3]
         assert len(recent) <= 3 * 4 + 1  # at most 4 level messages a second
         assert all(lv["space"] == space for _, lv in levels)
@@ -93,13 +97,33 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
         link = levels[-1][1]["links"][me]  # type: ignore[index]
         assert link["quality"] == "good" and link["loss_pct"] == 0.0, link
 
+        # The speaker leaves: the program goes back to silence on the same clock.
+        speaking_until = len(chunks)
+        stop_process(speaker, 15)
+        speaker = None
+        await until_async(lambda: len(chunks) >= speaking_until + 25, 15, "chunks after")
+        seqs = [c.seq for c in chunks]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # silence, speech, silence
+        assert [c.pts for c in chunks] == [chunks[0].pts + 4800 * i for i in range(len(chunks))]
+        program = OpusDecoder()
+        pcm = [program.decode(p) for c in chunks for p in c.packets]
+        loud = [i for i, f in enumerate(pcm) if np.abs(f.astype(np.int32)).max() > 3000]
+        assert loud and loud[-1] < len(pcm) - 50  # the tone, then at least 1 s of quiet
+        assert int(np.abs(np.concatenate(pcm[-25:]).astype(np.int32)).max()) < 100
+        # Silence was repeated, not mixed and encoded (the silence gate's counter).
+        await until_async(lambda: beats and beats[-1].get("silent_ticks", 0) > 0, 5,
+                          "silent ticks counted in the stage's heartbeat")
+
         with served.client(host) as c:
             c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
-        await asyncio.sleep(3)
+
+        async def released() -> bool:
+            return await bus.kv_get(subjects.LEASES_BUCKET, space) is None
+
+        await until_async(released, 10, "the stage releasing the Space")
         n = len(chunks)
-        await asyncio.sleep(2)
+        await asyncio.sleep(2)  # an observation window: nothing may arrive in it
         assert len(chunks) == n, "chunks kept coming after the Space ended"
-        assert await bus.kv_get(subjects.LEASES_BUCKET, space) is None
     finally:
         if speaker is not None:
             stop_process(speaker, 15)

@@ -22,9 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from playwright.async_api import async_playwright
 
+from tests.certs import make_ca
 from tests.conftest import Served, start_townhall
-from tests.integration.test_stage import live_space_with
-from tests.tlsca import make_ca
+from tests.stages import live_space_with
 from tests.tone import hear_tone
 from tests.turn import host_ipv4
 from tests.web.chromium import CHROMIUM, needs_chromium, tone_wav

@@ -9,8 +9,7 @@ import hashlib
 import hmac
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import Served, start_townhall
+from tests.waiting import until
 
 KEY = b"townhall-webhook-test-key-32-bytes!!"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -101,15 +101,6 @@ def verify(attempt: Attempt) -> bool:
     return any(hmac.compare_digest(expected, s) for s in sent)
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def receiver() -> Iterator[tuple[Receiver, str]]:
     rec = Receiver()
@@ -167,8 +158,8 @@ def test_signed_retried_in_order_and_nothing_lost_across_a_restart(
         call(served, bob, f"/spaces/{space}/actions", action="request")
         call(served, host, f"/spaces/{space}/actions", action="approve", identity=bob_id)
         wanted = ["space.scheduled", "space.started", "speaker.joined"]
-        wait_for("three events accepted",
-                 lambda: types_of(space, rec.accepted()) == wanted)
+        until(lambda: types_of(space, rec.accepted()) == wanted, 30,
+              "three events accepted", every_s=0.05)
 
         # The first event failed twice (500, then a timeout) and was sent again with the
         # same id and body; every attempt is signed with the secret.
@@ -183,8 +174,8 @@ def test_signed_retried_in_order_and_nothing_lost_across_a_restart(
         # The receiver goes down; the Space ends; the api restarts while it is down.
         rec.mode = "503"
         call(served, host, f"/spaces/{space}/end")
-        wait_for("a refused attempt of the first event after the end",
-                 lambda: any(a.answer == "503" for a in rec.all()))
+        until(lambda: any(a.answer == "503" for a in rec.all()), 30,
+              "a refused attempt of the first event after the end", every_s=0.05)
         assert served.stop() == 0
     finally:
         served.stop()
@@ -192,8 +183,8 @@ def test_signed_retried_in_order_and_nothing_lost_across_a_restart(
     served = start_townhall(data, "--webhooks", str(config))
     try:
         final = [*wanted, "speaker.left", "speaker.left", "space.ended"]
-        wait_for("the events of the end delivered after the restart",
-                 lambda: types_of(space, rec.accepted()) == final)
+        until(lambda: types_of(space, rec.accepted()) == final, 30,
+              "the events of the end delivered after the restart", every_s=0.05)
         assert all(verify(a) for a in rec.all())
         # Ids are stable across every retry: each refused id was later accepted.
         refused = {a.id for a in rec.all() if a.answer != "200"}

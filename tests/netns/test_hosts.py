@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import Host, Lab, why_unavailable
+from tests.netlab import Host, Lab, live_space, why_unavailable
 from townhall.bus.credentials import USERS_FILE, load_or_create_users, write_private
 from townhall.bus.embedded import nats_server_binary
 from townhall.bus.subjects import LEASE_TTL_S
@@ -66,28 +66,6 @@ async def main():
         break
     await bus.close()
 asyncio.run(main())
-"""
-
-SETUP = """
-import json, sys, time
-import httpx
-url = sys.argv[1]
-deadline = time.monotonic() + 90
-while True:
-    try:
-        if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-            break
-    except httpx.HTTPError:
-        pass
-    if time.monotonic() > deadline:
-        sys.exit("not healthy within 90 s")
-    time.sleep(0.2)
-who = httpx.post(url + "/api/v1/sessions", json={"name": "Ada"}, timeout=10).json()
-auth = {"Authorization": "Bearer " + who["token"]}
-space = httpx.post(url + "/api/v1/spaces", json={"title": "Hosts"}, headers=auth,
-                   timeout=10).json()["id"]
-httpx.post(url + f"/api/v1/spaces/{space}/start", headers=auth, timeout=10).raise_for_status()
-print(json.dumps({"space": space, "token": who["token"]}))
 """
 
 # One line per chunk heard: wall time, seq, pts, and whether it carries the 440 Hz tone.
@@ -335,8 +313,7 @@ def test_partition_and_host_loss(cluster: Cluster) -> None:
     c.serve("h2", "stage", "h2-stage", near("h2"))
     c.serve("h3", "api,stage", "h3-api", near("h3"))
     c.serve("h4", "edge", "h4-edge", near("h1"))
-    out = c.run("h1", SETUP, c.url("h1"))
-    space = json.loads(out.splitlines()[-1])
+    space = live_space(h["h1"], c.url("h1"), "Hosts", bound_s=90)
     h["h1"].popen([sys.executable, "-c", TIMELINE, c.nats_urls[0], str(c.users),
                    space["space"], str(c.tmp / "timeline.jsonl")], cwd=ROOT,
                   stdout=(c.tmp / "timeline.log").open("wb"), stderr=subprocess.STDOUT)

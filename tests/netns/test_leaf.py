@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.certs import ThrowawayCA
-from tests.netlab import Host, Lab, why_unavailable
+from tests.netlab import Host, Lab, live_space, why_unavailable
 from townhall.bus.embedded import nats_server_binary
 from townhall.deploy.plan import Layout, parse_plan
 from townhall.deploy.render import Secrets, host_files
@@ -82,18 +82,6 @@ while True:
     if time.monotonic() > deadline:
         sys.exit(f"{sys.argv[1]} not healthy in time")
     time.sleep(0.2)
-"""
-
-SETUP = """
-import json, sys
-import httpx
-url = sys.argv[1]
-who = httpx.post(url + "/api/v1/sessions", json={"name": "Ada"}, timeout=10).json()
-auth = {"Authorization": "Bearer " + who["token"]}
-space = httpx.post(url + "/api/v1/spaces", json={"title": "Leaf"}, headers=auth,
-                   timeout=10).json()["id"]
-httpx.post(url + f"/api/v1/spaces/{space}/start", headers=auth, timeout=10).raise_for_status()
-print(json.dumps({"space": space, "token": who["token"]}))
 """
 
 # One line per chunk heard: wall time, seq, whether it carries the 440 Hz tone.
@@ -210,7 +198,11 @@ class Deployed:
         """Start ``name``'s ExecStart on ``host`` with the unit's environment and its
         credentials copied to a directory of its own (systemd's %d), plus ``extra`` flags."""
         lay = self.layouts[host]
-        text = (self.tmp / host / "etc/systemd/system" / name).read_text()
+        # An instance (townhall-stage@1.service) is its template with %i filled in.
+        template, at, instance = name.partition("@")
+        unit = f"{template}@.service" if at else name
+        text = (self.tmp / host / "etc/systemd/system" / unit).read_text()
+        text = text.replace("%i", instance.removesuffix(".service"))
         creds = Path(lay.nats_credentials) if name == "townhall-nats.service" else \
             self.tmp / host / "creds" / (log or name)
         creds.mkdir(parents=True, exist_ok=True)
@@ -333,7 +325,7 @@ def test_an_edge_machine_behind_a_leaf_node(deployed: Deployed) -> None:
         time.sleep(0.2)
 
     d.unit("h1", "townhall-api.service", "--open", log="api")
-    d.unit("h2", "townhall-stage.service", log="stage")
+    d.unit("h2", "townhall-stage@1.service", log="stage")
     edges = []
     for i in range(EDGES):
         port = EDGE_PORT + i
@@ -341,8 +333,7 @@ def test_an_edge_machine_behind_a_leaf_node(deployed: Deployed) -> None:
                "--public-url", d.url("e1", port), "--node-id", f"e1-edge{i}",
                "--data", str(d.tmp / "e1" / f"edge{i}"), log=f"edge{i}")
         edges.append(d.url("e1", port))
-    d.run("h1", HEALTHY, d.url("h1"), "90")
-    space = json.loads(d.run("h1", SETUP, d.url("h1")).splitlines()[-1])
+    space = live_space(d.hosts["h1"], d.url("h1"), "Leaf", bound_s=90)
     d.hosts["h1"].popen([sys.executable, "-m", "townhall", "speak", "--url", d.url("h1"),
                          "--space", space["space"], "--token", space["token"], "--tone", "440",
                          "--seconds", "200"], stdout=(d.tmp / "speak.log").open("wb"),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import netlab
 from tests import turn as turnlab
 from tests.netlab import Host, Lab, why_unavailable
 from townhall.procs import stop_process
@@ -25,27 +26,8 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(300),
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SETUP = """
-import json, sys, time
-import httpx
-url = sys.argv[1]
-deadline = time.monotonic() + 60
-while True:
-    try:
-        if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-            break
-    except httpx.HTTPError:
-        pass
-    if time.monotonic() > deadline:
-        sys.exit("not healthy within 60 s")
-    time.sleep(0.2)
-who = httpx.post(url + "/api/v1/sessions", json={"name": "Ada"}, timeout=10).json()
-auth = {"Authorization": "Bearer " + who["token"]}
-space = httpx.post(url + "/api/v1/spaces", json={"title": "NAT"}, headers=auth,
-                   timeout=10).json()["id"]
-httpx.post(url + f"/api/v1/spaces/{space}/start", headers=auth, timeout=10).raise_for_status()
-print(json.dumps({"space": space, "token": who["token"], "identity": who["identity"]}))
-"""
+# Where no path can exist, speak's two ICE attempts need not each wait the default 15 s.
+FAIL_FAST = ("--connect-timeout", "5")
 
 LISTEN = """
 import asyncio, sys
@@ -76,11 +58,7 @@ def serve(host: Host, tmp: Path, port: int, *flags: str) -> tuple[Path, str]:
 
 def live_space(host: Host, url: str, log: Path) -> dict[str, str]:
     """Wait (bounded) for the server at ``url``, seen from ``host``; a live Space."""
-    code, out = finish(host.popen([sys.executable, "-c", SETUP, url], cwd=ROOT,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT), 90)
-    assert code == 0, out + log.read_text(errors="replace")[-3000:]
-    found: dict[str, str] = json.loads(out.strip().splitlines()[-1])
-    return found
+    return netlab.live_space(host, url, "NAT", bound_s=60, log=log)
 
 
 def speak(host: Host, url: str, space: dict[str, str], tmp: Path,
@@ -136,7 +114,7 @@ def test_speaker_on_a_network_without_udp_fails_clearly_and_relays_through_turn(
     # Without TURN: no path for the audio at all. speak says so and stops.
     log, url = serve(stage, tmp_path, 8080)
     space = live_space(speaker, url, log)
-    fails_ice(speak(speaker, url, space, tmp_path))
+    fails_ice(speak(speaker, url, space, tmp_path, *FAIL_FAST))
     # With TURN over TCP (aiortc uses the first TURN URL; UDP would be blocked too).
     log, url = serve(stage, tmp_path, 8081, *turnlab.turn_flags(turn, ("tcp",)))
     space = live_space(speaker, url, log)
@@ -157,7 +135,7 @@ def test_stage_behind_one_to_one_nat_needs_and_uses_its_public_ip(
     # Not announced: both ends offer private addresses only, and ICE fails.
     log, _ = serve(stage, tmp_path, 8080)
     space = live_space(speaker, f"http://{public}:8080", log)
-    fails_ice(speak(speaker, f"http://{public}:8080", space, tmp_path))
+    fails_ice(speak(speaker, f"http://{public}:8080", space, tmp_path, *FAIL_FAST))
     # Announced (and bound inside a port range, as a firewall would want): heard.
     log, inside = serve(stage, tmp_path, 8081, "--public-ip", public,
                         "--rtc-ports", "40000-40099")

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served
 from townhall.auth import TokenIssuer, load_or_create_secret
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
@@ -57,10 +57,8 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start_townhall(tmp_path_factory.mktemp("grants") / "data")
-    yield s
-    s.stop()
+def served(townhall_shared: Served) -> Served:
+    return townhall_shared
 
 
 def _ok(r: httpx.Response, *want: int) -> httpx.Response:

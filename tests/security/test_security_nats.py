@@ -12,7 +12,7 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,8 @@ import nkeys
 import pytest
 from nats.aio.client import Client
 
-from tests.conftest import Served, start_townhall
-from tests.waiting import until_async
+from tests.conftest import Served, spawn_townhall, start_townhall
+from tests.waiting import until, until_async
 from townhall.bus import NatsAuth, NatsBus, subjects
 from townhall.bus.credentials import USERS_FILE, load_auth_file
 from townhall.bus.embedded import CONFIG_FILE, EmbeddedNats
@@ -58,10 +58,8 @@ def passwords(served: Served) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start_townhall(tmp_path_factory.mktemp("natsauth") / "data")
-    yield s
-    s.stop()
+def served(townhall_shared: Served) -> Served:
+    return townhall_shared
 
 
 async def connect(url: str, auth: NatsAuth | None = None,
@@ -217,9 +215,18 @@ async def test_external_nats_with_a_password_file(tmp_path: Path) -> None:
     auth_file.write_text(json.dumps({"user": "admin", "password": password}))
     auth_file.chmod(0o600)
     served = None
+    bare = spawn_townhall(tmp_path / "bare", "--nats", url)
     try:
-        with pytest.raises((RuntimeError, TimeoutError)):
-            start_townhall(tmp_path / "bare", "--nats", url, wait=15).stop()
+        # Without the file both processes (the HTTP roles and the stage child) are refused,
+        # and say so, and the server is not healthy.
+        def refused(role: str) -> bool:
+            return any('"role": "' + role in line and "Authorization Violation" in line
+                       for line in bare.log.read_text(errors="replace").splitlines())
+
+        until(lambda: refused("api+stage+edge") and refused("stage"), 30,
+              "NATS refusing both processes without credentials")
+        assert not healthy(bare)
+        bare.stop()
         served = start_townhall(tmp_path / "data", "--nats", url,
                                 "--nats-auth-file", str(auth_file))
         for pid in children(served.proc.pid):
@@ -231,10 +238,17 @@ async def test_external_nats_with_a_password_file(tmp_path: Path) -> None:
 
         await until_async(stage_reports, 30, "the stage child's heartbeat")
     finally:
+        bare.stop()
         if served is not None:
             served.stop()
         server.stop()
 
+
+def healthy(served: Served) -> bool:
+    try:
+        return httpx.get(f"{served.url}/healthz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _b64(raw: bytes) -> str:

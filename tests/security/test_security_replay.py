@@ -3,34 +3,20 @@ may keep them: strangers get the same 404 as for a Space that does not exist."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def wait_for(cond: Callable[[], Any], bound_s: float, what: str) -> Any:
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"not within {bound_s}s: {what}")
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start_townhall(tmp_path_factory.mktemp("sec-replay") / "data")
-    yield s
-    s.stop()
+def served(townhall_shared: Served) -> Served:
+    return townhall_shared
 
 
 def guest(served: Served, name: str) -> str:
@@ -46,12 +32,12 @@ def test_private_recording_is_for_its_people_only(served: Served, tmp_path: Path
                                                "record": True}).json()["id"]
         c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
         # Live HLS for the host proves program chunks exist (the stage took the Space).
-        wait_for(lambda: c.get(f"/hls/{space}/index.m3u8").status_code == 200, 60,
+        until(lambda: c.get(f"/hls/{space}/index.m3u8").status_code == 200, 60,
                  "live segments")
         live = c.get(f"/hls/{space}/index.m3u8")
         assert live.headers["cache-control"].startswith("private")
         # Live segments and LL-HLS parts too: a shared cache must not keep them.
-        wait_for(lambda: c.get(f"/hls/{space}/opus.m3u8").status_code == 200, 60,
+        until(lambda: c.get(f"/hls/{space}/opus.m3u8").status_code == 200, 60,
                  "live segments")
         media = c.get(f"/hls/{space}/opus.m3u8").text
         part = media.split('#EXT-X-PART:')[1].split('URI="')[1].split('"')[0]
@@ -67,7 +53,7 @@ def test_private_recording_is_for_its_people_only(served: Served, tmp_path: Path
         clip = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0, "duration": 1})
         assert clip.status_code == 201, clip.text
         c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
-        wait_for(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
+        until(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
                                     dict), 60, "the recording is ready")
     urls = [f"/replay/{space}.opus", clip.json()["url"], f"/hls/{space}/index.m3u8",
             f"/hls/{space}/master.m3u8",
@@ -104,8 +90,12 @@ def test_a_revoked_grant_stops_cached_hls_within_the_ttl(served: Served) -> None
         space = c.post("/api/v1/spaces", json={"title": "Open"}).json()["id"]
         c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
     url = f"{served.url}/hls/{space}/opus.m3u8"
-    text = wait_for(lambda: (r := httpx.get(url, timeout=10)).status_code == 200 and r.text,
-                    60, "live segments")
+
+    def listed() -> str:
+        r = httpx.get(url, timeout=10)
+        return r.text if r.status_code == 200 else ""
+
+    text = until(listed, 60, "live segments")
     segment = f"{served.url}/hls/{space}/" + [
         ln for ln in text.splitlines() if ln.endswith(".m4s") and not ln.startswith("#")][-1]
     first = httpx.get(segment, timeout=10)
@@ -117,11 +107,11 @@ def test_a_revoked_grant_stops_cached_hls_within_the_ttl(served: Served) -> None
         assert again.content == first.content
         return fast_answers(served) > before
 
-    wait_for(repeated, 10, "the segment repeated by the fast path")
+    until(repeated, 10, "the segment repeated by the fast path")
     with served.client(host) as c:
         c.post(f"/api/v1/spaces/{space}/actions",
                json={"action": "signed_in_only_on"}).raise_for_status()
-    wait_for(lambda: httpx.get(segment, timeout=10).status_code == 401, 10,
+    until(lambda: httpx.get(segment, timeout=10).status_code == 401, 10,
              "the anonymous listener refused")
     mine = httpx.get(segment, headers={"Authorization": f"Bearer {host}"}, timeout=10)
     assert mine.status_code == 200 and mine.headers["cache-control"].startswith("private")

@@ -8,35 +8,22 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served
 from tests.integration.test_recording import RATE, ffmpeg_pcm, peak_hz, speak
+from tests.waiting import until
 from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.recording.tickets import Tickets
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def wait_for(cond: Callable[[], Any], bound_s: float, what: str) -> Any:
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"not within {bound_s}s: {what}")
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start_townhall(tmp_path_factory.mktemp("sec-replay-urls") / "data")
-    yield s
-    s.stop()
+def served(townhall_shared: Served) -> Served:
+    return townhall_shared
 
 
 def refused(r: httpx.Response, status: int, slug: str) -> None:
@@ -57,7 +44,7 @@ def test_signed_links_play_expire_and_stay_with_their_space(served: Served) -> N
         clip = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0.5, "duration": 1})
         assert clip.status_code == 201, clip.text
         c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
-        wait_for(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
+        until(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
                                     dict), 60, "the recording is ready")
         got = c.post(f"/api/v1/spaces/{space}/recording/ticket")
     assert got.status_code == 200, got.text
@@ -147,8 +134,11 @@ def test_a_ticket_plays_a_private_spaces_hls_live_and_after_the_end(served: Serv
          "--token", host, "--tone", "660", "--seconds", "60"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        playlist = wait_for(lambda: (r := get(f"{base}/index.m3u8?t={t}")).status_code == 200
-                            and ".m4s" in r.text and r.text, 60, "a live playlist by ticket")
+        def listing() -> str:
+            r = get(f"{base}/index.m3u8?t={t}")
+            return r.text if r.status_code == 200 and ".m4s" in r.text else ""
+
+        playlist = until(listing, 60, "a live playlist by ticket")
         # The playlist hands the ticket on: a player asks for each URI as listed.
         listed = uris(playlist)
         assert listed and all(u.endswith(f"?t={t}") for u in listed), listed
@@ -166,7 +156,7 @@ def test_a_ticket_plays_a_private_spaces_hls_live_and_after_the_end(served: Serv
                              seconds=1)
             return len(pcm) >= RATE // 2 and abs(peak_hz(pcm[-RATE // 2:]) - 660) < 15
 
-        wait_for(tone_by_ticket, 60, "ffmpeg plays the tone by ticket")
+        until(tone_by_ticket, 60, "ffmpeg plays the tone by ticket")
         # Without it the private Space does not exist; another Space's ticket opens nothing.
         refused(get(f"{base}/index.m3u8"), 404, "space-not-found")
         refused(get(f"{base}/init.mp4"), 404, "space-not-found")
@@ -188,7 +178,7 @@ def test_a_ticket_plays_a_private_spaces_hls_live_and_after_the_end(served: Serv
 
     with served.client(host) as c:
         c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
-        wait_for(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
+        until(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
                                     dict), 60, "the recording is ready")
         vod_t = c.post(f"/api/v1/spaces/{space}/recording/ticket").json()["ticket"]
     # The live ticket was for the live Space; the recording needs one minted for it.

@@ -7,7 +7,6 @@ publishing forever next to the new owner, each chunk number heard twice."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import until_async
 from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message, NatsBus
@@ -24,14 +24,6 @@ from townhall.settings import Settings
 from townhall.stage.role import Stage
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def until(check: object, bound_s: float, what: str) -> None:
-    for _ in range(int(bound_s * 20)):
-        if callable(check) and check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {bound_s} s: {what}")
 
 
 @pytest.fixture
@@ -65,15 +57,15 @@ async def test_a_deposed_stage_stops_at_its_first_refused_chunk(
 
     await watcher.subscribe(subjects.media(space), on_media)
     assert await a.acquire(space, snap)
-    await until(lambda: len(heard) >= 5, 10, "the first owner's chunks")
+    await until_async(lambda: len(heard) >= 5, 10, "the first owner's chunks")
 
     # A's lease lapses without A noticing; B takes the Space over.
     await watcher.kv_delete(subjects.LEASES_BUCKET, space)
     assert await b.acquire(space, snap)
-    await until(lambda: space not in a.runs, 5, "the deposed stage to stop")
+    await until_async(lambda: space not in a.runs, 5, "the deposed stage to stop")
     assert a.lost == 1 and space in b.runs
     after_stop = len(heard)
-    await until(lambda: len(heard) >= after_stop + 10, 10, "the new owner's chunks")
+    await until_async(lambda: len(heard) >= after_stop + 10, 10, "the new owner's chunks")
 
     repeated = {seq: n for seq, n in Counter(heard).items() if n > 1}
     # Plain subscribers may get the refused chunk A had in flight (and, rarely, one of B's

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from tests.tlsca import make_ca
+from tests.certs import make_ca
 from townhall.edge.fanout import direct_socket
 
 

@@ -14,8 +14,9 @@ import nats
 import pytest
 
 from tests.conftest import Served, start_townhall
-from tests.integration.test_webhooks import SECRET, wait_for
+from tests.integration.test_webhooks import SECRET
 from tests.security.test_security_nats import nats_address
+from tests.waiting import until
 from townhall.bus import subjects
 
 pytestmark = pytest.mark.timeout(120)
@@ -82,7 +83,8 @@ def test_a_redirect_is_a_failure_never_followed(served: Served, redirecting: Cou
     with served.client(token) as c:
         assert c.post("/api/v1/spaces", json={"title": "Steer"}).status_code == 201
     # Retried (a 307 is no delivery), and not once sent where the receiver pointed.
-    wait_for("the event retried at the receiver", lambda: len(redirecting.hits) >= 3)
+    until(lambda: len(redirecting.hits) >= 3, 30, "the event retried at the receiver",
+          every_s=0.05)
     assert elsewhere.hits == []
 
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
 
-from tests.conftest import Served, start_townhall
-from tests.integration.test_stage_takeover import stage_child
+from tests.conftest import Served
 from tests.security.offers import CHROMIUM_AV, PLAIN, bomb
+from tests.stages import stage_child
 from townhall import sdp as sdpbounds
 from townhall.api.whip import IDENTITY_BURST, SPACE_BURST, OfferBudget, stage_refusal
 from townhall.auth import TokenIssuer
@@ -133,10 +133,8 @@ def test_a_bad_token_is_refused_without_the_jwt_library_s_words(token: str) -> N
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start_townhall(tmp_path_factory.mktemp("whip") / "data")
-    yield s
-    s.stop()
+def served(townhall_shared: Served) -> Served:
+    return townhall_shared
 
 
 @dataclass

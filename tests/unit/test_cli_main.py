@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,29 @@ from townhall.cli.main import build_parser, main, serve_settings
 def settings_for(*argv: str) -> tuple[bool, tuple[str, ...]]:
     s = serve_settings(build_parser().parse_args(["serve", *argv]))
     return s.open_mode, s.roles
+
+
+def test_a_subcommand_imports_only_its_own_module() -> None:
+    # In a fresh interpreter: this one has imported everything already.
+    code = ("import sys; from townhall.cli.main import build_parser, _command; "
+            "build_parser(_command(['serve', '--port', '1'])).parse_args(['serve']); "
+            "print(sorted(m for m in ('townhall.cli.speak', 'townhall.cli.storm', "
+            "'townhall.cli.listen', 'aiortc') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "[]", out
+
+
+def test_each_subcommand_still_parses_alone_and_help_lists_them_all(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser("speak").parse_args(["speak", "--url", "http://x", "--space", "s",
+                                             "--token", "t", "--tone", "440",
+                                             "--connect-timeout", "5"])
+    assert args.connect_timeout == 5.0 and args.tone == 440.0
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("serve", "token", "speak", "storm", "deploy"))
 
 
 @pytest.mark.parametrize(("argv", "open_mode"), [

@@ -16,7 +16,7 @@ HOSTS = {"webhooks": True, "hosts": [
     {"name": "h1", "address": "10.0.0.1", "roles": ["nats", "api", "edge"],
      "public_url": "https://h1.example.org"},
     {"name": "h2", "address": "10.0.0.2", "roles": ["nats", "stage", "edge"]},
-    {"name": "h3", "address": "10.0.0.3", "roles": ["nats", "stage"]},
+    {"name": "h3", "address": "10.0.0.3", "roles": ["nats", "stage"], "stages": 3},
     {"name": "e1", "address": "10.0.0.4", "roles": ["edge"]}]}
 PLAN = parse_plan(json.dumps(HOSTS))
 SECRETS = Secrets.generate()
@@ -86,6 +86,26 @@ def test_units_are_hardened_and_carry_no_secret() -> None:
     assert "LimitNOFILE=1048576" in edge and "--port 8081" in edge
 
 
+def test_a_host_runs_as_many_stage_units_as_its_plan_says() -> None:
+    """One template, an instance per stage process: each its own node id and state."""
+    h3 = files("h3")
+    template = h3["/etc/systemd/system/townhall-stage@.service"][0]
+    assert "/etc/systemd/system/townhall-stage.service" not in h3
+    assert "--node-id h3-stage-%i" in template and "--stages 1" in template
+    assert "StateDirectory=townhall-stage-%i" in template
+    assert "ReadWritePaths=/var/lib/townhall-stage-%i" in template
+    assert "PartOf=townhall-stage.target" in template
+    target = h3["/etc/systemd/system/townhall-stage.target"][0]
+    wants = re.search(r"^Wants=(.*)$", target, re.M)
+    assert wants is not None and wants.group(1).split() == [
+        f"townhall-stage@{i}.service" for i in (1, 2, 3)]
+    assert "WantedBy=multi-user.target" in target
+    # The default is one stage process.
+    assert "Wants=townhall-stage@1.service\n" in files("h2")[
+        "/etc/systemd/system/townhall-stage.target"][0]
+    assert not any("stage" in p for p in files("h1"))
+
+
 def test_secrets_are_private_and_each_process_gets_its_own_password_only() -> None:
     h2 = files("h2")
     for path in ("/etc/townhall/townhall.env", "/etc/townhall/nats/auth.conf",
@@ -114,6 +134,12 @@ def test_secrets_survive_a_regeneration() -> None:
     ([{"name": "h1", "address": "10.0.0.1", "roles": ["nats", "mixer"]}], "roles"),
     ([{"name": "h1", "address": "10.0.0.1", "roles": ["nats", "api"]},
       {"name": "h1", "address": "10.0.0.2", "roles": ["edge"]}], "differ"),
+    ([{"name": "h1", "address": "10.0.0.1", "roles": ["nats", "api", "stage"],
+       "stages": 0}], "stages must be"),
+    ([{"name": "h1", "address": "10.0.0.1", "roles": ["nats", "api", "stage"],
+       "stages": "4"}], "stages must be"),
+    ([{"name": "h1", "address": "10.0.0.1", "roles": ["nats", "api"], "stages": 2}],
+     "without the stage role"),
 ])
 def test_bad_plans_are_refused(hosts: list[object], says: str) -> None:
     with pytest.raises(ValueError, match=says):

@@ -62,7 +62,10 @@ def test_asks_are_budgeted_on_a_congested_uplink() -> None:
 
 
 def test_a_resend_in_time_plays_and_is_counted() -> None:
-    packet = OpusEncoder().encode(np.zeros(FRAME_SAMPLES, np.int16))
+    # A packet with sound: a digital-silence packet is not decoded at all (the tick gets
+    # nothing: media/silence.py), and this checks that the resent one plays.
+    tone = np.sin(np.arange(FRAME_SAMPLES) * 2 * np.pi * 440 / 48_000) * 8000
+    packet = OpusEncoder().encode(tone.astype(np.int16))
     p = Playout(nack=NackList())
     assert p.push(1, packet, 0.0) == []
     assert p.push(3, packet, 0.04) == [2]

@@ -59,8 +59,9 @@ def stats(page: Page) -> dict[str, Any]:
 
 
 def test_listener_decodes_speaking_and_resumes_after_a_stall(browser: Browser, tmp_path: Path,
-                                                        artifacts: Path) -> None:
-    served = start_townhall(tmp_path / "data")
+                                                        artifacts: Path,
+                                                        townhall_shared: Served) -> None:
+    served = townhall_shared
     speaker: subprocess.Popen[bytes] | None = None
     page: Page | None = None
     try:
@@ -106,7 +107,6 @@ def test_listener_decodes_speaking_and_resumes_after_a_stall(browser: Browser, t
             page.context.close()  # open sockets would hold up the server's graceful stop
         if speaker is not None:
             stop_process(speaker, sig=signal.SIGINT)
-        served.stop(timeout=STOP_S)
 
 
 def test_full_edge_shows_a_countdown_and_keeps_retrying(browser: Browser, tmp_path: Path) -> None:

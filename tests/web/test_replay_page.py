@@ -9,16 +9,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import start_townhall
+from tests.waiting import until
 from tests.web.chromium import chromium, needs_chromium
 
 pytestmark = [pytest.mark.browser, needs_chromium, pytest.mark.timeout(240)]
@@ -26,21 +24,11 @@ WAIT_MS = 25_000
 AUDIO = "document.getElementById('replay-audio')"
 
 
-def wait_for(cond: Callable[[], Any], bound_s: float, what: str) -> Any:
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"not within {bound_s}s: {what}")
-
-
 def test_replay_page_plays_changes_speed_lists_speakers_peaks_and_clips(
         tmp_path: Path) -> None:
     served = start_townhall(tmp_path / "data")
     try:
-        wait_for(lambda: "townhall_stage_report_age_seconds{" in httpx.get(
+        until(lambda: "townhall_stage_report_age_seconds{" in httpx.get(
             f"{served.url}/metrics", timeout=5).text, 30, "the stage reports")
         who = httpx.post(f"{served.url}/api/v1/sessions", json={"name": "Ada"},
                          timeout=10).json()
@@ -56,7 +44,7 @@ def test_replay_page_plays_changes_speed_lists_speakers_peaks_and_clips(
         try:
             with served.client(host) as c:
                 # The program is on air (its live playlist lists a segment): applaud.
-                wait_for(lambda: c.get(f"/hls/{space}/opus.m3u8").status_code == 200, 60,
+                until(lambda: c.get(f"/hls/{space}/opus.m3u8").status_code == 200, 60,
                          "the Space is on air")
                 for _ in range(12):
                     assert c.post(f"/api/v1/spaces/{space}/reactions",
@@ -66,7 +54,7 @@ def test_replay_page_plays_changes_speed_lists_speakers_peaks_and_clips(
             speaker.kill()
         with served.client(host) as c:
             c.post(f"/api/v1/spaces/{space}/end").raise_for_status()
-            wait_for(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
+            until(lambda: isinstance(c.get(f"/api/v1/spaces/{space}").json()["recording"],
                                         dict), 60, "the recording is ready")
         with chromium() as browser:
             page = browser.new_page()
@@ -79,11 +67,11 @@ def test_replay_page_plays_changes_speed_lists_speakers_peaks_and_clips(
             expect(page.locator("#replay")).to_be_visible(timeout=WAIT_MS)
             expect(page.locator("#timeline li")).not_to_have_count(0, timeout=WAIT_MS)
             # A signed link, not a token, in the audio's URL.
-            src = wait_for(lambda: page.evaluate(f"{AUDIO}.src"), 10, "the replay's src")
+            src = until(lambda: page.evaluate(f"{AUDIO}.src"), 10, "the replay's src")
             assert re.search(rf"/replay/{space}\.opus\?t=\d+\.\d+\.", src), src
             page.evaluate(f"{AUDIO}.play()")
             # (wait_for_function evaluates a string: the page's CSP forbids that; poll.)
-            wait_for(lambda: page.evaluate(f"{AUDIO}.currentTime") > 0.5, 25,
+            until(lambda: page.evaluate(f"{AUDIO}.currentTime") > 0.5, 25,
                      "the replay plays: the scrubber's time moves")
             page.locator("#replay button[data-rate='2']").click()
             assert page.evaluate(f"{AUDIO}.playbackRate") == 2
@@ -116,9 +104,9 @@ def test_replay_page_plays_changes_speed_lists_speakers_peaks_and_clips(
             link.click()
             clip = "document.getElementById('clip-audio')"
             expect(page.locator("#clip-audio")).to_be_attached(timeout=WAIT_MS)
-            wait_for(lambda: "?t=" in page.evaluate(f"{clip}.src"), 10, "the clip's link")
+            until(lambda: "?t=" in page.evaluate(f"{clip}.src"), 10, "the clip's link")
             page.evaluate(f"{clip}.play()")
-            wait_for(lambda: page.evaluate(f"{clip}.currentTime") > 0.3, 25,
+            until(lambda: page.evaluate(f"{clip}.currentTime") > 0.3, 25,
                      "the clip plays on its own page")
             assert abs(page.evaluate(f"{clip}.duration") - 4.0) < 0.1
     finally:

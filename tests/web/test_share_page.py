@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served, running
 from tests.waiting import until
 from tests.web.chromium import chromium, needs_chromium
 from townhall.auth import TokenIssuer, load_or_create_secret
@@ -54,30 +55,32 @@ class Hall:
         return snap
 
 
-def open_hall(data: Path, *flags: str, title: str = TITLE) -> Hall:
-    served = start_townhall(data, *flags)
-    try:
-        if "--closed" in flags:  # no guest sessions: the operator's app mints tokens
-            token = TokenIssuer(load_or_create_secret(served.data)).mint(
-                "host-tone", "Host Tone", role="host")
-        else:
-            token = served.session("Host Tone")
-        with served.client(token) as c:
-            space = c.post("/api/v1/spaces", json={"title": title}).json()["id"]
-            assert c.post(f"/api/v1/spaces/{space}/start").status_code == 200
-        speaker = subprocess.Popen(
-            [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
-             "--token", token, "--tone", "440", "--seconds", "400"],
-            stdout=(data.parent / "speak.log").open("wb"), stderr=subprocess.STDOUT)
-    except BaseException:
-        served.stop(timeout=5)
-        raise
+def hall_on(served: Served, where: Path, *, closed: bool = False) -> Hall:
+    """A live Space titled TITLE on ``served`` with a tone on its stage."""
+    if closed:  # no guest sessions: the operator's app mints tokens
+        token = TokenIssuer(load_or_create_secret(served.data)).mint(
+            "host-tone", "Host Tone", role="host")
+    else:
+        token = served.session("Host Tone")
+    with served.client(token) as c:
+        space = c.post("/api/v1/spaces", json={"title": TITLE}).json()["id"]
+        assert c.post(f"/api/v1/spaces/{space}/start").status_code == 200
+    speaker = subprocess.Popen(
+        [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
+         "--token", token, "--tone", "440", "--seconds", "400"],
+        stdout=(where / "speak.log").open("wb"), stderr=subprocess.STDOUT)
     return Hall(served, space, token, speaker)
 
 
-def close_hall(hall: Hall) -> None:
-    stop_process(hall.speaker, sig=signal.SIGINT)
-    hall.served.stop(timeout=5)
+@contextmanager
+def closed_hall(where: Path) -> Iterator[Hall]:
+    """A hall on a server of its own in closed mode."""
+    with running(where / "data", "--closed") as served:
+        hall = hall_on(served, where, closed=True)
+        try:
+            yield hall
+        finally:
+            stop_process(hall.speaker, sig=signal.SIGINT)
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +90,10 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def hall(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hall]:
-    h = open_hall(tmp_path_factory.mktemp("hall") / "data")
+def hall(townhall_shared: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hall]:
+    h = hall_on(townhall_shared, tmp_path_factory.mktemp("hall"))
     yield h
-    close_hall(h)
+    stop_process(h.speaker, sig=signal.SIGINT)
 
 
 @pytest.fixture
@@ -116,8 +119,30 @@ def api_calls(requests: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(m, u) for m, u in requests if urlsplit(u).path.startswith("/api/")]
 
 
-def listen_anonymously(make: Callable[..., BrowserContext], hall: Hall) -> Page:
-    """Open the share link in a fresh browser, press Listen, watch LISTEN_S seconds."""
+@dataclass
+class Listening:
+    """A fresh browser listening to a share link, and every request its page made."""
+
+    hall: Hall
+    page: Page
+    requests: list[tuple[str, str]]
+    seen: int = 0
+    frames: int = 0
+
+    def watch(self) -> None:
+        """Start an observation window: nothing may happen in it but audio."""
+        self.seen, self.frames = len(self.requests), player(self.page)["framesDecoded"]
+
+    def assert_quiet(self) -> None:
+        assert api_calls(self.requests[self.seen:]) == [], \
+            "a listening page polled the control plane"
+        assert player(self.page)["framesDecoded"] > self.frames + 500, \
+            "the decoder stopped being fed"
+
+
+def listen_anonymously(make: Callable[..., BrowserContext], hall: Hall) -> Listening:
+    """Open the share link in a fresh browser and press Listen: it plays, signed in as
+    nobody, counted once, having asked the api for at most the edge list."""
     page = make(hall.served).new_page()
     page.set_default_timeout(WAIT_MS)
     requests: list[tuple[str, str]] = []
@@ -142,26 +167,23 @@ def listen_anonymously(make: Callable[..., BrowserContext], hall: Hall) -> Page:
     loaded = api_calls(requests)
     assert len(loaded) <= 1 and all(u.endswith(f"/spaces/{hall.space}/listen")
                                     for _, u in loaded), loaded
-
-    # An observation window, not a wait for a condition: nothing may happen in it.
-    seen, frames = len(requests), player(page)["framesDecoded"]
-    page.wait_for_timeout(LISTEN_S * 1000)
-    assert api_calls(requests[seen:]) == [], "a listening page polled the control plane"
-    assert player(page)["framesDecoded"] > frames + 500, "the decoder stopped being fed"
-    return page
+    return Listening(hall, page, requests)
 
 
-def test_share_link_plays_without_sign_in(context: Callable[..., BrowserContext],
-                                          hall: Hall) -> None:
-    listen_anonymously(context, hall)
-
-
-def test_share_link_plays_without_sign_in_in_closed_mode(
-        context: Callable[..., BrowserContext], tmp_path: Path) -> None:
-    closed = open_hall(tmp_path / "data", "--closed")
-    try:
-        page = listen_anonymously(context, closed)
-        # An action that needs an identity explains where sign-in comes from here.
+def test_share_link_plays_without_sign_in_in_open_and_closed_mode(
+        context: Callable[..., BrowserContext], hall: Hall, tmp_path: Path) -> None:
+    with closed_hall(tmp_path) as closed:
+        both = [listen_anonymously(context, hall), listen_anonymously(context, closed)]
+        # One observation window for both modes (the pages listen side by side), not a
+        # wait for a condition: nothing but audio may happen in it.
+        for listening in both:
+            listening.watch()
+        both[0].page.wait_for_timeout(LISTEN_S * 1000)
+        for listening in both:
+            listening.assert_quiet()
+        both[0].page.context.close()
+        # Closed mode: an action that needs an identity explains where sign-in comes from.
+        page = both[1].page
         page.get_by_role("button", name="React 🔥").click()
         dialog = page.get_by_role("dialog", name="Sign in")
         expect(dialog).to_contain_text("the app that sent you here")
@@ -169,8 +191,6 @@ def test_share_link_plays_without_sign_in_in_closed_mode(
         dialog.get_by_role("button", name="OK").click()
         expect(dialog).to_have_count(0)
         page.context.close()
-    finally:
-        close_hall(closed)
 
 
 def test_reacting_asks_for_sign_in_then_counts(context: Callable[..., BrowserContext],

@@ -6,23 +6,25 @@ stage SpeakerSession in this process; the link between them loses 10 % (seeded).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import glob
+import http.server
 import os
 import random
-from pathlib import Path
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import av
 import pytest
 from playwright.async_api import async_playwright
 
-from tests.conftest import start_townhall
+from tests.waiting import until_async
+from tests.web.chromium import CHROMIUM, needs_chromium
 from townhall.stage.ingest import SpeakerSession
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [pytest.mark.timeout(120),
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")]
+pytestmark = [pytest.mark.browser, needs_chromium, pytest.mark.timeout(120)]
 
 OFFER_JS = """
 async () => {
@@ -42,6 +44,29 @@ async () => {
 """
 
 
+class _Blank(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<!doctype html><title>mic</title>")
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def loopback_page() -> Iterator[str]:
+    """The URL of an empty page on loopback: a secure context, so getUserMedia works."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Blank)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def lbrr_checker() -> Any:
     """PyAV's own libopus (1.5+ has opus_packet_has_lbrr; Debian's 1.3 does not)."""
     libs = os.path.join(os.path.dirname(av.__file__), os.pardir, "av.libs", "libopus*")
@@ -53,9 +78,8 @@ def lbrr_checker() -> Any:
     pytest.skip("no libopus with opus_packet_has_lbrr to inspect packets")
 
 
-async def test_chromium_sends_fec_once_it_hears_of_loss(tmp_path: Path) -> None:
+async def test_chromium_sends_fec_once_it_hears_of_loss() -> None:
     has_lbrr = lbrr_checker()
-    served = start_townhall(tmp_path / "data")  # a secure (localhost) page for getUserMedia
     session = SpeakerSession("chromium", "Chromium")
     received: list[bytes] = []
     drops = random.Random(7)
@@ -73,30 +97,28 @@ async def test_chromium_sends_fec_once_it_hears_of_loss(tmp_path: Path) -> None:
 
     clock = asyncio.ensure_future(mixer_clock())
     try:
-        async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True, args=[
-                    "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-                    "--use-fake-device-for-media-stream",
-                    "--disable-features=WebRtcHideLocalIpsWithMdns"])
-            page = await browser.new_page()
-            await page.goto(f"{served.url}/healthz")
-            offer = await page.evaluate(OFFER_JS)
-            answer = await session.answer(offer)
-            assert "useinbandfec=1" in answer
-            for t in session.pc.getTransceivers():
-                t.receiver._handle_rtp_packet = lossy_link  # type: ignore[method-assign]
-            await page.evaluate("sdp => window.pc.setRemoteDescription({type: 'answer', sdp})",
-                                answer)
-            for _ in range(200):  # until Chromium has had receiver reports for a while
-                await asyncio.sleep(0.1)
-                if len(received) > 400:
-                    break
-            await browser.close()
+        with loopback_page() as page_url:
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(
+                    executable_path=str(CHROMIUM), headless=True, args=[
+                        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+                        "--use-fake-device-for-media-stream",
+                        "--disable-features=WebRtcHideLocalIpsWithMdns"])
+                page = await browser.new_page()
+                await page.goto(page_url)
+                offer = await page.evaluate(OFFER_JS)
+                answer = await session.answer(offer)
+                assert "useinbandfec=1" in answer
+                for t in session.pc.getTransceivers():
+                    t.receiver._handle_rtp_packet = lossy_link  # type: ignore[method-assign]
+                await page.evaluate("sdp => window.pc.setRemoteDescription({type: 'answer', sdp})",
+                                    answer)
+                # until Chromium has had receiver reports for a while
+                await until_async(lambda: len(received) > 400, 20, "400 packets from Chromium")
+                await browser.close()
     finally:
         clock.cancel()
         await session.close()
-        served.stop()
     later = received[len(received) // 2:]
     with_fec = sum(has_lbrr(p, len(p)) > 0 for p in later)
     assert len(later) > 150, len(later)

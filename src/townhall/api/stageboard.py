@@ -38,6 +38,8 @@ COUNTERS = (
      "Speaker frames filled by Opus packet loss concealment"),
     ("lost_packets", "townhall_stage_lost_packets",
      "Speaker RTP packets missing when their slot played"),
+    ("silent_ticks", "townhall_stage_silent_ticks",
+     "Mixer ticks of silent Spaces that repeated the silence packet: no mix, no encode"),
     ("resent_packets", "townhall_stage_resent_packets",
      "Lost speaker RTP packets resent on NACK in time to play"),
 )

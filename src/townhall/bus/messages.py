@@ -79,6 +79,7 @@ class StageHeartbeat:
     max_spaces: int = 0        # its budget of live Spaces (0: none)
     cpu: float = 0.0           # share of one core its process used lately
     draining: bool = False     # stopping: hands its Spaces over, takes none
+    silent_ticks: int = 0      # ticks that only repeated a silent Space's silence packet
 
 
 BusMessage = WhipOffer | WhipLeave | WhipReply | StageHeartbeat

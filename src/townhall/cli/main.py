@@ -198,7 +198,10 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command`` (the subcommand about to run), the other
+    subcommands' modules are not imported: some pull in aiortc, PyAV or NumPy, and every
+    `townhall serve` (its stage child too) and `townhall speak` would pay for them."""
     parser = argparse.ArgumentParser(prog="townhall", description=__doc__)
     parser.add_argument("--version", action="version", version=f"townhall {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,12 +290,21 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=_token)
 
     for module_name in SUBCOMMANDS:
-        importlib.import_module(module_name).add_parser(sub)
+        if command is None or module_name.rpartition(".")[2] == command:
+            importlib.import_module(module_name).add_parser(sub)
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names, when it names one (help and mistakes get them all)."""
+    first = argv[0] if argv else ""
+    known = {"serve", "token", *(m.rpartition(".")[2] for m in SUBCOMMANDS)}
+    return first if first in known else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command(argv)).parse_args(argv)
     return int(args.func(args))
 
 

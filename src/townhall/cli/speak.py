@@ -316,7 +316,8 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
                        expected_loss: int = 10, loss: LossPattern | None = None, *,
                        servers: list[dict[str, Any]] | None = None,
                        relay_only: bool = False, nack: bool = True,
-                       bitrate: int = SPEAKER_BITRATE, adapt: bool = True) -> str:
+                       bitrate: int = SPEAKER_BITRATE, adapt: bool = True,
+                       connect_timeout_s: float = CONNECT_TIMEOUT_S) -> str:
     """One WHIP session until it drops or we stop; returns why it ended. ICE servers are
     fetched from the server unless ``servers`` is given. ``bitrate`` is where the send rate
     starts and the most it adapts up to (``adapt``)."""
@@ -365,13 +366,13 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
             await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
             if loss is not None:
                 lossy_uplink(pc, loss)
-            if not await wait_connected(connected, dropped, stop):
+            if not await wait_connected(connected, dropped, stop, connect_timeout_s):
                 with contextlib.suppress(httpx.HTTPError):
                     await http.delete(location, headers=auth)
                 if stop.is_set():
                     return "stopped"
                 state = pc.iceConnectionState
-                return (f"{ICE_FAILED}: no connectivity within {CONNECT_TIMEOUT_S:.0f}s"
+                return (f"{ICE_FAILED}: no connectivity within {connect_timeout_s:g}s"
                         if state not in ("connected", "completed")
                         else "DTLS handshake failed")
             print(f"speak: live on {space} ({location})", file=sys.stderr, flush=True)
@@ -402,10 +403,10 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
 
 
 async def wait_connected(connected: asyncio.Event, dropped: asyncio.Event,
-                         stop: asyncio.Event) -> bool:
-    """Whether the peer connection comes up (bounded by CONNECT_TIMEOUT_S)."""
+                         stop: asyncio.Event, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether the peer connection comes up within ``timeout_s``."""
     waiters = [asyncio.ensure_future(e.wait()) for e in (connected, dropped, stop)]
-    await asyncio.wait(waiters, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     for w in waiters:
         w.cancel()
     return connected.is_set() and not stop.is_set()
@@ -447,7 +448,8 @@ async def speak(args: argparse.Namespace) -> int:
             why = await publish_once(args.url, args.space, args.token, pcm, recorder, stop,
                                      args.expected_loss, loss, relay_only=args.relay_only,
                                      nack=not args.no_nack, bitrate=args.bitrate * 1000,
-                                     adapt=not args.no_adapt)
+                                     adapt=not args.no_adapt,
+                                     connect_timeout_s=args.connect_timeout)
             if why == "stopped":
                 break
             if why.startswith(("refused 401", "refused 403", "refused 404")):
@@ -499,4 +501,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--relay-only", action="store_true",
                    help="send media only through the server's TURN relay "
                         "(iceTransportPolicy relay): checks a TURN setup")
+    p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S, metavar="S",
+                   help="how long ICE and DTLS may take after the answer before an attempt "
+                        f"counts as failed (default {CONNECT_TIMEOUT_S:g}; two failed "
+                        "attempts in a row end speak with exit status 3)")
     p.set_defaults(func=lambda a: asyncio.run(speak(a)))

@@ -4,12 +4,15 @@
      "hosts": [{"name": "h1", "address": "10.0.0.1", "roles": ["nats", "api", "edge"],
                 "public_url": "https://h1.example.org"},
                {"name": "h2", "address": "10.0.0.2", "roles": ["nats", "stage", "edge"]},
-               {"name": "h3", "address": "10.0.0.3", "roles": ["nats", "stage"]},
+               {"name": "h3", "address": "10.0.0.3", "roles": ["nats", "stage"],
+                "stages": 4},
                {"name": "e1", "address": "10.0.0.4", "roles": ["edge"]}]}
 
-``nats`` makes a host a node of the NATS cluster (JetStream, routes to the other nodes).
-A host with edges and no ``nats`` runs a NATS leaf node: its edges connect to it on
-loopback, so each chunk crosses the network once per machine.
+``stages`` is how many stage processes a ``stage`` host runs (default 1; one per core
+its other roles leave), each a unit of its own (systemd.py). ``nats`` makes a host a
+node of the NATS cluster (JetStream, routes to the other nodes). A host with edges and
+no ``nats`` runs a NATS leaf node: its edges connect to it on loopback, so each chunk
+crosses the network once per machine.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from townhall.settings import ALL_ROLES
 
 HOST_ROLES = ("nats", *ALL_ROLES)
 NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
+MAX_STAGES = 256  # a stage per core: more than any one machine has
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Host:
     roles: tuple[str, ...]
     public_url: str = ""
     port: int = 8080
+    stages: int = 1  # stage processes, when it has the stage role
 
     @property
     def nats_node(self) -> bool:
@@ -143,5 +148,10 @@ def _host(i: int, raw: Any) -> Host:
     port = raw.get("port", 8080)
     if not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"host {name}: port must be 1-65535")
+    stages = raw.get("stages", 1)
+    if not isinstance(stages, int) or isinstance(stages, bool) or not 1 <= stages <= MAX_STAGES:
+        raise ValueError(f"host {name}: stages must be 1-{MAX_STAGES}")
+    if "stages" in raw and "stage" not in roles:
+        raise ValueError(f"host {name}: stages without the stage role")
     return Host(name=name, address=str(address), roles=tuple(dict.fromkeys(roles)),
-                public_url=public_url, port=port)
+                public_url=public_url, port=port, stages=stages)

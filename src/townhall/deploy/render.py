@@ -65,8 +65,11 @@ def host_files(plan: Plan, host: Host, sec: Secrets) -> list[File]:
     for role in host.townhall_roles:
         # Each process gets its own user's password only, never the others'.
         login = {"user": role, "password": sec.passwords[role]}
+        unit = "townhall-stage@.service" if role == "stage" else f"townhall-{role}.service"
         out += [File(f"{etc}/nats-{role}.json", json.dumps(login) + "\n", 0o600),
-                File(f"{units}/townhall-{role}.service", systemd.role_unit(plan, host, role))]
+                File(f"{units}/{unit}", systemd.role_unit(plan, host, role))]
+        if role == "stage":
+            out.append(File(f"{units}/townhall-stage.target", systemd.stage_target(host)))
     return out
 
 

@@ -1,7 +1,9 @@
-"""systemd units: one per role of a host, and one for its nats-server. Each runs as its
-own user in a read-only system (``ProtectSystem=strict``) with only its state directory
-writable; secrets reach it as files through ``LoadCredential=`` (readable by that service
-alone) or an ``EnvironmentFile=``, never on the command line."""
+"""systemd units: one per role of a host (the stage a template, an instance per stage
+process, started together by ``townhall-stage.target``), and one for its nats-server.
+Each runs as its own user in a read-only system (``ProtectSystem=strict``) with only its
+state directory writable; secrets reach it as files through ``LoadCredential=``
+(readable by that service alone) or an ``EnvironmentFile=``, never on the command
+line."""
 
 from __future__ import annotations
 
@@ -47,13 +49,22 @@ def nats_urls(plan: Plan, host: Host) -> str:
 
 
 def role_unit(plan: Plan, host: Host, role: str) -> str:
-    """``townhall-<role>.service`` for ``host``."""
+    """``townhall-<role>.service`` for ``host``; for the stage, the template
+    ``townhall-stage@.service`` whose instance ``%i`` numbers the stage process."""
     lay = plan.layout
-    state = f"{lay.state}/townhall-{role}"
+    stage = role == "stage"
+    # Each stage process its own node id (leases, heartbeats and metrics name it) and its
+    # own state directory; %i is the instance: townhall-stage@2 is <host>-stage-2.
+    state_dir = "townhall-stage-%i" if stage else f"townhall-{role}"
+    state = f"{lay.state}/{state_dir}"
+    node = f"{host.name}-stage-%i" if stage else f"{host.name}-{role}"
     argv = [lay.townhall_bin, "serve", "--roles", role, "--nats", nats_urls(plan, host),
-            "--replicas", str(plan.replicas), "--node-id", f"{host.name}-{role}",
+            "--replicas", str(plan.replicas), "--node-id", node,
             "--data", state, "--host", host.address, "--port", str(_port(host, role))]
-    if role != "stage":
+    if stage:
+        # One process per unit: systemd is the only supervisor (docs/operations.md).
+        argv += ["--stages", "1"]
+    else:
         argv += ["--public-url", _public_url(host, role)]
     env = [f"TOWNHALL_NATS_AUTH_FILE=%d/nats-{role}.json"]
     creds = [f"LoadCredential=nats-{role}.json:{lay.etc}/nats-{role}.json"]
@@ -65,11 +76,11 @@ def role_unit(plan: Plan, host: Host, role: str) -> str:
     after = "townhall-nats.service" if host.nats_node or host.leaf else ""
     return f"""\
 [Unit]
-Description=townhall {role}: {DESCRIPTIONS[role]}
+Description=townhall {role}{" %i" if stage else ""}: {DESCRIPTIONS[role]}
 Documentation=https://github.com/townhall/townhall/blob/main/docs/operations.md
 Wants=network-online.target {after}
 After=network-online.target {after}
-
+{"PartOf=townhall-stage.target" + chr(10) if stage else ""}
 [Service]
 Type=exec
 User=townhall-{role}
@@ -79,7 +90,7 @@ ExecStart={shlex.join(argv)}
 EnvironmentFile={lay.etc}/townhall.env
 {chr(10).join(creds)}
 Environment={" ".join(env)}
-StateDirectory=townhall-{role}
+StateDirectory={state_dir}
 StateDirectoryMode=0700
 ReadWritePaths={state}
 Restart=on-failure
@@ -87,6 +98,21 @@ RestartSec=2
 TimeoutStopSec=30
 LimitNOFILE={NOFILE[role]}
 {HARDENING}
+[Install]
+WantedBy={"townhall-stage.target" if stage else "multi-user.target"}
+"""
+
+
+def stage_target(host: Host) -> str:
+    """``townhall-stage.target``: starts the host's ``stages`` stage instances together;
+    each is restarted, stopped and logged on its own (``townhall-stage@<i>``)."""
+    instances = " ".join(f"townhall-stage@{i}.service" for i in range(1, host.stages + 1))
+    return f"""\
+[Unit]
+Description=townhall stages of {host.name} ({host.stages} processes)
+Documentation=https://github.com/townhall/townhall/blob/main/docs/operations.md
+Wants={instances}
+
 [Install]
 WantedBy=multi-user.target
 """

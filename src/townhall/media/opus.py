@@ -12,6 +12,29 @@ import numpy as np
 
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 
+# Samples per frame (48 kHz) by the TOC's configuration number (RFC 6716, 3.1): SILK-only
+# 10/20/40/60 ms, hybrid 10/20 ms, CELT-only 2.5/5/10/20 ms.
+_CONFIG_SAMPLES = ([480, 960, 1920, 2880] * 3 + [480, 960] * 2 + [120, 240, 480, 960] * 4)
+
+
+def frame_samples(toc: int) -> int:
+    """Samples (48 kHz) in one frame of a packet with this TOC byte."""
+    return _CONFIG_SAMPLES[toc >> 3]
+
+
+def silent_packet(packet: bytes) -> bool:
+    """Whether an Opus packet is known to carry no audio from its size and TOC alone.
+
+    A one-frame packet (code 0) of at most 2 bytes is a DTX or empty frame: libopus does
+    not decode audio from a frame of 1 byte or less, it conceals. A CELT-only one-frame
+    packet of 3 bytes is what libopus sends for digital silence in VBR (the silence flag
+    and nothing more; a muted browser microphone). Everything else is decoded and its level
+    judged: this rule only saves the decoder's work on frames that cannot be heard.
+    """
+    if not packet or packet[0] & 0x3:  # several frames (codes 1-3): decode
+        return not packet
+    return len(packet) <= 2 or (len(packet) == 3 and packet[0] >> 3 >= 16)
+
 
 class OpusEncoder:
     """One encoder per Space: the program is encoded once, whatever the audience."""
@@ -68,9 +91,14 @@ def _libopus() -> ctypes.CDLL:
     lib.opus_decode.restype = ctypes.c_int
     lib.opus_decode.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32,
                                 ctypes.POINTER(ctypes.c_int16), ctypes.c_int, ctypes.c_int]
+    lib.opus_decoder_ctl.restype = ctypes.c_int
+    lib.opus_decoder_ctl.argtypes = [ctypes.c_void_p, ctypes.c_int]
     lib.opus_decoder_destroy.restype = None
     lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
     return lib
+
+
+OPUS_RESET_STATE = 4028  # opus_defines.h
 
 
 class OpusPacketDecoder:
@@ -108,6 +136,10 @@ class OpusPacketDecoder:
     def recover(self, next_packet: bytes, samples: int = FRAME_SAMPLES) -> np.ndarray:
         """The missing frame rebuilt from the next packet's in-band FEC (PLC if it has none)."""
         return self._run(next_packet, samples, 1)
+
+    def reset(self) -> None:
+        """Back to a fresh decoder's state (silence), as after skipped silent packets."""
+        self._lib.opus_decoder_ctl(self._state, OPUS_RESET_STATE)
 
     def __del__(self) -> None:
         if getattr(self, "_state", None):

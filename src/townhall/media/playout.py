@@ -5,6 +5,11 @@ decodes that slot with libopus: a packet normally, a lost one from the next pack
 in-band FEC when it is already waiting, otherwise by Opus PLC. Packets longer than 20 ms
 are split across ticks. With a NackList (senders that resend on RTCP NACK), ``push`` also
 says which lost packets to ask for again, so most come back before their slot plays.
+
+Packets that cannot carry audio (DTX and digital-silence frames, ``opus.silent_packet``)
+are not decoded at all: the tick gets nothing, as from a quiet speaker, and the decoder is
+reset before the next packet it decodes, so it starts from silence as the sender's encoder
+did rather than from the speech before the pause (whose energies it would predict from).
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import numpy as np
 from townhall.media.chunk import FRAME_SAMPLES
 from townhall.media.jitterbuffer import JitterBuffer
 from townhall.media.nack import NackList
-from townhall.media.opus import OpusPacketDecoder
+from townhall.media.opus import OpusPacketDecoder, frame_samples, silent_packet
+
+_ZEROS = np.zeros(OpusPacketDecoder.MAX_SAMPLES, np.int16)
+_ZEROS.flags.writeable = False
 
 
 @dataclass
@@ -32,6 +40,8 @@ class Playout:
     concealed: int = 0   # lost frames filled by PLC
     corrupt: int = 0     # packets libopus refused
     resent: int = 0      # missing packets that came back after a NACK in time to play
+    silent: int = 0      # packets not decoded: they carry no audio (DTX, digital silence)
+    _stale: bool = False  # silent packets skipped since the decoder last ran
     _carry: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
 
     def push(self, seq: int, payload: bytes, now: float,
@@ -47,11 +57,20 @@ class Playout:
         return [] if self.nack is None else self.nack.due(now, rtt_s)
 
     def pull(self) -> np.ndarray | None:
-        """This tick's frame, or None while buffering or when the speaker sends nothing."""
+        """This tick's frame, or None while buffering or when the speaker sends nothing
+        (or nothing audible: a silent packet)."""
         if self._carry.size < FRAME_SAMPLES:
             pcm = self._decode_next()
             if pcm is None:
                 return None
+            if isinstance(pcm, int):  # a silent packet of that many samples
+                if self._carry.size == 0:
+                    if pcm > FRAME_SAMPLES:
+                        self._carry = _ZEROS[:pcm - FRAME_SAMPLES]
+                    return None
+                pcm = _ZEROS[:pcm]
+            if self._carry.size == 0 and pcm.size == FRAME_SAMPLES:
+                return pcm  # the common case: one 20 ms packet, no copy
             self._carry = np.concatenate([self._carry, pcm])
         if self._carry.size < FRAME_SAMPLES:  # a 10 ms packet: pad, never stall the clock
             self._carry = np.concatenate(
@@ -59,10 +78,18 @@ class Playout:
         frame, self._carry = self._carry[:FRAME_SAMPLES], self._carry[FRAME_SAMPLES:]
         return frame
 
-    def _decode_next(self) -> np.ndarray | None:
+    def _decode_next(self) -> np.ndarray | int | None:
+        """The next slot decoded; for a silent packet only its length in samples."""
         slot = self.jitter.pop()
         if slot is None:
             return None
+        if slot.payload is not None and silent_packet(slot.payload):
+            self.silent += 1
+            self._stale = True
+            return frame_samples(slot.payload[0]) if slot.payload else FRAME_SAMPLES
+        if self._stale:
+            self.decoder.reset()
+            self._stale = False
         try:
             if slot.payload is not None:
                 return self.decoder.decode(slot.payload)

@@ -23,6 +23,7 @@ class Tally:
     fec_recovered: int = 0
     plc_frames: int = 0
     lost_packets: int = 0
+    silent_ticks: int = 0   # ticks that only repeated the silence packet (media.silence)
     resent_packets: int = 0
 
     def add(self, other: Tally) -> None:
@@ -67,4 +68,5 @@ def stage_report(node: str, spaces: list[str], speakers: int, total: Tally,
                           max_late_ms=round(max(0.0, max_late_s) * 1000, 3),
                           fec_recovered=total.fec_recovered, plc_frames=total.plc_frames,
                           lost_packets=total.lost_packets,
-                          resent_packets=total.resent_packets, at=wall)
+                          resent_packets=total.resent_packets, silent_ticks=total.silent_ticks,
+                          at=wall)

@@ -29,15 +29,28 @@ from townhall.ice import IceConfig, announce
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.linkquality import LinkGauge
 from townhall.media.nack import NackList
+from townhall.media.opus import OpusEncoder
 from townhall.media.playout import Playout
+from townhall.media.silence import SILENT_FRAME, Plan, SilenceGate
 from townhall.sessionid import new_session_id
 from townhall.stage.rtc import bind_in_range, rtc_configuration
 
 log = logging.getLogger(__name__)
+RETURN_BITRATE = 32_000
+RTP_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 
 
 class ReturnTrack(MediaStreamTrack):
-    """The mix-minus for one speaker, paced by the stage's mixer clock."""
+    """The mix-minus for one speaker, paced by the stage's mixer clock, encoded here.
+
+    aiortc sends ready-made packets as they are (as `townhall speak` uses it): handing it
+    frames instead cost a stereo 96 kbit/s encode behind a resampler and a thread-pool
+    hop per frame per speaker, the stage's largest per-speaker cost. The return is mono
+    Opus at ``RETURN_BITRATE`` (the program's rate), and a speaker who hears silence (alone
+    on stage, or a silent Space: the mixer hands over the shared silent frame) costs no
+    encode at all: as for the program, the encoder's settled silence packet is repeated
+    (media.silence), so the speaker's decoder sees the same stream either way.
+    """
 
     kind = "audio"
 
@@ -45,6 +58,8 @@ class ReturnTrack(MediaStreamTrack):
         super().__init__()
         self._queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=25)
         self._pts = 0
+        self._encoder = OpusEncoder(RETURN_BITRATE)
+        self._gate = SilenceGate(hangover=1)
 
     def feed(self, pcm: np.ndarray) -> None:
         if self._queue.full():  # the sender fell behind: drop the oldest, stay current
@@ -52,16 +67,22 @@ class ReturnTrack(MediaStreamTrack):
                 self._queue.get_nowait()
         self._queue.put_nowait(pcm)
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         pcm = await self._queue.get()
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        plan = self._gate.plan(pcm is not SILENT_FRAME)
+        if plan is Plan.REPEAT and self._gate.packet is not None:
+            data = self._gate.packet
+        else:
+            data = self._encoder.encode(pcm)
+            if plan is Plan.SILENCE:
+                self._gate.encoded(data)
+        packet = av.Packet(data)
+        packet.pts = self._pts  # aiortc turns pts/time_base into the RTP timestamp
+        packet.time_base = RTP_TIME_BASE
         self._pts += FRAME_SAMPLES
-        return frame
+        return packet
 
 
 def to_mono(frame: av.AudioFrame) -> np.ndarray:

@@ -1,11 +1,13 @@
 """The stage role's shell: leases, the mixer clock per Space, WHIP sessions over NATS.
 
 Every live Space is owned by exactly one stage through a lease in KV ``stage_leases``
-(TTL ``LEASE_TTL_S``, renewed every second). The owner runs the Space's clock: every
-20 ms it pulls one frame from each speaker's buffer, mixes (program + mix-minus),
-encodes the program once, and every 5 frames publishes a chunk on
-``townhall.<id>.media`` — silence included, so listeners' streams never stop while
-nobody talks. A stage that finds a live Space without a lease (new, handed back, or its
+(TTL ``LEASE_TTL_S``, renewed every second). The owner steps the Space on the process's
+one 20 ms ticker (stage.ticker): every frame it pulls one frame from each speaker's
+buffer, mixes (program + mix-minus), encodes the program once, and every 5 frames
+publishes a chunk on ``townhall.<id>.media`` — silence included, so listeners' streams
+never stop while nobody talks; while nothing audible comes in, the silence gate
+(media.silence) repeats the encoder's settled silence packet instead of mixing and
+encoding. A stage that finds a live Space without a lease (new, handed back, or its
 owner died) takes it after a wait that grows with its load relative to the other stages
 (townhall.stage.placement), and continues the sequence numbers from the last chunk
 JetStream kept. Stages learn which Spaces are live from a watch of ``spaces`` and who holds
@@ -37,6 +39,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict, replace
 from typing import Any
 
+import numpy as np
+
 from townhall.bus import Bus, CasConflict, subjects
 from townhall.bus.bus import Change, Fenced, Message, Subscription, Watch
 from townhall.bus.messages import (
@@ -55,12 +59,14 @@ from townhall.media.levels import LevelMeter
 from townhall.media.mixer import mix
 from townhall.media.opus import OpusEncoder
 from townhall.media.packager import Packager
+from townhall.media.silence import SILENT_FRAME, Plan, SilenceGate
 from townhall.problems import Problem
 from townhall.sdp import check_sdp
 from townhall.stage.counters import ClockWatch, Tally, stage_report
 from townhall.stage.ingest import SpeakerSession
 from townhall.stage.negotiation import NEGOTIATION_TIMEOUT_S, NegotiationGate
 from townhall.stage.placement import Capacity, CpuMeter, Placement
+from townhall.stage.ticker import ticker
 
 log = logging.getLogger(__name__)
 FRAME_S = 0.020
@@ -105,6 +111,7 @@ class SpaceRun:
         self.meter = LevelMeter(interval_s=0.25)  # ≤ 4 level messages a second
         self.tally = Tally()   # ticks, late frames, and speakers who left
         self.clock = ClockWatch()
+        self.gate = SilenceGate()
 
     def remove(self, session_id: str) -> SpeakerSession | None:
         """Forget a session, folding its loss counters into this run's tally."""
@@ -115,7 +122,7 @@ class SpaceRun:
 
     def counts(self) -> Tally:
         """This run's counters so far, speakers still connected included."""
-        total = Tally()
+        total = Tally(silent_ticks=self.gate.repeated)
         total.add(self.tally)
         for s in self.sessions.values():
             total.add_playout(s.playout)
@@ -128,31 +135,36 @@ class SpaceRun:
         return [s for s in self.sessions.values() if s.identity not in self.stage_ids]
 
     async def run(self) -> None:
+        """Mix this Space on the process's shared 20 ms ticker until cancelled or fenced."""
         sender = asyncio.ensure_future(self.send_chunks())
+        clock = ticker()
         try:
-            await self._clock()
+            await clock.join(self)
         finally:
+            clock.leave(self)
             sender.cancel()
 
-    async def _clock(self) -> None:
-        start = time.monotonic()
-        tick = 0
-        while not self.fenced:
-            tick += 1
-            due = start + tick * FRAME_S
-            if due > time.monotonic():
-                await asyncio.sleep(due - time.monotonic())
-            late = time.monotonic() - due  # sleep overshoot counts: it is what listeners get
-            self.clock.tick(self.tally, late)
-            if late > 1.0:  # the loop stalled for a second: re-anchor, don't burst
-                start, tick = time.monotonic(), 0
-            for subject, data in self.step(time.monotonic(), time.time()):
-                if subject == subjects.media(self.space):
-                    if self.chunks.full():  # acks stalled: the oldest chunk is stale anyway
-                        self.chunks.get_nowait()
-                    self.chunks.put_nowait(data)
-                else:
-                    await self.bus.publish(subject, data)
+    def tick(self, late_s: float) -> list[tuple[str, bytes]]:
+        """One frame on the ticker, ``late_s`` after it was due: chunks are queued for
+        ``send_chunks``; what else to publish (levels) is returned."""
+        if self.fenced:
+            return []
+        self.clock.tick(self.tally, late_s)  # sleep overshoot counts: listeners get it
+        out = self.step(time.monotonic(), time.time())
+        media = subjects.media(self.space)
+        rest = []
+        for subject, data in out:
+            if subject == media:
+                if self.chunks.full():  # acks stalled: the oldest chunk is stale anyway
+                    self.chunks.get_nowait()
+                self.chunks.put_nowait(data)
+            else:
+                rest.append((subject, data))
+        return rest
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        """A message of this Space's tick (levels), published by the ticker."""
+        await self.bus.publish(subject, data)
 
     async def send_chunks(self) -> None:
         """Publish queued chunks one at a time, each fenced on the one stored before it.
@@ -248,20 +260,39 @@ class SpaceRun:
             self.on_fenced(self.space)
 
     def step(self, now: float, wall: float) -> list[tuple[str, bytes]]:
-        """One 20 ms frame at monotonic ``now``: mix, feed returns, encode; what to publish."""
+        """One 20 ms frame at monotonic ``now``: mix, feed returns, encode; what to publish.
+
+        While nothing audible comes in, the silence gate skips the mix and the encoder
+        (media/silence.py); the frame still takes its place in the chunk, so the sequence
+        and pts run on exactly as if it had been encoded."""
         out: list[tuple[str, bytes]] = []
         sessions = list(self.sessions.values())
-        frames = {s.identity: s.pull() for s in sessions}
-        result = mix(frames, self.muted)
+        frames: dict[str, np.ndarray | None] = {}
+        heard = False
         for s in sessions:
-            s.returns.feed(result.returns[s.identity])
-            self.meter.add(s.identity, None if s.identity in self.muted
-                           else frames.get(s.identity))
-        packet = self.encoder.encode(result.program)
+            pcm = frames[s.identity] = s.pull()
+            if s.identity in self.muted:
+                self.meter.add(s.identity, None)
+            elif self.meter.add(s.identity, pcm):
+                heard = True
+        plan = self.gate.plan(heard)
+        if plan is Plan.MIX:
+            result = mix(frames, self.muted)
+            for s in sessions:
+                s.returns.feed(result.returns[s.identity])
+            packet = self.encoder.encode(result.program)
+        else:
+            for s in sessions:
+                s.returns.feed(SILENT_FRAME)
+            if plan is Plan.REPEAT and self.gate.packet is not None:
+                packet = self.gate.packet
+            else:
+                packet = self.encoder.encode(SILENT_FRAME)
+                self.gate.encoded(packet)
         chunk = self.packager.add(packet, int(wall * 1e6))
         if chunk is not None:
             out.append((subjects.media(self.space), chunk.encode()))
-        report = self.meter.report(self.space, {s.identity for s in sessions}, now, wall)
+        report = self.meter.report(self.space, frames.keys(), now, wall)
         if report is not None:
             report["links"] = {s.identity: s.link(now) for s in sessions}
             out.append((subjects.levels(self.space), json.dumps(report).encode()))
