@@ -15,6 +15,7 @@ source tree (``git archive <commit> src | tar -x -C DIR``): before/after in one 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import tempfile
@@ -53,6 +54,12 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _speaker_kbps(log: str, start: int) -> tuple[int, int]:
+    """The rate ``townhall speak`` ended at and how many times it changed (its log)."""
+    rates = [int(m) for m in re.findall(r"speak: bitrate (\d+) kbit/s", log)]
+    return (rates[-1] if rates else start), len(rates)
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m bench quality")
     p.add_argument("--runs", type=int, default=1, help="runs per condition")
@@ -88,17 +95,22 @@ def main(argv: list[str]) -> dict[str, Any]:
                 scores: list[quality.Score] = []
                 counters: list[dict[str, float]] = []
                 relay_loss: list[float] = []
+                rates: list[str] = []
                 for k in range(args.runs):
                     progress.update(task, description=f"{name} ({version}, run {k + 1})")
                     run = quality.run_condition(cond, speech, seconds,
                                                 tmp / f"{name}-{version}-{k}".replace(" ", "_"),
                                                 seed=SEED + k, src=src)
+                    console.log("\n".join(line for line in run.speak_log.splitlines()
+                                           if "bitrate" in line or "link" in line))
                     got = quality.score_recording(ref, run.recording, 4.0, args.windows)
                     scores += got
                     counters.append(run.stage)
                     up = run.relay.get("up", {})
                     offered = max(1, up.get("offered", 0))
                     relay_loss.append(100 * (offered - up.get("delivered", 0)) / offered)
+                    end, changes = _speaker_kbps(run.speak_log, SPEAKER_BITRATE // 1000)
+                    rates.append(f"{end} ({changes})")
                     progress.advance(task)
                     console.log(f"{name} {version}: " + ", ".join(
                         f"{s.pesq:.2f}/{s.stoi:.3f}" for s in got) + f" {run.stage}")
@@ -113,6 +125,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                              f"{pesq:.2f}", f"{_median([s.stoi for s in scores]):.3f}",
                              f"{alone.pesq:.2f} / {alone.stoi:.3f}",
                              f"{tandem.pesq:.2f} / {tandem.stoi:.3f}",
+                             ", ".join(rates) if version == "this" else "—",
                              f"{_median(relay_loss):.1f} %", c("lost"), c("resent"), c("fec"),
                              c("concealed"), c("target_ms"), c("late"),
                              "—" if target is None else
@@ -126,14 +139,16 @@ def main(argv: list[str]) -> dict[str, Any]:
         "command": f"python -m bench quality --runs {args.runs} --windows {args.windows}"
                    + (" --before-src DIR" if args.before_src else ""),
         "columns": ["speaker's uplink", "PESQ-WB", "STOI", "Opus alone (PESQ / STOI)",
-                    "Opus ×2 tandem", "relay lost", "stage lost", "resent (NACK)",
-                    "FEC-recovered",
-                    "concealed", "jitter target ms", "late ticks", "target"],
+                    "Opus ×2 tandem", "speaker kbit/s at end (changes)", "relay lost",
+                    "stage lost", "resent (NACK)", "FEC-recovered", "concealed",
+                    "jitter target ms", "late ticks", "target"],
         "rows": rows,
         "notes": (f"Median over runs × {args.windows} windows of 8 s (espeak-ng speech, 4 "
                   "voices/rates, looped by `townhall speak --file` with FEC for 10 % loss, "
-                  f"at {SPEAKER_BITRATE // 1000} kbit/s; a \"before\" tree's speaker at its "
-                  "own default), after 4 s of warm-up, aligned by cross-correlation; "
+                  f"starting at {SPEAKER_BITRATE // 1000} kbit/s and adapting (speaker kbit/s: "
+                  "the rate it ended at and how many times it changed, per run); a "
+                  "\"before\" tree's speaker at its own default), after 4 s of warm-up, "
+                  "aligned by cross-correlation; "
                   "PESQ-WB and STOI at 16 kHz. Relay conditions are uplink only (speaker → "
                   f"stage), seeded ({SEED}); the random-loss rows have no added delay, so "
                   "resends on NACK come back within a frame. Opus alone / ×2: the same "

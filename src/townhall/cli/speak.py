@@ -5,7 +5,9 @@ The source track encodes its own Opus (libopus through PyAV, mono, in-band FEC o
 hands aiortc ready-made ``av.Packet``s, which aiortc's RTP sender sends as they are (the
 pass-through it uses for ``MediaPlayer(decode=False)``): aiortc creates its own encoder
 privately, with no way to ask for FEC. The offer asks for generic NACK on Opus: the stage
-then asks for lost packets, and aiortc's sender resends them from its history.
+then asks for lost packets, and aiortc's sender resends them from its history. The send
+bitrate follows the stage's receiver reports (``townhall.client.bitrate``): down a step
+when a bottleneck loses packets, back up after a clean stretch; ``--no-adapt`` keeps it.
 ``--simulate-loss`` drops outgoing RTP packets after aiortc numbered them (resends
 included), to test the stage's FEC and PLC on a lossy uplink.
 """
@@ -33,6 +35,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import is_rtcp
 
+from townhall.client.bitrate import BitrateAdapter
 from townhall.client.rejoin import RejoinPacer
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.linkquality import LinkGauge, grade
@@ -46,22 +49,40 @@ class SpeakerEncoder:
     """Opus for the uplink: 48 kHz mono, 20 ms, in-band FEC sized for ``expected_loss`` %."""
 
     def __init__(self, bitrate: int = SPEAKER_BITRATE, expected_loss: int = 10) -> None:
-        self._ctx: Any = cast(Any, av.CodecContext.create("libopus", "w"))
-        self._ctx.sample_rate = SAMPLE_RATE
-        self._ctx.layout = "mono"
-        self._ctx.format = "s16"
-        self._ctx.bit_rate = bitrate
-        self._ctx.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        self.expected_loss = expected_loss
+        self.bitrate = bitrate
+        self._ctx = self._open(bitrate)
+        self._last: av.AudioFrame | None = None
+
+    def _open(self, bitrate: int) -> Any:
+        ctx: Any = cast(Any, av.CodecContext.create("libopus", "w"))
+        ctx.sample_rate = SAMPLE_RATE
+        ctx.layout = "mono"
+        ctx.format = "s16"
+        ctx.bit_rate = bitrate
+        ctx.time_base = fractions.Fraction(1, SAMPLE_RATE)
         options = {"application": "voip"}
-        if expected_loss > 0:
+        if self.expected_loss > 0:
             # libopus adds LBRR (a low-rate copy of the previous frame) to each packet,
             # so the stage can rebuild a lost frame from the packet after it.
-            options |= {"fec": "1", "packet_loss": str(expected_loss)}
-        self._ctx.options = options
-        self._ctx.open()
+            options |= {"fec": "1", "packet_loss": str(self.expected_loss)}
+        ctx.options = options
+        ctx.open()
+        return ctx
+
+    def retune(self, bitrate: int) -> None:
+        """Encode at ``bitrate`` from the next frame on. PyAV cannot change an open
+        encoder's rate, so a new one takes over, first fed the last frame (its packet
+        dropped): its lookahead then holds the audio the old one's last packet stopped
+        at, and the stage's decoder carries on across the switch without a gap."""
+        ctx = self._open(bitrate)
+        if self._last is not None:
+            list(ctx.encode(self._last))
+        self._ctx, self.bitrate = ctx, bitrate
 
     def encode(self, frame: av.AudioFrame) -> list[av.Packet]:
         """One 20 ms frame → its Opus packet(s) (none while the encoder fills up)."""
+        self._last = frame
         return list(self._ctx.encode(frame))
 
 
@@ -80,11 +101,19 @@ class SourceTrack(MediaStreamTrack):
         self._encoder = SpeakerEncoder(bitrate, expected_loss)
         self._packets: list[av.Packet] = []
         self._sent = 0
+        self._bitrate = bitrate
+
+    def retune(self, bitrate: int) -> None:
+        """Send at ``bitrate`` from the next frame on."""
+        self._bitrate = bitrate
 
     async def recv(self) -> av.Packet:
         """The next encoded 20 ms packet, stamped with its place in the stream."""
         while not self._packets:
-            self._packets = self._encoder.encode(await self._next_frame())
+            frame = await self._next_frame()
+            if self._bitrate != self._encoder.bitrate:
+                self._encoder.retune(self._bitrate)
+            self._packets = self._encoder.encode(frame)
         packet = self._packets.pop(0)
         packet.pts = self._sent  # aiortc turns pts/time_base into the RTP timestamp
         packet.time_base = fractions.Fraction(1, SAMPLE_RATE)
@@ -260,15 +289,38 @@ async def report_link(pc: RTCPeerConnection, every_s: float = 2.0) -> None:
                     said = quality
 
 
+async def adapt_bitrate(pc: RTCPeerConnection, source: SourceTrack,
+                        adapter: BitrateAdapter, every_s: float = 0.25) -> None:
+    """Feed each of the stage's receiver reports to ``adapter`` as it arrives (aiortc keeps
+    the latest as remote-inbound-rtp, stamped when it came) and retune the source."""
+    seen = None
+    while True:
+        await asyncio.sleep(every_s)
+        for transceiver in pc.getTransceivers():
+            for stats in (await transceiver.sender.getStats()).values():
+                if getattr(stats, "type", "") != "remote-inbound-rtp" or stats.timestamp == seen:
+                    continue
+                seen = stats.timestamp
+                lost = float(stats.fractionLost) / 256  # RTCP's 8-bit fraction
+                rate = adapter.report(lost, stats.roundTripTime, time.monotonic())
+                if rate is not None:
+                    source.retune(rate)
+                    rtt = stats.roundTripTime
+                    print(f"speak: bitrate {rate // 1000} kbit/s (stage reports loss "
+                          f"{100 * lost:.0f} %" + (f", rtt {rtt * 1000:.0f} ms)" if rtt else ")"),
+                          file=sys.stderr, flush=True)
+
+
 async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
                        recorder: ReturnRecorder, stop: asyncio.Event,
                        expected_loss: int = 10, loss: LossPattern | None = None, *,
                        servers: list[dict[str, Any]] | None = None,
                        relay_only: bool = False, nack: bool = True,
-                       bitrate: int = SPEAKER_BITRATE,
+                       bitrate: int = SPEAKER_BITRATE, adapt: bool = True,
                        connect_timeout_s: float = CONNECT_TIMEOUT_S) -> str:
     """One WHIP session until it drops or we stop; returns why it ended. ICE servers are
-    fetched from the server unless ``servers`` is given."""
+    fetched from the server unless ``servers`` is given. ``bitrate`` is where the send rate
+    starts and the most it adapts up to (``adapt``)."""
     auth = {"Authorization": f"Bearer {token}"}
     if servers is None:
         try:
@@ -326,11 +378,14 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
             print(f"speak: live on {space} ({location})", file=sys.stderr, flush=True)
             recorder.last_at = time.monotonic() + CONNECT_GRACE_S
             watchdog = asyncio.ensure_future(watch_return(recorder, dropped))
-            reporter = asyncio.ensure_future(report_link(pc))
+            helpers = [asyncio.ensure_future(report_link(pc))]
+            if adapt:
+                helpers.append(asyncio.ensure_future(
+                    adapt_bitrate(pc, source, BitrateAdapter(bitrate))))
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(dropped.wait()),
                        watchdog]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for w in [*waiters, reporter]:
+            for w in [*waiters, *helpers]:
                 w.cancel()
             if stop.is_set():
                 with contextlib.suppress(httpx.HTTPError):
@@ -393,6 +448,7 @@ async def speak(args: argparse.Namespace) -> int:
             why = await publish_once(args.url, args.space, args.token, pcm, recorder, stop,
                                      args.expected_loss, loss, relay_only=args.relay_only,
                                      nack=not args.no_nack, bitrate=args.bitrate * 1000,
+                                     adapt=not args.no_adapt,
                                      connect_timeout_s=args.connect_timeout)
             if why == "stopped":
                 break
@@ -431,7 +487,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--expected-loss", type=int, default=10, metavar="PCT",
                    help="uplink loss to protect against with Opus in-band FEC (0 = no FEC)")
     p.add_argument("--bitrate", type=int, default=SPEAKER_BITRATE // 1000, metavar="KBPS",
-                   help="Opus bitrate of the uplink in kbit/s (default %(default)s)")
+                   help="Opus bitrate of the uplink in kbit/s, where it starts and the most "
+                        "it adapts up to (default %(default)s)")
+    p.add_argument("--no-adapt", action="store_true",
+                   help="keep --bitrate whatever the stage reports (no step down on loss)")
     p.add_argument("--no-nack", action="store_true",
                    help="do not offer to resend lost packets (leaves repair to FEC and PLC)")
     p.add_argument("--simulate-loss", type=float, default=0, metavar="PCT",

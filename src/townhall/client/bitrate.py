@@ -1,0 +1,171 @@
+"""Which Opus bitrate a speaker sends at, from the stage's RTCP receiver reports; no I/O.
+
+A report's fraction lost says how much of our uplink is missing, not why. Loss a bottleneck
+causes falls when we send less; random loss (Wi-Fi, a lossy hop) does not, and there a
+lower bitrate only costs quality (bench/README.md, "quality"). So a step down is a trial:
+after loss stayed high over two reports (1-3 s), go down to the highest rate that what got
+through would carry (at least one step), and compare. A bottleneck carries about the same
+bytes at either rate, so the share of packets that gets through rises by about the ratio of
+packet sizes; random loss keeps that share. A trial that shows neither that rise nor a
+shorter round trip (a drained queue) is undone, and the next trial waits longer; once one
+is confirmed, a bottleneck is known to be there and any loss past a few % means we still
+exceed it: it goes on down. After a clean stretch we step back
+up one rate; a step up that brings the loss back is undone at once and the clean stretch
+needed doubles.
+
+Reports arriving at the sender cover the interval since the previous one, so a report is
+counted for a rate only if the previous one came after the switch (plus the time the
+bottleneck's queue takes to drain).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+STEPS = (64_000, 40_000, 24_000, 16_000, 12_000, 8_000)
+# RTP header and extensions, SRTP tag, UDP, IPv4: what each 20 ms packet costs on the wire
+# besides its Opus payload (why a bottleneck's loss falls slower than the bitrate).
+OVERHEAD_BYTES = 58
+PACKETS_PER_S = 50
+
+
+def wire_bytes(bitrate: int) -> float:
+    """Bytes one 20 ms packet at ``bitrate`` takes on the wire."""
+    return bitrate / 8 / PACKETS_PER_S + OVERHEAD_BYTES
+
+
+@dataclass
+class _Trial:
+    """A step down under way: the rate we came from and what the link did there."""
+
+    up_index: int
+    loss: float
+    rtt_s: float | None
+    losses: list[float] = field(default_factory=list)
+    rtts: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BitrateAdapter:
+    """The send bitrate: call ``report()`` with each receiver report; it returns the new
+    bitrate when it changes."""
+
+    max_bitrate: int = STEPS[0]
+    steps: tuple[int, ...] = STEPS
+    down_loss: float = 0.10       # loss this high in two reports in a row: try a lower rate
+    congested_loss: float = 0.03  # the same, once a trial showed a bottleneck
+    up_loss: float = 0.02         # a stretch below this: try the next rate up
+    up_after_s: float = 10.0      # the clean stretch before a step up (doubles on failure)
+    up_after_max_s: float = 60.0
+    probe_s: float = 5.0          # high loss this soon after a step up: it failed
+    holdoff_s: float = 20.0       # after a failed trial (doubles up to holdoff_max_s)
+    holdoff_max_s: float = 120.0
+    drain_s: float = 0.25         # reports after the switch + this count for the new rate
+    trial_reports: int = 2
+    _rates: tuple[int, ...] = ()
+    _index: int = 0
+    _changed_at: float = -math.inf
+    _last_report: float | None = None
+    _high: list[float] = field(default_factory=list)
+    _clean_since: float | None = None
+    _trial: _Trial | None = None
+    _holdoff_until: float = -math.inf
+    _holdoff: float = 0.0
+    _up_after: float = 0.0
+    _stepped_up_at: float = -math.inf
+    _congested: bool = False
+
+    def __post_init__(self) -> None:
+        rates = sorted({self.max_bitrate, *(s for s in self.steps if s < self.max_bitrate)},
+                       reverse=True)
+        self._rates = tuple(rates)
+        self._holdoff = self.holdoff_s
+        self._up_after = self.up_after_s
+
+    @property
+    def bitrate(self) -> int:
+        """The rate to send at now."""
+        return self._rates[self._index]
+
+    def report(self, fraction_lost: float, rtt_s: float | None, now: float) -> int | None:
+        """A receiver report that arrived at ``now`` (loss 0..1 since the previous one, the
+        round trip if known); the new bitrate, or None to keep the current one."""
+        previous, self._last_report = self._last_report, now
+        if previous is None or previous < self._changed_at + self.drain_s:
+            return None  # it covers time at the old rate
+        if self._trial is not None:
+            return self._judge(self._trial, fraction_lost, rtt_s, now)
+        if fraction_lost >= (self.congested_loss if self._congested else self.down_loss):
+            self._clean_since = None
+            self._high.append(fraction_lost)
+            if len(self._high) < 2:
+                return None
+            loss = sum(self._high) / len(self._high)
+            self._high = []
+            return self._down(loss, rtt_s, now)
+        self._high = []
+        if fraction_lost >= self.up_loss:
+            self._clean_since = None
+            return None
+        if self._clean_since is None:
+            self._clean_since = previous
+        if self._index > 0 and now - self._clean_since >= self._up_after:
+            self._stepped_up_at = now
+            return self._move(self._index - 1, now)
+        return None
+
+    def _down(self, loss: float, rtt_s: float | None, now: float) -> int | None:
+        if now - self._stepped_up_at < self.probe_s + self.drain_s:
+            # The rate we just came up to does not fit: back, and wait longer next time.
+            self._up_after = min(self._up_after * 2, self.up_after_max_s)
+            self._stepped_up_at = -math.inf
+            return self._move(self._index + 1, now)
+        if self._index + 1 >= len(self._rates) or now < self._holdoff_until:
+            return None
+        return self._try_lower(loss, rtt_s, now)
+
+    def _try_lower(self, loss: float, rtt_s: float | None, now: float) -> int:
+        # If a bottleneck is the cause, it carries what got through: aim for a rate that
+        # fits in it, at least one step down.
+        carried = wire_bytes(self.bitrate) * (1 - loss)
+        index = self._index + 1
+        while index + 1 < len(self._rates) and wire_bytes(self._rates[index]) > carried:
+            index += 1
+        self._trial = _Trial(self._index, loss, rtt_s)
+        return self._move(index, now)
+
+    def _judge(self, trial: _Trial, loss: float, rtt_s: float | None,
+               now: float) -> int | None:
+        trial.losses.append(loss)
+        if rtt_s is not None:
+            trial.rtts.append(rtt_s)
+        after = sum(trial.losses) / len(trial.losses)
+        size_ratio = wire_bytes(self._rates[trial.up_index]) / wire_bytes(self.bitrate)
+        # Delivered share of packets: a bottleneck raises it by ~size_ratio, random loss
+        # by 1. One report that shows most of the rise settles it; else the geometric
+        # midpoint over ``trial_reports`` decides.
+        through = (1 - after) / max(1e-6, 1 - trial.loss)
+        drained = (trial.rtt_s is not None and bool(trial.rtts)
+                   and trial.rtt_s - min(trial.rtts) >= max(0.03, 0.25 * trial.rtt_s))
+        confirmed = through >= size_ratio ** 0.75 or drained
+        if not confirmed and len(trial.losses) < self.trial_reports:
+            return None
+        self._trial = None
+        if confirmed or through >= math.sqrt(size_ratio):
+            self._holdoff = self.holdoff_s
+            self._congested = True
+            if after >= self.congested_loss and self._index + 1 < len(self._rates):
+                return self._try_lower(after, rtt_s, now)
+            return None
+        self._holdoff_until = now + self._holdoff
+        self._holdoff = min(self._holdoff * 2, self.holdoff_max_s)
+        return self._move(trial.up_index, now)
+
+    def _move(self, index: int, now: float) -> int:
+        self._index = index
+        self._congested = self._congested and index > 0
+        self._changed_at = now
+        self._high = []
+        self._clean_since = None
+        return self.bitrate

@@ -1,0 +1,189 @@
+"""The speaker's bitrate adapter, driven by simulated receiver reports (time passed in)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from townhall.client.bitrate import BitrateAdapter, wire_bytes
+
+Link = Callable[[int, float], tuple[float, float]]  # (bitrate, now) -> (loss, rtt)
+
+
+def bottleneck(kbps: float, rtt_s: float = 0.02, queue_s: float = 0.2) -> Link:
+    """A drop-tail bottleneck: what does not fit is lost, and its queue is full then."""
+    def link(bitrate: int, now: float) -> tuple[float, float]:
+        offered = wire_bytes(bitrate) * 8 * 50
+        loss = max(0.0, 1 - kbps * 1000 / offered)
+        return loss, rtt_s + (queue_s if loss > 0 else 0.0)
+    return link
+
+
+def random_loss(p: float, rtt_s: float = 0.02) -> Link:
+    return lambda bitrate, now: (p, rtt_s)
+
+
+def drive(adapter: BitrateAdapter, link: Link, seconds: float,
+          start: float = 0.0, every: float = 1.0) -> list[tuple[float, int]]:
+    """Reports every ``every`` s for ``seconds``; the (time, bitrate) of each change."""
+    changes = []
+    t = start
+    while t < start + seconds:
+        loss, rtt = link(adapter.bitrate, t)
+        new = adapter.report(loss, rtt, t)
+        if new is not None:
+            changes.append((t, new))
+        t += every
+    return changes
+
+
+def test_clean_link_stays_at_the_maximum() -> None:
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    assert drive(adapter, random_loss(0.0), 120) == []
+    assert adapter.bitrate == 64_000
+
+
+def test_bottleneck_steps_down_until_the_loss_is_gone() -> None:
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    changes = drive(adapter, bottleneck(40), 30)
+    rates = [rate for _, rate in changes]
+    # Straight to the rate that what got through would carry, confirmed by one report.
+    assert changes[0] == (2.0, 16_000)
+    assert bottleneck(40)(16_000, 0)[0] == 0
+    # Later it tries 24 kbit/s again after a clean stretch, and comes back.
+    assert rates[1:] == [24_000, 16_000]
+    assert adapter.bitrate == 16_000
+
+
+def test_a_confirmed_trial_with_loss_left_goes_on_down() -> None:
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    got = [adapter.report(loss, 0.2, float(t))
+           for t, loss in enumerate([0.0, 0.5, 0.5, 0.5, 0.2, 0.2])]
+    # 16 kbit/s carries 60 % more packets through than 64 did (a bottleneck), but a fifth
+    # is still lost: on to the rate that fits what got through.
+    assert got == [None, None, 16_000, None, None, 8_000]
+
+
+def test_once_a_bottleneck_is_known_a_little_loss_goes_on_down() -> None:
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    got = [adapter.report(loss, 0.2, float(t))
+           for t, loss in enumerate([0.0, 0.5, 0.5, 0.5, 0.0, 0.05, 0.05])]
+    assert got[:5] == [None, None, 16_000, None, None]  # confirmed by one clean report
+    # 5 % would not start a trial on a link with no bottleneck known (below); here it does.
+    assert got[5:] == [None, 12_000]
+    fresh = BitrateAdapter(max_bitrate=64_000)
+    assert [fresh.report(0.05, 0.2, float(t)) for t in range(10)] == [None] * 10
+
+
+def test_bottleneck_below_every_rate_ends_at_the_lowest() -> None:
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    rates = [rate for _, rate in drive(adapter, bottleneck(24), 40)]
+    assert rates == [8_000]
+
+
+def test_random_loss_trial_is_undone_and_retried_later() -> None:
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    changes = drive(adapter, random_loss(0.15), 60)
+    assert changes[0][1] == 40_000
+    assert changes[1][1] == 64_000  # the lower rate did not help: back
+    assert adapter.bitrate == 64_000
+    # After the undone trial, the next waits the holdoff (20 s), then twice as long.
+    downs = [t for t, rate in changes if rate == 40_000]
+    assert len(downs) == 2
+    assert downs[1] - downs[0] >= 20
+    assert sum(1 for _, rate in changes if rate < 64_000) <= 2
+
+
+def test_drained_queue_confirms_a_trial_even_if_the_loss_barely_moved() -> None:
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    losses = iter([0.12, 0.12, 0.12, 0.02, 0.02])
+    rtts = iter([0.25, 0.25, 0.25, 0.05, 0.05])
+    for t in range(5):
+        adapter.report(next(losses), next(rtts), float(t))
+    assert adapter.bitrate == 40_000
+
+
+def test_steps_back_up_after_a_clean_stretch_and_backs_off_when_it_fails() -> None:
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    link = bottleneck(66)  # fits 40 kbit/s, not 64
+    changes = drive(adapter, link, 100)
+    assert changes[0][1] == 40_000
+    ups = [t for t, rate in changes if rate == 64_000]
+    downs = [t for t, rate in changes if rate == 40_000]
+    assert len(ups) >= 2
+    # A failed step up is undone within a few reports, and the next waits longer.
+    assert all(0 < d - u <= 4 for u, d in zip(ups, downs[1:], strict=False))
+    gaps = [ups[i + 1] - downs[i + 1] for i in range(len(ups) - 1)]
+    assert gaps == sorted(gaps) and gaps[-1] > gaps[0]
+    assert adapter.bitrate in (40_000, 64_000)
+
+
+def test_link_that_clears_returns_to_the_maximum() -> None:
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    drive(adapter, bottleneck(24), 30)
+    assert adapter.bitrate == 8_000
+    drive(adapter, random_loss(0.0), 80, start=30)
+    assert adapter.bitrate == 64_000
+
+
+def test_reports_covering_the_old_rate_are_not_counted() -> None:
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    adapter.report(0.15, 0.2, 0.0)
+    adapter.report(0.15, 0.2, 1.0)
+    assert adapter.report(0.15, 0.2, 2.0) == 40_000
+    # Arrived 0.1 s after the switch: it covers 64 kbit/s time; so does the next (the
+    # queue had not drained when its interval began). Then two reports judge the trial.
+    assert adapter.report(0.0, 0.02, 2.1) is None
+    assert adapter.report(0.0, 0.02, 3.0) is None
+    assert adapter.report(0.15, 0.2, 4.0) is None
+    assert adapter.report(0.15, 0.2, 5.0) == 64_000  # no better at 40: undone
+
+
+def test_bitrate_below_the_steps_and_a_lower_maximum() -> None:
+    adapter = BitrateAdapter(max_bitrate=32_000)
+    assert adapter.bitrate == 32_000
+    drive(adapter, bottleneck(10), 40)
+    assert adapter.bitrate == 8_000
+    assert BitrateAdapter(max_bitrate=8_000).bitrate == 8_000
+
+
+
+def _quietest_at_switch(retune: bool, low: int = 16_000) -> float:
+    """A steady tone encoded at 64 kbit/s switching to ``low`` and back every 0.5 s (by
+    ``SpeakerEncoder.retune``, or by a fresh encoder), decoded by one decoder as the stage
+    does: the quietest 2.5 ms around the switches, relative to the tone's level."""
+    import fractions
+
+    import av
+    import numpy as np
+
+    from townhall.cli.speak import SpeakerEncoder
+    from townhall.media.opus import OpusPacketDecoder
+
+    t = np.arange(48_000 * 3) / 48_000
+    pcm = ((0.2 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 660 * t))
+           * 32767).astype(np.int16)
+    enc, dec, out = SpeakerEncoder(64_000), OpusPacketDecoder(), []
+    for i in range(pcm.size // 960):
+        if i and i % 25 == 0:
+            rate = low if (i // 25) % 2 else 64_000
+            if retune:
+                enc.retune(rate)
+            else:
+                enc = SpeakerEncoder(rate)
+        frame = av.AudioFrame.from_ndarray(pcm[i * 960:(i + 1) * 960].reshape(1, -1),
+                                           format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48_000, i * 960
+        frame.time_base = fractions.Fraction(1, 48_000)
+        out += [dec.decode(bytes(p)) for p in enc.encode(frame)]
+    got = np.concatenate(out).astype(float)
+    level = float(np.sqrt(np.mean(pcm.astype(float) ** 2)))
+    rms = np.sqrt(np.convolve(got ** 2, np.ones(120) / 120, mode="valid"))[::120]
+    # Switch k is at sample k * 25 * 960 (+ the decoder's delay): windows of 120 samples.
+    quietest = [float(rms[k * 200 - 2:k * 200 + 12].min()) for k in range(1, 5)]
+    return min(quietest) / level
+
+
+def test_retuned_encoder_carries_on_without_a_gap() -> None:
+    assert _quietest_at_switch(retune=True) > 0.5
+    # A fresh encoder starts from silence: its lookahead's worth of audio goes missing.
+    assert _quietest_at_switch(retune=False) < 0.3
