@@ -2,7 +2,7 @@
 scrubber's time moves) through a signed link (the Space admits signed-in listeners only, so
 ``<audio src>`` needs one), a speed applies, the timeline lists who spoke when, a reaction
 peak jumps the replay there, and the clip button gives a share link whose page carries Open
-Graph tags and plays the clip."""
+Graph tags and plays the clip; and Chromium plays the recording's HLS playlist."""
 
 from __future__ import annotations
 
@@ -109,5 +109,22 @@ def test_replay_page_plays_changes_speed_lists_speakers_peaks_and_clips(
             until(lambda: page.evaluate(f"{clip}.currentTime") > 0.3, 25,
                      "the clip plays on its own page")
             assert abs(page.evaluate(f"{clip}.duration") - 4.0) < 0.1
+
+            # The browser plays the HLS URL too: Chromium's own HLS support (no hls.js),
+            # the VOD playlist through a signed link, as a CDN-fed player would.
+            with served.client(host) as c:
+                ticket = c.post(f"/api/v1/spaces/{space}/recording/ticket")
+                assert ticket.status_code in (200, 201), ticket.text
+            hls = ticket.json()["hls_opus"]
+            assert re.fullmatch(rf"/hls/{space}/index\.m3u8\?t=\S+", hls), hls
+            page.goto(f"{served.url}/healthz")
+            page.evaluate("(u) => { const a = document.createElement('audio'); "
+                          "a.id = 'hls'; a.src = u; document.body.appendChild(a); "
+                          "a.play(); }", hls)
+            player = "document.getElementById('hls')"
+            until(lambda: page.evaluate(f"{player}.currentTime") > 1.0, 25,
+                  "Chromium plays the HLS playlist")
+            assert page.evaluate(f"{player}.error") is None
+            assert abs(page.evaluate(f"{player}.duration") - duration) < 1.0
     finally:
         served.stop()
