@@ -10,6 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def unwrap_seq(seq16: int, highest: int | None) -> int:
+    """The extended number of a 16-bit RTP sequence number: the one nearest ``highest``
+    (the highest extended number seen; None before the first packet)."""
+    if highest is None:
+        return seq16
+    base = highest - (highest & 0xFFFF)
+    cands = (base + seq16 - 0x10000, base + seq16, base + seq16 + 0x10000)
+    return min(cands, key=lambda s: abs(s - highest))
+
+
 @dataclass(frozen=True)
 class Slot:
     """One 20 ms slot for the decoder: a packet, or ``payload=None`` = lost.
@@ -82,12 +92,7 @@ class JitterBuffer:
     _dry: bool = False                # ran dry since the last slot that had a packet
 
     def _unwrap(self, seq16: int) -> int:
-        if self._highest is None:
-            return seq16
-        high = self._highest
-        base = high - (high & 0xFFFF)
-        cands = (base + seq16 - 0x10000, base + seq16, base + seq16 + 0x10000)
-        return min(cands, key=lambda s: abs(s - high))
+        return unwrap_seq(seq16, self._highest)
 
     def push(self, seq16: int, payload: bytes, now: float) -> bool:
         """A packet arrived at ``now`` (seconds, any monotonic origin); True when it was

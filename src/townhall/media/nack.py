@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from townhall.media.jitterbuffer import unwrap_seq
+
 
 @dataclass
 class NackList:
@@ -42,12 +44,7 @@ class NackList:
         self._budget = self.burst
 
     def _unwrap(self, seq16: int) -> int:
-        if self._highest is None:
-            return seq16
-        high = self._highest
-        base = high - (high & 0xFFFF)
-        cands = (base + seq16 - 0x10000, base + seq16, base + seq16 + 0x10000)
-        return min(cands, key=lambda s: abs(s - high))
+        return unwrap_seq(seq16, self._highest)
 
     def arrived(self, seq16: int) -> bool:
         """A packet arrived; True when it is one we had asked for (resent, or late)."""
