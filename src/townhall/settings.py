@@ -109,4 +109,5 @@ class Settings:
         return not self.closed
 
     def base_url(self) -> str:
+        """Where clients reach this server: ``--public-url``, else its own address."""
         return self.public_url or f"http://{self.host}:{self.port}"

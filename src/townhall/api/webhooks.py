@@ -123,6 +123,7 @@ class Sender:
         self.client = client
 
     async def run(self) -> None:
+        """Deliver this endpoint's events from its durable consumer until cancelled."""
         consumer = None
         while consumer is None:
             try:

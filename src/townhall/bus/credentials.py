@@ -30,6 +30,7 @@ class NatsAuth:
     creds: Path | None = None  # a NATS .creds file (JWT + nkey seed)
 
     def options(self) -> dict[str, Any]:
+        """The nats-py ``connect`` keyword arguments for these credentials."""
         if self.creds is not None:
             return {"user_credentials": str(self.creds)}
         if self.token:

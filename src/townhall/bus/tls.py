@@ -26,4 +26,5 @@ class NatsTls:
         return ctx
 
     def options(self) -> dict[str, Any]:
+        """The nats-py ``connect`` keyword arguments for this TLS setup."""
         return {"tls": self.context()}

@@ -64,6 +64,7 @@ def _count(text: str) -> int:
 
 
 def add_parser(sub: Any) -> None:
+    """Add ``townhall cluster`` to the subcommands ``sub``."""
     p = sub.add_parser("cluster", help="a local townhall cluster on loopback (dev, tests, demos)")
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--dir", default="./townhall-cluster", help="logs, stores and state")

@@ -55,6 +55,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
+    """Add ``townhall deploy`` to the subcommands ``sub``."""
     p = sub.add_parser("deploy", help="nats-server configs and systemd units for your hosts")
     p.add_argument("--hosts", required=True, help="JSON list of hosts (docs/operations.md)")
     p.add_argument("--out", default="./townhall-deploy", help="where to write the trees")

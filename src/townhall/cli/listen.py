@@ -57,6 +57,7 @@ class WavRecorder:
                 self._wav.writeframes(pcm.tobytes())
 
     def close(self) -> None:
+        """Finish the WAV file, if one is being written."""
         if self._wav is not None:
             self._wav.close()
 

@@ -76,6 +76,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
+    """Add ``townhall watch`` to the subcommands ``sub``."""
     p = sub.add_parser("watch", help="follow a Space's room state live, one line per change")
     p.add_argument("--url", default="http://127.0.0.1:8080", help="a server with the edge role")
     p.add_argument("--space", required=True)

@@ -32,6 +32,7 @@ class EdgeChooser:
 
     @property
     def current(self) -> str:
+        """The edge to try now."""
         return self.edges[self._index % len(self.edges)]
 
     def connected(self) -> None:

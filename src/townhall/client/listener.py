@@ -121,6 +121,7 @@ class ResilientListener:
                 self.stats.last_seq = int(msg["to"]) - 1
 
     async def run(self, stop: asyncio.Event) -> ListenStats:
+        """Listen, moving to another edge when one fails, until ``stop`` is set."""
         edges = self._edges or await edge_list(self.base, self.space, self.token)
         chooser = EdgeChooser(edges, rng=self._rng)
         while not stop.is_set():

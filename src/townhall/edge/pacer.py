@@ -72,6 +72,7 @@ class Pacer:
 
     @property
     def interval_s(self) -> float:
+        """How often listeners are written to now, in seconds."""
         return self.steps[self.step]
 
     def _late(self, lag_s: float, step: int) -> bool:

@@ -35,6 +35,7 @@ class Endpoint:
     timeout_s: float = 10.0
 
     def wants(self, event_type: str) -> bool:
+        """Whether this endpoint subscribed to ``event_type``."""
         return event_type in self.events
 
 

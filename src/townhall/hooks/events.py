@@ -44,6 +44,7 @@ class Event:
 
 
 def encode(doc: dict[str, Any]) -> bytes:
+    """An event as the compact UTF-8 JSON body that is signed and sent."""
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 

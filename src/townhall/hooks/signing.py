@@ -36,6 +36,7 @@ class Signer:
 
     @classmethod
     def from_secrets(cls, *secrets: str) -> Signer:
+        """A signer for the given ``whsec_`` secrets (several while rotating)."""
         return cls(keys=tuple(parse_secret(s) for s in secrets))
 
     def signature(self, msg_id: str, timestamp: int, body: bytes) -> str:

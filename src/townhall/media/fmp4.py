@@ -28,6 +28,7 @@ def box(kind: bytes, *payload: bytes) -> bytes:
 
 
 def full_box(kind: bytes, version: int, flags: int, *payload: bytes) -> bytes:
+    """An ISO BMFF full box: a box whose body starts with its version and flags."""
     return box(kind, struct.pack(">I", (version << 24) | flags), *payload)
 
 

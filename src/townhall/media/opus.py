@@ -68,6 +68,7 @@ class OpusDecoder:
         self._ctx.layout = "mono"
 
     def decode(self, packet: bytes) -> np.ndarray:
+        """One Opus packet to mono int16 samples (none while the decoder primes)."""
         out = [f.to_ndarray().reshape(-1) for f in self._ctx.decode(av.Packet(packet))]
         if not out:
             return np.zeros(0, dtype=np.int16)

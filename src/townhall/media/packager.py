@@ -18,6 +18,7 @@ class Packager:
     _first_pts: int = 0
 
     def add(self, packet: bytes, now_us: int) -> Chunk | None:
+        """Take one 20 ms packet; the chunk it completes, stamped ``now_us``, or None."""
         if not self._packets:
             self._first_pts = self.next_pts
         self._packets.append(packet)

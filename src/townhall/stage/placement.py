@@ -45,6 +45,7 @@ class Capacity:
 
     @property
     def hot(self) -> bool:
+        """Its process uses so much of a core that a cooler stage should take new Spaces."""
         return self.cpu >= HOT_CPU
 
     @classmethod
