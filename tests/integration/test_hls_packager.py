@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from itertools import islice
 
 import pytest
 
 from tests.tone import ToneChunks
+from tests.waiting import until_async
 from townhall.api.store import SpaceStore
 from townhall.bus import NatsBus, subjects
-from townhall.bus.bus import Message
+from townhall.bus.bus import Message, Subscription
 from townhall.media.aac import AacBatch
 from townhall.media.fmp4 import AAC_FRAME_SAMPLES
 from townhall.recording.packager import Packager
@@ -23,27 +23,25 @@ from townhall.room import rules
 pytestmark = pytest.mark.timeout(60)
 
 
-async def until(cond: Callable[[], bool], bound_s: float, what: str) -> None:
-    deadline = time.monotonic() + bound_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {bound_s}s: {what}")
-        await asyncio.sleep(0.05)
-
-
-async def test_one_encoder_per_space_and_a_takeover_continues_the_stamps(
-        nats_url: str) -> None:
-    bus = await NatsBus.connect([nats_url])
-    store = SpaceStore(bus)
+async def live_space(bus: NatsBus, store: SpaceStore, title: str
+                     ) -> tuple[str, list[AacBatch], Subscription]:
+    """A live Space, and the AAC batches its packager publishes as they come."""
     space = rules.new_space_id()
-    doc = rules.create(space, rules.Actor("h1", "Host"), title="AAC", now=time.time())
+    doc = rules.create(space, rules.Actor("h1", "Host"), title=title, now=time.time())
     await store.create(doc | {"state": "live"})
     batches: list[AacBatch] = []
 
     async def on_batch(msg: Message) -> None:
         batches.append(AacBatch.decode(msg.data))
 
-    sub = await bus.subscribe(subjects.aac(space), on_batch)
+    return space, batches, await bus.subscribe(subjects.aac(space), on_batch)
+
+
+async def test_one_encoder_per_space_and_a_takeover_continues_the_stamps(
+        nats_url: str) -> None:
+    bus = await NatsBus.connect([nats_url])
+    store = SpaceStore(bus)
+    space, batches, sub = await live_space(bus, store, "AAC")
     tone = iter(ToneChunks(440, first_seq=1))
     first = list(islice(tone, 20))
     for chunk in first:
@@ -51,10 +49,10 @@ async def test_one_encoder_per_space_and_a_takeover_continues_the_stamps(
     a, b = Packager(bus, store, "api-a"), Packager(bus, store, "api-b")
     try:
         a.want_live(space)
-        await until(lambda: bool(batches) and batches[-1].src == first[-1].seq, 20,
+        await until_async(lambda: bool(batches) and batches[-1].src == first[-1].seq, 20,
                     "api-a encodes the program so far")
         b.want_live(space)  # api-a holds the key: api-b encodes nothing
-        await until(lambda: space not in b.running, 10, "api-b gives up at once")
+        await until_async(lambda: space not in b.running, 10, "api-b gives up at once")
         held_by_a = len(batches)
         await a.stop()  # hands the key over (deleted at once)
         second = list(islice(tone, 20))
@@ -66,7 +64,7 @@ async def test_one_encoder_per_space_and_a_takeover_continues_the_stamps(
             b.want_live(space)
             return batches[-1].src == second[-1].seq
 
-        await until(asked_again, 20, "api-b continues where api-a stopped")
+        await until_async(asked_again, 20, "api-b continues where api-a stopped")
         assert len(batches) > held_by_a
         assert batches[held_by_a].pts == batches[held_by_a - 1].end_pts  # no gap, no overlap
         stamps = [t for batch in batches for t, _ in batch.stamped()]
@@ -84,15 +82,7 @@ async def test_live_aac_stops_when_no_api_asks_and_resumes_on_the_spaces_clock(
         nats_url: str) -> None:
     bus = await NatsBus.connect([nats_url])
     store = SpaceStore(bus)
-    space = rules.new_space_id()
-    doc = rules.create(space, rules.Actor("h1", "Host"), title="AAC idle", now=time.time())
-    await store.create(doc | {"state": "live"})
-    batches: list[AacBatch] = []
-
-    async def on_batch(msg: Message) -> None:
-        batches.append(AacBatch.decode(msg.data))
-
-    sub = await bus.subscribe(subjects.aac(space), on_batch)
+    space, batches, sub = await live_space(bus, store, "AAC idle")
     tone = iter(ToneChunks(440, first_seq=1))
 
     async def say(n: int) -> int:
@@ -108,7 +98,7 @@ async def test_live_aac_stops_when_no_api_asks_and_resumes_on_the_spaces_clock(
     try:
         last = await say(10)
         a.want_live(space)
-        await until(lambda: bool(batches) and batches[-1].src == last, 20, "api-a encodes")
+        await until_async(lambda: bool(batches) and batches[-1].src == last, 20, "api-a encodes")
         # Requests on api-b alone keep api-a's encoder going past its idle time.
         asked_until = time.monotonic() + 2.5
         while time.monotonic() < asked_until:
@@ -117,7 +107,7 @@ async def test_live_aac_stops_when_no_api_asks_and_resumes_on_the_spaces_clock(
         assert space in a.running, "api-a stopped although api-b was asked"
         assert (await bus.kv_get(subjects.RECORDERS_BUCKET, key)) is not None
         # Nobody asks any more: api-a stops and lets go of the key.
-        await until(lambda: space not in a.running, 10, "api-a stops when nobody asks")
+        await until_async(lambda: space not in a.running, 10, "api-a stops when nobody asks")
         assert space not in b.running
         assert (await bus.kv_get(subjects.RECORDERS_BUCKET, key)) is None
         held = len(batches)
@@ -127,7 +117,7 @@ async def test_live_aac_stops_when_no_api_asks_and_resumes_on_the_spaces_clock(
             b.want_live(space)
             return batches[-1].src == last
 
-        await until(asked_again, 20, "the next request (on api-b) resumes the AAC")
+        await until_async(asked_again, 20, "the next request (on api-b) resumes the AAC")
         assert len(batches) > held
         assert batches[held].pts == batches[held - 1].end_pts  # the same timeline
         stamps = [t for batch in batches for t, _ in batch.stamped()]
