@@ -28,6 +28,16 @@ from townhall.procs import stop_process
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``-n N --dist loadgroup`` (pytest-xdist) a module's tests run in one worker, in
+    order, sharing its module fixtures (story modules depend on it), unless marked
+    ``xdist_group`` (e.g. one group for all that run Chromium). Without xdist: no effect."""
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real nats-server with JetStream, shared by the session."""
@@ -51,11 +61,25 @@ class Served:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
+    def guest(self, name: str) -> tuple[str, str]:
+        """A guest session (open mode): its token and identity."""
+        r = httpx.post(f"{self.url}/api/v1/sessions", json={"name": name}, timeout=10)
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"]), str(r.json()["identity"])
+
     def session(self, name: str) -> str:
         """A guest token (open mode)."""
-        r = httpx.post(f"{self.url}/api/v1/sessions", json={"name": name}, timeout=10)
-        r.raise_for_status()
-        return str(r.json()["token"])
+        return self.guest(name)[0]
+
+    def live_space(self, token: str, title: str = "Stage", **body: object) -> str:
+        """A Space created and started by ``token`` (its host): its id."""
+        with self.client(token) as c:
+            made = c.post("/api/v1/spaces", json={"title": title, **body})
+            assert made.status_code == 201, made.text
+            space = str(made.json()["id"])
+            started = c.post(f"/api/v1/spaces/{space}/start")
+            assert started.status_code == 200, started.text
+        return space
 
     def nats_auth(self, *roles: str) -> NatsAuth:
         """Credentials for the embedded NATS of this server: the admin user, or the user

@@ -6,9 +6,6 @@ publishing through the proxy: tests/web/test_tls_proxy_browser.py.)"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import Served, running
-from tests.stages import live_space_with
+from tests.stages import live_space_with, speak
 from tests.tlsproxy import needs_nginx, nginx_in_front, trusting
 from tests.tone import hear_tone
 from tests.turn import host_ipv4
@@ -54,7 +51,8 @@ async def test_whip_websocket_and_ogg_through_tls(proxied: tuple[Served, str, Pa
     served, url, ca = proxied
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # for this process's WebSocket client
     space, people = live_space_with(served, "Host")
-    speaker = start_speaker(url, space, people[0][0], ca, tmp_path / "speak.log")
+    speaker = speak(url, space, people[0][0], tmp_path / "speak.log", seconds=60,
+                    env={"SSL_CERT_FILE": str(ca)})
     try:
         assert await hear_tone(url, space, 440, within_s=30), \
             (tmp_path / "speak.log").read_text()
@@ -62,15 +60,6 @@ async def test_whip_websocket_and_ogg_through_tls(proxied: tuple[Served, str, Pa
         assert pages >= 5  # the endless stream flows page by page through the proxy
     finally:
         stop_process(speaker, 10)
-
-
-def start_speaker(url: str, space: str, token: str, ca: Path,
-                  log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "townhall", "speak", "--url", url, "--space", space,
-         "--token", token, "--tone", "440", "--seconds", "60"],
-        env={**os.environ, "SSL_CERT_FILE": str(ca)}, stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"))
 
 
 def ogg_pages(url: str, space: str, ca: Path, want: int = 5) -> int:

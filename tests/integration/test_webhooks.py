@@ -120,12 +120,6 @@ def hooks_file(tmp_path: Path, url: str) -> Path:
     return path
 
 
-def guest(served: Served, name: str) -> tuple[str, str]:
-    r = httpx.post(f"{served.url}/api/v1/sessions", json={"name": name}, timeout=10)
-    r.raise_for_status()
-    return str(r.json()["token"]), str(r.json()["identity"])
-
-
 def call(served: Served, token: str, path: str, **body: Any) -> dict[str, Any]:
     r = httpx.post(f"{served.url}/api/v1{path}", json=body or None, timeout=10,
                    headers={"Authorization": f"Bearer {token}"})
@@ -151,8 +145,8 @@ def test_signed_retried_in_order_and_nothing_lost_across_a_restart(
     data = tmp_path / "data"
     served = start_townhall(data, "--webhooks", str(config))
     try:
-        host, _ = guest(served, "Ada")
-        bob, bob_id = guest(served, "Bob")
+        host, _ = served.guest("Ada")
+        bob, bob_id = served.guest("Bob")
         space = call(served, host, "/spaces", title="Hooked")["id"]
         call(served, host, f"/spaces/{space}/start")
         call(served, bob, f"/spaces/{space}/actions", action="request")

@@ -7,8 +7,6 @@ Graph tags and plays the clip; and Chromium plays the recording's HLS playlist."
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -16,6 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import start_townhall
+from tests.stages import speak
 from tests.waiting import until
 from tests.web.chromium import chromium, needs_chromium
 
@@ -30,17 +29,9 @@ def test_replay_page_plays_changes_speed_lists_speakers_peaks_and_clips(
     try:
         until(lambda: "townhall_stage_report_age_seconds{" in httpx.get(
             f"{served.url}/metrics", timeout=5).text, 30, "the stage reports")
-        who = httpx.post(f"{served.url}/api/v1/sessions", json={"name": "Ada"},
-                         timeout=10).json()
-        host = who["token"]
-        with served.client(host) as c:
-            space = c.post("/api/v1/spaces", json={"title": "Replay me", "record": True,
-                                                   "signed_in_only": True}).json()["id"]
-            c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
-        speaker = subprocess.Popen(
-            [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
-             "--token", host, "--tone", "440", "--seconds", "6"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        host, identity = served.guest("Ada")
+        space = served.live_space(host, "Replay me", record=True, signed_in_only=True)
+        speaker = speak(served, space, host, seconds=6)
         try:
             with served.client(host) as c:
                 # The program is on air (its live playlist lists a segment): applaud.
@@ -62,7 +53,7 @@ def test_replay_page_plays_changes_speed_lists_speakers_peaks_and_clips(
             page.evaluate("([t, i]) => { localStorage.setItem('townhall.token', t); "
                           "localStorage.setItem('townhall.identity', i); "
                           "localStorage.setItem('townhall.name', 'Ada'); }",
-                          [host, who["identity"]])
+                          [host, identity])
             page.goto(f"{served.url}/s/{space}")
             expect(page.locator("#replay")).to_be_visible(timeout=WAIT_MS)
             expect(page.locator("#timeline li")).not_to_have_count(0, timeout=WAIT_MS)
