@@ -189,13 +189,12 @@ def test_speak_says_ice_failed_and_exits_when_turn_is_unreachable(tmp_path: Path
                        "--turn-secret-file", str(secret))
     try:
         space, people = live_space_with(s, "Host")
-        started = time.monotonic()
+        # It exits by itself (had it retried for ever, the timeout would raise).
         done = subprocess.run(speak_cmd(s, space, people[0][0], "--relay-only"),
                               capture_output=True, timeout=90, check=False)
         err = done.stderr.decode()
         assert done.returncode == 3, err
         last = err.strip().splitlines()[-1]
         assert last.startswith("speak: ICE failed") and "--turn-url" in last, err
-        assert time.monotonic() - started < 90
     finally:
         s.stop()

@@ -75,8 +75,8 @@ def test_sigterm_stops_the_embedded_nats(tmp_path: Path) -> None:
                               capture_output=True).returncode != 0, "nats-server orphaned"
 
 
-def test_unknown_route_is_problem_json(townhall: Served) -> None:
-    r = httpx.get(f"{townhall.url}/nope", timeout=5)
+def test_unknown_route_is_problem_json(townhall_shared: Served) -> None:
+    r = httpx.get(f"{townhall_shared.url}/nope", timeout=5)
     assert r.status_code == 404
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["type"] == "/problems/not-found"
