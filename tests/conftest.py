@@ -28,16 +28,6 @@ from townhall.procs import stop_process
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``-n N --dist loadgroup`` (pytest-xdist) a module's tests run in one worker, in
-    order, sharing its module fixtures (story modules depend on it), unless marked
-    ``xdist_group`` (e.g. one group for all that run Chromium). Without xdist: no effect."""
-    for item in items:
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-
-
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real nats-server with JetStream, shared by the session."""

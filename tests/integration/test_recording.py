@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served, running
 from tests.stages import speak
 from tests.waiting import until
 from townhall.bus import NatsBus
@@ -283,8 +283,7 @@ def test_deleted_recording_is_gone(served: Served, recorded: dict[str, Any]) -> 
 def test_expired_recording_is_swept_and_answers_410(tmp_path: Path) -> None:
     # Kept ~0.9 s: it is ready only after the end's 2 s settling, so already expired; the
     # sweep (every 0.5 s at this retention) deletes its files and marks it expired.
-    s = start_townhall(tmp_path / "data", "--recording-days", "0.00001")
-    try:
+    with running(tmp_path / "data", "--recording-days", "0.00001") as s:
         host, _ = s.guest("Gu")
         space = s.live_space(host, "Brief", record=True)
         speak_out(s, space, host, 440, 1)  # returns once a stage has taken a second of tone
@@ -306,8 +305,6 @@ def test_expired_recording_is_swept_and_answers_410(tmp_path: Path) -> None:
         problem(httpx.get(f"{s.url}{clip['url']}", timeout=10), 410, "recording-expired")
         assert httpx.get(f"{s.url}/c/{clip['id']}", timeout=10).status_code == 404
         assert asyncio.run(stored(s, space, clip["id"])) == []
-    finally:
-        s.stop()
 
 
 async def stored(s: Served, space: str, clip: str) -> list[str]:

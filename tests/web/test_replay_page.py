@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import start_townhall
+from tests.conftest import running
 from tests.stages import speak
 from tests.waiting import until
 from tests.web.chromium import chromium, needs_chromium
@@ -25,8 +25,7 @@ AUDIO = "document.getElementById('replay-audio')"
 
 def test_replay_page_plays_changes_speed_lists_speakers_peaks_and_clips(
         tmp_path: Path) -> None:
-    served = start_townhall(tmp_path / "data")
-    try:
+    with running(tmp_path / "data") as served:
         until(lambda: "townhall_stage_report_age_seconds{" in httpx.get(
             f"{served.url}/metrics", timeout=5).text, 30, "the stage reports")
         host, identity = served.guest("Ada")
@@ -117,5 +116,3 @@ def test_replay_page_plays_changes_speed_lists_speakers_peaks_and_clips(
                   "Chromium plays the HLS playlist")
             assert page.evaluate(f"{player}.error") is None
             assert abs(page.evaluate(f"{player}.duration") - duration) < 1.0
-    finally:
-        served.stop()
