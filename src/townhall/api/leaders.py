@@ -30,7 +30,7 @@ REFUSED: tuple[type[Exception], ...] = (LeaderMoveRefused, *UNREACHABLE)
 # What a takeover needs at once: the lease (KV_stage_leases), the newest chunk (MEDIA)
 # and, for the speaker's new offer, the Space (KV_spaces).
 STREAMS = (f"KV_{subjects.LEASES_BUCKET}", subjects.MEDIA_STREAM, f"KV_{subjects.SPACES_BUCKET}")
-LOCK_KEY = "leaders"  # in the recorders bucket (TTL 10 s): who steers now
+LOCK_KEY = "leaders"  # in the recorders bucket (TTL 10 s), never a Space id: who steers
 EVERY_S = 2.0         # one stream info per stream per round: cheap
 
 MOVES = Counter("townhall_nats_leader_moves_total",
