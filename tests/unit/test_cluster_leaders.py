@@ -96,3 +96,14 @@ async def test_one_api_steers_at_a_time_and_a_clean_stop_hands_over() -> None:
     await first.release()
     assert await second.hold_lock()
     assert not await first.hold_lock()
+
+
+async def test_a_stuck_stream_is_reported_once_not_every_round(
+        caplog: pytest.LogCaptureFixture) -> None:
+    bus = FakeBus()
+    bus.clusters = {"MEDIA": group("MEDIA", "n2", Replica("n1", current=False))}
+    steering = LeaderSteering(bus, "api-1", ["n1"], streams=["MEDIA"])
+    for now in (0.0, 2.0, 4.0):
+        assert (await steering.round_once(now)).stuck == {"MEDIA"}
+    assert sum("no preferred node" in r.getMessage() for r in caplog.records) == 1
+    assert bus.stepdowns == []  # never towards a replica that lags

@@ -51,6 +51,7 @@ class LeaderSteering:
         self.streams = tuple(streams)
         self.placement = LeaderPlacement(preferred=tuple(preferred))
         self._lock_rev: int | None = None
+        self._stuck: frozenset[str] = frozenset()  # said once, not every round
 
     async def hold_lock(self) -> bool:
         """Take or renew the steering key; False while another api holds it."""
@@ -102,9 +103,10 @@ class LeaderSteering:
             MOVES.labels(move.stream).inc()
             log.info("moved the leader of %s from %s to %s", move.stream, move.source,
                      move.target)
-        for stream in decided.stuck:
+        for stream in sorted(decided.stuck - self._stuck):
             log.warning("the leader of %s is on a node not preferred, and no preferred "
                         "node is a current replica of it", stream)
+        self._stuck = decided.stuck
         return decided
 
     async def run(self, every_s: float = EVERY_S) -> None:
@@ -113,6 +115,8 @@ class LeaderSteering:
             try:
                 if await self.hold_lock():
                     await self.round_once(time.monotonic())
+                else:
+                    MISPLACED.clear()  # the api that steers reports it, not this one
             except asyncio.CancelledError:
                 raise
             except UNREACHABLE:

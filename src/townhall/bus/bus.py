@@ -472,8 +472,12 @@ class NatsBus:
         return info.cluster.leader if info.cluster is not None else None
 
     async def stream_cluster(self, stream: str) -> StreamCluster | None:
-        """``stream``'s raft group as its leader reports it (None when not clustered)."""
-        info = await self._js.stream_info(stream)
+        """``stream``'s raft group as its leader reports it (None when not clustered,
+        or no such stream yet)."""
+        try:
+            info = await self._js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return None
         c = info.cluster
         if c is None:
             return None
