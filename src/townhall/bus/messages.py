@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import types
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import (
     TYPE_CHECKING,
@@ -245,6 +246,12 @@ def decode_edge_heartbeat(data: bytes) -> EdgeHeartbeat:
     return _named(_build(EdgeHeartbeat, _object(data)))
 
 
+def message_from(cls: type[D], body: Mapping[str, Any]) -> D:
+    """``cls`` from a mapping a core built (e.g. the link report ``media/linkquality.py``
+    makes for ``SpeakerLink``), checked field by field as a decoder would."""
+    return _build(cls, body)
+
+
 _N = TypeVar("_N", StageHeartbeat, ListenerStats, EdgeHeartbeat)
 
 
@@ -274,7 +281,7 @@ def _object(data: bytes) -> dict[str, Any]:
     return body
 
 
-def _build(cls: type[D], body: dict[str, Any]) -> D:
+def _build(cls: type[D], body: Mapping[str, Any]) -> D:
     """``cls`` from ``body``'s fields, each checked against its annotation."""
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}
