@@ -27,7 +27,6 @@ from townhall.bus.messages import (
     decode_whip_request,
     encode,
     levels_frame,
-    message_from,
 )
 
 
@@ -131,13 +130,6 @@ def test_levels_read_todays_bytes_with_typed_links() -> None:
     newer = decode_levels(b'{"space": "s", "levels": {}, "links": {"a": {"quality": "fair", '
                           b'"loss_pct": 3, "jitter_ms": 1, "rtt_ms": 80}}}')
     assert newer.links == {"a": SpeakerLink("fair", 3.0, 1.0)}
-
-
-def test_a_core_built_mapping_becomes_a_checked_message() -> None:
-    link = {"quality": "fair", "loss_pct": 3.5, "jitter_ms": 20}
-    assert message_from(SpeakerLink, link) == SpeakerLink("fair", 3.5, 20.0)
-    with pytest.raises(MessageError):
-        message_from(SpeakerLink, {"quality": None})
 
 
 def test_the_levels_frame_is_the_bus_message_tagged_for_listeners() -> None:

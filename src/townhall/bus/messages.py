@@ -246,12 +246,6 @@ def decode_edge_heartbeat(data: bytes) -> EdgeHeartbeat:
     return _named(_build(EdgeHeartbeat, _object(data)))
 
 
-def message_from(cls: type[D], body: Mapping[str, Any]) -> D:
-    """``cls`` from a mapping a core built (e.g. the link report ``media/linkquality.py``
-    makes for ``SpeakerLink``), checked field by field as a decoder would."""
-    return _build(cls, body)
-
-
 _N = TypeVar("_N", StageHeartbeat, ListenerStats, EdgeHeartbeat)
 
 
