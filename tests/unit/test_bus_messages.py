@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any, get_args
 
 import pytest
 
 from townhall.bus.messages import (
+    BusMessage,
     EdgeHeartbeat,
     Kick,
     Levels,
@@ -186,3 +189,24 @@ def test_malformed_listener_stats_are_refused_whole(data: bytes) -> None:
 def test_malformed_edge_heartbeats_are_refused_whole(data: bytes) -> None:
     with pytest.raises(MessageError):
         decode_edge_heartbeat(data)
+
+
+EXAMPLES: dict[type, tuple[Any, Callable[[bytes], Any]]] = {
+    WhipOffer: (WhipOffer("ada", "Ada", "v=0\r\n"), decode_whip_request),
+    WhipLeave: (WhipLeave("ada", "s"), decode_whip_request),
+    WhipReply: (WhipReply(201, session="s", sdp="v=0"), decode_whip_reply),
+    StageHeartbeat: (StageHeartbeat("st", ["a"], cpu=0.5, draining=True), decode_heartbeat),
+    Kick: (Kick("ada", block=True), decode_control),
+    SpaceEnded: (SpaceEnded(), decode_control),
+    Levels: (Levels("s", {"ada": 0.5}, ["ada"], 1.5, {"ada": SpeakerLink("good")}),
+             decode_levels),
+    ListenerStats: (ListenerStats("e", 1.0, 2, {"🔥": 1}, "http://e", 9),
+                    decode_listener_stats),
+    EdgeHeartbeat: (EdgeHeartbeat("e", 1.0, "http://e", 9, 2), decode_edge_heartbeat),
+}
+
+
+def test_every_bus_message_has_an_example_and_comes_back_equal() -> None:
+    assert set(EXAMPLES) == set(get_args(BusMessage))  # a new message needs a line here
+    for message, decode in EXAMPLES.values():
+        assert decode(encode(message)) == message

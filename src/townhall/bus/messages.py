@@ -29,9 +29,10 @@ half-read dict.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import (
     TYPE_CHECKING,
@@ -277,41 +278,73 @@ def _object(data: bytes) -> dict[str, Any]:
 
 def _build(cls: type[D], body: Mapping[str, Any]) -> D:
     """``cls`` from ``body``'s fields, each checked against its annotation."""
-    hints = get_type_hints(cls)
     values: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name not in body:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise MessageError(f"{cls.__name__} needs {f.name!r}")
+    for name, convert, required in _schema(cls):
+        if name not in body:
+            if required:
+                raise MessageError(f"{cls.__name__} needs {name!r}")
             continue
-        values[f.name] = _value(body[f.name], hints[f.name], f"{cls.__name__}.{f.name}")
+        try:
+            values[name] = convert(body[name])
+        except _Mismatch as exc:
+            raise MessageError(f"{cls.__name__}.{name}: {exc}") from None
     return cls(**values)
 
 
-def _value(value: Any, hint: Any, where: str) -> Any:
-    """``value`` as ``hint`` (a nested message built, an int where a float is due made a
-    float: JSON writes 2.0 as 2), or a ``MessageError`` naming ``where``."""
+class _Mismatch(MessageError):
+    """A value that is not of its annotation (``_build`` names the field)."""
+
+
+Convert = Callable[[Any], Any]
+
+
+@functools.cache
+def _schema(cls: type[DataclassInstance]) -> tuple[tuple[str, Convert, bool], ...]:
+    """Each field's name, converter and whether it must be sent. Worked out once per
+    class: resolving annotations costs far more than reading a message."""
+    hints = get_type_hints(cls)
+    return tuple((f.name, _converter(hints[f.name]),
+                  f.default is MISSING and f.default_factory is MISSING) for f in fields(cls))
+
+
+@functools.cache
+def _converter(hint: Any) -> Convert:
+    """A function taking a decoded JSON value to ``hint`` or raising ``_Mismatch``: a
+    nested message built, an int where a float is due made a float (JSON writes 2.0 as 2),
+    and never a bool for a number (True is an int to Python, not to the sender)."""
     origin, args = get_origin(hint), get_args(hint)
     if origin in (Union, types.UnionType):
-        for arg in args:
-            with contextlib.suppress(MessageError):
-                return _value(value, arg, where)
-    elif origin is list and isinstance(value, list):
-        return [_value(v, args[0], f"{where}[]") for v in value]
-    elif origin is dict and isinstance(value, dict):  # JSON keys are always strings
-        return {k: _value(v, args[1], f"{where}[{k!r}]") for k, v in value.items()}
-    elif isinstance(hint, type) and is_dataclass(hint) and isinstance(value, dict):
-        return _build(hint, value)
-    elif origin is None and _fits(value, hint):
-        return float(value) if hint is float else value
-    raise MessageError(f"{where} is not {hint}")
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    if hint is type(None):
-        return value is None
-    if isinstance(value, bool) and hint is not bool:
-        return False  # True is an int to Python, not to the sender
+        return _union(hint, [_converter(a) for a in args if a is not type(None)],
+                      type(None) in args)
+    if origin is list:
+        item = _converter(args[0])
+        return lambda v: [item(x) for x in _expect(v, list, hint)]
+    if origin is dict:  # JSON keys are always strings
+        value = _converter(args[1])
+        return lambda v: {k: value(x) for k, x in _expect(v, dict, hint).items()}
+    if isinstance(hint, type) and is_dataclass(hint):
+        return lambda v: _build(hint, _expect(v, dict, hint))
     if hint is float:
-        return isinstance(value, int | float)
-    return isinstance(value, hint)
+        return lambda v: float(_expect(v, int | float, hint))
+    return lambda v: _expect(v, hint, hint)
+
+
+def _union(hint: Any, options: list[Convert], optional: bool) -> Convert:
+    def convert(value: Any) -> Any:
+        if value is None and optional:
+            return None
+        for option in options:
+            with contextlib.suppress(_Mismatch):
+                return option(value)
+        raise _Mismatch(f"a {type(value).__name__} where {_name(hint)} is due")
+    return convert
+
+
+def _expect(value: Any, kind: Any, hint: Any) -> Any:
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise _Mismatch(f"a {type(value).__name__} where {_name(hint)} is due")
+
+
+def _name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)
