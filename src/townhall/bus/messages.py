@@ -229,7 +229,7 @@ def decode_control(data: bytes) -> Control:
         return kick
     if kind == "ended":
         return SpaceEnded()
-    raise MessageError(f"unknown control message {kind!r}")
+    raise MessageError(f"unknown control message {str(kind)[:40]!r}")
 
 
 def decode_levels(data: bytes) -> Levels:
