@@ -1,6 +1,7 @@
 """Messages that cross a process boundary on the bus, each typed once, encoded in one place.
 
-Every JSON message one role sends another on NATS is a dataclass here:
+Every JSON message one role sends another on NATS, the Space snapshot apart, is a dataclass
+here:
 
 =================================  ======================  ============================
 subject                            from → to               message
@@ -16,7 +17,9 @@ subject                            from → to               message
 
 The rest is typed where its format lives: the Space snapshot on ``townhall.<id>.state``
 (``room/snapshot.py``), the binary media chunks and AAC batches (``media/chunk.py``,
-``media/aac.py``); ``townhall.<id>.aacwant`` is a signal with an empty body.
+``media/aac.py``), the webhook events on ``townhall-hooks.<id>`` (``hooks/events.py``: the
+signed body each endpoint receives, passed through untouched); ``townhall.<id>.aacwant`` is
+a signal with an empty body.
 
 Both sides build and read these dataclasses; ``encode`` and the ``decode_*`` functions are
 the only code that turns them into JSON bytes and back, so a field cannot be spelt two ways.
