@@ -18,30 +18,40 @@ class EdgeReport(Protocol):
     """What an edge says once a second about one Space (the bus's ``ListenerStats``)."""
 
     @property
-    def node(self) -> str: ...
+    def node(self) -> str:
+        """The edge's node id."""
     @property
-    def at(self) -> float: ...
+    def at(self) -> float:
+        """When it counted (unix time)."""
     @property
-    def listeners(self) -> int: ...
+    def listeners(self) -> int:
+        """Its listeners in the Space."""
     @property
-    def reactions(self) -> Mapping[str, int]: ...
+    def reactions(self) -> Mapping[str, int]:
+        """Reactions by emoji since its last report."""
     @property
-    def url(self) -> str | None: ...
+    def url(self) -> str | None:
+        """Where listeners reach it."""
     @property
-    def capacity(self) -> int: ...
+    def capacity(self) -> int:
+        """How many listeners it takes in all."""
 
 
 class EdgeBeat(Protocol):
     """What an edge says once a second about itself (the bus's ``EdgeHeartbeat``)."""
 
     @property
-    def node(self) -> str: ...
+    def node(self) -> str:
+        """The edge's node id."""
     @property
-    def url(self) -> str | None: ...
+    def url(self) -> str | None:
+        """Where listeners reach it."""
     @property
-    def listeners(self) -> int: ...
+    def listeners(self) -> int:
+        """Its listeners in all its Spaces."""
     @property
-    def capacity(self) -> int: ...
+    def capacity(self) -> int:
+        """How many listeners it takes in all."""
 
 
 def fold(snap: dict[str, Any], reports: Sequence[EdgeReport], reactions: Counter[str],
