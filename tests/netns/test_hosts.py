@@ -412,7 +412,7 @@ def test_partition_and_host_loss(cluster: Cluster) -> None:
         taken[event] = found.get("new owner's clock starts", float("inf"))
     # NATS no longer holds a takeover up: with the leaders of the leases bucket, MEDIA and
     # the Spaces bucket kept on nats-h1, a new owner starts within the lease's TTL and one
-    # upkeep round (2.2-3.5 s in seven runs); a raft election on the lost host took 4-9 s
+    # upkeep round (2.2-3.5 s in nine runs); a raft election on the lost host took 4-9 s
     # more (4.9-9.7 s before). How fast the *tone* comes back stays a printed figure
     # (bench/README.md): a takeover can still number below what listeners heard, and
     # edges drop those chunks (the stage's part of issue 19).
