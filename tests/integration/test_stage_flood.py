@@ -24,7 +24,7 @@ from townhall.client import whip
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.procs import stop_process
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.realtime]
 
 
 class FloodTrack(MediaStreamTrack):
