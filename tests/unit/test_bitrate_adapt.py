@@ -81,8 +81,9 @@ def test_bottleneck_below_every_rate_ends_at_the_lowest() -> None:
 
 
 def test_random_loss_trial_is_undone_and_retried_later() -> None:
+    # A round trip too long for resends on NACK (the stage does not ask): a trial.
     adapter = BitrateAdapter(max_bitrate=64_000)
-    changes = drive(adapter, random_loss(0.15), 60)
+    changes = drive(adapter, random_loss(0.15, rtt_s=0.1), 60)
     assert changes[0][1] == 40_000
     assert changes[1][1] == 64_000  # the lower rate did not help: back
     assert adapter.bitrate == 64_000
@@ -91,6 +92,22 @@ def test_random_loss_trial_is_undone_and_retried_later() -> None:
     assert len(downs) == 2
     assert downs[1] - downs[0] >= 20
     assert sum(1 for _, rate in changes if rate < 64_000) <= 2
+
+
+def test_loss_that_resends_repair_starts_no_trial() -> None:
+    # The stage's reports say what the link lost, resends included: 15 % random loss
+    # near the stage (resends come back within a frame) is no reason to send less.
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    assert drive(adapter, random_loss(0.15, rtt_s=0.02), 120) == []
+    # Past what resends repair (each is lost as often), it is tried as before.
+    assert drive(adapter, random_loss(0.3, rtt_s=0.02), 10, start=120)[0][1] < 64_000
+
+
+def test_a_queue_filling_below_the_nack_limit_is_not_taken_for_repair() -> None:
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    adapter.report(0.0, 0.01, 0.0)
+    adapter.report(0.12, 0.05, 1.0)         # round trip up 40 ms: a queue, not Wi-Fi
+    assert adapter.report(0.12, 0.06, 2.0) == 40_000
 
 
 def test_drained_queue_confirms_a_trial_even_if_the_loss_barely_moved() -> None:

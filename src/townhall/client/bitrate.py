@@ -13,6 +13,13 @@ exceed it: it goes on down. After a clean stretch we step back
 up one rate; a step up that brings the loss back is undone at once and the clean stretch
 needed doubles.
 
+The stage's reports count a packet that came only as a resend on NACK as lost (the link
+lost it). Loss it repairs cheaply is not a reason to send less: while the round trip is
+short enough for the stage to ask for resends (``repair_rtt_s``, its NACK limit) and has
+not grown past its floor (no queue filling), loss below ``severe_loss`` starts no trial.
+A bottleneck with a queue shows as loss *and* a longer round trip; one that drops without
+queueing (a policer) shows only past ``severe_loss``.
+
 Reports arriving at the sender cover the interval since the previous one, so a report is
 counted for a rate only if the previous one came after the switch (plus the time the
 bottleneck's queue takes to drain).
@@ -22,6 +29,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+from townhall.media.nack import NackList
 
 STEPS = (64_000, 40_000, 24_000, 16_000, 12_000, 8_000)
 # RTP header and extensions, SRTP tag, UDP, IPv4: what each 20 ms packet costs on the wire
@@ -63,6 +72,8 @@ class BitrateAdapter:
     holdoff_max_s: float = 120.0
     drain_s: float = 0.25         # reports after the switch + this count for the new rate
     trial_reports: int = 2
+    repair_rtt_s: float = NackList.max_rtt_s  # the stage asks for resends up to this
+    severe_loss: float = 0.25     # more than resends repair (each is lost as often)
     _rates: tuple[int, ...] = ()
     _index: int = 0
     _changed_at: float = -math.inf
@@ -75,6 +86,7 @@ class BitrateAdapter:
     _up_after: float = 0.0
     _stepped_up_at: float = -math.inf
     _congested: bool = False
+    _rtt_floor: float = math.inf
 
     def __post_init__(self) -> None:
         rates = sorted({self.max_bitrate, *(s for s in self.steps if s < self.max_bitrate)},
@@ -92,11 +104,18 @@ class BitrateAdapter:
         """A receiver report that arrived at ``now`` (loss 0..1 since the previous one, the
         round trip if known); the new bitrate, or None to keep the current one."""
         previous, self._last_report = self._last_report, now
+        if rtt_s is not None:
+            self._rtt_floor = min(self._rtt_floor, rtt_s)
         if previous is None or previous < self._changed_at + self.drain_s:
             return None  # it covers time at the old rate
         if self._trial is not None:
             return self._judge(self._trial, fraction_lost, rtt_s, now)
-        if fraction_lost >= (self.congested_loss if self._congested else self.down_loss):
+        high = self.congested_loss if self._congested else self.down_loss
+        if high <= fraction_lost < self.severe_loss and self._repaired(rtt_s):
+            self._high = []
+            self._clean_since = None
+            return None
+        if fraction_lost >= high:
             self._clean_since = None
             self._high.append(fraction_lost)
             if len(self._high) < 2:
@@ -114,6 +133,13 @@ class BitrateAdapter:
             self._stepped_up_at = now
             return self._move(self._index - 1, now)
         return None
+
+    def _repaired(self, rtt_s: float | None) -> bool:
+        """Whether the stage's resends repair the loss: a round trip it asks over, and no
+        queue building up (the round trip not grown past its floor)."""
+        if rtt_s is None or rtt_s > self.repair_rtt_s:
+            return False
+        return rtt_s - self._rtt_floor < max(0.03, 0.25 * self._rtt_floor)
 
     def _down(self, loss: float, rtt_s: float | None, now: float) -> int | None:
         if now - self._stepped_up_at < self.probe_s + self.drain_s:
