@@ -53,6 +53,9 @@ def test_an_original_that_was_only_late_is_not_a_resend() -> None:
     stats.add(8, 8 * FRAME, 0.160)
     stats.add(7, 7 * FRAME, 0.161, asked_at=0.160)   # round trip not known yet: a resend
     assert stats.resends == 2
+    stats.add(10, 10 * FRAME, 0.200)
+    stats.add(9, 9 * FRAME, 0.200, asked_at=0.200, rtt_s=0.001)  # a loopback: within the
+    assert stats.resends == 3                                   # clock's millisecond
 
 
 def test_the_fraction_covers_the_time_since_the_previous_report() -> None:

@@ -11,7 +11,9 @@ whose resends come too late to play. Duplicates are not counted either.
 A resend and an original that was merely late (reordered) look alike; the original can
 come at any time, a resend no sooner than a round trip after the ask. So a packet counts
 as a resend when it arrives at least half the round trip after it was first asked for
-(at once when the round trip is not known yet).
+(at once when the round trip is not known yet), give or take the arrival clock's
+resolution (aiortc stamps packets in whole milliseconds: on a loopback a resend comes
+within the millisecond of the ask).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class ReceptionStats:
 
     clock_rate: int = 48_000
     window: int = 1024           # sequence numbers remembered for spotting duplicates
+    resolution_s: float = 0.001  # of the arrival times
     received: int = 0            # packets that came the first time they were sent
     resends: int = 0             # packets that came only after we asked again (lost)
     duplicates: int = 0
@@ -63,7 +66,8 @@ class ReceptionStats:
                 self._seen = {s for s in self._seen if s > seq - self.window}
         if self._base is None or seq < self._base:
             self._base = seq
-        if asked_at is not None and arrival_s - asked_at >= 0.5 * (rtt_s or 0.0):
+        if (asked_at is not None
+                and arrival_s - asked_at + self.resolution_s >= 0.5 * (rtt_s or 0.0)):
             self.resends += 1
             return  # its transit time says how late we asked, not how the path varies
         self.received += 1
