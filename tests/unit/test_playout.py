@@ -217,3 +217,13 @@ def test_a_switch_from_20_to_60_ms_packets_keeps_the_timeline() -> None:
     # bridged (then played from it: stretched), nothing counted lost or skipped.
     assert po.concealed <= 1 and po.jitter.stretched == po.concealed
     assert (po.jitter.lost, po.jitter.skipped) == (0, 0)
+
+
+def test_a_sender_clock_faster_than_ours_skips_whole_60_ms_packets() -> None:
+    pkts = _long_packets(60, 6.0)
+    sent = [(p, 0.057 * (i + 1)) for i, p in enumerate(pkts)]   # 5 % fast
+    po, out = _play(sent, int(0.057 * len(pkts) / 0.020))
+    first = next(i for i, f in enumerate(out) if f is not None)
+    assert all(f is not None for f in out[first:])
+    assert po.jitter.skipped >= 1
+    assert (po.concealed, po.jitter.lost) == (0, 0)   # a skip is never a half packet

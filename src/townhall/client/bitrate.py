@@ -6,7 +6,7 @@ lower bitrate only costs quality (bench/README.md, "quality"). So a step down is
 after loss stayed high over two reports (1-3 s), go down to the highest rate that what got
 through would carry (at least one step), and compare. A bottleneck carries about the same
 bytes at either rate, so the share of packets that gets through rises by about the ratio of
-packet sizes; random loss keeps that share. A trial that shows neither that rise nor a
+the rates on the wire; random loss keeps that share. A trial that shows neither that rise nor a
 shorter round trip (a drained queue) is undone, and the next trial waits longer; once one
 is confirmed, a bottleneck is known to be there and any loss past a few % means we still
 exceed it: it goes on down. After a clean stretch we step back
@@ -33,15 +33,24 @@ from dataclasses import dataclass, field
 from townhall.media.nack import NackList
 
 STEPS = (64_000, 40_000, 24_000, 16_000, 12_000, 8_000)
-# RTP header and extensions, SRTP tag, UDP, IPv4: what each 20 ms packet costs on the wire
+# RTP header and extensions, SRTP tag, UDP, IPv4: what each packet costs on the wire
 # besides its Opus payload (why a bottleneck's loss falls slower than the bitrate).
 OVERHEAD_BYTES = 58
-PACKETS_PER_S = 50
+LONG_PACKETS_BELOW = 24_000  # rates under this send 60 ms packets
+LONG_PACKET_MS = 60
 
 
-def wire_bytes(bitrate: int) -> float:
-    """Bytes one 20 ms packet at ``bitrate`` takes on the wire."""
-    return bitrate / 8 / PACKETS_PER_S + OVERHEAD_BYTES
+def packet_ms(bitrate: int) -> int:
+    """How much audio one packet at ``bitrate`` carries. At 50 packets a second the
+    overhead alone is ~23 kbit/s, so a 24 kbit/s bottleneck fits no rate at all; in 60 ms
+    packets 16 kbit/s is ~24 kbit/s on the wire, 12 ~20 and 8 ~16 (a lost packet is
+    60 ms concealed, but these rates are only reached below a bottleneck)."""
+    return LONG_PACKET_MS if bitrate < LONG_PACKETS_BELOW else 20
+
+
+def wire_bps(bitrate: int) -> float:
+    """Bits per second a stream at ``bitrate`` takes on the wire, packet overhead included."""
+    return bitrate + OVERHEAD_BYTES * 8 * 1000 / packet_ms(bitrate)
 
 
 @dataclass
@@ -154,9 +163,9 @@ class BitrateAdapter:
     def _try_lower(self, loss: float, rtt_s: float | None, now: float) -> int:
         # If a bottleneck is the cause, it carries what got through: aim for a rate that
         # fits in it, at least one step down.
-        carried = wire_bytes(self.bitrate) * (1 - loss)
+        carried = wire_bps(self.bitrate) * (1 - loss)
         index = self._index + 1
-        while index + 1 < len(self._rates) and wire_bytes(self._rates[index]) > carried:
+        while index + 1 < len(self._rates) and wire_bps(self._rates[index]) > carried:
             index += 1
         self._trial = _Trial(self._index, loss, rtt_s)
         return self._move(index, now)
@@ -167,7 +176,7 @@ class BitrateAdapter:
         if rtt_s is not None:
             trial.rtts.append(rtt_s)
         after = sum(trial.losses) / len(trial.losses)
-        size_ratio = wire_bytes(self._rates[trial.up_index]) / wire_bytes(self.bitrate)
+        size_ratio = wire_bps(self._rates[trial.up_index]) / wire_bps(self.bitrate)
         # Delivered share of packets: a bottleneck raises it by ~size_ratio, random loss
         # by 1. One report that shows most of the rise settles it; else the geometric
         # midpoint over ``trial_reports`` decides.

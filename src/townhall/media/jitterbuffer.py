@@ -192,9 +192,10 @@ class JitterBuffer:
             self._window, self._min_depth = 0, None
         elif depth > self._too_deep or self._drain_due(depth):
             # Too deep (sender clock faster than ours, a burst, or a target that fell):
-            # skip one slot so the delay returns to the target instead of staying high.
-            self._packets.pop(self._next, None)
-            self._next += 1
+            # skip one slot so the delay returns to the target instead of staying high
+            # (a whole packet: the slots of a longer one go with it).
+            skipped = self._packets.pop(self._next, None)
+            self._next += 1 if skipped is None else self.packet_frames
             self.skipped += 1
         seq = self._next
         self._next = seq + 1
