@@ -248,7 +248,9 @@ class SpeakerSession:
     def link(self, now: float) -> LinkReport:
         """This speaker's uplink quality (loss and jitter over the last seconds)."""
         jb = self.playout.jitter
-        return self.gauge.report(self.playout.packets, jb.lost + jb.late, jb.jitter_s, now)
+        # The buffer counts lost 20 ms slots: a lost 60 ms packet is three of them.
+        lost = jb.lost // jb.packet_frames + jb.late
+        return self.gauge.report(self.playout.packets, lost, jb.jitter_s, now)
 
     def pull(self) -> np.ndarray | None:
         """This mixer tick's frame from the speaker, or None when there is nothing."""
