@@ -7,7 +7,8 @@ pass-through it uses for ``MediaPlayer(decode=False)``): aiortc creates its own 
 privately, with no way to ask for FEC. The offer asks for generic NACK on Opus: the stage
 then asks for lost packets, and aiortc's sender resends them from its history. The send
 bitrate follows the stage's receiver reports (``townhall.client.bitrate``): down a step
-when a bottleneck loses packets, back up after a clean stretch; ``--no-adapt`` keeps it.
+when a bottleneck loses packets, back up after a clean stretch, in 60 ms packets below
+24 kbit/s (the per-packet overhead); ``--no-adapt`` keeps it.
 ``--simulate-loss`` drops outgoing RTP packets after aiortc numbered them (resends
 included), to test the stage's FEC and PLC on a lossy uplink.
 """
