@@ -8,36 +8,36 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from townhall.room.snapshot import REACTIONS
+from townhall.room.snapshot import REACTIONS, EdgeSeen, Space
 
 STALE_S = 3.0  # an edge that has not reported for this long no longer counts
 
 
-def fold(snap: dict[str, Any], reports: list[dict[str, Any]], reactions: Counter[str],
-         now: float) -> dict[str, Any]:
+def fold(snap: Space, reports: list[dict[str, Any]], reactions: Counter[str],
+         now: float) -> Space:
     """The snapshot with these edge reports and reaction counts folded in."""
     out = copy.deepcopy(snap)
-    edges: dict[str, dict[str, Any]] = out.setdefault("_edges", {})
-    totals: dict[str, int] = out.setdefault("reactions", {})
+    edges, totals = out.edges, out.reactions
     counts: Counter[str] = Counter(reactions)
     for report in reports:
         node = str(report.get("node", ""))
         if not node:
             continue
         at = float(report.get("at", now))
-        if node in edges and float(edges[node].get("at", 0)) > at:
+        if node in edges and edges[node].at > at:
             continue  # an older report arriving late
-        edges[node] = {"listeners": max(0, int(report.get("listeners", 0))),
-                       "url": report.get("url"), "capacity": report.get("capacity"),
-                       "at": at}
+        url, capacity = report.get("url"), report.get("capacity")
+        edges[node] = EdgeSeen(listeners=max(0, int(report.get("listeners", 0))),
+                               url=None if url is None else str(url),
+                               capacity=None if capacity is None else int(capacity), at=at)
         for emoji, n in dict(report.get("reactions") or {}).items():
             counts[str(emoji)] += max(0, int(n))
-    for node in [n for n, e in edges.items() if now - float(e["at"]) > STALE_S]:
+    for node in [n for n, e in edges.items() if now - e.at > STALE_S]:
         del edges[node]
     for emoji, n in counts.items():
         if emoji in REACTIONS and n > 0:
             totals[emoji] = int(totals.get(emoji, 0)) + n
-    out["listeners"] = sum(int(e["listeners"]) for e in edges.values())
+    out.listeners = sum(e.listeners for e in edges.values())
     return out
 
 
@@ -76,7 +76,7 @@ def _load(edge: dict[str, Any]) -> float:
     return listeners / cap if cap else listeners
 
 
-def rank_edges(space: str, snap_edges: dict[str, dict[str, Any]],
+def rank_edges(space: str, snap_edges: dict[str, EdgeSeen],
                registry: dict[str, dict[str, Any]], now: float) -> list[dict[str, Any]]:
     """Edges that can serve ``space``, least loaded first; full ones last."""
     merged: dict[str, dict[str, Any]] = {}
@@ -84,13 +84,13 @@ def rank_edges(space: str, snap_edges: dict[str, dict[str, Any]],
         merged[node] = {"node": node, "url": edge.get("url"),
                         "listeners": int(edge.get("listeners") or 0),
                         "capacity": edge.get("capacity")}
-    for node, edge in snap_edges.items():
-        if now - float(edge.get("at", 0)) > STALE_S:
+    for node, seen in snap_edges.items():
+        if now - seen.at > STALE_S:
             continue
-        base = merged.setdefault(node, {"node": node, "url": edge.get("url"),
-                                        "listeners": int(edge.get("listeners") or 0),
-                                        "capacity": edge.get("capacity")})
-        base["url"] = base["url"] or edge.get("url")
+        base = merged.setdefault(node, {"node": node, "url": seen.url,
+                                        "listeners": seen.listeners,
+                                        "capacity": seen.capacity})
+        base["url"] = base["url"] or seen.url
     ranked = sorted(merged.values(), key=lambda e: (
         bool(e["capacity"]) and e["listeners"] >= e["capacity"], _load(e), e["node"]))
     for entry in ranked:
