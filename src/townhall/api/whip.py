@@ -179,7 +179,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         snap = await asyncio.wait_for(store.get(space), WHIP_READ_S)
         grants.authorize(ident, "publish", snap)
         sdp = check_offer(await request.body())
-        if snap["state"] != "live":
+        if snap.state != "live":
             raise Conflict("the Space is not live", slug="not-live")
         lease = await asyncio.wait_for(ctx.bus.kv_get(subjects.LEASES_BUCKET, space),
                                        WHIP_READ_S)

@@ -82,7 +82,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         if api is None:
             return None
         try:
-            snap: dict[str, Any] = await api.store.get(space)
+            snap = await api.store.get(space)
         except NotFound:
             return None
         # What anyone without a token may read (townhall.grants): never a private Space.
@@ -118,13 +118,14 @@ def install(app: FastAPI, ctx: Context) -> None:
 
     async def clip_exists(space: str, clip: str) -> bool:
         api = getattr(app.state, "api", None)
+        if api is None:
+            return False
         try:
-            doc: dict[str, Any] = await api.store.get(space) if api is not None else {}
+            doc = await api.store.get(space)
         except NotFound:
             return False
-        rec = doc.get("recording")
-        expired = isinstance(rec, dict) and rec.get("state") == "expired"
-        return clip in doc.get("_clips", []) and not expired
+        expired = doc.finished is not None and doc.finished.state == "expired"
+        return clip in doc.clips and not expired
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> Response:
