@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import json
 import types
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 STAGE_LIMIT = 13        # host + co-hosts + speakers
@@ -246,6 +246,13 @@ T = TypeVar("T")
 
 
 _SHAPES: dict[Any, tuple[dict[str, Any], tuple[Any, ...]]] = {}
+
+
+def json_fields(cls: type) -> list[tuple[Field[Any], Any]]:
+    """A snapshot dataclass's fields (``extra`` aside) in the order the JSON has them,
+    each with its resolved type: what the codec and the OpenAPI schema both walk."""
+    hints, order = _shape(cls)
+    return [(f, hints[f.name]) for f in order]
 
 
 def _shape(cls: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
