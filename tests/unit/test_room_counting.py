@@ -6,6 +6,7 @@ import itertools
 from collections import Counter
 from typing import Any
 
+from tests.snapshots import space
 from townhall.api.ratelimit import TokenBuckets
 from townhall.room.coalescer import Coalescer
 from townhall.room.counting import EdgeRegistry, ReactionTally, fold, rank_edges
@@ -46,17 +47,17 @@ def test_coalescer_is_per_space_and_drops_stale_versions() -> None:
 
 
 def test_fold_sums_fresh_edges_and_reactions() -> None:
-    s = snap(1)
+    s = space()
     s = fold(s, [{"node": "e1", "listeners": 10, "reactions": {"🔥": 2}, "at": 100.0},
                  {"node": "e2", "listeners": 5, "reactions": {"🔥": 1, "bad": 9}, "at": 100.0}],
              Counter({"👏": 3}), now=100.0)
-    assert s["listeners"] == 15 and s["reactions"] == {"🔥": 3, "👏": 3}
+    assert s.listeners == 15 and s.reactions == {"🔥": 3, "👏": 3}
     s = fold(s, [{"node": "e1", "listeners": 12, "at": 102.0}], Counter(), now=102.0)
-    assert s["listeners"] == 17
+    assert s.listeners == 17
     s = fold(s, [], Counter(), now=104.5)  # e2 silent for 4.5 s: gone
-    assert s["listeners"] == 12 and set(s["_edges"]) == {"e1"}
+    assert s.listeners == 12 and set(s.edges) == {"e1"}
     s = fold(s, [{"node": "e1", "listeners": 1, "at": 90.0}], Counter(), now=104.5)
-    assert s["listeners"] == 12  # a late, older report changes nothing
+    assert s.listeners == 12  # a late, older report changes nothing
 
 
 def test_reaction_tally_hands_over_and_resets() -> None:
