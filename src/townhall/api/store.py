@@ -10,7 +10,7 @@ from townhall.bus import Bus, CasConflict, subjects
 from townhall.bus.bus import Entry
 from townhall.problems import NotFound, Unavailable
 from townhall.room.rules import is_space_id
-from townhall.room.snapshot import Space, decode, encode, public_view
+from townhall.room.snapshot import Space, clone, decode, encode, same_public
 
 Snapshot = Space
 Mutation = Callable[[Snapshot], Snapshot]
@@ -51,11 +51,11 @@ class SpaceStore:
         changes. Refusals raised by ``change`` propagate untouched."""
         for attempt in range(MAX_ATTEMPTS):
             entry = await self._entry(space)
-            # ``change`` gets its own copy: it may change it in place and return it.
-            old, new = decode(entry.value), change(decode(entry.value))
+            old = decode(entry.value)
+            new = change(clone(old))  # its own copy: it may change it in place
             if new == old:
                 return old
-            public_changed = public_view(new) != public_view(old)
+            public_changed = not same_public(new, old)
             if public_changed:
                 new.version = old.version + 1
             try:

@@ -3,12 +3,11 @@ reports folded into a Space's snapshot. No I/O; time is passed in."""
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from townhall.room.snapshot import REACTIONS, EdgeSeen, Space
+from townhall.room.snapshot import REACTIONS, EdgeSeen, Space, clone
 
 STALE_S = 3.0  # an edge that has not reported for this long no longer counts
 
@@ -16,7 +15,7 @@ STALE_S = 3.0  # an edge that has not reported for this long no longer counts
 def fold(snap: Space, reports: list[dict[str, Any]], reactions: Counter[str],
          now: float) -> Space:
     """The snapshot with these edge reports and reaction counts folded in."""
-    out = copy.deepcopy(snap)
+    out = clone(snap)
     edges, totals = out.edges, out.reactions
     counts: Counter[str] = Counter(reactions)
     for report in reports:

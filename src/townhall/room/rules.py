@@ -7,7 +7,6 @@ The store bumps ``version``; these rules never touch it.
 
 from __future__ import annotations
 
-import copy
 import re
 import secrets
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from townhall.room.snapshot import (
     Space,
     Speaker,
     Waiting,
+    clone,
     on_stage,
 )
 from townhall.room.text import check_text
@@ -95,7 +95,7 @@ def start(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
     if snap.state != "scheduled":
         raise Conflict(f"the Space is {snap.state}, it cannot start",
                        slug="not-startable")
-    out = copy.deepcopy(snap)
+    out = clone(snap)
     out.state = "live"
     out.started_at = now
     if out.recording is True:
@@ -108,7 +108,7 @@ def end(snap: Snapshot, actor: Actor, *, now: float) -> Snapshot:
     _require_host(snap, actor)
     if snap.state == "ended":
         raise Conflict("the Space has already ended", slug="space-ended")
-    out = copy.deepcopy(snap)
+    out = clone(snap)
     out.state = "ended"
     out.ended_at = now
     _record(out, False, now)
@@ -213,7 +213,7 @@ def apply(snap: Snapshot, actor: Actor, action: str, *, target: str | None = Non
             raise Conflict("the Space has ended", slug="space-ended")
     else:
         _require_live(snap)
-    out = copy.deepcopy(snap)
+    out = clone(snap)
     rule(snap, out, actor, Call(target, name, block, now))
     return out
 

@@ -47,10 +47,12 @@ kept in ``extra`` and written back unchanged, so an older api never drops them.
 
 from __future__ import annotations
 
+import copy
 import json
 import types
+from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 STAGE_LIMIT = 13        # host + co-hosts + speakers
 COHOST_LIMIT = 2
@@ -206,6 +208,8 @@ def on_stage(space: Space, identity: str) -> Speaker | None:
 
 
 # --- the one serializer ------------------------------------------------------------------
+# Each dataclass and type gets its reader and writer worked out once (the first time it is
+# used), so that reading a document is one pass of plain checks, not reflection per value.
 
 def decode(data: bytes | str) -> Space:
     """A stored (or published) document as a ``Space``; SnapshotError if it is not one."""
@@ -223,13 +227,21 @@ def encode(space: Space) -> bytes:
 
 def from_doc(doc: Any) -> Space:
     """A parsed JSON document as a ``Space``; SnapshotError if it is not one."""
-    return _build(Space, doc, "snapshot")
+    space: Space = _reader(Space)(doc)
+    return space
 
 
 def to_doc(space: Space) -> dict[str, Any]:
-    """The ``Space`` as the JSON object the bucket stores (internal keys included)."""
-    out: dict[str, Any] = _plain(space)
-    return out
+    """The ``Space`` as the JSON object the bucket stores (internal keys included); it
+    shares nothing with ``space``."""
+    doc: dict[str, Any] = _writer(Space)(space)
+    return doc
+
+
+def clone(space: Space) -> Space:
+    """A copy of ``space`` that shares nothing with it (what a rule changes)."""
+    copied: Space = _copier(Space)(space)
+    return copied
 
 
 def public_view(space: Space) -> dict[str, Any]:
@@ -237,107 +249,222 @@ def public_view(space: Space) -> dict[str, Any]:
     return {k: v for k, v in to_doc(space).items() if not k.startswith("_")}
 
 
-def json_key(f: Any) -> str:
+def same_public(a: Space, b: Space) -> bool:
+    """Whether ``a`` and ``b`` look the same to clients (their public views are equal)."""
+    return all(getattr(a, name) == getattr(b, name) for name in _public_names()) \
+        and _public_extra(a) == _public_extra(b)
+
+
+def _public_names() -> list[str]:
+    return [f.name for f, _ in json_fields(Space) if not f.metadata.get("internal")]
+
+
+def _public_extra(space: Space) -> dict[str, Any]:
+    return {k: v for k, v in space.extra.items() if not k.startswith("_")}
+
+
+def json_key(f: Field[Any]) -> str:
     """A dataclass field's key in the JSON."""
-    return f"_{f.name}" if f.metadata.get("internal") else str(f.name)
-
-
-T = TypeVar("T")
-
-
-_SHAPES: dict[Any, tuple[dict[str, Any], tuple[Any, ...]]] = {}
+    return f"_{f.name}" if f.metadata.get("internal") else f.name
 
 
 def json_fields(cls: type) -> list[tuple[Field[Any], Any]]:
     """A snapshot dataclass's fields (``extra`` aside) in the order the JSON has them,
     each with its resolved type: what the codec and the OpenAPI schema both walk."""
-    hints, order = _shape(cls)
-    return [(f, hints[f.name]) for f in order]
-
-
-def _shape(cls: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
-    """A dataclass's resolved annotations and its fields in JSON order (``extra`` aside),
-    worked out once per class."""
-    shape = _SHAPES.get(cls)
-    if shape is None:
+    known = _FIELDS.get(cls)
+    if known is None:
         found = {f.name: f for f in fields(cls)}
         order = [n for n in _ORDER if n in found] if cls is Space else list(found)
-        shape = _SHAPES[cls] = (get_type_hints(cls),
-                                tuple(found[n] for n in order if n != "extra"))
-    return shape
+        hints = get_type_hints(cls)
+        known = _FIELDS[cls] = [(found[n], hints[n]) for n in order if n != "extra"]
+    return known
 
 
-def _build(cls: type[T], doc: Any, path: str) -> T:
-    if not isinstance(doc, dict):
-        raise SnapshotError(f"{path} is not an object")
-    hints, shape = _shape(cls)
-    values: dict[str, Any] = {}
-    known = set()
-    for f in shape:
-        key = json_key(f)
-        known.add(key)
-        if key not in doc:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise SnapshotError(f"{path} needs {key!r}")
-            continue
-        values[f.name] = _value(hints[f.name], doc[key], f"{path}.{key}")
-    values["extra"] = {k: v for k, v in doc.items() if k not in known}
-    return cls(**values)
+_FIELDS: dict[type, list[tuple[Field[Any], Any]]] = {}
 
 
-def _value(hint: Any, value: Any, path: str) -> Any:  # noqa: C901 - one case per JSON type
-    origin = get_origin(hint)
+Convert = Callable[[Any], Any]
+_READERS: dict[Any, Convert] = {}
+_WRITERS: dict[Any, Convert] = {}
+_COPIERS: dict[Any, Convert] = {}
+_SCALARS = {str: (str,), bool: (bool,), int: (int,), float: (int, float)}  # JSON 2.0 is 2
+
+
+def _reader(hint: Any) -> Convert:
+    """The function that checks a parsed JSON value against ``hint`` and builds it."""
+    reader = _READERS.get(hint)
+    if reader is None:
+        reader = _READERS[hint] = _make_reader(hint)
+    return reader
+
+
+def _make_reader(hint: Any) -> Convert:  # noqa: C901 - one case per kind of type
+    origin, args = get_origin(hint), get_args(hint)
+    if is_dataclass(hint):
+        return _dataclass_reader(hint)
     if origin in (Union, types.UnionType):
-        for arg in get_args(hint):
+        return _union_reader(hint, [_reader(a) for a in args])
+    if origin is Literal:
+        allowed = frozenset(args)
+
+        def literal(value: Any) -> Any:
+            if value not in allowed:
+                raise SnapshotError(f"is not one of {sorted(allowed)}")
+            return value
+        return literal
+    if origin is list:
+        item = _reader(args[0])
+
+        def listed(value: Any) -> Any:
+            if type(value) is not list:
+                raise SnapshotError("is not a list")
+            return [item(v) for v in value]
+        return listed
+    if origin is dict:
+        entry = _reader(args[1])
+
+        def mapped(value: Any) -> Any:
+            if type(value) is not dict:
+                raise SnapshotError("is not an object")
+            return {k: entry(v) for k, v in value.items()}
+        return mapped
+    if hint is Any:
+        return lambda value: value
+    if hint is type(None):
+        def null(value: Any) -> Any:
+            if value is not None:
+                raise SnapshotError("is not null")
+            return None
+        return null
+    kinds = _SCALARS[hint]  # exact types: a bool is no int here, as in JSON
+
+    def scalar(value: Any) -> Any:
+        if type(value) not in kinds:
+            raise SnapshotError(f"is not {hint.__name__}")
+        return value
+    return scalar
+
+
+def _union_reader(hint: Any, readers: list[Convert]) -> Convert:
+    def union(value: Any) -> Any:
+        for read in readers:
             try:
-                return _value(arg, value, path)
+                return read(value)
             except SnapshotError:
                 continue
-        raise SnapshotError(f"{path} is not {hint}")
+        raise SnapshotError(f"is not {hint}")
+    return union
+
+
+def _dataclass_reader(cls: Any) -> Convert:
+    spec = [(f.name, json_key(f), _reader(hint),
+             f.default is MISSING and f.default_factory is MISSING)
+            for f, hint in json_fields(cls)]
+    known = {key for _, key, _, _ in spec}
+
+    def read(value: Any) -> Any:
+        if type(value) is not dict:
+            raise SnapshotError(f"{cls.__name__} is not an object")
+        values: dict[str, Any] = {}
+        for name, key, convert, required in spec:
+            if key in value:
+                try:
+                    values[name] = convert(value[key])
+                except SnapshotError as exc:
+                    raise SnapshotError(f"{key} {exc}") from None
+            elif required:
+                raise SnapshotError(f"{cls.__name__} needs {key!r}")
+        if len(value) > len(values):
+            values["extra"] = {k: v for k, v in value.items() if k not in known}
+        return cls(**values)
+    return read
+
+
+def _writer(hint: Any) -> Convert:
+    """The function that turns a typed value into fresh JSON-ready objects."""
+    writer = _WRITERS.get(hint)
+    if writer is None:
+        writer = _WRITERS[hint] = _make_writer(hint)
+    return writer
+
+
+def _make_writer(hint: Any) -> Convert:
+    origin, args = get_origin(hint), get_args(hint)
     if is_dataclass(hint):
-        return _build(hint, value, path)  # type: ignore[arg-type]
-    if origin is Literal:
-        if value not in get_args(hint):
-            raise SnapshotError(f"{path} is not one of {get_args(hint)}")
-        return value
+        return _dataclass_writer(hint)
+    if origin in (Union, types.UnionType):
+        # Only a dataclass in a union needs writing out (``bool | Recording``); the
+        # snapshot has no union of containers.
+        classes: list[tuple[Any, Convert]] = [(a, _writer(a)) for a in args
+                                              if is_dataclass(a)]
+
+        def union(value: Any) -> Any:
+            for cls, write in classes:
+                if isinstance(value, cls):
+                    return write(value)
+            return value
+        return union
     if origin is list:
-        (item,) = get_args(hint)
-        if not isinstance(value, list):
-            raise SnapshotError(f"{path} is not a list")
-        return [_value(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        item = _writer(args[0])
+        return lambda value: [item(v) for v in value]
     if origin is dict:
-        _, item = get_args(hint)
-        if not isinstance(value, dict):
-            raise SnapshotError(f"{path} is not an object")
-        return {str(k): _value(item, v, f"{path}.{k}") for k, v in value.items()}
-    if hint is Any:
-        return value
-    if hint is type(None):
-        if value is not None:
-            raise SnapshotError(f"{path} is not null")
-        return None
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return value  # JSON writes 2.0 as 2: kept as written, so it is written back alike
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint in (str, bool) and isinstance(value, hint):
-        return value
-    raise SnapshotError(f"{path} is not {getattr(hint, '__name__', hint)}")
+        entry = _writer(args[1])
+        return lambda value: {k: entry(v) for k, v in value.items()}
+    return lambda value: value  # str, int, float, bool, None, a Literal: immutable
 
 
-def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
+def _dataclass_writer(cls: Any) -> Convert:
+    spec = [(f.name, json_key(f), _writer(hint), f.metadata.get("omit"))
+            for f, hint in json_fields(cls)]
+
+    def write(value: Any) -> Any:
         out: dict[str, Any] = {}
-        for f in _shape(type(value))[1]:
-            item = getattr(value, f.name)
-            omit = f.metadata.get("omit")
+        for name, key, convert, omit in spec:
+            item = getattr(value, name)
             if (omit == "none" and item is None) or (omit == "empty" and not item):
                 continue
-            out[json_key(f)] = _plain(item)
-        out.update(getattr(value, "extra", {}))
+            out[key] = convert(item)
+        if value.extra:
+            out.update(copy.deepcopy(value.extra))
         return out
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+    return write
+
+
+def _copier(hint: Any) -> Convert:
+    """The function that copies a typed value deeply (faster than copy.deepcopy, which
+    goes through every dataclass's pickling protocol)."""
+    copier = _COPIERS.get(hint)
+    if copier is None:
+        copier = _COPIERS[hint] = _make_copier(hint)
+    return copier
+
+
+def _make_copier(hint: Any) -> Convert:
+    origin, args = get_origin(hint), get_args(hint)
+    if is_dataclass(hint):
+        spec = [(f.name, _copier(h)) for f, h in json_fields(hint)]  # type: ignore[arg-type]
+        cls: Any = hint
+
+        def copy_dataclass(value: Any) -> Any:
+            out = cls(**{name: convert(getattr(value, name)) for name, convert in spec})
+            if value.extra:
+                out.extra = copy.deepcopy(value.extra)
+            return out
+        return copy_dataclass
+    if origin in (Union, types.UnionType):
+        classes: list[tuple[Any, Convert]] = [(a, _copier(a)) for a in args
+                                              if is_dataclass(a)]
+
+        def union(value: Any) -> Any:
+            for kind, convert in classes:
+                if isinstance(value, kind):
+                    return convert(value)
+            return value
+        return union
+    if origin is list:
+        item = _copier(args[0])
+        return lambda value: [item(v) for v in value]
+    if origin is dict:
+        entry = _copier(args[1])
+        return lambda value: {k: entry(v) for k, v in value.items()}
+    return lambda value: value
