@@ -7,7 +7,8 @@ import dataclasses
 
 from townhall.api.schemas import Snapshot, SpaceList, public_model
 from townhall.room import rules
-from townhall.room.snapshot import Recording, Space, Speaker, json_key, public_view
+from townhall.room.jsonshape import json_key
+from townhall.room.snapshot import Recording, Space, Speaker, public_view
 
 
 def test_every_public_field_is_in_the_schema_and_no_internal_one() -> None:

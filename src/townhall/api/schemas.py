@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from townhall.problems import PROBLEM_CONTENT_TYPE, Problem
 from townhall.room import snapshot
+from townhall.room.jsonshape import json_fields
 
 
 class Open(BaseModel):
@@ -42,7 +43,7 @@ def public_model(cls: type) -> type[BaseModel]:
     or null is not."""
     name, doc = _NAMES[cls]
     defs: dict[str, Any] = {}
-    for f, hint in snapshot.json_fields(cls):
+    for f, hint in json_fields(cls):
         meta = f.metadata
         if meta.get("internal"):
             continue
