@@ -221,11 +221,11 @@ class SpaceRecording:
     async def _on_state(self, msg: Message) -> None:
         """Keep the reaction totals whenever they change (at most 4 snapshots a second):
         the replay's reaction peaks come from them."""
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            self._note_reactions(json.loads(msg.data).get("reactions"))
+        with contextlib.suppress(SnapshotError):
+            self._note_reactions(decode(msg.data).reactions)
 
-    def _note_reactions(self, got: Any) -> None:
-        if isinstance(got, dict) and got != self.reactions and len(self.levels) < 10_000:
+    def _note_reactions(self, got: dict[str, int]) -> None:
+        if got != self.reactions and len(self.levels) < 10_000:
             self.reactions = got
             self.levels.append({"at": time.time(), "reactions": got})
 
