@@ -17,10 +17,12 @@ from townhall.room.snapshot import (
     Space,
     Speaker,
     Waiting,
+    clone,
     decode,
     encode,
     from_doc,
     public_view,
+    same_public,
     to_doc,
 )
 
@@ -135,3 +137,34 @@ def test_a_space_is_its_own_copy_after_a_rule() -> None:
     assert before == decode(STORED_LIVE)  # the rule changed a copy
     assert after.speaker("bob") == Speaker("bob", "Bob", "cohost", True, "self")
     assert isinstance(after, Space)
+
+
+def test_a_clone_shares_nothing_with_its_original() -> None:
+    original = decode(STORED_ENDED)
+    original.extra["topic"] = {"tags": ["a"]}
+    copy = clone(original)
+    assert copy == original and copy is not original
+    copy.record_spans[0][1] = 0.0
+    copy.edges["e1"].listeners = 0
+    copy.extra["topic"]["tags"].append("b")
+    assert isinstance(copy.recording, Recording)
+    copy.recording.bytes = 0
+    assert original.record_spans == [[1795576010.25, 1795576100.0]]
+    assert original.edges["e1"].listeners == 7
+    assert original.extra["topic"] == {"tags": ["a"]}
+    assert original.finished is not None and original.finished.bytes == 70123
+
+
+def test_same_public_agrees_with_comparing_the_public_views() -> None:
+    base = decode(STORED_LIVE)
+    variants = [clone(base) for _ in range(6)]
+    variants[0].listeners += 1                  # public
+    variants[1].stage[1].muted = False          # public, nested
+    variants[2].blocked.append("eve")           # internal
+    variants[3].edges["e1"].at += 1             # internal, nested
+    variants[4].extra["topic"] = "x"            # public, unknown to this version
+    variants[5].extra["_shadow"] = 1            # internal, unknown to this version
+    for other in variants:
+        assert same_public(base, other) == (public_view(base) == public_view(other))
+    assert [same_public(base, v) for v in variants] == [False, False, True, True, False,
+                                                         True]
