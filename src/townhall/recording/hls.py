@@ -75,9 +75,9 @@ from townhall.recording.packager import (
     load_aac_index,
     recording_tag,
 )
-from townhall.recording.plugin import Ticket, cache_control, restricted
 from townhall.recording.recorder import BUCKET, load_chunks, load_index
 from townhall.recording.retention import EXPIRED
+from townhall.recording.routes import Ticket, cache_control, restricted
 from townhall.recording.tickets import Tickets
 from townhall.recording.tickets import recording_tag as ticket_tag
 from townhall.room.rules import is_space_id
