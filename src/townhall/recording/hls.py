@@ -4,7 +4,7 @@ segments, segments and parts.
 
 While a Space is live, any api node answers from NATS: on the first request it follows the
 Space's chunks (Opus, the last minute from JetStream, then live) or its AAC batches (made
-once per Space by townhall.recording.packager) and cuts 2 s segments and 0.5 s parts from
+once per Space by townhall.recording.aacpackager) and cuts 2 s segments and 0.5 s parts from
 them; a playlist request may block until a part exists (LL-HLS). After a recorded Space's
 recording is ready, the same URLs serve the whole recording (VOD, ``#EXT-X-ENDLIST``) from
 the object store. Segments never change once listed: ``immutable``; playlists are
@@ -68,7 +68,7 @@ from townhall.media.hls import (
 )
 from townhall.media.recording import RecordingIndex
 from townhall.problems import BadInput, Conflict, Gone, NotFound, Unauthorized, Unavailable
-from townhall.recording.packager import (
+from townhall.recording.aacpackager import (
     AacIndex,
     Packager,
     aac_segment_name,
