@@ -10,7 +10,6 @@ returns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import Counter
@@ -177,11 +176,7 @@ class Feed:
         """The Space's KV entry as a dict (None if absent or unreadable)."""
         if not self._doc_parsed:
             self._doc_parsed = True
-            self._doc = None
-            if self.doc_raw:
-                with contextlib.suppress(ValueError):
-                    doc = json.loads(self.doc_raw)
-                    self._doc = doc if isinstance(doc, dict) else None
+            self._doc = parse_doc(self.doc_raw)
         return self._doc
 
     def frame(self, data: bytes) -> Frame:

@@ -259,10 +259,8 @@ class AccessCache:
                 snap: dict[str, Any] | None = await self._fetch(space)
             except NotFound:
                 snap = None
-            held = self._held[space] = (now, snap)
-            self._held.move_to_end(space)
-            while len(self._held) > self.size:
-                self._held.popitem(last=False)
+            held = (now, snap)
+            keep(self._held, space, held, self.size)
         if held[1] is None:
             raise NotFound(f"no Space {space}", slug="space-not-found")
         return held[1]
@@ -377,13 +375,11 @@ class HlsOrigin:
         if request.url.query or src.ticket is not None or restricted(src.snap) \
                 or "authorization" in request.headers:
             return
-        self.answers[request.url.path] = Answer(
+        keep(self.answers, request.url.path, Answer(
             src.space, src.kind, float(src.rec.get("expires_at", 0)) if src.rec else 0.0,
             {"type": "http.response.start", "status": 200,
              "headers": list(response.raw_headers)},
-            {"type": "http.response.body", "body": response.body})
-        while len(self.answers) > KEPT * 2:
-            self.answers.popitem(last=False)
+            {"type": "http.response.body", "body": response.body}), KEPT * 2)
 
     def repeat(self, scope: Any) -> Answer | None:
         """The answer to repeat to this request, if the grants still allow it."""
@@ -592,9 +588,7 @@ class HlsOrigin:
             if lo < feed.oldest:
                 raise NotFound("this segment is no longer held", slug="no-segment")
             data = feed.media(res.k, j)
-        self.built[key] = data
-        while len(self.built) > KEPT:
-            self.built.popitem(last=False)
+        keep(self.built, key, data)
         return data
 
     async def _vod_media(self, src: Source, rendition: Rendition, k: int,
