@@ -28,6 +28,13 @@ from typing import Any
 
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message, Subscription
+from townhall.bus.messages import (
+    MessageError,
+    SpaceEnded,
+    decode_control,
+    decode_levels,
+    levels_frame,
+)
 from townhall.edge import metrics
 from townhall.edge.feed import Feed, Joined, parse_doc
 from townhall.edge.frame import Frame
@@ -307,23 +314,25 @@ class FeedHandlers:
 
     async def levels(self, msg: Message) -> None:
         """The speaking levels, passed on to listeners as a ``levels`` frame."""
-        body = parse_doc(msg.data)
-        if body is not None:
-            self.feed.on_levels(json.dumps({**body, "type": "levels"}))
+        try:
+            self.feed.on_levels(levels_frame(decode_levels(msg.data)))
+        except MessageError as exc:
+            log.warning("dropped unreadable levels on %s: %s", msg.subject, exc)
 
     async def control(self, msg: Message) -> None:
-        """A control message (the Space ended, a stage takeover)."""
-        body = parse_doc(msg.data)
-        if body is None:
+        """A control message: a kick, or the Space's end."""
+        try:
+            command = decode_control(msg.data)
+        except MessageError as exc:
+            log.warning("dropped a control message on %s: %s", msg.subject, exc)
             return
-        with contextlib.suppress(ValueError):
-            if body.get("type") == "ended":
-                # Send the final "ended" snapshot before closing, if KV has it.
-                entry = await self.bus.kv_get(subjects.SPACES_BUCKET, self.space)
-                snap = parse_doc(entry.value if entry is not None else None)
-                if snap is not None:
-                    self.feed.on_state(snap)
-            self.feed.on_control(body)
+        if isinstance(command, SpaceEnded):
+            # Send the final "ended" snapshot before closing, if KV has it.
+            entry = await self.bus.kv_get(subjects.SPACES_BUCKET, self.space)
+            snap = parse_doc(entry.value if entry is not None else None)
+            if snap is not None:
+                self.feed.on_state(snap)
+        self.feed.on_control(command)
 
     async def doc(self, msg: Message) -> None:
         """A change of the Space's KV entry (a deletion is None)."""
