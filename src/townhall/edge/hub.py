@@ -10,8 +10,8 @@ closing — and is then served through its bounded backlog until it has drained
 The loop itself: a listener whose outlet has a socket (edge/fanout.py's ``Outlet``: a socket
 object on the transport's file descriptor, with the transport's high-water mark at 0 so that
 it is paused whenever the transport holds a byte) is sent to with ``socket.send`` called by
-``map`` — one ``send(2)`` per listener and no Python bytecode per listener (docs/edge.md:
-about half the user time and a cheaper system call than ``transport.write``). A short or
+``map`` — one ``send(2)`` per listener and no Python bytecode per listener (docs/edge.md
+says what that saves over ``transport.write``). A short or
 refused send hands the rest to the transport, which buffers it and pauses the listener;
 byte order holds because a fast listener's transport holds nothing. Listeners without a
 socket (TLS, unit tests' fake transports) get ``write(data)`` in a plain loop.
