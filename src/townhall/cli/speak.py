@@ -26,7 +26,7 @@ import sys
 import time
 import wave
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import av
 import httpx
@@ -39,6 +39,7 @@ from townhall.client.bitrate import BitrateAdapter
 from townhall.client.rejoin import RejoinPacer
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.linkquality import LinkGauge, grade
+from townhall.media.opus import mono_encoder, mono_frame
 from townhall.stage.ingest import to_mono, with_nack
 from townhall.stage.rtc import rtc_configuration
 
@@ -55,20 +56,12 @@ class SpeakerEncoder:
         self._last: av.AudioFrame | None = None
 
     def _open(self, bitrate: int) -> Any:
-        ctx: Any = cast(Any, av.CodecContext.create("libopus", "w"))
-        ctx.sample_rate = SAMPLE_RATE
-        ctx.layout = "mono"
-        ctx.format = "s16"
-        ctx.bit_rate = bitrate
-        ctx.time_base = fractions.Fraction(1, SAMPLE_RATE)
         options = {"application": "voip"}
         if self.expected_loss > 0:
             # libopus adds LBRR (a low-rate copy of the previous frame) to each packet,
             # so the stage can rebuild a lost frame from the packet after it.
             options |= {"fec": "1", "packet_loss": str(self.expected_loss)}
-        ctx.options = options
-        ctx.open()
-        return ctx
+        return mono_encoder("libopus", "s16", bitrate, options)
 
     def retune(self, bitrate: int) -> None:
         """Encode at ``bitrate`` from the next frame on. PyAV cannot change an open
@@ -130,10 +123,7 @@ class SourceTrack(MediaStreamTrack):
             await asyncio.sleep(wait)
         idx = (np.arange(FRAME_SAMPLES) + self._pos) % self.pcm.size
         self._pos = (self._pos + FRAME_SAMPLES) % self.pcm.size
-        frame = av.AudioFrame.from_ndarray(self.pcm[idx].reshape(1, -1), format="s16",
-                                           layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
+        frame = mono_frame(self.pcm[idx], self._pts)
         frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
         self._pts += FRAME_SAMPLES
         return frame

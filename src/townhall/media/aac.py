@@ -23,17 +23,14 @@ Wire form of an ``AacBatch`` (big-endian), the payload on ``townhall.<space>.aac
 
 from __future__ import annotations
 
-import fractions
 import struct
 from dataclasses import dataclass
-from typing import Any, cast
 
-import av
 import numpy as np
 
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk, pack_frames, unpack_frames
 from townhall.media.fmp4 import AAC_FRAME_SAMPLES
-from townhall.media.opus import OpusPacketDecoder
+from townhall.media.opus import OpusPacketDecoder, mono_encoder, mono_frame
 from townhall.problems import BadInput
 
 MAGIC = b"THA1"
@@ -83,21 +80,12 @@ class AacEncoder:
     PyAV cuts the input into the encoder's 1024-sample frames itself."""
 
     def __init__(self, bitrate: int = AAC_BITRATE) -> None:
-        self._ctx: Any = cast(Any, av.CodecContext.create("aac", "w"))
-        self._ctx.sample_rate = SAMPLE_RATE
-        self._ctx.layout = "mono"
-        self._ctx.format = "fltp"
-        self._ctx.bit_rate = bitrate
-        self._ctx.time_base = fractions.Fraction(1, SAMPLE_RATE)
-        self._ctx.open()
+        self._ctx = mono_encoder("aac", "fltp", bitrate)
         self._pts = 0
 
     def encode(self, pcm: np.ndarray) -> list[bytes]:
         """Encode 48 kHz mono int16 samples; the frames the encoder has completed so far."""
-        frame = av.AudioFrame.from_ndarray(pcm.astype(np.int16).reshape(1, -1),
-                                           format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
+        frame = mono_frame(pcm, self._pts)
         self._pts += len(pcm)
         return [bytes(p) for p in self._ctx.encode(frame)]
 
