@@ -112,7 +112,7 @@ class VisitOver(Exception):
     """This listener's visit is over: the Space is gone or will not have it."""
 
 
-class WsListener:
+class WsClient:
     """One WebSocket listener's visit: each connection checks every chunk's sequence and
     delay; the next one resumes with ``from=`` after the last chunk heard."""
 
@@ -233,7 +233,7 @@ async def ws_listener(idx: int, base: str, space: str, until: float, ev: Events,
     in ``sockets`` (keyed by idx) for reactions to be sent on.
     """
     url = url or base.replace("http", "ws", 1).rstrip("/") + f"/ws/{space}"
-    await WsListener(idx, url, ev, backoff, visit or Visit(idx, until, stay_s), sockets).run()
+    await WsClient(idx, url, ev, backoff, visit or Visit(idx, until, stay_s), sockets).run()
 
 
 async def ogg_listener(idx: int, base: str, space: str, until: float, ev: Events,
