@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
 
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message, Subscription
@@ -44,6 +43,7 @@ from townhall.edge.resume import Source, plan_resume, stitch
 from townhall.edge.subscriber import Subscriber
 from townhall.media.ogg import OggOpusStream
 from townhall.problems import BadInput
+from townhall.room.snapshot import Space
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Hub:
         self.pacer = Pacer(floor_s=interval_floor_s)
         self.coalesce = False
         self._tasks: set[asyncio.Future[None]] = set()  # refills of missed chunks
-        self._reads: dict[str, asyncio.Future[dict[str, Any] | None]] = {}  # KV reads
+        self._reads: dict[str, asyncio.Future[Space | None]] = {}  # KV reads
 
     async def pace(self) -> None:
         """Measure loop lag and listeners behind every tick; coalesce chunks while loaded."""
@@ -110,7 +110,7 @@ class Hub:
         """Listeners on this edge, every Space together."""
         return sum(len(f.subscribers) for f in self.feeds.values())
 
-    async def snapshot(self, space: str) -> dict[str, Any] | None:
+    async def snapshot(self, space: str) -> Space | None:
         """The Space's current snapshot from KV (internal keys kept; callers filter):
         the open feed's watched copy, re-read at most every DOC_TTL_S (a watch can miss
         updates while NATS reconnects), or one KV read when no feed is open."""
@@ -125,7 +125,7 @@ class Hub:
             reading.add_done_callback(lambda _: self._reads.pop(space, None))
         return await asyncio.shield(reading)
 
-    async def _read(self, space: str) -> dict[str, Any] | None:
+    async def _read(self, space: str) -> Space | None:
         feed = self.feeds.get(space)
         now = asyncio.get_running_loop().time()
         seen = feed.doc_seen if feed is not None else 0
@@ -168,7 +168,7 @@ class Hub:
         return self.feeds[space]
 
     async def join(self, space: str, sub: Subscriber, from_seq: int | None,
-                   snap: dict[str, Any] | None = None) -> Joined:
+                   snap: Space | None = None) -> Joined:
         """Attach a listener, queueing its catch-up chunks (ring or JetStream) first."""
         feed = await self.feed(space)
         if snap is not None:
@@ -309,8 +309,7 @@ class FeedHandlers:
         """A snapshot published by the api."""
         snap = parse_doc(msg.data)
         if snap is not None:
-            with contextlib.suppress(ValueError):  # a version that is not a number
-                self.feed.on_state(snap)
+            self.feed.on_state(snap)
 
     async def levels(self, msg: Message) -> None:
         """The speaking levels, passed on to listeners as a ``levels`` frame."""
