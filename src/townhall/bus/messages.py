@@ -80,6 +80,9 @@ class StageHeartbeat:
     cpu: float = 0.0           # share of one core its process used lately
     draining: bool = False     # stopping: hands its Spaces over, takes none
     silent_ticks: int = 0      # ticks that only repeated a silent Space's silence packet
+    # Spaces whose newest published chunk the stream may not hold: [seq, pts, sent_us]
+    # (a stage taking one over numbers past it; stage.numbering).
+    ahead: dict[str, list[int]] = field(default_factory=dict)
 
 
 BusMessage = WhipOffer | WhipLeave | WhipReply | StageHeartbeat
@@ -152,6 +155,10 @@ def _fits(value: Any, hint: Any) -> bool:
     if origin is list:
         (item,) = get_args(hint)
         return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if origin is dict:
+        key, item = get_args(hint)
+        return isinstance(value, dict) and all(
+            _fits(k, key) and _fits(v, item) for k, v in value.items())
     if hint is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:
