@@ -238,7 +238,11 @@ class SpaceRun:
         """Number our first chunk past the newest stored one and past what the old owner
         reported publishing unstored, and store it; a few tries if the old owner gets one
         more in, and while the stream does not answer (a leader election) for a while."""
-        contested, deadline = False, time.monotonic() + CLAIM_WAIT_S
+        # The old owner said lately it mixes the Space: alive, a chunk of its own may be in
+        # flight (refused by the stream, but heard): our first number must not be its.
+        contested = self.rivals is not None and self.rivals.mixed_by(
+            self.space, time.monotonic(), MIXING_HEARD_S) is not None
+        deadline = time.monotonic() + CLAIM_WAIT_S
         tries = 0
         while tries < CLAIM_TRIES:
             moved, sending = chunk, False
