@@ -373,7 +373,11 @@ class Stage:
         self.lost = 0  # Spaces given up because another stage took them
         self._reapers: set[asyncio.Future[None]] = set()
         self._whips: set[asyncio.Future[None]] = set()
-        self._taking: set[str] = set()  # leased, clock not started yet
+        self._taking: set[str] = set()  # leased (or the lease being written), no clock yet
+        # Lease writes in flight (the revision the watch showed naming us, 0: none yet), and
+        # those that got no answer (when asked): they may still land, and are then ours.
+        self._creating: dict[str, int] = {}
+        self._unanswered: dict[str, float] = {}
         self._begins: set[asyncio.Future[None]] = set()
         self.gate = NegotiationGate()
         self.retired = Tally()  # counters of Spaces this stage no longer runs
@@ -454,6 +458,11 @@ class Stage:
 
     def _on_lease(self, change: Change) -> None:
         holder = None if change.value is None else change.value.decode(errors="replace")
+        asked = self._unanswered.pop(change.key, None)
+        if holder == self.node and change.key in self._creating:
+            self._creating[change.key] = change.revision  # landed, whether answered or not
+        elif holder == self.node and asked is not None and change.key not in self.leases:
+            self._adopt(change.key, change.revision, asked)
         if self.placement.lease(change.key, holder, time.monotonic()):
             self._nudge.set()  # loads moved: a claimer waiting on them looks again
         if holder is None:  # handed back (or deleted): take it if it is still live
@@ -665,18 +674,47 @@ class Stage:
 
     async def _lease(self, space: str) -> int | None:
         """Create the Space's lease (create-only: one stage wins); its revision, or None.
-        From then on tending renews it, while the clock is not running yet too."""
+        From then on tending renews it, while the clock is not running yet too.
+
+        While the write is in flight we answer WHIP offers "taking over" (the api may read
+        our lease before we do, and would otherwise wait out its whole timeout on us), and
+        a write that got no answer but landed anyway is taken up when the watch shows it."""
         asked = time.monotonic()  # the lease lives from before the write reached the server
+        self._creating[space] = 0
+        self._taking.add(space)
+        rev: int | None = None
         try:  # bounded: a request lost in a cluster's re-election must not hold up tending
             rev = await asyncio.wait_for(self.bus.kv_create(
                 subjects.LEASES_BUCKET, space, self.node.encode()), RENEW_TIMEOUT_S)
         except CasConflict:
             return None
-        self._taking.add(space)
+        except Exception:
+            rev = self._creating.get(space) or None  # the watch showed it landed
+            if rev is None:
+                self._unanswered[space] = asked
+                raise
+        finally:
+            self._creating.pop(space, None)
+            if rev is None:
+                self._taking.discard(space)
         self.pending.pop(space, None)
         self.leases[space] = rev
         self.renewed[space] = asked
         return rev
+
+    def _adopt(self, space: str, rev: int, asked: float) -> None:
+        """A lease write of ours that got no answer landed after all: the Space is ours."""
+        snap = self.live.get(space)
+        if snap is None or self.draining or space in self.runs or space in self._taking:
+            return  # not live, or stopping: it lapses in a TTL (the watch then says so)
+        log.info("our unanswered lease write landed", extra={"space": space})
+        self._taking.add(space)
+        self.pending.pop(space, None)
+        self.leases[space] = rev
+        self.renewed[space] = asked
+        task = asyncio.ensure_future(self._begin(space, snap, rev))
+        self._begins.add(task)
+        task.add_done_callback(self._begun)
 
     async def _newest_stored(self, space: str) -> Message | None:
         """The Space's newest stored chunk, asked again while ``MEDIA`` elects a leader
