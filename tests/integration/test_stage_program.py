@@ -6,7 +6,6 @@ once the Space ends (its lease released)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from tests.stages import stage_child
 from tests.waiting import until_async
 from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message
+from townhall.bus.messages import Levels, StageHeartbeat, decode_heartbeat, decode_levels
 from townhall.media.chunk import Chunk
 from townhall.media.opus import OpusDecoder
 from townhall.procs import stop_process
@@ -51,17 +51,17 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
     with served.client(host) as c:
         space = c.post("/api/v1/spaces", json={"title": "Program"}).json()["id"]
     chunks: list[Chunk] = []
-    levels: list[tuple[float, dict[str, object]]] = []
-    beats: list[dict[str, int]] = []
+    levels: list[tuple[float, Levels]] = []
+    beats: list[StageHeartbeat] = []
 
     async def on_media(msg: Message) -> None:
         chunks.append(Chunk.decode(msg.data))
 
     async def on_levels(msg: Message) -> None:
-        levels.append((time.monotonic(), json.loads(msg.data)))
+        levels.append((time.monotonic(), decode_levels(msg.data)))
 
     async def on_beat(msg: Message) -> None:
-        beats.append(json.loads(msg.data))
+        beats.append(decode_heartbeat(msg.data))
 
     bus = await NatsBus.connect([nats], setup=False, auth=served.nats_auth())
     speaker = None
@@ -85,17 +85,17 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
         speaker = spawn_speaker(served, space, host, tmp_path / "speak.log")
 
         def speaking() -> bool:
-            return any(me in lv["speaking"] for _, lv in levels)  # type: ignore[operator]
+            return any(me in lv.speaking for _, lv in levels)
 
         await until_async(speaking, 40, "the host reported as speaking")
         since = time.monotonic()
         await until_async(lambda: levels[-1][0] >= since + 3, 20, "3 s more of levels")
         recent = [at for at, _ in levels if at > levels[-1][0] - 3]
         assert len(recent) <= 3 * 4 + 1  # at most 4 level messages a second
-        assert all(lv["space"] == space for _, lv in levels)
+        assert all(lv.space == space for _, lv in levels)
         # Each speaker's uplink, graded by the stage (loopback: nothing lost).
-        link = levels[-1][1]["links"][me]  # type: ignore[index]
-        assert link["quality"] == "good" and link["loss_pct"] == 0.0, link
+        link = levels[-1][1].links[me]
+        assert link.quality == "good" and link.loss_pct == 0.0, link
 
         # The speaker leaves: the program goes back to silence on the same clock.
         speaking_until = len(chunks)
@@ -111,7 +111,7 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
         assert loud and loud[-1] < len(pcm) - 50  # the tone, then at least 1 s of quiet
         assert int(np.abs(np.concatenate(pcm[-25:]).astype(np.int32)).max()) < 100
         # Silence was repeated, not mixed and encoded (the silence gate's counter).
-        await until_async(lambda: beats and beats[-1].get("silent_ticks", 0) > 0, 5,
+        await until_async(lambda: beats and beats[-1].silent_ticks > 0, 5,
                           "silent ticks counted in the stage's heartbeat")
 
         with served.client(host) as c:

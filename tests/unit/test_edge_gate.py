@@ -1,12 +1,16 @@
-"""Who may listen, the `from` parameter, and the shape of edge reports."""
+"""Who may listen, the `from` parameter, and the edge's reports on the bus."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.fakebus import FakeBus
 from townhall.auth import TokenIssuer
-from townhall.edge.gate import may_listen, parse_from
-from townhall.edge.stats import edge_report, space_report
+from townhall.bus.messages import decode_edge_heartbeat, decode_listener_stats
+from townhall.edge.feed import Feed
+from townhall.edge.gate import EdgeNode, may_listen, parse_from
+from townhall.edge.hub import Hub
+from townhall.edge.stats import publish_once
 
 ISSUER = TokenIssuer(b"k" * 32)
 
@@ -47,9 +51,18 @@ def test_may_listen_codes() -> None:
     assert may_listen(members, "s", ISSUER.mint("cy", "Cy", role="listener"), ISSUER) is None
 
 
-def test_report_shapes() -> None:
-    assert space_report("n1", 3, {"👏": 2}, None, 100, 5.0) == {
-        "node": "n1", "listeners": 3, "reactions": {"👏": 2}, "url": None,
-        "capacity": 100, "at": 5.0}
-    assert edge_report("n1", "https://e1", 100, 7, 5.0) == {
-        "node": "n1", "url": "https://e1", "capacity": 100, "listeners": 7, "at": 5.0}
+async def test_the_edge_reports_typed_messages_on_its_subjects() -> None:
+    bus = FakeBus()
+    hub = Hub(bus)
+    feed = hub.feeds["s1"] = Feed("s1", hub.ogg)
+    feed.reactions["👏"] += 2
+    edge = EdgeNode(hub, ISSUER, "n1", "https://e1", capacity=100)
+    await publish_once(edge)
+    sent = {m.subject: m.data for m in bus.published}
+    assert set(sent) == {"townhall.s1.stats.n1", "townhall.edges.n1"}
+    stats = decode_listener_stats(sent["townhall.s1.stats.n1"])
+    assert (stats.node, stats.listeners, stats.reactions, stats.url, stats.capacity) == (
+        "n1", 0, {"👏": 2}, "https://e1", 100)
+    assert not feed.reactions  # each reaction is reported once
+    beat = decode_edge_heartbeat(sent["townhall.edges.n1"])
+    assert (beat.node, beat.url, beat.capacity, beat.listeners) == ("n1", "https://e1", 100, 0)

@@ -12,6 +12,7 @@ import numpy as np
 from tests.fakebus import FakeBus
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.media.levels import audible, level
+from townhall.media.linkquality import LinkReport
 from townhall.media.opus import OpusEncoder, OpusPacketDecoder, frame_samples, silent_packet
 from townhall.media.packager import Packager
 from townhall.media.playout import Playout
@@ -145,8 +146,8 @@ class Speaker:
         self.n += 1
         return frame
 
-    def link(self, now: float) -> dict[str, object]:
-        return {}
+    def link(self, now: float) -> LinkReport:
+        return {"quality": "good", "loss_pct": 0.0, "jitter_ms": 0.0}
 
 
 def program(gated: bool, uplink: list[bytes]) -> tuple[list[Chunk], SpaceRun, Speaker, int]:

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from townhall.api.ratelimit import TokenBuckets
+from townhall.bus.messages import EdgeHeartbeat, ListenerStats
 from townhall.room.coalescer import Coalescer
 from townhall.room.counting import EdgeRegistry, ReactionTally, fold, rank_edges
 
@@ -47,16 +48,22 @@ def test_coalescer_is_per_space_and_drops_stale_versions() -> None:
 
 def test_fold_sums_fresh_edges_and_reactions() -> None:
     s = snap(1)
-    s = fold(s, [{"node": "e1", "listeners": 10, "reactions": {"🔥": 2}, "at": 100.0},
-                 {"node": "e2", "listeners": 5, "reactions": {"🔥": 1, "bad": 9}, "at": 100.0}],
+    s = fold(s, [ListenerStats("e1", 100.0, listeners=10, reactions={"🔥": 2}),
+                 ListenerStats("e2", 100.0, listeners=5, reactions={"🔥": 1, "bad": 9},
+                               url="http://e2", capacity=50)],
              Counter({"👏": 3}), now=100.0)
     assert s["listeners"] == 15 and s["reactions"] == {"🔥": 3, "👏": 3}
-    s = fold(s, [{"node": "e1", "listeners": 12, "at": 102.0}], Counter(), now=102.0)
+    assert s["_edges"]["e2"] == {"listeners": 5, "url": "http://e2", "capacity": 50,
+                                 "at": 100.0}
+    s = fold(s, [ListenerStats("e1", 102.0, listeners=12)], Counter(), now=102.0)
     assert s["listeners"] == 17
     s = fold(s, [], Counter(), now=104.5)  # e2 silent for 4.5 s: gone
     assert s["listeners"] == 12 and set(s["_edges"]) == {"e1"}
-    s = fold(s, [{"node": "e1", "listeners": 1, "at": 90.0}], Counter(), now=104.5)
+    s = fold(s, [ListenerStats("e1", 90.0, listeners=1)], Counter(), now=104.5)
     assert s["listeners"] == 12  # a late, older report changes nothing
+    s = fold(s, [ListenerStats("e1", 104.5, listeners=-3, reactions={"🔥": -5})], Counter(),
+             now=104.5)
+    assert s["listeners"] == 0 and s["reactions"]["🔥"] == 3  # nothing counts below zero
 
 
 def test_reaction_tally_hands_over_and_resets() -> None:
@@ -69,10 +76,10 @@ def test_reaction_tally_hands_over_and_resets() -> None:
 
 def test_edges_ranked_least_loaded_first_full_last() -> None:
     reg = EdgeRegistry()
-    reg.update({"node": "a", "url": "http://a", "listeners": 90, "capacity": 100}, 10.0)
-    reg.update({"node": "b", "url": "http://b", "listeners": 10, "capacity": 100}, 10.0)
-    reg.update({"node": "c", "url": "http://c", "listeners": 100, "capacity": 100}, 10.0)
-    reg.update({"node": "old", "url": "http://o", "listeners": 0, "capacity": 100}, 1.0)
+    reg.update(EdgeHeartbeat("a", 9.0, "http://a", listeners=90, capacity=100), 10.0)
+    reg.update(EdgeHeartbeat("b", 9.0, "http://b", listeners=10, capacity=100), 10.0)
+    reg.update(EdgeHeartbeat("c", 9.0, "http://c", listeners=100, capacity=100), 10.0)
+    reg.update(EdgeHeartbeat("old", 0.0, "http://o", listeners=0, capacity=100), 1.0)
     ranked = rank_edges("s1", {}, reg.fresh(10.0), 10.0)
     assert [e["node"] for e in ranked] == ["b", "a", "c"]
     assert ranked[0]["ws"] == "http://b/ws/s1" and ranked[0]["ogg"] == "http://b/listen/s1.opus"

@@ -29,6 +29,12 @@ from townhall.api.store import SpaceStore
 from townhall.auth import Identity
 from townhall.bus import subjects
 from townhall.bus.bus import CasConflict, Change, Message, Watch
+from townhall.bus.messages import (
+    ListenerStats,
+    MessageError,
+    decode_edge_heartbeat,
+    decode_listener_stats,
+)
 from townhall.context import Context
 from townhall.problems import NotFound, TooMany
 from townhall.room import rules
@@ -259,10 +265,14 @@ class Api:
     async def _tally_once(self) -> None:
         pulled = await self.ctx.bus.pull(subjects.STATS_STREAM, subjects.STATS_CONSUMER,
                                          "townhall.*.stats.*", batch=1000, timeout=0.5)
-        reports: dict[str, list[dict[str, Any]]] = {}
+        reports: dict[str, list[ListenerStats]] = {}
         for msg, _ in pulled:
-            with contextlib.suppress(ValueError, IndexError):
-                reports.setdefault(msg.subject.split(".")[1], []).append(json.loads(msg.data))
+            try:
+                report = decode_listener_stats(msg.data)
+            except MessageError as exc:  # acked below all the same: it cannot get better
+                log.warning("dropped an unreadable edge report on %s: %s", msg.subject, exc)
+                continue
+            reports.setdefault(msg.subject.split(".")[1], []).append(report)
         reactions = self.tally.take()
         # Spaces with listeners counted but no report this round: let stale edges expire.
         quiet = [s for s, n in self.counted.items() if n and s not in reports]
@@ -270,7 +280,7 @@ class Api:
         for space in set(reports) | set(reactions) | set(quiet):
             got, counts = reports.get(space, []), reactions.get(space, Counter())
 
-            def change(s: dict[str, Any], got: list[dict[str, Any]] = got,
+            def change(s: dict[str, Any], got: list[ListenerStats] = got,
                        counts: Counter[str] = counts) -> dict[str, Any]:
                 return fold(s, got, counts, now)
 
@@ -282,8 +292,12 @@ class Api:
                 await ack()
 
     async def _on_edge(self, msg: Message) -> None:
-        with contextlib.suppress(ValueError):
-            self.registry.update(json.loads(msg.data), time.time())
+        try:
+            beat = decode_edge_heartbeat(msg.data)
+        except MessageError as exc:
+            log.warning("dropped an unreadable edge heartbeat on %s: %s", msg.subject, exc)
+            return
+        self.registry.update(beat, time.time())
 
     async def start(self) -> None:
         """Build the index from the bucket, then start the publishing, tally and expiry loops."""

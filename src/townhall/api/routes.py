@@ -8,7 +8,6 @@ before the token is looked at, as it always was.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from typing import Annotated, Any
@@ -22,6 +21,7 @@ from townhall.api.models import ActionIn, ReactionIn, SessionIn, SpaceIn
 from townhall.api.role import Api
 from townhall.api.schemas import Accepted, Listen, Me, Session, Snapshot, SpaceList, problems
 from townhall.bus import subjects
+from townhall.bus.messages import Kick, SpaceEnded, encode
 from townhall.context import Context
 from townhall.problems import BadInput, Conflict, Forbidden, Unavailable, Unprocessable
 from townhall.room import rules
@@ -170,7 +170,7 @@ async def host_change(api: Api, space: str, request: Request, what: str) -> dict
 
     snap = await api.store.mutate(space, checked)
     if what == "end":
-        await api.ctx.bus.publish(subjects.control(space), b'{"type":"ended"}')
+        await api.ctx.bus.publish(subjects.control(space), encode(SpaceEnded()))
     return public_view(snap)
 
 
@@ -214,9 +214,9 @@ async def act(space: str, request: Request, body: ActionIn, api: ApiDep) -> dict
     # Out of a private Space means out of its audio too, not only at the next join.
     shut_out = (body.action == "disallow" and snap.get("private") and body.identity
                 and not grants.member(snap, body.identity))
-    if (body.action == "remove" and body.identity) or shut_out:
-        kick = {"type": "kick", "identity": body.identity, "block": body.block}
-        await api.ctx.bus.publish(subjects.control(space), json.dumps(kick).encode())
+    if body.identity and (body.action == "remove" or shut_out):
+        kick = Kick(body.identity, block=body.block)
+        await api.ctx.bus.publish(subjects.control(space), encode(kick))
     return public_view(snap)
 
 

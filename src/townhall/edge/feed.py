@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from townhall.bus.bus import Subscription
+from townhall.bus.messages import Control, Kick
 from townhall.closecode import CloseCode
 from townhall.edge import metrics
 from townhall.edge.fanout import FastSet, Outlet, count_deliveries
@@ -296,13 +297,13 @@ class Feed:
             for sub in list(self.subscribers):
                 sub.end(CloseCode.ENDED, "space ended")
 
-    def on_control(self, command: dict[str, Any]) -> None:
-        """Kicks close that identity's connections; "ended" closes everyone."""
-        if command.get("type") == "kick" and command.get("identity"):
+    def on_control(self, command: Control) -> None:
+        """A kick closes that identity's connections; the end closes everyone's."""
+        if isinstance(command, Kick):
             for sub in list(self.subscribers):
-                if sub.identity == command["identity"]:
+                if sub.identity == command.identity:
                     sub.end(CloseCode.FORBIDDEN, "removed from this Space")
-        elif command.get("type") == "ended":
+        else:
             for sub in list(self.subscribers):
                 sub.end(CloseCode.ENDED, "space ended")
 

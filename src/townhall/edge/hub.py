@@ -28,6 +28,13 @@ from typing import Any
 
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message
+from townhall.bus.messages import (
+    MessageError,
+    SpaceEnded,
+    decode_control,
+    decode_levels,
+    levels_frame,
+)
 from townhall.edge import metrics
 from townhall.edge.feed import Feed, Joined, parse_doc
 from townhall.edge.frame import Frame
@@ -147,22 +154,24 @@ class Hub:
                     feed.on_state(snap)
 
         async def levels(msg: Message) -> None:
-            with contextlib.suppress(ValueError):
-                body = json.loads(msg.data)
-                if isinstance(body, dict):
-                    feed.on_levels(json.dumps({**body, "type": "levels"}))
+            try:
+                feed.on_levels(levels_frame(decode_levels(msg.data)))
+            except MessageError as exc:
+                log.warning("dropped unreadable levels on %s: %s", msg.subject, exc)
 
         async def control(msg: Message) -> None:
-            with contextlib.suppress(ValueError):
-                body = json.loads(msg.data)
-                if isinstance(body, dict):
-                    if body.get("type") == "ended":
-                        # Send the final "ended" snapshot before closing, if KV has it.
-                        entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
-                        snap = parse_doc(entry.value if entry is not None else None)
-                        if snap is not None:
-                            feed.on_state(snap)
-                    feed.on_control(body)
+            try:
+                command = decode_control(msg.data)
+            except MessageError as exc:
+                log.warning("dropped a control message on %s: %s", msg.subject, exc)
+                return
+            if isinstance(command, SpaceEnded):
+                # Send the final "ended" snapshot before closing, if KV has it.
+                entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
+                snap = parse_doc(entry.value if entry is not None else None)
+                if snap is not None:
+                    feed.on_state(snap)
+            feed.on_control(command)
 
         async def doc(msg: Message) -> None:
             deleted = msg.headers.get("KV-Operation") in ("DEL", "PURGE")

@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from typing import Any
 
 from townhall.bus import subjects
+from townhall.bus.messages import EdgeHeartbeat, ListenerStats, encode
 from townhall.edge.gate import EdgeNode
 
 log = logging.getLogger(__name__)
 
 INTERVAL_S = 1.0
-
-
-def space_report(node: str, listeners: int, reactions: dict[str, int], url: str | None,
-                 capacity: int, at: float) -> dict[str, Any]:
-    """The body of ``townhall.<space>.stats.<node>``."""
-    return {"node": node, "listeners": listeners, "reactions": reactions, "url": url,
-            "capacity": capacity, "at": at}
-
-
-def edge_report(node: str, url: str | None, capacity: int, listeners: int,
-                at: float) -> dict[str, Any]:
-    """The body of ``townhall.edges.<node>``."""
-    return {"node": node, "url": url, "capacity": capacity, "listeners": listeners, "at": at}
 
 
 async def publish_once(edge: EdgeNode) -> None:
@@ -35,11 +21,12 @@ async def publish_once(edge: EdgeNode) -> None:
     for space, feed in list(edge.hub.feeds.items()):
         reactions = dict(feed.reactions)
         feed.reactions.clear()
-        body = space_report(edge.node, len(feed.subscribers), reactions, edge.url,
-                            edge.capacity, now)
-        await edge.hub.bus.publish(subjects.stats(space, edge.node), json.dumps(body).encode())
-    beat = edge_report(edge.node, edge.url, edge.capacity, edge.hub.listeners(), now)
-    await edge.hub.bus.publish(subjects.edge_announce(edge.node), json.dumps(beat).encode())
+        report = ListenerStats(edge.node, now, listeners=len(feed.subscribers),
+                               reactions=reactions, url=edge.url, capacity=edge.capacity)
+        await edge.hub.bus.publish(subjects.stats(space, edge.node), encode(report))
+    beat = EdgeHeartbeat(edge.node, now, url=edge.url, capacity=edge.capacity,
+                         listeners=edge.hub.listeners())
+    await edge.hub.bus.publish(subjects.edge_announce(edge.node), encode(beat))
 
 
 async def run(edge: EdgeNode) -> None:

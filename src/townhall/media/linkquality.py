@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypedDict
 
 Grade = Literal["good", "fair", "poor"]
+
+
+class LinkReport(TypedDict):
+    """One speaker's uplink as the levels message carries it (bus ``SpeakerLink``)."""
+
+    quality: Grade
+    loss_pct: float
+    jitter_ms: float
 
 # Where listeners start to hear it, with FEC and concealment doing their part (see
 # bench/quality): a few % of random loss is repaired almost inaudibly; past ~10 % or with
@@ -47,7 +55,7 @@ class LinkGauge:
         return miss / (got + miss) if got + miss > 0 else 0.0
 
     def report(self, received: int, missing: int, jitter_s: float,
-               now: float) -> dict[str, object]:
+               now: float) -> LinkReport:
         """What the levels message carries for one speaker."""
         loss = self.sample(received, missing, now)
         return {"quality": grade(loss, jitter_s), "loss_pct": round(100 * loss, 1),

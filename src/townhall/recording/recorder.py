@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from townhall.api.store import SpaceStore
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import CasConflict, Message, PullConsumer
+from townhall.bus.messages import MessageError, decode_levels
 from townhall.media.chunk import Chunk
 from townhall.media.fmp4 import mp4_file
 from townhall.media.recording import (
@@ -208,11 +209,13 @@ class SpaceRecording:
                 await ack()
 
     async def _on_levels(self, msg: Message) -> None:
-        with contextlib.suppress(ValueError):
-            got = json.loads(msg.data)
-            if isinstance(got, dict) and len(self.levels) < 10_000:
-                self.levels.append({"at": got.get("at"), "levels": got.get("levels"),
-                                    "speaking": got.get("speaking")})
+        try:
+            got = decode_levels(msg.data)
+        except MessageError as exc:
+            log.warning("dropped unreadable levels on %s: %s", msg.subject, exc)
+            return
+        if len(self.levels) < 10_000:
+            self.levels.append({"at": got.at, "levels": got.levels, "speaking": got.speaking})
 
     async def _on_state(self, msg: Message) -> None:
         """Keep the reaction totals whenever they change (at most 4 snapshots a second):

@@ -5,15 +5,56 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from townhall.room.snapshot import REACTIONS
 
 STALE_S = 3.0  # an edge that has not reported for this long no longer counts
 
 
-def fold(snap: dict[str, Any], reports: list[dict[str, Any]], reactions: Counter[str],
+class EdgeReport(Protocol):
+    """What an edge says once a second about one Space (the bus's ``ListenerStats``)."""
+
+    @property
+    def node(self) -> str:
+        """The edge's node id."""
+    @property
+    def at(self) -> float:
+        """When it counted (unix time)."""
+    @property
+    def listeners(self) -> int:
+        """Its listeners in the Space."""
+    @property
+    def reactions(self) -> Mapping[str, int]:
+        """Reactions by emoji since its last report."""
+    @property
+    def url(self) -> str | None:
+        """Where listeners reach it."""
+    @property
+    def capacity(self) -> int:
+        """How many listeners it takes in all."""
+
+
+class EdgeBeat(Protocol):
+    """What an edge says once a second about itself (the bus's ``EdgeHeartbeat``)."""
+
+    @property
+    def node(self) -> str:
+        """The edge's node id."""
+    @property
+    def url(self) -> str | None:
+        """Where listeners reach it."""
+    @property
+    def listeners(self) -> int:
+        """Its listeners in all its Spaces."""
+    @property
+    def capacity(self) -> int:
+        """How many listeners it takes in all."""
+
+
+def fold(snap: dict[str, Any], reports: Sequence[EdgeReport], reactions: Counter[str],
          now: float) -> dict[str, Any]:
     """The snapshot with these edge reports and reaction counts folded in."""
     out = copy.deepcopy(snap)
@@ -21,17 +62,13 @@ def fold(snap: dict[str, Any], reports: list[dict[str, Any]], reactions: Counter
     totals: dict[str, int] = out.setdefault("reactions", {})
     counts: Counter[str] = Counter(reactions)
     for report in reports:
-        node = str(report.get("node", ""))
-        if not node:
-            continue
-        at = float(report.get("at", now))
-        if node in edges and float(edges[node].get("at", 0)) > at:
+        old = edges.get(report.node)
+        if old is not None and float(old.get("at", 0)) > report.at:
             continue  # an older report arriving late
-        edges[node] = {"listeners": max(0, int(report.get("listeners", 0))),
-                       "url": report.get("url"), "capacity": report.get("capacity"),
-                       "at": at}
-        for emoji, n in dict(report.get("reactions") or {}).items():
-            counts[str(emoji)] += max(0, int(n))
+        edges[report.node] = {"listeners": max(0, report.listeners), "url": report.url,
+                              "capacity": report.capacity, "at": report.at}
+        for emoji, n in report.reactions.items():
+            counts[emoji] += max(0, n)
     for node in [n for n, e in edges.items() if now - float(e["at"]) > STALE_S]:
         del edges[node]
     for emoji, n in counts.items():
@@ -61,10 +98,10 @@ class EdgeRegistry:
 
     edges: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def update(self, report: dict[str, Any], now: float) -> None:
-        node = str(report.get("node", ""))
-        if node:
-            self.edges[node] = {**report, "seen": now}
+    def update(self, beat: EdgeBeat, now: float) -> None:
+        """Keep ``beat`` as this edge's latest, seen at ``now``."""
+        self.edges[beat.node] = {"node": beat.node, "url": beat.url, "capacity": beat.capacity,
+                                 "listeners": beat.listeners, "seen": now}
 
     def fresh(self, now: float) -> dict[str, dict[str, Any]]:
         return {n: e for n, e in self.edges.items() if now - float(e["seen"]) <= STALE_S}

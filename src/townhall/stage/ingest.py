@@ -27,7 +27,7 @@ from aiortc.rtcrtpreceiver import StreamStatistics
 
 from townhall.ice import IceConfig, announce
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
-from townhall.media.linkquality import LinkGauge
+from townhall.media.linkquality import LinkGauge, LinkReport
 from townhall.media.nack import NackList
 from townhall.media.opus import OpusEncoder
 from townhall.media.playout import Playout
@@ -241,7 +241,7 @@ class SpeakerSession:
                 # aiortc's own receiver sends NACKs for video only; the call is the same.
                 await self._receiver._send_rtcp_nack(packet.ssrc, lost)
 
-    def link(self, now: float) -> dict[str, object]:
+    def link(self, now: float) -> LinkReport:
         """This speaker's uplink quality (loss and jitter over the last seconds)."""
         jb = self.playout.jitter
         return self.gauge.report(self.playout.packets, jb.lost + jb.late, jb.jitter_s, now)

@@ -44,11 +44,15 @@ import numpy as np
 from townhall.bus import Bus, CasConflict, subjects
 from townhall.bus.bus import Change, Fenced, Message, Subscription, Watch
 from townhall.bus.messages import (
+    Kick,
+    Levels,
     MessageError,
+    SpeakerLink,
     StageHeartbeat,
     WhipLeave,
     WhipReply,
     WhipRequest,
+    decode_control,
     decode_heartbeat,
     decode_whip_request,
     encode,
@@ -349,8 +353,9 @@ class SpaceRun:
             out.append((subjects.media(self.space), chunk.encode()))
         report = self.meter.report(self.space, frames.keys(), now, wall)
         if report is not None:
-            report["links"] = {s.identity: s.link(now) for s in sessions}
-            out.append((subjects.levels(self.space), json.dumps(report).encode()))
+            links = {s.identity: SpeakerLink(**s.link(now)) for s in sessions}
+            levels = Levels(self.space, report["levels"], report["speaking"], report["at"], links)
+            out.append((subjects.levels(self.space), encode(levels)))
         return out
 
     async def close_all(self) -> None:
@@ -509,13 +514,16 @@ class Stage:
         run = self.runs.get(space)
         if run is None:
             return
-        with contextlib.suppress(ValueError):
-            cmd = json.loads(msg.data)
-            if cmd.get("type") == "kick":
-                for s in [s for s in run.sessions.values() if s.identity == cmd["identity"]]:
-                    await self._drop(space, s)
-            elif cmd.get("type") == "ended":
-                await self.release(space)
+        try:
+            cmd = decode_control(msg.data)
+        except MessageError as exc:
+            log.warning("dropped a control message on %s: %s", msg.subject, exc)
+            return
+        if isinstance(cmd, Kick):
+            for s in [s for s in run.sessions.values() if s.identity == cmd.identity]:
+                await self._drop(space, s)
+        else:
+            await self.release(space)
 
     async def _drop(self, space: str, session: SpeakerSession) -> None:
         run = self.runs.get(space)
