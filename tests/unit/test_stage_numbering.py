@@ -3,6 +3,7 @@ anything an earlier owner could have published, and no gap when everything was s
 
 from __future__ import annotations
 
+from townhall.bus.messages import StageHeartbeat, decode_heartbeat, encode
 from townhall.media.chunk import Chunk
 from townhall.stage.numbering import SKEW_US, Ahead, RivalReports, first_number
 
@@ -71,20 +72,34 @@ def test_heartbeat_lists_are_read_strictly() -> None:
     assert Ahead(1, 2, 3).as_list() == [1, 2, 3]
 
 
-def test_reports_keep_the_highest_until_an_owner_has_stored_past_them() -> None:
+def test_reports_keep_the_highest_until_we_store_past_them_or_the_space_ends() -> None:
     book = RivalReports()
     book.heard("b", ["s1"], {"s1": [237, 0, T0]}, now=10.0)
     book.heard("b", ["s1"], {"s1": [230, 0, T0]}, now=10.5)  # reordered or older
     assert book.floor("s1") == Ahead(237, 0, T0)
-    # b lost the Space (no longer listed): the report stays, a takeover needs it now.
+    # b lost the Space (no longer listed), or took it again and stores everything: the
+    # report stays (in the run b took it again numbered below 237, all stored).
     book.heard("b", [], {}, now=11.0)
+    book.heard("b", ["s1"], {}, now=12.0)
     assert book.floor("s1") == Ahead(237, 0, T0)
-    # A stage mixing s1 with everything stored: nothing to number past any more.
-    book.heard("c", ["s1"], {}, now=12.0)
-    assert book.floor("s1") is None
-    book.heard("c", ["s1"], {"s1": [300, 0, T0]}, now=13.0)
+    book.note("s1", Ahead(300, 0, T0))  # ours, for a Space we gave up
+    assert book.floor("s1") == Ahead(300, 0, T0)
     book.forget("s1")
     assert book.floor("s1") is None
+    assert book.last_heard() == 12.0
+
+
+def test_a_report_a_later_owner_already_stored_past_is_not_numbered_from_again() -> None:
+    # b reported 237 unstored; c took over and stored 290 two seconds later: c's numbers
+    # are past b's already, so a third owner continues after 290, no gap.
+    ahead = Ahead(seq=237, pts=237 * CHUNK, sent_us=T0)
+    later = stored(290, sent_us=T0 + 2_000_000)
+    assert first_number(later, ahead, T0 + 6_000_000, chunk_samples=CHUNK) == \
+        (291, 291 * CHUNK)
+    # A stored chunk from before the report (the stream stopped storing at 200) is not.
+    seq, _ = first_number(stored(200, sent_us=T0 - 3_000_000), ahead, T0 + 1_000_000,
+                          chunk_samples=CHUNK) or (0, 0)
+    assert seq > 247
 
 
 def test_who_still_mixes_a_space_counts_only_recent_non_draining_heartbeats() -> None:
@@ -95,3 +110,11 @@ def test_who_still_mixes_a_space_counts_only_recent_non_draining_heartbeats() ->
     assert book.mixed_by("s2", now=10.0, within_s=1.5) is None
     book.heard("b", ["s1"], {}, now=12.0, draining=True)  # handing its Spaces over
     assert book.mixed_by("s1", now=12.0, within_s=1.5) is None
+
+
+def test_the_heartbeat_carries_the_reports_there_and_back() -> None:
+    beat = StageHeartbeat("st", ["s1", "s2"], ahead={"s1": [237, 237 * CHUNK, T0]})
+    back = decode_heartbeat(encode(beat))
+    assert back == beat
+    assert Ahead.from_list(back.ahead["s1"]) == Ahead(237, 237 * CHUNK, T0)
+    assert decode_heartbeat(b'{"node": "old"}').ahead == {}  # an older stage: none

@@ -47,9 +47,14 @@ def first_number(stored: Chunk | None, ahead: Ahead | None, now_us: int, *,
     stored, nothing reported: a new Space starts at zero).
 
     ``stored``: the Space's newest stored chunk; ``ahead``: the old owner's last report
-    of unstored chunks; ``contested``: the old owner stored a chunk while we were
-    claiming, so it is alive and one more chunk of its own may be on its way (refused by
-    the stream, but delivered to plain subscribers all the same): skip that number too."""
+    of unstored chunks (ignored once a chunk past it was stored after it was made);
+    ``contested``: the old owner is alive (it stored a chunk while we were claiming, or
+    its heartbeat says it mixes the Space), and one more chunk of its own may be on its
+    way (refused by the stream, but delivered to plain subscribers all the same): skip
+    that number too."""
+    if ahead is not None and stored is not None and stored.seq > ahead.seq \
+            and stored.sent_us > ahead.sent_us + SKEW_US:
+        ahead = None  # a later owner stored past the report: it numbered past it already
     if stored is None and ahead is None:
         return None
     seq, pts = -1, 0
@@ -69,11 +74,12 @@ def first_number(stored: Chunk | None, ahead: Ahead | None, now_us: int, *,
 class RivalReports:
     """What the other stages' heartbeats said about the Spaces they mix; time passed in.
 
-    ``ahead``: per Space, the highest unstored chunk any stage reported (kept after its
-    owner stops reporting the Space: that is when a takeover needs it), forgotten once a
-    stage reports mixing the Space with every chunk stored. ``mixing``: which Spaces each
-    stage said it mixes, and when, so a lease that lapsed while its holder still mixes
-    (renewals unanswered, chunks still stored) is not taken from it."""
+    ``ahead``: per Space, the highest unstored chunk any stage reported (ours too, for a
+    Space we gave up), kept after its owner stops reporting the Space (that is when a
+    takeover needs it) until we store past it or the Space ends; ``first_number`` ignores
+    it once a later owner stored past it. ``mixing``: which Spaces each stage said it
+    mixes, and when, so a lease that lapsed while its holder still mixes (renewals
+    unanswered, chunks still stored) is not taken from it."""
 
     ahead: dict[str, Ahead] = field(default_factory=dict)
     mixing: dict[str, tuple[frozenset[str], float]] = field(default_factory=dict)
@@ -82,14 +88,16 @@ class RivalReports:
               now: float, *, draining: bool = False) -> None:
         """A rival's heartbeat at ``now``."""
         self.mixing[node] = (frozenset() if draining else frozenset(spaces), now)
-        for space in spaces:
-            if space not in ahead:
-                self.ahead.pop(space, None)
         for space, values in ahead.items():
             found = Ahead.from_list(values)
-            known = self.ahead.get(space)
-            if found is not None and (known is None or found.seq > known.seq):
-                self.ahead[space] = found
+            if found is not None:
+                self.note(space, found)
+
+    def note(self, space: str, found: Ahead) -> None:
+        """A report of unstored chunks (a rival's, or ours for a Space we gave up)."""
+        known = self.ahead.get(space)
+        if known is None or found.seq > known.seq:
+            self.ahead[space] = found
 
     def floor(self, space: str) -> Ahead | None:
         """The highest unstored chunk reported for ``space``, if any."""
@@ -98,6 +106,10 @@ class RivalReports:
     def forget(self, space: str) -> None:
         """We stored a chunk past the report (a claim), or the Space ended."""
         self.ahead.pop(space, None)
+
+    def last_heard(self) -> float:
+        """When a rival's heartbeat last reached us (monotonic; -inf: never)."""
+        return max((at for _, at in self.mixing.values()), default=float("-inf"))
 
     def mixed_by(self, space: str, now: float, within_s: float) -> str | None:
         """A stage whose heartbeat in the last ``within_s`` said it mixes ``space``."""

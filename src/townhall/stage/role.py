@@ -86,6 +86,7 @@ CLAIM_WAIT_S = 5.0      # ...or waiting for the stream to answer (a leader elect
 BEGIN_WAIT_S = 10.0     # a new owner waits this long for MEDIA's newest chunk, lease kept
 BEGIN_RETRY_S = 0.25
 UNRENEWED_MAX_S = 15.0  # mixing on while stores succeed but renewals go unanswered
+LAPSE_CHECK_S = 0.25    # how often to look for leases that lapsed (upkeep: once a second)
 MIXING_HEARD_S = 1.5    # a lapsed lease whose holder said this recently it mixes: not taken
 PARALLEL = 32           # lease writes in flight at once (renewals, the hand-over on stop)
 CLOSE_TIMEOUT_S = 3.0   # closing speakers' sessions when the stage stops
@@ -805,6 +806,11 @@ class Stage:
         """Once a second: renew our leases (all at once, bounded), and queue live Spaces
         whose lease lapsed (a dead stage's: a lapse shows no delete in the watch)."""
         await _bounded([self._renew(space, rev) for space, rev in list(self.leases.items())])
+        self.look_for_lapses()
+
+    def look_for_lapses(self) -> None:
+        """Queue the live Spaces whose lease lapsed (a dead stage's: a lapse shows no
+        delete in the watch), four times a second rather than once per upkeep round."""
         ours = self.runs.keys() | self._taking
         now = time.monotonic()
         for space in self.placement.unheld([s for s in self.live if s not in ours], now):
@@ -836,17 +842,21 @@ class Stage:
     def _overdue(self, space: str) -> bool:
         """Whether to give up a Space whose renewals go unanswered: once the lease could
         have expired (counted from before our last write reached the server, so this errs
-        early), unless our chunks are still being stored fenced meanwhile. Fenced stores
-        are the real guard against two publishers (a successor's first stored chunk fences
-        us, and we stop at once), so a raft re-election of the leases bucket alone (a cut-off
-        node rejoining) costs no takeover; a stage cut off can neither renew nor store."""
+        early), unless our chunks are still being stored fenced meanwhile, or the other
+        stages' heartbeats still reach us (so ours reach them, saying we mix it, and they
+        leave its lapsed lease alone). Fenced stores are the real guard against two
+        publishers (a successor's first stored chunk fences us, and we stop at once), so
+        the raft re-elections when a cut-off NATS node rejoins cost no takeover. A stage
+        cut off can neither renew nor store, and hears no other stage: it stops as before."""
         if space not in self.leases:
             return False
         now = time.monotonic()
         renewed = self.renewed.get(space, 0.0)
         run = self.runs.get(space)
         stored = run.stored_at if run is not None and not run.fenced else 0.0
-        return now - max(renewed, stored) >= subjects.LEASE_TTL_S \
+        heard = self.rivals.last_heard() + subjects.LEASE_TTL_S - MIXING_HEARD_S \
+            if run is not None else 0.0
+        return now - max(renewed, stored, heard) >= subjects.LEASE_TTL_S \
             or now - renewed >= UNRENEWED_MAX_S
 
     async def _retake(self, space: str, rev: int, asked: float) -> None:
@@ -900,6 +910,8 @@ class Stage:
         run = self.runs.pop(space, None)
         rev = self.leases.pop(space, None)
         self.renewed.pop(space, None)
+        if run is not None and (ahead := run.ahead()) is not None:
+            self.rivals.note(space, ahead)  # should we take it again: number past them
         if run is not None:
             self.lost += 1
             log.warning("lost the Space", extra={"space": space, "reason": why})
@@ -954,6 +966,7 @@ class Stage:
         """Start, report and tend once a second until cancelled; then hand over."""
         await self.start()
         beat = asyncio.ensure_future(heartbeat(self))
+        lapses = asyncio.ensure_future(self._lapse_loop())
         try:
             while True:
                 try:
@@ -963,7 +976,14 @@ class Stage:
                 await asyncio.sleep(RENEW_S)
         finally:
             beat.cancel()
+            lapses.cancel()
             await self.stop()
+
+    async def _lapse_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LAPSE_CHECK_S)
+            if not self.draining:
+                self.look_for_lapses()
 
     async def announce(self) -> None:
         """Publish the heartbeat now (bounded); the stage's other reports come from
