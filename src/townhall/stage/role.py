@@ -72,6 +72,7 @@ from townhall.stage.negotiation import NEGOTIATION_TIMEOUT_S, NegotiationGate
 from townhall.stage.numbering import Ahead, RivalReports, first_number
 from townhall.stage.placement import Capacity, CpuMeter, Placement
 from townhall.stage.ticker import ticker
+from townhall.stage.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 FRAME_S = 0.020
@@ -85,9 +86,9 @@ CLAIM_TRIES = 5         # a takeover's first chunk racing the old owner's last o
 CLAIM_WAIT_S = 5.0      # ...or waiting for the stream to answer (a leader election)
 BEGIN_WAIT_S = 10.0     # a new owner waits this long for MEDIA's newest chunk, lease kept
 BEGIN_RETRY_S = 0.25
-UNRENEWED_MAX_S = 15.0  # mixing on while stores succeed but renewals go unanswered
 LAPSE_CHECK_S = 0.25    # how often to look for leases that lapsed (upkeep: once a second)
 MIXING_HEARD_S = 1.5    # a lapsed lease whose holder said this recently it mixes: not taken
+UPKEEP = Upkeep(subjects.LEASE_TTL_S, MIXING_HEARD_S)
 PARALLEL = 32           # lease writes in flight at once (renewals, the hand-over on stop)
 CLOSE_TIMEOUT_S = 3.0   # closing speakers' sessions when the stage stops
 
@@ -840,24 +841,16 @@ class Stage:
             self.renewed[space] = asked
 
     def _overdue(self, space: str) -> bool:
-        """Whether to give up a Space whose renewals go unanswered: once the lease could
-        have expired (counted from before our last write reached the server, so this errs
-        early), unless our chunks are still being stored fenced meanwhile, or the other
-        stages' heartbeats still reach us (so ours reach them, saying we mix it, and they
-        leave its lapsed lease alone). Fenced stores are the real guard against two
-        publishers (a successor's first stored chunk fences us, and we stop at once), so
-        the raft re-elections when a cut-off NATS node rejoins cost no takeover. A stage
-        cut off can neither renew nor store, and hears no other stage: it stops as before."""
+        """Whether to give up a Space whose renewals go unanswered (stage.upkeep): not
+        while its chunks are still stored or the other stages still hear us."""
         if space not in self.leases:
             return False
-        now = time.monotonic()
-        renewed = self.renewed.get(space, 0.0)
         run = self.runs.get(space)
-        stored = run.stored_at if run is not None and not run.fenced else 0.0
-        heard = self.rivals.last_heard() + subjects.LEASE_TTL_S - MIXING_HEARD_S \
-            if run is not None else 0.0
-        return now - max(renewed, stored, heard) >= subjects.LEASE_TTL_S \
-            or now - renewed >= UNRENEWED_MAX_S
+        heard = self.rivals.last_heard()
+        return UPKEEP.give_up(
+            time.monotonic(), renewed=self.renewed.get(space, 0.0),
+            stored=run.stored_at if run is not None and not run.fenced else None,
+            heard=heard if heard > float("-inf") else None)
 
     async def _retake(self, space: str, rev: int, asked: float) -> None:
         """A renewal found the lease moved. Someone else's: stop now. Gone (it expired while
