@@ -929,7 +929,7 @@ class Stage:
             task.cancel()
         if self._claimer is not None:
             self._claimer.cancel()
-        if self._begins:  # each is bounded by RENEW_TIMEOUT_S, and hands back if draining
+        if self._begins:  # each stops asking MEDIA once draining, and hands its lease back
             await asyncio.wait(list(self._begins), timeout=2 * RENEW_TIMEOUT_S)
         await self.announce()
         runs = list(self.runs.items())
@@ -941,7 +941,8 @@ class Stage:
         leases = dict(self.leases)
         self.leases.clear()
         self.renewed.clear()
-        await _bounded([self._hand_back(space, leases.get(space)) for space, _ in runs])
+        # Leases of Spaces still being taken over too (their clock never started).
+        await _bounded([self._hand_back(space, rev) for space, rev in leases.items()])
         for watch in (self._watch, self._lease_watch):
             if watch is not None:
                 await watch.stop()
