@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from townhall.bus import CasConflict, Change, Entry, Message, Subscription, Watch
-from townhall.bus.bus import Consumer, Fenced, Handler, PullConsumer
+from townhall.bus.bus import Consumer, Fenced, Handler, LeaderMoveRefused, PullConsumer
+from townhall.cluster.leaders import Replica, StreamCluster
 
 
 def matches(pattern: str, subject: str) -> bool:
@@ -50,6 +51,9 @@ class FakeBus:
     objects: dict[str, dict[str, bytes]] = field(default_factory=dict)
     stored: list[tuple[float, Message]] = field(default_factory=list)
     published: list[Message] = field(default_factory=list)
+    # Streams' raft groups (absent: not clustered), and the step-downs asked for.
+    clusters: dict[str, StreamCluster] = field(default_factory=dict)
+    stepdowns: list[tuple[str, str]] = field(default_factory=list)
     _subs: list[_Sub] = field(default_factory=list)
     _watchers: list[tuple[str, Callable[[Change], None]]] = field(default_factory=list)
     _revision: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -168,6 +172,21 @@ class FakeBus:
 
     async def kv_keys(self, bucket: str) -> list[str]:
         return list(self.kv.get(bucket, {}))
+
+    async def stream_cluster(self, stream: str) -> StreamCluster | None:
+        return self.clusters.get(stream)
+
+    async def leader_stepdown(self, stream: str, preferred: str, *,
+                              timeout: float = 2.0) -> None:
+        """As nats-server does: the preferred replica leads, the old leader follows."""
+        self.stepdowns.append((stream, preferred))
+        c = self.clusters[stream]
+        if c.leader is None or c.leader == preferred or \
+                preferred not in {r.name for r in c.replicas}:
+            raise LeaderMoveRefused(f"{stream}: preferred server {preferred!r} not fit")
+        followers = tuple(r for r in c.replicas if r.name != preferred)
+        self.clusters[stream] = StreamCluster(stream, preferred,
+                                              (*followers, Replica(c.leader, current=True)))
 
     async def last_message(self, stream: str, subject: str) -> Message | None:
         kept = [m for _, m in self.stored if matches(subject, m.subject)]

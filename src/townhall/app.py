@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 HTTP_PLUGINS: dict[str, list[str]] = {
     "api": ["townhall.api.routes", "townhall.recording.plugin", "townhall.recording.hls",
             "townhall.api.whip", "townhall.web.routes", "townhall.api.stageboard",
-            "townhall.api.ice", "townhall.api.webhooks"],
+            "townhall.api.ice", "townhall.api.webhooks", "townhall.api.leaders"],
     "edge": ["townhall.edge.role"],
 }
 MAX_BODY = 64 * 1024

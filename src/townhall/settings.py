@@ -63,6 +63,9 @@ class Settings:
     # How long a request to NATS may go unanswered (a node cut off, JetStream electing a
     # leader) before the api answers 503 + Retry-After rather than keep its client waiting.
     nats_timeout: float = float(os.environ.get("TOWNHALL_NATS_TIMEOUT", "10"))
+    # NATS server names on hosts that run no stage: an api keeps the raft leaders of the
+    # streams a failover needs there (townhall.api.leaders). Empty: leaders stay put.
+    nats_leader_nodes: tuple[str, ...] = ()
     roles: tuple[str, ...] = ALL_ROLES
     closed: bool = False
     public_url: str = ""

@@ -1,12 +1,15 @@
 """A cluster on four hosts that are not loopback: a NATS node on h1-h3 (JetStream R3,
 routes between the hosts' addresses, the role users of `townhall cluster up`); api+edge on
 h1, a stage on h2, api+stage on h3, an edge on h4. A tone speaker on h1, listeners on h1
-and h4, each preferring its own host's edge.
+and h4, each preferring its own host's edge. Every process lists its own host's NATS node
+first, and the apis keep the raft leaders a takeover needs on nats-h1, the one node whose
+host runs no stage (`--nats-leader-nodes`): checked at the start and again after the heal.
 
 Then the owning stage's host is cut off for 20 s and healed, and the next owner's host is
 killed outright: audio comes back each time (bound below), no listener hears a chunk
-number twice, and the cut-off stage stops mixing once it learns it lost the Space.
-Figures are printed (`pytest -s`) and kept in bench/README.md. About a minute."""
+number twice, the cut-off stage stops mixing once it learns it lost the Space, and no
+raft election holds the takeover up (the new owner starts within 5 s). Figures are printed
+(`pytest -s`) and kept in bench/README.md. About a minute."""
 
 from __future__ import annotations
 
@@ -35,10 +38,13 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(420),
 ROOT = Path(__file__).resolve().parents[2]
 NATS_PORT, ROUTE_PORT, HTTP_PORT = 4222, 6222, 8080
 GAP_S = 0.5  # chunks come every 0.1 s: a longer pause is the failover's silence
+LEADER_NODE = "nats-h1"  # the one NATS node on a host without a stage (as deploy/ says)
+TAKEOVER_BOUND_S = 5.0  # cut or kill -> the new owner's clock: lease TTL + upkeep + slack
 
 PROBE = """
-import asyncio, sys, time
+import asyncio, json, sys, time
 from pathlib import Path
+from townhall.api.leaders import STREAMS
 from townhall.bus import subjects
 from townhall.bus.bus import NatsBus
 from townhall.bus.credentials import admin_auth
@@ -54,7 +60,17 @@ async def main():
             if time.monotonic() > deadline:
                 sys.exit(f"no JetStream: {exc!r}")
             await asyncio.sleep(1)
-    while what != "ready":  # a bucket electing its leader answers 503 for a while
+    while what == "leaders":  # where the streams a failover needs are led, as JSON
+        try:
+            found = {s: (await bus.stream_cluster(s)).leader for s in STREAMS}
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                sys.exit(f"no stream info: {exc!r}")
+            await asyncio.sleep(0.5)
+            continue
+        print(json.dumps(found))
+        break
+    while what not in ("ready", "leaders"):  # a bucket electing its leader answers 503
         try:
             entry = await bus.kv_get(subjects.LEASES_BUCKET, what)
         except Exception as exc:
@@ -135,7 +151,7 @@ class Cluster:
                 "--host", h.addr, "--port", str(port), "--public-url", f"http://{h.addr}:{port}",
                 "--nats", ",".join(nats), "--nats-auth-file", str(self.users),
                 "--data", str(self.tmp / "data"), "--replicas", "3", "--node-id", name,
-                "--open"]
+                "--open", "--nats-leader-nodes", LEADER_NODE]
         h.popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
         return log
 
@@ -220,6 +236,17 @@ def tone_back(path: Path, since: float, bound_s: float) -> float:
                 return toned[0] - since
         time.sleep(0.1)
     raise AssertionError(f"no tone in {path.name} within {bound_s} s")
+
+
+def leaders_placed(c: Cluster, bound_s: float = 30) -> float:
+    """Seconds until the api has put every watched stream's leader on LEADER_NODE."""
+    start = time.monotonic()
+    while True:
+        found = json.loads(c.probe("leaders"))
+        if all(leader == LEADER_NODE for leader in found.values()):
+            return time.monotonic() - start
+        assert time.monotonic() - start < bound_s, f"leaders not on {LEADER_NODE}: {found}"
+        time.sleep(0.5)
 
 
 def owner(c: Cluster, space: str, bound_s: float = 20) -> str:
@@ -335,6 +362,8 @@ def test_partition_and_host_loss(cluster: Cluster) -> None:
             assert time.monotonic() < deadline, f"no tone on {at} within 90 s"
             time.sleep(0.2)
     figures: dict[str, float] = {}
+    # The api moved the leaders of the streams a failover needs to the stage-less host.
+    figures["leaders on nats-h1 (a check after start)"] = leaders_placed(c)
 
     # (b) the owning stage's host cut off for 20 s, then healed.
     first = owner(c, space["space"])
@@ -357,6 +386,9 @@ def test_partition_and_host_loss(cluster: Cluster) -> None:
     for at in logs:
         no_repeats(logs[at])
 
+    # Elections on the heal may have moved a leader: the api puts it back.
+    figures["leaders back on nats-h1 after the heal"] = leaders_placed(c)
+
     # (a) the owner's whole host lost at once: its stage, its NATS node (quorum stays).
     # (Usually the stage that took over; the rejoining node's churn can move it back.)
     current = owner(c, space["space"])
@@ -371,12 +403,18 @@ def test_partition_and_host_loss(cluster: Cluster) -> None:
 
     for name, value in figures.items():
         print(f"{name}: {value:.2f} s")
+    taken: dict[str, float] = {}
     for event, (since, old) in steps.items():  # where the seconds went (docs/operations.md)
         print(f"timeline {event}: at {since:.2f}, {old} owned the Space")
-        for step, value in sorted(timeline(c, since, old, logs).items(), key=lambda x: x[1]):
+        found = timeline(c, since, old, logs)
+        for step, value in sorted(found.items(), key=lambda x: x[1]):
             print(f"timeline {event}: {step}: {value:.2f}")
-    # How fast audio comes back is a figure for bench/README.md, not an assertion here: the
-    # 5 s goal holds only when the lost host led neither the leases bucket nor MEDIA (their
-    # raft elections take 4-9 s), and a takeover after the heal can number below what the
-    # listeners heard; tone back 3.6-9.4 s in the last three runs (bench/README.md has the
-    # timelines). The waits above only bound the test.
+        taken[event] = found.get("new owner's clock starts", float("inf"))
+    # NATS no longer holds a takeover up: with the leaders of the leases bucket, MEDIA and
+    # the Spaces bucket kept on nats-h1, a new owner starts within the lease's TTL and one
+    # upkeep round (2.2-3.5 s in nine runs); a raft election on the lost host took 4-9 s
+    # more (4.9-9.7 s before). How fast the *tone* comes back stays a printed figure
+    # (bench/README.md): a takeover can still number below what listeners heard, and
+    # edges drop those chunks (the stage's part of issue 19).
+    for event, seconds in taken.items():
+        assert seconds < TAKEOVER_BOUND_S, f"{event}: the new owner started after {seconds} s"

@@ -84,6 +84,14 @@ def test_each_role_may_do_its_own_work() -> None:
     assert may_publish(ADMIN, DELETE_SPACES)
 
 
+def test_only_the_api_moves_stream_leaders() -> None:
+    # townhall.api.leaders: the steering api asks leaders to step down and writes its key.
+    stepdown = f"$JS.API.STREAM.LEADER.STEPDOWN.{subjects.MEDIA_STREAM}"
+    assert may_publish("api", stepdown)
+    assert may_publish("api", f"$KV.{subjects.RECORDERS_BUCKET}.leaders")
+    assert not may_publish("stage", stepdown) and not may_publish("edge", stepdown)
+
+
 def test_a_process_with_several_roles_gets_the_union() -> None:
     both = permissions_of("api+edge")
     assert set(both.publish) == set(permissions_of("api").publish) | set(

@@ -124,12 +124,17 @@ def test_proxies_retention_and_budgets_are_parsed() -> None:
     default = serve_settings(build_parser().parse_args(["serve"]))
     assert default.trusted_proxies == ("127.0.0.0/8", "::1")
     assert default.ended_retention == 7 * 24 * 3600
+    assert default.nats_leader_nodes == ()  # zero configuration: leaders stay put
+    leaders = serve_settings(build_parser().parse_args(
+        ["serve", "--nats-leader-nodes", "nats-h1, nats-h4"]))
+    assert leaders.nats_leader_nodes == ("nats-h1", "nats-h4")
 
 
 @pytest.mark.parametrize("argv", [
     ("--trusted-proxies", "10.0.0.0/33"), ("--trusted-proxies", "proxy.example"),
     ("--ended-retention", "soon"), ("--ended-retention", "-1"),
     ("--space-budget", "0/60"), ("--space-budget", "5"), ("--space-budget", "5/0"),
+    ("--nats-leader-nodes", "h1,not a name"),
 ])
 def test_malformed_values_are_refused(argv: tuple[str, ...]) -> None:
     with pytest.raises(ValueError):

@@ -51,6 +51,18 @@ def test_an_edge_machine_gets_a_loopback_leaf_logging_in_as_an_edge() -> None:
     assert "--nats nats://127.0.0.1:4222" in systemd.role_unit(PLAN, e1, "edge")
 
 
+def test_the_api_keeps_raft_leaders_on_the_nodes_of_hosts_without_a_stage() -> None:
+    assert PLAN.leader_nodes == ("h1",)  # h2 and h3 run stages; e1 is no cluster node
+    assert "--nats-leader-nodes h1" in systemd.role_unit(PLAN, PLAN.host("h1"), "api")
+    assert "--nats-leader-nodes" not in systemd.role_unit(PLAN, PLAN.host("h2"), "edge")
+    everywhere = parse_plan(json.dumps({"hosts": [
+        {"name": n, "address": f"10.0.0.{i}", "roles": ["nats", "api", "stage"]}
+        for i, n in enumerate(("a", "b", "c"), 1)]}))
+    assert everywhere.leader_nodes == ()
+    assert "--nats-leader-nodes" not in systemd.role_unit(everywhere, everywhere.host("a"),
+                                                          "api")
+
+
 def test_users_and_permissions_come_from_bus_permissions() -> None:
     auth = natsconf.auth_config(SECRETS.passwords)
     doc = json.loads(auth.removeprefix("authorization "))

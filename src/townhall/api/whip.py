@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fastapi import FastAPI, Request, Response
 
@@ -48,6 +49,7 @@ from townhall.sdp import check_sdp
 from townhall.sessionid import is_session_id
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # Offers that reach a stage, per identity and per Space. A speaker sends one per connection
@@ -137,6 +139,17 @@ async def while_held(bus: Bus, space: str, holder: bytes,
         reply.cancel()
 
 
+async def bounded_read(read: Awaitable[T], space: str, what: str) -> T:
+    """An offer's read, at most WHIP_READ_S (then 503 bus-unavailable, by the app's
+    handler); the log says which read it was, since a failover's timeline needs it."""
+    try:
+        return await asyncio.wait_for(read, WHIP_READ_S)
+    except TimeoutError:
+        log.warning("a WHIP offer's read of the %s went unanswered for %g s", what,
+                    WHIP_READ_S, extra={"space": space})
+        raise
+
+
 def install(app: FastAPI, ctx: Context) -> None:
     """Mount POST /whip/{space} and DELETE /whip/{space}/{session}."""
     store = SpaceStore(ctx.bus)
@@ -176,13 +189,13 @@ def install(app: FastAPI, ctx: Context) -> None:
         # Who may publish is settled before a byte of the offer is looked at.
         # Bounded well below --nats-timeout: in a failover these reads can go unanswered
         # while raft elects (10 s a time, seen), and the speaker is better off asking again.
-        snap = await asyncio.wait_for(store.get(space), WHIP_READ_S)
+        snap = await bounded_read(store.get(space), space, "Space")
         grants.authorize(ident, "publish", snap)
         sdp = check_offer(await request.body())
         if snap["state"] != "live":
             raise Conflict("the Space is not live", slug="not-live")
-        lease = await asyncio.wait_for(ctx.bus.kv_get(subjects.LEASES_BUCKET, space),
-                                       WHIP_READ_S)
+        lease = await bounded_read(ctx.bus.kv_get(subjects.LEASES_BUCKET, space), space,
+                                   "lease")
         if lease is None:
             # No stage holds the Space (none running, or the owner died and its lease ran
             # out): say so at once rather than after the request's timeout, so a speaker's

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,18 +30,28 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
+from prometheus_client import Counter
 
 from townhall.bus import subjects
 from townhall.bus.credentials import NatsAuth
 from townhall.bus.tls import NatsTls
+from townhall.cluster.leaders import Replica, StreamCluster
 
 log = logging.getLogger(__name__)
+
+RECONNECTS = Counter("townhall_nats_reconnects_total",
+                     "Times this process's NATS connection moved (or came back) to a server")
 
 Handler = Callable[["Message"], Awaitable[None]]
 
 
 class CasConflict(Exception):
     """A key-value compare-and-set lost: someone else wrote first."""
+
+
+class LeaderMoveRefused(Exception):
+    """A stream leader step-down was answered with an error (e.g. the preferred server
+    is already the leader, or not a replica)."""
 
 
 class Fenced(Exception):
@@ -200,11 +211,21 @@ class NatsBus:
         ``auth`` is the only way credentials reach nats-py (bus/credentials.py); ``tls``
         verifies the servers against an operator's CA (bus/tls.py). A JetStream request
         unanswered after ``timeout`` seconds raises one of ``UNREACHABLE``."""
+        async def moved() -> None:
+            RECONNECTS.inc()
+            log.info("NATS connection moved to %s", nc.connected_url.netloc
+                     if nc.connected_url is not None else "?")
+
         nc = await nats.connect(
             servers=urls, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
             # A server on a partitioned host sends no FIN: only unanswered pings tell, so
             # they are frequent (≈3 s to move to another node; 5 s x 3 took up to 20 s).
-            connect_timeout=5, allow_reconnect=True, ping_interval=1, max_outstanding_pings=3,
+            allow_reconnect=True, ping_interval=1, max_outstanding_pings=3,
+            # The operator's order, never shuffled: a process lists its own host's node
+            # first (deploy/ does), so it uses that one while it is up, and on losing it
+            # tries the others in order. A try at a node on a cut-off host waits out the
+            # whole connect timeout (no RST comes back): 5 s made a move take 8-9 s.
+            dont_randomize=True, connect_timeout=2, reconnected_cb=moved,
             **(auth.options() if auth is not None else {}),
             **(tls.options() if tls is not None else {}),
         )
@@ -449,6 +470,34 @@ class NatsBus:
         operators' tools and tests that must hit the node that matters."""
         info = await self._js.stream_info(stream)
         return info.cluster.leader if info.cluster is not None else None
+
+    async def stream_cluster(self, stream: str) -> StreamCluster | None:
+        """``stream``'s raft group as its leader reports it (None when not clustered,
+        or no such stream yet)."""
+        try:
+            info = await self._js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return None
+        c = info.cluster
+        if c is None:
+            return None
+        replicas = tuple(Replica(name=p.name or "", current=bool(p.current),
+                                 offline=bool(p.offline), active_s=(p.active or 0) / 1e9)
+                         for p in c.replicas or [])
+        return StreamCluster(stream=stream, leader=c.leader or None, replicas=replicas)
+
+    async def leader_stepdown(self, stream: str, preferred: str, *,
+                              timeout: float = 2.0) -> None:
+        """Ask ``stream``'s raft leader to hand over to the server named ``preferred``
+        (nats-server 2.11+: the step-down request's ``placement.preferred``).
+        LeaderMoveRefused when the server says no; TimeoutError when nobody answers."""
+        body = json.dumps({"placement": {"preferred": preferred}}).encode()
+        reply = await self.request(f"{self._js._prefix}.STREAM.LEADER.STEPDOWN.{stream}",
+                                   body, timeout=timeout)
+        answer = json.loads(reply.data or b"{}")
+        if answer.get("error") or not answer.get("success"):
+            error = answer.get("error") or {}
+            raise LeaderMoveRefused(f"{stream}: {error.get('description', answer)}")
 
     async def last_message(self, stream: str, subject: str) -> Message | None:
         """The newest stored message on ``subject`` (e.g. the last chunk a stage sent)."""

@@ -71,8 +71,10 @@ def _merge(a: Iterable[str], b: Iterable[str]) -> tuple[str, ...]:
 ROLE_PERMISSIONS: dict[str, Permissions] = {
     # The control plane: owns the topology and the buckets (with all of $JS.API it could
     # rewrite any of them anyway); never speaks for the stage. It derives webhook events,
-    # records Spaces (objects of the recordings store are publishes to $O.<bucket>) and
-    # encodes their AAC rendition for HLS while some api says it is wanted.
+    # records Spaces (objects of the recordings store are publishes to $O.<bucket>),
+    # encodes their AAC rendition for HLS while some api says it is wanted, and keeps
+    # stream leaders on the preferred nodes ($JS.API.STREAM.LEADER.STEPDOWN.<stream>, and
+    # the key "leaders" in the recorders bucket: townhall.api.leaders).
     "api": Permissions(
         publish=("townhall.*.state", "townhall.*.control", subjects.whip("*"),
                  subjects.hooks("*"), subjects.aac("*"), subjects.aac_wanted("*"),

@@ -22,6 +22,7 @@ from townhall.bus.bus import (
     Subscription,
     Watch,
 )
+from townhall.cluster.leaders import StreamCluster
 
 
 class Bus(Protocol):
@@ -94,6 +95,15 @@ class Bus(Protocol):
 
     async def kv_keys(self, bucket: str) -> list[str]:
         """Every key in ``bucket``."""
+        ...
+
+    async def stream_cluster(self, stream: str) -> StreamCluster | None:
+        """``stream``'s raft leader and replicas (None when not clustered)."""
+        ...
+
+    async def leader_stepdown(self, stream: str, preferred: str, *,
+                              timeout: float = 2.0) -> None:
+        """Ask ``stream``'s raft leader to hand over to the server ``preferred``."""
         ...
 
     async def last_message(self, stream: str, subject: str) -> Message | None:

@@ -16,7 +16,9 @@ AAC_STREAM = "HLSAAC"             # subjects townhall.*.aac, the AAC rendition, 
 AAC_MAX_AGE_S = 60.0
 RECORDINGS_BUCKET = "recordings"  # object store: <space>/index, <space>/seg/<n>, ...
 RECORDERS_BUCKET = "recorders"    # key: <space id>, value: recording node id; short TTL
-RECORDER_TTL_S = 10.0            # also holds ``aac.<space id>``: who encodes its AAC
+RECORDER_TTL_S = 10.0            # also holds ``aac.<space id>``: who encodes its AAC,
+                                  # and "sweep" / "leaders": the api sweeping recordings /
+                                  # keeping NATS stream leaders in place (api/leaders.py)
 
 
 def packager_key(space: str) -> str:

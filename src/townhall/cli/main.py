@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from townhall import __version__
+from townhall.cluster.leaders import parse_nodes
 from townhall.ice import IceSettingError
 from townhall.settings import (
     ALL_ROLES,
@@ -92,6 +93,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         settings.nats_auth_file = Path(args.nats_auth_file) if args.nats_auth_file else None
     if args.node_id:
         settings.node_id = args.node_id
+    settings.nats_leader_nodes = parse_nodes(args.nats_leader_nodes)
     settings.stages = _whole(args.stages, "--stages", least=1) if args.stages else None
     settings.stage_max_spaces = _whole(args.stage_max_spaces, "--stage-max-spaces", least=0)
     ice_settings(settings, args)
@@ -222,6 +224,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        metavar="SECONDS",
                        help="how long a NATS request may go unanswered before the api "
                             "answers 503 + Retry-After (or TOWNHALL_NATS_TIMEOUT; default 10)")
+    serve.add_argument("--nats-leader-nodes", metavar="NAME[,NAME]",
+                       default=os.environ.get("TOWNHALL_NATS_LEADER_NODES", ""),
+                       help="NATS server names on hosts that run no stage: an api keeps "
+                            "the leaders of the leases, MEDIA and Spaces streams there, "
+                            "so a lost stage host never takes one with it (or "
+                            "TOWNHALL_NATS_LEADER_NODES; default: leaders stay put)")
     serve.add_argument("--roles", default=",".join(ALL_ROLES),
                        help=f"comma-separated roles to run (default {','.join(ALL_ROLES)})")
     guests = serve.add_mutually_exclusive_group()

@@ -88,6 +88,13 @@ class Plan:
         return tuple(h for h in self.hosts if h.nats_node)
 
     @property
+    def leader_nodes(self) -> tuple[str, ...]:
+        """The NATS nodes on hosts that run no stage: the api keeps the raft leaders a
+        failover needs there (townhall.api.leaders), so losing a stage's host never loses
+        one. Empty when every node shares a host with a stage: leaders stay put."""
+        return tuple(h.name for h in self.nats_nodes if "stage" not in h.roles)
+
+    @property
     def replicas(self) -> int:
         return min(3, len(self.nats_nodes))
 

@@ -66,6 +66,8 @@ def role_unit(plan: Plan, host: Host, role: str) -> str:
         argv += ["--stages", "1"]
     else:
         argv += ["--public-url", _public_url(host, role)]
+    if role == "api" and plan.leader_nodes:
+        argv += ["--nats-leader-nodes", ",".join(plan.leader_nodes)]
     env = [f"TOWNHALL_NATS_AUTH_FILE=%d/nats-{role}.json"]
     creds = [f"LoadCredential=nats-{role}.json:{lay.etc}/nats-{role}.json"]
     if not host.leaf:
