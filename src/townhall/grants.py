@@ -18,13 +18,11 @@ server with it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from townhall.auth import Identity, role_rank
 from townhall.problems import Forbidden, NotFound, Unauthorized
-from townhall.room.snapshot import on_stage
+from townhall.room.snapshot import Space, on_stage
 
-Snapshot = dict[str, Any]
+Snapshot = Space
 
 # The least token role each action needs.
 NEEDS: dict[str, str] = {
@@ -69,34 +67,33 @@ def for_rule(action: str, target: str | None, actor: str) -> str:
 
 def here(ident: Identity | None, snap: Snapshot) -> Identity | None:
     """The identity as far as this Space goes: a token bound to another Space is none."""
-    if ident is None or ident.space not in (None, snap["id"]):
+    if ident is None or ident.space not in (None, snap.id):
         return None
     return ident
 
 
 def member(snap: Snapshot, identity: str) -> bool:
     """The host, someone on stage, an invitee, or someone the moderators allowed in."""
-    return ((snap.get("host") or {}).get("id") == identity or on_stage(snap, identity) is not None
-            or any(i.get("id") == identity for i in snap.get("invites", []))
-            or identity in snap.get("_allowed", []))
+    return (snap.host.id == identity or on_stage(snap, identity) is not None
+            or any(i.id == identity for i in snap.invites) or identity in snap.allowed)
 
 
 def blocked(snap: Snapshot, ident: Identity) -> bool:
     """Blocked by identity, or a guest from a network a blocked guest came from."""
-    if ident.id in snap.get("_blocked", []):
+    if ident.id in snap.blocked:
         return True
-    return ident.guest and ident.net is not None and ident.net in snap.get("_blocked_nets", [])
+    return ident.guest and ident.net is not None and ident.net in snap.blocked_nets
 
 
 def admitted(snap: Snapshot, grant: Identity | None) -> bool:
     """Whether the Space exists for this caller at all."""
-    if grant is not None and blocked(snap, grant) and snap.get("private"):
+    if grant is not None and blocked(snap, grant) and snap.private:
         return False
-    if not snap.get("private"):
+    if not snap.private:
         return True
     if grant is None:
         return False
-    return grant.space == snap["id"] or member(snap, grant.id)
+    return grant.space == snap.id or member(snap, grant.id)
 
 
 def authorize(ident: Identity | None, action: str, snap: Snapshot | None) -> None:
@@ -109,12 +106,12 @@ def authorize(ident: Identity | None, action: str, snap: Snapshot | None) -> Non
         return
     grant = here(ident, snap)
     if not admitted(snap, grant):
-        raise NotFound(f"no Space {snap['id']}", slug="space-not-found")
+        raise NotFound(f"no Space {snap.id}", slug="space-not-found")
     if action == "read":
         return
     if grant is not None and blocked(snap, grant):
         raise Forbidden("you are blocked from this Space", slug="blocked")
-    if (snap.get("signed_in_only") and action in AUDIENCE
+    if (snap.signed_in_only and action in AUDIENCE
             and (grant is None or grant.guest) and not (grant and member(snap, grant.id))):
         _signed_in_only(ident, grant)
     if grant is None:
@@ -160,8 +157,8 @@ def _signed_in_only(ident: Identity | None, grant: Identity | None) -> None:
 
 def _roster(snap: Snapshot, grant: Identity, action: str) -> None:
     person = on_stage(snap, grant.id)
-    is_host = (snap.get("host") or {}).get("id") == grant.id
-    if action == "moderate" and not (is_host or (person and person["role"] == "cohost")):
+    is_host = snap.host.id == grant.id
+    if action == "moderate" and not (is_host or (person and person.role == "cohost")):
         raise Forbidden("only the host or a co-host may do this", slug="not-moderator")
     if action == "host" and not is_host:
         raise Forbidden("only the host may do this", slug="not-host")

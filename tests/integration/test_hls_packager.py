@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from itertools import islice
 
 import pytest
@@ -28,7 +29,7 @@ async def live_space(bus: NatsBus, store: SpaceStore, title: str
     """A live Space, and the AAC batches its packager publishes as they come."""
     space = rules.new_space_id()
     doc = rules.create(space, rules.Actor("h1", "Host"), title=title, now=time.time())
-    await store.create(doc | {"state": "live"})
+    await store.create(replace(doc, state="live"))
     batches: list[AacBatch] = []
 
     async def on_batch(msg: Message) -> None:

@@ -25,6 +25,7 @@ from townhall.bus import Bus, NatsBus, subjects
 from townhall.bus.embedded import EmbeddedNats
 from townhall.context import Context
 from townhall.room import rules
+from townhall.room.snapshot import to_doc
 from townhall.settings import Settings
 
 PROBLEM = "application/problem+json"
@@ -56,8 +57,8 @@ def nats(tmp_path: Path) -> Iterator[str]:
 
 
 def doc(n: int, state: str, *, private: bool = False, host: str = "ada") -> dict[str, Any]:
-    snap = rules.create(f"{n:010d}", rules.Actor(host, host.title()), title=f"Space {n}",
-                        private=private, now=1_000_000.0 + n)
+    snap = to_doc(rules.create(f"{n:010d}", rules.Actor(host, host.title()),
+                               title=f"Space {n}", private=private, now=1_000_000.0 + n))
     if state != "scheduled":
         snap |= {"state": "live", "started_at": 1_000_000.0 + n}
     if state == "ended":

@@ -18,6 +18,8 @@ from townhall.bus.bus import Message
 from townhall.bus.messages import EdgeHeartbeat, encode
 from townhall.context import Context
 from townhall.room import rules
+from townhall.room.snapshot import decode as decode_space
+from townhall.room.snapshot import encode as encode_space
 from townhall.settings import Settings
 
 SPACE = "k3v9x2m4qa"
@@ -28,7 +30,7 @@ async def api_with_live_space(tmp_path: Path) -> tuple[Api, FakeBus]:
     bus = FakeBus()
     api = Api(Context(Settings(data_dir=tmp_path), bus, TokenIssuer(b"k" * 32)))
     doc = rules.start(rules.create(SPACE, ADA, title="T", now=1.0), ADA, now=2.0)
-    await bus.kv_create(subjects.SPACES_BUCKET, SPACE, json.dumps(doc).encode())
+    await bus.kv_create(subjects.SPACES_BUCKET, SPACE, encode_space(doc))
     return api, bus
 
 
@@ -46,9 +48,9 @@ async def test_a_bad_report_is_dropped_and_the_good_ones_counted(
         await api._tally_once()
     entry = await bus.kv_get(subjects.SPACES_BUCKET, SPACE)
     assert entry is not None
-    snap = json.loads(entry.value)
-    assert snap["listeners"] == 7 and snap["reactions"] == {"🔥": 2}
-    assert set(snap["_edges"]) == {"e1"}
+    snap = decode_space(entry.value)
+    assert snap.listeners == 7 and snap.reactions == {"🔥": 2}
+    assert set(snap.edges) == {"e1"}
     assert "dropped an unreadable edge report" in caplog.text
     assert bus.stored == []  # both taken: the broken one is not pulled again
 

@@ -4,14 +4,15 @@ events (initial values and re-reads are not changes)."""
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any, cast
+from dataclasses import replace
+from typing import cast
 
 from tests.fakebus import FakeBus
 from townhall.api.webhooks import EventSource
 from townhall.bus.bus import Change, Watch
 from townhall.room import rules
 from townhall.room.rules import Actor
+from townhall.room.snapshot import Space, encode
 
 ADA = Actor("ada", "Ada")
 
@@ -23,9 +24,8 @@ class Ready:
         self.ready = asyncio.Event()
 
 
-def change(doc: dict[str, Any] | None, revision: int, key: str = "k3v9x2m4qa") -> Change:
-    return Change(key=key, revision=revision,
-                  value=None if doc is None else json.dumps(doc).encode())
+def change(doc: Space | None, revision: int, key: str = "k3v9x2m4qa") -> Change:
+    return Change(key=key, revision=revision, value=None if doc is None else encode(doc))
 
 
 def queued(source: EventSource) -> list[str]:
@@ -43,7 +43,7 @@ def test_initial_values_make_no_events_and_later_changes_do() -> None:
     source.changed(change(doc, 1))
     assert queued(source) == []          # what an api sees when it starts
     watch.ready.set()
-    live = {**rules.start(doc, ADA, now=2.0), "version": 2}
+    live = replace(rules.start(doc, ADA, now=2.0), version=2)
     source.changed(change(live, 2))
     assert queued(source) == ["space.started"]
     # A restarted watch re-reads the newest value: nothing new.
@@ -62,7 +62,7 @@ def test_a_new_space_after_start_is_scheduled_and_deletion_forgets_it() -> None:
     source.changed(change(None, 8, key="abcdefghij"))
     assert "abcdefghij" not in source.seen
     # First sight of an old Space (its creation was before this api): no guessing.
-    old = {**doc, "id": "zzzzzzzzzz", "version": 9}
+    old = replace(doc, id="zzzzzzzzzz", version=9)
     source.changed(change(old, 9, key="zzzzzzzzzz"))
     assert queued(source) == []
 

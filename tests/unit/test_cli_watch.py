@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from townhall.cli.watch import describe, ws_address
 from townhall.room import rules
 from townhall.room.rules import Actor
@@ -15,7 +17,7 @@ def test_a_snapshot_in_one_line() -> None:
                               "listeners: 0 | reactions: none")
     snap = rules.apply(snap, ada, "approve", target="bob", now=4.0)
     snap = rules.apply(snap, ada, "mute", target="bob", now=5.0)
-    snap |= {"listeners": 12, "reactions": {"🔥": 3, "👏": 1}}
+    snap = replace(snap, listeners=12, reactions={"🔥": 3, "👏": 1})
     assert describe(snap) == ("v1 live | stage: Ada (host), Bob (speaker, muted) | "
                               "asking to speak: nobody | listeners: 12 | reactions: 🔥 3 👏 1")
 

@@ -13,6 +13,7 @@ from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 from websockets.streams import StreamReader
 
+from tests.snapshots import space
 from townhall.edge.fanout import Outlet
 from townhall.edge.feed import Feed
 from townhall.edge.frame import Frame
@@ -247,10 +248,10 @@ def test_ogg_listeners_get_no_text_and_ended_closes_everyone_after_the_state() -
     feed = Feed("s", OggOpusStream())
     ws, t_ws = streaming(feed, "ws")
     ogg, t_ogg = streaming(feed, "ogg")
-    feed.on_state({"id": "s", "state": "live", "version": 1})
+    feed.on_state(space(id="s", state="live", version=1))
     feed.on_levels('{"type": "levels", "levels": {}}')
     assert len(t_ws.written) == 2 and t_ogg.written == [] and ogg in feed.fast["ogg"]
-    feed.on_state({"id": "s", "state": "ended", "version": 2})
+    feed.on_state(space(id="s", state="ended", version=2))
     assert ws.close is not None and ws.close[0] == 4410 and ogg.close is not None
     assert not any(feed.fast.values())
 

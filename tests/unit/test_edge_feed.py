@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from tests.snapshots import space
 from townhall.edge.feed import Feed, Gap
 from townhall.edge.frame import Frame
 from townhall.edge.subscriber import Subscriber
@@ -69,9 +70,9 @@ def test_ended_state_closes_with_4410_after_the_state_frame() -> None:
     feed = Feed("s", OggOpusStream())
     sub = Subscriber("ws")
     feed.attach(sub)
-    feed.on_state({"id": "s", "state": "live", "version": 2, "_blocked": ["x"]})
-    feed.on_state({"id": "s", "state": "live", "version": 1})  # older: ignored
-    feed.on_state({"id": "s", "state": "ended", "version": 3})
+    feed.on_state(space({"id": "s", "state": "live", "version": 2, "_blocked": ["x"]}))
+    feed.on_state(space(id="s", state="live", version=1))  # older: ignored
+    feed.on_state(space(id="s", state="ended", version=3))
     states = [json.loads(t) for t in sub.texts]
     assert [s["snapshot"]["version"] for s in states] == [2, 3]
     assert "_blocked" not in states[0]["snapshot"]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tests.fakebus import FakeBus
+from tests.snapshots import space
 from townhall.auth import TokenIssuer
 from townhall.bus.messages import decode_edge_heartbeat, decode_listener_stats
 from townhall.edge.feed import Feed
 from townhall.edge.gate import EdgeNode, may_listen, parse_from
 from townhall.edge.hub import Hub
 from townhall.edge.stats import publish_once
+from townhall.room.snapshot import Person
 
 ISSUER = TokenIssuer(b"k" * 32)
 
@@ -27,13 +31,13 @@ def test_parse_from_rejects_the_rest(raw: str) -> None:
 
 
 def test_may_listen_codes() -> None:
-    live = {"id": "s", "state": "live", "private": False}
+    live = space(id="s", state="live", private=False)
     assert may_listen(live, "s", None, ISSUER) is None
     assert may_listen(None, "s", None, ISSUER).code == 4404  # type: ignore[union-attr]
-    ended = may_listen({**live, "state": "ended"}, "s", None, ISSUER)
+    ended = may_listen(replace(live, state="ended"), "s", None, ISSUER)
     assert ended is not None and (ended.code, ended.status) == (4410, 410)
     # A private Space is no Space to whoever may not see it (existence does not leak).
-    private = {**live, "private": True, "host": {"id": "ada", "name": "Ada"}}
+    private = replace(live, private=True, host=Person("ada", "Ada"))
     assert may_listen(private, "s", None, ISSUER).code == 4404  # type: ignore[union-attr]
     assert may_listen(private, "s", "junk", ISSUER).code == 4404  # type: ignore[union-attr]
     other = ISSUER.mint("bob", "Bob", space="t", role="listener")
@@ -45,7 +49,7 @@ def test_may_listen_codes() -> None:
     host = ISSUER.mint("ada", "Ada")
     assert may_listen(private, "s", host, ISSUER) is None
     # Signed-in only: a token is needed (4401), and not a guest's (4403).
-    members = {**live, "signed_in_only": True, "host": {"id": "ada", "name": "Ada"}}
+    members = replace(live, signed_in_only=True, host=Person("ada", "Ada"))
     assert may_listen(members, "s", None, ISSUER).code == 4401  # type: ignore[union-attr]
     assert may_listen(members, "s", guest, ISSUER).code == 4403  # type: ignore[union-attr]
     assert may_listen(members, "s", ISSUER.mint("cy", "Cy", role="listener"), ISSUER) is None

@@ -18,6 +18,7 @@ from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 
 from tests.fakebus import FakeBus
+from tests.snapshots import BASE
 from tests.unit.test_edge_fastset import parse_ws
 from townhall.auth import TokenIssuer
 from townhall.bus import Entry
@@ -28,6 +29,7 @@ from townhall.edge.hub import Hub
 from townhall.edge.ogghttp import OggListener
 from townhall.edge.websocket import WsListener
 from townhall.media.chunk import Chunk
+from townhall.room.snapshot import from_doc
 
 SPACE = "spaceone01"
 
@@ -81,13 +83,13 @@ def edge(snapshot: dict[str, Any] | None = None) -> EdgeNode:
     if snapshot is not None:
         feed = Feed(SPACE, hub.ogg)
         feed.on_doc(json.dumps(snapshot).encode(), asyncio.get_running_loop().time())
-        feed.on_state(snapshot)
+        feed.on_state(from_doc(snapshot))
         hub.feeds[SPACE] = feed
     return EdgeNode(hub=hub, issuer=TokenIssuer(b"k" * 32), node="e1", url=None,
                     capacity=10, join_rate=100.0)
 
 
-LIVE = {"id": SPACE, "state": "live", "version": 3, "private": False}
+LIVE = {**BASE, "id": SPACE, "state": "live", "version": 3, "private": False}
 
 
 def connect(node: EdgeNode) -> tuple[HttpToolsProtocol, Transport, ServerState]:
@@ -289,9 +291,10 @@ async def test_a_join_burst_reads_kv_once_and_an_open_feed_not_at_all() -> None:
     await settle()
     kv.gate.set()
     docs = await asyncio.gather(*burst)
-    assert kv.reads == 1 and all(d == LIVE for d in docs)
+    assert kv.reads == 1 and all(d == from_doc(LIVE) for d in docs)
     feed = Feed(SPACE, hub.ogg)
     feed.on_doc(json.dumps({**LIVE, "_blocked": ["bob"]}).encode(),
                 asyncio.get_running_loop().time())
     hub.feeds[SPACE] = feed
-    assert (await hub.snapshot(SPACE) or {}).get("_blocked") == ["bob"] and kv.reads == 1
+    held = await hub.snapshot(SPACE)
+    assert held is not None and held.blocked == ["bob"] and kv.reads == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from townhall import grants
 from townhall.auth import Identity, TokenIssuer
 from townhall.problems import Forbidden, NotFound, Problem, Unauthorized
 from townhall.room import rules
+from townhall.room.snapshot import Person, Space
 
 ISSUER = TokenIssuer(b"k" * 32)
 
@@ -20,17 +22,17 @@ def who(id_: str, role: str = "host", space: str | None = None, guest: bool = Fa
                     net=net)
 
 
-def space(**extra: Any) -> dict[str, Any]:
+def space(**extra: Any) -> Space:
     snap = rules.create("s000000001", rules.Actor("ada", "Ada"), title="T", now=0.0)
     snap = rules.start(snap, rules.Actor("ada", "Ada"), now=1.0)
     for person in ("cy", "sam"):
         snap = rules.apply(snap, rules.Actor(person, person), "request", now=2.0)
         snap = rules.apply(snap, rules.Actor("ada", "Ada"), "approve", target=person, now=3.0)
     snap = rules.apply(snap, rules.Actor("ada", "Ada"), "add_cohost", target="cy", now=4.0)
-    return {**snap, **extra}
+    return replace(snap, **extra)
 
 
-def refusal(ident: Identity | None, action: str, snap: dict[str, Any] | None
+def refusal(ident: Identity | None, action: str, snap: Space | None
             ) -> tuple[int, str] | None:
     try:
         grants.authorize(ident, action, snap)
@@ -67,7 +69,7 @@ def test_private_spaces_do_not_exist_for_strangers() -> None:
             if action != "create":
                 assert refusal(stranger, action, snap) == (404, "space-not-found"), (
                     stranger, action)
-    for insider in (who("ada"), who("sam"), who("bob", role="listener", space=snap["id"])):
+    for insider in (who("ada"), who("sam"), who("bob", role="listener", space=snap.id)):
         assert refusal(insider, "listen", snap) is None
     assert grants.allows(who("bob", role="listener"), "listen", snap) is False
     allowed = rules.apply(snap, rules.Actor("ada", "Ada"), "allow", target="bob", now=5.0)
@@ -82,7 +84,7 @@ def test_a_token_bound_to_another_space_reads_and_listens_as_anyone_and_acts_now
     assert refusal(bound, "listen", snap) is None
     for action in ("react", "request", "speak", "moderate", "host", "publish", "unpublish"):
         assert refusal(bound, action, snap) == (403, "insufficient-grant"), action
-    assert refusal(who("bob", role="speaker", space=snap["id"]), "react", snap) is None
+    assert refusal(who("bob", role="speaker", space=snap.id), "react", snap) is None
 
 
 def test_blocks_stick_to_the_identity_and_to_a_guests_network() -> None:
@@ -90,7 +92,7 @@ def test_blocks_stick_to_the_identity_and_to_a_guests_network() -> None:
     snap = rules.apply(snap, rules.Actor("g-troll", "T", net="n1"), "request", now=5.0)
     snap = rules.apply(snap, rules.Actor("ada", "Ada"), "remove", target="g-troll",
                        block=True, now=6.0)
-    assert snap["_blocked_nets"] == ["n1"]
+    assert snap.blocked_nets == ["n1"]
     again = who("g-fresh", guest=True, net="n1")
     for action in ("listen", "react", "request", "publish"):
         assert refusal(again, action, snap) == (403, "blocked"), action
@@ -101,8 +103,8 @@ def test_blocks_stick_to_the_identity_and_to_a_guests_network() -> None:
     with pytest.raises(Forbidden):
         rules.apply(snap, rules.Actor("g-fresh", "F", net="n1"), "request", now=7.0)
     # In a private Space a blocked identity is a stranger again, even with a token for it.
-    private = {**snap, "private": True}
-    assert refusal(who("g-troll", space=snap["id"], guest=True), "read", private) == (
+    private = replace(snap, private=True)
+    assert refusal(who("g-troll", space=snap.id, guest=True), "read", private) == (
         404, "space-not-found")
 
 
@@ -115,7 +117,7 @@ def test_signed_in_only_keeps_anonymous_and_guest_audiences_out() -> None:
         assert refusal(guest, action, snap) == (403, "signed-in-only"), action
     assert refusal(who("carol", role="listener"), "listen", snap) is None
     # A guest who hosts it (or stands on its stage) is no audience.
-    hosted = {**snap, "host": {"id": "g-1", "name": "G"}}
+    hosted = replace(snap, host=Person("g-1", "G"))
     assert refusal(guest, "listen", hosted) is None
 
 

@@ -6,15 +6,17 @@ from typing import Any
 
 import pytest
 
+from tests.snapshots import space
 from townhall.problems import Unauthorized
 from townhall.recording.retention import EXPIRED, due, is_due, keep_copy
 from townhall.recording.tickets import MAX_TTL_S, Tickets, recording_tag
+from townhall.room.snapshot import Space
 
 DAY = 86400.0
 
 
-def snap(sid: str, recording: Any, state: str = "ended") -> dict[str, Any]:
-    return {"id": sid, "state": state, "recording": recording}
+def snap(sid: str, recording: Any, state: str = "ended") -> Space:
+    return space(id=sid, state=state, recording=recording)
 
 
 def ready(expires_at: float, **more: Any) -> dict[str, Any]:

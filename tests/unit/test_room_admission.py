@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from townhall.problems import Conflict, Forbidden, Problem
@@ -37,7 +39,7 @@ def test_invite_names_are_checked_and_the_list_is_bounded() -> None:
         rules.apply(snap, ADA, "invite", target="one-more", now=2.0)
     assert full.value.instance_slug == "invite-list-full"
     again = rules.apply(snap, ADA, "invite", target="p0", name="P zero", now=3.0)
-    assert len(again["invites"]) == INVITE_LIMIT        # re-inviting does not grow it
+    assert len(again.invites) == INVITE_LIMIT        # re-inviting does not grow it
 
 
 def test_titles_and_descriptions_are_checked() -> None:
@@ -51,30 +53,30 @@ def test_titles_and_descriptions_are_checked() -> None:
 
 def test_allow_list_is_internal_moderated_and_bounded() -> None:
     snap = rules.apply(live(), ADA, "allow", target="bob", now=2.0)
-    assert snap["_allowed"] == ["bob"] and "bob" not in str(public_view(snap))
+    assert snap.allowed == ["bob"] and "bob" not in str(public_view(snap))
     with pytest.raises(Forbidden):
         rules.apply(snap, rules.Actor("bob", "Bob"), "allow", target="eve", now=2.0)
-    assert rules.apply(snap, ADA, "disallow", target="bob", now=2.0)["_allowed"] == []
-    full = {**snap, "_allowed": [f"p{i}" for i in range(ALLOW_LIMIT)]}
+    assert rules.apply(snap, ADA, "disallow", target="bob", now=2.0).allowed == []
+    full = replace(snap, allowed=[f"p{i}" for i in range(ALLOW_LIMIT)])
     assert slug(rules.apply, full, ADA, "allow", target="bob2", now=2.0) == "allow-list-full"
     # Scheduled Spaces can be prepared before they go live.
     scheduled = rules.create("s000000002", ADA, title="T", private=True, now=0.0)
-    assert rules.apply(scheduled, ADA, "allow", target="bob", now=1.0)["_allowed"] == ["bob"]
+    assert rules.apply(scheduled, ADA, "allow", target="bob", now=1.0).allowed == ["bob"]
 
 
 def test_blocking_drops_the_allowance_and_remembers_the_guests_network() -> None:
     snap = rules.apply(live(), ADA, "allow", target="g-1", now=2.0)
     snap = rules.apply(snap, rules.Actor("g-1", "G", net="n1"), "request", now=2.0)
-    assert snap["_nets"] == {"g-1": "n1"} and "n1" not in str(public_view(snap))
+    assert snap.nets == {"g-1": "n1"} and "n1" not in str(public_view(snap))
     snap = rules.apply(snap, ADA, "remove", target="g-1", block=True, now=3.0)
-    assert snap["_allowed"] == [] and snap["_blocked_nets"] == ["n1"]
+    assert snap.allowed == [] and snap.blocked_nets == ["n1"]
     assert slug(rules.apply, snap, ADA, "allow", target="g-1", now=4.0) == "blocked"
 
 
 def test_only_the_host_toggles_signed_in_only() -> None:
     snap = rules.apply(live(), ADA, "signed_in_only_on", now=2.0)
-    assert snap["signed_in_only"] is True and public_view(snap)["signed_in_only"] is True
-    assert rules.apply(snap, ADA, "signed_in_only_off", now=2.0)["signed_in_only"] is False
+    assert snap.signed_in_only is True and public_view(snap)["signed_in_only"] is True
+    assert rules.apply(snap, ADA, "signed_in_only_off", now=2.0).signed_in_only is False
     assert slug(rules.apply, snap, rules.Actor("cy", "Cy"), "signed_in_only_off",
                 now=2.0) == "not-host"
     ended = rules.end(snap, ADA, now=3.0)

@@ -6,10 +6,12 @@ import itertools
 from collections import Counter
 from typing import Any
 
+from tests.snapshots import space
 from townhall.api.ratelimit import TokenBuckets
 from townhall.bus.messages import EdgeHeartbeat, ListenerStats
 from townhall.room.coalescer import Coalescer
 from townhall.room.counting import EdgeRegistry, ReactionTally, fold, rank_edges
+from townhall.room.snapshot import EdgeSeen
 
 
 def snap(version: int, space: str = "s1") -> dict[str, Any]:
@@ -47,23 +49,22 @@ def test_coalescer_is_per_space_and_drops_stale_versions() -> None:
 
 
 def test_fold_sums_fresh_edges_and_reactions() -> None:
-    s = snap(1)
+    s = space()
     s = fold(s, [ListenerStats("e1", 100.0, listeners=10, reactions={"🔥": 2}),
                  ListenerStats("e2", 100.0, listeners=5, reactions={"🔥": 1, "bad": 9},
                                url="http://e2", capacity=50)],
              Counter({"👏": 3}), now=100.0)
-    assert s["listeners"] == 15 and s["reactions"] == {"🔥": 3, "👏": 3}
-    assert s["_edges"]["e2"] == {"listeners": 5, "url": "http://e2", "capacity": 50,
-                                 "at": 100.0}
+    assert s.listeners == 15 and s.reactions == {"🔥": 3, "👏": 3}
+    assert s.edges["e2"] == EdgeSeen(listeners=5, url="http://e2", capacity=50, at=100.0)
     s = fold(s, [ListenerStats("e1", 102.0, listeners=12)], Counter(), now=102.0)
-    assert s["listeners"] == 17
+    assert s.listeners == 17
     s = fold(s, [], Counter(), now=104.5)  # e2 silent for 4.5 s: gone
-    assert s["listeners"] == 12 and set(s["_edges"]) == {"e1"}
+    assert s.listeners == 12 and set(s.edges) == {"e1"}
     s = fold(s, [ListenerStats("e1", 90.0, listeners=1)], Counter(), now=104.5)
-    assert s["listeners"] == 12  # a late, older report changes nothing
+    assert s.listeners == 12  # a late, older report changes nothing
     s = fold(s, [ListenerStats("e1", 104.5, listeners=-3, reactions={"🔥": -5})], Counter(),
              now=104.5)
-    assert s["listeners"] == 0 and s["reactions"]["🔥"] == 3  # nothing counts below zero
+    assert s.listeners == 0 and s.reactions["🔥"] == 3  # nothing counts below zero
 
 
 def test_reaction_tally_hands_over_and_resets() -> None:

@@ -7,14 +7,20 @@ from typing import Any
 
 import pytest
 
+from tests.snapshots import space
 from townhall.problems import BadInput
 from townhall.room.index import SpaceIndex, Viewer, decode_cursor, encode_cursor
+from townhall.room.snapshot import Space
 
 
-def snap(sid: str, state: str = "live", *, listeners: int = 0, created: float = 0.0,
-         started: float | None = None, ended: float | None = None,
-         scheduled: str | None = None, private: bool = False, host: str = "h",
-         stage: tuple[str, ...] = ()) -> dict[str, Any]:
+def snap(sid: str, state: str = "live", **kw: Any) -> Space:
+    return space(doc_of(sid, state, **kw))
+
+
+def doc_of(sid: str, state: str = "live", *, listeners: int = 0, created: float = 0.0,
+           started: float | None = None, ended: float | None = None,
+           scheduled: str | None = None, private: bool = False, host: str = "h",
+           stage: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"id": sid, "state": state, "title": sid, "version": 1, "private": private,
             "host": {"id": host, "name": host}, "scheduled_start": scheduled,
             "created_at": created, "started_at": started, "ended_at": ended,
@@ -153,15 +159,17 @@ def test_cursors_not_ours_are_bad_parameters(cursor: str) -> None:
 
 def test_private_candidates_include_invitees_and_allowed_and_pass_the_decision() -> None:
     index = SpaceIndex()
-    doc = snap("p", private=True, host="ada") | {
-        "invites": [{"id": "ivy", "name": "Ivy"}], "_allowed": ["al"], "_blocked": ["bo"]}
-    index.apply(doc, 1)
+    doc = doc_of("p", private=True, host="ada") | {
+        "invites": [{"id": "ivy", "name": "Ivy", "at": 1.0}], "_allowed": ["al"],
+        "_blocked": ["bo"], "requests": [{"id": "rq", "name": "Rq", "at": 1.0}]}
+    index.apply(space(doc), 1)
     assert walk(index, ("live",), 5, Viewer("ivy")) == ["p"]
     assert walk(index, ("live",), 5, Viewer("al")) == ["p"]
     item = index.get("p")
-    assert item is not None and item.access["_blocked"] == ["bo"] and "title" not in item.access
+    # What the decision reads, not what it does not (requests, counts).
+    assert item is not None and item.access is not None and item.access.blocked == ["bo"]
+    assert item.access.requests == [] and item.access.invites[0].id == "ivy"
     page, _ = index.page(("live",), None, 5, Viewer("al"), admits=lambda i: False)
     assert page == []
-    assert index.get("p") is not None and snap("q")["id"] == "q"
     index.apply(snap("q"), 2)
-    assert index.get("q") is not None and index.get("q").access == {}  # type: ignore[union-attr]
+    assert index.get("q") is not None and index.get("q").access is None  # type: ignore[union-attr]

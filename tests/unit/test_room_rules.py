@@ -10,29 +10,37 @@ import pytest
 from townhall.problems import BadInput, Conflict, Forbidden, NotFound, Problem, Unprocessable
 from townhall.room import rules
 from townhall.room.rules import Actor
-from townhall.room.snapshot import COHOST_LIMIT, REQUEST_QUEUE_LIMIT, STAGE_LIMIT, on_stage
+from townhall.room.snapshot import (
+    COHOST_LIMIT,
+    REQUEST_QUEUE_LIMIT,
+    STAGE_LIMIT,
+    Space,
+    Speaker,
+    Waiting,
+    on_stage,
+)
 
 HOST = Actor("ada", "Ada")
 BOB = Actor("bob", "Bob")
 CY = Actor("cy", "Cy")
 
 
-def live() -> dict[str, Any]:
+def live() -> Space:
     snap = rules.create("abcdefghij", HOST, title="Town hall", now=1.0)
     return rules.start(snap, HOST, now=2.0)
 
 
-def act(snap: dict[str, Any], who: Actor, action: str, target: str | None = None,
-        **kw: Any) -> dict[str, Any]:
+def act(snap: Space, who: Actor, action: str, target: str | None = None,
+        **kw: Any) -> Space:
     return rules.apply(snap, who, action, target=target, now=3.0, **kw)
 
 
-def speaker(snap: dict[str, Any], who: Actor) -> dict[str, Any]:
+def speaker(snap: Space, who: Actor) -> Space:
     return act(act(snap, who, "request"), HOST, "approve", who.id)
 
 
-def stage_ids(snap: dict[str, Any]) -> list[str]:
-    return [p["id"] for p in snap["stage"]]
+def stage_ids(snap: Space) -> list[str]:
+    return [p.id for p in snap.stage]
 
 
 def refused(kind: type[Problem], slug: str, fn: Any, *args: Any, **kw: Any) -> None:
@@ -43,9 +51,8 @@ def refused(kind: type[Problem], slug: str, fn: Any, *args: Any, **kw: Any) -> N
 
 def test_create_puts_the_host_on_stage_scheduled() -> None:
     snap = rules.create("abcdefghij", HOST, title="  T  ", now=1.0)
-    assert snap["state"] == "scheduled" and snap["title"] == "T" and snap["version"] == 1
-    assert snap["stage"] == [{"id": "ada", "name": "Ada", "role": "host", "muted": False,
-                              "muted_by": None}]
+    assert snap.state == "scheduled" and snap.title == "T" and snap.version == 1
+    assert snap.stage == [Speaker("ada", "Ada", "host", muted=False, muted_by=None)]
     refused(Unprocessable, "title-required", rules.create, "x", HOST, title=" ", now=1.0)
 
 
@@ -53,12 +60,12 @@ def test_start_and_end_are_the_hosts() -> None:
     snap = rules.create("abcdefghij", HOST, title="T", now=1.0)
     refused(Forbidden, "not-host", rules.start, snap, BOB, now=2.0)
     snap = rules.start(snap, HOST, now=2.0)
-    assert snap["state"] == "live" and snap["started_at"] == 2.0
+    assert snap.state == "live" and snap.started_at == 2.0
     refused(Conflict, "not-startable", rules.start, snap, HOST, now=2.0)
     snap = speaker(snap, BOB)
     refused(Forbidden, "not-host", rules.end, snap, BOB, now=3.0)
     ended = rules.end(snap, HOST, now=4.0)
-    assert ended["state"] == "ended" and ended["stage"] == [] and ended["ended_at"] == 4.0
+    assert ended.state == "ended" and ended.stage == [] and ended.ended_at == 4.0
     refused(Conflict, "space-ended", rules.end, ended, HOST, now=5.0)
     refused(Conflict, "space-ended", act, ended, CY, "request")
 
@@ -70,16 +77,16 @@ def test_actions_wait_for_live() -> None:
 
 def test_request_approve_decline_withdraw() -> None:
     snap = act(live(), BOB, "request")
-    assert [r["id"] for r in snap["requests"]] == ["bob"]
+    assert [r.id for r in snap.requests] == ["bob"]
     refused(Conflict, "already-requested", act, snap, BOB, "request")
     refused(Forbidden, "not-moderator", act, snap, CY, "approve", "bob")
     refused(NotFound, "no-request", act, snap, HOST, "approve", "cy")
     refused(Unprocessable, "identity-required", act, snap, HOST, "approve")
-    assert act(snap, HOST, "decline", "bob")["requests"] == []
-    assert act(snap, BOB, "withdraw")["requests"] == []
+    assert act(snap, HOST, "decline", "bob").requests == []
+    assert act(snap, BOB, "withdraw").requests == []
     refused(NotFound, "no-request", act, live(), BOB, "withdraw")
     on = act(snap, HOST, "approve", "bob")
-    assert stage_ids(on) == ["ada", "bob"] and on["requests"] == []
+    assert stage_ids(on) == ["ada", "bob"] and on.requests == []
     refused(Conflict, "already-on-stage", act, on, BOB, "request")
 
 
@@ -94,17 +101,17 @@ def test_the_stage_holds_thirteen() -> None:
     snap = live()
     for i in range(STAGE_LIMIT - 1):
         snap = speaker(snap, Actor(f"s{i}", "S"))
-    assert len(snap["stage"]) == STAGE_LIMIT
+    assert len(snap.stage) == STAGE_LIMIT
     snap = act(snap, BOB, "request")
     refused(Conflict, "stage-full", act, snap, HOST, "approve", "bob")
 
 
 def test_invite_and_accept() -> None:
     snap = act(live(), HOST, "invite", "bob", name="Bobby")
-    assert snap["invites"][0]["name"] == "Bobby"
+    assert snap.invites[0].name == "Bobby"
     refused(Conflict, "no-invite", act, snap, CY, "accept")
     on = act(snap, BOB, "accept")
-    assert stage_ids(on) == ["ada", "bob"] and on["invites"] == []
+    assert stage_ids(on) == ["ada", "bob"] and on.invites == []
     refused(Conflict, "already-on-stage", act, on, HOST, "invite", "bob")
 
 
@@ -120,7 +127,7 @@ def test_leaving_and_moving_to_the_audience() -> None:
 
 def test_cohosts_moderate_but_not_each_other() -> None:
     snap = act(speaker(speaker(live(), BOB), CY), HOST, "add_cohost", "bob")
-    assert snap["stage"][1]["role"] == "cohost"
+    assert snap.stage[1].role == "cohost"
     assert stage_ids(act(snap, BOB, "to_audience", "cy")) == ["ada", "bob"]
     snap = act(snap, HOST, "add_cohost", "cy")
     refused(Forbidden, "not-host", act, snap, BOB, "to_audience", "cy")
@@ -132,7 +139,7 @@ def test_cohosts_moderate_but_not_each_other() -> None:
     refused(Conflict, "cohost-limit", act, snap, HOST, "add_cohost", "dave")
     refused(Conflict, "already-host", act, snap, HOST, "add_cohost", "ada")
     back = act(snap, HOST, "remove_cohost", "bob")
-    assert back["stage"][1]["role"] == "speaker"
+    assert back.stage[1].role == "speaker"
     refused(Conflict, "not-cohost", act, back, HOST, "remove_cohost", "bob")
     refused(Conflict, "not-on-stage", act, back, HOST, "add_cohost", "zed")
 
@@ -140,11 +147,11 @@ def test_cohosts_moderate_but_not_each_other() -> None:
 def test_mute_by_moderator_and_self_unmute() -> None:
     snap = speaker(live(), BOB)
     muted = act(snap, HOST, "mute", "bob")
-    assert muted["stage"][1]["muted"] and muted["stage"][1]["muted_by"] == "ada"
+    assert muted.stage[1].muted and muted.stage[1].muted_by == "ada"
     refused(Forbidden, "unmute-self-only", act, muted, HOST, "unmute", "bob")
     again = act(muted, BOB, "unmute")
-    assert not again["stage"][1]["muted"] and again["stage"][1]["muted_by"] is None
-    assert act(snap, BOB, "mute")["stage"][1]["muted_by"] == "self"
+    assert not again.stage[1].muted and again.stage[1].muted_by is None
+    assert act(snap, BOB, "mute").stage[1].muted_by == "self"
     refused(Forbidden, "not-host", act, act(snap, HOST, "add_cohost", "bob"), BOB, "mute",
             "ada")
     refused(Forbidden, "not-moderator", act, speaker(snap, CY), CY, "mute", "bob")
@@ -154,9 +161,9 @@ def test_mute_by_moderator_and_self_unmute() -> None:
 def test_remove_and_block() -> None:
     snap = act(speaker(live(), BOB), CY, "request")
     gone = act(snap, HOST, "remove", "bob")
-    assert stage_ids(gone) == ["ada"] and gone["_blocked"] == []
+    assert stage_ids(gone) == ["ada"] and gone.blocked == []
     blocked = act(snap, HOST, "remove", "cy", block=True)
-    assert blocked["requests"] == [] and blocked["_blocked"] == ["cy"]
+    assert blocked.requests == [] and blocked.blocked == ["cy"]
     refused(Forbidden, "blocked", act, blocked, CY, "request")
     refused(Forbidden, "blocked", act, blocked, HOST, "invite", "cy")
     refused(Forbidden, "not-host", act, snap, HOST, "remove", "ada")
@@ -204,7 +211,7 @@ ACTORS = {"host": HOST, "cohost": CO, "speaker": SP, "listener": LI, "removed": 
           "blocked": BL}
 
 
-def crowd() -> dict[str, Any]:
+def crowd() -> Space:
     """A live Space with one of everybody: co-host, speakers, a pending request."""
     snap = live()
     for who in (CO, SP, Actor("target", "T"), Actor("quiet", "Q")):
@@ -216,51 +223,52 @@ def crowd() -> dict[str, Any]:
     return act(snap, Actor("asker", "A"), "request")
 
 
-def speaker_entry(who: Actor) -> dict[str, Any]:
-    return {"id": who.id, "name": who.name, "role": "speaker", "muted": False,
-            "muted_by": None}
+def speaker_entry(who: Actor) -> Speaker:
+    return Speaker(who.id, who.name, "speaker", muted=False, muted_by=None)
 
 
-def without(items: list[dict[str, Any]], who: str) -> list[dict[str, Any]]:
-    return [i for i in items if i["id"] != who]
+def without(items: list[Any], who: str) -> list[Any]:
+    return [i for i in items if i.id != who]
 
 
-def person(snap: dict[str, Any], who: str) -> dict[str, Any]:
+def person(snap: Space, who: str) -> Speaker:
     """``who``'s entry in ``snap``'s stage itself (to be changed in place)."""
-    found = next((p for p in snap["stage"] if p["id"] == who), None)
+    found = next((p for p in snap.stage if p.id == who), None)
     assert found is not None
     return found
 
 
-def expected_snapshot(action: str, before: dict[str, Any], actor: Actor,
-                      who: str) -> dict[str, Any]:
+def expected_snapshot(action: str, before: Space, actor: Actor,
+                      who: str) -> Space:
     """The whole snapshot ``action`` by ``actor`` on ``who`` must give: every key, so a
     rule that also changes something else (or not quite this) fails."""
     out = copy.deepcopy(before)
     if action == "approve":
-        name = next(r["name"] for r in before["requests"] if r["id"] == who)
-        out["stage"].append(speaker_entry(Actor(who, name)))
-        out["requests"] = without(out["requests"], who)
-        out["invites"] = without(out["invites"], who)
+        name = next(r.name for r in before.requests if r.id == who)
+        out.stage.append(speaker_entry(Actor(who, name)))
+        out.requests = without(out.requests, who)
+        out.invites = without(out.invites, who)
     elif action in ("decline", "withdraw"):
-        out["requests"] = without(out["requests"], who)
+        out.requests = without(out.requests, who)
     elif action == "invite":
-        out["invites"].append({"id": who, "name": who, "at": 3.0})
+        out.invites.append(Waiting(who, who, 3.0))
     elif action == "accept":
-        out["stage"].append(speaker_entry(actor))
-        out["requests"] = without(out["requests"], who)
-        out["invites"] = without(out["invites"], who)
+        out.stage.append(speaker_entry(actor))
+        out.requests = without(out.requests, who)
+        out.invites = without(out.invites, who)
     elif action == "to_audience":
-        out["stage"] = without(out["stage"], who)
+        out.stage = without(out.stage, who)
     elif action == "remove":
-        for key in ("stage", "requests", "invites"):
-            out[key] = without(out[key], who)
+        out.stage = without(out.stage, who)
+        out.requests = without(out.requests, who)
+        out.invites = without(out.invites, who)
     elif action in ("mute", "unmute"):
         muted = action == "mute"
-        person(out, who).update(muted=muted, muted_by=(
-            ("self" if who == actor.id else actor.id) if muted else None))
+        person(out, who).muted = muted
+        person(out, who).muted_by = ("self" if who == actor.id else actor.id) if muted \
+            else None
     elif action in ("add_cohost", "remove_cohost"):
-        person(out, who)["role"] = "cohost" if action == "add_cohost" else "speaker"
+        person(out, who).role = "cohost" if action == "add_cohost" else "speaker"
     else:
         raise AssertionError(f"no expectation for {action}")
     assert out != before, f"{action} on {who} would change nothing here"
@@ -288,7 +296,7 @@ def test_permission_matrix(action: str, role: str) -> None:
     ("blocked", "blocked")])
 def test_who_may_ask_to_speak(role: str, slug: str | None) -> None:
     if slug is None:
-        assert act(crowd(), ACTORS[role], "request")["requests"][-1]["id"] == ACTORS[role].id
+        assert act(crowd(), ACTORS[role], "request").requests[-1].id == ACTORS[role].id
     else:
         refused(Problem, slug, act, crowd(), ACTORS[role], "request")
 
@@ -335,7 +343,7 @@ def test_permission_matrix_on_oneself(action: str, role: str) -> None:
     snap = act(snap, HOST, "mute", "sp")  # muted by the host: still theirs to unmute
     expected, who = SELF_MATRIX[action][role], ACTORS[role]
     standing = on_stage(snap, who.id)
-    if action == "unmute" and standing is not None and not standing["muted"]:
+    if action == "unmute" and standing is not None and not standing.muted:
         snap = act(snap, who, "mute")  # so that unmuting has something to undo
     if expected is None:
         assert act(snap, who, action) == expected_snapshot(action, snap, who, who.id)

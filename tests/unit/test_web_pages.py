@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+from tests.snapshots import space
+from townhall.room.snapshot import Space
 from townhall.settings import Settings
 from townhall.web.headers import content_security_policy, edge_sources, relative_location
 from townhall.web.pages import Page, Renderer, build_hash, json_block, state_line
@@ -19,13 +21,13 @@ def renderer(public_url: str = "") -> Renderer:
                     Page(static="/static/abcdef012345", open_mode=False, public_url=public_url))
 
 
-def snap(**over: object) -> dict[str, object]:
+def snap(**over: object) -> Space:
     base: dict[str, object] = {
         "id": "k3v9x2m4qa", "title": "Town hall", "description": "", "state": "live",
         "version": 3, "private": False, "host": {"id": "ada", "name": "Ada"},
         "scheduled_start": None, "stage": [{"id": "ada", "name": "Ada", "role": "host"}],
         "requests": [], "invites": [], "listeners": 12345, "reactions": {}}
-    return base | over
+    return space(base | over)
 
 
 def test_state_lines() -> None:

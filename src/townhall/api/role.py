@@ -41,7 +41,7 @@ from townhall.room import rules
 from townhall.room.coalescer import Coalescer
 from townhall.room.counting import EdgeRegistry, ReactionTally, fold
 from townhall.room.index import STATES, SpaceIndex
-from townhall.room.snapshot import public_view
+from townhall.room.snapshot import SnapshotError, Space, decode, public_view
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +140,12 @@ class Api:
                            "too many Spaces created from your address")
 
     @staticmethod
-    def may_see(snap: dict[str, Any], ident: Identity | None) -> bool:
+    def may_see(snap: Space, ident: Identity | None) -> bool:
         """Whether ``ident`` may read this Space (townhall.grants)."""
         return grants.allows(ident, "read", snap)
 
     async def authorized(self, space: str, ident: Identity | None,
-                         action: str = "read") -> dict[str, Any]:
+                         action: str = "read") -> Space:
         """The Space's document, if ``ident`` may do ``action`` to it (townhall.grants)."""
         snap = await self.store.get(space)
         grants.authorize(ident, action, snap)
@@ -162,7 +162,7 @@ class Api:
 
     # --- state publishing --------------------------------------------------------------
 
-    def _changed(self, snap: dict[str, Any]) -> None:
+    def _changed(self, snap: Space) -> None:
         ready = self.coalescer.offer(public_view(snap), time.monotonic())
         if ready is not None:
             self._outbox.put_nowait(ready)
@@ -174,20 +174,20 @@ class Api:
         """Whether the index holds every Space (the watch's initial values are in)."""
         return self._watch is not None and self._watch.ready.is_set()
 
-    def _wrote(self, snap: dict[str, Any], revision: int) -> None:
+    def _wrote(self, snap: Space, revision: int) -> None:
         """This process's own write: in the index at once, before the watch echoes it."""
         if self.index.apply(snap, revision):
-            self._indexed(snap["id"])
+            self._indexed(snap.id)
 
     def _on_bucket(self, change: Change) -> None:
         if change.value is None:
             self.index.remove(change.key, change.revision)
         else:
             try:
-                snap = json.loads(change.value)
-            except ValueError:
+                snap: Space | None = decode(change.value)
+            except SnapshotError:
                 snap = None
-            if not isinstance(snap, dict) or snap.get("id") != change.key:
+            if snap is None or snap.id != change.key:
                 log.warning("unreadable Space document", extra={"space": change.key})
                 return
             if not self.index.apply(snap, change.revision):
@@ -280,13 +280,13 @@ class Api:
         for space in set(reports) | set(reactions) | set(quiet):
             got, counts = reports.get(space, []), reactions.get(space, Counter())
 
-            def change(s: dict[str, Any], got: list[ListenerStats] = got,
-                       counts: Counter[str] = counts) -> dict[str, Any]:
+            def change(s: Space, got: list[ListenerStats] = got,
+                       counts: Counter[str] = counts) -> Space:
                 return fold(s, got, counts, now)
 
             with contextlib.suppress(NotFound):
                 snap = await self.store.mutate(space, change)
-                self.counted[space] = int(snap.get("listeners", 0))
+                self.counted[space] = snap.listeners
         for _, ack in pulled:
             with contextlib.suppress(Exception):
                 await ack()

@@ -27,7 +27,7 @@ from townhall.problems import BadInput, Conflict, Forbidden, Unavailable, Unproc
 from townhall.room import rules
 from townhall.room.counting import rank_edges
 from townhall.room.index import STATES, Viewer
-from townhall.room.snapshot import REACTIONS, public_view
+from townhall.room.snapshot import REACTIONS, Space, public_view
 from townhall.room.text import check_text
 
 ACTIONS_DONE = PromCounter("townhall_actions_total", "Stage and moderation actions",
@@ -66,10 +66,10 @@ def ok(status: int, model: type, what: str, *errors: int) -> dict[str, Any]:
             "responses": responses | problems(*errors)}
 
 
-def etag_response(request: Request, snap: dict[str, Any], *, shared: bool) -> Response:
+def etag_response(request: Request, snap: Space, *, shared: bool) -> Response:
     """The snapshot with ETag = version; ``shared`` when any cache may keep it (a public
     Space, asked without a token), else ``private, no-store``."""
-    etag = f'"{snap["version"]}"'
+    etag = f'"{snap.version}"'
     headers = {"ETag": etag, "Cache-Control": SHARED_CACHE if shared else "private, no-store",
                "Vary": "Authorization"}
     if request.headers.get("if-none-match") == etag:
@@ -141,7 +141,8 @@ async def list_spaces(request: Request, api: ApiDep, state: str | None = None,
     viewer = Viewer(ident.id, ident.space) if ident else Viewer()
     spaces, after = api.index.page(
         (state,) if state else ("live", "scheduled"), cursor, limit, viewer,
-        admits=lambda item: grants.allows(ident, "read", item.access))
+        admits=lambda item: item.access is not None and grants.allows(ident, "read",
+                                                                      item.access))
     return {"spaces": spaces, "next": after}
 
 
@@ -154,7 +155,7 @@ async def get_space(space: str, request: Request, api: ApiDep) -> Response:
     """The Space's snapshot; cacheable (ETag = version)."""
     ident = api.maybe_who(request)
     snap = await api.authorized(space, ident)
-    return etag_response(request, snap, shared=ident is None and not snap.get("private"))
+    return etag_response(request, snap, shared=ident is None and not snap.private)
 
 
 async def host_change(api: Api, space: str, request: Request, what: str) -> dict[str, Any]:
@@ -164,7 +165,7 @@ async def host_change(api: Api, space: str, request: Request, what: str) -> dict
     actor = api.actor(ident)
     change = rules.start if what == "start" else rules.end
 
-    def checked(s: dict[str, Any]) -> dict[str, Any]:
+    def checked(s: Space) -> Space:
         grants.authorize(ident, "host", s)
         return change(s, actor, now=time.time())
 
@@ -198,7 +199,7 @@ async def act(space: str, request: Request, body: ActionIn, api: ApiDep) -> dict
     actor = api.actor(ident)
     needs = grants.for_rule(body.action, body.identity, ident.id)
 
-    def checked(s: dict[str, Any]) -> dict[str, Any]:
+    def checked(s: Space) -> Space:
         # An unknown action is the rules' 400, but only to those who may see the Space.
         grants.authorize(ident, needs if body.action in rules.ACTIONS else "read", s)
         return rules.apply(s, actor, body.action, target=body.identity, name=body.name,
@@ -212,7 +213,7 @@ async def act(space: str, request: Request, body: ActionIn, api: ApiDep) -> dict
         raise
     ACTIONS_DONE.labels(body.action, "done").inc()
     # Out of a private Space means out of its audio too, not only at the next join.
-    shut_out = (body.action == "disallow" and snap.get("private") and body.identity
+    shut_out = (body.action == "disallow" and snap.private and body.identity
                 and not grants.member(snap, body.identity))
     if body.identity and (body.action == "remove" or shut_out):
         kick = Kick(body.identity, block=body.block)
@@ -233,7 +234,7 @@ async def react(space: str, request: Request, body: ReactionIn, api: ApiDep
                             slug="unknown-reaction")
     api.reaction_limit(ident.id if ident else api.client_key(request))
     snap = await api.authorized(space, ident, "react")
-    if snap["state"] != "live":
+    if snap.state != "live":
         raise Conflict("the Space is not live", slug="not-live")
     api.tally.add(space, body.emoji)
     REACTIONS_IN.inc()
@@ -246,7 +247,7 @@ async def listen(space: str, request: Request, api: ApiDep) -> dict[str, Any]:
     settings = api.ctx.settings
     snap = await api.authorized(space, api.maybe_who(request))
     now = time.time()
-    edges = rank_edges(space, snap.get("_edges", {}), api.registry.fresh(now), now)
+    edges = rank_edges(space, snap.edges, api.registry.fresh(now), now)
     if not edges and "edge" in settings.roles:
         edges = rank_edges(space, {}, {settings.node_id: {
             "url": settings.public_url or None, "listeners": 0, "capacity": None}}, now)

@@ -1,16 +1,22 @@
 """Response shapes of the Spaces API, for /openapi.json (handlers still return plain dicts).
 
-They describe the snapshot contract of townhall.room.snapshot; extra keys are allowed
-because the contract may grow. Errors are described once, as problem+json.
+The snapshot's schema (``Snapshot`` and the shapes inside it) is generated from the
+dataclasses of townhall.room.snapshot, so the contract is written once; extra keys are
+allowed because the contract may grow. Errors are described once, as problem+json.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import functools
+import operator
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from townhall.problems import PROBLEM_CONTENT_TYPE, Problem
+from townhall.room import snapshot
+from townhall.room.jsonshape import json_fields
 
 
 class Open(BaseModel):
@@ -19,65 +25,61 @@ class Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class Person(Open):
-    id: str
-    name: str
+# The snapshot's dataclasses, by the names their schemas have always had in /openapi.json.
+_NAMES: dict[type, tuple[str, str]] = {
+    snapshot.Person: ("Person", "Someone named in a snapshot: the host."),
+    snapshot.Speaker: ("OnStage", "Someone on stage."),
+    snapshot.Waiting: ("Waiting", "A request to speak, or an invitation to, and when."),
+    snapshot.Recording: ("Recording", "A finished recording (townhall.recording)."),
+    snapshot.Space: ("Snapshot", "A Space as everyone may see it "
+                                 "(see townhall.room.snapshot)."),
+}
 
 
-class OnStage(Person):
-    role: Literal["host", "cohost", "speaker"]
-    muted: bool
-    muted_by: str | None = Field(description='null, "self", or who muted them')
+@functools.cache
+def public_model(cls: type) -> type[BaseModel]:
+    """The schema of a snapshot dataclass's public JSON: its internal fields (``_`` keys)
+    and ``extra`` left out; a field always written is required, one left out when empty
+    or null is not."""
+    name, doc = _NAMES[cls]
+    defs: dict[str, Any] = {}
+    for f, hint in json_fields(cls):
+        meta = f.metadata
+        if meta.get("internal"):
+            continue
+        options = dict(meta.get("schema", {}))
+        if meta.get("doc"):
+            options["description"] = meta["doc"]
+        if meta.get("omit"):  # left out rather than null: not required, never null
+            hint = functools.reduce(operator.or_, [a for a in get_args(hint)
+                                                   if a is not type(None)])
+            defs[f.name] = (_swap(hint), Field(None, **options))
+        else:
+            defs[f.name] = (_swap(hint), Field(..., **options))
+    model: type[BaseModel] = create_model(name, __base__=Open, __doc__=doc, **defs)
+    return model
 
 
-class Waiting(Person):
-    at: float = Field(description="unix seconds")
+def _swap(hint: Any) -> Any:
+    """``hint`` with each snapshot dataclass in it replaced by its model."""
+    if hint in _NAMES:
+        return public_model(hint)
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return functools.reduce(operator.or_, [_swap(a) for a in args])
+    if origin in (list, dict):
+        return types.GenericAlias(origin, tuple(_swap(a) for a in args))
+    return hint
 
 
-class Recording(Open):
-    """A finished recording (townhall.recording)."""
-
-    state: str = Field(description='"ready" (webhooks: recording.ready); "expired" once '
-                       "the sweep deleted its files after --recording-days")
-    url: str = Field(description="the replay file, /replay/<id>.opus")
-    duration: float = Field(description="seconds of audio")
-    bytes: int
-    m4a: str = Field(description="the same audio as Opus in MP4, /replay/<id>.m4a")
-    m4a_bytes: int
-    ready_at: float
-    expires_at: float = Field(description="after this (unix seconds) it answers 410")
+Snapshot = public_model(snapshot.Space)
 
 
-class Snapshot(Open):
-    """A Space as everyone may see it (see townhall.room.snapshot)."""
-
-    id: str = Field(pattern="^[a-z0-9]{10}$")
-    title: str
-    description: str
-    state: Literal["scheduled", "live", "ended"]
-    version: int = Field(ge=1, description="+1 on every visible change")
-    private: bool
-    signed_in_only: bool = Field(default=False,
-                                 description="no anonymous or guest listeners")
-    host: Person
-    scheduled_start: str | None
-    created_at: float
-    started_at: float | None
-    ended_at: float | None
-    stage: list[OnStage]
-    requests: list[Waiting]
-    invites: list[Waiting]
-    listeners: int = Field(ge=0, description="summed from the edges' reports")
-    reactions: dict[str, int] = Field(description="running totals per emoji")
-    recording: bool | Recording = Field(
-        default=False, description="true while recorded (or until the recording is ready "
-        "after the end); the finished recording's details once it is ready; false if none")
-
-
-class SpaceList(Open):
-    spaces: list[Snapshot]
-    next: str | None = Field(description="pass as ?cursor= for the following page; "
-                                         "null on the last page")
+_PAGE: dict[str, Any] = {
+    "spaces": (types.GenericAlias(list, (Snapshot,)), ...),
+    "next": (str | None, Field(description="pass as ?cursor= for the following page; "
+                                           "null on the last page"))}
+SpaceList = create_model("SpaceList", __base__=Open, __doc__="A page of Spaces.", **_PAGE)
 
 
 class Session(Open):

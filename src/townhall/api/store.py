@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Callable
-from typing import Any
 
 from townhall.bus import Bus, CasConflict, subjects
 from townhall.bus.bus import Entry
 from townhall.problems import NotFound, Unavailable
 from townhall.room.rules import is_space_id
-from townhall.room.snapshot import public_view
+from townhall.room.snapshot import Space, clone, decode, encode, same_public
 
-Snapshot = dict[str, Any]
+Snapshot = Space
 Mutation = Callable[[Snapshot], Snapshot]
 MAX_ATTEMPTS = 50
 
@@ -29,9 +27,8 @@ class SpaceStore:
         self.on_write = on_write        # any write landed, with its revision
 
     async def get(self, space: str) -> Snapshot:
-        entry = await self._entry(space)
-        doc: Snapshot = json.loads(entry.value)
-        return doc
+        """The Space's document (NotFound if there is none)."""
+        return decode((await self._entry(space)).value)
 
     async def _entry(self, space: str) -> Entry:
         # A malformed id is not a valid KV key: it names no Space, so 404, never a bus error.
@@ -42,7 +39,7 @@ class SpaceStore:
         return entry
 
     async def create(self, snap: Snapshot) -> Snapshot:
-        revision = await self.bus.kv_create(subjects.SPACES_BUCKET, snap["id"], _dump(snap))
+        revision = await self.bus.kv_create(subjects.SPACES_BUCKET, snap.id, encode(snap))
         if self.on_write:
             self.on_write(snap, revision)
         if self.on_change:
@@ -54,16 +51,16 @@ class SpaceStore:
         changes. Refusals raised by ``change`` propagate untouched."""
         for attempt in range(MAX_ATTEMPTS):
             entry = await self._entry(space)
-            old: Snapshot = json.loads(entry.value)
-            new = change(old)
+            old = decode(entry.value)
+            new = change(clone(old))  # its own copy: it may change it in place
             if new == old:
                 return old
-            public_changed = public_view(new) != public_view(old)
+            public_changed = not same_public(new, old)
             if public_changed:
-                new["version"] = int(old["version"]) + 1
+                new.version = old.version + 1
             try:
-                revision = await self.bus.kv_update(subjects.SPACES_BUCKET, space, _dump(new),
-                                                    entry.revision)
+                revision = await self.bus.kv_update(subjects.SPACES_BUCKET, space,
+                                                    encode(new), entry.revision)
             except CasConflict:
                 # Someone else changed it first: re-read and re-apply, with a little jitter
                 # so a crowd of writers does not collide again in lock step.
@@ -76,7 +73,3 @@ class SpaceStore:
             return new
         raise Unavailable("the Space is changing too fast; try again", retry_after=1,
                           slug="contention")
-
-
-def _dump(snap: Snapshot) -> bytes:
-    return json.dumps(snap, separators=(",", ":"), ensure_ascii=False).encode()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import random
@@ -26,6 +25,7 @@ from townhall.bus.bus import Change, Pulled, Watch
 from townhall.context import Context
 from townhall.hooks.endpoints import Endpoint, WebhookConfig, parse_config
 from townhall.hooks.events import Event, Snapshot, events_between
+from townhall.room.snapshot import SnapshotError, decode
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,15 @@ class EventSource:
             self.seen.pop(change.key, None)
             return
         try:
-            new: Snapshot = json.loads(change.value)
-        except ValueError:
-            log.warning("spaces/%s is not JSON; no webhook events for it", change.key)
+            new = decode(change.value)
+        except SnapshotError:
+            log.warning("spaces/%s is not a Space; no webhook events for it", change.key)
             return
         self.seen[change.key] = (change.revision, new)
         if last is None and not (self.watch is not None and self.watch.ready.is_set()):
             return  # an initial value: what came before it was some api's to announce
         old = None if last is None else last[1]
-        if last is None and new.get("version", 1) != 1:
+        if last is None and new.version != 1:
             return  # first sight of an old Space (e.g. after a restart): nothing to diff
         for event in events_between(old, new):
             try:

@@ -192,7 +192,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         snap = await bounded_read(store.get(space), space, "Space")
         grants.authorize(ident, "publish", snap)
         sdp = check_offer(await request.body())
-        if snap["state"] != "live":
+        if snap.state != "live":
             raise Conflict("the Space is not live", slug="not-live")
         lease = await bounded_read(ctx.bus.kv_get(subjects.LEASES_BUCKET, space), space,
                                    "lease")

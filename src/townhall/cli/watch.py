@@ -16,17 +16,17 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from townhall.closecode import CloseCode
+from townhall.room.snapshot import Space, from_doc
 
 
-def describe(snap: dict[str, Any]) -> str:
+def describe(snap: Space) -> str:
     """One line saying what a snapshot shows: version, state, stage, queue, audience."""
-    stage = ", ".join(
-        f"{p['name']} ({p['role']}{', muted' if p.get('muted') else ''})"
-        for p in snap.get("stage", []))
-    asking = ", ".join(r["name"] for r in snap.get("requests", [])) or "nobody"
-    reactions = " ".join(f"{e} {n}" for e, n in snap.get("reactions", {}).items()) or "none"
-    return (f"v{snap.get('version')} {snap.get('state')} | stage: {stage or 'empty'} | "
-            f"asking to speak: {asking} | listeners: {snap.get('listeners', 0)} | "
+    stage = ", ".join(f"{p.name} ({p.role}{', muted' if p.muted else ''})"
+                      for p in snap.stage)
+    asking = ", ".join(r.name for r in snap.requests) or "nobody"
+    reactions = " ".join(f"{e} {n}" for e, n in snap.reactions.items()) or "none"
+    return (f"v{snap.version} {snap.state} | stage: {stage or 'empty'} | "
+            f"asking to speak: {asking} | listeners: {snap.listeners} | "
             f"reactions: {reactions}")
 
 
@@ -59,7 +59,7 @@ async def watch(url: str, space: str, token: str | None, seconds: float | None) 
                 continue
             msg = json.loads(frame)
             if msg.get("type") == "state":
-                print(describe(msg["snapshot"]), flush=True)
+                print(describe(from_doc(msg["snapshot"])), flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ returns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import Counter
@@ -29,7 +28,7 @@ from townhall.edge.wire import http_chunk, ws_binary_frame, ws_text_frame
 from townhall.media.chunk import Chunk
 from townhall.media.ogg import OggOpusStream
 from townhall.problems import BadInput
-from townhall.room.snapshot import public_view
+from townhall.room.snapshot import SnapshotError, Space, decode, public_view
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ class Feed:
         self.doc_raw: bytes | None = None
         self.doc_at: float | None = None   # loop time it was last confirmed; None = never
         self.doc_seen = 0                  # updates received (a re-read must not undo one)
-        self._doc: dict[str, Any] | None = None
+        self._doc: Space | None = None
         self._doc_parsed = True
         self.state_text: str | None = None
         self.reactions: Counter[str] = Counter()
@@ -174,15 +173,11 @@ class Feed:
         self.doc_seen += 1
         self._doc_parsed = False
 
-    def doc(self) -> dict[str, Any] | None:
-        """The Space's KV entry as a dict (None if absent or unreadable)."""
+    def doc(self) -> Space | None:
+        """The Space's KV entry (None if absent or unreadable)."""
         if not self._doc_parsed:
             self._doc_parsed = True
-            self._doc = None
-            if self.doc_raw:
-                with contextlib.suppress(ValueError):
-                    doc = json.loads(self.doc_raw)
-                    self._doc = doc if isinstance(doc, dict) else None
+            self._doc = parse_doc(self.doc_raw)
         return self._doc
 
     def frame(self, data: bytes) -> Frame:
@@ -285,10 +280,9 @@ class Feed:
         if queued:
             metrics.TEXT_DELIVERIES.labels("queued").inc(queued)
 
-    def on_state(self, snap: dict[str, Any]) -> None:
+    def on_state(self, snap: Space) -> None:
         """A newer snapshot: to every WebSocket listener; an ended Space closes them all."""
-        if self.snapshot is not None and int(snap.get("version", 0)) <= int(
-                self.snapshot.get("version", 0)):
+        if self.snapshot is not None and snap.version <= int(self.snapshot["version"]):
             return
         self.snapshot = public_view(snap)
         self.state_text = json.dumps({"type": "state", "snapshot": self.snapshot})
@@ -312,12 +306,11 @@ class Feed:
         self._texts(text)
 
 
-def parse_doc(raw: bytes | None) -> dict[str, Any] | None:
-    """A KV entry as a dict, or None if absent or unreadable."""
+def parse_doc(raw: bytes | None) -> Space | None:
+    """A KV entry (or a published snapshot) as a Space, or None if absent or unreadable."""
     if not raw:
         return None
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        return decode(raw)
+    except SnapshotError:
         return None
-    return doc if isinstance(doc, dict) else None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from townhall import grants
 from townhall.auth import Identity, TokenIssuer
@@ -17,6 +16,7 @@ from townhall.edge.admission import Admission, Decision
 from townhall.edge.guard import PER_ADDRESS_RETRY_S, PerAddress, per_address_from_env
 from townhall.edge.hub import Hub
 from townhall.problems import Problem
+from townhall.room.snapshot import Space
 
 # The default cap is where delivery stays at 100 ms with room left on the core for joins,
 # state/levels frames and a noisy machine; the figures behind it are in docs/capacity.md
@@ -87,29 +87,29 @@ class Refusal:
     detail: str
 
 
-def may_listen(snap: dict[str, Any] | None, space: str, token: str | None,
+def may_listen(snap: Space | None, space: str, token: str | None,
                issuer: TokenIssuer) -> Refusal | None:
     """Whether a listener with ``token`` may hear this Space now."""
     return may_listen_as(snap, space, verified(token, issuer))
 
 
-def may_listen_as(snap: dict[str, Any] | None, space: str,
+def may_listen_as(snap: Space | None, space: str,
                   who: Identity | None) -> Refusal | None:
     """Whether ``who`` (a verified token, or None) may hear this Space now: townhall.grants
     decides, as for every route; a private Space it may not see is no Space (4404)."""
-    if snap is None or snap.get("id") != space:
+    if snap is None or snap.id != space:
         return Refusal(CloseCode.NOT_FOUND, 404, "space-not-found", f"no Space {space}")
     try:
         grants.authorize(who, "listen", snap)
     except Problem as refused:
         return Refusal(CloseCode.for_status(refused.status),
                        refused.status, refused.instance_slug, refused.detail)
-    if snap.get("state") == "ended":
+    if snap.state == "ended":
         return Refusal(CloseCode.ENDED, 410, "space-ended", "this Space has ended")
     return None
 
 
-def may_react(snap: dict[str, Any] | None, who: Identity | None) -> bool:
+def may_react(snap: Space | None, who: Identity | None) -> bool:
     """Whether this listener's "react" messages count (decided once, when it joins)."""
     return snap is not None and grants.allows(who, "react", snap)
 

@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
 
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message
@@ -44,6 +43,7 @@ from townhall.edge.resume import Source, plan_resume, stitch
 from townhall.edge.subscriber import Subscriber
 from townhall.media.ogg import OggOpusStream
 from townhall.problems import BadInput
+from townhall.room.snapshot import Space
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Hub:
         self.pacer = Pacer(floor_s=interval_floor_s)
         self.coalesce = False
         self._tasks: set[asyncio.Future[None]] = set()  # refills of missed chunks
-        self._reads: dict[str, asyncio.Future[dict[str, Any] | None]] = {}  # KV reads
+        self._reads: dict[str, asyncio.Future[Space | None]] = {}  # KV reads
 
     async def pace(self) -> None:
         """Measure loop lag and listeners behind every tick; coalesce chunks while loaded."""
@@ -111,7 +111,7 @@ class Hub:
         """Listeners on this edge, every Space together."""
         return sum(len(f.subscribers) for f in self.feeds.values())
 
-    async def snapshot(self, space: str) -> dict[str, Any] | None:
+    async def snapshot(self, space: str) -> Space | None:
         """The Space's current snapshot from KV (internal keys kept; callers filter):
         the open feed's watched copy, re-read at most every DOC_TTL_S (a watch can miss
         updates while NATS reconnects), or one KV read when no feed is open."""
@@ -126,7 +126,7 @@ class Hub:
             reading.add_done_callback(lambda _: self._reads.pop(space, None))
         return await asyncio.shield(reading)
 
-    async def _read(self, space: str) -> dict[str, Any] | None:
+    async def _read(self, space: str) -> Space | None:
         feed = self.feeds.get(space)
         now = asyncio.get_running_loop().time()
         seen = feed.doc_seen if feed is not None else 0
@@ -149,10 +149,9 @@ class Hub:
                 task.add_done_callback(self._tasks.discard)
 
         async def state(msg: Message) -> None:
-            with contextlib.suppress(ValueError):
-                snap = json.loads(msg.data)
-                if isinstance(snap, dict):
-                    feed.on_state(snap)
+            snap = parse_doc(msg.data)
+            if snap is not None:
+                feed.on_state(snap)
 
         async def levels(msg: Message) -> None:
             try:
@@ -231,7 +230,7 @@ class Hub:
         return self.feeds[space]
 
     async def join(self, space: str, sub: Subscriber, from_seq: int | None,
-                   snap: dict[str, Any] | None = None) -> Joined:
+                   snap: Space | None = None) -> Joined:
         """Attach a listener, queueing its catch-up chunks (ring or JetStream) first."""
         feed = await self.feed(space)
         if snap is not None:

@@ -12,7 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-Snapshot = dict[str, Any]
+from townhall.room.snapshot import Space, Speaker, public_view
+
+Snapshot = Space
 
 SCHEDULED = "space.scheduled"
 STARTED = "space.started"
@@ -52,20 +54,18 @@ def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _space(doc: Snapshot) -> dict[str, Any]:
-    """The part of the Space every event carries (public fields only)."""
-    return {"id": doc["id"], "title": doc.get("title", ""), "state": doc.get("state"),
-            "version": doc.get("version"), "host": doc.get("host"),
-            "listeners": doc.get("listeners", 0), "private": doc.get("private", False)}
+def _space(view: dict[str, Any]) -> dict[str, Any]:
+    """The part of the Space every event carries, from its public view."""
+    return {k: view[k] for k in ("id", "title", "state", "version", "host", "listeners",
+                                 "private")}
 
 
-def _stage(doc: Snapshot | None) -> dict[str, dict[str, Any]]:
-    return {str(p["id"]): p for p in (doc or {}).get("stage", []) if "id" in p}
+def _stage(doc: Snapshot | None) -> dict[str, Speaker]:
+    return {p.id: p for p in doc.stage} if doc is not None else {}
 
 
 def _recording_ready(doc: Snapshot | None) -> bool:
-    rec = (doc or {}).get("recording")
-    return isinstance(rec, dict) and rec.get("state") == "ready"
+    return doc is not None and doc.finished is not None and doc.finished.state == "ready"
 
 
 def events_between(old: Snapshot | None, new: Snapshot | None) -> list[Event]:
@@ -74,19 +74,18 @@ def events_between(old: Snapshot | None, new: Snapshot | None) -> list[Event]:
     lifecycle first when a Space starts, last when it ends."""
     if new is None:
         return []
-    space = str(new["id"])
-    version = int(new.get("version", 0))
-    summary = _space(new)
+    space, version, view = new.id, new.version, public_view(new)
+    summary = _space(view)
 
     def event(kind: str, suffix: str = "", **data: Any) -> Event:
         eid = f"evt_{space}_{version}_{kind}" + (f"_{suffix}" if suffix else "")
         return Event(id=eid, type=kind, space=space, data={"space": summary, **data})
 
     out: list[Event] = []
-    state_old = None if old is None else old.get("state")
-    state_new = new.get("state")
+    state_old = None if old is None else old.state
+    state_new = new.state
     if old is None and state_new == "scheduled":
-        out.append(event(SCHEDULED, scheduled_start=new.get("scheduled_start")))
+        out.append(event(SCHEDULED, scheduled_start=new.scheduled_start))
     if state_new == "live" and state_old != "live":
         out.append(event(STARTED))
     # A new Space's stage is its host, announced by space.scheduled, not as a join.
@@ -98,8 +97,8 @@ def events_between(old: Snapshot | None, new: Snapshot | None) -> list[Event]:
     if state_new == "ended" and state_old != "ended":
         out.append(event(ENDED))
     if _recording_ready(new) and not _recording_ready(old):
-        out.append(event(RECORDING_READY, recording=new["recording"]))
-    was, now = int((old or {}).get("listeners", 0)), int(new.get("listeners", 0))
+        out.append(event(RECORDING_READY, recording=view["recording"]))
+    was, now = (old.listeners if old is not None else 0), new.listeners
     for mark in MILESTONES:
         if was < mark <= now:
             # Once per Space and milestone: the id has no version in it.
@@ -116,5 +115,5 @@ def _ordered(events: list[Event]) -> list[Event]:
     return sorted(events, key=lambda e: (rank[e.type], e.id))
 
 
-def _who(person: dict[str, Any]) -> dict[str, Any]:
-    return {"id": person.get("id"), "name": person.get("name"), "role": person.get("role")}
+def _who(person: Speaker) -> dict[str, Any]:
+    return {"id": person.id, "name": person.name, "role": person.role}

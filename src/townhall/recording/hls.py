@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import urllib.parse
 from bisect import bisect_left, insort
@@ -81,6 +80,7 @@ from townhall.recording.retention import EXPIRED
 from townhall.recording.tickets import Tickets
 from townhall.recording.tickets import recording_tag as ticket_tag
 from townhall.room.rules import is_space_id
+from townhall.room.snapshot import Recording, SnapshotError, Space, decode
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 LIVE_PLAYLIST = "public, max-age=1"
@@ -239,14 +239,14 @@ class AccessCache:
         self.ttl = ttl
         self.size = size
         self.clock = clock
-        self._held: OrderedDict[str, tuple[float, dict[str, Any] | None]] = OrderedDict()
+        self._held: OrderedDict[str, tuple[float, Space | None]] = OrderedDict()
 
-    async def get(self, space: str) -> dict[str, Any]:
+    async def get(self, space: str) -> Space:
         now = self.clock()
         held = self._held.get(space)
         if held is None or now - held[0] > self.ttl:
             try:
-                snap: dict[str, Any] | None = await self._fetch(space)
+                snap: Space | None = await self._fetch(space)
             except NotFound:
                 snap = None
             held = self._held[space] = (now, snap)
@@ -257,7 +257,7 @@ class AccessCache:
             raise NotFound(f"no Space {space}", slug="space-not-found")
         return held[1]
 
-    def fresh(self, space: str) -> dict[str, Any] | None:
+    def fresh(self, space: str) -> Space | None:
         """The document if it is held and young enough to decide by (no I/O)."""
         held = self._held.get(space)
         if held is None or self.clock() - held[0] > self.ttl:
@@ -268,11 +268,11 @@ class AccessCache:
         self._held.pop(space, None)
 
 
-def kind_of(snap: dict[str, Any]) -> str | None:
+def kind_of(snap: Space) -> str | None:
     """Where a Space's HLS comes from: ``vod``, ``live``, or None (a refusal)."""
-    if isinstance(snap.get("recording"), dict):
+    if snap.finished is not None:
         return "vod"
-    return "live" if snap.get("state") == "live" else None
+    return "live" if snap.state == "live" else None
 
 
 @dataclass(frozen=True)
@@ -316,13 +316,13 @@ class Source:
 
     space: str
     kind: str
-    snap: dict[str, Any]
-    rec: dict[str, Any]
+    snap: Space
+    rec: Recording | None   # a VOD's recording
     ticket: str | None = None  # the signed link's, carried on to the URIs listed
 
     @property
     def tag(self) -> str:
-        return recording_tag(self.rec) if self.kind == "vod" else "live"
+        return recording_tag(self.rec) if self.rec is not None else "live"
 
     def cache(self, value: str) -> str:
         """``value`` for a shared cache, or made ``private``: the Space needs a token to
@@ -365,7 +365,7 @@ class HlsOrigin:
                 or "authorization" in request.headers:
             return
         self.answers[request.url.path] = Answer(
-            src.space, src.kind, float(src.rec.get("expires_at", 0)) if src.rec else 0.0,
+            src.space, src.kind, src.rec.expires_at if src.rec else 0.0,
             {"type": "http.response.start", "status": 200,
              "headers": list(response.raw_headers)},
             {"type": "http.response.body", "body": response.body})
@@ -412,15 +412,15 @@ class HlsOrigin:
     async def _on_state(self, msg: Message) -> None:
         space = msg.subject.split(".")[1]
         self.access.forget(space)
-        with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
-            snap = json.loads(msg.data)
-            rec = snap.get("recording")
-            if isinstance(rec, dict) and rec.get("state") == "ready":
+        with contextlib.suppress(SnapshotError):
+            snap = decode(msg.data)
+            rec = snap.finished
+            if rec is not None and rec.state == "ready":
                 held = self.aac_indexes.get(space)
                 if held is None or held[2] is None or held[0] != recording_tag(rec):
                     self.packager.want_vod(space)
-            elif (snap.get("state") == "ended" and rec is False) or (
-                    isinstance(rec, dict) and rec.get("state") == EXPIRED):
+            elif (snap.state == "ended" and snap.recording is False) or (
+                    rec is not None and rec.state == EXPIRED):
                 self.aac_indexes.pop(space, None)
                 self.packager.want_drop(space)
 
@@ -443,17 +443,17 @@ class HlsOrigin:
         else:
             snap = await self.access.get(space)
             grants.authorize(self.api.maybe_who(request), "listen", snap)
-        rec = snap.get("recording")
-        if isinstance(rec, dict):
-            if rec.get("state") == EXPIRED or time.time() >= float(rec.get("expires_at", 0)):
+        rec = snap.finished
+        if rec is not None:
+            if rec.state == EXPIRED or time.time() >= rec.expires_at:
                 raise Gone("this recording was kept for its time and is gone",
                            slug="recording-expired")
             return Source(space, "vod", snap, rec, ticket)
-        if snap["state"] == "live":
-            return Source(space, "live", snap, {}, ticket)
-        if snap["state"] == "scheduled":
+        if snap.state == "live":
+            return Source(space, "live", snap, None, ticket)
+        if snap.state == "scheduled":
             raise Conflict("the Space is not live yet", slug="not-live")
-        if rec is True:
+        if snap.recording is True:
             raise NotFound("the recording is not ready yet", slug="recording-not-ready")
         raise NotFound("this Space has ended and has no recording", slug="no-recording")
 

@@ -28,7 +28,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from prometheus_client import Counter
 
@@ -43,6 +42,7 @@ from townhall.media.recording import timeline
 from townhall.problems import BadInput, NotFound
 from townhall.recording.recorder import BUCKET, load_chunks, load_index
 from townhall.recording.retention import EXPIRED
+from townhall.room.snapshot import Recording
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ def aac_segment_name(space: str, k: int) -> str:
     return f"{space}/aac/{k}"
 
 
-def recording_tag(rec: dict[str, Any]) -> str:
+def recording_tag(rec: Recording) -> str:
     """Which recording (a deleted and re-made one differs) its derived files belong to."""
-    return f"{int(float(rec['ready_at']) * 1000)}"
+    return f"{int(rec.ready_at * 1000)}"
 
 
 @dataclass
@@ -280,7 +280,7 @@ class Packager:
                     return
                 if await lease.keep():  # and, as often, whether the Space is still live
                     doc = await self.store.get(space)
-                    if doc.get("state") != "live":
+                    if doc.state != "live":
                         return
                 try:
                     chunk = await asyncio.wait_for(queue.get(),
@@ -307,9 +307,8 @@ class Packager:
     # --- VOD ----------------------------------------------------------------------------
 
     async def _vod(self, space: str, lease: Lease) -> None:
-        doc = await self.store.get(space)
-        rec = doc.get("recording")
-        if not isinstance(rec, dict):
+        rec = (await self.store.get(space)).finished
+        if rec is None:
             return
         tag = recording_tag(rec)
         made = await load_aac_index(self.bus, space)
@@ -337,8 +336,8 @@ class Packager:
         log.info("AAC rendition ready", extra={"space": space})
 
     async def _drop(self, space: str, lease: Lease) -> None:
-        rec = (await self.store.get(space)).get("recording")
-        if not isinstance(rec, dict) or rec.get("state") == EXPIRED:
+        rec = (await self.store.get(space)).finished
+        if rec is None or rec.state == EXPIRED:
             await self.drop(space)
 
     async def drop(self, space: str) -> None:

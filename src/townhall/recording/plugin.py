@@ -60,7 +60,7 @@ from townhall.recording.recorder import (
 from townhall.recording.retention import EXPIRED, due, is_due, keep_copy
 from townhall.recording.tickets import MAX_TTL_S, TTL_S, Tickets, recording_tag
 from townhall.room.rules import is_space_id
-from townhall.room.snapshot import public_view
+from townhall.room.snapshot import Recording, Space, from_doc, public_view
 
 log = logging.getLogger(__name__)
 
@@ -153,17 +153,17 @@ class FileCache:
         return gone
 
 
-def restricted(snap: dict[str, Any]) -> bool:
+def restricted(snap: Space) -> bool:
     """Whether listening needs a token: then no shared cache (CDN) may keep the audio."""
-    return bool(snap.get("private") or snap.get("signed_in_only"))
+    return snap.private or snap.signed_in_only
 
 
-def cache_control(value: str, snap: dict[str, Any]) -> str:
+def cache_control(value: str, snap: Space) -> str:
     return value.replace("public", "private") if restricted(snap) else value
 
 
 def _serve(request: Request, path: Path, etag: str, filename: str,
-           snap: dict[str, Any], media_type: str = OGG) -> Response:
+           snap: Space, media_type: str = OGG) -> Response:
     headers = {"ETag": etag, "Cache-Control": cache_control(IMMUTABLE, snap),
                "Accept-Ranges": "bytes",
                "Vary": "Authorization"}
@@ -173,15 +173,15 @@ def _serve(request: Request, path: Path, etag: str, filename: str,
                         content_disposition_type="inline")
 
 
-def finished(snap: dict[str, Any], now: float) -> dict[str, Any]:
+def finished(snap: Space, now: float) -> Recording:
     """The Space's finished recording, or the refusal that says why there is none."""
-    rec = snap.get("recording")
-    if rec is True:
+    if snap.recording is True:
         raise NotFound("the recording is not ready yet (the Space is live, or it ended "
                        "moments ago)", slug="recording-not-ready")
-    if not isinstance(rec, dict):
+    rec = snap.finished
+    if rec is None:
         raise NotFound("this Space has no recording", slug="no-recording")
-    if rec.get("state") == EXPIRED or now >= float(rec.get("expires_at", 0)):
+    if rec.state == EXPIRED or now >= rec.expires_at:
         raise Gone("this recording was kept for its time and is gone",
                    slug="recording-expired")
     return rec
@@ -214,7 +214,7 @@ class Recordings:
                 await self._sweeper
 
     async def listenable(self, space: str, request: Request,
-                         ticket: str | None) -> dict[str, Any]:
+                         ticket: str | None) -> Space:
         """The Space's document if the caller may hear its recording: by a ticket for
         this Space and recording (checked before any lookup), else by townhall.grants."""
         if not is_space_id(space):
@@ -244,13 +244,13 @@ class Recordings:
         """The Space document is about to go (retention): its recording goes first."""
         with contextlib.suppress(NotFound):
             snap = await self.api.store.get(space)
-            if isinstance(snap.get("recording"), dict):
-                await self.purge(space, list(snap.get("_clips", [])))
+            if snap.finished is not None:
+                await self.purge(space, list(snap.clips))
 
-    async def timeline(self, snap: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
+    async def timeline(self, snap: Space, rec: Recording) -> dict[str, Any]:
         """Who spoke when and where the reactions peaked, built once per recording."""
-        space = snap["id"]
-        tag = str(rec["ready_at"])
+        space, view = snap.id, public_view(snap)
+        tag = str(rec.ready_at)
         held = self.timelines.get(space)
         if held is not None and held[0] == tag:
             return held[1]
@@ -263,27 +263,26 @@ class Recordings:
             with contextlib.suppress(ValueError, TypeError):
                 reports += [r for r in json.loads(raw or b"[]") if isinstance(r, dict)]
         curve = reaction_curve(index, reports)
-        names = {str(p.get("id")): str(p.get("name")) for p in snap.get("stage") or []}
-        host = snap.get("host") or {}
-        names[str(host.get("id"))] = str(host.get("name"))
-        built = {"duration": rec["duration"], "offset": index.first_pts / SAMPLE_RATE,
-                 "speakers": speaker_spans(index, reports), "host": host, "names": names,
-                 "reactions": snap.get("reactions", {}), "bucket": PEAK_BUCKET_S,
+        names = {p.id: p.name for p in snap.stage}
+        names[snap.host.id] = snap.host.name
+        built = {"duration": rec.duration, "offset": index.first_pts / SAMPLE_RATE,
+                 "speakers": speaker_spans(index, reports), "host": view["host"],
+                 "names": names, "reactions": view["reactions"], "bucket": PEAK_BUCKET_S,
                  "curve": [sum(b.values()) for b in curve],
                  "peaks": reaction_peaks(curve)}
         self.timelines[space] = (tag, built)
         return built
 
-    async def clip_material(self, snap: dict[str, Any], start: int, end: int) -> list[Chunk]:
+    async def clip_material(self, snap: Space, start: int, end: int) -> list[Chunk]:
         """The chunks around [start, end): the recording's, and while live what the MEDIA
         stream still holds."""
-        space = snap["id"]
+        space = snap.id
         chunks: dict[int, Chunk] = {}
         index = await load_index(self.bus, space)
         if index is not None:
             for c in await load_chunks(self.bus, space, index.covering(start - 48_000, end)):
                 chunks[c.seq] = c
-        if snap["state"] == "live":
+        if snap.state == "live":
             for msg in await self.bus.replay(subjects.MEDIA_STREAM, subjects.media(space),
                                              since_s=LIVE_CLIP_WINDOW_S, limit=1000):
                 with contextlib.suppress(BadInput):
@@ -293,9 +292,9 @@ class Recordings:
 
     # --- the expiry sweep ----------------------------------------------------------------
 
-    def _view(self, space: str) -> dict[str, Any] | None:
+    def _view(self, space: str) -> Space | None:
         item = self.api.index.get(space)
-        return item.view if item is not None else None
+        return from_doc(item.view) if item is not None else None
 
     async def sweep_once(self, now: float) -> int:
         """Delete the recordings past their time and mark them expired; returns how many.
@@ -331,13 +330,14 @@ class Recordings:
             return 0
         if not is_due(doc, now):
             return 0
-        await self.purge(space, list(doc.get("_clips", [])))
+        await self.purge(space, list(doc.clips))
 
-        def mark(s: dict[str, Any]) -> dict[str, Any]:
-            if not is_due(s, now):
+        def mark(s: Space) -> Space:
+            if s.finished is None or not is_due(s, now):
                 return s
             # The clips' ids stay: asked for, they answer 410 like the recording.
-            return s | {"recording": s["recording"] | {"state": EXPIRED, "expired_at": now}}
+            s.finished.state, s.finished.expired_at = EXPIRED, now
+            return s
 
         with contextlib.suppress(NotFound):
             await self.api.store.mutate(space, mark)
@@ -382,9 +382,9 @@ async def replay(name: str, request: Request, t: Ticket = None) -> Response:
         raise NotFound("no such recording", slug="no-recording")
     snap = await r.listenable(space, request, t)
     rec = finished(snap, time.time())
-    if ext == "m4a" and "m4a" not in rec:
+    if ext == "m4a" and rec.m4a is None:
         raise NotFound("this recording has no .m4a", slug="no-recording")
-    tag = f"{int(float(rec['ready_at']) * 1000)}-{rec['bytes']}"
+    tag = f"{int(rec.ready_at * 1000)}-{rec.bytes}"
     path = await r.cache.path(replay_name(space, ext), tag)
     if path is None:
         raise NotFound("this Space has no recording", slug="no-recording")
@@ -439,16 +439,17 @@ async def delete(space: str, request: Request) -> dict[str, Any]:
     r.api.limit(ident)
     clips: list[str] = []
 
-    def change(s: dict[str, Any]) -> dict[str, Any]:
+    def change(s: Space) -> Space:
         grants.authorize(ident, "host", s)
-        if s["state"] != "ended":
+        if s.state != "ended":
             raise Conflict("the Space is not over: stop recording with the "
                            "record_off action", slug="not-ended")
-        if not s.get("recording"):
+        if s.recording is False:
             raise NotFound("this Space has no recording", slug="no-recording")
-        clips.extend(s.get("_clips", []))
-        return s | {"recording": False, "_clips": [], "_record_spans": [],
-                    "_recording_deleted": time.time()}
+        clips.extend(s.clips)
+        s.recording, s.clips, s.record_spans = False, [], []
+        s.recording_deleted = time.time()
+        return s
 
     snap = await r.api.store.mutate(space, change)
     await r.purge(space, clips)
@@ -476,9 +477,9 @@ async def clip(space: str, request: Request, body: ClipIn) -> dict[str, Any]:
     ident = r.api.who(request)
     r.api.limit(ident)
     snap = await r.api.authorized(space, ident, "clip")
-    if snap["state"] == "scheduled":
+    if snap.state == "scheduled":
         raise Conflict("the Space has not started", slug="not-live")
-    if snap["state"] == "ended":
+    if snap.state == "ended":
         finished(snap, time.time())
     start = round(body.start * SAMPLE_RATE)
     samples = max(round(body.duration * SAMPLE_RATE), 1)
@@ -493,8 +494,9 @@ async def clip(space: str, request: Request, body: ClipIn) -> dict[str, Any]:
     await r.bus.obj_put(BUCKET, clip_name(space, clip_id), built.data)
     await r.bus.obj_put(BUCKET, clip_name(space, clip_id, "m4a"), clip_m4a(cut))
 
-    def remember(s: dict[str, Any]) -> dict[str, Any]:
-        return s | {"_clips": [*s.get("_clips", []), clip_id][-CLIPS_LIMIT:]}
+    def remember(s: Space) -> Space:
+        s.clips = [*s.clips, clip_id][-CLIPS_LIMIT:]
+        return s
 
     await r.api.store.mutate(space, remember)
     return {"id": clip_id, "url": f"/clips/{clip_id}.opus", "m4a": f"/clips/{clip_id}.m4a",
@@ -510,9 +512,9 @@ async def get_clip(name: str, request: Request, t: Ticket = None) -> Response:
     if ext not in FORMATS or not is_space_id(space):
         raise NotFound("no such clip", slug="no-clip")
     snap = await r.listenable(space, request, t)
-    if clip_id not in snap.get("_clips", []):
+    if clip_id not in snap.clips:
         raise NotFound("no such clip", slug="no-clip")
-    if isinstance(snap.get("recording"), dict):
+    if snap.finished is not None:
         finished(snap, time.time())  # clips go when their recording goes
     path = await r.cache.path(clip_name(space, clip_id, ext), "1")
     if path is None:

@@ -39,6 +39,7 @@ from townhall.media.recording import (
     timeline,
 )
 from townhall.problems import BadInput, NotFound
+from townhall.room.snapshot import Recording, SnapshotError, Space, decode
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +129,12 @@ class SpaceRecording:
         doc = await self.r.store.get(space)
         index = await load_index(self.bus, space) or RecordingIndex(space=space)
         if index.done:
-            if doc.get("recording") is True:  # stored, but not yet said in the snapshot
+            if doc.recording is True:  # stored, but not yet said in the snapshot
                 await self._ready(doc, index)
             return
         writer = SegmentWriter.resume(index)
-        self._note_reactions(doc.get("reactions"))  # the baseline: only rises count
-        spans: list[list[float | None]] = doc.get("_record_spans") or []
+        self._note_reactions(doc.reactions)  # the baseline: only rises count
+        spans = doc.record_spans
         first = min((s[0] for s in spans if s[0] is not None), default=time.time())
         since = dt.datetime.fromtimestamp(first - 1.0, dt.UTC)
         consumer = await self.bus.durable_pull(
@@ -148,10 +149,10 @@ class SpaceRecording:
                     await self._renew()
                     renewed = time.monotonic()
                     doc = await self.r.store.get(space)
-                    spans = doc.get("_record_spans") or []
+                    spans = doc.record_spans
                 got = await self._take(consumer, writer, spans, index)
-                if got == 0 and doc["state"] == "ended" \
-                        and time.time() > float(doc.get("ended_at") or 0) + SETTLE_S:
+                if got == 0 and doc.state == "ended" \
+                        and time.time() > (doc.ended_at or 0) + SETTLE_S:
                     doc = await self.r.store.get(space)
                     break
         except BaseException:
@@ -220,11 +221,11 @@ class SpaceRecording:
     async def _on_state(self, msg: Message) -> None:
         """Keep the reaction totals whenever they change (at most 4 snapshots a second):
         the replay's reaction peaks come from them."""
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            self._note_reactions(json.loads(msg.data).get("reactions"))
+        with contextlib.suppress(SnapshotError):
+            self._note_reactions(decode(msg.data).reactions)
 
-    def _note_reactions(self, got: Any) -> None:
-        if isinstance(got, dict) and got != self.reactions and len(self.levels) < 10_000:
+    def _note_reactions(self, got: dict[str, int]) -> None:
+        if got != self.reactions and len(self.levels) < 10_000:
             self.reactions = got
             self.levels.append({"at": time.time(), "reactions": got})
 
@@ -232,7 +233,7 @@ class SpaceRecording:
         self.lease = await self.bus.kv_update(subjects.RECORDERS_BUCKET, self.space,
                                               self.r.node.encode(), self.lease)
 
-    async def _ready(self, doc: dict[str, Any], index: RecordingIndex) -> None:
+    async def _ready(self, doc: Space, index: RecordingIndex) -> None:
         """Build the replay file once, store it, and say so in the snapshot."""
         space = self.space
         if not index.segments:
@@ -245,21 +246,19 @@ class SpaceRecording:
         m4a = mp4_file(packets)
         await self.bus.obj_put(BUCKET, replay_name(space, "m4a"), m4a)
         now = time.time()
-        ended = float(doc.get("ended_at") or now)
-        await self.r.fold(space, {
-            "state": "ready", "url": f"/replay/{space}.opus",
-            "duration": round(built.duration_s, 3),
-            "bytes": len(built.data), "m4a": f"/replay/{space}.m4a", "m4a_bytes": len(m4a),
-            "ready_at": now,
-            "expires_at": ended + self.r.keep_days * 86400})
+        ended = doc.ended_at or now
+        await self.r.fold(space, Recording(
+            state="ready", url=f"/replay/{space}.opus", duration=round(built.duration_s, 3),
+            bytes=len(built.data), m4a=f"/replay/{space}.m4a", m4a_bytes=len(m4a),
+            ready_at=now, expires_at=ended + self.r.keep_days * 86400))
         FINISHED.inc()
         log.info("recording ready", extra={"space": space})
 
 
-def _to_record(snap: dict[str, Any]) -> bool:
+def _to_record(snap: Space | None) -> bool:
     """Recording on, and live (or ended, the file still to make): a scheduled Space has no
     audio yet, so nobody holds a consumer open for it."""
-    return snap.get("recording") is True and snap.get("state") in ("live", "ended")
+    return snap is not None and snap.recording is True and snap.state in ("live", "ended")
 
 
 class Recorder:
@@ -275,12 +274,13 @@ class Recorder:
         self._loop: asyncio.Task[None] | None = None
         self._sub: Any = None
 
-    async def fold(self, space: str, recording: Any) -> None:
+    async def fold(self, space: str, recording: Recording | bool) -> None:
         """Put the finished recording (or False: nothing kept) into the snapshot."""
-        def change(s: dict[str, Any]) -> dict[str, Any]:
-            if s.get("recording") is not True:
+        def change(s: Space) -> Space:
+            if s.recording is not True:
                 return s  # deleted meanwhile, or already folded
-            return s | {"recording": recording}
+            s.recording = recording
+            return s
 
         with contextlib.suppress(NotFound):
             await self.store.mutate(space, change)
@@ -290,18 +290,17 @@ class Recorder:
         # the state messages say which Spaces to record.
         for key in await self.bus.kv_keys(subjects.SPACES_BUCKET):
             entry = await self.bus.kv_get(subjects.SPACES_BUCKET, key)
-            with contextlib.suppress(ValueError):
-                snap = json.loads(entry.value) if entry is not None else {}
-                if isinstance(snap, dict) and _to_record(snap):
+            with contextlib.suppress(SnapshotError):
+                if entry is not None and _to_record(decode(entry.value)):
                     self.wanted.add(key)
         self._sub = await self.bus.subscribe("townhall.*.state", self._on_state)
         self._loop = asyncio.ensure_future(self._tend_loop())
 
     async def _on_state(self, msg: Message) -> None:
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            snap = json.loads(msg.data)
+        with contextlib.suppress(SnapshotError):
+            snap = decode(msg.data)
             if _to_record(snap):
-                self.wanted.add(str(snap["id"]))
+                self.wanted.add(snap.id)
 
     async def _tend_loop(self) -> None:
         while True:

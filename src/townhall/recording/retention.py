@@ -9,32 +9,31 @@ Spaces' files to delete from the object store, then marks their ``recording.stat
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+
+from townhall.room.snapshot import Space
 
 EXPIRED = "expired"
 
 
-def is_due(snap: dict[str, Any], now: float) -> bool:
+def is_due(snap: Space, now: float) -> bool:
     """Whether ``snap``'s recording is past its time and its files not yet deleted."""
-    rec = snap.get("recording")
-    return (isinstance(rec, dict) and rec.get("state") != EXPIRED
-            and now >= float(rec.get("expires_at") or 0))
+    rec = snap.finished
+    return rec is not None and rec.state != EXPIRED and now >= rec.expires_at
 
 
-def due(snaps: Iterable[dict[str, Any]], now: float, limit: int = 100) -> list[str]:
+def due(snaps: Iterable[Space], now: float, limit: int = 100) -> list[str]:
     """Up to ``limit`` ids of Spaces whose recording the sweep must delete, soonest
     expired first."""
-    found = sorted((float(s["recording"].get("expires_at") or 0), str(s["id"]))
-                   for s in snaps if is_due(s, now))
+    found = sorted((s.finished.expires_at, s.id) for s in snaps
+                   if s.finished is not None and is_due(s, now))
     return [sid for _, sid in found[:limit]]
 
 
-def keep_copy(snap: dict[str, Any] | None, now: float) -> bool:
+def keep_copy(snap: Space | None, now: float) -> bool:
     """Whether a node may keep its disk copy of a Space's recording or clips: not once
     the Space is gone, its recording deleted (or never made) or expired."""
     if snap is None:
         return False
-    rec = snap.get("recording")
-    if isinstance(rec, dict):
-        return not is_due(snap, now) and rec.get("state") != EXPIRED
-    return rec is True or snap.get("state") != "ended"
+    if snap.finished is not None:
+        return not is_due(snap, now) and snap.finished.state != EXPIRED
+    return snap.recording is True or snap.state != "ended"

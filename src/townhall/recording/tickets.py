@@ -15,22 +15,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Any
 
 from townhall.problems import Unauthorized
+from townhall.room.snapshot import Space
 
 TTL_S = 600        # long enough to start a replay; the page mints another after that
 MAX_TTL_S = 3600
 _MAC_CHARS = 22    # 132 bits
 
 
-def recording_tag(snap: dict[str, Any]) -> str:
+def recording_tag(snap: Space) -> str:
     """What a ticket is bound to: the finished recording (its ``ready_at`` in ms), or
     ``live`` while there is none yet (clips of a live Space)."""
-    rec = snap.get("recording")
-    if isinstance(rec, dict) and rec.get("ready_at") is not None:
-        return str(int(float(rec["ready_at"]) * 1000))
-    return "live"
+    rec = snap.finished
+    return "live" if rec is None else str(int(rec.ready_at * 1000))
 
 
 class Tickets:

@@ -3,13 +3,12 @@ reports folded into a Space's snapshot. No I/O; time is passed in."""
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from townhall.room.snapshot import REACTIONS
+from townhall.room.snapshot import REACTIONS, EdgeSeen, Space, clone
 
 STALE_S = 3.0  # an edge that has not reported for this long no longer counts
 
@@ -54,27 +53,26 @@ class EdgeBeat(Protocol):
         """How many listeners it takes in all."""
 
 
-def fold(snap: dict[str, Any], reports: Sequence[EdgeReport], reactions: Counter[str],
-         now: float) -> dict[str, Any]:
+def fold(snap: Space, reports: Sequence[EdgeReport], reactions: Counter[str],
+         now: float) -> Space:
     """The snapshot with these edge reports and reaction counts folded in."""
-    out = copy.deepcopy(snap)
-    edges: dict[str, dict[str, Any]] = out.setdefault("_edges", {})
-    totals: dict[str, int] = out.setdefault("reactions", {})
+    out = clone(snap)
+    edges, totals = out.edges, out.reactions
     counts: Counter[str] = Counter(reactions)
     for report in reports:
         old = edges.get(report.node)
-        if old is not None and float(old.get("at", 0)) > report.at:
+        if old is not None and old.at > report.at:
             continue  # an older report arriving late
-        edges[report.node] = {"listeners": max(0, report.listeners), "url": report.url,
-                              "capacity": report.capacity, "at": report.at}
+        edges[report.node] = EdgeSeen(listeners=max(0, report.listeners), url=report.url,
+                                      capacity=report.capacity, at=report.at)
         for emoji, n in report.reactions.items():
             counts[emoji] += max(0, n)
-    for node in [n for n, e in edges.items() if now - float(e["at"]) > STALE_S]:
+    for node in [n for n, e in edges.items() if now - e.at > STALE_S]:
         del edges[node]
     for emoji, n in counts.items():
         if emoji in REACTIONS and n > 0:
             totals[emoji] = int(totals.get(emoji, 0)) + n
-    out["listeners"] = sum(int(e["listeners"]) for e in edges.values())
+    out.listeners = sum(e.listeners for e in edges.values())
     return out
 
 
@@ -113,7 +111,7 @@ def _load(edge: dict[str, Any]) -> float:
     return listeners / cap if cap else listeners
 
 
-def rank_edges(space: str, snap_edges: dict[str, dict[str, Any]],
+def rank_edges(space: str, snap_edges: dict[str, EdgeSeen],
                registry: dict[str, dict[str, Any]], now: float) -> list[dict[str, Any]]:
     """Edges that can serve ``space``, least loaded first; full ones last."""
     merged: dict[str, dict[str, Any]] = {}
@@ -121,13 +119,13 @@ def rank_edges(space: str, snap_edges: dict[str, dict[str, Any]],
         merged[node] = {"node": node, "url": edge.get("url"),
                         "listeners": int(edge.get("listeners") or 0),
                         "capacity": edge.get("capacity")}
-    for node, edge in snap_edges.items():
-        if now - float(edge.get("at", 0)) > STALE_S:
+    for node, seen in snap_edges.items():
+        if now - seen.at > STALE_S:
             continue
-        base = merged.setdefault(node, {"node": node, "url": edge.get("url"),
-                                        "listeners": int(edge.get("listeners") or 0),
-                                        "capacity": edge.get("capacity")})
-        base["url"] = base["url"] or edge.get("url")
+        base = merged.setdefault(node, {"node": node, "url": seen.url,
+                                        "listeners": seen.listeners,
+                                        "capacity": seen.capacity})
+        base["url"] = base["url"] or seen.url
     ranked = sorted(merged.values(), key=lambda e: (
         bool(e["capacity"]) and e["listeners"] >= e["capacity"], _load(e), e["node"]))
     for entry in ranked:

@@ -18,16 +18,13 @@ import json
 from bisect import bisect_right, insort
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from townhall.problems import BadInput
-from townhall.room.snapshot import public_view
+from townhall.room.snapshot import Space, public_view
 
 STATES = ("live", "scheduled", "ended")
-# What a private Space keeps for the access decision (townhall.grants), beside its view.
-ACCESS_KEYS = ("id", "private", "host", "stage", "invites", "signed_in_only", "_allowed",
-               "_blocked", "_blocked_nets")
 NEVER = 1e18  # sorts after every real time; JSON-safe, unlike inf
 Key = tuple[float, float, str]
 
@@ -52,7 +49,7 @@ class Item:
     key: Key                        # its place in its state's list
     expires_from: float | None      # when retention starts counting; None = never
     view: dict[str, Any]            # the public view, as list items show it
-    access: dict[str, Any]          # private Spaces: what the access decision reads
+    access: Space | None            # private Spaces: what the access decision reads
 
 
 def _ts(iso: str | None) -> float | None:
@@ -67,50 +64,55 @@ def _ts(iso: str | None) -> float | None:
     return parsed.timestamp()
 
 
-def sort_key(snap: dict[str, Any]) -> Key:
+def sort_key(snap: Space) -> Key:
     """Live: most listeners first, then latest started; scheduled: soonest start first
     (no start time last), then oldest; ended: newest first. The id breaks ties."""
-    sid, state = str(snap["id"]), snap.get("state")
+    sid, state = snap.id, snap.state
     if state == "live":
-        return (-float(snap.get("listeners") or 0), -float(snap.get("started_at") or 0), sid)
+        return (-float(snap.listeners), -float(snap.started_at or 0), sid)
     if state == "scheduled":
-        start = _ts(snap.get("scheduled_start"))
-        return (NEVER if start is None else start, float(snap.get("created_at") or 0), sid)
-    return (-float(snap.get("ended_at") or snap.get("created_at") or 0), 0.0, sid)
+        start = _ts(snap.scheduled_start)
+        return (NEVER if start is None else start, float(snap.created_at), sid)
+    return (-float(snap.ended_at or snap.created_at or 0), 0.0, sid)
 
 
-def _expires_from(snap: dict[str, Any]) -> float | None:
+def _expires_from(snap: Space) -> float | None:
     """Ended: from the end. Scheduled and never started: from the later of creation and
     the announced start. Live: never."""
-    if snap.get("state") == "ended":
+    if snap.state == "ended":
         # A recorded Space stays while its recording does: the recorder has yet to fold it
         # in (true), or it is kept until it expires (townhall.recording).
-        recording = snap.get("recording")
-        if recording is True:
+        if snap.recording is True:
             return None
-        ended = float(snap.get("ended_at") or snap.get("created_at") or 0)
-        if isinstance(recording, dict):
-            return max(ended, float(recording.get("expires_at") or 0))
+        ended = float(snap.ended_at or snap.created_at or 0)
+        if snap.finished is not None:
+            return max(ended, float(snap.finished.expires_at))
         return ended
-    if snap.get("state") == "scheduled":
-        start = _ts(snap.get("scheduled_start")) or 0.0
-        return max(float(snap.get("created_at") or 0), start)
+    if snap.state == "scheduled":
+        start = _ts(snap.scheduled_start) or 0.0
+        return max(float(snap.created_at), start)
     return None
 
 
-def item_of(snap: dict[str, Any], revision: int) -> Item:
+def _access(snap: Space) -> Space:
+    """What the access decision (townhall.grants) reads of a private Space: its people,
+    blocks and settings, without what it does not need (requests, counts, edges)."""
+    return replace(snap, description="", requests=[], reactions={}, record_spans=[],
+                   edges={}, nets={}, clips=[], recording=False, extra={})
+
+
+def item_of(snap: Space, revision: int) -> Item:
     """What the index keeps of one Space document."""
-    private = bool(snap.get("private"))
     people: set[str] = set()
-    if private:
-        people = {str(p.get("id")) for p in [*snap.get("stage", []), *snap.get("invites", [])]}
-        people.add(str((snap.get("host") or {}).get("id")))
-        people.update(str(i) for i in snap.get("_allowed", []))
-    return Item(id=str(snap["id"]), state=str(snap.get("state")), revision=revision,
-                private=private, people=frozenset(people),
+    if snap.private:
+        people = {p.id for p in snap.stage} | {i.id for i in snap.invites}
+        people.add(snap.host.id)
+        people.update(snap.allowed)
+    return Item(id=snap.id, state=snap.state, revision=revision,
+                private=snap.private, people=frozenset(people),
                 key=sort_key(snap), expires_from=_expires_from(snap),
                 view=public_view(snap),
-                access={k: snap[k] for k in ACCESS_KEYS if k in snap} if private else {})
+                access=_access(snap) if snap.private else None)
 
 
 def encode_cursor(state: str, key: Key) -> str:
@@ -156,10 +158,10 @@ class SpaceIndex:
 
     # --- changes -------------------------------------------------------------------------
 
-    def apply(self, snap: dict[str, Any], revision: int) -> bool:
+    def apply(self, snap: Space, revision: int) -> bool:
         """Take a Space document at ``revision``; an older or repeated one is ignored.
         Returns whether the index changed."""
-        sid = str(snap["id"])
+        sid = snap.id
         old = self._items.get(sid)
         if (old is not None and revision <= old.revision) or revision <= self._gone.get(sid, 0):
             return False

@@ -17,7 +17,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from townhall.room.snapshot import REACTIONS
+from townhall.room.snapshot import REACTIONS, Space, public_view
 
 BRAND = "townhall"
 
@@ -38,23 +38,20 @@ def json_block(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def state_line(snap: dict[str, Any]) -> str:
+def state_line(snap: Space) -> str:
     """The state in words: "Live now · 12,345 listening", "Scheduled for …", or "Ended"."""
-    state = snap.get("state")
-    if state == "live":
-        line = f"Live now · {int(snap.get('listeners') or 0):,} listening"
-        return line + " · recording" if snap.get("recording") is True else line
-    if state == "scheduled":
-        start = snap.get("scheduled_start")
-        if not start:
+    if snap.state == "live":
+        line = f"Live now · {snap.listeners:,} listening"
+        return line + " · recording" if snap.recording is True else line
+    if snap.state == "scheduled":
+        if not snap.scheduled_start:
             return "Scheduled"
         try:
-            when = datetime.fromisoformat(str(start).replace("Z", "+00:00")).astimezone(UTC)
+            when = datetime.fromisoformat(snap.scheduled_start.replace("Z", "+00:00"))
         except ValueError:
             return "Scheduled"
-        return f"Scheduled for {when:%a %d %b %Y, %H:%M} UTC"
-    rec = snap.get("recording")
-    if isinstance(rec, dict) and rec.get("state") != "expired":
+        return f"Scheduled for {when.astimezone(UTC):%a %d %b %Y, %H:%M} UTC"
+    if snap.finished is not None and snap.finished.state != "expired":
         return "Ended · replay available"
     return "Ended"
 
@@ -76,7 +73,7 @@ class Renderer:
         self.page = page
 
     def _render(self, *, title: str, meta: list[tuple[str, str, str]], main: str,
-                view: str, snapshot: dict[str, Any] | None = None,
+                view: str, snapshot: Space | None = None,
                 clip: str | None = None) -> str:
         config: dict[str, Any] = {"open": self.page.open_mode, "view": view,
                                   "static": self.page.static,
@@ -88,7 +85,8 @@ class Renderer:
         tags = "\n".join(f'<meta {kind}="{escape(key)}" content="{escape(value)}">'
                          for kind, key, value in meta)
         block = "" if snapshot is None else \
-            f'<script type="application/json" id="snapshot">{json_block(snapshot)}</script>'
+            f'<script type="application/json" id="snapshot">{json_block(public_view(snapshot))}' \
+            "</script>"
         return self.template.substitute(
             title=escape(title), meta=tags, static=escape(self.page.static), main=main,
             view=escape(view), config=json_block(config), snapshot=block)
@@ -111,35 +109,32 @@ class Renderer:
         return self._render(title=BRAND, meta=[("name", "robots", "noindex")], main=main,
                             view=view)
 
-    def space(self, snap: dict[str, Any], *, embed: bool = False) -> str:
+    def space(self, snap: Space, *, embed: bool = False) -> str:
         """A public Space's page (or its compact embed): previews, first paint, snapshot."""
-        title = str(snap.get("title") or "A Space")
-        host = str((snap.get("host") or {}).get("name") or "")
+        title, host = snap.title or "A Space", snap.host.name
         line = state_line(snap)
         description = f"{line} · Hosted by {host}" if host else line
-        if snap.get("description"):
-            description += f" · {snap['description']}"
+        if snap.description:
+            description += f" · {snap.description}"
         meta = [("property", "og:title", title), ("property", "og:description", description),
                 ("property", "og:type", "website"), ("property", "og:site_name", BRAND),
                 ("name", "twitter:card", "summary"), ("name", "twitter:title", title),
                 ("name", "twitter:description", description),
                 ("name", "description", description)]
         if self.page.public_url:
-            url = f"{self.page.public_url.rstrip('/')}/s/{snap['id']}"
+            url = f"{self.page.public_url.rstrip('/')}/s/{snap.id}"
             meta.insert(3, ("property", "og:url", url))
-        speakers = "".join(f"<li>{escape(str(p.get('name', '')))}</li>"
-                           for p in snap.get("stage") or [])
+        speakers = "".join(f"<li>{escape(p.name)}</li>" for p in snap.stage)
         main = (f"<h1>{escape(title)}</h1><p class=\"meta\">Hosted by {escape(host)}</p>"
                 f"<p class=\"meta\">{escape(line)}</p>"
                 + (f'<ul class="stage-plain">{speakers}</ul>' if speakers else ""))
         return self._render(title=f"{title} · {BRAND}", meta=meta, main=main,
                             view="embed" if embed else "space", snapshot=snap)
 
-    def clip(self, snap: dict[str, Any], clip: str) -> str:
+    def clip(self, snap: Space, clip: str) -> str:
         """A clip's share page: previews of the clip (``og:audio`` with --public-url) and
         a player that works before the app's script has run."""
-        title = str(snap.get("title") or "A Space")
-        host = str((snap.get("host") or {}).get("name") or "")
+        title, host = snap.title or "A Space", snap.host.name
         heading = f"A clip from {title}"
         description = f"Hosted by {host} on {BRAND}" if host else f"On {BRAND}"
         meta = [("property", "og:title", heading), ("property", "og:description", description),

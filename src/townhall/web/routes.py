@@ -12,7 +12,6 @@ import hashlib
 import re
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
@@ -23,7 +22,7 @@ from townhall import grants
 from townhall.context import Context
 from townhall.problems import NotFound
 from townhall.room.rules import is_space_id
-from townhall.room.snapshot import public_view
+from townhall.room.snapshot import Space
 from townhall.web.pages import Page, Renderer, build_hash
 
 STATIC = Path(str(files("townhall.web") / "static"))
@@ -76,17 +75,18 @@ def install(app: FastAPI, ctx: Context) -> None:
         static=f"/static/{build}", open_mode=ctx.settings.open_mode,
         public_url=ctx.settings.public_url))
 
-    async def public_snapshot(space: str) -> dict[str, Any] | None:
-        """The public view of ``space``; None when unknown *or* private (same answer)."""
+    async def public_snapshot(space: str) -> Space | None:
+        """``space`` if anyone may read it (the pages show its public view only); None
+        when unknown *or* private (same answer)."""
         api = getattr(app.state, "api", None)
         if api is None:
             return None
         try:
-            snap: dict[str, Any] = await api.store.get(space)
+            snap = await api.store.get(space)
         except NotFound:
             return None
         # What anyone without a token may read (townhall.grants): never a private Space.
-        return public_view(snap) if grants.allows(None, "read", snap) else None
+        return snap if grants.allows(None, "read", snap) else None
 
     async def space_or_404(request: Request, space: str, *, embed: bool) -> Response:
         snap = await public_snapshot(space)
@@ -118,13 +118,14 @@ def install(app: FastAPI, ctx: Context) -> None:
 
     async def clip_exists(space: str, clip: str) -> bool:
         api = getattr(app.state, "api", None)
+        if api is None:
+            return False
         try:
-            doc: dict[str, Any] = await api.store.get(space) if api is not None else {}
+            doc = await api.store.get(space)
         except NotFound:
             return False
-        rec = doc.get("recording")
-        expired = isinstance(rec, dict) and rec.get("state") == "expired"
-        return clip in doc.get("_clips", []) and not expired
+        expired = doc.finished is not None and doc.finished.state == "expired"
+        return clip in doc.clips and not expired
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> Response:
