@@ -118,3 +118,11 @@ def test_the_heartbeat_carries_the_reports_there_and_back() -> None:
     assert back == beat
     assert Ahead.from_list(back.ahead["s1"]) == Ahead(237, 237 * CHUNK, T0)
     assert decode_heartbeat(b'{"node": "old"}').ahead == {}  # an older stage: none
+
+
+def test_our_own_run_given_up_is_numbered_past_exactly_no_gap() -> None:
+    # Our own record of a Space we gave up: we know we stopped at 237, so taking it again
+    # (the only stage left, after our NATS node died) numbers 238, not 238 + the time since.
+    ahead = Ahead(seq=237, pts=237 * CHUNK, sent_us=T0, final=True)
+    assert first_number(stored(200), ahead, T0 + 5_000_000, chunk_samples=CHUNK) == \
+        (238, 238 * CHUNK)

@@ -28,6 +28,9 @@ class Ahead:
     seq: int
     pts: int
     sent_us: int  # the chunk's own stamp, the old owner's wall clock
+    # The publisher is known to have stopped there (our own run of the Space, given up):
+    # nothing to add for the time since.
+    final: bool = False
 
     def as_list(self) -> list[int]:
         """As a heartbeat carries it."""
@@ -38,7 +41,7 @@ class Ahead:
         """From a heartbeat's ``[seq, pts, sent_us]``; None if it is not that."""
         if len(values) != 3 or any(v < 0 for v in values):
             return None
-        return cls(*values)
+        return cls(values[0], values[1], values[2])
 
 
 def first_number(stored: Chunk | None, ahead: Ahead | None, now_us: int, *,
@@ -62,7 +65,8 @@ def first_number(stored: Chunk | None, ahead: Ahead | None, now_us: int, *,
         seq, pts = stored.seq, stored.pts + stored.duration_samples - chunk_samples
     if ahead is not None:
         chunk_us = chunk_samples * 1_000_000 // SAMPLE_RATE
-        could = ahead.seq + max(0, now_us - ahead.sent_us + SKEW_US) // chunk_us
+        could = ahead.seq if ahead.final else \
+            ahead.seq + max(0, now_us - ahead.sent_us + SKEW_US) // chunk_us
         if could > seq:
             seq, pts = could, ahead.pts + (could - ahead.seq) * chunk_samples
     if contested:

@@ -113,6 +113,7 @@ class SpaceRun:
         self.fenced = False
         self.unacked = 0  # chunks sent without a store ack (the stream did not answer)
         self.published: Chunk | None = None  # our newest chunk on the subject, stored or not
+        self.sending: Chunk | None = None    # handed to NATS, no answer yet
         self.kept = -1           # the seq of our newest chunk the stream acked
         self.stored_at = 0.0     # monotonic time of that ack: we still publish fenced
         self.claimed = False  # a chunk of ours is stored: later refusals mean deposed
@@ -205,6 +206,7 @@ class SpaceRun:
                     return
                 continue
             data = chunk.encode()
+            self.sending = chunk
             try:
                 self.stored_seq = await self.bus.publish_fenced(
                     subject, data, self.stored_seq, timeout=ACK_TIMEOUT_S)
@@ -226,9 +228,19 @@ class SpaceRun:
             return None
         return Ahead(p.seq, p.pts, p.sent_us)
 
+    def gave_up(self) -> Ahead | None:
+        """When this run stops: the newest chunk it published or had in flight that the
+        stream may not hold, final (should we take the Space again, we number past it,
+        and only past it)."""
+        out = [c for c in (self.published, self.sending) if c is not None and c.seq > self.kept]
+        if not out:
+            return None
+        last = max(out, key=lambda c: c.seq)
+        return Ahead(last.seq, last.pts, last.sent_us, final=True)
+
     def _sent(self, chunk: Chunk, *, stored: bool) -> None:
         was_ahead = self.ahead() is not None
-        self.published = chunk
+        self.published, self.sending = chunk, None
         if stored:
             self.kept, self.stored_at = chunk.seq, time.monotonic()
         elif not was_ahead and self.on_ahead is not None:
@@ -261,7 +273,7 @@ class SpaceRun:
                                       chunk_samples=chunk.duration_samples, contested=contested)
                 if number is not None:
                     moved = replace(chunk, seq=number[0], pts=number[1])
-                sending = True
+                sending, self.sending = True, moved
                 self.stored_seq = await self.bus.publish_fenced(
                     subject, moved.encode(), last.seq if last else 0, timeout=ACK_TIMEOUT_S)
             except Fenced:
@@ -903,7 +915,7 @@ class Stage:
         run = self.runs.pop(space, None)
         rev = self.leases.pop(space, None)
         self.renewed.pop(space, None)
-        if run is not None and (ahead := run.ahead()) is not None:
+        if run is not None and (ahead := run.gave_up()) is not None:
             self.rivals.note(space, ahead)  # should we take it again: number past them
         if run is not None:
             self.lost += 1
