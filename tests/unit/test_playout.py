@@ -147,3 +147,83 @@ def test_fec_rebuilds_lost_voice_frames_far_better_than_plc() -> None:
 
     fec_db, plc_db = snr_db(with_fec), snr_db(plc)
     assert fec_db > plc_db + 6, (fec_db, plc_db)
+
+
+def _long_packets(ms: int, seconds: float, bitrate: int = 12_000) -> list[bytes]:
+    """A voice-like signal as libopus codes it in ``ms`` packets (a speaker's lowest step)."""
+    import fractions
+
+    import av
+
+    ctx = av.CodecContext.create("libopus", "w")
+    ctx.sample_rate, ctx.layout, ctx.format = SAMPLE_RATE, "mono", "s16"
+    ctx.bit_rate = bitrate
+    ctx.options = {"frame_duration": str(ms), "application": "voip"}
+    ctx.open()
+    pcm = (_voice(seconds) * 0.3 * 32767).astype(np.int16)
+    out: list[bytes] = []
+    for i in range(pcm.size // FRAME_SAMPLES):
+        frame = av.AudioFrame.from_ndarray(pcm[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES]
+                                           .reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = SAMPLE_RATE, i * FRAME_SAMPLES
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        out += [bytes(p) for p in ctx.encode(frame)]
+    return out
+
+
+def _play(sent: list[tuple[bytes, float]], ticks: int) -> tuple[Playout, list[np.ndarray | None]]:
+    """``sent``: (packet, arrival s) in RTP order (sequence numbers 65530 on: they wrap);
+    one pull per 20 ms tick, packets pushed as their arrival comes."""
+    po, out, k = Playout(), [], 0
+    for tick in range(ticks):
+        now = tick * 0.020
+        while k < len(sent) and sent[k][1] <= now:
+            if sent[k][0]:
+                po.push((65530 + k) & 0xFFFF, sent[k][0], now)
+            k += 1
+        out.append(po.pull())
+    return po, out
+
+
+def test_60_ms_packets_play_one_frame_per_tick_with_no_gap() -> None:
+    pkts = _long_packets(60, 4.0)
+    assert len(pkts) >= 60 and all(len(p) < 120 for p in pkts)
+    po, out = _play([(p, 0.06 * (i + 1) + 0.005) for i, p in enumerate(pkts)], 200)
+    first = next(i for i, f in enumerate(out) if f is not None)
+    played = out[first:first + 3 * len(pkts) - 6]
+    assert all(f is not None and f.size == FRAME_SAMPLES for f in played)
+    assert (po.concealed, po.jitter.lost, po.jitter.skipped, po.jitter.underruns) == (0, 0, 0, 0)
+    assert first * 0.020 <= 0.06 * 2 + 0.08   # two packets in hand, not a flood of slots
+
+
+def test_a_lost_60_ms_packet_is_concealed_for_its_whole_length() -> None:
+    pkts = _long_packets(60, 3.0)
+    sent = [(b"" if i == 20 else p, 0.06 * (i + 1)) for i, p in enumerate(pkts)]
+    po, out = _play(sent, 3 * len(pkts))      # to the last packet (then it would bridge)
+    first = next(i for i, f in enumerate(out) if f is not None)
+    assert all(f is not None for f in out[first:])
+    assert po.concealed + po.recovered == 3 and po.jitter.lost == 3
+    assert po.jitter.skipped == 0
+
+
+def test_a_switch_from_20_to_60_ms_packets_keeps_the_timeline() -> None:
+    short, long_ = _long_packets(20, 2.0), _long_packets(60, 2.0)
+    sent = [(p, 0.02 * (i + 1)) for i, p in enumerate(short[:50])]
+    sent += [(p, 1.0 + 0.06 * (i + 1)) for i, p in enumerate(long_[:30])]
+    po, out = _play(sent, 140)
+    first = next(i for i, f in enumerate(out) if f is not None)
+    assert all(f is not None for f in out[first:])
+    # The first 60 ms packet leaves 40 ms later than a 20 ms one would: at most one frame
+    # bridged (then played from it: stretched), nothing counted lost or skipped.
+    assert po.concealed <= 1 and po.jitter.stretched == po.concealed
+    assert (po.jitter.lost, po.jitter.skipped) == (0, 0)
+
+
+def test_a_sender_clock_faster_than_ours_skips_whole_60_ms_packets() -> None:
+    pkts = _long_packets(60, 6.0)
+    sent = [(p, 0.057 * (i + 1)) for i, p in enumerate(pkts)]   # 5 % fast
+    po, out = _play(sent, int(0.057 * len(pkts) / 0.020))
+    first = next(i for i, f in enumerate(out) if f is not None)
+    assert all(f is not None for f in out[first:])
+    assert po.jitter.skipped >= 1
+    assert (po.concealed, po.jitter.lost) == (0, 0)   # a skip is never a half packet

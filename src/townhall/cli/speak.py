@@ -7,7 +7,8 @@ pass-through it uses for ``MediaPlayer(decode=False)``): aiortc creates its own 
 privately, with no way to ask for FEC. The offer asks for generic NACK on Opus: the stage
 then asks for lost packets, and aiortc's sender resends them from its history. The send
 bitrate follows the stage's receiver reports (``townhall.client.bitrate``): down a step
-when a bottleneck loses packets, back up after a clean stretch; ``--no-adapt`` keeps it.
+when a bottleneck loses packets, back up after a clean stretch, in 60 ms packets below
+24 kbit/s (the per-packet overhead); ``--no-adapt`` keeps it.
 ``--simulate-loss`` drops outgoing RTP packets after aiortc numbered them (resends
 included), to test the stage's FEC and PLC on a lossy uplink.
 """
@@ -25,6 +26,7 @@ import signal
 import sys
 import time
 import wave
+from collections import deque
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,24 +37,28 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import is_rtcp
 
-from townhall.client.bitrate import BitrateAdapter
+from townhall.client.bitrate import BitrateAdapter, packet_ms
 from townhall.client.rejoin import RejoinPacer
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.linkquality import LinkGauge, grade
+from townhall.media.opus import packet_samples
 from townhall.stage.ingest import to_mono, with_nack
 from townhall.stage.rtc import rtc_configuration
 
 SPEAKER_BITRATE = 64_000
+LONG_FRAMES = 3  # 20 ms frames in the longest packet we send (client.bitrate.packet_ms)
 
 
 class SpeakerEncoder:
-    """Opus for the uplink: 48 kHz mono, 20 ms, in-band FEC sized for ``expected_loss`` %."""
+    """Opus for the uplink: 48 kHz mono, in-band FEC sized for ``expected_loss`` %, 20 ms
+    packets (60 ms at the lowest rates: ``client.bitrate.packet_ms``), fed 20 ms frames."""
 
     def __init__(self, bitrate: int = SPEAKER_BITRATE, expected_loss: int = 10) -> None:
         self.expected_loss = expected_loss
         self.bitrate = bitrate
         self._ctx = self._open(bitrate)
-        self._last: av.AudioFrame | None = None
+        self._recent: deque[av.AudioFrame] = deque(maxlen=LONG_FRAMES)
+        self._pending = 0  # frames fed since the last packet came out
 
     def _open(self, bitrate: int) -> Any:
         ctx: Any = cast(Any, av.CodecContext.create("libopus", "w"))
@@ -61,7 +67,7 @@ class SpeakerEncoder:
         ctx.format = "s16"
         ctx.bit_rate = bitrate
         ctx.time_base = fractions.Fraction(1, SAMPLE_RATE)
-        options = {"application": "voip"}
+        options = {"application": "voip", "frame_duration": str(packet_ms(bitrate))}
         if self.expected_loss > 0:
             # libopus adds LBRR (a low-rate copy of the previous frame) to each packet,
             # so the stage can rebuild a lost frame from the packet after it.
@@ -70,24 +76,34 @@ class SpeakerEncoder:
         ctx.open()
         return ctx
 
+    @property
+    def between_packets(self) -> bool:
+        """No frame waits in the encoder for the rest of its packet: a switch loses none."""
+        return self._pending == 0
+
     def retune(self, bitrate: int) -> None:
-        """Encode at ``bitrate`` from the next frame on. PyAV cannot change an open
-        encoder's rate, so a new one takes over, first fed the last frame (its packet
-        dropped): its lookahead then holds the audio the old one's last packet stopped
-        at, and the stage's decoder carries on across the switch without a gap."""
+        """Encode at ``bitrate`` from the next frame on (call it between packets). PyAV
+        cannot change an open encoder's rate, so a new one takes over, first fed the last
+        packet's worth of frames (its packet dropped): its lookahead then holds the audio
+        the old one's last packet stopped at, and the stage's decoder carries on across
+        the switch without a gap."""
         ctx = self._open(bitrate)
-        if self._last is not None:
-            list(ctx.encode(self._last))
+        for frame in list(self._recent)[-(packet_ms(bitrate) // 20):]:
+            list(ctx.encode(frame))
         self._ctx, self.bitrate = ctx, bitrate
 
     def encode(self, frame: av.AudioFrame) -> list[av.Packet]:
-        """One 20 ms frame → its Opus packet(s) (none while the encoder fills up)."""
-        self._last = frame
-        return list(self._ctx.encode(frame))
+        """One 20 ms frame → the Opus packet(s) it completes (none while a 60 ms packet,
+        or the encoder's lookahead, fills up)."""
+        self._recent.append(frame)
+        packets = list(self._ctx.encode(frame))
+        self._pending = 0 if packets else self._pending + 1
+        return packets
 
 
 class SourceTrack(MediaStreamTrack):
-    """Real-time 20 ms Opus packets of a tone or a looping WAV (48 kHz mono int16)."""
+    """Real-time Opus packets (20 ms; 60 ms at the lowest rates) of a tone or a looping
+    WAV (48 kHz mono int16)."""
 
     kind = "audio"
 
@@ -111,13 +127,13 @@ class SourceTrack(MediaStreamTrack):
         """The next encoded 20 ms packet, stamped with its place in the stream."""
         while not self._packets:
             frame = await self._next_frame()
-            if self._bitrate != self._encoder.bitrate:
+            if self._bitrate != self._encoder.bitrate and self._encoder.between_packets:
                 self._encoder.retune(self._bitrate)
             self._packets = self._encoder.encode(frame)
         packet = self._packets.pop(0)
         packet.pts = self._sent  # aiortc turns pts/time_base into the RTP timestamp
         packet.time_base = fractions.Fraction(1, SAMPLE_RATE)
-        self._sent += FRAME_SAMPLES
+        self._sent += packet_samples(bytes(packet)) or FRAME_SAMPLES
         return packet
 
     async def _next_frame(self) -> av.AudioFrame:

@@ -6,12 +6,19 @@ lower bitrate only costs quality (bench/README.md, "quality"). So a step down is
 after loss stayed high over two reports (1-3 s), go down to the highest rate that what got
 through would carry (at least one step), and compare. A bottleneck carries about the same
 bytes at either rate, so the share of packets that gets through rises by about the ratio of
-packet sizes; random loss keeps that share. A trial that shows neither that rise nor a
+the rates on the wire; random loss keeps that share. A trial that shows neither that rise nor a
 shorter round trip (a drained queue) is undone, and the next trial waits longer; once one
 is confirmed, a bottleneck is known to be there and any loss past a few % means we still
 exceed it: it goes on down. After a clean stretch we step back
 up one rate; a step up that brings the loss back is undone at once and the clean stretch
 needed doubles.
+
+The stage's reports count a packet that came only as a resend on NACK as lost (the link
+lost it). Loss it repairs cheaply is not a reason to send less: while the round trip is
+short enough for the stage to ask for resends (``repair_rtt_s``, its NACK limit) and has
+not grown past its floor (no queue filling), loss below ``severe_loss`` starts no trial.
+A bottleneck with a queue shows as loss *and* a longer round trip; one that drops without
+queueing (a policer) shows only past ``severe_loss``.
 
 Reports arriving at the sender cover the interval since the previous one, so a report is
 counted for a rate only if the previous one came after the switch (plus the time the
@@ -23,16 +30,27 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from townhall.media.nack import NackList
+
 STEPS = (64_000, 40_000, 24_000, 16_000, 12_000, 8_000)
-# RTP header and extensions, SRTP tag, UDP, IPv4: what each 20 ms packet costs on the wire
+# RTP header and extensions, SRTP tag, UDP, IPv4: what each packet costs on the wire
 # besides its Opus payload (why a bottleneck's loss falls slower than the bitrate).
 OVERHEAD_BYTES = 58
-PACKETS_PER_S = 50
+LONG_PACKETS_BELOW = 24_000  # rates under this send 60 ms packets
+LONG_PACKET_MS = 60
 
 
-def wire_bytes(bitrate: int) -> float:
-    """Bytes one 20 ms packet at ``bitrate`` takes on the wire."""
-    return bitrate / 8 / PACKETS_PER_S + OVERHEAD_BYTES
+def packet_ms(bitrate: int) -> int:
+    """How much audio one packet at ``bitrate`` carries. At 50 packets a second the
+    overhead alone is ~23 kbit/s, so a 24 kbit/s bottleneck fits no rate at all; in 60 ms
+    packets 16 kbit/s is ~24 kbit/s on the wire, 12 ~20 and 8 ~16 (a lost packet is
+    60 ms concealed, but these rates are only reached below a bottleneck)."""
+    return LONG_PACKET_MS if bitrate < LONG_PACKETS_BELOW else 20
+
+
+def wire_bps(bitrate: int) -> float:
+    """Bits per second a stream at ``bitrate`` takes on the wire, packet overhead included."""
+    return bitrate + OVERHEAD_BYTES * 8 * 1000 / packet_ms(bitrate)
 
 
 @dataclass
@@ -63,6 +81,8 @@ class BitrateAdapter:
     holdoff_max_s: float = 120.0
     drain_s: float = 0.25         # reports after the switch + this count for the new rate
     trial_reports: int = 2
+    repair_rtt_s: float = NackList.max_rtt_s  # the stage asks for resends up to this
+    severe_loss: float = 0.25     # more than resends repair (each is lost as often)
     _rates: tuple[int, ...] = ()
     _index: int = 0
     _changed_at: float = -math.inf
@@ -75,6 +95,7 @@ class BitrateAdapter:
     _up_after: float = 0.0
     _stepped_up_at: float = -math.inf
     _congested: bool = False
+    _rtt_floor: float = math.inf
 
     def __post_init__(self) -> None:
         rates = sorted({self.max_bitrate, *(s for s in self.steps if s < self.max_bitrate)},
@@ -92,11 +113,18 @@ class BitrateAdapter:
         """A receiver report that arrived at ``now`` (loss 0..1 since the previous one, the
         round trip if known); the new bitrate, or None to keep the current one."""
         previous, self._last_report = self._last_report, now
+        if rtt_s is not None:
+            self._rtt_floor = min(self._rtt_floor, rtt_s)
         if previous is None or previous < self._changed_at + self.drain_s:
             return None  # it covers time at the old rate
         if self._trial is not None:
             return self._judge(self._trial, fraction_lost, rtt_s, now)
-        if fraction_lost >= (self.congested_loss if self._congested else self.down_loss):
+        high = self.congested_loss if self._congested else self.down_loss
+        if high <= fraction_lost < self.severe_loss and self._repaired(rtt_s):
+            self._high = []
+            self._clean_since = None
+            return None
+        if fraction_lost >= high:
             self._clean_since = None
             self._high.append(fraction_lost)
             if len(self._high) < 2:
@@ -115,6 +143,13 @@ class BitrateAdapter:
             return self._move(self._index - 1, now)
         return None
 
+    def _repaired(self, rtt_s: float | None) -> bool:
+        """Whether the stage's resends repair the loss: a round trip it asks over, and no
+        queue building up (the round trip not grown past its floor)."""
+        if rtt_s is None or rtt_s > self.repair_rtt_s:
+            return False
+        return rtt_s - self._rtt_floor < max(0.03, 0.25 * self._rtt_floor)
+
     def _down(self, loss: float, rtt_s: float | None, now: float) -> int | None:
         if now - self._stepped_up_at < self.probe_s + self.drain_s:
             # The rate we just came up to does not fit: back, and wait longer next time.
@@ -128,9 +163,9 @@ class BitrateAdapter:
     def _try_lower(self, loss: float, rtt_s: float | None, now: float) -> int:
         # If a bottleneck is the cause, it carries what got through: aim for a rate that
         # fits in it, at least one step down.
-        carried = wire_bytes(self.bitrate) * (1 - loss)
+        carried = wire_bps(self.bitrate) * (1 - loss)
         index = self._index + 1
-        while index + 1 < len(self._rates) and wire_bytes(self._rates[index]) > carried:
+        while index + 1 < len(self._rates) and wire_bps(self._rates[index]) > carried:
             index += 1
         self._trial = _Trial(self._index, loss, rtt_s)
         return self._move(index, now)
@@ -141,7 +176,7 @@ class BitrateAdapter:
         if rtt_s is not None:
             trial.rtts.append(rtt_s)
         after = sum(trial.losses) / len(trial.losses)
-        size_ratio = wire_bytes(self._rates[trial.up_index]) / wire_bytes(self.bitrate)
+        size_ratio = wire_bps(self._rates[trial.up_index]) / wire_bps(self.bitrate)
         # Delivered share of packets: a bottleneck raises it by ~size_ratio, random loss
         # by 1. One report that shows most of the rise settles it; else the geometric
         # midpoint over ``trial_reports`` decides.

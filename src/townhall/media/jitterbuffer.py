@@ -58,6 +58,12 @@ class JitterBuffer:
     Excess depth below that is drained slowly: when the buffer stayed deeper than its
     target for a whole ``drain_window`` of ticks (the target fell after a jittery start,
     say), one slot is skipped, so the delay comes back down instead of staying up.
+    A slot is 20 ms; a longer packet (40/60 ms, ``packet_frames`` slots, set by the
+    playout) takes the slot of its first 20 ms, and ``covered()`` skips the rest once it
+    played. Depth then counts the newest packet's whole length; the depth held to (and
+    the one a drain waits for) is deeper by the packet's length less one slot, and "too
+    deep" is two packets past it (the depth moves a packet at a time), so 20 ms packets
+    keep the rules above exactly.
     """
 
     frame_s: float = 0.020
@@ -78,6 +84,7 @@ class JitterBuffer:
     skipped: int = 0
     stretched: int = 0
     spikes: int = 0
+    packet_frames: int = 1            # slots the sender's packets take (their 20 ms frames)
     _packets: dict[int, bytes] = field(default_factory=dict)
     _next: int | None = None          # unwrapped seq of the next slot to play
     _highest: int | None = None       # highest unwrapped seq seen
@@ -170,24 +177,25 @@ class JitterBuffer:
             # Rewinding would conceal the gap a second time and push the speaker late.
             self.lost += min(self._packets) - self._next
             self._next = min(self._packets)
-        depth = max(self._packets) - self._next + 1
+        depth = max(self._packets) - self._next + self.packet_frames
         if self._dry:
             self._dry = False
-            if depth > self.target + 2:
+            if depth > self._too_deep:
                 # Dry, then many at once: held up on the way (a delay spike), not lost.
                 # Play them all, and keep this much in hand for the next spike.
                 self.target, self._calm = min(self.spike_cap, depth), 0
                 self.spikes += 1
         if not self._playing:
-            if depth < self.target:
+            if depth < self._goal:
                 return None
             self._playing = True
             self._window, self._min_depth = 0, None
-        elif depth > self.target + 2 or self._drain_due(depth):
+        elif depth > self._too_deep or self._drain_due(depth):
             # Too deep (sender clock faster than ours, a burst, or a target that fell):
-            # skip one slot so the delay returns to the target instead of staying high.
-            self._packets.pop(self._next, None)
-            self._next += 1
+            # skip one slot so the delay returns to the target instead of staying high
+            # (a whole packet: the slots of a longer one go with it).
+            skipped = self._packets.pop(self._next, None)
+            self._next += 1 if skipped is None else self.packet_frames
             self.skipped += 1
         seq = self._next
         self._next = seq + 1
@@ -198,12 +206,31 @@ class JitterBuffer:
             return Slot(seq=seq & 0xFFFF, payload=None, fec=self._packets.get(seq + 1))
         return Slot(seq=seq & 0xFFFF, payload=payload)
 
+    @property
+    def _goal(self) -> int:
+        """The depth to hold, in slots: the target, plus the rest of a longer packet."""
+        return self.target + self.packet_frames - 1
+
+    @property
+    def _too_deep(self) -> int:
+        """Deeper than this: skip (two packets past the goal; 20 ms: two slots)."""
+        return self._goal + 2 * self.packet_frames
+
+    def covered(self, frames: int) -> None:
+        """The slot just played had a packet ``frames`` slots longer than one: skip them."""
+        if self._next is None:
+            return
+        for seq in range(self._next, self._next + frames):
+            if self._packets.pop(seq, None) is not None:
+                self.skipped += 1  # a packet inside another's time: a sender's glitch
+        self._next += frames
+
     def _drain_due(self, depth: int) -> bool:
         """True once per window in which the depth never came down to the target."""
         self._min_depth = depth if self._min_depth is None else min(self._min_depth, depth)
         self._window += 1
         if self._window < self.drain_window:
             return False
-        due = self._min_depth > self.target
+        due = self._min_depth > self._goal + self.packet_frames - 1
         self._window, self._min_depth = 0, None
         return due

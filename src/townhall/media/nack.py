@@ -18,14 +18,16 @@ from townhall.media.jitterbuffer import unwrap_seq
 class NackList:
     """Sequence numbers in, ``due(now)`` says which missing ones to ask for.
 
-    A gap behind the highest sequence number seen is asked for at once and again every
-    ``retry_s`` (a lost request or a lost resend), at most ``tries`` times, and given up
-    once it is ``horizon`` packets behind the newest (its slot has played by then: the
-    stage's jitter buffer holds at most 10). Asks are budgeted to ``share`` of the packets
-    received (up to ``burst`` in a row): on a congested uplink, where loss comes from a
-    full queue, resending everything would only add to it. Nothing is asked while the
-    round trip is longer than ``max_rtt_s``: a resend would come after its slot played
-    (the jitter buffer deepens for late packets, to 100 ms at most).
+    A gap behind the highest sequence number seen is asked for at once and again after
+    ``retry_s``, or 1.25 round trips when that is longer (a lost request or a lost resend;
+    asked sooner, the first resend is still on its way and comes twice), at most ``tries``
+    times, and given up once it is ``horizon`` packets behind the newest (its slot has
+    played by then: the stage's jitter buffer holds at most 10). Asks are budgeted to
+    ``share`` of the packets received (up to ``burst`` in a row): on a congested uplink,
+    where loss comes from a full queue, resending everything would only add to it.
+    Nothing is asked while the round trip is longer than ``max_rtt_s``: a resend would
+    come after its slot played (the jitter buffer deepens for late packets, to 100 ms at
+    most).
     """
 
     retry_s: float = 0.030
@@ -39,6 +41,7 @@ class NackList:
     _budget: float = 0.0
     _highest: int | None = None
     _missing: dict[int, tuple[int, float]] = field(default_factory=dict)  # seq: (tries, at)
+    _asked_at: dict[int, float] = field(default_factory=dict)  # seq: first asked at
 
     def __post_init__(self) -> None:
         self._budget = self.burst
@@ -58,12 +61,19 @@ class NackList:
             self._budget = min(self.burst, self._budget + self.share)
             for old in [s for s in self._missing if s <= seq - self.horizon]:
                 del self._missing[old]
+            for old in [s for s in self._asked_at if s <= seq - 2 * self.horizon]:
+                del self._asked_at[old]
             return False
         entry = self._missing.pop(seq, None)
         if entry is not None and entry[0] > 0:
             self.answered += 1
             return True
         return False
+
+    def asked_at(self, seq16: int) -> float | None:
+        """When ``seq16`` was first asked for (None: never, or long ago); a packet that
+        arrives after that may be the resend (stage's receiver reports count it lost)."""
+        return self._asked_at.get(self._unwrap(seq16 & 0xFFFF))
 
     def due(self, now: float, rtt_s: float | None = None) -> list[int]:
         """The 16-bit sequence numbers to ask for now (in sequence order), counted as asked;
@@ -72,9 +82,10 @@ class NackList:
         if rtt_s is not None and rtt_s > self.max_rtt_s:
             self._missing.clear()
             return []
+        retry_s = max(self.retry_s, 1.25 * rtt_s) if rtt_s is not None else self.retry_s
         out: list[int] = []
         for seq, (tries, at) in sorted(self._missing.items(), key=lambda m: (m[1][0], m[0])):
-            if now - at < self.retry_s:
+            if now - at < retry_s:
                 continue
             if tries >= self.tries:
                 del self._missing[seq]
@@ -83,6 +94,7 @@ class NackList:
                 break
             self._budget -= 1
             self._missing[seq] = (tries + 1, now)
+            self._asked_at.setdefault(seq, now)
             out.append(seq)
         self.asked += len(out)
         return [seq & 0xFFFF for seq in sorted(out)]

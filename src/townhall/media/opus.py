@@ -22,6 +22,18 @@ def frame_samples(toc: int) -> int:
     return _CONFIG_SAMPLES[toc >> 3]
 
 
+def packet_samples(packet: bytes) -> int:
+    """Samples (48 kHz) in a whole packet: its frame length times its frame count (RFC 6716
+    §3.2: code 0 one frame, codes 1 and 2 two, code 3 the count in the second byte); 0 for
+    a packet no decoder would take (none, or more than 120 ms)."""
+    if not packet:
+        return 0
+    code = packet[0] & 0x3
+    frames = 1 if code == 0 else 2 if code < 3 else (packet[1] & 0x3F if len(packet) > 1 else 0)
+    samples = frames * frame_samples(packet[0])
+    return samples if samples <= 5760 else 0
+
+
 def silent_packet(packet: bytes) -> bool:
     """Whether an Opus packet is known to carry no audio from its size and TOC alone.
 

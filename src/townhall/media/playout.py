@@ -3,8 +3,11 @@
 The JitterBuffer orders packets and decides, once per mixer tick, which slot plays; this
 decodes that slot with libopus: a packet normally, a lost one from the next packet's
 in-band FEC when it is already waiting, otherwise by Opus PLC. Packets longer than 20 ms
-are split across ticks. With a NackList (senders that resend on RTCP NACK), ``push`` also
-says which lost packets to ask for again, so most come back before their slot plays.
+are split across ticks: the jitter buffer's slots are 20 ms of the sender's time, so a
+40/60 ms packet (a sender at its lowest bitrate, where the per-packet overhead dominates)
+takes the slot of its first 20 ms and the ones after it are skipped once it played.
+With a NackList (senders that resend on RTCP NACK), ``push`` also says which lost packets
+to ask for again, so most come back before their slot plays.
 
 Packets that cannot carry audio (DTX and digital-silence frames, ``opus.silent_packet``)
 are not decoded at all: the tick gets nothing, as from a quiet speaker, and the decoder is
@@ -19,9 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from townhall.media.chunk import FRAME_SAMPLES
-from townhall.media.jitterbuffer import JitterBuffer
+from townhall.media.jitterbuffer import JitterBuffer, unwrap_seq
 from townhall.media.nack import NackList
-from townhall.media.opus import OpusPacketDecoder, frame_samples, silent_packet
+from townhall.media.opus import OpusPacketDecoder, packet_samples, silent_packet
 
 _ZEROS = np.zeros(OpusPacketDecoder.MAX_SAMPLES, np.int16)
 _ZEROS.flags.writeable = False
@@ -43,6 +46,23 @@ class Playout:
     silent: int = 0      # packets not decoded: they carry no audio (DTX, digital silence)
     _stale: bool = False  # silent packets skipped since the decoder last ran
     _carry: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    _newest: tuple[int, int, int] | None = None  # (extended seq, slot, frames) of the newest
+
+    def _slot(self, seq16: int, frames: int) -> int:
+        """The jitter-buffer slot (20 ms units) of the packet with RTP ``seq16`` that holds
+        ``frames`` 20 ms frames: after the newest, its slot plus its length, and this
+        packet's length for each packet missing in between. With 20 ms packets only, the
+        slot is the sequence number."""
+        if self._newest is None:
+            self._newest = (seq16, seq16, frames)
+            return seq16
+        newest, slot, length = self._newest
+        seq = unwrap_seq(seq16, newest)
+        if seq <= newest:  # reordered or resent: as long as this one, each
+            return slot - (newest - seq) * frames
+        slot += length + (seq - newest - 1) * frames
+        self._newest = (seq, slot, frames)
+        return slot
 
     def push(self, seq: int, payload: bytes, now: float,
              rtt_s: float | None = None) -> list[int]:
@@ -52,7 +72,9 @@ class Playout:
         asked_for = self.nack is not None and self.nack.arrived(seq)
         if payload:
             self.packets += 1
-            if self.jitter.push(seq, payload, now) and asked_for:
+            frames = max(1, packet_samples(payload) // FRAME_SAMPLES)
+            self.jitter.packet_frames = frames
+            if self.jitter.push(self._slot(seq, frames) & 0xFFFF, payload, now) and asked_for:
                 self.resent += 1
         return [] if self.nack is None else self.nack.due(now, rtt_s)
 
@@ -83,10 +105,14 @@ class Playout:
         slot = self.jitter.pop()
         if slot is None:
             return None
+        if slot.payload is not None and slot.payload:
+            longer = packet_samples(slot.payload) // FRAME_SAMPLES - 1
+            if longer > 0:
+                self.jitter.covered(longer)
         if slot.payload is not None and silent_packet(slot.payload):
             self.silent += 1
             self._stale = True
-            return frame_samples(slot.payload[0]) if slot.payload else FRAME_SAMPLES
+            return packet_samples(slot.payload) if slot.payload else FRAME_SAMPLES
         if self._stale:
             self.decoder.reset()
             self._stale = False

@@ -23,7 +23,6 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtcrtpreceiver import StreamStatistics
 
 from townhall.ice import IceConfig, announce
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
@@ -31,6 +30,7 @@ from townhall.media.linkquality import LinkGauge, LinkReport
 from townhall.media.nack import NackList
 from townhall.media.opus import OpusEncoder
 from townhall.media.playout import Playout
+from townhall.media.reception import ReceptionStats
 from townhall.media.silence import SILENT_FRAME, Plan, SilenceGate
 from townhall.sessionid import new_session_id
 from townhall.stage.rtc import bind_in_range, rtc_configuration
@@ -212,7 +212,8 @@ class SpeakerSession:
                 transceiver.receiver._handle_rtp_packet = self._on_rtp  # type: ignore[method-assign]
                 # aiortc's receiver reports come from statistics its own handler keeps;
                 # we keep them instead, or the speaker never hears of loss (and Chromium
-                # only adds Opus FEC once receiver reports show some).
+                # only adds Opus FEC once receiver reports show some), and count resends
+                # as lost, so the reports say what the link lost (media.reception).
                 self._rtcp_stats = getattr(transceiver.receiver,
                                            "_RTCRtpReceiver__remote_streams", None)
                 self._receiver = transceiver.receiver
@@ -227,16 +228,19 @@ class SpeakerSession:
     async def _on_rtp(self, packet: Any, arrival_time_ms: int) -> None:
         """An RTP packet from this speaker (telephone-event and other types ignored)."""
         if packet.payload_type in self._opus_types:
+            now = arrival_time_ms / 1000
+            # The round trip aiortc measures from the speaker's reports on our return feed.
+            rtt = getattr(self.returns_sender, "_RTCRtpSender__rtt", None)
             if self._rtcp_stats is not None:
                 stats = self._rtcp_stats.get(packet.ssrc)
                 if stats is None:
-                    stats = self._rtcp_stats[packet.ssrc] = StreamStatistics(48_000)
-                stats.add(packet)
+                    stats = self._rtcp_stats[packet.ssrc] = ReceptionStats(SAMPLE_RATE)
+                nack = self.playout.nack
+                stats.add(packet.sequence_number, packet.timestamp, now,
+                          None if nack is None else nack.asked_at(packet.sequence_number),
+                          rtt)
             self.packets_in += 1
-            # The round trip aiortc measures from the speaker's reports on our return feed.
-            rtt = getattr(self.returns_sender, "_RTCRtpSender__rtt", None)
-            lost = self.playout.push(packet.sequence_number, packet.payload,
-                                     arrival_time_ms / 1000, rtt)
+            lost = self.playout.push(packet.sequence_number, packet.payload, now, rtt)
             if lost and self._receiver is not None:
                 # aiortc's own receiver sends NACKs for video only; the call is the same.
                 await self._receiver._send_rtcp_nack(packet.ssrc, lost)
@@ -244,7 +248,9 @@ class SpeakerSession:
     def link(self, now: float) -> LinkReport:
         """This speaker's uplink quality (loss and jitter over the last seconds)."""
         jb = self.playout.jitter
-        return self.gauge.report(self.playout.packets, jb.lost + jb.late, jb.jitter_s, now)
+        # The buffer counts lost 20 ms slots: a lost 60 ms packet is three of them.
+        lost = jb.lost // jb.packet_frames + jb.late
+        return self.gauge.report(self.playout.packets, lost, jb.jitter_s, now)
 
     def pull(self) -> np.ndarray | None:
         """This mixer tick's frame from the speaker, or None when there is nothing."""
