@@ -52,6 +52,7 @@ TICK_S = STEPS_S[0]
 MIN_BEHIND = 10         # fewer listeners behind than this is not edge overload
 REPAIR_LOOKBACK_S = 15.0
 REPAIR_TIMEOUT_S = 1.0
+REPAIR_BOUND_S = 2.0    # a whole refill: the live chunks behind the hole wait for it
 DOC_TTL_S = 5.0         # a watched KV entry older than this is read again on the next join
 
 
@@ -342,8 +343,11 @@ class FeedHandlers:
         """Chunks ``first``..``last`` from JetStream, handed to the feed in any case."""
         found: list[Frame] = []
         try:
-            msgs = await self.bus.replay(subjects.MEDIA_STREAM, subjects.media(self.space),
-                                         since_s=REPAIR_LOOKBACK_S, timeout=REPAIR_TIMEOUT_S)
+            # Bounded as a whole: the live chunks wait behind it, and creating the
+            # replay's consumer waits out the bus timeout (10 s) while JetStream elects.
+            msgs = await asyncio.wait_for(self.bus.replay(
+                subjects.MEDIA_STREAM, subjects.media(self.space), since_s=REPAIR_LOOKBACK_S,
+                timeout=REPAIR_TIMEOUT_S), REPAIR_BOUND_S)
             for msg in msgs:
                 with contextlib.suppress(BadInput):
                     frame = self.feed.frame(msg.data)
