@@ -414,7 +414,6 @@ def test_partition_and_host_loss(cluster: Cluster) -> None:
     # the Spaces bucket kept on nats-h1, a new owner starts within the lease's TTL and one
     # upkeep round (2.2-3.5 s in nine runs); a raft election on the lost host took 4-9 s
     # more (4.9-9.7 s before). How fast the *tone* comes back stays a printed figure
-    # (bench/README.md): a takeover can still number below what listeners heard, and
-    # edges drop those chunks (the stage's part of issue 19).
+    # (bench/README.md): the speaker's own reconnect and the api's reads decide it now.
     for event, seconds in taken.items():
         assert seconds < TAKEOVER_BOUND_S, f"{event}: the new owner started after {seconds} s"

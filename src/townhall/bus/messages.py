@@ -117,6 +117,9 @@ class StageHeartbeat:
     cpu: float = 0.0           # share of one core its process used lately
     draining: bool = False     # stopping: hands its Spaces over, takes none
     silent_ticks: int = 0      # ticks that only repeated a silent Space's silence packet
+    # Spaces whose newest published chunk the stream may not hold: [seq, pts, sent_us]
+    # (a stage taking one over numbers past it; stage.numbering).
+    ahead: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

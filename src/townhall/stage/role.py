@@ -69,8 +69,10 @@ from townhall.sdp import check_sdp
 from townhall.stage.counters import ClockWatch, Tally, stage_report
 from townhall.stage.ingest import SpeakerSession
 from townhall.stage.negotiation import NEGOTIATION_TIMEOUT_S, NegotiationGate
+from townhall.stage.numbering import Ahead, RivalReports, first_number
 from townhall.stage.placement import Capacity, CpuMeter, Placement
 from townhall.stage.ticker import ticker
+from townhall.stage.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 FRAME_S = 0.020
@@ -81,6 +83,12 @@ RENEW_TIMEOUT_S = 1.0   # one lease renewal; tending must not hang on a cut-off 
 QUEUED_CHUNKS = 50      # 5 s of chunks waiting for acks; older ones are dropped
 UNFENCED_KEPT = 600     # 60 s of chunks sent unfenced while the stream was away
 CLAIM_TRIES = 5         # a takeover's first chunk racing the old owner's last ones
+CLAIM_WAIT_S = 5.0      # ...or waiting for the stream to answer (a leader election)
+BEGIN_WAIT_S = 10.0     # a new owner waits this long for MEDIA's newest chunk, lease kept
+BEGIN_RETRY_S = 0.25
+LAPSE_CHECK_S = 0.25    # how often to look for leases that lapsed (upkeep: once a second)
+MIXING_HEARD_S = 1.5    # a lapsed lease whose holder said this recently it mixes: not taken
+UPKEEP = Upkeep(subjects.LEASE_TTL_S, MIXING_HEARD_S)
 PARALLEL = 32           # lease writes in flight at once (renewals, the hand-over on stop)
 CLOSE_TIMEOUT_S = 3.0   # closing speakers' sessions when the stage stops
 
@@ -90,7 +98,9 @@ class SpaceRun:
 
     def __init__(self, bus: Bus, space: str, snap: dict[str, Any], packager: Packager,
                  bitrate: int = 32_000, *, stored_seq: int = 0,
-                 on_fenced: Callable[[str], None] | None = None) -> None:
+                 on_fenced: Callable[[str], None] | None = None,
+                 rivals: RivalReports | None = None,
+                 on_ahead: Callable[[str], None] | None = None) -> None:
         self.bus = bus
         self.space = space
         # The stream sequence of the Space's newest stored chunk: every chunk is published
@@ -98,8 +108,14 @@ class SpaceRun:
         self.stored_seq = stored_seq
         self.chunks: asyncio.Queue[bytes] = asyncio.Queue(QUEUED_CHUNKS)
         self.on_fenced = on_fenced
+        self.rivals = rivals      # the old owner's last report of unstored chunks
+        self.on_ahead = on_ahead  # we just published a chunk the stream may not hold
         self.fenced = False
         self.unacked = 0  # chunks sent without a store ack (the stream did not answer)
+        self.published: Chunk | None = None  # our newest chunk on the subject, stored or not
+        self.sending: Chunk | None = None    # handed to NATS, no answer yet
+        self.kept = -1           # the seq of our newest chunk the stream acked
+        self.stored_at = 0.0     # monotonic time of that ack: we still publish fenced
         self.claimed = False  # a chunk of ours is stored: later refusals mean deposed
         self.shift = (0, 0)   # (seq, pts) added to the packager's numbers after a claim
         # Chunks sent unfenced while the stream did not answer (see _resync), to recognise
@@ -174,7 +190,8 @@ class SpaceRun:
         """Publish queued chunks one at a time, each fenced on the one stored before it.
 
         The first chunk claims the Space: numbered after the newest stored chunk (read just
-        before, not when the lease was taken: an old owner may still be storing) and sent
+        before, not when the lease was taken: an old owner may still be storing) and past
+        anything the old owner reported publishing unstored (stage.numbering), and sent
         fenced on it, again if the old owner got one more in; from then on the old owner's
         publishes are the refused ones. Any later refusal means another stage claimed it
         from us: stop at once (the lease check would notice only later). No ack: the chunk
@@ -189,17 +206,45 @@ class SpaceRun:
                     return
                 continue
             data = chunk.encode()
+            self.sending = chunk
             try:
                 self.stored_seq = await self.bus.publish_fenced(
                     subject, data, self.stored_seq, timeout=ACK_TIMEOUT_S)
-                self.claimed = True
+                self._sent(chunk, stored=True)
                 continue
             except Fenced:
                 self._fence()
                 return
             except Exception:  # no ack: the stream is electing a leader, or we are cut off
                 self.unacked += 1
+                self._sent(chunk, stored=False)
             await self._resync(subject, data)
+
+    def ahead(self) -> Ahead | None:
+        """Our newest published chunk while the stream may not hold it (for the heartbeat:
+        a stage taking the Space over numbers past it), else None."""
+        p = self.published
+        if p is None or p.seq <= self.kept:
+            return None
+        return Ahead(p.seq, p.pts, p.sent_us)
+
+    def gave_up(self) -> Ahead | None:
+        """When this run stops: the newest chunk it published or had in flight that the
+        stream may not hold, final (should we take the Space again, we number past it,
+        and only past it)."""
+        out = [c for c in (self.published, self.sending) if c is not None and c.seq > self.kept]
+        if not out:
+            return None
+        last = max(out, key=lambda c: c.seq)
+        return Ahead(last.seq, last.pts, last.sent_us, final=True)
+
+    def _sent(self, chunk: Chunk, *, stored: bool) -> None:
+        was_ahead = self.ahead() is not None
+        self.published, self.sending = chunk, None
+        if stored:
+            self.kept, self.stored_at = chunk.seq, time.monotonic()
+        elif not was_ahead and self.on_ahead is not None:
+            self.on_ahead(self.space)  # say so now, not at the next heartbeat
 
     def _shifted(self, raw: bytes) -> Chunk:
         chunk = Chunk.decode(raw)
@@ -208,25 +253,46 @@ class SpaceRun:
         return chunk
 
     async def _claim(self, subject: str, chunk: Chunk) -> bool:
-        """Number our first chunk after the newest stored one and store it; a few tries."""
-        for _ in range(CLAIM_TRIES):
+        """Number our first chunk past the newest stored one and past what the old owner
+        reported publishing unstored, and store it; a few tries if the old owner gets one
+        more in, and while the stream does not answer (a leader election) for a while."""
+        # The old owner said lately it mixes the Space: alive, a chunk of its own may be in
+        # flight (refused by the stream, but heard): our first number must not be its.
+        contested = self.rivals is not None and self.rivals.mixed_by(
+            self.space, time.monotonic(), MIXING_HEARD_S) is not None
+        deadline = time.monotonic() + CLAIM_WAIT_S
+        tries = 0
+        while tries < CLAIM_TRIES:
+            moved, sending = chunk, False
             try:
                 last = await asyncio.wait_for(
                     self.bus.last_message(subjects.MEDIA_STREAM, subject), ACK_TIMEOUT_S)
-                moved = chunk
-                if last is not None:
-                    prev = Chunk.decode(last.data)
-                    moved = replace(chunk, seq=prev.seq + 1,
-                                    pts=prev.pts + prev.duration_samples)
+                prev = Chunk.decode(last.data) if last is not None else None
+                ahead = self.rivals.floor(self.space) if self.rivals is not None else None
+                number = first_number(prev, ahead, int(time.time() * 1e6),
+                                      chunk_samples=chunk.duration_samples, contested=contested)
+                if number is not None:
+                    moved = replace(chunk, seq=number[0], pts=number[1])
+                sending, self.sending = True, moved
                 self.stored_seq = await self.bus.publish_fenced(
                     subject, moved.encode(), last.seq if last else 0, timeout=ACK_TIMEOUT_S)
             except Fenced:
+                tries += 1
+                contested = True
                 continue
             except Exception:
-                return False
+                if sending:
+                    self._sent(moved, stored=False)  # it may have reached listeners
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(FRAME_S * 5)
+                continue
             self.shift = (self.shift[0] + moved.seq - chunk.seq,
                           self.shift[1] + moved.pts - chunk.pts)
+            self._sent(moved, stored=True)
             self.claimed = True
+            if self.rivals is not None:
+                self.rivals.forget(self.space)  # our stored chunks are past it now
             return True
         return False
 
@@ -239,11 +305,14 @@ class SpaceRun:
             except Exception:
                 # The stream is electing a leader (a NATS node died) or unreachable: keep the
                 # listeners fed on the plain subject meanwhile, as before chunks were fenced
-                # (a node's loss must lose no audio). A stage cut off from NATS reaches no
-                # one this way, and one that lost its lease stops at the next lease check.
+                # (a node's loss must lose no audio); the heartbeat reports how far we got
+                # (ahead), so a stage taking the Space over numbers past it. A stage cut off
+                # from NATS reaches no one this way, and stops at the next lease check.
                 while not self.chunks.empty():
-                    data = self._shifted(self.chunks.get_nowait()).encode()
+                    chunk = self._shifted(self.chunks.get_nowait())
+                    data = chunk.encode()
                     self.unfenced.append(data)
+                    self._sent(chunk, stored=False)
                     with contextlib.suppress(Exception):
                         await self.bus.publish(subject, data)
                 await asyncio.sleep(FRAME_S * 5)
@@ -304,6 +373,7 @@ class SpaceRun:
         return out
 
     async def close_all(self) -> None:
+        """Remove and close every speaker session."""
         for sid, s in list(self.sessions.items()):
             self.remove(sid)
             await s.close()
@@ -323,7 +393,11 @@ class Stage:
         self.lost = 0  # Spaces given up because another stage took them
         self._reapers: set[asyncio.Future[None]] = set()
         self._whips: set[asyncio.Future[None]] = set()
-        self._taking: set[str] = set()  # leased, clock not started yet
+        self._taking: set[str] = set()  # leased (or the lease being written), no clock yet
+        # Lease writes in flight (the revision the watch showed naming us, 0: none yet), and
+        # those that got no answer (when asked): they may still land, and are then ours.
+        self._creating: dict[str, int] = {}
+        self._unanswered: dict[str, float] = {}
         self._begins: set[asyncio.Future[None]] = set()
         self.gate = NegotiationGate()
         self.retired = Tally()  # counters of Spaces this stage no longer runs
@@ -333,6 +407,8 @@ class Stage:
         self.live: dict[str, dict[str, Any]] = {}
         # Who holds which lease (a watch of the leases bucket) and the rivals' heartbeats.
         self.placement = Placement(self.node, self.max_spaces, subjects.LEASE_TTL_S)
+        # What the rivals' heartbeats say they mix and published unstored (takeovers).
+        self.rivals = RivalReports()
         # Live Spaces nobody holds, with their snapshot: the claimer takes them one by one.
         self.pending: dict[str, dict[str, Any]] = {}
         self._nudge = asyncio.Event()  # pending or the leases' holders changed
@@ -354,10 +430,12 @@ class Stage:
         target = max((sess.playout.jitter.target * sess.playout.jitter.frame_s
                       for r in self.runs.values() for sess in r.sessions.values()),
                      default=0.0)
+        ahead = {space: a.as_list() for space, r in self.runs.items()
+                 if (a := r.ahead()) is not None}
         return replace(stage_report(self.node, list(self.runs), self._speakers(), total,
                                     worst, wall, target),
                        max_spaces=self.max_spaces, cpu=round(self.cpu.share, 3),
-                       draining=self.draining)
+                       draining=self.draining, ahead=ahead)
 
     def _speakers(self) -> int:
         return sum(len(r.sessions) for r in self.runs.values())
@@ -366,6 +444,8 @@ class Stage:
         self.retired.add(run.counts())
 
     async def start(self) -> None:
+        """Watch Spaces and leases, answer WHIP offers, hear the other stages, and start
+        claiming the live Spaces nobody holds."""
         self._watch = await self.bus.kv_watch(subjects.SPACES_BUCKET, self._on_space)
         self._lease_watch = await self.bus.kv_watch(subjects.LEASES_BUCKET, self._on_lease)
         with contextlib.suppress(TimeoutError):
@@ -391,6 +471,7 @@ class Stage:
             self._consider(change.key, snap)
             return
         self.live.pop(change.key, None)
+        self.rivals.forget(change.key)
         self._consider(change.key, None)
         if change.key in self.runs:  # ended: the state message may come later, or never
             task = asyncio.ensure_future(self.release(change.key))
@@ -399,6 +480,11 @@ class Stage:
 
     def _on_lease(self, change: Change) -> None:
         holder = None if change.value is None else change.value.decode(errors="replace")
+        asked = self._unanswered.pop(change.key, None)
+        if holder == self.node and change.key in self._creating:
+            self._creating[change.key] = change.revision  # landed, whether answered or not
+        elif holder == self.node and asked is not None and change.key not in self.leases:
+            self._adopt(change.key, change.revision, asked)
         if self.placement.lease(change.key, holder, time.monotonic()):
             self._nudge.set()  # loads moved: a claimer waiting on them looks again
         if holder is None:  # handed back (or deleted): take it if it is still live
@@ -408,9 +494,14 @@ class Stage:
 
     async def _on_stage_report(self, msg: Message) -> None:
         with contextlib.suppress(MessageError):  # not a heartbeat: not heard
-            cap = Capacity.from_report(asdict(decode_heartbeat(msg.data)))
+            beat = decode_heartbeat(msg.data)
+            now = time.monotonic()
+            cap = Capacity.from_report(asdict(beat))
             if cap is not None:
-                self.placement.heard(cap, time.monotonic())
+                self.placement.heard(cap, now)
+            if beat.node != self.node:
+                self.rivals.heard(beat.node, beat.spaces, beat.ahead, now,
+                                  draining=beat.draining)
 
     def _consider(self, space: str, snap: dict[str, Any] | None) -> None:
         """A Space is live (``snap``) or not (None): queue it for the claimer while nobody
@@ -607,36 +698,87 @@ class Stage:
         return space in self.runs
 
     async def _lease(self, space: str) -> int | None:
-        """Create the Space's lease (create-only: one stage wins); its revision, or None."""
+        """Create the Space's lease (create-only: one stage wins); its revision, or None.
+        From then on tending renews it, while the clock is not running yet too.
+
+        While the write is in flight we answer WHIP offers "taking over" (the api may read
+        our lease before we do, and would otherwise wait out its whole timeout on us), and
+        a write that got no answer but landed anyway is taken up when the watch shows it."""
+        asked = time.monotonic()  # the lease lives from before the write reached the server
+        self._creating[space] = 0
+        self._taking.add(space)
+        rev: int | None = None
         try:  # bounded: a request lost in a cluster's re-election must not hold up tending
             rev = await asyncio.wait_for(self.bus.kv_create(
                 subjects.LEASES_BUCKET, space, self.node.encode()), RENEW_TIMEOUT_S)
         except CasConflict:
             return None
+        except Exception:
+            rev = self._creating.get(space) or None  # the watch showed it landed
+            if rev is None:
+                self._unanswered[space] = asked
+                raise
+        finally:
+            self._creating.pop(space, None)
+            if rev is None:
+                self._taking.discard(space)
+        self.pending.pop(space, None)
+        self.leases[space] = rev
+        self.renewed[space] = asked
+        return rev
+
+    def _adopt(self, space: str, rev: int, asked: float) -> None:
+        """A lease write of ours that got no answer landed after all: the Space is ours."""
+        snap = self.live.get(space)
+        if snap is None or self.draining or space in self.runs or space in self._taking:
+            return  # not live, or stopping: it lapses in a TTL (the watch then says so)
+        log.info("our unanswered lease write landed", extra={"space": space})
         self._taking.add(space)
         self.pending.pop(space, None)
-        return rev
+        self.leases[space] = rev
+        self.renewed[space] = asked
+        task = asyncio.ensure_future(self._begin(space, snap, rev))
+        self._begins.add(task)
+        task.add_done_callback(self._begun)
+
+    async def _newest_stored(self, space: str) -> Message | None:
+        """The Space's newest stored chunk, asked again while ``MEDIA`` elects a leader
+        (we keep the lease meanwhile: any other stage would wait for the same election);
+        raises once the lease is no longer ours or ``BEGIN_WAIT_S`` has passed."""
+        deadline = time.monotonic() + BEGIN_WAIT_S
+        while True:
+            try:
+                return await asyncio.wait_for(self.bus.last_message(
+                    subjects.MEDIA_STREAM, subjects.media(space)), RENEW_TIMEOUT_S)
+            except Exception:
+                if space not in self.leases or self.draining \
+                        or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(BEGIN_RETRY_S)
 
     async def _begin(self, space: str, snap: dict[str, Any], rev: int) -> None:
         """Start the clock of a Space whose lease we just created."""
         try:
-            last_msg = await asyncio.wait_for(self.bus.last_message(
-                subjects.MEDIA_STREAM, subjects.media(space)), RENEW_TIMEOUT_S)
+            last_msg = await self._newest_stored(space)
         except Exception:
-            await self._hand_back(space, rev)  # rather than sit on it for a TTL
+            if space in self.leases:  # rather than sit on it for a TTL
+                self.renewed.pop(space, None)
+                await self._hand_back(space, self.leases.pop(space))
             raise
         finally:
             self._taking.discard(space)
+        if space not in self.leases:
+            return  # lost or released meanwhile (its lease is dealt with)
         if self.draining:  # stopping meanwhile: another stage takes it
-            await self._hand_back(space, rev)
+            self.renewed.pop(space, None)
+            await self._hand_back(space, self.leases.pop(space))
             return
         last = Chunk.decode(last_msg.data) if last_msg else None
-        self.leases[space] = rev
-        self.renewed[space] = time.monotonic()
         # The first chunk is numbered again from the newest stored one when it is sent
         # (send_chunks): an old owner may still be storing.
         run = SpaceRun(self.bus, space, snap, Packager.after(last),
-                       stored_seq=last_msg.seq if last_msg else 0, on_fenced=self._fenced)
+                       stored_seq=last_msg.seq if last_msg else 0, on_fenced=self._fenced,
+                       rivals=self.rivals, on_ahead=self._on_ahead)
         run.task = asyncio.ensure_future(run.run())
         self.runs[space] = run
         log.info("stage owns space", extra={"space": space,
@@ -666,6 +808,8 @@ class Stage:
         rev = self.leases.pop(space, None)
         self.renewed.pop(space, None)
         if run is None:
+            if rev is not None:  # still taking it over: the lease is ours to delete
+                await self._hand_back(space, rev)
             return
         if run.task:
             run.task.cancel()
@@ -678,31 +822,87 @@ class Stage:
         """Once a second: renew our leases (all at once, bounded), and queue live Spaces
         whose lease lapsed (a dead stage's: a lapse shows no delete in the watch)."""
         await _bounded([self._renew(space, rev) for space, rev in list(self.leases.items())])
+        self.look_for_lapses()
+
+    def look_for_lapses(self) -> None:
+        """Queue the live Spaces whose lease lapsed (a dead stage's: a lapse shows no
+        delete in the watch), four times a second rather than once per upkeep round."""
         ours = self.runs.keys() | self._taking
-        for space in self.placement.unheld([s for s in self.live if s not in ours],
-                                           time.monotonic()):
-            self._consider(space, self.live[space])
+        now = time.monotonic()
+        for space in self.placement.unheld([s for s in self.live if s not in ours], now):
+            # A lease that lapsed while its holder still says it mixes the Space (renewals
+            # unanswered, chunks still stored): the holder takes it again once it can.
+            if self.rivals.mixed_by(space, now, MIXING_HEARD_S) is None:
+                self._consider(space, self.live[space])
         if self.pending:
             self._nudge.set()
 
     async def _renew(self, space: str, rev: int) -> None:
+        asked = time.monotonic()
         try:
             new = await asyncio.wait_for(self.bus.kv_update(
                 subjects.LEASES_BUCKET, space, self.node.encode(), rev), RENEW_TIMEOUT_S)
-            if space in self.leases:  # not released meanwhile
-                self.leases[space] = new
-                self.renewed[space] = time.monotonic()
+            self._renewed(space, rev, new, asked)
         except CasConflict:
-            if self.leases.get(space) == rev:
-                self.leases.pop(space, None)  # someone else's now: not ours to delete
-                await self.lose(space, "another stage holds the lease")
+            await self._retake(space, rev, asked)
         except Exception:
-            # No answer (our NATS node is cut off, or the bucket is electing a leader):
-            # we still own it until the lease could have expired, counted from before
-            # our last write reached the server, so this errs early.
-            if space in self.leases and \
-                    time.monotonic() - self.renewed.get(space, 0.0) >= subjects.LEASE_TTL_S:
+            # No answer (our NATS node is cut off, or the bucket is electing a leader).
+            if self._overdue(space):
                 await self.lose(space, "could not renew the lease in time")
+
+    def _renewed(self, space: str, rev: int, new: int, asked: float) -> None:
+        if self.leases.get(space) == rev:  # not released nor renewed otherwise meanwhile
+            self.leases[space] = new
+            self.renewed[space] = asked
+
+    def _overdue(self, space: str) -> bool:
+        """Whether to give up a Space whose renewals go unanswered (stage.upkeep): not
+        while its chunks are still stored or the other stages still hear us."""
+        if space not in self.leases:
+            return False
+        run = self.runs.get(space)
+        heard = self.rivals.last_heard()
+        return UPKEEP.give_up(
+            time.monotonic(), renewed=self.renewed.get(space, 0.0),
+            stored=run.stored_at if run is not None and not run.fenced else None,
+            heard=heard if heard > float("-inf") else None)
+
+    async def _retake(self, space: str, rev: int, asked: float) -> None:
+        """A renewal found the lease moved. Someone else's: stop now. Gone (it expired while
+        renewals went unanswered, and nobody took it) while we still store our chunks:
+        take it again. Still ours at another revision (a renewal that timed out reached the
+        server): carry on with that one."""
+        try:
+            entry = await asyncio.wait_for(
+                self.bus.kv_get(subjects.LEASES_BUCKET, space), RENEW_TIMEOUT_S)
+            if entry is not None and entry.value == self.node.encode():
+                self._renewed(space, rev, entry.revision, asked)
+                return
+            run = self.runs.get(space)
+            if entry is None and (space in self._taking or (run is not None and not run.fenced)):
+                new = await asyncio.wait_for(self.bus.kv_create(
+                    subjects.LEASES_BUCKET, space, self.node.encode()), RENEW_TIMEOUT_S)
+                self._renewed(space, rev, new, asked)
+                log.info("took the lease again", extra={"space": space})
+                return
+        except CasConflict:
+            pass  # another stage created it first
+        except Exception:
+            if self._overdue(space):  # no answer about it either
+                await self.lose(space, "could not renew the lease in time")
+            return
+        if self.leases.get(space) == rev:
+            self.leases.pop(space, None)  # someone else's now: not ours to delete
+            await self.lose(space, "another stage holds the lease")
+
+    def _on_ahead(self, space: str) -> None:
+        """A Space of ours published a chunk the stream may not hold: tell the rivals now."""
+        self._spawn(self.announce())
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(job)
+        self._reapers.add(task)
+        task.add_done_callback(self._reapers.discard)
 
     def _fenced(self, space: str) -> None:
         """A chunk of ours was refused: another stage stored one since; give it up now."""
@@ -718,6 +918,8 @@ class Stage:
         run = self.runs.pop(space, None)
         rev = self.leases.pop(space, None)
         self.renewed.pop(space, None)
+        if run is not None and (ahead := run.gave_up()) is not None:
+            self.rivals.note(space, ahead)  # should we take it again: number past them
         if run is not None:
             self.lost += 1
             log.warning("lost the Space", extra={"space": space, "reason": why})
@@ -742,7 +944,7 @@ class Stage:
             task.cancel()
         if self._claimer is not None:
             self._claimer.cancel()
-        if self._begins:  # each is bounded by RENEW_TIMEOUT_S, and hands back if draining
+        if self._begins:  # each stops asking MEDIA once draining, and hands its lease back
             await asyncio.wait(list(self._begins), timeout=2 * RENEW_TIMEOUT_S)
         await self.announce()
         runs = list(self.runs.items())
@@ -754,7 +956,8 @@ class Stage:
         leases = dict(self.leases)
         self.leases.clear()
         self.renewed.clear()
-        await _bounded([self._hand_back(space, leases.get(space)) for space, _ in runs])
+        # Leases of Spaces still being taken over too (their clock never started).
+        await _bounded([self._hand_back(space, rev) for space, rev in leases.items()])
         for watch in (self._watch, self._lease_watch):
             if watch is not None:
                 await watch.stop()
@@ -772,6 +975,7 @@ class Stage:
         """Start, report and tend once a second until cancelled; then hand over."""
         await self.start()
         beat = asyncio.ensure_future(heartbeat(self))
+        lapses = asyncio.ensure_future(self._lapse_loop())
         try:
             while True:
                 try:
@@ -781,7 +985,14 @@ class Stage:
                 await asyncio.sleep(RENEW_S)
         finally:
             beat.cancel()
+            lapses.cancel()
             await self.stop()
+
+    async def _lapse_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LAPSE_CHECK_S)
+            if not self.draining:
+                self.look_for_lapses()
 
     async def announce(self) -> None:
         """Publish the heartbeat now (bounded); the stage's other reports come from
