@@ -35,7 +35,7 @@ from townhall.settings import Settings
 from townhall.stage import placement
 from townhall.stage.role import SpaceRun, Stage
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.realtime]
 
 
 @pytest.fixture(scope="module")
