@@ -81,6 +81,7 @@ REPORT_S = 1.0
 ACK_TIMEOUT_S = 1.0     # a chunk's store ack; the next chunk is due 0.1 s after it
 RENEW_TIMEOUT_S = 1.0   # one lease renewal; tending must not hang on a cut-off node
 QUEUED_CHUNKS = 50      # 5 s of chunks waiting for acks; older ones are dropped
+ROSTER_WAIT_S = 1.0     # an offer waits at most this for the state message it was checked on
 UNFENCED_KEPT = 600     # 60 s of chunks sent unfenced while the stream was away
 CLAIM_TRIES = 5         # a takeover's first chunk racing the old owner's last ones
 CLAIM_WAIT_S = 5.0      # ...or waiting for the stream to answer (a leader election)
@@ -126,6 +127,8 @@ class SpaceRun:
         self.encoder = OpusEncoder(bitrate)
         self.stage_ids: set[str] = set()
         self.muted: set[str] = set()
+        self.version = 0  # of the newest snapshot applied
+        self.applied = asyncio.Event()  # set by each snapshot applied
         self.apply(snap)
         self.task: asyncio.Task[None] | None = None
         self.meter = LevelMeter(interval_s=0.25)  # ≤ 4 level messages a second
@@ -149,10 +152,28 @@ class SpaceRun:
         return total
 
     def apply(self, snap: dict[str, Any]) -> list[SpeakerSession]:
-        """A newer snapshot: who is on stage and muted; returns sessions to close."""
+        """A newer snapshot: who is on stage and muted; returns sessions to close. An older
+        one (state messages are plain NATS: one may overtake another) changes nothing."""
+        version = snap.get("version", 0)
+        if isinstance(version, int) and version < self.version:
+            return []
+        self.version = version if isinstance(version, int) else self.version
+        self.applied.set()
         self.stage_ids = {p["id"] for p in snap.get("stage", [])}
         self.muted = {p["id"] for p in snap.get("stage", []) if p.get("muted")}
         return [s for s in self.sessions.values() if s.identity not in self.stage_ids]
+
+    async def roster_at(self, version: int, bound_s: float) -> None:
+        """Wait until a snapshot of at least ``version`` was applied, at most ``bound_s``.
+
+        The api authorizes an offer on the stored Space and the stage learns of it from the
+        state message that follows the write: a speaker who offers the moment the host
+        approved them can reach the stage first."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(bound_s):
+                while self.version < version:
+                    self.applied.clear()
+                    await self.applied.wait()
 
     async def run(self) -> None:
         """Mix this Space on the process's shared 20 ms ticker until cancelled or fenced."""
@@ -590,6 +611,8 @@ class Stage:
             await self._drop(space, found)
             return WhipReply(200)
         identity = req.identity
+        if identity not in run.stage_ids and req.version is not None:
+            await run.roster_at(req.version, ROSTER_WAIT_S)
         if identity not in run.stage_ids:
             return WhipReply(403, "not on this Space's stage")
         try:  # the api checked too; the stage does not count on it
