@@ -277,3 +277,19 @@ def test_fec_is_held_at_the_lowest_level_at_the_lowest_rates() -> None:
     drive(adapter, bottleneck(24), 5)
     assert adapter.bitrate == 16_000 and adapter.fec.level == 30
     assert adapter.expected_loss == 5
+
+
+def test_source_track_reopens_its_encoder_for_a_new_fec_size() -> None:
+    import asyncio
+
+    from townhall.cli.speak import SourceTrack, tone
+
+    async def run() -> tuple[int, int]:
+        track = SourceTrack(tone(440, 1.0), expected_loss=10)
+        await track.recv()
+        before = track._encoder.expected_loss
+        track.retune(64_000, 20)  # same rate: the FEC size alone reopens it
+        await track.recv()
+        return before, track._encoder.expected_loss
+
+    assert asyncio.run(run()) == (10, 20)

@@ -8,7 +8,8 @@ privately, with no way to ask for FEC. The offer asks for generic NACK on Opus: 
 then asks for lost packets, and aiortc's sender resends them from its history. The send
 bitrate follows the stage's receiver reports (``townhall.client.bitrate``): down a step
 when a bottleneck loses packets, back up after a clean stretch, in 60 ms packets below
-24 kbit/s (the per-packet overhead); ``--no-adapt`` keeps it.
+24 kbit/s (the per-packet overhead); the loss its FEC is sized for follows the reported
+loss too (5/10/20/30 %, from ``--expected-loss``); ``--no-adapt`` keeps both.
 ``--simulate-loss`` drops outgoing RTP packets after aiortc numbered them (resends
 included), to test the stage's FEC and PLC on a lossy uplink.
 """
@@ -576,12 +577,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=0, help="stop after S seconds")
     p.add_argument("--return-out", default="", help="save the return feed to this WAV")
     p.add_argument("--expected-loss", type=int, default=10, metavar="PCT",
-                   help="uplink loss to protect against with Opus in-band FEC (0 = no FEC)")
+                   help="uplink loss to protect against with Opus in-band FEC at the start; "
+                        "then sized from the stage's reports unless --no-adapt (0 = no FEC)")
     p.add_argument("--bitrate", type=int, default=SPEAKER_BITRATE // 1000, metavar="KBPS",
                    help="Opus bitrate of the uplink in kbit/s, where it starts and the most "
                         "it adapts up to (default %(default)s)")
     p.add_argument("--no-adapt", action="store_true",
-                   help="keep --bitrate whatever the stage reports (no step down on loss)")
+                   help="keep --bitrate and --expected-loss whatever the stage reports")
     p.add_argument("--no-nack", action="store_true",
                    help="do not offer to resend lost packets (leaves repair to FEC and PLC)")
     p.add_argument("--simulate-loss", type=float, default=0, metavar="PCT",
