@@ -9,7 +9,8 @@ then asks for lost packets, and aiortc's sender resends them from its history. T
 bitrate follows the stage's receiver reports (``townhall.client.bitrate``): down a step
 when a bottleneck loses packets, back up after a clean stretch, in 60 ms packets below
 24 kbit/s (the per-packet overhead); the loss its FEC is sized for follows the reported
-loss too (5/10/20/30 %, from ``--expected-loss``); ``--no-adapt`` keeps both.
+loss too (10 %, or 5 % on a clean link, from ``--expected-loss``); ``--no-adapt`` keeps
+both.
 ``--simulate-loss`` drops outgoing RTP packets after aiortc numbered them (resends
 included), to test the stage's FEC and PLC on a lossy uplink.
 """
