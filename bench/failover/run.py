@@ -46,6 +46,7 @@ STEPS = [("lease lapse (last renewal + TTL)", "old lease expires"),
          ("first chunk on the bus", "first chunk on the bus"),
          *[(f"first chunk at the listener on {at}", f"first chunk on {at}") for at in LISTENERS],
          *[(f"tone back at the listener on {at}", f"tone back on {at}") for at in LISTENERS],
+         ("speaker noticed (reconnecting)", "speaker noticed"),
          ("speaker live again", "speaker live again")]
 TONE_KEYS = [f"tone back on {at}" for at in LISTENERS]
 
