@@ -206,7 +206,7 @@ def _plot(runs: list[Run], path: Path) -> None:
              ("speaker live again", "speaker live again", "^", "tab:green")]
     bars = [(f"run {r.number} {event}", r.events.get(event, {})) for r in runs
             for event in EVENTS]
-    fig, ax = plt.subplots(figsize=(9, 1 + 0.45 * max(1, len(bars))))
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.45 * max(1, len(bars))))
     for y, (_, got) in enumerate(bars):
         tones = [got[k] for k in TONE_KEYS if k in got]
         if tones:
@@ -220,7 +220,10 @@ def _plot(runs: list[Run], path: Path) -> None:
     ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("seconds after the cut or the kill")
-    ax.legend(fontsize=7, loc="lower right")
+    drawn = [got[k] for _, got in bars for k in [*TONE_KEYS, *(m[0] for m in marks)]
+             if k in got]
+    ax.set_xlim(0, max([TARGET_S + 1, *drawn]) + 0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside, never on a bar
     ax.set_title("townhall: failover across hosts, per run")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
