@@ -336,6 +336,13 @@ def no_repeats(path: Path) -> None:
     assert backwards == 0, f"{path.name}: chunk numbers went backwards"
 
 
+def longest_pause(path: Path, since: float, until: float) -> float:
+    """The longest pause between two chunks a listener heard, for pauses ending between
+    two wall times (0 when it heard none there)."""
+    times = [t for t, *_ in heard(path)]
+    return max((b - a for a, b in itertools.pairwise(times) if since < b <= until), default=0.0)
+
+
 def takeovers(c: Cluster, since: float, until: float) -> int:
     """How many times the Space's lease changed hands between two wall times, as h1's watch
     saw it (an owner taking its own expired lease again is no change)."""

@@ -60,6 +60,7 @@ class Run:
     events: dict[str, dict[str, float]] = field(default_factory=dict)
     repeats: int | None = None
     needless: int | None = None
+    pause: float | None = None  # the longest a listener heard nothing, heal to kill
     error: str = ""
 
 
@@ -79,6 +80,8 @@ def one_run(run: Run, tmp: Path, show: Any) -> None:
             run.events[name].update(hostlab.timeline(c, event.since, event.old, scenario.logs))
         run.repeats = sum(sum(hostlab.repeats(path)) for path in scenario.logs.values())
         run.needless = hostlab.takeovers(c, healed, loss.since)
+        run.pause = max(hostlab.longest_pause(path, healed, loss.since)
+                        for path in scenario.logs.values())
         show()
 
 
@@ -161,6 +164,9 @@ def result(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
     rows.append(["chunk numbers heard twice or backwards (must be 0)",
                  str(sum(r.repeats or 0 for r in done)), "—", "—", "—",
                  f"{len(done)}/{len(runs)} runs completed"])
+    rows.append(["longest pause a listener heard between the heal and the kill",
+                 *_median_max([r.pause for r in done if r.pause is not None]), "—", "—",
+                 f"per run: {', '.join(f'{r.pause:.2f}' for r in done if r.pause is not None)}"])
     rows.append(["needless takeovers after the heal (runs with one)",
                  f"{sum(1 for r in done if r.needless)}", "—", "—", "—",
                  "per run: " + ", ".join(str(r.needless) for r in done) if done else "—"])
@@ -184,9 +190,12 @@ def result(runs: list[Run], args: argparse.Namespace) -> dict[str, Any]:
                   "the heal's elections ran); clock: the new owner's \"stage owns space\" "
                   "log line; bus: the first chunk after the silence on h1's NATS node; tone "
                   "back: the first of three toned chunks in a row a listener hears; "
-                  "needless takeovers: the lease changing hands between the heal and the "
-                  "kill. h1's watch of the leases bucket can see a takeover seconds after the "
-                  "new owner's log says it took the lease (the watch stalled): the clock row "
+                  "longest pause: chunks every 0.1 s, so a pause above that is silence a "
+                  "listener heard while the Space had an owner (the heal's elections, the "
+                  "api moving a leader back); needless takeovers: the lease changing hands "
+                  "between the heal and the kill. h1's watch of the leases bucket can see "
+                  "a takeover seconds after the new owner's log says it took the lease (the "
+                  "watch stalled): the clock row "
                   "is the owner's own. Median and max over the runs that reached the step."
                   + (f" Failed: {'; '.join(failed)}." if failed else "")
                   + f" Plot: {args.plot}."),

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any, cast
 
-from tests.hostlab import Cluster, repeats, takeovers
+import pytest
+
+from tests.hostlab import Cluster, longest_pause, repeats, takeovers
 
 
 def _write(path: Path, rows: list[list[Any]]) -> None:
@@ -32,3 +34,11 @@ def test_takeovers_counts_changes_of_hands_in_the_interval_only(tmp_path: Path) 
     assert takeovers(c, 10.0, 20.0) == 2
     assert takeovers(c, 10.0, 13.5) == 0
     assert takeovers(c, 0.0, 20.0) == 3
+
+
+def test_longest_pause_between_two_times(tmp_path: Path) -> None:
+    heard = tmp_path / "heard.jsonl"
+    _write(heard, [[t, k, 0, True] for k, t in enumerate([1.0, 1.1, 1.2, 3.2, 3.3, 8.3, 8.4])])
+    assert longest_pause(heard, 1.05, 4.0) == pytest.approx(2.0)
+    assert longest_pause(heard, 3.35, 8.0) == 0.0  # the 5 s pause ends after ``until``
+    assert longest_pause(heard, 3.35, 9.0) == pytest.approx(5.0)
