@@ -44,7 +44,7 @@ from townhall.media.fmp4 import media_segment
 from townhall.media.hls import SEGMENT_SAMPLES, segment_of
 from townhall.media.recording import SegmentWriter, decode_segment, replay_file
 from townhall.procs import stop_process
-from townhall.recording.packager import transcode_recording, vod_segments
+from townhall.recording.aacpackager import transcode_recording, vod_segments
 
 HOUR_CHUNKS = 36_000
 AAC_SAMPLE_CHUNKS = 6_000  # 10 minutes of the hour, AAC-encoded, times 6

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Which plug-in modules each HTTP role brings. A role's module exposes install(app, ctx).
 HTTP_PLUGINS: dict[str, list[str]] = {
-    "api": ["townhall.api.routes", "townhall.recording.plugin", "townhall.recording.hls",
+    "api": ["townhall.api.routes", "townhall.recording.routes", "townhall.recording.hls",
             "townhall.api.whip", "townhall.web.routes", "townhall.api.stageboard",
             "townhall.api.ice", "townhall.api.webhooks", "townhall.api.leaders"],
     "edge": ["townhall.edge.role"],

@@ -51,6 +51,8 @@ class Identity:
 
 
 def valid_identity(value: str) -> bool:
+    """Whether ``value`` may be an identity (a token's subject): 1 to 64 letters, digits
+    and ``_.:@-``."""
     return bool(_IDENTITY_RE.fullmatch(value))
 
 
@@ -97,6 +99,8 @@ class TokenIssuer:
     def mint(self, identity: str, name: str, *, space: str | None = None,
              role: str = "host", ttl: int = DEFAULT_TTL, now: float | None = None,
              guest: bool = False, net: str | None = None) -> str:
+        """A signed access token for ``identity``; raises ValueError for an unknown role or a
+        malformed identity."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         if not valid_identity(identity):
@@ -119,6 +123,7 @@ class TokenIssuer:
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str, *, now: float | None = None) -> Identity:
+        """The identity a token carries, or Unauthorized (expired, forged, malformed)."""
         try:
             claims = jwt.decode(
                 token, self._secret, algorithms=["HS256"], issuer=ISSUER,

@@ -28,6 +28,7 @@ class JsonFormatter(logging.Formatter):
     _skip = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
+        """One log record as one JSON line."""
         out: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
@@ -43,6 +44,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info", role: str = "") -> None:
+    """JSON log lines on stderr at ``level``, tagged with ``role``; aiortc's, aioice's and
+    nats' chatter only from warnings up."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -68,6 +71,7 @@ class MetricsMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Time the request and count it by route and status."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -91,10 +95,12 @@ class MetricsMiddleware:
 
 
 async def metrics(_: Request) -> Response:
+    """``GET /metrics``: Prometheus' text format."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 def healthz_endpoint(ctx: Context) -> Any:
+    """``GET /healthz``: NATS connected and every role's own checks; 503 when one fails."""
     async def healthz(_: Request) -> JSONResponse:
         checks = {"nats": ctx.bus.connected}
         checks.update({name: bool(check()) for name, check in ctx.health.items()})

@@ -44,9 +44,11 @@ class Problem(Exception):
 
     @property
     def type(self) -> str:
+        """``/problems/<slug>``: stable, one per kind of refusal."""
         return PROBLEM_BASE + self.instance_slug
 
     def to_dict(self) -> dict[str, Any]:
+        """The problem+json body."""
         body: dict[str, Any] = {
             "type": self.type,
             "title": self.title,
@@ -57,31 +59,41 @@ class Problem(Exception):
         return body
 
     def headers(self) -> dict[str, str]:
+        """Headers the answer carries besides the body (none by default)."""
         return {}
 
 
 class BadInput(Problem):
+    """400: the request is malformed or out of bounds."""
+
     status = 400
     slug = "bad-input"
     title = "Bad input"
 
 
 class Unauthorized(Problem):
+    """401: no access token, or one that does not verify."""
+
     status = 401
     slug = "unauthorized"
     title = "Missing or invalid access token"
 
     def headers(self) -> dict[str, str]:
+        """``WWW-Authenticate``, as RFC 6750 asks of a 401."""
         return {"WWW-Authenticate": 'Bearer realm="townhall"'}
 
 
 class Forbidden(Problem):
+    """403: the token is good but does not grant this."""
+
     status = 403
     slug = "forbidden"
     title = "Forbidden"
 
 
 class NotFound(Problem):
+    """404: no such Space, session or resource (or one the caller may not know of)."""
+
     status = 404
     slug = "not-found"
     title = "Not found"
@@ -99,28 +111,37 @@ class NotAllowed(Problem):
         self.allow = allow
 
     def headers(self) -> dict[str, str]:
+        """``Allow``: the methods the resource does take."""
         return {"Allow": self.allow}
 
 
 class Conflict(Problem):
+    """409: the request contradicts the current state (e.g. an action on an ended Space)."""
+
     status = 409
     slug = "conflict"
     title = "Conflict with the current state"
 
 
 class Gone(Problem):
+    """410: it existed and is gone for good (an expired recording)."""
+
     status = 410
     slug = "gone"
     title = "No longer available"
 
 
 class TooLarge(Problem):
+    """413: the body is over the cap."""
+
     status = 413
     slug = "too-large"
     title = "Request body too large"
 
 
 class Unprocessable(Problem):
+    """422: well-formed, but the content is refused (e.g. an SDP without audio)."""
+
     status = 422
     slug = "unprocessable"
     title = "Unprocessable content"
@@ -137,12 +158,16 @@ class _RetryLater(Problem):
 
 
 class TooMany(_RetryLater):
+    """429: too many requests from this caller; retry after ``retry_after`` seconds."""
+
     status = 429
     slug = "rate-limited"
     title = "Too many requests"
 
 
 class Unavailable(_RetryLater):
+    """503: at capacity or the bus is unreachable; retry after ``retry_after`` seconds."""
+
     status = 503
     slug = "unavailable"
     title = "Service at capacity"

@@ -83,8 +83,8 @@ class Settings:
     space_budget_address: tuple[float, float] = (30.0, 1 / 10)
     # Stage processes `townhall serve` runs beside its HTTP roles (None: the machine's
     # cores minus one for HTTP, at least 1), and the live Spaces one stage takes at most
-    # (0: no budget). 100 silent Spaces took ~73 % of a core before issue 18's silence
-    # fast path; speakers cost more, so this is a floor to raise after measuring.
+    # (0: no budget): a floor to raise after measuring, since speakers cost more than the
+    # silent Spaces it was set by (docs/operations.md, "Stages: how many").
     stages: int | None = None
     stage_max_spaces: int = STAGE_MAX_SPACES
 

@@ -18,7 +18,7 @@ from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message, Subscription
 from townhall.media.aac import AacBatch
 from townhall.media.fmp4 import AAC_FRAME_SAMPLES
-from townhall.recording.packager import Packager
+from townhall.recording.aacpackager import Packager
 from townhall.room import rules
 
 pytestmark = pytest.mark.timeout(60)

@@ -24,7 +24,7 @@ from townhall.media.fmp4 import (
 from townhall.media.hls import segment_of
 from townhall.media.opus import OpusEncoder, OpusPacketDecoder
 from townhall.problems import BadInput
-from townhall.recording.packager import runs, vod_segments
+from townhall.recording.aacpackager import runs, vod_segments
 
 
 def decode(path: Path) -> np.ndarray:

@@ -83,12 +83,16 @@ SpaceList = create_model("SpaceList", __base__=Open, __doc__="A page of Spaces."
 
 
 class Session(Open):
+    """A session: its access token and the identity it names."""
+
     token: str
     identity: str
     name: str
 
 
 class Me(Open):
+    """What the caller's access token grants."""
+
     identity: str
     name: str
     space: str | None = Field(description="the one Space this token acts on, or null")
@@ -98,10 +102,14 @@ class Me(Open):
 
 
 class Accepted(Open):
+    """The request was taken (answers 202)."""
+
     accepted: bool
 
 
 class Edge(Open):
+    """An edge a listener may connect to, with its load."""
+
     node: str
     url: str | None = Field(description="the edge's public base URL; null = same origin")
     listeners: int
@@ -111,6 +119,8 @@ class Edge(Open):
 
 
 class Listen(Open):
+    """Where to listen: the chosen edge's URLs and every edge."""
+
     ws: str
     ogg: str
     edges: list[Edge] = Field(description="least loaded first")

@@ -39,6 +39,7 @@ class SpaceStore:
         return entry
 
     async def create(self, snap: Snapshot) -> Snapshot:
+        """Store a new Space (CasConflict if its id exists)."""
         revision = await self.bus.kv_create(subjects.SPACES_BUCKET, snap.id, encode(snap))
         if self.on_write:
             self.on_write(snap, revision)

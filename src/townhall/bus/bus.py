@@ -126,6 +126,7 @@ class Consumer:
         self._sub = sub
 
     async def next(self, timeout: float) -> Pulled | None:
+        """The next message, to settle (Pulled); None if none came within ``timeout`` s."""
         try:
             msgs = await self._sub.fetch(1, timeout=timeout)
         except (TimeoutError, nats.errors.TimeoutError):
@@ -139,6 +140,7 @@ class Consumer:
                       working=m.in_progress)
 
     async def stop(self) -> None:
+        """Unbind the consumer (it stays on the server, durable)."""
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()
 
@@ -150,6 +152,7 @@ class Subscription:
         self._sub = sub
 
     async def unsubscribe(self) -> None:
+        """Stop the handler (no error if the connection is already gone)."""
         with contextlib.suppress(nats.errors.Error):
             await self._sub.unsubscribe()
 
@@ -162,6 +165,7 @@ class Watch:
         self.ready = ready
 
     async def stop(self) -> None:
+        """Stop watching."""
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -180,6 +184,8 @@ class PullConsumer:
 
     async def fetch(self, batch: int = 100, timeout: float = 1.0
                     ) -> list[tuple[Message, Callable[[], Awaitable[None]]]]:
+        """Up to ``batch`` messages, each with its ack; none if none came within
+        ``timeout`` s."""
         try:
             msgs = await self._sub.fetch(batch, timeout=timeout)
         except (TimeoutError, nats.errors.TimeoutError):
@@ -187,6 +193,7 @@ class PullConsumer:
         return [(_message(m), m.ack) for m in msgs]
 
     async def close(self) -> None:
+        """Unbind the consumer (it stays on the server, durable)."""
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()
 
@@ -236,6 +243,7 @@ class NatsBus:
 
     @property
     def connected(self) -> bool:
+        """Whether the connection to NATS is up right now."""
         return bool(self._nc.is_connected)
 
     async def ensure_topology(self, replicas: int = 1) -> None:
@@ -344,6 +352,8 @@ class NatsBus:
         return int(ack.seq)
 
     async def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> Subscription:
+        """Call ``handler`` with every message on ``subject`` until unsubscribed; a
+        handler's exception is logged, never ends the subscription."""
         async def on_msg(msg: Msg) -> None:
             try:
                 await handler(_message(msg))
@@ -363,14 +373,17 @@ class NatsBus:
 
     async def respond(self, reply: str, data: bytes, headers: dict[str, str] | None = None
                       ) -> None:
+        """Answer a request."""
         await self._nc.publish(reply, data, headers=headers)
 
     async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until what was published reached the server."""
         await self._nc.flush(timeout=int(timeout))
 
     # --- key-value -----------------------------------------------------------------------
 
     async def kv_get(self, bucket: str, key: str) -> Entry | None:
+        """The entry at ``key``, or None (absent or deleted)."""
         kv = await self._bucket(bucket)
         try:
             e = await kv.get(key)
@@ -399,6 +412,7 @@ class NatsBus:
             raise
 
     async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
+        """Write unconditionally; returns the new revision."""
         kv = await self._bucket(bucket)
         return int(await kv.put(key, value))
 
@@ -457,6 +471,7 @@ class NatsBus:
         return Watch(asyncio.create_task(run(), name=f"watch-{bucket}"), ready)
 
     async def kv_keys(self, bucket: str) -> list[str]:
+        """Every key in ``bucket``."""
         kv = await self._bucket(bucket)
         try:
             return list(await kv.keys())
@@ -567,6 +582,7 @@ class NatsBus:
         return PullConsumer(sub)
 
     async def delete_consumer(self, stream: str, durable: str) -> None:
+        """Delete a durable consumer (no error if there is none)."""
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await self._js.delete_consumer(stream, durable)
 
@@ -578,6 +594,7 @@ class NatsBus:
         return self._obs[bucket]
 
     async def obj_put(self, bucket: str, name: str, data: bytes) -> None:
+        """Store an object."""
         await (await self._objects(bucket)).put(name, data)
 
     async def obj_get(self, bucket: str, name: str) -> bytes | None:
@@ -602,6 +619,7 @@ class NatsBus:
             await (await self._objects(bucket)).delete(name)
 
     async def close(self) -> None:
+        """Flush (briefly) and close the connection."""
         # Flush what we published, then close: drain() can wait ~30 s on subscriptions
         # whose handlers are being cancelled, which held up every shutdown.
         with contextlib.suppress(Exception):

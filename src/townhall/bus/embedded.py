@@ -57,6 +57,8 @@ def die_with_parent() -> None:
 
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
                   ) -> None:
+    """Block until ``host:port`` accepts a connection; RuntimeError if ``proc`` exits first or
+    ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -98,13 +100,16 @@ class EmbeddedNats:
 
     @property
     def config_path(self) -> Path:
+        """The server's config file, written beside its JetStream store."""
         return self.store_dir / CONFIG_FILE
 
     @property
     def url(self) -> str:
+        """The URL clients connect to."""
         return f"nats://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> str:
+        """Start nats-server and wait until it listens; returns its URL."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.store_dir / "nats-server.log"
         args = [nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js",
@@ -127,6 +132,7 @@ class EmbeddedNats:
         return self.url
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM, so JetStream is flushed); nothing if it is not running."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return

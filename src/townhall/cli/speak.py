@@ -28,7 +28,7 @@ import time
 import wave
 from collections import deque
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import av
 import httpx
@@ -41,7 +41,7 @@ from townhall.client.bitrate import BitrateAdapter, packet_ms
 from townhall.client.rejoin import RejoinPacer
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.linkquality import LinkGauge, grade
-from townhall.media.opus import packet_samples
+from townhall.media.opus import mono_encoder, mono_frame, packet_samples
 from townhall.stage.ingest import to_mono, with_nack
 from townhall.stage.rtc import rtc_configuration
 
@@ -61,20 +61,12 @@ class SpeakerEncoder:
         self._pending = 0  # frames fed since the last packet came out
 
     def _open(self, bitrate: int) -> Any:
-        ctx: Any = cast(Any, av.CodecContext.create("libopus", "w"))
-        ctx.sample_rate = SAMPLE_RATE
-        ctx.layout = "mono"
-        ctx.format = "s16"
-        ctx.bit_rate = bitrate
-        ctx.time_base = fractions.Fraction(1, SAMPLE_RATE)
         options = {"application": "voip", "frame_duration": str(packet_ms(bitrate))}
         if self.expected_loss > 0:
             # libopus adds LBRR (a low-rate copy of the previous frame) to each packet,
             # so the stage can rebuild a lost frame from the packet after it.
             options |= {"fec": "1", "packet_loss": str(self.expected_loss)}
-        ctx.options = options
-        ctx.open()
-        return ctx
+        return mono_encoder("libopus", "s16", bitrate, options)
 
     @property
     def between_packets(self) -> bool:
@@ -146,16 +138,14 @@ class SourceTrack(MediaStreamTrack):
             await asyncio.sleep(wait)
         idx = (np.arange(FRAME_SAMPLES) + self._pos) % self.pcm.size
         self._pos = (self._pos + FRAME_SAMPLES) % self.pcm.size
-        frame = av.AudioFrame.from_ndarray(self.pcm[idx].reshape(1, -1), format="s16",
-                                           layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
+        frame = mono_frame(self.pcm[idx], self._pts)
         frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
         self._pts += FRAME_SAMPLES
         return frame
 
 
 def tone(hz: float, seconds: float = 1.0, amplitude: float = 0.3) -> np.ndarray:
+    """A sine tone as 48 kHz mono int16, ``seconds`` long (looped by the source track)."""
     t = np.arange(int(SAMPLE_RATE * seconds)) / SAMPLE_RATE
     return (np.sin(2 * np.pi * hz * t) * amplitude * 32767).astype(np.int16)
 
@@ -181,6 +171,7 @@ class ReturnRecorder:
         self.last_at = time.monotonic()
 
     async def consume(self, track: MediaStreamTrack) -> None:
+        """Keep every frame of ``track`` (as mono) until it ends or we stop."""
         with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
             while True:
                 frame: Any = await track.recv()
@@ -188,6 +179,7 @@ class ReturnRecorder:
                 self.last_at = time.monotonic()
 
     def save(self, path: Path) -> None:
+        """Write what was received as a 48 kHz mono WAV."""
         pcm = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
         with wave.open(str(path), "wb") as w:
             w.setnchannels(1)
@@ -327,6 +319,119 @@ async def adapt_bitrate(pc: RTCPeerConnection, source: SourceTrack,
                           file=sys.stderr, flush=True)
 
 
+class SessionEnded(Exception):
+    """Why a WHIP session ended (publish_once's answer), raised where it became known."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+async def ice_for(url: str, token: str, servers: list[dict[str, Any]] | None,
+                  relay_only: bool) -> list[dict[str, Any]]:
+    """``servers``, or the ICE servers the server hands out when it is None; a refusal,
+    or no TURN server for ``--relay-only``, ends the session."""
+    if servers is None:
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=20) as http:
+                servers = await fetch_ice(http, token)
+        except httpx.HTTPStatusError as exc:
+            raise SessionEnded(f"refused {exc.response.status_code}: {exc.response.text}"
+                               ) from exc
+        except httpx.HTTPError as exc:
+            raise SessionEnded(f"unreachable: {exc}") from exc
+    if relay_only and not any(u.startswith("turn") for s in servers for u in s["urls"]):
+        raise SessionEnded(f"{ICE_FAILED}: --relay-only, but the server hands out no TURN "
+                           "server")
+    return servers
+
+
+async def post_offer(http: httpx.AsyncClient, space: str, auth: dict[str, str],
+                     offer: str) -> tuple[str, str]:
+    """POST the offer to /whip/<space>: the session's location and the stage's answer;
+    any status but 201 ends the session."""
+    r = await http.post(f"/whip/{space}", content=offer,
+                        headers={**auth, "Content-Type": "application/sdp"})
+    if r.status_code != 201:
+        raise SessionEnded(f"refused {r.status_code}: {r.text}")
+    return r.headers["location"], r.text
+
+
+class SpeakerPeer:
+    """One WHIP session's peer connection: the source track out, the return feed into
+    ``recorder``, and events set when it connects or drops."""
+
+    def __init__(self, servers: list[dict[str, Any]], relay_only: bool,
+                 source: SourceTrack, recorder: ReturnRecorder) -> None:
+        self.pc = RTCPeerConnection(rtc_configuration(servers, relay_only=relay_only))
+        self.relay_only = relay_only
+        self.source = source
+        self.recorder = recorder
+        self.pc.addTransceiver(source, direction="sendrecv")
+        self.connected = asyncio.Event()
+        self.dropped = asyncio.Event()
+        self._readers: list[asyncio.Task[None]] = []
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._readers.append(asyncio.ensure_future(self.recorder.consume(track)))
+
+    async def _on_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            self.connected.set()
+        if self.pc.connectionState in ("failed", "closed", "disconnected"):
+            self.dropped.set()
+
+    async def offer(self, nack: bool) -> str:
+        """Our SDP offer (asking for NACK on Opus when ``nack``)."""
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        sdp: str = self.pc.localDescription.sdp
+        if self.relay_only and " typ relay" not in sdp:
+            raise SessionEnded(f"{ICE_FAILED}: no relay candidate (TURN refused or "
+                               "unreachable)")
+        return offer_nack(sdp) if nack else sdp
+
+    async def answer(self, sdp: str) -> None:
+        """Apply the stage's answer."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def connect(self, stop: asyncio.Event, timeout_s: float) -> str | None:
+        """None once ICE and DTLS are up; else why not (stopped meanwhile, no ICE path,
+        or a failed DTLS handshake)."""
+        if await wait_connected(self.connected, self.dropped, stop, timeout_s):
+            return None
+        if stop.is_set():
+            return "stopped"
+        if self.pc.iceConnectionState not in ("connected", "completed"):
+            return f"{ICE_FAILED}: no connectivity within {timeout_s:g}s"
+        return "DTLS handshake failed"
+
+    async def live(self, stop: asyncio.Event, bitrate: int, adapt: bool) -> str:
+        """Speak until we stop or the connection drops (the return feed falling silent
+        counts); reports the link and adapts the bitrate meanwhile."""
+        self.recorder.last_at = time.monotonic() + CONNECT_GRACE_S
+        watchdog = asyncio.ensure_future(watch_return(self.recorder, self.dropped))
+        helpers = [asyncio.ensure_future(report_link(self.pc))]
+        if adapt:
+            helpers.append(asyncio.ensure_future(
+                adapt_bitrate(self.pc, self.source, BitrateAdapter(bitrate))))
+        waiters = [asyncio.ensure_future(stop.wait()),
+                   asyncio.ensure_future(self.dropped.wait()), watchdog]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in [*waiters, *helpers]:
+            w.cancel()
+        return "stopped" if stop.is_set() else "connection dropped"
+
+    async def close(self) -> None:
+        """Stop the return feed's readers, the source and the peer connection."""
+        for task in self._readers:
+            task.cancel()
+        self.source.stop()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+
+
 async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
                        recorder: ReturnRecorder, stop: asyncio.Event,
                        expected_loss: int = 10, loss: LossPattern | None = None, *,
@@ -338,84 +443,34 @@ async def publish_once(url: str, space: str, token: str, pcm: np.ndarray,
     fetched from the server unless ``servers`` is given. ``bitrate`` is where the send rate
     starts and the most it adapts up to (``adapt``)."""
     auth = {"Authorization": f"Bearer {token}"}
-    if servers is None:
-        try:
-            async with httpx.AsyncClient(base_url=url, timeout=20) as http:
-                servers = await fetch_ice(http, token)
-        except httpx.HTTPStatusError as exc:
-            return f"refused {exc.response.status_code}: {exc.response.text}"
-        except httpx.HTTPError as exc:
-            return f"unreachable: {exc}"
-    if relay_only and not any(u.startswith("turn") for s in servers for u in s["urls"]):
-        return f"{ICE_FAILED}: --relay-only, but the server hands out no TURN server"
-    pc = RTCPeerConnection(rtc_configuration(servers, relay_only=relay_only))
-    source = SourceTrack(pcm, expected_loss, bitrate)
-    pc.addTransceiver(source, direction="sendrecv")
-    dropped = asyncio.Event()
-    readers: list[asyncio.Task[None]] = []
-
-    @pc.on("track")
-    def on_track(track: MediaStreamTrack) -> None:
-        readers.append(asyncio.ensure_future(recorder.consume(track)))
-
-    connected = asyncio.Event()
-
-    @pc.on("connectionstatechange")
-    async def on_state() -> None:
-        if pc.connectionState == "connected":
-            connected.set()
-        if pc.connectionState in ("failed", "closed", "disconnected"):
-            dropped.set()
-
-    location = ""
     try:
-        await pc.setLocalDescription(await pc.createOffer())
-        if relay_only and " typ relay" not in pc.localDescription.sdp:
-            return f"{ICE_FAILED}: no relay candidate (TURN refused or unreachable)"
-        offer = pc.localDescription.sdp
+        servers = await ice_for(url, token, servers, relay_only)
+    except SessionEnded as ended:
+        return ended.why
+    peer = SpeakerPeer(servers, relay_only, SourceTrack(pcm, expected_loss, bitrate), recorder)
+    try:
+        offer = await peer.offer(nack)
         async with httpx.AsyncClient(base_url=url, timeout=20) as http:
-            r = await http.post(f"/whip/{space}", content=offer_nack(offer) if nack else offer,
-                                headers={**auth, "Content-Type": "application/sdp"})
-            if r.status_code != 201:
-                return f"refused {r.status_code}: {r.text}"
-            location = r.headers["location"]
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
+            location, answer = await post_offer(http, space, auth, offer)
+            await peer.answer(answer)
             if loss is not None:
-                lossy_uplink(pc, loss)
-            if not await wait_connected(connected, dropped, stop, connect_timeout_s):
+                lossy_uplink(peer.pc, loss)
+            why = await peer.connect(stop, connect_timeout_s)
+            if why is None:
+                print(f"speak: live on {space} ({location})", file=sys.stderr, flush=True)
+                why = await peer.live(stop, bitrate, adapt)
+            # Leave the stage unless the connection dropped while live (then the stage
+            # has let go of us, or is gone).
+            if why != "connection dropped":
                 with contextlib.suppress(httpx.HTTPError):
                     await http.delete(location, headers=auth)
-                if stop.is_set():
-                    return "stopped"
-                state = pc.iceConnectionState
-                return (f"{ICE_FAILED}: no connectivity within {connect_timeout_s:g}s"
-                        if state not in ("connected", "completed")
-                        else "DTLS handshake failed")
-            print(f"speak: live on {space} ({location})", file=sys.stderr, flush=True)
-            recorder.last_at = time.monotonic() + CONNECT_GRACE_S
-            watchdog = asyncio.ensure_future(watch_return(recorder, dropped))
-            helpers = [asyncio.ensure_future(report_link(pc))]
-            if adapt:
-                helpers.append(asyncio.ensure_future(
-                    adapt_bitrate(pc, source, BitrateAdapter(bitrate))))
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(dropped.wait()),
-                       watchdog]
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for w in [*waiters, *helpers]:
-                w.cancel()
-            if stop.is_set():
-                with contextlib.suppress(httpx.HTTPError):
-                    await http.delete(location, headers=auth)
-                return "stopped"
-            return "connection dropped"
+            return why
+    except SessionEnded as ended:
+        return ended.why
     except httpx.HTTPError as exc:
         return f"unreachable: {exc}"
     finally:
-        for task in readers:
-            task.cancel()
-        source.stop()
-        with contextlib.suppress(Exception):
-            await pc.close()
+        await peer.close()
 
 
 async def wait_connected(connected: asyncio.Event, dropped: asyncio.Event,
@@ -447,6 +502,7 @@ def next_delay(pacer: RejoinPacer, why: str) -> float:
 
 
 async def speak(args: argparse.Namespace) -> int:
+    """Speak until stopped, rejoining after each session that ends; the exit status."""
     pcm = tone(args.tone) if args.tone else read_wav(Path(args.file))
     recorder = ReturnRecorder()
     stop = asyncio.Event()
@@ -491,6 +547,7 @@ async def speak(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
+    """The ``speak`` subcommand and its options."""
     p = sub.add_parser("speak", help="stream a tone or a WAV onto a Space's stage over WHIP")
     p.add_argument("--url", required=True, help="townhall base URL (api role)")
     p.add_argument("--space", required=True)

@@ -35,6 +35,7 @@ def _spawn(argv: list[str], log: Path) -> int:
 
 
 def load(root: Path) -> ClusterPlan | None:
+    """The saved plan of the cluster under ``root``; None if none was started there."""
     path = root / STATE_FILE
     if not path.exists():
         return None
@@ -42,6 +43,7 @@ def load(root: Path) -> ClusterPlan | None:
 
 
 def save(plan: ClusterPlan) -> None:
+    """Save ``plan`` (with its process ids) under its root, for ``stop`` and ``status``."""
     path = Path(plan.root) / STATE_FILE
     path.write_text(json.dumps(plan.to_json(), indent=2))
 

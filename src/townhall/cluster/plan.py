@@ -30,6 +30,7 @@ class NatsNode:
 
     @property
     def config_path(self) -> str:
+        """The node's config file, in its store."""
         return str(Path(self.store) / "nats-server.conf")
 
     def config(self, peers: list[NatsNode], users: Mapping[str, str],
@@ -51,6 +52,7 @@ class NatsNode:
 
     @property
     def url(self) -> str:
+        """The URL clients connect to."""
         return f"nats://{self.host}:{self.port}"
 
 
@@ -65,6 +67,7 @@ class Proc:
 
     def argv(self, python: str, data: str, nats_urls: list[str], replicas: int,
              auth_file: str = "") -> list[str]:
+        """The command line of this townhall process, pointed at the cluster's NATS nodes."""
         url = f"http://127.0.0.1:{self.port}"
         argv = [python, "-m", "townhall", "serve", "--roles", self.roles, "--port",
                 str(self.port), "--nats", ",".join(nats_urls), "--data", data,
@@ -88,17 +91,21 @@ class ClusterPlan:
 
     @property
     def nats_urls(self) -> list[str]:
+        """Every NATS node's URL, as the processes' ``--nats``."""
         return [n.url for n in self.nats]
 
     @property
     def replicas(self) -> int:
+        """JetStream replicas: one per NATS node, at most three."""
         return min(3, len(self.nats))
 
     def to_json(self) -> dict[str, Any]:
+        """The plan as JSON, saved by ``townhall cluster start``."""
         return asdict(self)
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ClusterPlan:
+        """A plan saved by ``to_json``."""
         return cls(root=raw["root"], nats=[NatsNode(**n) for n in raw["nats"]],
                    procs=[Proc(**p) for p in raw["procs"]], pids=dict(raw.get("pids", {})))
 

@@ -43,6 +43,7 @@ class Host:
 
     @property
     def nats_node(self) -> bool:
+        """Whether this host runs a node of the NATS cluster."""
         return "nats" in self.roles
 
     @property
@@ -52,9 +53,11 @@ class Host:
 
     @property
     def townhall_roles(self) -> tuple[str, ...]:
+        """The townhall roles of this host, in the order of ALL_ROLES."""
         return tuple(r for r in ALL_ROLES if r in self.roles)
 
     def url(self) -> str:
+        """The host's public base URL (``public_url``, else its address and port)."""
         return self.public_url or f"http://{self.address}:{self.port}"
 
 
@@ -71,6 +74,7 @@ class Layout:
 
     @property
     def tls(self) -> str:
+        """Where the TLS certificates and keys are installed."""
         return f"{self.etc}/tls"
 
 
@@ -85,6 +89,7 @@ class Plan:
 
     @property
     def nats_nodes(self) -> tuple[Host, ...]:
+        """The hosts that run a node of the NATS cluster."""
         return tuple(h for h in self.hosts if h.nats_node)
 
     @property
@@ -96,9 +101,11 @@ class Plan:
 
     @property
     def replicas(self) -> int:
+        """JetStream replicas: one per NATS node, at most three."""
         return min(3, len(self.nats_nodes))
 
     def host(self, name: str) -> Host:
+        """The host called ``name``; KeyError if the plan has none."""
         for h in self.hosts:
             if h.name == name:
                 return h

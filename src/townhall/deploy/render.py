@@ -31,16 +31,19 @@ class Secrets:
 
     @classmethod
     def generate(cls) -> Secrets:
+        """Fresh random passwords for every NATS user and a fresh token secret."""
         names = [*user_names(), natsconf.LEAF_USER]
         return cls(passwords={n: secrets.token_urlsafe(32) for n in names},
                    token_secret=secrets.token_hex(32))
 
     def to_json(self) -> str:
+        """The secrets as JSON, to keep beside the plan."""
         return json.dumps({"passwords": self.passwords, "token_secret": self.token_secret},
                           indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Secrets:
+        """Secrets kept by ``to_json``; a user a newer townhall knows gets a fresh password."""
         raw = json.loads(text)
         fresh = cls.generate()  # users a newer townhall knows get a password
         return cls(passwords={**fresh.passwords, **raw["passwords"]},

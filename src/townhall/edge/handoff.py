@@ -135,6 +135,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.drained = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Count the connection against the cap; past it, answer 503 and linger-close."""
         super().connection_made(transport)
         if not self.cap.take():
             metrics.HTTP_CLOSES.labels("over-cap").inc()
@@ -166,17 +167,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.cap.release()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Give back the connection's place under the cap and stop lingering."""
         self._leave()
         if self.lingering is not None:
             self.lingering.cancel()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
+        """A new request on the connection: the head must come within the bound again."""
         super().on_message_begin()
         self.request_done = False
         self._time_head()   # a kept-alive connection's next request: the bound again
 
     def on_headers_complete(self) -> None:
+        """The head arrived in time: stop its timer; an early answer will linger-close."""
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
@@ -186,10 +190,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             cycle.transport = _CloseLingers(self.transport, self)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
+        """The request's body has been read to its end."""
         self.request_done = True
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        """After an answer sent before the body was read, linger rather than reset."""
         queued = bool(self.pipeline)  # a pipelined request waits: its body comes next
         super().on_response_complete()
         if self.lingering is not None:
@@ -199,6 +205,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.linger()
 
     def handle_websocket_upgrade(self) -> None:
+        """A WebSocket upgrade leaves the cap for non-listener connections."""
         self._leave()
         super().handle_websocket_upgrade()
 
@@ -224,6 +231,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        """While lingering, read and drop what the client still sends (bounded); else parse it."""
         if self.lingering is not None:
             self.drained += len(data)
             if self.drained > LINGER_BYTES:
@@ -251,6 +259,8 @@ class ListenerHttpProtocol(GuardedHttpProtocol):
         return self.cycle is None or self.cycle.response_complete
 
     def on_headers_complete(self) -> None:
+        """A ``GET /listen/<space>.opus``, when no earlier request is still in the app, becomes an
+        Ogg listener; anything else goes on to ASGI."""
         if self.listen is not None:
             return  # bytes pipelined after a listener request: ignored
         if not self.parser.should_upgrade() and self._idle():
@@ -262,20 +272,25 @@ class ListenerHttpProtocol(GuardedHttpProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
+        """A listener request's body is ignored; any other's goes to ASGI."""
         if self.listen is None:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        """Only a request that stays with ASGI completes there."""
         if self.listen is None:
             super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
+        """Parse, then hand the transport to the Ogg listener once its request is complete."""
         super().data_received(data)
         if self.listen is not None and self.parser is not None and self.lingering is None:
             self._hand_over(OggListener(self.edge, self.listen, self.transport,
                                         self.connections))
 
     def handle_websocket_upgrade(self) -> None:
+        """A WebSocket upgrade of ``/ws/<space>``, when no earlier request is still in the app,
+        goes to a WsListener; anything else to uvicorn's own WebSocket handling."""
         request = None
         if self._idle():
             request = listen_request("ws", self.scope["method"], self.url, self.headers,

@@ -10,8 +10,8 @@ closing — and is then served through its bounded backlog until it has drained
 The loop itself: a listener whose outlet has a socket (edge/fanout.py's ``Outlet``: a socket
 object on the transport's file descriptor, with the transport's high-water mark at 0 so that
 it is paused whenever the transport holds a byte) is sent to with ``socket.send`` called by
-``map`` — one ``send(2)`` per listener and no Python bytecode per listener (docs/edge.md:
-about half the user time and a cheaper system call than ``transport.write``). A short or
+``map`` — one ``send(2)`` per listener and no Python bytecode per listener (docs/edge.md
+says what that saves over ``transport.write``). A short or
 refused send hands the rest to the transport, which buffers it and pauses the listener;
 byte order holds because a fast listener's transport holds nothing. Listeners without a
 socket (TLS, unit tests' fake transports) get ``write(data)`` in a plain loop.
@@ -26,7 +26,7 @@ import logging
 import time
 
 from townhall.bus import Bus, subjects
-from townhall.bus.bus import Message
+from townhall.bus.bus import Message, Subscription
 from townhall.bus.messages import (
     MessageError,
     SpaceEnded,
@@ -141,69 +141,8 @@ class Hub:
     async def _open(self, space: str) -> Feed:
         feed = Feed(space, self.ogg)
         feed.coalesce = self.coalesce
-
-        async def media(msg: Message) -> None:
-            gap = feed.on_media(msg.data)
-            if gap is not None:
-                self._tasks.add(task := asyncio.ensure_future(refill(gap.first, gap.last)))
-                task.add_done_callback(self._tasks.discard)
-
-        async def state(msg: Message) -> None:
-            snap = parse_doc(msg.data)
-            if snap is not None:
-                feed.on_state(snap)
-
-        async def levels(msg: Message) -> None:
-            try:
-                feed.on_levels(levels_frame(decode_levels(msg.data)))
-            except MessageError as exc:
-                log.warning("dropped unreadable levels on %s: %s", msg.subject, exc)
-
-        async def control(msg: Message) -> None:
-            try:
-                command = decode_control(msg.data)
-            except MessageError as exc:
-                log.warning("dropped a control message on %s: %s", msg.subject, exc)
-                return
-            if isinstance(command, SpaceEnded):
-                # Send the final "ended" snapshot before closing, if KV has it.
-                entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
-                snap = parse_doc(entry.value if entry is not None else None)
-                if snap is not None:
-                    feed.on_state(snap)
-            feed.on_control(command)
-
-        async def doc(msg: Message) -> None:
-            deleted = msg.headers.get("KV-Operation") in ("DEL", "PURGE")
-            feed.on_doc(None if deleted else msg.data, asyncio.get_running_loop().time())
-
-        async def refill(first: int, last: int) -> None:
-            found: list[Frame] = []
-            try:
-                # Bounded as a whole: the live chunks wait behind it, and creating the
-                # replay's consumer waits out the bus timeout (10 s) while JetStream elects.
-                msgs = await asyncio.wait_for(self.bus.replay(
-                    subjects.MEDIA_STREAM, subjects.media(space), since_s=REPAIR_LOOKBACK_S,
-                    timeout=REPAIR_TIMEOUT_S), REPAIR_BOUND_S)
-                for msg in msgs:
-                    with contextlib.suppress(BadInput):
-                        frame = feed.frame(msg.data)
-                        if first <= frame.seq <= last:
-                            found.append(frame)
-            except Exception:  # the bus is reconnecting: deliver what we have
-                log.warning("could not refill chunks %d-%d of %s", first, last, space)
-            finally:
-                metrics.REFILLED.inc(len(found))
-                feed.repaired(found)
-
         feed.repairs = True
-        feed.subs = [await self.bus.subscribe(subjects.media(space), media),
-                     await self.bus.subscribe(subjects.control(space), control),
-                     await self.bus.subscribe(subjects.state(space), state),
-                     await self.bus.subscribe(subjects.levels(space), levels),
-                     # watched before the first read, so no update falls in between
-                     await self.bus.subscribe(
-                         subjects.kv_key(subjects.SPACES_BUCKET, space), doc)]
+        feed.subs = await FeedHandlers(self.bus, feed, self._tasks).subscribe()
         entry = await self.bus.kv_get(subjects.SPACES_BUCKET, space)
         if feed.doc_seen == 0:
             feed.on_doc(entry.value if entry is not None else None,
@@ -337,3 +276,85 @@ class Hub:
             for s in feed.subs:
                 await s.unsubscribe()
         self.feeds.clear()
+
+
+class FeedHandlers:
+    """The bus handlers of one open feed: its Space's media, control, state, levels and
+    KV entry handed to the feed, and the refill of chunks the feed found missing."""
+
+    def __init__(self, bus: Bus, feed: Feed, tasks: set[asyncio.Future[None]]) -> None:
+        self.bus = bus
+        self.feed = feed
+        self.space = feed.space
+        self._tasks = tasks  # the hub's, so that closing the hub stops the refills
+
+    async def subscribe(self) -> list[Subscription]:
+        """Subscribe every handler; the KV entry is watched before the feed's first read,
+        so no update falls in between."""
+        space = self.space
+        return [await self.bus.subscribe(subjects.media(space), self.media),
+                await self.bus.subscribe(subjects.control(space), self.control),
+                await self.bus.subscribe(subjects.state(space), self.state),
+                await self.bus.subscribe(subjects.levels(space), self.levels),
+                await self.bus.subscribe(
+                    subjects.kv_key(subjects.SPACES_BUCKET, space), self.doc)]
+
+    async def media(self, msg: Message) -> None:
+        """A chunk; a gap it reveals is refilled from JetStream in the background."""
+        gap = self.feed.on_media(msg.data)
+        if gap is not None:
+            self._tasks.add(task := asyncio.ensure_future(self.refill(gap.first, gap.last)))
+            task.add_done_callback(self._tasks.discard)
+
+    async def state(self, msg: Message) -> None:
+        """A snapshot published by the api."""
+        snap = parse_doc(msg.data)
+        if snap is not None:
+            self.feed.on_state(snap)
+
+    async def levels(self, msg: Message) -> None:
+        """The speaking levels, passed on to listeners as a ``levels`` frame."""
+        try:
+            self.feed.on_levels(levels_frame(decode_levels(msg.data)))
+        except MessageError as exc:
+            log.warning("dropped unreadable levels on %s: %s", msg.subject, exc)
+
+    async def control(self, msg: Message) -> None:
+        """A control message: a kick, or the Space's end."""
+        try:
+            command = decode_control(msg.data)
+        except MessageError as exc:
+            log.warning("dropped a control message on %s: %s", msg.subject, exc)
+            return
+        if isinstance(command, SpaceEnded):
+            # Send the final "ended" snapshot before closing, if KV has it.
+            entry = await self.bus.kv_get(subjects.SPACES_BUCKET, self.space)
+            snap = parse_doc(entry.value if entry is not None else None)
+            if snap is not None:
+                self.feed.on_state(snap)
+        self.feed.on_control(command)
+
+    async def doc(self, msg: Message) -> None:
+        """A change of the Space's KV entry (a deletion is None)."""
+        deleted = msg.headers.get("KV-Operation") in ("DEL", "PURGE")
+        self.feed.on_doc(None if deleted else msg.data, asyncio.get_running_loop().time())
+
+    async def refill(self, first: int, last: int) -> None:
+        """Chunks ``first``..``last`` from JetStream, handed to the feed in any case."""
+        found: list[Frame] = []
+        try:
+            # Bounded as a whole: the live chunks wait behind it, and creating the
+            # replay's consumer waits out the bus timeout (10 s) while JetStream elects.
+            msgs = await asyncio.wait_for(self.bus.replay(
+                subjects.MEDIA_STREAM, subjects.media(self.space), since_s=REPAIR_LOOKBACK_S,
+                timeout=REPAIR_TIMEOUT_S), REPAIR_BOUND_S)
+            for msg in msgs:
+                with contextlib.suppress(BadInput):
+                    frame = self.feed.frame(msg.data)
+                    if first <= frame.seq <= last:
+                        found.append(frame)
+        except Exception:  # the bus is reconnecting: deliver what we have
+            log.warning("could not refill chunks %d-%d of %s", first, last, self.space)
+        finally:
+            metrics.REFILLED.inc(len(found))
+            self.feed.repaired(found)

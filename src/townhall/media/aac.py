@@ -23,22 +23,18 @@ Wire form of an ``AacBatch`` (big-endian), the payload on ``townhall.<space>.aac
 
 from __future__ import annotations
 
-import fractions
 import struct
 from dataclasses import dataclass
-from typing import Any, cast
 
-import av
 import numpy as np
 
-from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
+from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk, pack_frames, unpack_frames
 from townhall.media.fmp4 import AAC_FRAME_SAMPLES
-from townhall.media.opus import OpusPacketDecoder
+from townhall.media.opus import OpusPacketDecoder, mono_encoder, mono_frame
 from townhall.problems import BadInput
 
 MAGIC = b"THA1"
 _HEAD = struct.Struct(">4sQQQH")
-_LEN = struct.Struct(">H")
 AAC_BITRATE = 64_000
 MAX_FILL = 60 * SAMPLE_RATE  # a longer hole in the program starts a new encoder
 ENCODER_DELAY = AAC_FRAME_SAMPLES  # FFmpeg's AAC encoder: one priming frame
@@ -55,36 +51,28 @@ class AacBatch:
 
     @property
     def end_pts(self) -> int:
+        """The stamp just after the batch's last frame."""
         return self.pts + AAC_FRAME_SAMPLES * len(self.frames)
 
     def stamped(self) -> list[tuple[int, bytes]]:
+        """Each frame with its stamp on the Space's 48 kHz clock."""
         return [(self.pts + i * AAC_FRAME_SAMPLES, f) for i, f in enumerate(self.frames)]
 
     def encode(self) -> bytes:
-        parts = [_HEAD.pack(MAGIC, self.seq, self.pts, self.src, len(self.frames))]
-        for frame in self.frames:
-            parts += [_LEN.pack(len(frame)), frame]
-        return b"".join(parts)
+        """The wire form (above)."""
+        return pack_frames(_HEAD.pack(MAGIC, self.seq, self.pts, self.src, len(self.frames)),
+                           self.frames)
 
     @classmethod
     def decode(cls, data: bytes) -> AacBatch:
+        """A batch from its wire form; BadInput (``bad-chunk``) if it is not one."""
         if len(data) < _HEAD.size:
             raise BadInput("AAC batch too short", slug="bad-chunk")
         magic, seq, pts, src, n = _HEAD.unpack_from(data)
         if magic != MAGIC:
             raise BadInput("not an AAC batch", slug="bad-chunk")
-        off = _HEAD.size
-        frames = []
-        for _ in range(n):
-            if off + 2 > len(data):
-                raise BadInput("AAC batch truncated", slug="bad-chunk")
-            (size,) = _LEN.unpack_from(data, off)
-            off += 2
-            if off + size > len(data):
-                raise BadInput("AAC batch truncated", slug="bad-chunk")
-            frames.append(bytes(data[off:off + size]))
-            off += size
-        return cls(seq=seq, pts=pts, src=src, frames=tuple(frames))
+        return cls(seq=seq, pts=pts, src=src,
+                   frames=unpack_frames(data, _HEAD.size, n, "AAC batch"))
 
 
 class AacEncoder:
@@ -92,20 +80,12 @@ class AacEncoder:
     PyAV cuts the input into the encoder's 1024-sample frames itself."""
 
     def __init__(self, bitrate: int = AAC_BITRATE) -> None:
-        self._ctx: Any = cast(Any, av.CodecContext.create("aac", "w"))
-        self._ctx.sample_rate = SAMPLE_RATE
-        self._ctx.layout = "mono"
-        self._ctx.format = "fltp"
-        self._ctx.bit_rate = bitrate
-        self._ctx.time_base = fractions.Fraction(1, SAMPLE_RATE)
-        self._ctx.open()
+        self._ctx = mono_encoder("aac", "fltp", bitrate)
         self._pts = 0
 
     def encode(self, pcm: np.ndarray) -> list[bytes]:
-        frame = av.AudioFrame.from_ndarray(pcm.astype(np.int16).reshape(1, -1),
-                                           format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
+        """Encode 48 kHz mono int16 samples; the frames the encoder has completed so far."""
+        frame = mono_frame(pcm, self._pts)
         self._pts += len(pcm)
         return [bytes(p) for p in self._ctx.encode(frame)]
 

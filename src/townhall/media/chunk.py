@@ -15,6 +15,7 @@ message on ``townhall.<space>.media``::
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from townhall.problems import BadInput
@@ -37,31 +38,45 @@ class Chunk:
 
     @property
     def duration_samples(self) -> int:
+        """How many 48 kHz samples the chunk's packets play."""
         return FRAME_SAMPLES * len(self.packets)
 
     def encode(self) -> bytes:
-        parts = [_HEAD.pack(MAGIC, self.seq, self.pts, self.sent_us, len(self.packets))]
-        for pkt in self.packets:
-            parts.append(_LEN.pack(len(pkt)))
-            parts.append(pkt)
-        return b"".join(parts)
+        """The wire form (above)."""
+        return pack_frames(_HEAD.pack(MAGIC, self.seq, self.pts, self.sent_us,
+                                      len(self.packets)), self.packets)
 
     @classmethod
     def decode(cls, data: bytes) -> Chunk:
+        """A chunk from its wire form; BadInput (``bad-chunk``) if it is not one."""
         if len(data) < _HEAD.size:
             raise BadInput("chunk too short", slug="bad-chunk")
         magic, seq, pts, sent, n = _HEAD.unpack_from(data)
         if magic != MAGIC:
             raise BadInput("not a townhall chunk", slug="bad-chunk")
-        off = _HEAD.size
-        packets = []
-        for _ in range(n):
-            if off + 2 > len(data):
-                raise BadInput("chunk truncated", slug="bad-chunk")
-            (size,) = _LEN.unpack_from(data, off)
-            off += 2
-            if off + size > len(data):
-                raise BadInput("chunk truncated", slug="bad-chunk")
-            packets.append(bytes(data[off:off + size]))
-            off += size
-        return cls(seq=seq, pts=pts, sent_us=sent, packets=tuple(packets))
+        return cls(seq=seq, pts=pts, sent_us=sent,
+                   packets=unpack_frames(data, _HEAD.size, n, "chunk"))
+
+
+def pack_frames(head: bytes, frames: Iterable[bytes]) -> bytes:
+    """``head``, then each frame after its u16 length: a chunk's or an AAC batch's wire form."""
+    parts = [head]
+    for frame in frames:
+        parts += [_LEN.pack(len(frame)), frame]
+    return b"".join(parts)
+
+
+def unpack_frames(data: bytes, off: int, n: int, what: str) -> tuple[bytes, ...]:
+    """The ``n`` length-prefixed frames of ``data`` from ``off`` on; BadInput ("<what>
+    truncated") when it ends first."""
+    frames = []
+    for _ in range(n):
+        if off + 2 > len(data):
+            raise BadInput(f"{what} truncated", slug="bad-chunk")
+        (size,) = _LEN.unpack_from(data, off)
+        off += 2
+        if off + size > len(data):
+            raise BadInput(f"{what} truncated", slug="bad-chunk")
+        frames.append(bytes(data[off:off + size]))
+        off += size
+    return tuple(frames)

@@ -52,12 +52,15 @@ class Rendition:
 
     @property
     def init_name(self) -> str:
+        """The name of the rendition's init segment."""
         return f"{self.prefix}init.mp4"
 
     def segment_name(self, k: int) -> str:
+        """The name of segment ``k``."""
         return f"{self.prefix}{k}.m4s"
 
     def part_name(self, k: int, j: int) -> str:
+        """The name of part ``j`` of segment ``k``."""
         return f"{self.prefix}{k}.{j}.m4s"
 
 
@@ -110,14 +113,17 @@ def parse_name(name: str) -> Resource | None:
 
 
 def segment_of(pts: int) -> int:
+    """The segment the frame stamped ``pts`` falls in."""
     return pts // SEGMENT_SAMPLES
 
 
 def segment_bounds(k: int) -> tuple[int, int]:
+    """Segment ``k``'s samples, ``[lo, hi)`` on the Space's 48 kHz clock."""
     return k * SEGMENT_SAMPLES, (k + 1) * SEGMENT_SAMPLES
 
 
 def part_bounds(k: int, j: int) -> tuple[int, int]:
+    """Part ``j`` of segment ``k``'s samples, ``[lo, hi)``."""
     lo = k * SEGMENT_SAMPLES + j * PART_SAMPLES
     return lo, lo + PART_SAMPLES
 
@@ -149,6 +155,8 @@ def whole(lo: int, hi: int) -> int:
 
 @dataclass(frozen=True)
 class Part:
+    """Part ``j`` of segment ``k``, listed in a low-latency playlist, ``samples`` long."""
+
     k: int
     j: int
     samples: int
@@ -168,9 +176,11 @@ class Playlist:
 
     @property
     def last(self) -> int:
+        """The number of the playlist's last segment."""
         return self.first + len(self.lengths) - 1
 
     def render(self) -> str:
+        """The playlist's text (``#EXTM3U`` ...)."""
         r = self.rendition
         low_latency = bool(self.parts)
         lines = ["#EXTM3U", f"#EXT-X-VERSION:{9 if low_latency else 7}",

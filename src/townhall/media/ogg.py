@@ -22,8 +22,9 @@ FIRST_MEDIA_PAGE = 2  # pages 0 and 1 are the headers
 
 # Ogg's CRC-32 is the non-reflected form of zlib's polynomial (0x04C11DB7, initial 0, no
 # final xor). zlib computes the reflected form in C: feed it every byte bit-reversed, undo
-# its initial and final inversion, and bit-reverse the result. A table-driven loop in Python
-# cost ~150 µs per 500-byte page, once per chunk per Space on every edge; this is ~2 µs.
+# its initial and final inversion, and bit-reverse the result: it runs once per chunk per
+# Space on every edge, where a table-driven Python loop was too slow (docs/edge.md, "What
+# it bought").
 _BIT_REVERSED = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 
 

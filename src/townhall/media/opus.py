@@ -48,25 +48,41 @@ def silent_packet(packet: bytes) -> bool:
     return len(packet) <= 2 or (len(packet) == 3 and packet[0] >> 3 >= 16)
 
 
+def mono_encoder(codec: str, sample_format: str, bitrate: int,
+                 options: dict[str, str] | None = None) -> Any:
+    """An open PyAV encoder of 48 kHz mono at ``bitrate``: the program's Opus, the AAC
+    rendition and a speaker's uplink are all made by one."""
+    ctx: Any = cast(Any, av.CodecContext.create(codec, "w"))
+    ctx.sample_rate = SAMPLE_RATE
+    ctx.layout = "mono"
+    ctx.format = sample_format
+    ctx.bit_rate = bitrate
+    ctx.time_base = fractions.Fraction(1, SAMPLE_RATE)
+    if options:
+        ctx.options = options
+    ctx.open()
+    return ctx
+
+
+def mono_frame(pcm: np.ndarray, pts: int) -> av.AudioFrame:
+    """48 kHz mono int16 samples as a PyAV frame stamped ``pts``, for an encoder."""
+    frame = av.AudioFrame.from_ndarray(pcm.astype(np.int16).reshape(1, -1),
+                                       format="s16", layout="mono")
+    frame.sample_rate = SAMPLE_RATE
+    frame.pts = pts
+    return frame
+
+
 class OpusEncoder:
     """One encoder per Space: the program is encoded once, whatever the audience."""
 
     def __init__(self, bitrate: int = 32_000) -> None:
-        self._ctx: Any = cast(Any, av.CodecContext.create("libopus", "w"))
-        self._ctx.sample_rate = SAMPLE_RATE
-        self._ctx.layout = "mono"
-        self._ctx.format = "s16"
-        self._ctx.bit_rate = bitrate
-        self._ctx.time_base = fractions.Fraction(1, SAMPLE_RATE)
-        self._ctx.open()
+        self._ctx = mono_encoder("libopus", "s16", bitrate)
         self._pts = 0
 
     def encode(self, pcm: np.ndarray) -> bytes:
         """One 20 ms frame of int16 samples → one Opus packet."""
-        frame = av.AudioFrame.from_ndarray(pcm.astype(np.int16).reshape(1, -1),
-                                           format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
+        frame = mono_frame(pcm, self._pts)
         self._pts += FRAME_SAMPLES
         return b"".join(bytes(p) for p in self._ctx.encode(frame))
 

@@ -78,17 +78,21 @@ class RecordingIndex:
 
     @property
     def last_seq(self) -> int:
+        """The sequence number of the last chunk recorded; -1 before the first."""
         return self.segments[-1].last_seq if self.segments else -1
 
     @property
     def first_pts(self) -> int:
+        """The stamp of the recording's first audio (48 kHz, the Space's clock)."""
         return self.segments[0].first_pts if self.segments else 0
 
     @property
     def end_pts(self) -> int:
+        """The stamp just after the recording's last audio."""
         return self.segments[-1].end_pts if self.segments else 0
 
     def duration_s(self) -> float:
+        """Seconds of the Space's timeline the recording spans."""
         return (self.end_pts - self.first_pts) / SAMPLE_RATE
 
     def covering(self, start_pts: int, end_pts: int) -> list[SegmentInfo]:
@@ -96,10 +100,12 @@ class RecordingIndex:
         return [s for s in self.segments if s.end_pts > start_pts and s.first_pts < end_pts]
 
     def encode(self) -> bytes:
+        """The index as compact JSON, as stored."""
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> RecordingIndex:
+        """An index stored by ``encode``; BadInput if it is not one."""
         try:
             raw: dict[str, Any] = json.loads(data)
             return cls(space=str(raw["space"]),
@@ -122,6 +128,7 @@ class SegmentWriter:
 
     @classmethod
     def resume(cls, index: RecordingIndex) -> SegmentWriter:
+        """A writer that carries on after the segments ``index`` already lists."""
         return cls(next_n=len(index.segments), last_seq=index.last_seq)
 
     def add(self, chunk: Chunk) -> tuple[SegmentInfo, bytes] | None:
@@ -136,6 +143,7 @@ class SegmentWriter:
 
     @property
     def pending(self) -> int:
+        """Chunks in the open segment, not stored yet."""
         return len(self._chunks)
 
     def flush(self) -> tuple[SegmentInfo, bytes] | None:
@@ -187,6 +195,7 @@ class OggFile:
 
     @property
     def duration_s(self) -> float:
+        """The file's length in seconds."""
         return self.samples / SAMPLE_RATE
 
 
@@ -237,6 +246,7 @@ class ClipCut:
 
     @property
     def samples(self) -> int:
+        """The clip's length in samples, once pre-skip and end trim are taken off."""
         return len(self.packets) * FRAME_SAMPLES - self.pre_skip - self.end_trim
 
 

@@ -4,7 +4,7 @@ segments, segments and parts.
 
 While a Space is live, any api node answers from NATS: on the first request it follows the
 Space's chunks (Opus, the last minute from JetStream, then live) or its AAC batches (made
-once per Space by townhall.recording.packager) and cuts 2 s segments and 0.5 s parts from
+once per Space by townhall.recording.aacpackager) and cuts 2 s segments and 0.5 s parts from
 them; a playlist request may block until a part exists (LL-HLS). After a recorded Space's
 recording is ready, the same URLs serve the whole recording (VOD, ``#EXT-X-ENDLIST``) from
 the object store. Segments never change once listed: ``immutable``; playlists are
@@ -67,16 +67,16 @@ from townhall.media.hls import (
 )
 from townhall.media.recording import RecordingIndex
 from townhall.problems import BadInput, Conflict, Gone, NotFound, Unauthorized, Unavailable
-from townhall.recording.packager import (
+from townhall.recording.aacpackager import (
     AacIndex,
     Packager,
     aac_segment_name,
     load_aac_index,
     recording_tag,
 )
-from townhall.recording.plugin import Ticket, cache_control, restricted
 from townhall.recording.recorder import BUCKET, load_chunks, load_index
 from townhall.recording.retention import EXPIRED
+from townhall.recording.routes import Ticket, cache_control, restricted
 from townhall.recording.tickets import Tickets
 from townhall.recording.tickets import recording_tag as ticket_tag
 from townhall.room.rules import is_space_id
@@ -134,13 +134,16 @@ class Feed:
         return True
 
     async def wait_change(self, timeout: float) -> None:
+        """Wait until something new arrives, at most ``timeout`` s (a blocking reload's wait)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
 
     def samples(self, lo: int, hi: int) -> int:
+        """Samples of audio held in ``[lo, hi)``."""
         return hi - lo
 
     async def close(self) -> None:
+        """Stop following the Space."""
         if self._sub is not None:
             await self._sub.unsubscribe()
 
@@ -153,6 +156,8 @@ class OpusFeed(Feed):
         self.chunks: dict[int, Chunk] = {}
 
     async def open(self) -> None:
+        """Follow the Space's chunks: live from now on, and what JetStream holds of the last
+        HOLD_S seconds."""
         self._sub = await self.bus.subscribe(subjects.media(self.space), self._on_chunk)
         for msg in await self.bus.replay(subjects.MEDIA_STREAM, subjects.media(self.space),
                                          since_s=HOLD_S, limit=1000):
@@ -175,6 +180,7 @@ class OpusFeed(Feed):
             self._notify()
 
     def media(self, k: int, j: int | None) -> bytes:
+        """Segment ``k`` (or its part ``j``) as fMP4; NotFound once it is no longer held."""
         lo, hi = segment_bounds(k) if j is None else part_bounds(k, j)
         packets = packets_between([self.chunks[s] for s in sorted(self.chunks)], lo, hi)
         if not packets:
@@ -192,6 +198,7 @@ class AacFeed(Feed):
         self.frames: dict[int, bytes] = {}
 
     async def open(self) -> None:
+        """Follow the Space's AAC batches: live from now on, and what JetStream still holds."""
         self._sub = await self.bus.subscribe(subjects.aac(self.space), self._on_batch)
         for msg in await self.bus.replay(subjects.AAC_STREAM, subjects.aac(self.space),
                                          since_s=HOLD_S, limit=1000):
@@ -217,9 +224,11 @@ class AacFeed(Feed):
             self._notify()
 
     def samples(self, lo: int, hi: int) -> int:
+        """Samples of the AAC frames held in ``[lo, hi)``, in whole frames."""
         return (bisect_left(self.stamps, hi) - bisect_left(self.stamps, lo)) * AAC_FRAME_SAMPLES
 
     def media(self, k: int, j: int | None) -> bytes:
+        """Segment ``k`` (or its part ``j``) as fMP4; NotFound once it is no longer held."""
         lo, hi = segment_bounds(k) if j is None else part_bounds(k, j)
         stamps = self.stamps[bisect_left(self.stamps, lo):bisect_left(self.stamps, hi)]
         if not stamps:
@@ -242,6 +251,7 @@ class AccessCache:
         self._held: OrderedDict[str, tuple[float, Space | None]] = OrderedDict()
 
     async def get(self, space: str) -> Space:
+        """The Space's document, from the cache while it is young; NotFound if there is none."""
         now = self.clock()
         held = self._held.get(space)
         if held is None or now - held[0] > self.ttl:
@@ -249,10 +259,8 @@ class AccessCache:
                 snap: Space | None = await self._fetch(space)
             except NotFound:
                 snap = None
-            held = self._held[space] = (now, snap)
-            self._held.move_to_end(space)
-            while len(self._held) > self.size:
-                self._held.popitem(last=False)
+            held = (now, snap)
+            keep(self._held, space, held, self.size)
         if held[1] is None:
             raise NotFound(f"no Space {space}", slug="space-not-found")
         return held[1]
@@ -265,6 +273,7 @@ class AccessCache:
         return held[1]
 
     def forget(self, space: str) -> None:
+        """Drop what is held of the Space (it changed)."""
         self._held.pop(space, None)
 
 
@@ -296,6 +305,7 @@ class FastPath:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Answer from a repeatable answer, or pass the request on to the app."""
         if scope["type"] == "http" and scope["method"] == "GET" \
                 and scope["path"].startswith("/hls/") and not scope["query_string"]:
             origin: HlsOrigin | None = getattr(scope["app"].state, "hls", None) \
@@ -322,6 +332,7 @@ class Source:
 
     @property
     def tag(self) -> str:
+        """What a built answer is tied to: the recording's version, or ``live``."""
         return recording_tag(self.rec) if self.rec is not None else "live"
 
     def cache(self, value: str) -> str:
@@ -364,13 +375,11 @@ class HlsOrigin:
         if request.url.query or src.ticket is not None or restricted(src.snap) \
                 or "authorization" in request.headers:
             return
-        self.answers[request.url.path] = Answer(
+        keep(self.answers, request.url.path, Answer(
             src.space, src.kind, src.rec.expires_at if src.rec else 0.0,
             {"type": "http.response.start", "status": 200,
              "headers": list(response.raw_headers)},
-            {"type": "http.response.body", "body": response.body})
-        while len(self.answers) > KEPT * 2:
-            self.answers.popitem(last=False)
+            {"type": "http.response.body", "body": response.body}), KEPT * 2)
 
     def repeat(self, scope: Any) -> Answer | None:
         """The answer to repeat to this request, if the grants still allow it."""
@@ -387,10 +396,12 @@ class HlsOrigin:
         return answer
 
     async def start(self) -> None:
+        """Follow every Space's state messages and start reaping idle feeds."""
         self._sub = await self.bus.subscribe("townhall.*.state", self._on_state)
         self._tasks.append(asyncio.ensure_future(self._reap()))
 
     async def stop(self) -> None:
+        """Stop reaping and following; close every feed and the packager."""
         for task in self._tasks:
             task.cancel()
         if self._sub is not None:
@@ -458,6 +469,7 @@ class HlsOrigin:
         raise NotFound("this Space has ended and has no recording", slug="no-recording")
 
     async def feed(self, space: str, rendition: Rendition) -> OpusFeed | AacFeed:
+        """This node's feed of the Space's rendition, opened (once) on its first request."""
         key = (space, rendition.name)
         feed = self.feeds.get(key)
         if feed is None:
@@ -475,6 +487,7 @@ class HlsOrigin:
         return feed
 
     async def index(self, src: Source) -> RecordingIndex:
+        """The recording's index, read again only when the recording changed."""
         held = self.indexes.get(src.space)
         if held is None or held[0] != src.tag:
             index = await load_index(self.bus, src.space)
@@ -500,6 +513,7 @@ class HlsOrigin:
         return held[2]
 
     async def renditions(self, src: Source) -> list[Rendition]:
+        """The renditions the Space has: Opus, and AAC when live or once its VOD is made."""
         if src.kind == "live" or await self.aac_index(src) is not None:
             return [OPUS, AAC]
         return [OPUS]
@@ -574,9 +588,7 @@ class HlsOrigin:
             if lo < feed.oldest:
                 raise NotFound("this segment is no longer held", slug="no-segment")
             data = feed.media(res.k, j)
-        self.built[key] = data
-        while len(self.built) > KEPT:
-            self.built.popitem(last=False)
+        keep(self.built, key, data)
         return data
 
     async def _vod_media(self, src: Source, rendition: Rendition, k: int,

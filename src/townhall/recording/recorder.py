@@ -53,22 +53,27 @@ FINISHED = Counter("townhall_recordings_finished_total", "Recordings made ready"
 
 
 def index_name(space: str) -> str:
+    """The object name of a Space's recording index."""
     return f"{space}/index"
 
 
 def segment_name(space: str, n: int) -> str:
+    """The object name of segment ``n`` of a Space's recording."""
     return f"{space}/seg/{n}"
 
 
 def levels_name(space: str, n: int) -> str:
+    """The object name of segment ``n``'s levels and reaction totals."""
     return f"{space}/levels/{n}"
 
 
 def replay_name(space: str, ext: str = "opus") -> str:
+    """The object name of a Space's replay file (``opus`` or ``m4a``)."""
     return f"{space}/replay.{ext}"
 
 
 def clip_name(space: str, clip: str, ext: str = "opus") -> str:
+    """The object name of one of a Space's clips (``opus`` or ``m4a``)."""
     return f"{space}/clips/{clip}.{ext}"
 
 
@@ -79,6 +84,7 @@ def in_spans(spans: list[list[float | None]], at: float) -> bool:
 
 
 async def load_index(bus: Bus, space: str) -> RecordingIndex | None:
+    """The Space's stored recording index; None if it has none."""
     raw = await bus.obj_get(BUCKET, index_name(space))
     return RecordingIndex.decode(raw) if raw is not None else None
 
@@ -125,6 +131,8 @@ class SpaceRecording:
         self.unacked: list[Callable[[], Awaitable[None]]] = []
 
     async def run(self) -> None:
+        """Record until the Space has ended and its replay is stored, then fold it into the
+        snapshot; a recording already done is only folded."""
         space = self.space
         doc = await self.r.store.get(space)
         index = await load_index(self.bus, space) or RecordingIndex(space=space)
@@ -286,6 +294,7 @@ class Recorder:
             await self.store.mutate(space, change)
 
     async def start(self) -> None:
+        """Find the Spaces left mid-recording, then follow state messages and run the lease loop."""
         # Once at start: Spaces left mid-recording (e.g. by an api that stopped). Afterwards
         # the state messages say which Spaces to record.
         for key in await self.bus.kv_keys(subjects.SPACES_BUCKET):
@@ -345,6 +354,7 @@ class Recorder:
                     await self.bus.kv_delete(subjects.RECORDERS_BUCKET, space)
 
     async def stop(self) -> None:
+        """Stop following, stop the loop and every recording task."""
         if self._loop is not None:
             self._loop.cancel()
         if self._sub is not None:

@@ -1,7 +1,7 @@
 """Which recordings are past their time, and which local copies to drop, with no I/O.
 
 A finished recording is kept ``--recording-days`` after its Space ended
-(``recording.expires_at``). The sweep (townhall.recording.plugin) asks ``due`` which
+(``recording.expires_at``). The sweep (townhall.recording.routes) asks ``due`` which
 Spaces' files to delete from the object store, then marks their ``recording.state``
 ``"expired"`` so that every node answers 410 and no later sweep picks them again.
 """

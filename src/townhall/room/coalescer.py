@@ -24,6 +24,7 @@ class Coalescer:
 
     @property
     def interval(self) -> float:
+        """Seconds at least between two snapshots of one Space."""
         return 1.0 / self.rate
 
     def offer(self, snap: dict[str, Any], now: float) -> dict[str, Any] | None:
@@ -56,6 +57,7 @@ class Coalescer:
         self._sent_version[space] = version
 
     def forget(self, space: str) -> None:
+        """Drop what is held of a Space (it was deleted)."""
         self._sent_at.pop(space, None)
         self._sent_version.pop(space, None)
         self._pending.pop(space, None)

@@ -83,9 +83,11 @@ class ReactionTally:
     pending: dict[str, Counter[str]] = field(default_factory=dict)
 
     def add(self, space: str, emoji: str, n: int = 1) -> None:
+        """Count ``n`` reactions ``emoji`` to the Space."""
         self.pending.setdefault(space, Counter())[emoji] += n
 
     def take(self) -> dict[str, Counter[str]]:
+        """The counts since the last take, per Space; start afresh."""
         out, self.pending = self.pending, {}
         return out
 
@@ -102,6 +104,7 @@ class EdgeRegistry:
                                  "listeners": beat.listeners, "seen": now}
 
     def fresh(self, now: float) -> dict[str, dict[str, Any]]:
+        """The edges heard from in the last STALE_S seconds, by node."""
         return {n: e for n, e in self.edges.items() if now - float(e["seen"]) <= STALE_S}
 
 

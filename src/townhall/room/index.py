@@ -116,6 +116,7 @@ def item_of(snap: Space, revision: int) -> Item:
 
 
 def encode_cursor(state: str, key: Key) -> str:
+    """An opaque cursor pointing after ``key`` in the list of Spaces in ``state``."""
     raw = json.dumps([state, *key], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -150,6 +151,7 @@ class SpaceIndex:
         return len(self._items)
 
     def get(self, space: str) -> Item | None:
+        """The Space's list entry; None if the index does not hold it."""
         return self._items.get(space)
 
     def count(self, state: str) -> int:

@@ -62,12 +62,14 @@ class ReturnTrack(MediaStreamTrack):
         self._gate = SilenceGate(hangover=1)
 
     def feed(self, pcm: np.ndarray) -> None:
+        """Queue a speaker's mix-minus frame; a full queue drops its oldest."""
         if self._queue.full():  # the sender fell behind: drop the oldest, stay current
             with contextlib.suppress(asyncio.QueueEmpty):
                 self._queue.get_nowait()
         self._queue.put_nowait(pcm)
 
     async def recv(self) -> av.Packet:
+        """The next Opus packet of the return feed (silence repeated, not re-encoded)."""
         if self.readyState != "live":
             raise MediaStreamError
         pcm = await self._queue.get()
@@ -257,6 +259,7 @@ class SpeakerSession:
         return None if self.closed.is_set() else self.playout.pull()
 
     async def close(self) -> None:
+        """Close once: stop the return feed and the peer connection (bounded)."""
         if self.closed.is_set():
             return
         self.closed.set()

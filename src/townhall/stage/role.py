@@ -373,6 +373,7 @@ class SpaceRun:
         return out
 
     async def close_all(self) -> None:
+        """Remove and close every speaker session."""
         for sid, s in list(self.sessions.items()):
             self.remove(sid)
             await s.close()
@@ -443,6 +444,8 @@ class Stage:
         self.retired.add(run.counts())
 
     async def start(self) -> None:
+        """Watch Spaces and leases, answer WHIP offers, hear the other stages, and start
+        claiming the live Spaces nobody holds."""
         self._watch = await self.bus.kv_watch(subjects.SPACES_BUCKET, self._on_space)
         self._lease_watch = await self.bus.kv_watch(subjects.LEASES_BUCKET, self._on_lease)
         with contextlib.suppress(TimeoutError):

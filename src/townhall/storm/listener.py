@@ -108,6 +108,119 @@ class Visit:
         return True
 
 
+class VisitOver(Exception):
+    """This listener's visit is over: the Space is gone or will not have it."""
+
+
+class WsClient:
+    """One WebSocket listener's visit: each connection checks every chunk's sequence and
+    delay; the next one resumes with ``from=`` after the last chunk heard."""
+
+    def __init__(self, idx: int, url: str, ev: Events, backoff: Backoff, visit: Visit,
+                 sockets: dict[int, ClientConnection] | None) -> None:
+        self.idx = idx
+        self.url = url
+        self.ev = ev
+        self.backoff = backoff
+        self.visit = visit
+        self.sockets = sockets
+        self.cont = Continuity()
+        self.live = False  # this connection has delivered audio
+
+    async def run(self) -> None:
+        """Connect, and again after each close or refusal, until the visit is over."""
+        while not self.visit.over(self.ev):
+            try:
+                retry_after = await self.attempt()
+            except VisitOver:
+                return
+            if self.visit.over(self.ev):
+                return
+            await self.visit.pause(self.backoff, retry_after)
+
+    async def attempt(self) -> float | None:
+        """One connection until it closes; the retry delay a refusal asked for, if any."""
+        resume = self.cont.resume_from()
+        target = self.url if resume is None else f"{self.url}?from={resume}"
+        self.live = False
+        try:
+            async with connect(target, open_timeout=10, max_size=2**20) as ws:
+                if self.sockets is not None:
+                    self.sockets[self.idx] = ws
+                async for msg in ws:
+                    if isinstance(msg, bytes):
+                        self.on_chunk(msg)
+                    else:
+                        self.on_text(msg)
+                    if time.monotonic() >= self.visit.until:
+                        break
+        except ConnectionClosed as exc:
+            return self.closed(exc)
+        except InvalidStatus as exc:
+            return self.refused(exc)
+        except (OSError, TimeoutError) as exc:
+            if not self.visit.got_audio:
+                self.ev.failed.append((self.idx, f"connect error: {type(exc).__name__}"))
+            else:
+                self.ev.restarted.append(self.idx)
+        finally:
+            if self.live:
+                self.ev.live -= 1
+            if self.sockets is not None:
+                self.sockets.pop(self.idx, None)
+        return None
+
+    def on_chunk(self, msg: bytes) -> None:
+        """A chunk: counted, checked for gaps, its delay kept; the first one is audio."""
+        ev, cont = self.ev, self.cont
+        chunk = Chunk.decode(msg)
+        before = (cont.gaps, cont.chunks)
+        cont.chunk(chunk.seq, chunk.sent_us, _now_us())
+        ev.gaps += cont.gaps - before[0]
+        ev.chunks += cont.chunks - before[1]
+        ev.bytes += len(msg)
+        if not self.live:
+            self.live = True
+            ev.live += 1
+            self.backoff.reset()
+            self.visit.audio(ev)
+        ev.delays_ms.extend(cont.take_delays())
+
+    def on_text(self, msg: str) -> None:
+        """A text frame: a ``jump`` moves the expected sequence on (counted as skips)."""
+        body = json.loads(msg)
+        if body.get("type") == "jump":
+            skipped = self.cont.skipped
+            self.cont.jump(int(body["to"]))
+            self.ev.skips += self.cont.skipped - skipped
+
+    def closed(self, exc: ConnectionClosed) -> float | None:
+        """The edge closed the socket: a fatal code ends the visit, 4503 (full) is a
+        refusal with its retry delay, any other a restart once audio had come."""
+        code = exc.rcvd.code if exc.rcvd else 1006
+        reason = exc.rcvd.reason if exc.rcvd else ""
+        if code in FATAL_CLOSES:
+            self.ev.failed.append((self.idx, f"closed {code} {FATAL_CLOSES[code]}"))
+            raise VisitOver from exc
+        if code == CloseCode.FULL:
+            self.visit.refused(self.ev, "4503 edge full")
+            return float(json.loads(reason or "{}").get("retry_after", 1))
+        if self.visit.got_audio:
+            self.ev.restarted.append(self.idx)
+        return None
+
+    def refused(self, exc: InvalidStatus) -> float | None:
+        """The upgrade was answered with an HTTP status: 404 ends the visit; any other is
+        a refusal, with its Retry-After."""
+        status = exc.response.status_code
+        if status == 404:
+            self.ev.failed.append((self.idx, "HTTP 404 unknown Space"))
+            raise VisitOver from exc
+        self.visit.refused(self.ev, f"HTTP {status}")
+        header = exc.response.headers.get("Retry-After")
+        return float(header) if header else None
+
+
 async def ws_listener(idx: int, base: str, space: str, until: float, ev: Events,
                       backoff: Backoff, stay_s: float | None = None, *,
                       url: str | None = None, visit: Visit | None = None,
@@ -120,71 +233,7 @@ async def ws_listener(idx: int, base: str, space: str, until: float, ev: Events,
     in ``sockets`` (keyed by idx) for reactions to be sent on.
     """
     url = url or base.replace("http", "ws", 1).rstrip("/") + f"/ws/{space}"
-    cont = Continuity()
-    visit = visit or Visit(idx, until, stay_s)
-    while not visit.over(ev):
-        resume = cont.resume_from()
-        target = url if resume is None else f"{url}?from={resume}"
-        retry_after: float | None = None
-        live = False
-        try:
-            async with connect(target, open_timeout=10, max_size=2**20) as ws:
-                if sockets is not None:
-                    sockets[idx] = ws
-                async for msg in ws:
-                    if isinstance(msg, bytes):
-                        chunk = Chunk.decode(msg)
-                        before = (cont.gaps, cont.chunks)
-                        cont.chunk(chunk.seq, chunk.sent_us, _now_us())
-                        ev.gaps += cont.gaps - before[0]
-                        ev.chunks += cont.chunks - before[1]
-                        ev.bytes += len(msg)
-                        if not live:
-                            live = True
-                            ev.live += 1
-                            backoff.reset()
-                            visit.audio(ev)
-                        ev.delays_ms.extend(cont.take_delays())
-                    else:
-                        body = json.loads(msg)
-                        if body.get("type") == "jump":
-                            s = cont.skipped
-                            cont.jump(int(body["to"]))
-                            ev.skips += cont.skipped - s
-                    if time.monotonic() >= visit.until:
-                        break
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else 1006
-            reason = exc.rcvd.reason if exc.rcvd else ""
-            if code in FATAL_CLOSES:
-                ev.failed.append((idx, f"closed {code} {FATAL_CLOSES[code]}"))
-                return
-            if code == CloseCode.FULL:
-                visit.refused(ev, "4503 edge full")
-                retry_after = float(json.loads(reason or "{}").get("retry_after", 1))
-            elif visit.got_audio:
-                ev.restarted.append(idx)
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status == 404:
-                ev.failed.append((idx, "HTTP 404 unknown Space"))
-                return
-            visit.refused(ev, f"HTTP {status}")
-            header = exc.response.headers.get("Retry-After")
-            retry_after = float(header) if header else None
-        except (OSError, TimeoutError) as exc:
-            if not visit.got_audio:
-                ev.failed.append((idx, f"connect error: {type(exc).__name__}"))
-            else:
-                ev.restarted.append(idx)
-        finally:
-            if live:
-                ev.live -= 1
-            if sockets is not None:
-                sockets.pop(idx, None)
-        if visit.over(ev):
-            return
-        await visit.pause(backoff, retry_after)
+    await WsClient(idx, url, ev, backoff, visit or Visit(idx, until, stay_s), sockets).run()
 
 
 async def ogg_listener(idx: int, base: str, space: str, until: float, ev: Events,

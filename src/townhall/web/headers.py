@@ -88,6 +88,8 @@ class SecurityHeaders:
         self.csp_framable = content_security_policy(edges, framable=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Add the headers to every HTTP answer (CSP on HTML pages, framing only where allowed)
+        and make a redirect to this host relative."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -82,11 +82,15 @@ Ticket = Annotated[str | None, Query(
 
 
 class ClipIn(Strict):
+    """A clip to make: ``duration`` seconds from ``start`` on the Space's timeline."""
+
     start: float = Field(ge=0, le=7 * 86400, description="seconds from the Space's start")
     duration: float = Field(gt=0, le=60, description="seconds, at most 60")
 
 
 class ClipOut(Open):
+    """A clip made: its id and where its files and share page are."""
+
     id: str
     url: str = Field(description="the clip as Ogg/Opus, /clips/<id>.opus")
     m4a: str = Field(description="the clip as Opus in MP4, /clips/<id>.m4a")
@@ -95,6 +99,8 @@ class ClipOut(Open):
 
 
 class TicketOut(Open):
+    """A signed link to a recording: the URLs that carry the ticket, and when it expires."""
+
     ticket: str
     expires_at: float = Field(description="unix seconds; mint another after that")
     url: str = Field(description="/replay/<id>.opus?t=<ticket>")
@@ -159,6 +165,7 @@ def restricted(snap: Space) -> bool:
 
 
 def cache_control(value: str, snap: Space) -> str:
+    """``value`` (a Cache-Control) made ``private`` when listening needs a token."""
     return value.replace("public", "private") if restricted(snap) else value
 
 
@@ -205,9 +212,11 @@ class Recordings:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Start the expiry sweep."""
         self._sweeper = asyncio.ensure_future(self._sweep_loop())
 
     async def stop(self) -> None:
+        """Stop the expiry sweep."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

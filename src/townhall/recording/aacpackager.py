@@ -57,10 +57,12 @@ VOD_SEGMENTS = Counter("townhall_aac_vod_segments_total", "AAC VOD segments stor
 
 
 def aac_index_name(space: str) -> str:
+    """The object name of a Space's AAC VOD index."""
     return f"{space}/aac/index"
 
 
 def aac_segment_name(space: str, k: int) -> str:
+    """The object name of segment ``k`` of a Space's AAC VOD."""
     return f"{space}/aac/{k}"
 
 
@@ -78,10 +80,12 @@ class AacIndex:
     lengths: list[int]
 
     def encode(self) -> bytes:
+        """The index as compact JSON, as stored."""
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> AacIndex:
+        """An index stored by ``encode``; BadInput if it is not one."""
         try:
             raw = json.loads(data)
             return cls(tag=str(raw["tag"]), first=int(raw["first"]),
@@ -91,6 +95,7 @@ class AacIndex:
 
 
 async def load_aac_index(bus: Bus, space: str) -> AacIndex | None:
+    """The Space's stored AAC VOD index; None if there is none (or it is damaged: made again)."""
     raw = await bus.obj_get(BUCKET, aac_index_name(space))
     if raw is None:
         return None
@@ -350,6 +355,7 @@ class Packager:
             await self.bus.obj_delete(BUCKET, aac_segment_name(space, made.first + i))
 
     async def stop(self) -> None:
+        """Cancel every packaging task and wait for them to end."""
         tasks = [*self.running.values(), *self._saying]
         for task in tasks:
             task.cancel()
