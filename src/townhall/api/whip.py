@@ -80,8 +80,8 @@ WHIP_WHY = {
          "(sdp-too-large)",
     422: "the offer has no audio, no Opus, or more than 4 media sections (too-many-media)",
     429: "too many offers from you or to this Space (rate-limited); see Retry-After",
-    503: "no stage holds the Space right now (e.g. during a stage failover), or the "
-         "stage is busy; see Retry-After",
+    503: "no stage holds the Space right now (e.g. during a stage failover, or the stage "
+         "it was sent to fell silent), or the stage is busy; see Retry-After",
 }
 
 
