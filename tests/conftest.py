@@ -51,11 +51,25 @@ class Served:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
+    def guest(self, name: str) -> tuple[str, str]:
+        """A guest session (open mode): its token and identity."""
+        r = httpx.post(f"{self.url}/api/v1/sessions", json={"name": name}, timeout=10)
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"]), str(r.json()["identity"])
+
     def session(self, name: str) -> str:
         """A guest token (open mode)."""
-        r = httpx.post(f"{self.url}/api/v1/sessions", json={"name": name}, timeout=10)
-        r.raise_for_status()
-        return str(r.json()["token"])
+        return self.guest(name)[0]
+
+    def live_space(self, token: str, title: str = "Stage", **body: object) -> str:
+        """A Space created and started by ``token`` (its host): its id."""
+        with self.client(token) as c:
+            made = c.post("/api/v1/spaces", json={"title": title, **body})
+            assert made.status_code == 201, made.text
+            space = str(made.json()["id"])
+            started = c.post(f"/api/v1/spaces/{space}/start")
+            assert started.status_code == 200, started.text
+        return space
 
     def nats_auth(self, *roles: str) -> NatsAuth:
         """Credentials for the embedded NATS of this server: the admin user, or the user

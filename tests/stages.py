@@ -3,7 +3,6 @@ spare stage or a `townhall speak` tone, and hear the tone in the program."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
@@ -14,6 +13,7 @@ import httpx
 import numpy as np
 
 from tests.conftest import Served
+from tests.waiting import until_async
 from townhall.bus.credentials import USERS_FILE
 from townhall.media.chunk import Chunk
 from townhall.media.opus import OpusDecoder
@@ -35,18 +35,24 @@ def stage_child(parent: int) -> tuple[int, str]:
     raise AssertionError("no stage child process")
 
 
-def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """A child whose output goes to ``log``."""
-    return subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+def spawn(argv: list[str], log: Path | None,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A child whose output goes to ``log`` (or nowhere); ``env`` adds to ours."""
+    out = log.open("wb") if log is not None else subprocess.DEVNULL
+    return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL,
+                            env={**os.environ, **env} if env is not None else None)
 
 
-def speak(served: Served, space: str, token: str, log: Path, *, hz: int = 440,
-          seconds: float = 90, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
-    """`townhall speak --tone hz` on ``space`` for ``seconds``."""
-    return spawn([sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space",
-                  space, "--token", token, "--tone", str(hz), "--seconds", str(seconds),
-                  *extra], log)
+def speak(served: Served | str, space: str, token: str, log: Path | None = None, *,
+          hz: int = 440, seconds: float = 90, extra: tuple[str, ...] = (),
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`townhall speak --tone hz` on ``space`` for ``seconds``, at ``served`` (or a URL);
+    its output goes to ``log`` (or nowhere)."""
+    url = served if isinstance(served, str) else served.url
+    return spawn([sys.executable, "-m", "townhall", "speak", "--url", url, "--space", space,
+                  "--token", token, "--tone", str(hz), "--seconds", str(seconds), *extra],
+                 log, env)
 
 
 def spare_stage(served: Served, nats: str, data: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -77,25 +83,22 @@ def tone_db(chunks: list[Chunk], hz: float) -> float:
 
 async def wait_for_tone(heard: list[Chunk], after: int, hz: float, bound_s: float) -> None:
     """Until the last 8 chunks heard, all after seq ``after``, carry the tone."""
-    for _ in range(int(bound_s * 10)):
-        await asyncio.sleep(0.1)
+
+    def toned() -> bool:
         recent = [c for c in heard[-8:] if c.seq > after]
-        if len(recent) == 8 and tone_db(recent, hz) > 30:
-            return
-    raise AssertionError(f"no {hz} Hz tone in the program after seq {after}")
+        return len(recent) == 8 and tone_db(recent, hz) > 30
+
+    await until_async(toned, bound_s, f"a {hz} Hz tone in the program after seq {after}",
+                      every_s=0.1)
 
 
 def live_space_with(served: Served, *names: str) -> tuple[str, list[tuple[str, str]]]:
     """A live Space hosted by the first of ``names``, the others on stage with them;
     its id and everyone's (token, identity)."""
-    people = []
-    for name in names:
-        r = httpx.post(f"{served.url}/api/v1/sessions", json={"name": name}, timeout=10)
-        people.append((r.json()["token"], r.json()["identity"]))
+    people = [served.guest(name) for name in names]
     host = people[0][0]
+    space = served.live_space(host)
     with served.client(host) as c:
-        space = c.post("/api/v1/spaces", json={"title": "Stage"}).json()["id"]
-        c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
         for token, ident in people[1:]:
             httpx.post(f"{served.url}/api/v1/spaces/{space}/actions",
                        json={"action": "request"}, timeout=10,

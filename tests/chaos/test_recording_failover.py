@@ -61,10 +61,7 @@ async def test_recording_survives_a_killed_stage(tmp_path: Path, townhall: Serve
     try:
         first_stage, nats = stage_child(served.proc.pid)
         host = served.session("Ada")
-        with served.client(host) as c:
-            space = c.post("/api/v1/spaces", json={"title": "Failover", "record": True}
-                           ).json()["id"]
-            c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
+        space = served.live_space(host, "Failover", record=True)
         speaker = speak(served, space, host, tmp_path / "speak.log")
         heard: list[Chunk] = []
         listener = ResilientListener(served.url, space, on_chunk=heard.append)

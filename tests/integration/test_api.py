@@ -35,19 +35,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[
     s.stop()
 
 
-def guest(s: Served, name: str) -> tuple[str, str]:
-    r = httpx.post(f"{s.url}/api/v1/sessions", json={"name": name}, timeout=10)
-    assert r.status_code == 201, r.text
-    return r.json()["token"], r.json()["identity"]
-
-
-def live_space(s: Served, token: str, **extra: object) -> str:
-    with s.client(token) as c:
-        space = c.post("/api/v1/spaces", json={"title": "T", **extra}).json()["id"]
-        assert c.post(f"/api/v1/spaces/{space}/start").status_code == 200
-    return str(space)
-
-
 def test_the_curl_tour_runs_end_to_end(served: Served) -> None:
     out = subprocess.run(["bash", str(ROOT / "scripts" / "tour.sh"), served.url],
                          capture_output=True, text=True, timeout=60)
@@ -56,9 +43,9 @@ def test_the_curl_tour_runs_end_to_end(served: Served) -> None:
 
 
 def test_errors_are_precise_problems(served: Served) -> None:
-    host, _ = guest(served, "Ada")
-    other, _ = guest(served, "Eve")
-    space = live_space(served, host)
+    host, _ = served.guest("Ada")
+    other, _ = served.guest("Eve")
+    space = served.live_space(host)
     c = httpx.Client(base_url=served.url, timeout=10)
     auth = {"Authorization": f"Bearer {host}"}
     cases = [
@@ -100,8 +87,8 @@ def test_errors_are_precise_problems(served: Served) -> None:
 
 def test_anonymous_callers_may_read_but_change_nothing(served: Served) -> None:
     """The permission matrix's last column: no token at all."""
-    host, bob = guest(served, "Anon host"), guest(served, "Anon bob")
-    space = live_space(served, host[0])
+    host, bob = served.guest("Anon host"), served.guest("Anon bob")
+    space = served.live_space(host[0])
     with served.client(bob[0]) as c:
         assert c.post(f"/api/v1/spaces/{space}/actions",
                       json={"action": "request"}).status_code == 200
@@ -127,8 +114,8 @@ def test_anonymous_callers_may_read_but_change_nothing(served: Served) -> None:
 
 
 def test_mutating_floods_get_429_with_retry_after(served: Served) -> None:
-    host, _ = guest(served, "Flood")
-    space = live_space(served, host)
+    host, _ = served.guest("Flood")
+    space = served.live_space(host)
     with served.client(host) as c:
         # The first refusal itself is checked: the bucket refills (5/s) while a loaded
         # machine makes the calls, so a call after it may be allowed again.
@@ -171,8 +158,8 @@ def test_guest_sessions_are_limited_per_client_address(served: Served) -> None:
 
 
 def test_snapshot_is_cacheable_by_version(served: Served) -> None:
-    host, _ = guest(served, "Cache")
-    space = live_space(served, host)
+    host, _ = served.guest("Cache")
+    space = served.live_space(host)
     c = httpx.Client(base_url=served.url, timeout=10)
     r = c.get(f"/api/v1/spaces/{space}")
     assert r.headers["etag"] == f'"{r.json()["version"]}"'
@@ -188,9 +175,9 @@ def test_snapshot_is_cacheable_by_version(served: Served) -> None:
 
 
 def test_private_spaces_hide_from_strangers(served: Served) -> None:
-    host, _ = guest(served, "Priv")
-    stranger, _ = guest(served, "Stranger")
-    space = live_space(served, host, private=True)
+    host, _ = served.guest("Priv")
+    stranger, _ = served.guest("Stranger")
+    space = served.live_space(host, private=True)
     assert httpx.get(f"{served.url}/api/v1/spaces/{space}").status_code == 404
     with served.client(stranger) as c:
         assert c.get(f"/api/v1/spaces/{space}").status_code == 404
@@ -200,9 +187,9 @@ def test_private_spaces_hide_from_strangers(served: Served) -> None:
 
 
 async def test_concurrent_changes_lose_no_update(served: Served) -> None:
-    host, _ = guest(served, "Host")
-    space = live_space(served, host)
-    people = [guest(served, f"P{i}") for i in range(30)]
+    host, _ = served.guest("Host")
+    space = served.live_space(host)
+    people = [served.guest(f"P{i}") for i in range(30)]
     async with httpx.AsyncClient(base_url=served.url, timeout=30) as c:
         rs = await asyncio.gather(*[
             c.post(f"/api/v1/spaces/{space}/actions", json={"action": "request"},
@@ -228,8 +215,8 @@ async def test_concurrent_changes_lose_no_update(served: Served) -> None:
 
 async def test_state_is_published_at_most_four_times_a_second(served: Served,
                                                               nats_url: str) -> None:
-    host, _ = guest(served, "Coal")
-    space = live_space(served, host)
+    host, _ = served.guest("Coal")
+    space = served.live_space(host)
     nc = await nats.connect(nats_url)
     seen: list[tuple[float, dict[str, object]]] = []
 
@@ -238,7 +225,7 @@ async def test_state_is_published_at_most_four_times_a_second(served: Served,
 
     await nc.subscribe(f"townhall.{space}.state", cb=on)
     await nc.flush()
-    people = [guest(served, f"C{i}") for i in range(50)]
+    people = [served.guest(f"C{i}") for i in range(50)]
     async with httpx.AsyncClient(base_url=served.url, timeout=30) as c:
         await asyncio.gather(*[
             c.post(f"/api/v1/spaces/{space}/actions", json={"action": "request"},
@@ -264,8 +251,8 @@ async def test_state_is_published_at_most_four_times_a_second(served: Served,
 def test_a_restart_finds_every_space_as_it_was(tmp_path: Path, sig: int) -> None:
     first = start_townhall(tmp_path / "data")
     try:
-        host, bob = guest(first, "Ada"), guest(first, "Bob")
-        space = live_space(first, host[0])
+        host, bob = first.guest("Ada"), first.guest("Bob")
+        space = first.live_space(host[0])
         with first.client(bob[0]) as c:
             c.post(f"/api/v1/spaces/{space}/actions", json={"action": "request"})
         before = httpx.get(f"{first.url}/api/v1/spaces/{space}").json()
@@ -292,8 +279,8 @@ def issuer(s: Served) -> TokenIssuer:
 
 
 def test_tokens_refused_precisely_and_blocked_people_stay_out(served: Served) -> None:
-    host, _ = guest(served, "Gate")
-    space, elsewhere = live_space(served, host), live_space(served, host)
+    host, _ = served.guest("Gate")
+    space, elsewhere = served.live_space(host), served.live_space(host)
     mint = issuer(served).mint
     c = httpx.Client(base_url=served.url, timeout=10)
 
@@ -344,8 +331,8 @@ def test_tokens_refused_precisely_and_blocked_people_stay_out(served: Served) ->
 
 
 def test_a_reaction_flood_is_limited_and_summed(served: Served) -> None:
-    host, _ = guest(served, "Fan")
-    space = live_space(served, host)
+    host, _ = served.guest("Fan")
+    space = served.live_space(host)
     with served.client(host) as c:
         statuses = [c.post(f"/api/v1/spaces/{space}/reactions",
                            json={"emoji": "🔥"}).status_code for _ in range(60)]
@@ -361,10 +348,10 @@ def test_a_reaction_flood_is_limited_and_summed(served: Served) -> None:
 
 
 async def test_host_and_cohost_acting_at_once_lose_no_update(served: Served) -> None:
-    host, _ = guest(served, "Hana")
-    co_tok, co_id = guest(served, "Cole")
-    space = live_space(served, host)
-    people = [guest(served, f"S{i}") for i in range(10)]
+    host, _ = served.guest("Hana")
+    co_tok, co_id = served.guest("Cole")
+    space = served.live_space(host)
+    people = [served.guest(f"S{i}") for i in range(10)]
     async with httpx.AsyncClient(base_url=served.url, timeout=30) as c:
         def as_(tok: str, body: dict[str, object]) -> Any:
             return c.post(f"/api/v1/spaces/{space}/actions", json=body,
@@ -426,8 +413,8 @@ def test_openapi_describes_answers_and_problems(served: Served) -> None:
 def test_no_input_makes_the_api_fail(served: Served) -> None:
     """Schemathesis against /openapi.json: whatever it sends, never a 5xx, and every
     response (status, content type, body) is one the document describes."""
-    host, _ = guest(served, "Fuzz")
-    space = live_space(served, host)
+    host, _ = served.guest("Fuzz")
+    space = served.live_space(host)
     schemathesis.experimental.OPEN_API_3_1.enable()
     schema = schemathesis.from_uri(f"{served.url}/openapi.json", base_url=served.url)
     calls: list[int] = []
@@ -466,8 +453,8 @@ def test_no_input_makes_the_api_fail(served: Served) -> None:
 
 def test_townhall_watch_follows_the_room_until_it_ends(served: Served) -> None:
     """The tour's second terminal: one line per snapshot from /ws, exit 0 on the end."""
-    (host, _), (bob, bob_id) = guest(served, "Wanda"), guest(served, "Bob")
-    space = live_space(served, host)
+    (host, _), (bob, bob_id) = served.guest("Wanda"), served.guest("Bob")
+    space = served.live_space(host)
     watcher = subprocess.Popen(
         [sys.executable, "-m", "townhall", "watch", "--url", served.url, "--space", space,
          "--seconds", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

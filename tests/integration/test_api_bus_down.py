@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import start_townhall
+from tests.waiting import until
 from townhall.bus.embedded import EmbeddedNats
 
 pytestmark = pytest.mark.timeout(90)
@@ -68,9 +68,7 @@ def test_api_answers_503_while_nats_does_not_answer(tmp_path: Path, nats: Embedd
             finally:
                 os.kill(nats.proc.pid, signal.SIGCONT)
             # Back once NATS answers again (the client reconnects on its own).
-            deadline = time.monotonic() + 30
-            while c.get(f"/api/v1/spaces/{space}").status_code != 200:
-                assert time.monotonic() < deadline, "the api never recovered"
-                time.sleep(0.2)
+            until(lambda: c.get(f"/api/v1/spaces/{space}").status_code == 200, 30,
+                  "the api recovered", every_s=0.2)
     finally:
         served.stop()

@@ -25,63 +25,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import Served, running, start_townhall
-from tests.tone import ToneChunks
+from tests.edges import Listener, Producer, contiguous, live_space, metric, ws_base
+from tests.waiting import until_async
 from townhall.bus import Bus, NatsBus, subjects
 from townhall.media.chunk import Chunk
-
-CHUNK_S = 0.1
-
-
-def ws_base(served: Served) -> str:
-    return served.url.replace("http://", "ws://")
-
-
-def live_space(served: Served, title: str = "edge test", private: bool = False
-               ) -> tuple[str, str]:
-    """A live Space created through the api; returns (id, host token)."""
-    token = served.session("host")
-    with served.client(token) as c:
-        r = c.post("/api/v1/spaces", json={"title": title, "private": private})
-        assert r.status_code == 201, r.text
-        space = r.json()["id"]
-        r = c.post(f"/api/v1/spaces/{space}/start")
-        assert r.status_code == 200, r.text
-    return str(space), token
-
-
-class Producer:
-    """Publishes tone chunks every ``interval`` seconds until stopped."""
-
-    def __init__(self, bus: Bus, space: str, interval: float = CHUNK_S) -> None:
-        self.bus = bus
-        self.space = space
-        self.interval = interval
-        self.tone = ToneChunks(440.0)
-        self.last = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def publish(self, n: int = 1, gap: float = 0.0) -> None:
-        for _ in range(n):
-            if gap:
-                await asyncio.sleep(gap)
-            chunk = self.tone.next()
-            await self.bus.publish(subjects.media(self.space), chunk.encode())
-            self.last = chunk.seq
-
-    async def _run(self) -> None:
-        while True:
-            await self.publish()
-            await asyncio.sleep(self.interval)
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.bus.flush()
 
 
 @pytest.fixture
@@ -97,38 +44,6 @@ def edge_server(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Any:
                             "--roles", "api,edge")
     yield served
     served.stop()
-
-
-class Listener:
-    """A WebSocket listener recording hello, text frames and chunk sequence numbers."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.hello: dict[str, Any] = {}
-        self.texts: list[dict[str, Any]] = []
-        self.seqs: list[int] = []
-
-    @classmethod
-    async def open(cls, url: str) -> Listener:
-        ws = await connect(url, open_timeout=30)
-        self = cls(ws)
-        self.hello = json.loads(await asyncio.wait_for(ws.recv(), 30))
-        assert self.hello["type"] == "hello"
-        return self
-
-    async def until(self, seq: int, timeout: float = 60) -> None:
-        """Read until a chunk with sequence >= ``seq`` arrived."""
-        async with asyncio.timeout(timeout):
-            while not self.seqs or self.seqs[-1] < seq:
-                msg = await self.ws.recv()
-                if isinstance(msg, bytes):
-                    self.seqs.append(Chunk.decode(msg).seq)
-                else:
-                    self.texts.append(json.loads(msg))
-
-
-def contiguous(seqs: list[int]) -> bool:
-    return seqs == list(range(seqs[0], seqs[0] + len(seqs)))
 
 
 async def close_code(url: str) -> int | None:
@@ -174,14 +89,14 @@ async def test_state_first_then_200_ws_and_50_ogg_listeners_get_every_chunk(
         listeners = await asyncio.gather(*[
             Listener.open(f"{ws_base(edge_server)}/ws/{space}") for _ in range(200)])
         oggs_started = [asyncio.Event() for _ in range(50)]
-        await asyncio.sleep(0.5)
         ogg_target = producer.last + 30
         oggs = [asyncio.ensure_future(ogg_page_numbers(
             f"{edge_server.url}/listen/{space}.opus", ogg_target + 2, ev))
             for ev in oggs_started]
         first = listeners[0]
         assert first.hello["space"] == space and first.hello["resumed"] is False
-        await asyncio.sleep(0.5)
+        async with asyncio.timeout(30):  # all 50 Ogg streams answered
+            await asyncio.gather(*[ev.wait() for ev in oggs_started])
         target = producer.last + 20
         await asyncio.gather(*[lis.until(target) for lis in listeners])
         for lis in listeners:
@@ -198,7 +113,8 @@ async def test_state_first_then_200_ws_and_50_ogg_listeners_get_every_chunk(
         lis = listeners[0]
         gone_after = lis.seqs[-1]
         await asyncio.gather(*[x.ws.close() for x in listeners])
-        await asyncio.sleep(1.0)
+        await until_async(lambda: producer.last >= gone_after + 10, 10,
+                          "ten chunks published while the listener is away")
         back = await Listener.open(f"{ws_base(edge_server)}/ws/{space}?from={gone_after + 1}")
         assert back.hello["resumed"] is True and back.hello["from"] == gone_after + 1
         await back.until(producer.last + 5)
@@ -339,13 +255,6 @@ async def test_flooding_listener_is_closed_alone(edge_server: Served, bus: Bus) 
         await producer.stop()
 
 
-async def metric(served: Served, name: str) -> float:
-    async with httpx.AsyncClient(timeout=10) as http:
-        text = (await http.get(f"{served.url}/metrics")).text
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(name + " ") or line.startswith(name + "{"))
-
-
 async def test_a_listener_that_stops_reading_is_skipped_then_closed_alone(
         edge_server: Served, bus: Bus) -> None:
     space, _ = live_space(edge_server)
@@ -475,12 +384,13 @@ async def test_counts_and_reactions_reach_the_snapshot_and_end_closes_4410(
             await lis.ws.send(json.dumps({"type": "react", "emoji": "👏"}))
         async with httpx.AsyncClient(base_url=edge_server.url, timeout=10,
                                      headers=headers) as http:
-            snap: dict[str, Any] = {}
-            async with asyncio.timeout(30):
-                while not (snap.get("listeners") == 5
-                           and snap.get("reactions", {}).get("👏", 0) >= 3):
-                    await asyncio.sleep(0.3)
-                    snap = (await http.get(f"/api/v1/spaces/{space}")).json()
+            async def counted() -> bool:
+                snap = (await http.get(f"/api/v1/spaces/{space}")).json()
+                return bool(snap.get("listeners") == 5
+                            and snap.get("reactions", {}).get("👏", 0) >= 3)
+
+            await until_async(counted, 30, "5 listeners and 3 👏 in the snapshot",
+                              every_s=0.3)
             where = (await http.get(f"/api/v1/spaces/{space}/listen")).json()
             assert where["edges"] and where["edges"][0]["ws"].endswith(f"/ws/{space}")
             r = await http.post(f"/api/v1/spaces/{space}/end")

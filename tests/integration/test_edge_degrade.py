@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from websockets.asyncio.client import connect
 
 from tests.conftest import start_townhall
-from tests.integration.test_edge import live_space
+from tests.edges import live_space
 from tests.tone import ToneChunks
 from townhall.app import build_app
 from townhall.bus import Bus, NatsBus, subjects

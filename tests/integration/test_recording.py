@@ -16,7 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served, running
+from tests.stages import speak
 from tests.waiting import until
 from townhall.bus import NatsBus
 from townhall.recording.recorder import (
@@ -31,17 +32,13 @@ pytestmark = pytest.mark.timeout(300)
 RATE = 48_000
 
 
-def guest(served: Served, name: str) -> tuple[str, str]:
-    who = httpx.post(f"{served.url}/api/v1/sessions", json={"name": name}, timeout=10).json()
-    return str(who["token"]), str(who["identity"])
-
-
-def speak(served: Served, space: str, token: str, hz: int, seconds: float) -> None:
-    subprocess.run([sys.executable, "-m", "townhall", "speak", "--url", served.url,
-                    "--space", space, "--token", token, "--tone", str(hz),
-                    "--seconds", str(seconds)],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
-                   timeout=60)
+def speak_out(served: Served, space: str, token: str, hz: int, seconds: float) -> None:
+    """`townhall speak` a tone for ``seconds``, to its successful end."""
+    speaker = speak(served, space, token, hz=hz, seconds=seconds)
+    try:
+        assert speaker.wait(60) == 0
+    finally:
+        speaker.kill()
 
 
 def decode(data: bytes, tmp: Path, suffix: str = ".opus") -> np.ndarray:
@@ -89,15 +86,15 @@ def served(townhall_shared: Served) -> Served:
 @pytest.fixture(scope="module")
 def recorded(served: Served) -> dict[str, Any]:
     """A recorded Space: 440 Hz, then 880 Hz, then the end; its finished snapshot."""
-    host, _ = guest(served, "Ada")
+    host, _ = served.guest("Ada")
     with served.client(host) as c:
         snap = c.post("/api/v1/spaces", json={"title": "Tones", "record": True}).json()
         assert snap["recording"] is True
         space = snap["id"]
         live = c.post(f"/api/v1/spaces/{space}/start").json()
         assert live["recording"] is True
-    speak(served, space, host, 440, 4)
-    speak(served, space, host, 880, 4)
+    speak_out(served, space, host, 440, 4)
+    speak_out(served, space, host, 880, 4)
     with served.client(host) as c:
         ended = c.post(f"/api/v1/spaces/{space}/end").json()
 
@@ -205,7 +202,7 @@ def test_clip_of_five_seconds_is_the_right_tone(served: Served, recorded: dict[s
 
 def test_who_may_clip_and_what(served: Served, recorded: dict[str, Any]) -> None:
     space, host = recorded["space"], recorded["host"]
-    listener, _ = guest(served, "Bo")
+    listener, _ = served.guest("Bo")
     with served.client(listener) as c:
         problem(c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0, "duration": 5}),
                 403, "not-on-stage")
@@ -219,7 +216,7 @@ def test_who_may_clip_and_what(served: Served, recorded: dict[str, Any]) -> None
 
 
 def test_unrecorded_space_has_no_replay(served: Served) -> None:
-    host, _ = guest(served, "Cy")
+    host, _ = served.guest("Cy")
     with served.client(host) as c:
         space = c.post("/api/v1/spaces", json={"title": "Off the record"}).json()["id"]
         c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
@@ -231,8 +228,8 @@ def test_unrecorded_space_has_no_replay(served: Served) -> None:
 
 
 def test_record_toggle_is_the_hosts(served: Served) -> None:
-    host, _ = guest(served, "Di")
-    other, _ = guest(served, "Ed")
+    host, _ = served.guest("Di")
+    other, _ = served.guest("Ed")
     with served.client(host) as c:
         space = c.post("/api/v1/spaces", json={"title": "Toggle"}).json()["id"]
         c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
@@ -269,7 +266,7 @@ def test_deleted_recording_is_gone(served: Served, recorded: dict[str, Any]) -> 
     space, host = recorded["space"], recorded["host"]
     with served.client(host) as c:
         clip = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0, "duration": 1}).json()
-    listener, _ = guest(served, "Fa")
+    listener, _ = served.guest("Fa")
     with served.client(listener) as c:
         problem(c.delete(f"/api/v1/spaces/{space}/recording"), 403, "not-host")
     with served.client(host) as c:
@@ -286,14 +283,10 @@ def test_deleted_recording_is_gone(served: Served, recorded: dict[str, Any]) -> 
 def test_expired_recording_is_swept_and_answers_410(tmp_path: Path) -> None:
     # Kept ~0.9 s: it is ready only after the end's 2 s settling, so already expired; the
     # sweep (every 0.5 s at this retention) deletes its files and marks it expired.
-    s = start_townhall(tmp_path / "data", "--recording-days", "0.00001")
-    try:
-        host, _ = guest(s, "Gu")
-        with s.client(host) as c:
-            space = c.post("/api/v1/spaces", json={"title": "Brief", "record": True}
-                           ).json()["id"]
-            c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
-        speak(s, space, host, 440, 1)  # returns once a stage has taken a second of tone
+    with running(tmp_path / "data", "--recording-days", "0.00001") as s:
+        host, _ = s.guest("Gu")
+        space = s.live_space(host, "Brief", record=True)
+        speak_out(s, space, host, 440, 1)  # returns once a stage has taken a second of tone
         with s.client(host) as c:
             clip = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0, "duration": 0.5})
             assert clip.status_code == 201, clip.text
@@ -312,8 +305,6 @@ def test_expired_recording_is_swept_and_answers_410(tmp_path: Path) -> None:
         problem(httpx.get(f"{s.url}{clip['url']}", timeout=10), 410, "recording-expired")
         assert httpx.get(f"{s.url}/c/{clip['id']}", timeout=10).status_code == 404
         assert asyncio.run(stored(s, space, clip["id"])) == []
-    finally:
-        s.stop()
 
 
 async def stored(s: Served, space: str, clip: str) -> list[str]:
@@ -346,14 +337,9 @@ def listed(text: str) -> list[str]:
 
 
 def test_ffmpeg_plays_hls_live_and_after_the_end(served: Served) -> None:
-    host, _ = guest(served, "Hal")
-    with served.client(host) as c:
-        space = c.post("/api/v1/spaces", json={"title": "HLS", "record": True}).json()["id"]
-        c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
-    speaker = subprocess.Popen(
-        [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
-         "--token", host, "--tone", "880", "--seconds", "60"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    host, _ = served.guest("Hal")
+    space = served.live_space(host, "HLS", record=True)
+    speaker = speak(served, space, host, hz=880, seconds=60)
     base = f"{served.url}/hls/{space}"
     playlist = f"{base}/opus.m3u8"
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import wave
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests import stages
 from tests.conftest import Served
 from tests.stages import live_space_with
 from tests.waiting import until_async
@@ -42,11 +42,9 @@ def read_wav(path: Path) -> np.ndarray:
 
 def speak(served: Served, space: str, token: str, hz: int, seconds: float,
           out: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
-         "--token", token, "--tone", str(hz), "--seconds", str(seconds),
-         "--return-out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=(out.with_suffix(".log")).open("wb"))
+    """A tone speaker that writes what it hears back (its return feed) to ``out``."""
+    return stages.speak(served, space, token, out.with_suffix(".log"), hz=hz, seconds=seconds,
+                        extra=("--return-out", str(out)))
 
 
 async def test_two_speakers_mixed_once_each_hears_only_the_other(served: Served,
@@ -125,12 +123,8 @@ async def test_removed_speaker_is_cut_off_and_cannot_publish_again(served: Serve
         pcm = np.concatenate([decoder.decode(p) for c in heard[-10:] for p in c.packets])
         return band_db(pcm, 550) - band_db(pcm, 2000)
 
-    for _ in range(200):
-        await asyncio.sleep(0.1)
-        if len(heard) > 10 and recent_550() > 30:
-            break
-    else:
-        raise AssertionError("the speaker never reached the program")
+    await until_async(lambda: len(heard) > 10 and recent_550() > 30, 20,
+                      "the speaker in the program")
     async with httpx.AsyncClient(base_url=served.url, timeout=10) as c:
         r = await c.post(f"/api/v1/spaces/{space}/actions",
                          json={"action": "remove", "identity": gone_id, "block": True},

@@ -15,8 +15,7 @@ import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from tests.conftest import Served
-from tests.integration.test_stage_program import guest, spawn_speaker
-from tests.stages import stage_child, tone_db
+from tests.stages import speak, stage_child, tone_db
 from tests.waiting import until_async
 from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message
@@ -25,7 +24,7 @@ from townhall.client import whip
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.procs import stop_process
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.realtime]
 
 
 class FloodTrack(MediaStreamTrack):
@@ -58,10 +57,8 @@ async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(
     flood = FloodTrack()
     try:
         _, nats = stage_child(served.proc.pid)
-        (host, _), (bob, bob_id) = guest(served, "Ada"), guest(served, "Bob")
-        with served.client(host) as c:
-            space = c.post("/api/v1/spaces", json={"title": "Flood"}).json()["id"]
-            c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
+        (host, _), (bob, bob_id) = served.guest("Ada"), served.guest("Bob")
+        space = served.live_space(host, "Flood")
         async with httpx.AsyncClient(base_url=served.url, timeout=20) as http:
             (await http.post(f"/api/v1/spaces/{space}/actions", json={"action": "request"},
                              headers={"Authorization": f"Bearer {bob}"})).raise_for_status()
@@ -75,7 +72,7 @@ async def test_a_flooding_speaker_cannot_speed_up_or_break_the_mix(
 
             bus = await NatsBus.connect([nats], setup=False, auth=served.nats_auth())
             await bus.subscribe(subjects.media(space), on_media)
-            speaker = spawn_speaker(served, space, host, tmp_path / "speak.log")
+            speaker = speak(served, space, host, tmp_path / "speak.log", seconds=60)
             pc.addTransceiver(flood, direction="sendrecv")
             await pc.setLocalDescription(await pc.createOffer())
             # 503 until the stage process is up and owns the Space

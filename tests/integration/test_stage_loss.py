@@ -23,7 +23,7 @@ from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.media.opus import OpusDecoder
 from townhall.procs import stop_process
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.realtime]
 SPEAK_S = 14
 
 

@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import Served
-from tests.stages import stage_child
+from tests.stages import speak, stage_child
 from tests.waiting import until
 from townhall.procs import stop_process
 
@@ -60,14 +59,8 @@ def test_stage_metrics_on_the_api(tmp_path: Path, townhall: Served) -> None:
         assert m["townhall_stage_report_age_seconds"][node] < 5
 
         host = served.session("Ada")
-        with served.client(host) as c:
-            space = c.post("/api/v1/spaces", json={"title": "Metrics"}).json()["id"]
-            c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
-        speaker = subprocess.Popen(
-            [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space",
-             space, "--token", host, "--tone", "440", "--seconds", "90"],
-            stdout=subprocess.DEVNULL, stderr=(tmp_path / "speak.log").open("wb"),
-            stdin=subprocess.DEVNULL)
+        space = served.live_space(host, "Metrics")
+        speaker = speak(served, space, host, tmp_path / "speak.log")
         scraped(served, lambda m: m["townhall_stage_speakers"].get(node) == 1, 40, "one speaker")
 
         # Ticks grow at the mixer's 50 a second (generous bounds: a loaded 2-core box):

@@ -6,17 +6,14 @@ once the Space ends (its lease released)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from tests.conftest import Served
-from tests.stages import stage_child
+from tests.stages import speak, stage_child
 from tests.waiting import until_async
 from townhall.bus import NatsBus, subjects
 from townhall.bus.bus import Message
@@ -33,21 +30,9 @@ def served(townhall_shared: Served) -> Served:
     return townhall_shared
 
 
-def spawn_speaker(served: Served, space: str, token: str, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
-         "--token", token, "--tone", "440", "--seconds", "60"],
-        stdout=subprocess.DEVNULL, stderr=log.open("wb"), stdin=subprocess.DEVNULL)
-
-
-def guest(served: Served, name: str) -> tuple[str, str]:
-    who = httpx.post(f"{served.url}/api/v1/sessions", json={"name": name}, timeout=10).json()
-    return str(who["token"]), str(who["identity"])
-
-
 async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
     _, nats = stage_child(served.proc.pid)
-    host, me = guest(served, "Ada")
+    host, me = served.guest("Ada")
     with served.client(host) as c:
         space = c.post("/api/v1/spaces", json={"title": "Program"}).json()["id"]
     chunks: list[Chunk] = []
@@ -82,7 +67,7 @@ async def test_silence_levels_and_end(served: Served, tmp_path: Path) -> None:
         assert int(np.abs(quiet.astype(np.int32)).max()) < 100
         assert levels == []  # nobody on a WHIP session: nothing to report
 
-        speaker = spawn_speaker(served, space, host, tmp_path / "speak.log")
+        speaker = speak(served, space, host, tmp_path / "speak.log", seconds=60)
 
         def speaking() -> bool:
             return any(me in lv.speaking for _, lv in levels)

@@ -21,11 +21,11 @@ CAP = 10
 def live_space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, str]]:
     served = start_townhall(tmp_path_factory.mktemp("storm"),
                             env={"TOWNHALL_EDGE_CAPACITY": str(CAP)})
-    host = served.client(served.session("host"))
-    space = host.post("/api/v1/spaces", json={"title": "storm"}).json()["id"]
-    assert host.post(f"/api/v1/spaces/{space}/start").status_code == 200
+    token = served.session("host")
+    space = served.live_space(token, "storm")
     yield served, space
-    host.post(f"/api/v1/spaces/{space}/end")
+    with served.client(token) as host:
+        host.post(f"/api/v1/spaces/{space}/end")
     served.stop(timeout=10)
 
 
@@ -116,9 +116,7 @@ def test_unreachable_url_exits_nonzero() -> None:
 @pytest.fixture(scope="module")
 def open_space(townhall_shared: Served) -> tuple[Served, str]:
     """A live Space on a server with the default edge capacity (nobody is refused)."""
-    host = townhall_shared.client(townhall_shared.session("host"))
-    space = host.post("/api/v1/spaces", json={"title": "viral page"}).json()["id"]
-    assert host.post(f"/api/v1/spaces/{space}/start").status_code == 200
+    space = townhall_shared.live_space(townhall_shared.session("host"), "viral page")
     return townhall_shared, space
 
 

@@ -13,11 +13,7 @@ from tests.conftest import Served
 
 def live_public(served: Served, title: str = "Crawlable hall") -> tuple[str, str]:
     token = served.session("Grace Host")
-    with served.client(token) as c:
-        space = c.post("/api/v1/spaces", json={"title": title,
-                                               "description": "Q&A <live>"}).json()["id"]
-        assert c.post(f"/api/v1/spaces/{space}/start").status_code == 200
-    return space, token
+    return served.live_space(token, title, description="Q&A <live>"), token
 
 
 def meta(html: str) -> dict[str, str]:

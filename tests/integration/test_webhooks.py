@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served, running, start_townhall
 from tests.waiting import until
 
 KEY = b"townhall-webhook-test-key-32-bytes!!"
@@ -120,12 +120,6 @@ def hooks_file(tmp_path: Path, url: str) -> Path:
     return path
 
 
-def guest(served: Served, name: str) -> tuple[str, str]:
-    r = httpx.post(f"{served.url}/api/v1/sessions", json={"name": name}, timeout=10)
-    r.raise_for_status()
-    return str(r.json()["token"]), str(r.json()["identity"])
-
-
 def call(served: Served, token: str, path: str, **body: Any) -> dict[str, Any]:
     r = httpx.post(f"{served.url}/api/v1{path}", json=body or None, timeout=10,
                    headers={"Authorization": f"Bearer {token}"})
@@ -149,10 +143,9 @@ def test_signed_retried_in_order_and_nothing_lost_across_a_restart(
     rec, url = receiver
     config = hooks_file(tmp_path, url)
     data = tmp_path / "data"
-    served = start_townhall(data, "--webhooks", str(config))
-    try:
-        host, _ = guest(served, "Ada")
-        bob, bob_id = guest(served, "Bob")
+    with running(data, "--webhooks", str(config)) as served:
+        host, _ = served.guest("Ada")
+        bob, bob_id = served.guest("Bob")
         space = call(served, host, "/spaces", title="Hooked")["id"]
         call(served, host, f"/spaces/{space}/start")
         call(served, bob, f"/spaces/{space}/actions", action="request")
@@ -177,11 +170,8 @@ def test_signed_retried_in_order_and_nothing_lost_across_a_restart(
         until(lambda: any(a.answer == "503" for a in rec.all()), 30,
               "a refused attempt of the first event after the end", every_s=0.05)
         assert served.stop() == 0
-    finally:
-        served.stop()
     rec.mode = "200"
-    served = start_townhall(data, "--webhooks", str(config))
-    try:
+    with running(data, "--webhooks", str(config)) as served:
         final = [*wanted, "speaker.left", "speaker.left", "space.ended"]
         until(lambda: types_of(space, rec.accepted()) == final, 30,
               "the events of the end delivered after the restart", every_s=0.05)
@@ -191,8 +181,6 @@ def test_signed_retried_in_order_and_nothing_lost_across_a_restart(
         assert refused <= {a.id for a in rec.accepted()}
         text = httpx.get(f"{served.url}/metrics", timeout=10).text
         assert 'townhall_webhook_sent_total{endpoint="site"}' in text
-    finally:
-        served.stop()
 
 
 def test_a_missing_webhooks_file_stops_serve_before_it_starts(tmp_path: Path) -> None:

@@ -58,9 +58,7 @@ async def test_whip_while_no_stage_holds_the_space_is_refused_at_once(
     bus = await NatsBus.connect([nats_url])
     try:
         token = served.session("host")
-        with served.client(token) as c:
-            space = c.post("/api/v1/spaces", json={"title": "no stage"}).json()["id"]
-            assert c.post(f"/api/v1/spaces/{space}/start").status_code == 200
+        space = served.live_space(token, "no stage")
         await lease(bus, space, held=True, bound_s=60)
         entry = await bus.kv_get(subjects.LEASES_BUCKET, space)
         assert entry is not None

@@ -24,7 +24,7 @@ from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 
 from tests.conftest import Served, start_townhall
-from tests.integration.test_edge import Listener, Producer, live_space, metric, ws_base
+from tests.edges import Listener, Producer, live_space, metric, ws_base
 from townhall.bus import Bus, NatsBus, subjects
 from townhall.media.chunk import Chunk
 

@@ -42,14 +42,6 @@ def guest(s: Served, name: str = "Guest", address: str | None = None) -> tuple[s
     return str(r.json()["token"]), str(r.json()["identity"])
 
 
-def live_space(s: Served, host: str, **extra: object) -> str:
-    r = call(s, "POST", "/api/v1/spaces", host, {"title": "probe", **extra})
-    assert r.status_code == 201, r.text
-    space = str(r.json()["id"])
-    assert call(s, "POST", f"/api/v1/spaces/{space}/start", host).status_code == 200
-    return space
-
-
 def act(s: Served, space: str, token: str, action: str, **body: object) -> httpx.Response:
     return call(s, "POST", f"/api/v1/spaces/{space}/actions", token,
                 {"action": action, **body})
@@ -85,7 +77,7 @@ def served(townhall_shared: Served) -> Served:
 async def test_a_private_space_is_silent_and_absent_to_every_token_not_granted_for_it(
         served: Served) -> None:
     host, _ = guest(served, "Host")
-    space = live_space(served, host, private=True)
+    space = served.live_space(host, private=True)
     stranger, _ = guest(served, "Stranger")
     # The "blocked person's fresh guest session" of the issue is such a stranger too.
     strangers = {
@@ -116,7 +108,7 @@ async def test_a_private_space_is_silent_and_absent_to_every_token_not_granted_f
 async def test_a_host_can_let_an_identity_into_a_private_space_and_out_again(
         served: Served) -> None:
     host, _ = guest(served, "Host")
-    space = live_space(served, host, private=True)
+    space = served.live_space(host, private=True)
     friend = mint(served, "friend-1", role="listener")
     assert ogg_status(served, space, friend) == 404
     assert act(served, space, host, "allow", identity="friend-1").status_code == 200
@@ -140,7 +132,7 @@ async def test_a_host_can_let_an_identity_into_a_private_space_and_out_again(
 def test_a_listener_role_token_with_the_hosts_identity_cannot_moderate_end_or_publish(
         served: Served) -> None:
     host = mint(served, "host-lr", role="host")
-    space = live_space(served, host)
+    space = served.live_space(host)
     bob, bob_id = guest(served, "Bob")
     assert act(served, space, bob, "request").status_code == 200
     fake = mint(served, "host-lr", role="listener")
@@ -167,7 +159,7 @@ def test_a_listener_role_token_with_the_hosts_identity_cannot_moderate_end_or_pu
 async def test_a_blocked_guests_new_session_from_the_same_network_stays_blocked(
         served: Served) -> None:
     host = mint(served, "host-bl", role="host")
-    space = live_space(served, host)
+    space = served.live_space(host)
     troll, troll_id = guest(served, "Troll", address="203.0.113.50")
     assert act(served, space, troll, "request").status_code == 200
     assert act(served, space, host, "remove", identity=troll_id, block=True).status_code == 200
@@ -192,7 +184,7 @@ async def test_a_blocked_guests_new_session_from_the_same_network_stays_blocked(
 
 def test_a_token_bound_to_one_space_cannot_react_or_act_in_another(served: Served) -> None:
     host = mint(served, "host-bound", role="host")
-    mine, other = live_space(served, host), live_space(served, host)
+    mine, other = served.live_space(host), served.live_space(host)
     bound = mint(served, "bound-1", role="speaker", space=mine)
     r = call(served, "POST", f"/api/v1/spaces/{other}/reactions", bound, {"emoji": "👏"})
     assert r.status_code == 403 and r.json()["type"] == "/problems/insufficient-grant", r.text
@@ -204,7 +196,7 @@ def test_a_token_bound_to_one_space_cannot_react_or_act_in_another(served: Serve
 async def test_signed_in_only_spaces_refuse_anonymous_and_guest_listeners(
         served: Served) -> None:
     host = mint(served, "host-sio", role="host")
-    space = live_space(served, host, signed_in_only=True)
+    space = served.live_space(host, signed_in_only=True)
     g, _ = guest(served, "G")
     assert await first_event(ws_url(served, space, None)) == ("close", 4401)
     assert await first_event(ws_url(served, space, g)) == ("close", 4403)
@@ -240,7 +232,7 @@ def test_titles_invites_and_identities_are_checked(served: Served) -> None:
     assert r.status_code == 422 and r.json()["type"] == "/problems/bidi-control"
     r = call(served, "POST", "/api/v1/spaces", host, {"title": "ok", "description": "\x00"})
     assert r.status_code == 422 and r.json()["type"] == "/problems/control-character"
-    space = live_space(served, host)
+    space = served.live_space(host)
     r = act(served, space, host, "invite", identity="not an identity")
     assert r.status_code == 422 and r.json()["type"] == "/problems/bad-identity"
     r = act(served, space, host, "invite", identity="bob", name="\u0007Bob")

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Served, start_townhall
+from tests.conftest import Served, running, start_townhall
 from tests.waiting import until_async
 from townhall.app import build_app
 from townhall.auth import TokenIssuer, load_or_create_secret
@@ -326,8 +326,7 @@ def test_a_same_host_proxy_sending_forwarded_is_not_waved_through(budgeted: Serv
 def test_only_trusted_proxies_name_the_client(tmp_path: Path) -> None:
     """With the proxy elsewhere, a loopback caller's X-Forwarded-For is not believed: the
     made-up addresses all count as this one caller."""
-    s = start_townhall(tmp_path / "data", "--trusted-proxies", "192.0.2.0/24")
-    try:
+    with running(tmp_path / "data", "--trusted-proxies", "192.0.2.0/24") as s:
         made_up = iter(range(1, 255))
         statuses = until_refused(lambda: httpx.post(
             f"{s.url}/api/v1/sessions", json={"name": "Spoof"}, timeout=10,
@@ -336,8 +335,6 @@ def test_only_trusted_proxies_name_the_client(tmp_path: Path) -> None:
         # This machine's own unproxied calls stay unlimited (the default open mode).
         assert httpx.post(f"{s.url}/api/v1/sessions", json={"name": "Me"},
                           timeout=10).status_code == 201
-    finally:
-        s.stop()
 
 
 # --- the stage ----------------------------------------------------------------------------

@@ -19,18 +19,11 @@ def served(townhall_shared: Served) -> Served:
     return townhall_shared
 
 
-def guest(served: Served, name: str) -> str:
-    return str(httpx.post(f"{served.url}/api/v1/sessions", json={"name": name},
-                          timeout=10).json()["token"])
-
-
 def test_private_recording_is_for_its_people_only(served: Served, tmp_path: Path) -> None:
-    host, stranger = guest(served, "Ada"), guest(served, "Mallory")
+    host, stranger = served.session("Ada"), served.session("Mallory")
     auth = {"Authorization": f"Bearer {host}"}
+    space = served.live_space(host, "Board", private=True, record=True)
     with served.client(host) as c:
-        space = c.post("/api/v1/spaces", json={"title": "Board", "private": True,
-                                               "record": True}).json()["id"]
-        c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
         # Live HLS for the host proves program chunks exist (the stage took the Space).
         until(lambda: c.get(f"/hls/{space}/index.m3u8").status_code == 200, 60,
                  "live segments")
@@ -85,10 +78,8 @@ def test_a_revoked_grant_stops_cached_hls_within_the_ttl(served: Served) -> None
     """Segments answered before are repeated without routing (the fast path), but only
     while the Space's grants allow it: once the host makes the Space signed-in only, the
     same anonymous request is refused within the access cache's 2 s."""
-    host = guest(served, "Hal")
-    with served.client(host) as c:
-        space = c.post("/api/v1/spaces", json={"title": "Open"}).json()["id"]
-        c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
+    host = served.session("Hal")
+    space = served.live_space(host, "Open")
     url = f"{served.url}/hls/{space}/opus.m3u8"
 
     def listed() -> str:

@@ -5,15 +5,14 @@ changed; no answer to one lets a shared cache keep it."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
 from tests.conftest import Served
-from tests.integration.test_recording import RATE, ffmpeg_pcm, peak_hz, speak
+from tests.integration.test_recording import RATE, ffmpeg_pcm, peak_hz, speak_out
+from tests.stages import speak
 from tests.waiting import until
 from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.recording.tickets import Tickets
@@ -39,7 +38,7 @@ def test_signed_links_play_expire_and_stay_with_their_space(served: Served) -> N
                                                "record": True}).json()["id"]
         other = c.post("/api/v1/spaces", json={"title": "Other", "private": True}).json()["id"]
         c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
-    speak(served, space, host, 440, 2)
+    speak_out(served, space, host, 440, 2)
     with served.client(host) as c:
         clip = c.post(f"/api/v1/spaces/{space}/clips", json={"start": 0.5, "duration": 1})
         assert clip.status_code == 201, clip.text
@@ -129,10 +128,7 @@ def test_a_ticket_plays_a_private_spaces_hls_live_and_after_the_end(served: Serv
         answers.append(r)
         return r
 
-    speaker = subprocess.Popen(
-        [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
-         "--token", host, "--tone", "660", "--seconds", "60"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    speaker = speak(served, space, host, hz=660, seconds=60)
     try:
         def listing() -> str:
             r = get(f"{base}/index.m3u8?t={t}")

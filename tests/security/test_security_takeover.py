@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.snapshots import space as live_space
 from tests.waiting import until_async
 from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.bus import Bus, subjects
@@ -49,7 +50,7 @@ async def test_a_deposed_stage_stops_at_its_first_refused_chunk(
         stages: tuple[Stage, Stage, Bus]) -> None:
     a, b, watcher = stages
     space = "fenced" + str(id(a))[-6:]
-    snap = {"id": space, "state": "live", "stage": []}
+    snap = live_space(id=space)
     heard: list[int] = []
 
     async def on_media(msg: Message) -> None:

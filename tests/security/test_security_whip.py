@@ -175,20 +175,14 @@ async def watch(served: Served) -> AsyncIterator[Watch]:
     await bus.close()
 
 
-def guest(served: Served, name: str) -> tuple[str, str]:
-    r = httpx.post(f"{served.url}/api/v1/sessions", json={"name": name}, timeout=10)
-    return str(r.json()["token"]), str(r.json()["identity"])
-
-
 def live_space(served: Served, speakers: int = 0, host: str = "") -> tuple[str, list[str]]:
     """A live Space; the tokens of its host and ``speakers`` more people on its stage."""
-    host = host or guest(served, "Host")[0]
+    host = host or served.session("Host")
     tokens = [host]
+    space = served.live_space(host, "whip")
     with served.client(host) as c:
-        space = c.post("/api/v1/spaces", json={"title": "whip"}).json()["id"]
-        c.post(f"/api/v1/spaces/{space}/start").raise_for_status()
         for i in range(speakers):
-            token, ident = guest(served, f"S{i}")
+            token, ident = served.guest(f"S{i}")
             with served.client(token) as s:
                 s.post(f"/api/v1/spaces/{space}/actions",
                        json={"action": "request"}).raise_for_status()
@@ -295,7 +289,7 @@ async def test_delete_with_a_bad_space_or_session_is_404_and_never_reaches_nats(
 async def test_the_stage_checks_offers_itself(served: Served, watch: Watch) -> None:
     """An offer that reaches the stage without the api's check (another api, a bug) is still
     refused by the stage, with the same precise problem."""
-    host, identity = guest(served, "Host")
+    host, identity = served.guest("Host")
     space, _ = live_space(served, host=host)
     await watch.leased(space)
     for sdp, status, slug in ((bomb(213), 422, "too-many-media"),

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import Served, start_townhall
+from tests.stages import speak
+from tests.waiting import until
 from tests.web.chromium import chromium, needs_chromium
 from townhall.procs import stop_process
 
@@ -47,10 +47,7 @@ def open_as(browser: Browser, served: Served, path: str) -> Page:
 def live_space(served: Served, title: str) -> tuple[str, str]:
     """A live Space created over the api; returns (space id, host token)."""
     token = served.session("Host Tone")
-    with served.client(token) as c:
-        space = c.post("/api/v1/spaces", json={"title": title}).json()["id"]
-        assert c.post(f"/api/v1/spaces/{space}/start").status_code == 200
-    return space, token
+    return served.live_space(token, title), token
 
 
 def stats(page: Page) -> dict[str, Any]:
@@ -66,10 +63,7 @@ def test_listener_decodes_speaking_and_resumes_after_a_stall(browser: Browser, t
     page: Page | None = None
     try:
         space, token = live_space(served, "Tone hour")
-        speaker = subprocess.Popen(
-            [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
-             "--token", token, "--tone", "440", "--seconds", "120"],
-            stdout=(tmp_path / "speak.log").open("wb"), stderr=subprocess.STDOUT)
+        speaker = speak(served, space, token, tmp_path / "speak.log", seconds=120)
         page = open_as(browser, served, f"/s/{space}")
         expect(page.get_by_role("heading", name="Tone hour")).to_be_visible()
         try:
@@ -126,10 +120,8 @@ def test_full_edge_shows_a_countdown_and_keeps_retrying(browser: Browser, tmp_pa
         expect(banner).to_contain_text("retrying in", timeout=WAIT_MS)
         # It keeps trying after each countdown, and the page stays on the Space.
         first = stats(page)["connects"]
-        deadline = time.monotonic() + 20
-        while stats(page)["connects"] <= first and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert stats(page)["connects"] > first, stats(page)
+        until(lambda: stats(page)["connects"] > first, 20, "a new try after the countdown",
+              every_s=0.2)
         expect(page.get_by_role("heading", name="Packed hall")).to_be_visible()
         assert stats(page)["state"] == "full"
     finally:

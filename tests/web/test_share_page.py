@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.server
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.conftest import Served, running
+from tests.stages import speak
 from tests.waiting import until
 from tests.web.chromium import chromium, needs_chromium
 from townhall.auth import TokenIssuer, load_or_create_secret
@@ -62,14 +62,9 @@ def hall_on(served: Served, where: Path, *, closed: bool = False) -> Hall:
             "host-tone", "Host Tone", role="host")
     else:
         token = served.session("Host Tone")
-    with served.client(token) as c:
-        space = c.post("/api/v1/spaces", json={"title": TITLE}).json()["id"]
-        assert c.post(f"/api/v1/spaces/{space}/start").status_code == 200
-    speaker = subprocess.Popen(
-        [sys.executable, "-m", "townhall", "speak", "--url", served.url, "--space", space,
-         "--token", token, "--tone", "440", "--seconds", "400"],
-        stdout=(where / "speak.log").open("wb"), stderr=subprocess.STDOUT)
-    return Hall(served, space, token, speaker)
+    space = served.live_space(token, TITLE)
+    return Hall(served, space, token, speak(served, space, token, where / "speak.log",
+                                            seconds=400))
 
 
 @contextmanager

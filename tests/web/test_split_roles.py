@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from playwright.sync_api import Browser
 
 from tests.conftest import fresh_port, spawn_townhall
+from tests.stages import speak
 from tests.waiting import until
 from tests.web.chromium import chromium, needs_chromium
 from townhall.procs import stop_process
@@ -46,8 +46,7 @@ def test_page_from_an_api_only_process_listens_at_the_edge(browser: Browser, tmp
         edge.wait_healthy()
         token = api.session("Host Split")
         with api.client(token) as c:
-            space = c.post("/api/v1/spaces", json={"title": "Split roles"}).json()["id"]
-            assert c.post(f"/api/v1/spaces/{space}/start").status_code == 200
+            space = api.live_space(token, "Split roles")
             # The api process serves no /ws of its own: the page must go to the edge.
             assert c.get(f"/ws/{space}").status_code == 404
             edges = until(lambda: c.get(f"/api/v1/spaces/{space}/listen").json()["edges"], 15,
@@ -55,10 +54,7 @@ def test_page_from_an_api_only_process_listens_at_the_edge(browser: Browser, tmp
             assert [e["ws"] for e in edges] == [f"{edge_url}/ws/{space}"]
             where = c.get(f"/api/v1/spaces/{space}/listen").json()
             assert (where["ws"], where["ogg"]) == (edges[0]["ws"], edges[0]["ogg"])
-        speaker = subprocess.Popen(
-            [sys.executable, "-m", "townhall", "speak", "--url", api.url, "--space", space,
-             "--token", token, "--tone", "440", "--seconds", "120"],
-            stdout=(tmp_path / "speak.log").open("wb"), stderr=subprocess.STDOUT)
+        speaker = speak(api, space, token, tmp_path / "speak.log", seconds=120)
         context = browser.new_context(base_url=api.url)
         page = context.new_page()
         page.set_default_timeout(WAIT_MS)

@@ -18,31 +18,12 @@ from typing import Any
 
 import av
 import pytest
-from playwright.async_api import async_playwright
 
 from tests.waiting import until_async
-from tests.web.chromium import CHROMIUM, needs_chromium
+from tests.web.chromium import OFFER_JS, async_chromium, needs_chromium
 from townhall.stage.ingest import SpeakerSession
 
 pytestmark = [pytest.mark.browser, needs_chromium, pytest.mark.timeout(120)]
-
-OFFER_JS = """
-async () => {
-  const mic = await navigator.mediaDevices.getUserMedia({audio: true});
-  const pc = new RTCPeerConnection();
-  pc.addTransceiver(mic.getAudioTracks()[0], {direction: "sendrecv"});
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise(done => {
-    if (pc.iceGatheringState === "complete") return done();
-    pc.addEventListener("icegatheringstatechange",
-      () => pc.iceGatheringState === "complete" && done());
-    setTimeout(done, 5000);
-  });
-  window.pc = pc;
-  return pc.localDescription.sdp;
-}
-"""
-
 
 class _Blank(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
@@ -98,15 +79,10 @@ async def test_chromium_sends_fec_once_it_hears_of_loss() -> None:
     clock = asyncio.ensure_future(mixer_clock())
     try:
         with loopback_page() as page_url:
-            async with async_playwright() as pw:
-                browser = await pw.chromium.launch(
-                    executable_path=str(CHROMIUM), headless=True, args=[
-                        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-                        "--use-fake-device-for-media-stream",
-                        "--disable-features=WebRtcHideLocalIpsWithMdns"])
+            async with async_chromium() as browser:
                 page = await browser.new_page()
                 await page.goto(page_url)
-                offer = await page.evaluate(OFFER_JS)
+                offer = await page.evaluate(OFFER_JS, [[]])
                 answer = await session.answer(offer)
                 assert "useinbandfec=1" in answer
                 for t in session.pc.getTransceivers():
@@ -115,7 +91,6 @@ async def test_chromium_sends_fec_once_it_hears_of_loss() -> None:
                                     answer)
                 # until Chromium has had receiver reports for a while
                 await until_async(lambda: len(received) > 400, 20, "400 packets from Chromium")
-                await browser.close()
     finally:
         clock.cancel()
         await session.close()

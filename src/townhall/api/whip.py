@@ -274,7 +274,8 @@ def install(app: FastAPI, ctx: Context) -> None:
             raise Unavailable("no stage holds this Space right now; retry shortly",
                               retry_after=1, slug="no-stage")
         budget.take(ident.id, space, time.monotonic())
-        reply = await ask_stage(space, WhipOffer(ident.id, ident.name, sdp), holder=holder)
+        offer = WhipOffer(ident.id, ident.name, sdp, version=snap.version)
+        reply = await ask_stage(space, offer, holder=holder)
         location = f"/whip/{space}/{reply.session}"
         response = Response(reply.sdp or "", status_code=201, media_type="application/sdp",
                             headers={"Location": location})

@@ -63,6 +63,10 @@ class WhipOffer:
     identity: str
     name: str
     sdp: str
+    # The Space's version the api authorized the offer against: a stage whose roster is
+    # older waits briefly for the state message instead of refusing a speaker just put on
+    # stage. Absent from an older api.
+    version: int | None = None
 
 
 @dataclass(frozen=True)

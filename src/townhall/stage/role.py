@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import random
 import time
@@ -65,6 +64,8 @@ from townhall.media.opus import OpusEncoder
 from townhall.media.packager import Packager
 from townhall.media.silence import SILENT_FRAME, Plan, SilenceGate
 from townhall.problems import Problem
+from townhall.room.snapshot import SnapshotError, Space
+from townhall.room.snapshot import decode as decode_space
 from townhall.sdp import check_sdp
 from townhall.stage.counters import ClockWatch, Tally, stage_report
 from townhall.stage.ingest import SpeakerSession
@@ -81,6 +82,7 @@ REPORT_S = 1.0
 ACK_TIMEOUT_S = 1.0     # a chunk's store ack; the next chunk is due 0.1 s after it
 RENEW_TIMEOUT_S = 1.0   # one lease renewal; tending must not hang on a cut-off node
 QUEUED_CHUNKS = 50      # 5 s of chunks waiting for acks; older ones are dropped
+ROSTER_WAIT_S = 1.0     # an offer waits at most this for the state message it was checked on
 UNFENCED_KEPT = 600     # 60 s of chunks sent unfenced while the stream was away
 CLAIM_TRIES = 5         # a takeover's first chunk racing the old owner's last ones
 CLAIM_WAIT_S = 5.0      # ...or waiting for the stream to answer (a leader election)
@@ -96,7 +98,7 @@ CLOSE_TIMEOUT_S = 3.0   # closing speakers' sessions when the stage stops
 class SpaceRun:
     """One owned Space: its speakers, its clock, its encoder and packager."""
 
-    def __init__(self, bus: Bus, space: str, snap: dict[str, Any], packager: Packager,
+    def __init__(self, bus: Bus, space: str, snap: Space, packager: Packager,
                  bitrate: int = 32_000, *, stored_seq: int = 0,
                  on_fenced: Callable[[str], None] | None = None,
                  rivals: RivalReports | None = None,
@@ -126,6 +128,8 @@ class SpaceRun:
         self.encoder = OpusEncoder(bitrate)
         self.stage_ids: set[str] = set()
         self.muted: set[str] = set()
+        self.version = 0  # of the newest snapshot applied
+        self.applied = asyncio.Event()  # set by each snapshot applied
         self.apply(snap)
         self.task: asyncio.Task[None] | None = None
         self.meter = LevelMeter(interval_s=0.25)  # ≤ 4 level messages a second
@@ -148,11 +152,28 @@ class SpaceRun:
             total.add_playout(s.playout)
         return total
 
-    def apply(self, snap: dict[str, Any]) -> list[SpeakerSession]:
-        """A newer snapshot: who is on stage and muted; returns sessions to close."""
-        self.stage_ids = {p["id"] for p in snap.get("stage", [])}
-        self.muted = {p["id"] for p in snap.get("stage", []) if p.get("muted")}
+    def apply(self, snap: Space) -> list[SpeakerSession]:
+        """A newer snapshot: who is on stage and muted; returns sessions to close. An older
+        one (state messages are plain NATS: one may overtake another) changes nothing."""
+        if snap.version < self.version:
+            return []
+        self.version = snap.version
+        self.applied.set()
+        self.stage_ids = {p.id for p in snap.stage}
+        self.muted = {p.id for p in snap.stage if p.muted}
         return [s for s in self.sessions.values() if s.identity not in self.stage_ids]
+
+    async def roster_at(self, version: int, bound_s: float) -> None:
+        """Wait until a snapshot of at least ``version`` was applied, at most ``bound_s``.
+
+        The api authorizes an offer on the stored Space and the stage learns of it from the
+        state message that follows the write: a speaker who offers the moment the host
+        approved them can reach the stage first."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(bound_s):
+                while self.version < version:
+                    self.applied.clear()
+                    await self.applied.wait()
 
     async def run(self) -> None:
         """Mix this Space on the process's shared 20 ms ticker until cancelled or fenced."""
@@ -404,13 +425,13 @@ class Stage:
         self.ice = ctx.settings.ice()
         # Live Spaces as the bucket's watch reports them: tending reads this, never the
         # bucket (ended Spaces pile up there until they expire).
-        self.live: dict[str, dict[str, Any]] = {}
+        self.live: dict[str, Space] = {}
         # Who holds which lease (a watch of the leases bucket) and the rivals' heartbeats.
         self.placement = Placement(self.node, self.max_spaces, subjects.LEASE_TTL_S)
         # What the rivals' heartbeats say they mix and published unstored (takeovers).
         self.rivals = RivalReports()
         # Live Spaces nobody holds, with their snapshot: the claimer takes them one by one.
-        self.pending: dict[str, dict[str, Any]] = {}
+        self.pending: dict[str, Space] = {}
         self._nudge = asyncio.Event()  # pending or the leases' holders changed
         self._claimer: asyncio.Task[None] | None = None
         self.cpu = CpuMeter()
@@ -464,9 +485,14 @@ class Stage:
     def _on_space(self, change: Change) -> None:
         snap = None
         if change.value is not None:
-            with contextlib.suppress(ValueError):
-                snap = json.loads(change.value)
-        if isinstance(snap, dict) and snap.get("state") == "live":
+            try:
+                snap = decode_space(change.value)
+            except SnapshotError as exc:
+                # Not a Space this version reads (a newer api's?): what we knew stands,
+                # rather than stopping a live Space's audio over it.
+                log.warning("skipped a Space document: %s", exc, extra={"space": change.key})
+                return
+        if snap is not None and snap.state == "live":
             self.live[change.key] = snap
             self._consider(change.key, snap)
             return
@@ -503,7 +529,7 @@ class Stage:
                 self.rivals.heard(beat.node, beat.spaces, beat.ahead, now,
                                   draining=beat.draining)
 
-    def _consider(self, space: str, snap: dict[str, Any] | None) -> None:
+    def _consider(self, space: str, snap: Space | None) -> None:
         """A Space is live (``snap``) or not (None): queue it for the claimer while nobody
         holds its lease, forget it otherwise."""
         if snap is None or space in self.runs or space in self._taking \
@@ -514,17 +540,20 @@ class Stage:
         self._nudge.set()
 
     async def _on_state(self, msg: Message) -> None:
-        with contextlib.suppress(ValueError):
-            snap = json.loads(msg.data)
-            space = snap["id"]
-            if space in self.runs:
-                if snap.get("state") != "live":
-                    await self.release(space)
-                    return
-                for s in self.runs[space].apply(snap):
-                    await self._drop(space, s)
-            else:
-                self._consider(space, snap if snap.get("state") == "live" else None)
+        try:
+            snap = decode_space(msg.data)
+        except SnapshotError as exc:
+            log.warning("dropped a state message on %s: %s", msg.subject, exc)
+            return
+        space = snap.id
+        if space in self.runs:
+            if snap.state != "live":
+                await self.release(space)
+                return
+            for s in self.runs[space].apply(snap):
+                await self._drop(space, s)
+        else:
+            self._consider(space, snap if snap.state == "live" else None)
 
     async def _on_control(self, msg: Message) -> None:
         space = msg.subject.split(".")[1]
@@ -590,6 +619,8 @@ class Stage:
             await self._drop(space, found)
             return WhipReply(200)
         identity = req.identity
+        if identity not in run.stage_ids and req.version is not None:
+            await run.roster_at(req.version, ROSTER_WAIT_S)
         if identity not in run.stage_ids:
             return WhipReply(403, "not on this Space's stage")
         try:  # the api checked too; the stage does not count on it
@@ -668,7 +699,7 @@ class Stage:
     def _count(self) -> int:
         return len(self.runs) + len(self._taking)
 
-    async def _claim(self, space: str, snap: dict[str, Any]) -> None:
+    async def _claim(self, space: str, snap: Space) -> None:
         """Race for one Space's lease; if won, start it in the background (the next claim
         need not wait for this one's stream read)."""
         try:
@@ -687,7 +718,7 @@ class Stage:
         if not task.cancelled() and task.exception() is not None:
             log.warning("could not start a Space", exc_info=task.exception())
 
-    async def acquire(self, space: str, snap: dict[str, Any]) -> bool:
+    async def acquire(self, space: str, snap: Space) -> bool:
         """Take ``space`` now (no placement wait); False if another stage holds it."""
         if space in self.runs:
             return True
@@ -756,7 +787,7 @@ class Stage:
                     raise
             await asyncio.sleep(BEGIN_RETRY_S)
 
-    async def _begin(self, space: str, snap: dict[str, Any], rev: int) -> None:
+    async def _begin(self, space: str, snap: Space, rev: int) -> None:
         """Start the clock of a Space whose lease we just created."""
         try:
             last_msg = await self._newest_stored(space)
