@@ -1,4 +1,4 @@
-"""Spaces for unit tests: a document written the way a test reads best (JSON keys,
+"""Spaces for tests: a document written the way a test reads best (JSON keys,
 internal ones with their ``_``), filled up to a whole snapshot and decoded by the one
 codec (townhall.room.snapshot), so tests build what the bucket would hold."""
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from townhall.bus.embedded import free_port
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.media.ogg import OggOpusStream
 from townhall.procs import stop_process
+from townhall.room.snapshot import Person, Space, encode
 
 CHUNK_S = 0.1
 PACKETS_PER_CHUNK = 5
@@ -188,10 +188,9 @@ class TownhallEdge:
 
 async def live_space(bus: Bus, space: str) -> None:
     """The edge alone has no api: the live snapshot goes straight into KV."""
-    snap = {"id": space, "title": "fan-out bench", "state": "live", "version": 1,
-            "private": False, "host": "bench", "stage": [], "requests": [], "invites": [],
-            "listeners": 0, "reactions": {}}
-    await bus.kv_put(subjects.SPACES_BUCKET, space, json.dumps(snap).encode())
+    snap = Space(id=space, title="fan-out bench", description="", state="live", version=1,
+                 private=False, host=Person("bench", "Bench"), created_at=time.time())
+    await bus.kv_put(subjects.SPACES_BUCKET, space, encode(snap))
 
 
 class Source:

@@ -26,12 +26,14 @@ from townhall.bus import NatsBus, subjects
 from townhall.bus.embedded import EmbeddedNats, free_port
 from townhall.procs import stop_process
 from townhall.room import rules
+from townhall.room.snapshot import to_doc
 
 QUERIES = ("", "?state=live", "?state=ended")
 
 
 def _doc(n: int) -> dict[str, Any]:
-    snap = rules.create(f"{n:010d}", rules.Actor("ada", "Ada"), title=f"Space {n}", now=1e9 + n)
+    snap = to_doc(rules.create(f"{n:010d}", rules.Actor("ada", "Ada"), title=f"Space {n}",
+                               now=1e9 + n))
     kind = n % 100
     if kind:
         snap |= {"state": "live", "started_at": 1e9 + n}

@@ -50,6 +50,7 @@ from townhall.bus.embedded import EmbeddedNats  # noqa: E402
 from townhall.cli.speak import SpeakerEncoder  # noqa: E402
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE  # noqa: E402
 from townhall.procs import stop_process  # noqa: E402
+from townhall.room.snapshot import Person, Space, Speaker, encode  # noqa: E402
 
 STAGE_CPU = 0
 REST_CPU = 1
@@ -205,19 +206,18 @@ class TownhallStage:
         for _ in range(n):
             i = len(self.spaces)
             space = f"bench{i:05d}"
-            stage = [{"id": f"{space}-s{k}", "name": f"speaker {k}", "muted": False}
-                     for k in range(speakers)]
-            snap = {"id": space, "title": "spaces bench", "state": "live", "version": 1,
-                    "private": False, "host": "bench", "stage": stage, "requests": [],
-                    "invites": [], "listeners": 0, "reactions": {}}
-            await self.bus.kv_put(subjects.SPACES_BUCKET, space, json.dumps(snap).encode())
+            stage = [Speaker(f"{space}-s{k}", f"speaker {k}") for k in range(speakers)]
+            snap = Space(id=space, title="spaces bench", description="", state="live",
+                         version=1, private=False, host=Person("bench", "Bench"),
+                         created_at=time.time(), stage=stage)
+            await self.bus.kv_put(subjects.SPACES_BUCKET, space, encode(snap))
             self.spaces.append(space)
             new.append((space, stage))
         want = len(self.spaces)
         await until(lambda: self.owned() >= want, 60, f"the stage owning {want} Spaces")
         for space, stage in new:
             for k, who in enumerate(stage):
-                await self.speak(space, str(who["id"]), 200 + 110 * k)
+                await self.speak(space, who.id, 200 + 110 * k)
 
     async def speak(self, space: str, identity: str, hz: float) -> None:
         assert self.bus is not None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.snapshots import space as live_space
 from tests.waiting import until_async
 from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.bus import NatsBus, subjects
@@ -31,6 +31,7 @@ from townhall.bus.bus import Change, Message
 from townhall.bus.embedded import EmbeddedNats
 from townhall.context import Context
 from townhall.procs import stop_process
+from townhall.room.snapshot import encode
 from townhall.settings import Settings
 from townhall.stage import placement
 from townhall.stage.role import SpaceRun, Stage
@@ -95,9 +96,9 @@ async def hearing(group: list[Stage], nodes: set[str]) -> None:
 
 
 async def make_live(bus: NatsBus, prefix: str, count: int) -> list[str]:
-    ids = [f"{prefix}{n:04d}" for n in range(count)]
-    await asyncio.gather(*(bus.kv_put(subjects.SPACES_BUCKET, space, json.dumps(
-        {"id": space, "state": "live", "stage": []}).encode()) for space in ids))
+    ids = [f"{prefix}{n:07d}" for n in range(count)]  # a Space id: 10 of [a-z0-9]
+    await asyncio.gather(*(bus.kv_put(subjects.SPACES_BUCKET, space,
+                                      encode(live_space(id=space))) for space in ids))
     return ids
 
 

@@ -4,7 +4,9 @@ The stage that owned the Space is frozen (SIGSTOP): its NATS subscription stays 
 has not noticed yet) but it no longer renews its lease, as when a stage hangs or its
 machine dies. A speaker's client must learn at once that no stage holds the Space, so it
 retries while another stage takes over, instead of waiting out the api's 15 s request;
-and an offer sent while the frozen stage's lease still stands is answered so once it lapses.
+and an offer sent while the frozen stage's lease still stands is answered so once it lapses,
+or once that stage has sent no heartbeat for 2 s even while its lease stands (a stage cut
+off, or whose NATS client is moving, never gets the request).
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ async def test_whip_while_no_stage_holds_the_space_is_refused_at_once(
         token = served.session("host")
         space = served.live_space(token, "no stage")
         await lease(bus, space, held=True, bound_s=60)
+        entry = await bus.kv_get(subjects.LEASES_BUCKET, space)
+        assert entry is not None
+        holder = entry.value
         os.kill(stage.pid, signal.SIGSTOP)
         with served.client(token) as c:
             # Sent while the frozen stage's lease still stands: the api asks that stage,
@@ -81,6 +86,27 @@ async def test_whip_while_no_stage_holds_the_space_is_refused_at_once(
         assert r.json()["type"].endswith("/problems/no-stage")
         assert int(r.headers["retry-after"]) >= 1
         assert after["state"] == "live" and after["stage"] == before["stage"]
+
+        # The lease names the frozen stage again and stays (renewed here, as by a stage whose
+        # renewals get through while the speaker's request does not): only its silence tells.
+        async def renew() -> None:
+            while True:
+                await bus.kv_put(subjects.LEASES_BUCKET, space, holder)
+                await asyncio.sleep(0.5)
+
+        renewing = asyncio.create_task(renew())
+        try:
+            await lease(bus, space, held=True, bound_s=10)
+            with served.client(token) as c:
+                # Without the heartbeat check the api waited out its 15 s (the lease stood).
+                r = await asyncio.to_thread(
+                    c.post, f"/whip/{space}", content=OFFER, timeout=8,
+                    headers={"Content-Type": "application/sdp"})
+            assert r.status_code == 503, r.text
+            assert r.json()["type"].endswith("/problems/no-stage")
+            assert "stopped answering" in r.json()["detail"]
+        finally:
+            renewing.cancel()
     finally:
         await bus.close()
         served.stop()

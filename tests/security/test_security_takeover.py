@@ -7,6 +7,7 @@ publishing forever next to the new owner, each chunk number heard twice."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.snapshots import space as live_space
 from tests.waiting import until_async
 from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.bus import Bus, subjects
@@ -49,7 +51,7 @@ async def test_a_deposed_stage_stops_at_its_first_refused_chunk(
         stages: tuple[Stage, Stage, Bus]) -> None:
     a, b, watcher = stages
     space = "fenced" + str(id(a))[-6:]
-    snap = {"id": space, "state": "live", "stage": []}
+    snap = live_space(id=space)
     heard: list[int] = []
 
     async def on_media(msg: Message) -> None:
@@ -74,7 +76,11 @@ async def test_a_deposed_stage_stops_at_its_first_refused_chunk(
     assert heard[-10:] == list(range(heard[-10], heard[-10] + 10))
     stored = [Chunk.decode(m.data).seq for m in await watcher.replay(
         subjects.MEDIA_STREAM, subjects.media(space), since_s=30)]
-    assert stored == list(range(stored[0], stored[0] + len(stored))), stored
+    # Stored once each, in order. The new owner skips one number when the deposed owner's
+    # heartbeat still said it mixed the Space (its chunk in flight may reach listeners:
+    # docs/stage.md, "Takeover"), so at most one number is missing, never one repeated.
+    steps = [later - earlier for earlier, later in itertools.pairwise(stored)]
+    assert all(step >= 1 for step in steps) and sum(steps) - len(steps) <= 1, stored
     assert stored[-1] >= max(heard) - 1  # the stream is at most the chunk in flight behind
     lease = await watcher.kv_get(subjects.LEASES_BUCKET, space)
     assert lease is not None and json.loads(json.dumps(lease.value.decode())) == "stage-b"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.snapshots import space as live_space
 from tests.waiting import until_async
 from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.bus import Bus, subjects
@@ -80,7 +81,7 @@ async def test_a_takeover_numbers_past_chunks_listeners_heard_but_the_stream_nev
         "stage-a", spaces=[space], ahead={space: [last.seq, last.pts, last.sent_us]})))
     await until_async(lambda: b.rivals.floor(space), 5, "the heartbeat")
 
-    assert await b.acquire(space, {"id": space, "state": "live", "stage": []})
+    assert await b.acquire(space, live_space(id=space))
     await until_async(lambda: len(heard) >= 46, 10, "the new owner's chunks")
     ours = heard[41:]
     assert ours[0] > 40, f"numbered {ours[0]}, below what listeners heard (40)"
@@ -101,7 +102,7 @@ async def test_an_owner_retakes_a_lease_that_expired_unanswered_but_not_a_taken_
         heard.append(Chunk.decode(msg.data).seq)
 
     await watcher.subscribe(media, on_media)
-    assert await b.acquire(space, {"id": space, "state": "live", "stage": []})
+    assert await b.acquire(space, live_space(id=space))
     await until_async(lambda: len(heard) >= 3, 10, "the owner's chunks")
     # The lease expires while the leases bucket did not answer (here: it is simply gone);
     # the owner's chunks are still stored, so its next renewal takes the lease again.

@@ -7,6 +7,7 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest
 
 from townhall.api.stageboard import StageBoard, StageCollector, families
+from townhall.api.whip import stage_gone
 from townhall.bus.messages import StageHeartbeat, decode_heartbeat, encode
 from townhall.media.playout import Playout
 from townhall.stage.counters import ClockWatch, Tally, stage_report
@@ -75,3 +76,29 @@ def test_exported_names_and_labels() -> None:
         assert line in text, line
     assert "townhall_stage_report_age_seconds{node=\"st-1\"}" in text
     assert all(not f.samples for f in families([]))
+
+
+def test_board_tells_a_silent_stage_and_who_mixes_a_space() -> None:
+    board = StageBoard()
+    assert board.silent_for("a", now=50.0) == 0.0  # not listening yet: it can tell nothing
+    board.listening_since = 100.0
+    assert board.silent_for("a", now=101.5) == 1.5  # never heard: since listening began
+    board.update(StageHeartbeat("a", ["s1"]), now=102.0)
+    board.update(StageHeartbeat("b", ["s2"]), now=102.5)
+    assert board.silent_for("a", now=104.5) == 2.5
+    assert board.mixer("s1", now=103.0) == "a"
+    assert board.mixer("s1", now=104.5) is None  # its heartbeat is older than 2 s
+    assert board.mixer("s3", now=103.0) is None
+    board.update(StageHeartbeat("b", ["s1", "s2"]), now=103.0)  # a takeover: both list s1
+    assert board.mixer("s1", now=103.5) == "b"
+
+
+def test_an_offer_is_given_up_once_its_stage_is_silent_2_s() -> None:
+    board = StageBoard(listening_since=0.0)
+    board.update(StageHeartbeat("a"), now=10.0)
+    assert stage_gone(board, b"a", now=11.9) is None
+    refusal = stage_gone(board, b"a", now=12.1)
+    assert refusal is not None and (refusal.status, refusal.instance_slug) == (503, "no-stage")
+    assert refusal.retry_after == 1
+    assert stage_gone(board, b"ghost", now=1.0) is None
+    assert stage_gone(board, b"ghost", now=2.5) is not None

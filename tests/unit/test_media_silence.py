@@ -10,6 +10,7 @@ import av
 import numpy as np
 
 from tests.fakebus import FakeBus
+from tests.snapshots import space
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE, Chunk
 from townhall.media.levels import audible, level
 from townhall.media.linkquality import LinkReport
@@ -153,7 +154,7 @@ class Speaker:
 def program(gated: bool, uplink: list[bytes]) -> tuple[list[Chunk], SpaceRun, Speaker, int]:
     """Step a Space with one speaker through ``uplink``: its chunks, the run, the speaker,
     and how many ticks called the program encoder."""
-    run = SpaceRun(cast(Any, FakeBus()), "sp1", {"stage": [{"id": "ada"}]},
+    run = SpaceRun(cast(Any, FakeBus()), "sp1", space(stage=[{"id": "ada", "name": "Ada"}]),
                    Packager(next_seq=7, next_pts=7 * 4800))
     if not gated:
         run.gate = SilenceGate(hangover=10**9, quiet=0)
@@ -226,8 +227,8 @@ def test_silence_and_speech_alternating_keep_the_stream_continuous_and_cheap() -
 def test_a_muted_speaker_keeps_the_space_gated_and_still_gets_its_return_feed() -> None:
     up = VoipEncoder()
     uplink = [up.encode(f) for f in tone(100).reshape(-1, FRAME_SAMPLES)]
-    run = SpaceRun(cast(Any, FakeBus()), "sp1", {"stage": [{"id": "ada", "muted": True}]},
-                   Packager())
+    muted = space(stage=[{"id": "ada", "name": "Ada", "muted": True}])
+    run = SpaceRun(cast(Any, FakeBus()), "sp1", muted, Packager())
     speaker = Speaker("ada", uplink)
     run.sessions["s1"] = cast(Any, speaker)
     for tick in range(100):

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from tests.fakebus import FakeBus
+from tests.snapshots import space
 from townhall.auth import TokenIssuer, load_or_create_secret
 from townhall.bus.messages import WhipOffer, decode_whip_request, encode
 from townhall.context import Context
 from townhall.media.packager import Packager
+from townhall.room.snapshot import Space
 from townhall.settings import Settings
 from townhall.stage.role import SpaceRun, Stage
 
@@ -28,17 +30,19 @@ def stage(tmp_path: Path) -> Stage:
                          issuer=TokenIssuer(load_or_create_secret(tmp_path))))
 
 
+def roster(version: int, on_stage: list[str]) -> Space:
+    return space(version=version, stage=[{"id": who, "name": who.title()} for who in on_stage])
+
+
 def run_at(version: int, on_stage: list[str]) -> SpaceRun:
-    return SpaceRun(cast(Any, FakeBus()), "sp1",
-                    {"version": version, "stage": [{"id": who} for who in on_stage]},
-                    Packager())
+    return SpaceRun(cast(Any, FakeBus()), "sp1", roster(version, on_stage), Packager())
 
 
 async def test_an_offer_waits_for_the_roster_it_was_authorized_on(tmp_path: Path) -> None:
     run = run_at(3, ["ada"])
     # The state message naming bob arrives just after the offer (the next loop turn).
     asyncio.get_running_loop().call_soon(
-        run.apply, {"version": 4, "stage": [{"id": "ada"}, {"id": "bob"}]})
+        run.apply, roster(4, ["ada", "bob"]))
     reply = await stage(tmp_path)._whip_reply(
         "sp1", run, WhipOffer("bob", "Bob", NOT_SDP, version=4))
     assert reply.status == 400  # past the roster check: the SDP check refused it
@@ -61,7 +65,7 @@ async def test_an_offer_is_still_refused_when_the_roster_never_names_them(
 
 async def test_an_older_state_message_does_not_undo_a_newer_roster() -> None:
     run = run_at(5, ["ada", "bob"])
-    assert run.apply({"version": 4, "stage": [{"id": "ada"}]}) == []
+    assert run.apply(roster(4, ["ada"])) == []
     assert run.stage_ids == {"ada", "bob"}
     assert run.version == 5
 

@@ -3,7 +3,9 @@
 Every stage publishes a report on ``townhall.stages.<node>`` once a second (see
 townhall.stage.role); each api process keeps the latest per node (``StageBoard``, no I/O)
 and exports them through a custom Prometheus collector, labelled by node. A stage not
-heard from for ``STALE_S`` is dropped.
+heard from for ``STALE_S`` is dropped. WHIP (townhall.api.whip) reads the board too: an
+offer to a stage silent for ``SILENT_S`` is given up, and a Space's owner can be told from
+the heartbeats while the leases bucket does not answer (a raft election).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from townhall.context import Context
 
 log = logging.getLogger(__name__)
 STALE_S = 10.0
+SILENT_S = 2.0  # two heartbeats missed: the stage is dead, cut off, or its NATS client moving
 
 # (report key, metric name without _total, help)
 COUNTERS = (
@@ -51,10 +54,25 @@ class StageBoard:
 
     stale_s: float = STALE_S
     reports: dict[str, tuple[StageHeartbeat, float]] = field(default_factory=dict)
+    listening_since: float | None = None  # when the subscription began (None: not yet)
 
     def update(self, report: StageHeartbeat, now: float) -> None:
         """A heartbeat received at monotonic ``now``."""
         self.reports[report.node] = (report, now)
+
+    def silent_for(self, node: str, now: float) -> float:
+        """Seconds since ``node``'s last heartbeat; for a node never heard, since the board
+        began listening (0 before that: a board not listening can tell nothing)."""
+        if node in self.reports:
+            return now - self.reports[node][1]
+        return 0.0 if self.listening_since is None else now - self.listening_since
+
+    def mixer(self, space: str, now: float, within: float = SILENT_S) -> str | None:
+        """The stage whose latest heartbeat, at most ``within`` s old, lists ``space`` (the
+        most recently heard if two do, as for a moment in a takeover); None if none."""
+        heard = [(at, r.node) for r, at in self.reports.values()
+                 if now - at <= within and space in r.spaces]
+        return max(heard)[1] if heard else None
 
     def current(self, now: float) -> list[tuple[StageHeartbeat, float]]:
         """(report, age in seconds) of every stage heard from within ``stale_s``."""
@@ -135,6 +153,8 @@ def install(app: FastAPI, ctx: Context) -> None:
 
     async def start() -> None:
         await ctx.bus.subscribe(subjects.STAGES, on_report)
+        if BOARD.listening_since is None:
+            BOARD.listening_since = time.monotonic()
 
     ctx.on_start.append(start)
     app.state.stage_board = BOARD

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -21,9 +21,10 @@ from fastapi import FastAPI, Request, Response
 from townhall import grants
 from townhall.api.ratelimit import TokenBuckets
 from townhall.api.schemas import problems
+from townhall.api.stageboard import BOARD, SILENT_S, StageBoard
 from townhall.api.store import SpaceStore
 from townhall.bus import Bus, subjects
-from townhall.bus.bus import UNREACHABLE, Message
+from townhall.bus.bus import UNREACHABLE, Entry, Message
 from townhall.bus.messages import (
     MessageError,
     WhipLeave,
@@ -59,7 +60,13 @@ T = TypeVar("T")
 IDENTITY_RATE, IDENTITY_BURST = 0.5, 10.0
 SPACE_RATE, SPACE_BURST = 1.0, 20.0
 LEASE_CHECK_S = 1.0  # how often a pending offer checks its stage still holds the lease
+HEARD_CHECK_S = 0.25  # ...and that its stage's heartbeats still come (no I/O: the board)
 WHIP_READ_S = 2.0    # an offer's reads of the Space and its lease (503 bus-unavailable after)
+HEDGE_S = 0.4        # a read unanswered this long is sent again (see bounded_read)
+# The lease read's bound when the stages' heartbeats name the Space's mixer: the read is
+# the authority, but during a raft election it goes unanswered, and the heartbeat (at most
+# SILENT_S old) is good enough to ask that stage; a wrong guess costs one 503 no-stage.
+LEASE_READ_BOARD_S = 0.5
 
 # What each problem means on the WHIP routes (OpenAPI descriptions).
 WHIP_WHY = {
@@ -73,8 +80,8 @@ WHIP_WHY = {
          "(sdp-too-large)",
     422: "the offer has no audio, no Opus, or more than 4 media sections (too-many-media)",
     429: "too many offers from you or to this Space (rate-limited); see Retry-After",
-    503: "no stage holds the Space right now (e.g. during a stage failover), or the "
-         "stage is busy; see Retry-After",
+    503: "no stage holds the Space right now (e.g. during a stage failover, or the stage "
+         "it was sent to fell silent), or the stage is busy; see Retry-After",
 }
 
 
@@ -118,36 +125,101 @@ def stage_refusal(reply: WhipReply) -> Problem | None:
     return Problem("an internal error occurred; nothing was changed")
 
 
-async def while_held(bus: Bus, space: str, holder: bytes,
-                     ask: Awaitable[Message]) -> Message:
-    """The stage's reply, unless the lease stops naming ``holder`` first: a stage cut
-    off or dead answers nothing, and the offer would wait out the whole 15 s while
-    another stage takes the Space over (the speaker then came back that much later)."""
+def stage_gone(board: StageBoard, holder: bytes, now: float) -> Unavailable | None:
+    """503 no-stage when the stage an offer went to has sent no heartbeat for SILENT_S: dead,
+    cut off, or its NATS client moving to another node (it never got the request), so the
+    speaker retries at once rather than after the request's 15 s."""
+    if board.silent_for(holder.decode(errors="replace"), now) <= SILENT_S:
+        return None
+    return Unavailable("the stage holding this Space stopped answering; retry",
+                       retry_after=1, slug="no-stage")
+
+
+async def while_held(bus: Bus, space: str, holder: bytes, ask: Awaitable[Message],
+                     board: StageBoard = BOARD) -> Message:
+    """The stage's reply, unless that stage falls silent (no heartbeat for SILENT_S) or the
+    lease stops naming ``holder`` first: a stage cut off or dead answers nothing, and the
+    offer would wait out the whole 15 s while another stage takes the Space over (the
+    speaker then came back that much later)."""
     reply = asyncio.ensure_future(ask)
+    lease: asyncio.Future[Entry | None] | None = None  # the lease read under way, if any
+    next_read = time.monotonic() + LEASE_CHECK_S
     try:
         while True:
-            done, _ = await asyncio.wait([reply], timeout=LEASE_CHECK_S)
+            done, _ = await asyncio.wait([reply], timeout=HEARD_CHECK_S)
             if done:
                 return reply.result()
-            with contextlib.suppress(*UNREACHABLE):  # no answer: keep waiting
-                lease = await asyncio.wait_for(
-                    bus.kv_get(subjects.LEASES_BUCKET, space), LEASE_CHECK_S)
-                if lease is None or lease.value != holder:
-                    raise Unavailable("the stage holding this Space changed; retry",
-                                      retry_after=1, slug="no-stage")
+            now = time.monotonic()
+            gone = stage_gone(board, holder, now)
+            if gone is not None:
+                log.info("gave up a WHIP offer: its stage sent no heartbeat for %g s", SILENT_S,
+                         extra={"space": space})
+                raise gone
+            if lease is None and now >= next_read:
+                lease = asyncio.ensure_future(bus.kv_get(subjects.LEASES_BUCKET, space))
+                next_read = now + LEASE_CHECK_S
+            if lease is not None and lease.done():
+                read, lease = lease, None
+                with contextlib.suppress(*UNREACHABLE):  # no answer: keep waiting
+                    entry = read.result()
+                    if entry is None or entry.value != holder:
+                        raise Unavailable("the stage holding this Space changed; retry",
+                                          retry_after=1, slug="no-stage")
+            elif lease is not None and now >= next_read:  # unanswered a whole round: drop it
+                lease.cancel()
+                lease = None
     finally:
         reply.cancel()
+        if lease is not None:
+            lease.cancel()
 
 
-async def bounded_read(read: Awaitable[T], space: str, what: str) -> T:
+async def bounded_read(read: Callable[[], Awaitable[T]], space: str, what: str) -> T:
     """An offer's read, at most WHIP_READ_S (then 503 bus-unavailable, by the app's
-    handler); the log says which read it was, since a failover's timeline needs it."""
+    handler); the log says which read it was, since a failover's timeline needs it.
+
+    Reads are direct (any replica answers): one that lands on a NATS node just cut off
+    (its routes not yet known dead, ~3 s) is never answered, so a read unanswered for
+    HEDGE_S is sent again (to a replica picked anew) and the first answer wins."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WHIP_READ_S
+    tries: set[asyncio.Future[T]] = set()
     try:
-        return await asyncio.wait_for(read, WHIP_READ_S)
-    except TimeoutError:
+        while (left := deadline - loop.time()) > 0:
+            tries.add(asyncio.ensure_future(read()))
+            done, tries = await asyncio.wait(tries, timeout=min(HEDGE_S, left),
+                                             return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not isinstance(task.exception(), TimeoutError):
+                    return task.result()  # an answer, or a refusal such as NotFound
         log.warning("a WHIP offer's read of the %s went unanswered for %g s", what,
                     WHIP_READ_S, extra={"space": space})
-        raise
+        raise TimeoutError(f"the {what} read")
+    finally:
+        for task in tries:
+            task.cancel()
+
+
+async def lease_holder(bus: Bus, space: str, board: StageBoard = BOARD) -> bytes | None:
+    """Who holds the Space's lease (None: nobody). When the lease read is slow and the
+    stages' heartbeats name the Space's mixer, that stage stands in (a raft election
+    can hold the read for its whole bound; the heartbeats come over plain NATS)."""
+    read = asyncio.ensure_future(
+        bounded_read(lambda: bus.kv_get(subjects.LEASES_BUCKET, space), space, "lease"))
+    try:
+        if board.mixer(space, time.monotonic()) is not None:
+            with contextlib.suppress(TimeoutError):
+                lease = await asyncio.wait_for(asyncio.shield(read), LEASE_READ_BOARD_S)
+                return None if lease is None else lease.value
+            mixer = board.mixer(space, time.monotonic())
+            if mixer is not None:
+                log.info("a WHIP offer's read of the lease was slow: asking %s, which "
+                         "mixes the Space by its heartbeat", mixer, extra={"space": space})
+                return mixer.encode()
+        lease = await read
+        return None if lease is None else lease.value
+    finally:
+        read.cancel()
 
 
 def install(app: FastAPI, ctx: Context) -> None:
@@ -189,14 +261,13 @@ def install(app: FastAPI, ctx: Context) -> None:
         # Who may publish is settled before a byte of the offer is looked at.
         # Bounded well below --nats-timeout: in a failover these reads can go unanswered
         # while raft elects (10 s a time, seen), and the speaker is better off asking again.
-        snap = await bounded_read(store.get(space), space, "Space")
+        snap = await bounded_read(lambda: store.get(space), space, "Space")
         grants.authorize(ident, "publish", snap)
         sdp = check_offer(await request.body())
         if snap.state != "live":
             raise Conflict("the Space is not live", slug="not-live")
-        lease = await bounded_read(ctx.bus.kv_get(subjects.LEASES_BUCKET, space), space,
-                                   "lease")
-        if lease is None:
+        holder = await lease_holder(ctx.bus, space)
+        if holder is None:
             # No stage holds the Space (none running, or the owner died and its lease ran
             # out): say so at once rather than after the request's timeout, so a speaker's
             # client retries while another stage takes the Space over.
@@ -204,7 +275,7 @@ def install(app: FastAPI, ctx: Context) -> None:
                               retry_after=1, slug="no-stage")
         budget.take(ident.id, space, time.monotonic())
         offer = WhipOffer(ident.id, ident.name, sdp, version=snap.version)
-        reply = await ask_stage(space, offer, holder=lease.value)
+        reply = await ask_stage(space, offer, holder=holder)
         location = f"/whip/{space}/{reply.session}"
         response = Response(reply.sdp or "", status_code=201, media_type="application/sdp",
                             headers={"Location": location})

@@ -241,7 +241,10 @@ def lossy_uplink(pc: RTCPeerConnection, pattern: LossPattern) -> None:
         transport._send_rtp = maybe_send
 
 
-RETURN_SILENCE_S = 3.0   # the stage sends its return feed every 20 ms, silence included
+# The stage sends its return feed every 20 ms, silence included: 2 s is 100 frames in a
+# row lost, which no lossy uplink made happen (bench/README.md); 3 s held failovers up.
+RETURN_SILENCE_S = 2.0
+RETURN_CHECK_S = 0.25     # how often the return feed's silence is looked at
 CONNECT_GRACE_S = 7.0    # ICE and DTLS before the first return frame
 CONNECT_TIMEOUT_S = 15.0  # ICE checks and DTLS after the answer, through TURN included
 ICE_ATTEMPTS = 2          # ICE failures in a row (fresh ICE servers each time) before giving up
@@ -263,9 +266,9 @@ async def fetch_ice(http: httpx.AsyncClient, token: str) -> list[dict[str, Any]]
 
 
 async def watch_return(recorder: ReturnRecorder, dropped: asyncio.Event) -> None:
-    """ICE consent takes ~30 s to notice a dead stage; a silent return feed shows it in 3."""
+    """ICE consent takes ~30 s to notice a dead stage; a silent return feed shows it in 2."""
     while not dropped.is_set():
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(RETURN_CHECK_S)
         if time.monotonic() - recorder.last_at > RETURN_SILENCE_S:
             dropped.set()
 

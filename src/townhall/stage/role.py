@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import random
 import time
@@ -65,6 +64,8 @@ from townhall.media.opus import OpusEncoder
 from townhall.media.packager import Packager
 from townhall.media.silence import SILENT_FRAME, Plan, SilenceGate
 from townhall.problems import Problem
+from townhall.room.snapshot import SnapshotError, Space
+from townhall.room.snapshot import decode as decode_space
 from townhall.sdp import check_sdp
 from townhall.stage.counters import ClockWatch, Tally, stage_report
 from townhall.stage.ingest import SpeakerSession
@@ -97,7 +98,7 @@ CLOSE_TIMEOUT_S = 3.0   # closing speakers' sessions when the stage stops
 class SpaceRun:
     """One owned Space: its speakers, its clock, its encoder and packager."""
 
-    def __init__(self, bus: Bus, space: str, snap: dict[str, Any], packager: Packager,
+    def __init__(self, bus: Bus, space: str, snap: Space, packager: Packager,
                  bitrate: int = 32_000, *, stored_seq: int = 0,
                  on_fenced: Callable[[str], None] | None = None,
                  rivals: RivalReports | None = None,
@@ -151,16 +152,15 @@ class SpaceRun:
             total.add_playout(s.playout)
         return total
 
-    def apply(self, snap: dict[str, Any]) -> list[SpeakerSession]:
+    def apply(self, snap: Space) -> list[SpeakerSession]:
         """A newer snapshot: who is on stage and muted; returns sessions to close. An older
         one (state messages are plain NATS: one may overtake another) changes nothing."""
-        version = snap.get("version", 0)
-        if isinstance(version, int) and version < self.version:
+        if snap.version < self.version:
             return []
-        self.version = version if isinstance(version, int) else self.version
+        self.version = snap.version
         self.applied.set()
-        self.stage_ids = {p["id"] for p in snap.get("stage", [])}
-        self.muted = {p["id"] for p in snap.get("stage", []) if p.get("muted")}
+        self.stage_ids = {p.id for p in snap.stage}
+        self.muted = {p.id for p in snap.stage if p.muted}
         return [s for s in self.sessions.values() if s.identity not in self.stage_ids]
 
     async def roster_at(self, version: int, bound_s: float) -> None:
@@ -425,13 +425,13 @@ class Stage:
         self.ice = ctx.settings.ice()
         # Live Spaces as the bucket's watch reports them: tending reads this, never the
         # bucket (ended Spaces pile up there until they expire).
-        self.live: dict[str, dict[str, Any]] = {}
+        self.live: dict[str, Space] = {}
         # Who holds which lease (a watch of the leases bucket) and the rivals' heartbeats.
         self.placement = Placement(self.node, self.max_spaces, subjects.LEASE_TTL_S)
         # What the rivals' heartbeats say they mix and published unstored (takeovers).
         self.rivals = RivalReports()
         # Live Spaces nobody holds, with their snapshot: the claimer takes them one by one.
-        self.pending: dict[str, dict[str, Any]] = {}
+        self.pending: dict[str, Space] = {}
         self._nudge = asyncio.Event()  # pending or the leases' holders changed
         self._claimer: asyncio.Task[None] | None = None
         self.cpu = CpuMeter()
@@ -485,9 +485,14 @@ class Stage:
     def _on_space(self, change: Change) -> None:
         snap = None
         if change.value is not None:
-            with contextlib.suppress(ValueError):
-                snap = json.loads(change.value)
-        if isinstance(snap, dict) and snap.get("state") == "live":
+            try:
+                snap = decode_space(change.value)
+            except SnapshotError as exc:
+                # Not a Space this version reads (a newer api's?): what we knew stands,
+                # rather than stopping a live Space's audio over it.
+                log.warning("skipped a Space document: %s", exc, extra={"space": change.key})
+                return
+        if snap is not None and snap.state == "live":
             self.live[change.key] = snap
             self._consider(change.key, snap)
             return
@@ -524,7 +529,7 @@ class Stage:
                 self.rivals.heard(beat.node, beat.spaces, beat.ahead, now,
                                   draining=beat.draining)
 
-    def _consider(self, space: str, snap: dict[str, Any] | None) -> None:
+    def _consider(self, space: str, snap: Space | None) -> None:
         """A Space is live (``snap``) or not (None): queue it for the claimer while nobody
         holds its lease, forget it otherwise."""
         if snap is None or space in self.runs or space in self._taking \
@@ -535,17 +540,20 @@ class Stage:
         self._nudge.set()
 
     async def _on_state(self, msg: Message) -> None:
-        with contextlib.suppress(ValueError):
-            snap = json.loads(msg.data)
-            space = snap["id"]
-            if space in self.runs:
-                if snap.get("state") != "live":
-                    await self.release(space)
-                    return
-                for s in self.runs[space].apply(snap):
-                    await self._drop(space, s)
-            else:
-                self._consider(space, snap if snap.get("state") == "live" else None)
+        try:
+            snap = decode_space(msg.data)
+        except SnapshotError as exc:
+            log.warning("dropped a state message on %s: %s", msg.subject, exc)
+            return
+        space = snap.id
+        if space in self.runs:
+            if snap.state != "live":
+                await self.release(space)
+                return
+            for s in self.runs[space].apply(snap):
+                await self._drop(space, s)
+        else:
+            self._consider(space, snap if snap.state == "live" else None)
 
     async def _on_control(self, msg: Message) -> None:
         space = msg.subject.split(".")[1]
@@ -691,7 +699,7 @@ class Stage:
     def _count(self) -> int:
         return len(self.runs) + len(self._taking)
 
-    async def _claim(self, space: str, snap: dict[str, Any]) -> None:
+    async def _claim(self, space: str, snap: Space) -> None:
         """Race for one Space's lease; if won, start it in the background (the next claim
         need not wait for this one's stream read)."""
         try:
@@ -710,7 +718,7 @@ class Stage:
         if not task.cancelled() and task.exception() is not None:
             log.warning("could not start a Space", exc_info=task.exception())
 
-    async def acquire(self, space: str, snap: dict[str, Any]) -> bool:
+    async def acquire(self, space: str, snap: Space) -> bool:
         """Take ``space`` now (no placement wait); False if another stage holds it."""
         if space in self.runs:
             return True
@@ -779,7 +787,7 @@ class Stage:
                     raise
             await asyncio.sleep(BEGIN_RETRY_S)
 
-    async def _begin(self, space: str, snap: dict[str, Any], rev: int) -> None:
+    async def _begin(self, space: str, snap: Space, rev: int) -> None:
         """Start the clock of a Space whose lease we just created."""
         try:
             last_msg = await self._newest_stored(space)
