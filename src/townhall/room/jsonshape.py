@@ -162,25 +162,30 @@ def _make_writer(hint: Any) -> Convert:
     origin, args = get_origin(hint), get_args(hint)
     if is_dataclass(hint):
         return _dataclass_writer(hint)
+    return _walk(origin, args, writer)
+
+
+def _walk(origin: Any, args: tuple[Any, ...], part: Callable[[Any], Convert]) -> Convert:
+    """A union, list or dict whose parts are converted by ``part`` (writer or copier);
+    anything else (str, int, float, bool, None, a Literal) is immutable and kept as is."""
     if origin in (Union, types.UnionType):
-        # Only a dataclass in a union needs writing out (``bool | Recording``): unions of
+        # Only a dataclass in a union needs converting (``bool | Recording``): unions of
         # containers are not among the types this codec takes.
-        classes: list[tuple[Any, Convert]] = [(a, writer(a)) for a in args
-                                              if is_dataclass(a)]
+        classes: list[tuple[Any, Convert]] = [(a, part(a)) for a in args if is_dataclass(a)]
 
         def union(value: Any) -> Any:
-            for cls, write in classes:
+            for cls, convert in classes:
                 if isinstance(value, cls):
-                    return write(value)
+                    return convert(value)
             return value
         return union
     if origin is list:
-        item = writer(args[0])
+        item = part(args[0])
         return lambda value: [item(v) for v in value]
     if origin is dict:
-        entry = writer(args[1])
+        entry = part(args[1])
         return lambda value: {k: entry(v) for k, v in value.items()}
-    return lambda value: value  # str, int, float, bool, None, a Literal: immutable
+    return lambda value: value
 
 
 def _dataclass_writer(cls: Any) -> Convert:
@@ -221,20 +226,4 @@ def _make_copier(hint: Any) -> Convert:
                 out.extra = copy.deepcopy(value.extra)
             return out
         return copy_dataclass
-    if origin in (Union, types.UnionType):
-        classes: list[tuple[Any, Convert]] = [(a, copier(a)) for a in args
-                                              if is_dataclass(a)]
-
-        def union(value: Any) -> Any:
-            for kind, convert in classes:
-                if isinstance(value, kind):
-                    return convert(value)
-            return value
-        return union
-    if origin is list:
-        item = copier(args[0])
-        return lambda value: [item(v) for v in value]
-    if origin is dict:
-        entry = copier(args[1])
-        return lambda value: {k: entry(v) for k, v in value.items()}
-    return lambda value: value
+    return _walk(origin, args, copier)
