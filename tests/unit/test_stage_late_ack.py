@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from tests.fakebus import FakeBus
 from tests.snapshots import space
+from tests.waiting import until_async
 from townhall.bus import Message, subjects
 from townhall.media.chunk import Chunk
 from townhall.media.packager import Packager
@@ -49,9 +50,7 @@ def chunk(seq: int) -> bytes:
 
 
 async def until(check: Any) -> None:
-    async with asyncio.timeout(BOUND_S):
-        while not check():
-            await asyncio.sleep(0.01)
+    await until_async(check, BOUND_S, "the sender")
 
 
 def owner(bus: LateAckBus, fenced: list[str]) -> SpaceRun:
@@ -69,7 +68,7 @@ def test_an_ack_is_late_only_past_the_bound() -> None:
 
 
 async def test_chunks_keep_their_pace_while_an_ack_is_late_then_fence_on_it() -> None:
-    bus, fenced = LateAckBus(), []
+    bus, fenced = LateAckBus(), list[str]()
     run = owner(bus, fenced)
     sender = asyncio.ensure_future(run.send_chunks())
     try:
@@ -95,7 +94,7 @@ async def test_chunks_keep_their_pace_while_an_ack_is_late_then_fence_on_it() ->
 
 
 async def test_a_late_refusal_still_stops_a_deposed_owner() -> None:
-    bus, fenced = LateAckBus(), []
+    bus, fenced = LateAckBus(), list[str]()
     # Another stage took the Space over and stored a chunk of its own meanwhile.
     bus.stored.append((0.0, Message(SUBJECT, chunk(100), {})))
     run = owner(bus, fenced)
