@@ -60,6 +60,12 @@ def _speaker_kbps(log: str, start: int) -> tuple[int, int]:
     return (rates[-1] if rates else start), len(rates)
 
 
+def _speaker_fec(log: str, start: int = 10) -> str:
+    """The FEC size (% loss) ``townhall speak`` ended at and how many times it changed."""
+    sizes = [int(m) for m in re.findall(r"speak: FEC for (\d+) % loss", log)]
+    return f"{sizes[-1] if sizes else start} ({len(sizes)})"
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m bench quality")
     p.add_argument("--runs", type=int, default=1, help="runs per condition")
@@ -96,13 +102,14 @@ def main(argv: list[str]) -> dict[str, Any]:
                 counters: list[dict[str, float]] = []
                 relay_loss: list[float] = []
                 rates: list[str] = []
+                fecs: list[str] = []
                 for k in range(args.runs):
                     progress.update(task, description=f"{name} ({version}, run {k + 1})")
                     run = quality.run_condition(cond, speech, seconds,
                                                 tmp / f"{name}-{version}-{k}".replace(" ", "_"),
                                                 seed=SEED + k, src=src)
                     console.log("\n".join(line for line in run.speak_log.splitlines()
-                                           if "bitrate" in line or "link" in line))
+                                           if "bitrate" in line or "link" in line or "FEC" in line))
                     got = quality.score_recording(ref, run.recording, 4.0, args.windows)
                     scores += got
                     counters.append(run.stage)
@@ -111,6 +118,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                     relay_loss.append(100 * (offered - up.get("delivered", 0)) / offered)
                     end, changes = _speaker_kbps(run.speak_log, SPEAKER_BITRATE // 1000)
                     rates.append(f"{end} ({changes})")
+                    fecs.append(_speaker_fec(run.speak_log))
                     progress.advance(task)
                     console.log(f"{name} {version}: " + ", ".join(
                         f"{s.pesq:.2f}/{s.stoi:.3f}" for s in got) + f" {run.stage}")
@@ -126,6 +134,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                              f"{alone.pesq:.2f} / {alone.stoi:.3f}",
                              f"{tandem.pesq:.2f} / {tandem.stoi:.3f}",
                              ", ".join(rates) if version == "this" else "—",
+                             ", ".join(fecs) if version == "this" else "—",
                              f"{_median(relay_loss):.1f} %", c("lost"), c("resent"), c("fec"),
                              c("concealed"), c("target_ms"), c("late"),
                              "—" if target is None else
@@ -139,12 +148,15 @@ def main(argv: list[str]) -> dict[str, Any]:
         "command": f"python -m bench quality --runs {args.runs} --windows {args.windows}"
                    + (" --before-src DIR" if args.before_src else ""),
         "columns": ["speaker's uplink", "PESQ-WB", "STOI", "Opus alone (PESQ / STOI)",
-                    "Opus ×2 tandem", "speaker kbit/s at end (changes)", "relay lost",
+                    "Opus ×2 tandem", "speaker kbit/s at end (changes)",
+                    "speaker FEC % at end (changes)", "relay lost",
                     "stage lost", "resent (NACK)", "FEC-recovered", "concealed",
                     "jitter target ms", "late ticks", "target"],
         "rows": rows,
         "notes": (f"Median over runs × {args.windows} windows of 8 s (espeak-ng speech, 4 "
-                  "voices/rates, looped by `townhall speak --file` with FEC for 10 % loss, "
+                  "voices/rates, looped by `townhall speak --file` with FEC sized for 10 % "
+                  "loss at the start, then from the stage's reports (speaker FEC: the size "
+                  "it ended at and how many times it changed, per run), "
                   f"starting at {SPEAKER_BITRATE // 1000} kbit/s and adapting (speaker kbit/s: "
                   "the rate it ended at and how many times it changed, per run); a "
                   "\"before\" tree's speaker at its own default), after 4 s of warm-up, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from townhall.client.bitrate import BitrateAdapter, packet_ms, wire_bps
+from townhall.client.bitrate import BitrateAdapter, FecSizer, packet_ms, wire_bps
 
 Link = Callable[[int, float], tuple[float, float]]  # (bitrate, now) -> (loss, rtt)
 
@@ -177,6 +177,60 @@ def test_bitrate_below_the_steps_and_a_lower_maximum() -> None:
 
 
 
+def fec_levels(sizer: FecSizer, losses: list[float], start: float = 0.0) -> list[int]:
+    """The FEC level after each of ``losses``, reported once a second from ``start``."""
+    out = []
+    for i, loss in enumerate(losses):
+        sizer.report(loss, start + i)
+        out.append(sizer.level)
+    return out
+
+
+STEPS4 = (5, 10, 20, 30)  # the mechanism with more levels than the default's two
+
+
+def test_fec_goes_up_at_once_to_the_level_above_the_loss() -> None:
+    assert FecSizer().level == 10  # until the stage reports
+    assert fec_levels(FecSizer(levels=STEPS4), [0.12]) == [20]
+    assert fec_levels(FecSizer(levels=STEPS4), [0.10, 0.21, 0.5]) == [10, 30, 30]
+    assert FecSizer(start=15, levels=STEPS4).level == 20
+    assert FecSizer(start=90, levels=STEPS4).level == 30
+    # The default: 10 on any loss past 5 %, whatever it is.
+    assert fec_levels(FecSizer(), [0.0, 0.06, 0.5]) == [10, 10, 10]
+
+
+def test_fec_comes_down_a_level_after_a_stretch_of_less() -> None:
+    sizer = FecSizer(levels=STEPS4)
+    levels = fec_levels(sizer, [0.25] + [0.0] * 35)
+    assert levels[0] == 30
+    # One level per 10 s of reports below three quarters of the level under it.
+    assert levels.index(20) == 11 and levels.index(10) == 21 and levels[-1] == 5
+    assert min(levels) == 5  # never off: loss comes unannounced
+
+
+def test_fec_hysteresis_loss_near_a_level_does_not_flip_it() -> None:
+    sizer = FecSizer(levels=STEPS4)
+    # At 20 after a 12 % report; 8-10 % is above 3/4 of 10: it stays.
+    levels = fec_levels(sizer, [0.12] + [0.08, 0.10, 0.09] * 20)
+    assert set(levels) == {20}
+    # One report above the margin restarts the stretch needed to come down.
+    sizer = FecSizer(levels=STEPS4)
+    levels = fec_levels(sizer, [0.12] + [0.05] * 8 + [0.09] + [0.05] * 8)
+    assert set(levels) == {20}
+    assert fec_levels(sizer, [0.05] * 3, start=18)[-1] == 10
+
+
+def test_the_adapter_sizes_fec_from_the_same_reports() -> None:
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    assert adapter.expected_loss == 10
+    # 15 % near the stage: resends repair it, no rate change, but FEC is raised.
+    drive(adapter, random_loss(0.0), 12)
+    assert adapter.expected_loss == 5  # a clean link: the bits go to the audio
+    # 15 % near the stage: resends repair it, no rate change, but FEC is back at once.
+    assert drive(adapter, random_loss(0.15, rtt_s=0.02), 5, start=12) == []
+    assert adapter.bitrate == 64_000 and adapter.expected_loss == 10
+
+
 def _quietest_at_switch(retune: bool, low: int = 16_000) -> float:
     """A steady tone encoded at 64 kbit/s switching to ``low`` (16 kbit/s: 60 ms packets)
     and back every 0.48 s (by ``SpeakerEncoder.retune``, or by a fresh encoder), decoded
@@ -219,3 +273,30 @@ def test_retuned_encoder_carries_on_without_a_gap() -> None:
     assert _quietest_at_switch(retune=True) > 0.5
     # A fresh encoder starts from silence: its lookahead's worth of audio goes missing.
     assert _quietest_at_switch(retune=False) < 0.3
+
+
+def test_fec_is_held_at_the_lowest_level_at_the_lowest_rates() -> None:
+    sizer = FecSizer(levels=STEPS4)
+    sizer.report(0.25, 0.0)
+    assert sizer.expected_loss(64_000) == sizer.expected_loss(24_000) == 30
+    assert sizer.expected_loss(16_000) == sizer.expected_loss(8_000) == 5
+    adapter = BitrateAdapter(max_bitrate=64_000)
+    drive(adapter, bottleneck(24), 5)
+    assert adapter.bitrate == 16_000 and adapter.fec.level == 10
+    assert adapter.expected_loss == 5
+
+
+def test_source_track_reopens_its_encoder_for_a_new_fec_size() -> None:
+    import asyncio
+
+    from townhall.cli.speak import SourceTrack, tone
+
+    async def run() -> tuple[int, int]:
+        track = SourceTrack(tone(440, 1.0), expected_loss=10)
+        await track.recv()
+        before = track._encoder.expected_loss
+        track.retune(64_000, 20)  # same rate: the FEC size alone reopens it
+        await track.recv()
+        return before, track._encoder.expected_loss
+
+    assert asyncio.run(run()) == (10, 20)

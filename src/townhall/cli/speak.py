@@ -8,7 +8,9 @@ privately, with no way to ask for FEC. The offer asks for generic NACK on Opus: 
 then asks for lost packets, and aiortc's sender resends them from its history. The send
 bitrate follows the stage's receiver reports (``townhall.client.bitrate``): down a step
 when a bottleneck loses packets, back up after a clean stretch, in 60 ms packets below
-24 kbit/s (the per-packet overhead); ``--no-adapt`` keeps it.
+24 kbit/s (the per-packet overhead); the loss its FEC is sized for follows the reported
+loss too (10 %, or 5 % on a clean link, from ``--expected-loss``); ``--no-adapt`` keeps
+both.
 ``--simulate-loss`` drops outgoing RTP packets after aiortc numbered them (resends
 included), to test the stage's FEC and PLC on a lossy uplink.
 """
@@ -37,7 +39,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import is_rtcp
 
-from townhall.client.bitrate import BitrateAdapter, packet_ms
+from townhall.client.bitrate import BitrateAdapter, FecSizer, packet_ms
 from townhall.client.rejoin import RejoinPacer
 from townhall.media.chunk import FRAME_SAMPLES, SAMPLE_RATE
 from townhall.media.linkquality import LinkGauge, grade
@@ -73,12 +75,15 @@ class SpeakerEncoder:
         """No frame waits in the encoder for the rest of its packet: a switch loses none."""
         return self._pending == 0
 
-    def retune(self, bitrate: int) -> None:
-        """Encode at ``bitrate`` from the next frame on (call it between packets). PyAV
-        cannot change an open encoder's rate, so a new one takes over, first fed the last
+    def retune(self, bitrate: int, expected_loss: int | None = None) -> None:
+        """Encode at ``bitrate`` (and FEC for ``expected_loss`` %, if given) from the next
+        frame on (call it between packets). PyAV cannot change an open encoder's rate or
+        options, so a new one takes over, first fed the last
         packet's worth of frames (its packet dropped): its lookahead then holds the audio
         the old one's last packet stopped at, and the stage's decoder carries on across
         the switch without a gap."""
+        if expected_loss is not None:
+            self.expected_loss = expected_loss
         ctx = self._open(bitrate)
         for frame in list(self._recent)[-(packet_ms(bitrate) // 20):]:
             list(ctx.encode(frame))
@@ -109,18 +114,24 @@ class SourceTrack(MediaStreamTrack):
         self._encoder = SpeakerEncoder(bitrate, expected_loss)
         self._packets: list[av.Packet] = []
         self._sent = 0
-        self._bitrate = bitrate
+        self._want = (bitrate, expected_loss)
 
-    def retune(self, bitrate: int) -> None:
-        """Send at ``bitrate`` from the next frame on."""
-        self._bitrate = bitrate
+    @property
+    def setting(self) -> tuple[int, int]:
+        """The bitrate and FEC size (% loss) asked for last."""
+        return self._want
+
+    def retune(self, bitrate: int, expected_loss: int) -> None:
+        """Send at ``bitrate`` with FEC for ``expected_loss`` % from the next packet on."""
+        self._want = (bitrate, expected_loss)
 
     async def recv(self) -> av.Packet:
         """The next encoded 20 ms packet, stamped with its place in the stream."""
         while not self._packets:
             frame = await self._next_frame()
-            if self._bitrate != self._encoder.bitrate and self._encoder.between_packets:
-                self._encoder.retune(self._bitrate)
+            have = (self._encoder.bitrate, self._encoder.expected_loss)
+            if self._want != have and self._encoder.between_packets:
+                self._encoder.retune(*self._want)
             self._packets = self._encoder.encode(frame)
         packet = self._packets.pop(0)
         packet.pts = self._sent  # aiortc turns pts/time_base into the RTP timestamp
@@ -303,7 +314,8 @@ async def report_link(pc: RTCPeerConnection, every_s: float = 2.0) -> None:
 async def adapt_bitrate(pc: RTCPeerConnection, source: SourceTrack,
                         adapter: BitrateAdapter, every_s: float = 0.25) -> None:
     """Feed each of the stage's receiver reports to ``adapter`` as it arrives (aiortc keeps
-    the latest as remote-inbound-rtp, stamped when it came) and retune the source."""
+    the latest as remote-inbound-rtp, stamped when it came) and retune the source's
+    bitrate and FEC size."""
     seen = None
     while True:
         await asyncio.sleep(every_s)
@@ -314,12 +326,19 @@ async def adapt_bitrate(pc: RTCPeerConnection, source: SourceTrack,
                 seen = stats.timestamp
                 lost = float(stats.fractionLost) / 256  # RTCP's 8-bit fraction
                 rate = adapter.report(lost, stats.roundTripTime, time.monotonic())
+                fec = adapter.expected_loss if source.setting[1] else 0  # 0: FEC off
+                if (adapter.bitrate, fec) == source.setting:
+                    continue
+                fec_changed = fec != source.setting[1]
+                source.retune(adapter.bitrate, fec)
+                rtt = stats.roundTripTime
+                why = (f"(stage reports loss {100 * lost:.0f} %"
+                       + (f", rtt {rtt * 1000:.0f} ms)" if rtt else ")"))
                 if rate is not None:
-                    source.retune(rate)
-                    rtt = stats.roundTripTime
-                    print(f"speak: bitrate {rate // 1000} kbit/s (stage reports loss "
-                          f"{100 * lost:.0f} %" + (f", rtt {rtt * 1000:.0f} ms)" if rtt else ")"),
+                    print(f"speak: bitrate {rate // 1000} kbit/s {why}",
                           file=sys.stderr, flush=True)
+                if fec_changed:
+                    print(f"speak: FEC for {fec} % loss {why}", file=sys.stderr, flush=True)
 
 
 class SessionEnded(Exception):
@@ -418,7 +437,8 @@ class SpeakerPeer:
         helpers = [asyncio.ensure_future(report_link(self.pc))]
         if adapt:
             helpers.append(asyncio.ensure_future(
-                adapt_bitrate(self.pc, self.source, BitrateAdapter(bitrate))))
+                adapt_bitrate(self.pc, self.source, BitrateAdapter(
+                    bitrate, fec=FecSizer(start=self.source.setting[1])))))
         waiters = [asyncio.ensure_future(stop.wait()),
                    asyncio.ensure_future(self.dropped.wait()), watchdog]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -561,12 +581,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=0, help="stop after S seconds")
     p.add_argument("--return-out", default="", help="save the return feed to this WAV")
     p.add_argument("--expected-loss", type=int, default=10, metavar="PCT",
-                   help="uplink loss to protect against with Opus in-band FEC (0 = no FEC)")
+                   help="uplink loss to protect against with Opus in-band FEC at the start; "
+                        "then sized from the stage's reports unless --no-adapt (0 = no FEC)")
     p.add_argument("--bitrate", type=int, default=SPEAKER_BITRATE // 1000, metavar="KBPS",
                    help="Opus bitrate of the uplink in kbit/s, where it starts and the most "
                         "it adapts up to (default %(default)s)")
     p.add_argument("--no-adapt", action="store_true",
-                   help="keep --bitrate whatever the stage reports (no step down on loss)")
+                   help="keep --bitrate and --expected-loss whatever the stage reports")
     p.add_argument("--no-nack", action="store_true",
                    help="do not offer to resend lost packets (leaves repair to FEC and PLC)")
     p.add_argument("--simulate-loss", type=float, default=0, metavar="PCT",

@@ -23,6 +23,10 @@ queueing (a policer) shows only past ``severe_loss``.
 Reports arriving at the sender cover the interval since the previous one, so a report is
 counted for a rate only if the previous one came after the switch (plus the time the
 bottleneck's queue takes to drain).
+
+The same reports size the encoder's in-band FEC (``FecSizer``: the loss libopus is told to
+expect, in steps, up at once and down after a stretch of less). FEC takes its bits from
+every frame, so it is weighed with the rate: see ``FecSizer.expected_loss``.
 """
 
 from __future__ import annotations
@@ -51,6 +55,67 @@ def packet_ms(bitrate: int) -> int:
 def wire_bps(bitrate: int) -> float:
     """Bits per second a stream at ``bitrate`` takes on the wire, packet overhead included."""
     return bitrate + OVERHEAD_BYTES * 8 * 1000 / packet_ms(bitrate)
+
+
+# % loss the encoder's FEC may be sized for. Sizing it past 10 % never paid: offline
+# ±0.05 PESQ at 10-25 % loss, and in the bench the speaker at 30 % scored lower on every
+# lossy row (bench/README.md, "FEC sized from the reported loss"). So: 5 on a clean link
+# (the bits go to the audio; at 24 kbit/s libopus then sends no LBRR at all), 10 on loss.
+FEC_LEVELS = (5, 10)
+
+
+@dataclass
+class FecSizer:
+    """The loss (%) the speaker's Opus in-band FEC is sized for, from the reported loss.
+
+    Up at once when a report shows more than the current level (a frame lost without
+    FEC costs more than the bits); down one level after ``down_after_s`` in which every
+    report stayed below ``down_margin`` of the level under it (hysteresis: loss hovering
+    near a level does not flip it each report). Never below the lowest level: loss comes
+    unannounced, and without FEC at all one lost packet is a concealed frame."""
+
+    start: int = 10
+    levels: tuple[int, ...] = FEC_LEVELS
+    down_after_s: float = 10.0
+    down_margin: float = 0.75
+    _level: int = 0
+    _low_since: float | None = None
+
+    def __post_init__(self) -> None:
+        self._level = min((lv for lv in self.levels if lv >= self.start),
+                          default=self.levels[-1])
+
+    @property
+    def level(self) -> int:
+        """The loss (%) FEC is sized for at rates where it pays."""
+        return self._level
+
+    def report(self, fraction_lost: float, now: float) -> None:
+        """A receiver report's loss (0..1 since the previous one) that arrived at ``now``."""
+        pct = 100 * fraction_lost
+        if pct > self._level:
+            self._level = min((lv for lv in self.levels if lv >= pct), default=self.levels[-1])
+            self._low_since = None
+            return
+        lower = [lv for lv in self.levels if lv < self._level]
+        if not lower or pct > self.down_margin * lower[-1]:
+            self._low_since = None
+            return
+        if self._low_since is None:
+            self._low_since = now
+        elif now - self._low_since >= self.down_after_s:
+            self._level = lower[-1]
+            self._low_since = now
+
+    def expected_loss(self, bitrate: int) -> int:
+        """What to tell the encoder at ``bitrate``. Below ``LONG_PACKETS_BELOW`` (the
+        rates a bottleneck brings us to) at most the lowest level: libopus fits its FEC
+        into the rate by narrowing the audio band when told to expect more than 5 %, and
+        offline the FEC size made no difference there (bench/README.md, "FEC sized from
+        the reported loss")."""
+        if bitrate < LONG_PACKETS_BELOW:
+            return min(self._level, self.levels[0])
+        return self._level
 
 
 @dataclass
@@ -83,6 +148,7 @@ class BitrateAdapter:
     trial_reports: int = 2
     repair_rtt_s: float = NackList.max_rtt_s  # the stage asks for resends up to this
     severe_loss: float = 0.25     # more than resends repair (each is lost as often)
+    fec: FecSizer = field(default_factory=FecSizer)  # sized from the same reports
     _rates: tuple[int, ...] = ()
     _index: int = 0
     _changed_at: float = -math.inf
@@ -109,9 +175,16 @@ class BitrateAdapter:
         """The rate to send at now."""
         return self._rates[self._index]
 
+    @property
+    def expected_loss(self) -> int:
+        """The loss (%) to size the encoder's in-band FEC for now, at ``bitrate``."""
+        return self.fec.expected_loss(self.bitrate)
+
     def report(self, fraction_lost: float, rtt_s: float | None, now: float) -> int | None:
         """A receiver report that arrived at ``now`` (loss 0..1 since the previous one, the
-        round trip if known); the new bitrate, or None to keep the current one."""
+        round trip if known); the new bitrate, or None to keep the current one. The FEC
+        size (``expected_loss``) may change with it or on its own."""
+        self.fec.report(fraction_lost, now)
         previous, self._last_report = self._last_report, now
         if rtt_s is not None:
             self._rtt_floor = min(self._rtt_floor, rtt_s)
