@@ -56,3 +56,11 @@ def test_a_busy_bucket_always_a_write_ahead_is_not_stalled() -> None:
     for t in range(20):  # renewals every second: the watch is one write behind each look
         lag.delivered(10 * t + 9)
         assert not lag.stalled(10 * t + 10, float(t))
+
+
+def test_only_a_quiet_watch_is_checked() -> None:
+    lag = WatchLag()
+    assert lag.quiet()
+    lag.delivered(4)
+    assert not lag.quiet()  # delivered since the last look: alive, the stream not asked
+    assert lag.quiet()

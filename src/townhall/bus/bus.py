@@ -486,6 +486,8 @@ class NatsBus:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(CHECK_S)
+            if not lag.quiet():
+                continue
             last = await self._stream_last(bucket)
             if last is None:
                 continue  # the stream does not answer either: nothing to compare with

@@ -4,9 +4,10 @@ A watch is an ordered consumer on the bucket's stream. nats-py notices a silent 
 after two missed idle heartbeats (10 s) and re-creates it once, in the background: if
 that request fails (a healed node's raft groups catching up answer ``10008``) the watch
 stays silent until the next check, another 10 s. The api's WHIP lease checks and the
-stages' placement read these watches, so the bus compares, every ``CHECK_S``, the newest
-revision the watch delivered with the stream's last sequence: behind for ``STALL_S``
-(two looks in a row) means stalled, and the watch is started again from the newest values.
+stages' placement read these watches, so the bus compares, every ``CHECK_S`` in which the
+watch delivered nothing, the newest revision it delivered with the stream's last
+sequence: still lacking, ``STALL_S`` later, the sequence it lacked then means stalled, and
+the watch is started again from the newest values.
 """
 
 from __future__ import annotations
@@ -26,10 +27,19 @@ class WatchLag:
     seen: int = 0
     owed: int | None = None
     behind_since: float | None = None
+    fresh: bool = False  # something was delivered since the last ``quiet()``
 
     def delivered(self, revision: int) -> None:
         """The watch delivered a change at ``revision``."""
         self.seen = max(self.seen, revision)
+        self.fresh = True
+
+    def quiet(self) -> bool:
+        """Whether nothing was delivered since the last call: only then is the stream
+        worth asking (a busy watch, like the leases' renewed every second, is alive, and
+        the stream's leader is spared a request a second during a heal's elections)."""
+        was_fresh, self.fresh = self.fresh, False
+        return not was_fresh
 
     def stalled(self, stream_last: int, now: float, stall_s: float = STALL_S) -> bool:
         """The stream's last sequence, read at ``now``: whether the watch still lacks the
