@@ -34,6 +34,7 @@ from prometheus_client import Counter
 
 from townhall.bus import subjects
 from townhall.bus.credentials import NatsAuth
+from townhall.bus.stall import CHECK_S, WatchLag
 from townhall.bus.tls import NatsTls
 from townhall.cluster.leaders import Replica, StreamCluster
 
@@ -439,13 +440,19 @@ class NatsBus:
         watch itself fails it starts again from the newest values (``on_change`` must
         accept a revision it has already seen)."""
         ready = asyncio.Event()
+        lag = WatchLag()
 
         async def run() -> None:
             while True:
                 watcher = None
+                guard = None
                 try:
                     kv = await self._bucket(bucket)
+                    # What the stream holds now comes with the initial values (or expired):
+                    # the guard waits only for what is written after.
+                    lag.restarted(await self._stream_last(bucket))
                     watcher = await kv.watchall()
+                    guard = asyncio.ensure_future(self._watch_guard(bucket, lag, watcher))
                     async for entry in watcher:
                         if entry is None:  # the initial values are all delivered
                             ready.set()
@@ -453,6 +460,7 @@ class NatsBus:
                         gone = entry.operation in ("DEL", "PURGE")
                         change = Change(key=entry.key, revision=int(entry.revision or 0),
                                         value=None if gone else (entry.value or b""))
+                        lag.delivered(change.revision)
                         try:
                             on_change(change)
                         except Exception:
@@ -463,12 +471,40 @@ class NatsBus:
                 except Exception:
                     log.exception("watch of %s failed; starting it again", bucket)
                 finally:
+                    if guard is not None:
+                        guard.cancel()
                     if watcher is not None:
                         with contextlib.suppress(Exception):
                             await watcher.stop()
                 await asyncio.sleep(retry_s)
 
         return Watch(asyncio.create_task(run(), name=f"watch-{bucket}"), ready)
+
+    async def _watch_guard(self, bucket: str, lag: WatchLag, watcher: Any) -> None:
+        """Stop ``watcher`` (its loop then starts a new one) once it stalled: behind the
+        bucket's stream for ``STALL_S`` (bus.stall)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(CHECK_S)
+            if not lag.quiet():
+                continue
+            last = await self._stream_last(bucket)
+            if last is None:
+                continue  # the stream does not answer either: nothing to compare with
+            if lag.stalled(last, loop.time()):
+                log.warning("watch of %s stalled at revision %d (stream at %d); starting "
+                            "it again", bucket, lag.seen, last)
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # ends the watch's iteration
+                return
+
+    async def _stream_last(self, bucket: str) -> int | None:
+        """The last sequence of ``bucket``'s stream, None if it did not answer in time."""
+        try:
+            info = await asyncio.wait_for(self._js.stream_info(f"KV_{bucket}"), CHECK_S)
+        except Exception:
+            return None
+        return int(info.state.last_seq)
 
     async def kv_keys(self, bucket: str) -> list[str]:
         """Every key in ``bucket``."""

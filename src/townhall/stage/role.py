@@ -80,6 +80,7 @@ FRAME_S = 0.020
 RENEW_S = 1.0
 REPORT_S = 1.0
 ACK_TIMEOUT_S = 1.0     # a chunk's store ack; the next chunk is due 0.1 s after it
+ACK_LATE_S = 0.25       # an ack this late: the chunks coming due go out without waiting
 RENEW_TIMEOUT_S = 1.0   # one lease renewal; tending must not hang on a cut-off node
 QUEUED_CHUNKS = 50      # 5 s of chunks waiting for acks; older ones are dropped
 ROSTER_WAIT_S = 1.0     # an offer waits at most this for the state message it was checked on
@@ -93,6 +94,13 @@ MIXING_HEARD_S = 1.5    # a lapsed lease whose holder said this recently it mixe
 UPKEEP = Upkeep(subjects.LEASE_TTL_S, MIXING_HEARD_S)
 PARALLEL = 32           # lease writes in flight at once (renewals, the hand-over on stop)
 CLOSE_TIMEOUT_S = 3.0   # closing speakers' sessions when the stage stops
+
+
+def ack_late(waited_s: float, late_s: float = ACK_LATE_S) -> bool:
+    """Whether a chunk's store ack, unanswered for ``waited_s``, is late enough that the
+    chunks coming due go out without it. Before that, a due chunk waits: an ack a little
+    slow (a loaded machine) must not cost the stream a chunk (see ``SpaceRun._acked``)."""
+    return waited_s >= late_s
 
 
 class SpaceRun:
@@ -123,6 +131,7 @@ class SpaceRun:
         # Chunks sent unfenced while the stream did not answer (see _resync), to recognise
         # them as ours if the stream stored them meanwhile.
         self.unfenced: collections.deque[bytes] = collections.deque(maxlen=UNFENCED_KEPT)
+        self._side: set[asyncio.Future[object]] = set()  # publishes sent while an ack was late
         self.sessions: dict[str, SpeakerSession] = {}
         self.packager = packager
         self.encoder = OpusEncoder(bitrate)
@@ -228,9 +237,9 @@ class SpaceRun:
                 continue
             data = chunk.encode()
             self.sending = chunk
+            ours = [data]  # chunks fenced on the same sequence: the stream may hold one
             try:
-                self.stored_seq = await self.bus.publish_fenced(
-                    subject, data, self.stored_seq, timeout=ACK_TIMEOUT_S)
+                self.stored_seq = await self._acked(subject, data, ours)
                 self._sent(chunk, stored=True)
                 continue
             except Fenced:
@@ -239,7 +248,57 @@ class SpaceRun:
             except Exception:  # no ack: the stream is electing a leader, or we are cut off
                 self.unacked += 1
                 self._sent(chunk, stored=False)
-            await self._resync(subject, data)
+            await self._resync(subject, ours)
+
+    async def _acked(self, subject: str, data: bytes, ours: list[bytes]) -> int:
+        """Publish one chunk fenced on the newest stored one and return its ack's sequence.
+
+        While the ack is late (a healed NATS node rejoining: the stream's leader is busy
+        for about a second), the chunks coming due are not held back behind it: each goes
+        out at its pace, fenced on the same sequence (``ack_late``), so listeners, who get
+        every publish on the plain subject, hear no pause. The fence is unchanged: the
+        stream stores at most the first of them, whose answer alone decides (a refusal
+        means deposed); the others are refused or unanswered, heard but not stored, and
+        reported unstored (``ahead``) like the chunks sent while the stream is away."""
+        fence = self.stored_seq
+        ack = asyncio.ensure_future(
+            self.bus.publish_fenced(subject, data, fence, timeout=ACK_TIMEOUT_S))
+        began = time.monotonic()
+        due: asyncio.Future[bytes] | None = None
+        try:
+            while not ack.done():
+                waited = time.monotonic() - began
+                if not ack_late(waited):
+                    await asyncio.wait({ack}, timeout=ACK_LATE_S - waited)
+                    continue
+                due = asyncio.ensure_future(self.chunks.get())
+                await asyncio.wait({ack, due}, return_when=asyncio.FIRST_COMPLETED)
+                if not due.done():
+                    break
+                extra = self._shifted(due.result())
+                due = None
+                extra_data = extra.encode()
+                ours.append(extra_data)
+                self._sent(extra, stored=False)
+                self._later(self.bus.publish_fenced(subject, extra_data, fence,
+                                                    timeout=ACK_TIMEOUT_S))
+            return await ack
+        finally:
+            if due is not None and not due.done():
+                due.cancel()
+            if not ack.done():
+                ack.cancel()  # we were cancelled: the Space stops
+
+    def _later(self, job: Coroutine[Any, Any, object]) -> None:
+        """Run a publish whose answer does not matter (kept referenced until done)."""
+        task = asyncio.ensure_future(job)
+        self._side.add(task)
+        task.add_done_callback(self._side_done)
+
+    def _side_done(self, task: asyncio.Future[object]) -> None:
+        self._side.discard(task)
+        if not task.cancelled():
+            task.exception()  # refused or unanswered, as expected: not logged
 
     def ahead(self) -> Ahead | None:
         """Our newest published chunk while the stream may not hold it (for the heartbeat:
@@ -261,7 +320,10 @@ class SpaceRun:
 
     def _sent(self, chunk: Chunk, *, stored: bool) -> None:
         was_ahead = self.ahead() is not None
-        self.published, self.sending = chunk, None
+        if self.published is None or chunk.seq > self.published.seq:
+            self.published = chunk  # an ack can come after later chunks went out (_acked)
+        if self.sending is chunk:
+            self.sending = None
         if stored:
             self.kept, self.stored_at = chunk.seq, time.monotonic()
         elif not was_ahead and self.on_ahead is not None:
@@ -317,7 +379,7 @@ class SpaceRun:
             return True
         return False
 
-    async def _resync(self, subject: str, sent: bytes) -> None:
+    async def _resync(self, subject: str, sent: list[bytes]) -> None:
         """After a missing ack: learn the newest stored chunk, or give the Space up."""
         while not self.fenced:
             try:
@@ -339,7 +401,7 @@ class SpaceRun:
                 await asyncio.sleep(FRAME_S * 5)
                 continue
             newest = last.seq if last is not None else 0
-            if last is not None and (last.data == sent or last.data in self.unfenced):
+            if last is not None and (last.data in sent or last.data in self.unfenced):
                 self.stored_seq = newest  # ours after all (the stream took it meanwhile)
                 self.unfenced.clear()
             elif newest != self.stored_seq:
