@@ -207,7 +207,8 @@ async def test_a_stopped_stage_hands_fifty_spaces_to_the_others_at_once(
                 took = time.monotonic() - t0
                 print(f"\nA stopping stage with 50 Spaces: all owned elsewhere after "
                       f"{took:.2f} s, split {sorted(len(s.runs) for s in group)}")
-                assert took <= 2.0, took
+                # How fast is measured, not asserted here (bench/rolling, "slowest
+                # hand-over"); the wait above bounds it at 10 s: stuck, not slow.
                 assert abs(len(group[0].runs) - len(group[1].runs)) <= 1
                 await forget(admin, spaces)
     finally:
@@ -250,7 +251,7 @@ async def test_sigterm_to_a_stage_process_hands_its_spaces_over(
             print(f"\nSIGTERM to a stage process: its Spaces owned elsewhere after "
                   f"{took:.2f} s; longest silence per Space {min(quiet):.2f}-"
                   f"{max(quiet):.2f} s")
-            assert took <= 2.0, took
+            # The hand-over's time is measured in bench/rolling; the waits above bound it.
             assert leaving.wait(15) == 0
             await forget(admin, spaces)
     finally:
