@@ -16,6 +16,7 @@ No I/O.
 from __future__ import annotations
 
 import copy
+import functools
 import types
 from collections.abc import Callable
 from dataclasses import MISSING, Field, fields, is_dataclass
@@ -54,18 +55,13 @@ def json_fields(cls: type) -> list[tuple[Field[Any], Any]]:
 _FIELDS: dict[type, list[tuple[Field[Any], Any]]] = {}
 
 
-_READERS: dict[Any, Convert] = {}
-_WRITERS: dict[Any, Convert] = {}
-_COPIERS: dict[Any, Convert] = {}
 _SCALARS = {str: (str,), bool: (bool,), int: (int,), float: (int, float)}  # JSON 2.0 is 2
 
 
+@functools.cache  # one converter per type, built on first use
 def reader(hint: Any) -> Convert:
     """The function that checks a parsed JSON value against ``hint`` and builds it."""
-    made = _READERS.get(hint)
-    if made is None:
-        made = _READERS[hint] = _make_reader(hint)
-    return made
+    return _make_reader(hint)
 
 
 def _make_reader(hint: Any) -> Convert:  # noqa: C901 - one case per kind of type
@@ -150,12 +146,10 @@ def _dataclass_reader(cls: Any) -> Convert:
     return read
 
 
+@functools.cache  # one converter per type, built on first use
 def writer(hint: Any) -> Convert:
     """The function that turns a typed value into fresh JSON-ready objects."""
-    made = _WRITERS.get(hint)
-    if made is None:
-        made = _WRITERS[hint] = _make_writer(hint)
-    return made
+    return _make_writer(hint)
 
 
 def _make_writer(hint: Any) -> Convert:
@@ -205,13 +199,11 @@ def _dataclass_writer(cls: Any) -> Convert:
     return write
 
 
+@functools.cache  # one converter per type, built on first use
 def copier(hint: Any) -> Convert:
     """The function that copies a typed value deeply (faster than copy.deepcopy, which
     goes through every dataclass's pickling protocol)."""
-    made = _COPIERS.get(hint)
-    if made is None:
-        made = _COPIERS[hint] = _make_copier(hint)
-    return made
+    return _make_copier(hint)
 
 
 def _make_copier(hint: Any) -> Convert:
