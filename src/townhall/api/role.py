@@ -31,9 +31,9 @@ from townhall.bus import subjects
 from townhall.bus.bus import CasConflict, Change, Message, Watch
 from townhall.bus.messages import (
     ListenerStats,
-    MessageError,
     decode_edge_heartbeat,
     decode_listener_stats,
+    decoded,
 )
 from townhall.context import Context
 from townhall.problems import NotFound, TooMany
@@ -267,10 +267,9 @@ class Api:
                                          "townhall.*.stats.*", batch=1000, timeout=0.5)
         reports: dict[str, list[ListenerStats]] = {}
         for msg, _ in pulled:
-            try:
-                report = decode_listener_stats(msg.data)
-            except MessageError as exc:  # acked below all the same: it cannot get better
-                log.warning("dropped an unreadable edge report on %s: %s", msg.subject, exc)
+            report = decoded(decode_listener_stats, msg.data, msg.subject,
+                             "an unreadable edge report", log)
+            if report is None:  # acked below all the same: it cannot get better
                 continue
             reports.setdefault(msg.subject.split(".")[1], []).append(report)
         reactions = self.tally.take()
@@ -292,10 +291,9 @@ class Api:
                 await ack()
 
     async def _on_edge(self, msg: Message) -> None:
-        try:
-            beat = decode_edge_heartbeat(msg.data)
-        except MessageError as exc:
-            log.warning("dropped an unreadable edge heartbeat on %s: %s", msg.subject, exc)
+        beat = decoded(decode_edge_heartbeat, msg.data, msg.subject,
+                       "an unreadable edge heartbeat", log)
+        if beat is None:
             return
         self.registry.update(beat, time.time())
 

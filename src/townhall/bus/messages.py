@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
@@ -207,6 +208,20 @@ def levels_frame(levels: Levels) -> str:
     """The WebSocket text frame an edge sends its listeners for a levels message
     (docs/protocol.md): the same object, tagged ``"type": "levels"``."""
     return _json({"type": "levels", **_body(levels)}).decode()
+
+
+_M = TypeVar("_M")
+
+
+def decoded(decode: Callable[[bytes], _M], data: bytes, subject: str, what: str,
+            log: logging.Logger) -> _M | None:
+    """``decode(data)``, or None once ``log`` warned ``dropped <what> on <subject>``: a bus
+    message that cannot be read is dropped by its handler, never raised in it."""
+    try:
+        return decode(data)
+    except MessageError as exc:
+        log.warning("dropped %s on %s: %s", what, subject, exc)
+        return None
 
 
 def decode_whip_request(data: bytes) -> WhipRequest:

@@ -28,10 +28,10 @@ import time
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import Message, Subscription
 from townhall.bus.messages import (
-    MessageError,
     SpaceEnded,
     decode_control,
     decode_levels,
+    decoded,
     levels_frame,
 )
 from townhall.edge import metrics
@@ -314,17 +314,14 @@ class FeedHandlers:
 
     async def levels(self, msg: Message) -> None:
         """The speaking levels, passed on to listeners as a ``levels`` frame."""
-        try:
-            self.feed.on_levels(levels_frame(decode_levels(msg.data)))
-        except MessageError as exc:
-            log.warning("dropped unreadable levels on %s: %s", msg.subject, exc)
+        levels = decoded(decode_levels, msg.data, msg.subject, "unreadable levels", log)
+        if levels is not None:
+            self.feed.on_levels(levels_frame(levels))
 
     async def control(self, msg: Message) -> None:
         """A control message: a kick, or the Space's end."""
-        try:
-            command = decode_control(msg.data)
-        except MessageError as exc:
-            log.warning("dropped a control message on %s: %s", msg.subject, exc)
+        command = decoded(decode_control, msg.data, msg.subject, "a control message", log)
+        if command is None:
             return
         if isinstance(command, SpaceEnded):
             # Send the final "ended" snapshot before closing, if KV has it.

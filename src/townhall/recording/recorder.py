@@ -27,7 +27,7 @@ from prometheus_client import Counter
 from townhall.api.store import SpaceStore
 from townhall.bus import Bus, subjects
 from townhall.bus.bus import CasConflict, Message, PullConsumer
-from townhall.bus.messages import MessageError, decode_levels
+from townhall.bus.messages import decode_levels, decoded
 from townhall.media.chunk import Chunk
 from townhall.media.fmp4 import mp4_file
 from townhall.media.recording import (
@@ -218,10 +218,8 @@ class SpaceRecording:
                 await ack()
 
     async def _on_levels(self, msg: Message) -> None:
-        try:
-            got = decode_levels(msg.data)
-        except MessageError as exc:
-            log.warning("dropped unreadable levels on %s: %s", msg.subject, exc)
+        got = decoded(decode_levels, msg.data, msg.subject, "unreadable levels", log)
+        if got is None:
             return
         if len(self.levels) < 10_000:
             self.levels.append({"at": got.at, "levels": got.levels, "speaking": got.speaking})

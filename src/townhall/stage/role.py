@@ -54,6 +54,7 @@ from townhall.bus.messages import (
     decode_control,
     decode_heartbeat,
     decode_whip_request,
+    decoded,
     encode,
 )
 from townhall.context import Context
@@ -622,10 +623,8 @@ class Stage:
         run = self.runs.get(space)
         if run is None:
             return
-        try:
-            cmd = decode_control(msg.data)
-        except MessageError as exc:
-            log.warning("dropped a control message on %s: %s", msg.subject, exc)
+        cmd = decoded(decode_control, msg.data, msg.subject, "a control message", log)
+        if cmd is None:
             return
         if isinstance(cmd, Kick):
             for s in [s for s in run.sessions.values() if s.identity == cmd.identity]:
